@@ -1,0 +1,85 @@
+"""The ``flatness`` command group and its error policy.
+
+Errors a user can cause (``FlatnessError``, bad files, full disks, Ctrl-C) print one line and exit
+non-zero; ``flatness --debug CMD`` shows the full traceback instead.
+"""
+from __future__ import annotations
+
+import errno
+import sys
+
+import click
+
+from flatness.errors import FlatnessError
+from flatness.version import __version__
+
+EXIT_INTERRUPTED = 130
+EXIT_INTERNAL = 1
+
+
+class FlatnessGroup(click.Group):
+    """A click group that turns expected failures into one-line errors."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except FlatnessError as err:
+            if _debug(ctx):
+                raise
+            click.echo(f"Error: {err}", err=True)
+            ctx.exit(err.exit_code)
+        except KeyboardInterrupt:
+            if _debug(ctx):
+                raise
+            click.echo("Interrupted. Finished work is saved; rerun the same command with --resume to continue.",
+                       err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+        except OSError as err:
+            if _debug(ctx):
+                raise
+            where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+            reason = "disk full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+            click.echo(f"Error: {reason}{where}", err=True)
+            ctx.exit(2)
+        except Exception as err:  # a bug: one line by default, the traceback with --debug
+            if _debug(ctx):
+                raise
+            click.echo(f"Internal error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} "
+                       "(rerun with `flatness --debug ...` for the traceback, and please report it)", err=True)
+            ctx.exit(EXIT_INTERNAL)
+
+
+def _debug(ctx) -> bool:
+    root = ctx.find_root()
+    return bool(root.params.get("debug")) if root.params else False
+
+
+@click.group(cls=FlatnessGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="flatness")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+def main(debug: bool) -> None:
+    """flatness: loss-landscape analysis of neural networks.
+
+    Train with ERM, AMP or SAM (`train`), measure a checkpoint's Hessian spectrum and sharpness
+    (`probe`), compute 1D/2D loss surfaces (`surface`), draw them (`plot`), put runs side by side
+    (`compare`), or run the whole ERM-versus-AMP study in one go (`experiment`).
+    """
+
+
+COMMANDS = ("train", "probe", "surface", "plot", "compare", "experiment")
+
+
+def _register() -> None:
+    # One module per command, each defining ``command``; the order here is the order in --help.
+    import importlib
+    import importlib.util
+
+    for name in COMMANDS:
+        if importlib.util.find_spec(f"{__package__}.{name}") is None:
+            continue  # a command still being built; every shipped command has its module
+        main.add_command(importlib.import_module(f"{__package__}.{name}").command)
+
+
+_register()

@@ -1,0 +1,188 @@
+"""The checkpoint format, and the layout of a run folder. This module alone reads and writes them.
+
+A run folder (``flatness train --out DIR``) holds::
+
+    DIR/config.json      the run's full configuration (JSON)
+    DIR/init.pt          the initial weights (epoch 0)
+    DIR/epoch-NNN.pt     trajectory snapshots (``--save-every``)
+    DIR/last.pt          the newest state: weights, optimizer, scheduler, RNG, metrics -> ``--resume``
+    DIR/metrics.jsonl    one JSON object per finished epoch
+
+A ``.pt`` file is a dict of tensors and plain Python data only, so ``torch.load(path,
+weights_only=True)`` reads it and no code in it can ever run. It is written atomically (temporary
+file, fsync, rename): a crash leaves either the old file or the new one, never half of one.
+"""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import random
+import re
+import zipfile
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .errors import FlatnessError
+from .fileio import atomic_write
+from .models import build_from_spec
+from .version import __version__
+
+FORMAT = "flatness-checkpoint"
+FORMAT_VERSION = 1
+
+LAST = "last.pt"
+INIT = "init.pt"
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+SNAPSHOT_RE = re.compile(r"^epoch-(\d{3,})\.pt$")
+
+
+def snapshot_name(epoch: int) -> str:
+    return f"epoch-{epoch:03d}.pt"
+
+
+def list_snapshots(run_dir: str) -> List[Tuple[int, str]]:
+    """(epoch, path) of every ``epoch-NNN.pt`` in ``run_dir``, sorted by epoch."""
+    found = []
+    for name in os.listdir(run_dir):
+        match = SNAPSHOT_RE.match(name)
+        if match:
+            found.append((int(match.group(1)), os.path.join(run_dir, name)))
+    return sorted(found)
+
+
+# --------------------------------------------------------------------------- RNG state as plain data
+
+def capture_rng() -> Dict[str, Any]:
+    """Every RNG a training run draws from, as tensors and plain data (weights_only-safe)."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    nps = state["numpy"]
+    np.random.set_state(("MT19937", nps["keys"].numpy().astype(np.uint32), nps["pos"], nps["has_gauss"],
+                         nps["cached_gaussian"]))
+    random.setstate(_as_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(obj):
+    return tuple(_as_tuple(o) for o in obj) if isinstance(obj, (list, tuple)) else obj
+
+
+# --------------------------------------------------------------------------- writing
+
+def save_checkpoint(path: str, model: nn.Module, *, model_spec: Dict[str, Any], config: Dict[str, Any],
+                    epoch: int, step: int = 0, metrics: Optional[List[Dict[str, Any]]] = None,
+                    optimizer_state: Optional[Dict[str, Any]] = None,
+                    scheduler_state: Optional[Dict[str, Any]] = None,
+                    rng: Optional[Dict[str, Any]] = None, extra: Optional[Dict[str, Any]] = None) -> None:
+    """Write a checkpoint atomically. Tensors are moved to the CPU so any machine can read it."""
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "flatness_version": __version__,
+        "model_spec": model_spec,
+        "model_state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "config": config,
+        "epoch": int(epoch),
+        "step": int(step),
+        "metrics": list(metrics or []),
+        "optimizer_state": optimizer_state,
+        "scheduler_state": scheduler_state,
+        "rng": rng,
+        "extra": extra or {},
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write(path, lambda handle: handle.write(buffer.getbuffer()))
+
+
+# --------------------------------------------------------------------------- reading
+
+def read_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
+    """The checkpoint's dict, read with ``weights_only=True``; any problem is a one-line FlatnessError."""
+    if not os.path.exists(path):
+        raise FlatnessError(f"checkpoint not found: {path}")
+    if os.path.isdir(path):
+        last = os.path.join(path, LAST)
+        if os.path.isfile(last):
+            path = last
+        else:
+            raise FlatnessError(f"{path} is a folder without {LAST}; name a .pt file")
+    if os.path.getsize(path) == 0:
+        raise FlatnessError(f"{path} is empty, not a checkpoint")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsafe content"
+        raise FlatnessError(f"refusing to load {path}: it holds more than tensors and plain data "
+                            f"(weights_only=True rejected it: {first[:160]})") from None
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, AttributeError, KeyError,
+            IndexError, TypeError) as err:
+        raise FlatnessError(f"{path} is not a readable checkpoint (truncated or corrupt?): "
+                            f"{type(err).__name__}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise FlatnessError(f"{path} is not a flatness checkpoint (no '{FORMAT}' marker); "
+                            "it may come from another tool")
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise FlatnessError(f"{path} was written by a newer flatness (format {payload['format_version']}); upgrade")
+    for key in ("model_spec", "model_state", "config", "epoch"):
+        if key not in payload:
+            raise FlatnessError(f"{path} is a damaged flatness checkpoint: '{key}' is missing")
+    payload["path"] = path
+    return payload
+
+
+def check_finite(model: nn.Module, path: str) -> None:
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise FlatnessError(f"{path}: weights are not finite (NaN or Inf in '{name}'); "
+                                "the run diverged before this checkpoint was written")
+
+
+def load_checkpoint(path: str, device: Any = "cpu", require_finite: bool = True) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Rebuild the model stored in ``path`` and return ``(model, info)``; the model is in eval mode.
+
+    ``info`` has ``dataset``, ``model``, ``method``, ``epoch``, ``step``, ``config``, ``metrics``,
+    ``model_spec`` and ``path``; a run folder may be given for its ``last.pt``.
+    """
+    payload = read_checkpoint(path)
+    try:
+        model = build_from_spec(payload["model_spec"])
+        model.load_state_dict(payload["model_state"])
+    except (KeyError, TypeError, RuntimeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise FlatnessError(f"{path}: the stored weights do not fit the stored model spec ({first})") from None
+    if require_finite:
+        check_finite(model, payload["path"])
+    model.to(device).eval()
+    config = payload["config"]
+    info = {
+        "path": payload["path"],
+        "dataset": config.get("dataset"),
+        "model": payload["model_spec"]["name"],
+        "method": config.get("method"),
+        "epoch": payload["epoch"],
+        "step": payload.get("step", 0),
+        "config": config,
+        "metrics": payload.get("metrics", []),
+        "model_spec": payload["model_spec"],
+        "flatness_version": payload.get("flatness_version"),
+    }
+    return model, info

@@ -1,0 +1,176 @@
+"""One registry of datasets: ``get_dataset(name, split, root=None, augment=False)``.
+
+Every dataset yields ``(image tensor [C, H, W], int label)``, normalised per channel with the
+dataset's training-set statistics. ``digits`` (scikit-learn's bundled 8x8 handwritten digits) is the
+offline default; the others load through torchvision from ``root`` (default ``./data``), and download
+only when asked (``download=True``, the CLI's ``--download``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .errors import FlatnessError
+
+DEFAULT_DATA_DIR = "data"
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about a dataset, without loading it."""
+
+    name: str
+    in_channels: int
+    image_size: int
+    num_classes: int
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    description: str
+
+
+class TensorImageDataset(Dataset):
+    """Images and labels already in memory as tensors (the digits set, and tests' fixtures)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Optional[Callable] = None):
+        if images.shape[0] != labels.shape[0]:
+            raise ValueError("images and labels differ in length")
+        self.images = images
+        self.labels = labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index):
+        image = self.images[index]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[index])
+
+
+# --------------------------------------------------------------------------- digits (offline default)
+
+# The split is fixed forever so that numbers stay comparable across versions: a stratified 80/20
+# split of scikit-learn's 1797 digits with seed 0 (1437 train, 360 test).
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_SPLIT_SEED = 0
+
+
+def _digits_split(split: str) -> TensorImageDataset:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = bunch.images.astype(np.float32) / 16.0  # pixel values are 0..16
+    labels = bunch.target.astype(np.int64)
+    idx = np.arange(len(labels))
+    train_idx, test_idx = train_test_split(
+        idx, test_size=DIGITS_TEST_FRACTION, random_state=DIGITS_SPLIT_SEED, stratify=labels
+    )
+    train_idx.sort()
+    test_idx.sort()
+    info = DATASETS["digits"]
+    chosen = train_idx if split == "train" else test_idx
+    x = (images[chosen] - info.mean[0]) / info.std[0]
+    return TensorImageDataset(torch.from_numpy(x).unsqueeze(1), torch.from_numpy(labels[chosen]))
+
+
+# --------------------------------------------------------------------------- torchvision datasets
+
+def _normalize(info: DatasetInfo):
+    from torchvision import transforms as T
+
+    return T.Normalize(info.mean, info.std)
+
+
+def _transform(name: str, augment: bool):
+    """The standard preprocessing per dataset; `augment` adds the published training augmentation."""
+    from torchvision import transforms as T
+
+    info = DATASETS[name]
+    steps = []
+    if name == "gtsrb":
+        steps.append(T.Resize((32, 32)))  # GTSRB images vary in size; the published setup uses 32x32
+    if augment:
+        if name in ("cifar10", "cifar100"):
+            steps += [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()]
+        elif name == "svhn":
+            steps += [T.RandomCrop(32, padding=2)]  # digits must not be mirrored
+        elif name == "gtsrb":
+            steps += [T.RandomCrop(32, padding=4)]  # traffic signs must not be mirrored either
+        elif name == "mnist":
+            steps += [T.RandomCrop(28, padding=2)]
+        elif name == "fashion-mnist":
+            steps += [T.RandomCrop(28, padding=2), T.RandomHorizontalFlip()]
+    steps += [T.ToTensor(), _normalize(info)]
+    return T.Compose(steps)
+
+
+def _torchvision(name: str, split: str, root: str, augment: bool, download: bool) -> Dataset:
+    from torchvision import datasets as D
+
+    transform = _transform(name, augment)
+    train = split == "train"
+    folder = os.path.join(root, name)
+    builders = {
+        "cifar10": lambda: D.CIFAR10(folder, train=train, transform=transform, download=download),
+        "cifar100": lambda: D.CIFAR100(folder, train=train, transform=transform, download=download),
+        "svhn": lambda: D.SVHN(folder, split=split, transform=transform, download=download),
+        "gtsrb": lambda: D.GTSRB(folder, split=split, transform=transform, download=download),
+        "mnist": lambda: D.MNIST(folder, train=train, transform=transform, download=download),
+        "fashion-mnist": lambda: D.FashionMNIST(folder, train=train, transform=transform, download=download),
+    }
+    try:
+        return builders[name]()
+    except RuntimeError as err:
+        if download:
+            raise FlatnessError(f"could not download {name} into {folder}: {err}") from None
+        raise FlatnessError(
+            f"{name} {split} files not found or corrupt under {folder}; put them there or pass --download"
+        ) from None
+    except (OSError, ValueError) as err:  # unreadable or truncated files
+        raise FlatnessError(f"could not read {name} from {folder}: {err}") from None
+
+
+DATASETS: Dict[str, DatasetInfo] = {
+    "digits": DatasetInfo("digits", 1, 8, 10, (0.3054,), (0.3761,),
+                          "scikit-learn's bundled 8x8 digits (offline; 1437 train / 360 test)"),
+    "cifar10": DatasetInfo("cifar10", 3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+                           "CIFAR-10 (torchvision)"),
+    "cifar100": DatasetInfo("cifar100", 3, 32, 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+                            "CIFAR-100 (torchvision)"),
+    "svhn": DatasetInfo("svhn", 3, 32, 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
+                        "SVHN cropped digits (torchvision)"),
+    "gtsrb": DatasetInfo("gtsrb", 3, 32, 43, (0.3403, 0.3121, 0.3214), (0.2724, 0.2608, 0.2669),
+                         "German traffic signs, resized to 32x32 (torchvision)"),
+    "mnist": DatasetInfo("mnist", 1, 28, 10, (0.1307,), (0.3081,), "MNIST (torchvision)"),
+    "fashion-mnist": DatasetInfo("fashion-mnist", 1, 28, 10, (0.2860,), (0.3530,), "Fashion-MNIST (torchvision)"),
+}
+
+
+def dataset_names():
+    return sorted(DATASETS)
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise FlatnessError(f"unknown dataset {name!r}; choose one of: {', '.join(dataset_names())}") from None
+
+
+def get_dataset(name: str, split: str, root: Optional[str] = None, augment: bool = False,
+                download: bool = False) -> Dataset:
+    """The ``split`` ('train' or 'test') of dataset ``name`` as a torch Dataset of (image, label)."""
+    dataset_info(name)
+    if split not in SPLITS:
+        raise FlatnessError(f"unknown split {split!r}; use train or test")
+    if name == "digits":
+        return _digits_split(split)  # no augmentation: 8x8 digits lose too much to crops
+    return _torchvision(name, split, root or DEFAULT_DATA_DIR, augment, download)

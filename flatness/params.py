@@ -1,0 +1,81 @@
+"""Weights as one flat vector (METRICS.md: all trainable parameters in ``named_parameters`` order).
+
+Every routine that moves in weight space (Hessian, sharpness, surfaces) goes through these helpers so
+that "the parameter vector" means the same thing everywhere.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+
+def named_trainable(model: nn.Module, names: Optional[Iterable[str]] = None) -> List[Tuple[str, nn.Parameter]]:
+    """(name, parameter) for every trainable parameter, in ``named_parameters`` order.
+
+    ``names`` restricts to a subset (per-layer spectra); unknown names raise ``KeyError``.
+    """
+    pairs = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if names is None:
+        return pairs
+    wanted = list(names)
+    known = {n for n, _ in pairs}
+    missing = [n for n in wanted if n not in known]
+    if missing:
+        raise KeyError(f"no trainable parameter named {missing[0]!r}")
+    chosen = set(wanted)
+    return [(n, p) for n, p in pairs if n in chosen]
+
+
+def num_params(model: nn.Module) -> int:
+    return sum(p.numel() for _, p in named_trainable(model))
+
+
+def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def unflatten(vector: torch.Tensor, like: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    """Split ``vector`` into tensors shaped like ``like`` (views, no copy)."""
+    out, offset = [], 0
+    for t in like:
+        n = t.numel()
+        out.append(vector[offset:offset + n].view_as(t))
+        offset += n
+    if offset != vector.numel():
+        raise ValueError(f"vector has {vector.numel()} entries, parameters have {offset}")
+    return out
+
+
+def get_flat_params(model: nn.Module) -> torch.Tensor:
+    return flatten([p.detach() for _, p in named_trainable(model)]).clone()
+
+
+@torch.no_grad()
+def set_flat_params_(model: nn.Module, vector: torch.Tensor) -> None:
+    params = [p for _, p in named_trainable(model)]
+    for p, v in zip(params, unflatten(vector.to(params[0].device, params[0].dtype), params)):
+        p.copy_(v)
+
+
+@contextlib.contextmanager
+def perturbed(model: nn.Module, delta: torch.Tensor):
+    """Temporarily move the weights to θ + δ; restores θ bit for bit (a copy, not a subtraction)."""
+    params = [p for _, p in named_trainable(model)]
+    saved = [p.detach().clone() for p in params]
+    try:
+        with torch.no_grad():
+            for p, d in zip(params, unflatten(delta.to(params[0].device, params[0].dtype), params)):
+                p.add_(d)
+        yield model
+    finally:
+        with torch.no_grad():
+            for p, s in zip(params, saved):
+                p.copy_(s)
+
+
+def state_snapshot(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """A detached copy of the full state (parameters and buffers), to restore later."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}

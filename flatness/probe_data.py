@@ -1,0 +1,65 @@
+"""The probe data: the fixed examples on which every measurement is made.
+
+METRICS.md: the first ``samples`` examples of a split in dataset order, no augmentation, batched once
+and kept in memory (on the compute device when it fits), so that every loss, HVP, sharpness ascent and
+surface point sees exactly the same data in the same order.
+"""
+from __future__ import annotations
+
+from typing import Iterator, List, Optional, Tuple
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from .datasets import get_dataset
+from .errors import FlatnessError
+
+Batch = Tuple[torch.Tensor, torch.Tensor]
+
+
+class ProbeData:
+    """A fixed, ordered list of batches; ``n`` examples in all, batch ``b`` weighted by n_b / n."""
+
+    def __init__(self, batches: List[Batch]):
+        if not batches:
+            raise FlatnessError("the probe data is empty")
+        self.batches = batches
+        self.n = sum(int(y.shape[0]) for _, y in batches)
+
+    @classmethod
+    def from_tensors(cls, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> "ProbeData":
+        if batch_size < 1:
+            raise FlatnessError(f"batch size must be >= 1, got {batch_size}")
+        return cls([(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+
+    @classmethod
+    def from_dataset(cls, dataset: Dataset, samples: Optional[int], batch_size: int,
+                     device: torch.device = torch.device("cpu")) -> "ProbeData":
+        if samples is not None and samples < 1:
+            raise FlatnessError(f"samples must be >= 1, got {samples}")
+        if batch_size < 1:
+            raise FlatnessError(f"batch size must be >= 1, got {batch_size}")
+        count = len(dataset) if samples is None else min(samples, len(dataset))
+        loader = DataLoader(Subset(dataset, range(count)), batch_size=batch_size, shuffle=False)
+        return cls([(x.to(device), y.to(device)) for x, y in loader])
+
+    def __iter__(self) -> Iterator[Batch]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def weights(self) -> List[float]:
+        """n_b / n for each batch: summing weighted batch means gives the mean over all n."""
+        return [y.shape[0] / self.n for _, y in self.batches]
+
+    def to(self, device: torch.device) -> "ProbeData":
+        return ProbeData([(x.to(device), y.to(device)) for x, y in self.batches])
+
+
+def load_probe_data(dataset: str, split: str, samples: Optional[int], batch_size: int,
+                    device: torch.device = torch.device("cpu"), root: Optional[str] = None,
+                    download: bool = False) -> ProbeData:
+    """The first ``samples`` examples of ``dataset``/``split`` (no augmentation), batched."""
+    return ProbeData.from_dataset(get_dataset(dataset, split, root=root, augment=False, download=download),
+                                  samples, batch_size, device)

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Create the project virtualenv (.venv) and install flatness into it (editable, with test extras).
+# Idempotent: a second run only checks that everything is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "[bootstrap] creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+fi
+if ! .venv/bin/python -c "import torch, torchvision" >/dev/null 2>&1; then
+  # The versions this project is tested with; set FLATNESS_TORCH to choose others (setup.py needs torch>=2.2).
+  TORCH_SPEC=${FLATNESS_TORCH:-"torch==2.14.1 torchvision==0.29.1"}
+  echo "[bootstrap] installing $TORCH_SPEC (large download on a new machine)"
+  # shellcheck disable=SC2086
+  .venv/bin/python -m pip install -q --disable-pip-version-check $TORCH_SPEC \
+    || .venv/bin/python -m pip install -q --disable-pip-version-check "torch>=2.2" torchvision
+fi
+if ! .venv/bin/python -c "import flatness.cli, pytest, h5py, sklearn" >/dev/null 2>&1 \
+   || [ setup.py -nt .venv/.flatness-installed ]; then
+  echo "[bootstrap] installing flatness and its dependencies"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+  touch .venv/.flatness-installed
+fi

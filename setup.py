@@ -1,0 +1,36 @@
+import os
+
+from setuptools import setup
+
+here = os.path.dirname(os.path.abspath(__file__))
+version = {}
+with open(os.path.join(here, "flatness", "version.py")) as handle:
+    exec(handle.read(), version)
+
+with open(os.path.join(here, "README.md"), encoding="utf-8") as handle:
+    long_description = handle.read()
+
+setup(
+    name="flatness",
+    version=version["__version__"],
+    description="Loss-landscape analysis of neural networks: ERM vs AMP/SAM, Hessian spectra, sharpness, surfaces",
+    long_description=long_description,
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    # The CLI lives in cli/ at the top level but installs as flatness.cli.
+    package_dir={"flatness": "flatness", "flatness.cli": "cli"},
+    packages=["flatness", "flatness.cli"],
+    install_requires=[
+        "torch>=2.2",
+        "torchvision>=0.17",
+        "numpy",
+        "scipy",
+        "matplotlib",
+        "h5py",
+        "click>=8",
+        "scikit-learn",
+        "tqdm",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+    entry_points={"console_scripts": ["flatness=flatness.cli.main:main"]},
+)
