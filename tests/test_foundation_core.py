@@ -1,0 +1,108 @@
+"""The skeleton's shared pieces: flat parameter vectors, probe data weighting, checkpoint format."""
+import pickle
+
+import pytest
+import torch
+
+from flatness.checkpoint import load_checkpoint, read_checkpoint
+from flatness.errors import FlatnessError
+from flatness.evaluate import evaluate
+from flatness.models import build_model
+from flatness.params import get_flat_params, named_trainable, perturbed, set_flat_params_, unflatten
+from flatness.probe_data import ProbeData, load_probe_data
+
+
+def test_flat_vector_round_trip_and_perturbation_restores_bitwise():
+    model = build_model("convnet", 1, 8, 10)
+    theta = get_flat_params(model)
+    assert theta.numel() == sum(p.numel() for _, p in named_trainable(model))
+    delta = torch.randn_like(theta)
+    with perturbed(model, delta):
+        assert torch.allclose(get_flat_params(model), theta + delta)
+    assert torch.equal(get_flat_params(model), theta)
+    set_flat_params_(model, theta * 2)
+    assert torch.equal(get_flat_params(model), theta * 2)
+    parts = unflatten(theta, [p for _, p in named_trainable(model)])
+    assert [p.shape for p in parts] == [p.shape for _, p in named_trainable(model)]
+
+
+def test_probe_data_is_first_n_in_order_and_batch_weights_give_the_full_mean():
+    data = load_probe_data("digits", "train", 100, 30)  # batches of 30, 30, 30, 10: uneven on purpose
+    assert data.n == 100 and [y.shape[0] for _, y in data] == [30, 30, 30, 10]
+    assert abs(sum(data.weights()) - 1.0) < 1e-12
+    whole = load_probe_data("digits", "train", 100, 100)
+    assert torch.equal(torch.cat([x for x, _ in data]), whole.batches[0][0])
+    model = build_model("mlp", 1, 8, 10, width=8, depth=1).eval()
+    loss_batched, acc_batched = evaluate(model, data)
+    loss_whole, acc_whole = evaluate(model, whole)
+    assert loss_batched == pytest.approx(loss_whole, rel=1e-6) and acc_batched == acc_whole
+
+
+def test_checkpoint_round_trip_with_weights_only(digits_checkpoint):
+    payload = torch.load(digits_checkpoint, weights_only=True)
+    assert payload["format"] == "flatness-checkpoint"
+    model, info = load_checkpoint(digits_checkpoint)
+    assert not model.training and info["dataset"] == "digits" and info["model"] == "convnet"
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, payload["model_state"][k])
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+        return (os.system, ("touch /tmp/flatness-pwned",))
+
+
+def test_checkpoint_with_code_is_refused_and_never_runs(tmp_path):
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as handle:
+        pickle.dump({"format": "flatness-checkpoint", "x": _Evil()}, handle)
+    with pytest.raises(FlatnessError, match="refusing|not a readable"):
+        read_checkpoint(str(path))
+    import os
+    assert not os.path.exists("/tmp/flatness-pwned")
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", None])
+def test_foreign_or_broken_files_are_one_line_errors(tmp_path, content, digits_checkpoint):
+    path = tmp_path / "bad.pt"
+    if content is None:  # truncated real checkpoint
+        data = open(digits_checkpoint, "rb").read()
+        content = data[: len(data) // 2]
+    path.write_bytes(content)
+    with pytest.raises(FlatnessError):
+        load_checkpoint(str(path))
+
+
+def test_unrelated_torch_file_is_refused(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save(torch.nn.Linear(2, 2).state_dict(), path)
+    with pytest.raises(FlatnessError, match="not a flatness checkpoint"):
+        load_checkpoint(str(path))
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    from flatness.checkpoint import save_checkpoint
+    from flatness.models import model_spec
+
+    spec = model_spec("mlp", 1, 8, 10, width=4, depth=1)
+    model = build_model("mlp", 1, 8, 10, width=4, depth=1)
+    with torch.no_grad():
+        next(model.parameters())[0, 0] = float("nan")
+    path = tmp_path / "nan.pt"
+    save_checkpoint(str(path), model, model_spec=spec, config={"dataset": "digits"}, epoch=1)
+    with pytest.raises(FlatnessError, match="not finite"):
+        load_checkpoint(str(path))
+
+
+def test_unknown_names_are_one_line_errors():
+    from flatness.datasets import get_dataset
+
+    with pytest.raises(FlatnessError, match="unknown dataset"):
+        get_dataset("imagenet", "train")
+    with pytest.raises(FlatnessError, match="unknown split"):
+        get_dataset("digits", "val")
+    with pytest.raises(FlatnessError, match="unknown model"):
+        build_model("resnet9000", 1, 8, 10)
+    with pytest.raises(FlatnessError):
+        ProbeData([])
