@@ -112,30 +112,82 @@ def _transform(name: str, augment: bool):
     return T.Compose(steps)
 
 
+# Where each dataset's files go under ``<root>/<name>/`` (torchvision's own layouts), for error messages.
+LAYOUTS = {
+    "cifar10": "cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}",
+    "cifar100": "cifar-100-python/{train, test, meta}",
+    "svhn": "{train_32x32.mat, test_32x32.mat}",
+    "gtsrb": "gtsrb/GTSRB/Training/<class>/*.ppm, gtsrb/GTSRB/Final_Test/Images/*.ppm, gtsrb/GT-final_test.csv",
+    "mnist": "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
+    "fashion-mnist": "FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
+}
+
+
+def _present_cifar(cls):
+    """torchvision's CIFAR, deciding that files exist by their presence instead of re-hashing 170 MB
+    of md5 on every load. The archive's md5 is still checked when it is downloaded; damaged files
+    fail when they are parsed (a FlatnessError below)."""
+    import pickle
+
+    class Present(cls):
+        def _check_integrity(self) -> bool:
+            files = self.train_list if self.train else self.test_list
+            names = [f for f, _ in files] + [self.meta["filename"]]
+            return all(os.path.isfile(os.path.join(self.root, self.base_folder, f)) for f in names)
+
+        def _load_meta(self) -> None:
+            path = os.path.join(self.root, self.base_folder, self.meta["filename"])
+            if not os.path.isfile(path):
+                raise RuntimeError("metadata file not found")
+            with open(path, "rb") as infile:
+                data = pickle.load(infile, encoding="latin1")
+            self.classes = data[self.meta["key"]]
+            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+    Present.__name__ = cls.__name__
+    return Present
+
+
+def _present_svhn():
+    from torchvision import datasets as D
+
+    class SVHN(D.SVHN):
+        def _check_integrity(self) -> bool:  # presence; the md5 is checked by download_url on download
+            return os.path.isfile(os.path.join(self.root, self.filename))
+
+    return SVHN
+
+
 def _torchvision(name: str, split: str, root: str, augment: bool, download: bool) -> Dataset:
+    import pickle
+
     from torchvision import datasets as D
 
     transform = _transform(name, augment)
     train = split == "train"
     folder = os.path.join(root, name)
     builders = {
-        "cifar10": lambda: D.CIFAR10(folder, train=train, transform=transform, download=download),
-        "cifar100": lambda: D.CIFAR100(folder, train=train, transform=transform, download=download),
-        "svhn": lambda: D.SVHN(folder, split=split, transform=transform, download=download),
+        "cifar10": lambda: _present_cifar(D.CIFAR10)(folder, train=train, transform=transform, download=download),
+        "cifar100": lambda: _present_cifar(D.CIFAR100)(folder, train=train, transform=transform, download=download),
+        "svhn": lambda: _present_svhn()(folder, split=split, transform=transform, download=download),
+        # GTSRB and (Fashion-)MNIST decide by presence already (no md5 of the extracted files)
         "gtsrb": lambda: D.GTSRB(folder, split=split, transform=transform, download=download),
         "mnist": lambda: D.MNIST(folder, train=train, transform=transform, download=download),
         "fashion-mnist": lambda: D.FashionMNIST(folder, train=train, transform=transform, download=download),
     }
+    if not download and not os.path.isdir(folder):
+        raise FlatnessError(f"{name} not found: expected its files under {folder}/ ({LAYOUTS[name]}); "
+                            "put them there, or pass --download")
     try:
         return builders[name]()
     except RuntimeError as err:
         if download:
-            raise FlatnessError(f"could not download {name} into {folder}: {err}") from None
-        raise FlatnessError(
-            f"{name} {split} files not found or corrupt under {folder}; put them there or pass --download"
-        ) from None
-    except (OSError, ValueError) as err:  # unreadable or truncated files
-        raise FlatnessError(f"could not read {name} from {folder}: {err}") from None
+            raise FlatnessError(f"could not download {name} into {folder}: {str(err).splitlines()[0] if str(err) else err}") from None
+        raise FlatnessError(f"{name} {split} files not found under {folder}/ ({LAYOUTS[name]}); "
+                            "put them there, or pass --download") from None
+    except (OSError, ValueError, TypeError, KeyError, EOFError, AssertionError, pickle.UnpicklingError) as err:
+        raise FlatnessError(f"could not read {name} from {folder} (damaged files?): {type(err).__name__}: "
+                            f"{str(err).splitlines()[0][:160] if str(err) else ''}") from None
 
 
 DATASETS: Dict[str, DatasetInfo] = {

@@ -15,16 +15,19 @@ def evaluate(model: nn.Module, data: ProbeData) -> Tuple[float, float]:
     """(mean cross-entropy, accuracy) over every probe example, in eval mode; restores the mode after."""
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    correct = 0
+    device = next(model.parameters()).device
+    # Accumulate on the device (no sync per batch); float64 so the order of summation hardly matters.
+    totals = torch.zeros(2, dtype=torch.float64, device=device)  # [loss sum, correct count]
     try:
         for x, y in data:
             logits = model(x)
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").double().cpu()
-            correct += int((logits.argmax(1) == y).sum())
+            totals[0] += F.cross_entropy(logits.float(), y, reduction="sum").double()
+            totals[1] += (logits.argmax(1) == y).sum().double()
     finally:
         model.train(was_training)
-    return float(loss_sum) / data.n, correct / data.n
+    data.reduce_sum_(totals)
+    loss_sum, correct = totals.tolist()
+    return loss_sum / data.n, correct / data.n
 
 
 def full_loss(model: nn.Module, data: ProbeData, create_graph: bool = False) -> torch.Tensor:
@@ -45,4 +48,12 @@ def full_gradient(model: nn.Module, data: ProbeData, params) -> Tuple[float, lis
         for g, gi in zip(grads, torch.autograd.grad(loss, params)):
             g.add_(gi)
         loss_total += float(loss)
+    if data.sharded:
+        flat = torch.cat([g.reshape(-1) for g in grads] + [torch.tensor([loss_total], device=grads[0].device, dtype=grads[0].dtype)])
+        data.reduce_sum_(flat)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+        loss_total = float(flat[-1])
     return loss_total, grads

@@ -20,11 +20,14 @@ Batch = Tuple[torch.Tensor, torch.Tensor]
 class ProbeData:
     """A fixed, ordered list of batches; ``n`` examples in all, batch ``b`` weighted by n_b / n."""
 
-    def __init__(self, batches: List[Batch]):
-        if not batches:
+    def __init__(self, batches: List[Batch], total: Optional[int] = None, sharded: bool = False):
+        if not batches and not sharded:
             raise FlatnessError("the probe data is empty")
         self.batches = batches
-        self.n = sum(int(y.shape[0]) for _, y in batches)
+        # n is always the size of the WHOLE probe set, also on a rank that holds only a shard, so
+        # that weights n_b / n and sums over ranks give exactly the single-process mean.
+        self.n = sum(int(y.shape[0]) for _, y in batches) if total is None else int(total)
+        self.sharded = sharded
 
     @classmethod
     def from_tensors(cls, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> "ProbeData":
@@ -54,7 +57,25 @@ class ProbeData:
         return [y.shape[0] / self.n for _, y in self.batches]
 
     def to(self, device: torch.device) -> "ProbeData":
-        return ProbeData([(x.to(device), y.to(device)) for x, y in self.batches])
+        return ProbeData([(x.to(device), y.to(device)) for x, y in self.batches], self.n, self.sharded)
+
+    def shard(self, rank: int, world: int) -> "ProbeData":
+        """This rank's batches (round robin) of the same probe set; ``n`` stays the global size.
+
+        Every full-data sum over a shard must then go through ``reduce_sum_`` to add the other
+        ranks' parts: ``evaluate``, ``full_gradient`` and the Hessian operator all do.
+        """
+        if world <= 1:
+            return self
+        return ProbeData(self.batches[rank::world], total=self.n, sharded=True)
+
+    def reduce_sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum a per-shard partial result over ranks (in place); a no-op for unsharded data."""
+        if self.sharded:
+            from .distributed import all_reduce_sum_
+
+            all_reduce_sum_(tensor)
+        return tensor
 
 
 def load_probe_data(dataset: str, split: str, samples: Optional[int], batch_size: int,

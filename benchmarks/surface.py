@@ -1,0 +1,181 @@
+"""Benchmark: a 21x21 loss surface of the default convnet on 1000 digits training images.
+
+Compares, on the same model and data (one batch of 1000 images, eval mode):
+
+* floor            441 x one forward pass over the 1000 images (nothing else)
+* flatness         ``flatness.surface.compute_surface`` (grid time, i.e. the file's ``seconds``;
+                   and the whole call, start-up and file writing included)
+* plain loop       per point: deepcopy the model, add a·x + b·y to its parameters, ``evaluate``
+* loss-landscapes  the ``loss-landscapes`` package's ``random_plane`` (steps=21, filter
+                   normalisation) with its ``Loss`` metric, as documented (no ``no_grad``), and
+                   the same call wrapped in ``torch.no_grad()``
+
+Usage:  .venv/bin/python benchmarks/surface.py [--threads 1] [--repeat-floor 2]
+
+loss-landscapes is not a project dependency; it is installed on first use with
+``pip install --no-deps --target .bench/ll loss-landscapes`` (skipped, and said so, if that fails).
+Other processes may share the CPU: the floor is measured before and after the others, and every
+row is reported as a ratio to the mean floor.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, ".bench", "surface")
+LL_DIR = os.path.join(ROOT, ".bench", "ll")
+GRID = 21
+SAMPLES = 1000
+
+
+def make_checkpoint(path: str) -> None:
+    from flatness.checkpoint import save_checkpoint
+    from flatness.datasets import dataset_info
+    from flatness.models import build_from_spec, model_spec
+    from flatness.probe_data import load_probe_data
+
+    torch.manual_seed(0)
+    info = dataset_info("digits")
+    spec = model_spec("convnet", info.in_channels, info.image_size, info.num_classes)
+    model = build_from_spec(spec)
+    data = load_probe_data("digits", "train", None, 64)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model.train()
+    for step in range(100):
+        x, y = data.batches[step % len(data)]
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+    save_checkpoint(path, model, model_spec=spec, config={"dataset": "digits", "model": "convnet", "method": "erm"},
+                    epoch=1, step=100)
+
+
+def import_loss_landscapes():
+    if not os.path.isdir(os.path.join(LL_DIR, "loss_landscapes")):
+        try:
+            subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", LL_DIR,
+                            "loss-landscapes"], check=True, timeout=300)
+        except (subprocess.SubprocessError, OSError) as err:
+            print(f"loss-landscapes could not be installed ({err}); its rows are skipped")
+            return None
+    sys.path.insert(0, LL_DIR)
+    try:
+        import loss_landscapes
+        import loss_landscapes.metrics
+
+        return loss_landscapes
+    except Exception as err:  # an old package against a new torch/numpy
+        print(f"loss-landscapes does not import ({type(err).__name__}: {err}); its rows are skipped")
+        return None
+
+
+def timed(fn):
+    """(wall seconds, result); the process CPU time of the same call is left in ``timed.cpu``."""
+    start, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    timed.cpu = time.process_time() - cpu
+    return time.perf_counter() - start, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for every row (default 1)")
+    parser.add_argument("--skip-plain", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    os.makedirs(BENCH, exist_ok=True)
+
+    from flatness.checkpoint import load_checkpoint
+    from flatness.directions import random_directions
+    from flatness.evaluate import evaluate
+    from flatness.probe_data import load_probe_data
+    from flatness.surface import compute_surface
+
+    ckpt = os.path.join(BENCH, "convnet.pt")
+    if not os.path.exists(ckpt):
+        make_checkpoint(ckpt)
+    model, _ = load_checkpoint(ckpt)
+    data = load_probe_data("digits", "train", SAMPLES, SAMPLES)
+    x_all, y_all = data.batches[0]
+    points = GRID * GRID
+    rows = []
+
+    def floor():
+        with torch.no_grad():
+            for _ in range(points):
+                model(x_all)
+
+    with torch.no_grad():
+        model(x_all)  # warm-up
+    t_floor1, _ = timed(floor)
+    rows.append(("floor (441 forward passes), before", t_floor1, timed.cpu))
+    cpu_floor1 = timed.cpu
+
+    out = os.path.join(BENCH, "surface.h5")
+    t_call, summary = timed(lambda: compute_surface(ckpt, out, x=(-1, 1, GRID), y=(-1, 1, GRID), samples=SAMPLES,
+                                                    batch_size=SAMPLES, device="cpu", force=True, progress=False))
+    rows.append(("flatness compute_surface: grid time", summary["seconds"], None))
+    rows.append(("flatness compute_surface: whole call", t_call, timed.cpu))
+
+    if not args.skip_plain:
+        dx, dy = random_directions(model, 2, seed=0)
+        coords = torch.linspace(-1, 1, GRID).tolist()
+
+        def plain():
+            out_values = []
+            for a in coords:
+                for b in coords:
+                    m = copy.deepcopy(model)
+                    with torch.no_grad():
+                        for name, p in m.named_parameters():
+                            p.add_(a * dx[name] + b * dy[name])
+                    out_values.append(evaluate(m, data))
+            return out_values
+
+        t_plain, _ = timed(plain)
+        rows.append(("plain loop (deepcopy + add + evaluate)", t_plain, timed.cpu))
+
+    ll = import_loss_landscapes()
+    if ll is not None:
+        metric = ll.metrics.Loss(torch.nn.CrossEntropyLoss(), x_all, y_all)
+        model.eval()
+        try:
+            t_ll, _ = timed(lambda: ll.random_plane(model, metric, distance=1, steps=GRID, normalization="filter",
+                                                   deepcopy_model=True))
+            rows.append(("loss-landscapes random_plane (as documented)", t_ll, timed.cpu))
+
+            def ll_nograd():
+                with torch.no_grad():
+                    return ll.random_plane(model, metric, distance=1, steps=GRID, normalization="filter",
+                                           deepcopy_model=True)
+
+            t_ll2, _ = timed(ll_nograd)
+            rows.append(("loss-landscapes random_plane under no_grad", t_ll2, timed.cpu))
+        except Exception as err:
+            print(f"loss-landscapes random_plane failed ({type(err).__name__}: {err}); its rows are skipped")
+
+    t_floor2, _ = timed(floor)
+    rows.append(("floor (441 forward passes), after", t_floor2, timed.cpu))
+    floor_mean = (t_floor1 + t_floor2) / 2
+    cpu_floor = (cpu_floor1 + timed.cpu) / 2
+
+    print(f"\n21x21 surface, convnet, {SAMPLES} digits training images in one batch, CPU, "
+          f"{args.threads} torch thread(s), torch {torch.__version__}")
+    print("wall = elapsed seconds; cpu = this process's CPU seconds (less disturbed by other processes)")
+    print(f"{'method':46s} {'wall s':>7s} {'pts/s':>6s} {'x floor':>7s} {'cpu s':>7s} {'x floor':>7s}")
+    for name, seconds, cpu in rows:
+        cpu_cols = f"{cpu:7.2f} {cpu / cpu_floor:7.2f}" if cpu is not None else f"{'':7s} {'':7s}"
+        print(f"{name:46s} {seconds:7.2f} {points / seconds:6.1f} {seconds / floor_mean:7.2f} {cpu_cols}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""``flatness surface CKPT --x=MIN:MAX:N [--y=MIN:MAX:N] ...``: a 1D/2D loss surface as HDF5."""
+from __future__ import annotations
+
+import click
+
+from flatness.surface import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
+
+
+@click.command("surface")
+@click.argument("checkpoint", type=click.Path(dir_okay=True))
+@click.option("--x", "x", default="-1:1:21", show_default=True, metavar="MIN:MAX:N",
+              help="Grid along the first direction: N points from MIN to MAX.")
+@click.option("--y", "y", default=None, metavar="MIN:MAX:N", help="Grid along a second direction (2D surface).")
+@click.option("--dir", "direction", default="random", show_default=True, metavar="random|eigen|interp:CKPT_B|pca:RUN_DIR",
+              help="Directions: filter-normalised random ones, the top Hessian eigenvectors, the line to "
+                   "checkpoint B (A at 0, B at 1), or a run's trajectory PCA.")
+@click.option("--norm", type=click.Choice(["filter", "layer", "none"]), default="filter", show_default=True,
+              help="Normalisation of random directions.")
+@click.option("--ignore", type=click.Choice(["biasbn", "none"]), default="biasbn", show_default=True,
+              help="Random directions: zero biases and BatchNorm parameters (biasbn) or copy them from the weights.")
+@click.option("--orthogonal", is_flag=True, help="Make the second random direction orthogonal to the first.")
+@click.option("--split", type=click.Choice(["train", "test", "both"]), default="train", show_default=True)
+@click.option("--samples", type=int, default=DEFAULT_SAMPLES, show_default=True,
+              help="Probe examples (the first N of the split); 0 means all.")
+@click.option("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, show_default=True)
+@click.option("--bn", type=click.Choice(["eval", "recalibrate"]), default="eval", show_default=True,
+              help="BatchNorm statistics: as stored, or re-estimated on training data at every point.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random directions.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--data-dir", default=None, help="Dataset folder (default ./data).")
+@click.option("--download", is_flag=True, help="Download the dataset if it is missing.")
+@click.option("--out", default=None, metavar="FILE.h5", help="Output file (default: beside the checkpoint).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted surface: compute only the missing points.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def command(checkpoint, x, y, direction, norm, ignore, orthogonal, split, samples, batch_size, bn, seed, device,
+            data_dir, download, out, resume, force, quiet):
+    """Loss and accuracy on a grid around CHECKPOINT (loss-landscape compatible HDF5)."""
+    from flatness.surface import compute_surface
+
+    summary = compute_surface(checkpoint, out=out, x=x, y=y, direction=direction, norm=norm, ignore=ignore,
+                              orthogonal=orthogonal, split=split, samples=None if samples == 0 else samples,
+                              batch_size=batch_size, bn=bn, seed=seed, device=device, resume=resume, force=force,
+                              progress=not quiet, data_dir=data_dir, download=download)
+    shape = "x".join(str(s) for s in summary["shape"])
+    rate = summary["points_per_second"]
+    click.echo(f"surface {shape} ({summary['direction']}, bn {summary['bn']}): {summary['computed_now']} points "
+               f"computed{' (resumed)' if summary['resumed'] else ''}"
+               f"{f', {rate:.1f} points/s' if rate else ''}, {summary['seconds']:.1f} s of grid time in all")
+    if summary["centre"]:
+        for split_name, (loss, acc) in summary["centre"].items():
+            click.echo(f"  centre {split_name}: loss {loss:.4f}, accuracy {acc:.2f}%")
+    for split_name, value in summary["min_loss"].items():
+        if value is not None:
+            click.echo(f"  lowest {split_name} loss on the grid: {value:.4f}")
+    if summary["remaining"]:
+        click.echo(f"  {summary['remaining']} points still missing; rerun with --resume")
+    click.echo(f"wrote {summary['out']}")

@@ -1,0 +1,97 @@
+"""``flatness train``: train a model with ERM, AMP or SAM into a run folder (thin layer over
+``flatness.training.train``)."""
+from __future__ import annotations
+
+import click
+
+from flatness.training import TrainConfig
+
+D = TrainConfig()
+
+
+def _ms(values) -> str:
+    return ",".join(str(v) for v in values) or "none"
+
+
+@click.command("train")
+@click.option("--dataset", type=str, default=None,
+              help=f"Dataset: digits (offline, bundled), cifar10, cifar100, svhn, gtsrb, mnist, fashion-mnist. "
+                   f"[default: {D.dataset}; the AMP paper: cifar10/cifar100/svhn]")
+@click.option("--model", type=str, default=None,
+              help=f"Model: mlp, convnet, preactresnet18, wrn-DEPTH-WIDEN (e.g. wrn-28-10), vgg16. "
+                   f"[default: {D.model}; the paper: preactresnet18, wrn-28-10, vgg16]")
+@click.option("--width", type=int, default=None, help="Width of convnet (first conv channels, default 16) or mlp "
+                                                      "(hidden units, default 128); other models ignore it.")
+@click.option("--depth", type=int, default=None, help="Hidden layers of mlp (default 2); other models ignore it.")
+@click.option("--method", type=str, default=None,
+              help=f"Training objective: erm (plain loss), amp (adversarial model perturbation, "
+                   f"1+inner-iter passes per step), sam (sharpness-aware minimisation, 2 passes). [default: {D.method}]")
+@click.option("--epochs", type=int, default=None, help=f"Passes over the training set. [default: {D.epochs}; paper: 200]")
+@click.option("--batch-size", type=int, default=None, help=f"Examples per step. [default: {D.batch_size}; paper: 50]")
+@click.option("--lr", type=float, default=None, help=f"Initial learning rate of SGD. [default: {D.lr}; paper: 0.1]")
+@click.option("--momentum", type=float, default=None, help=f"SGD momentum. [default: {D.momentum}; paper: 0.9]")
+@click.option("--nesterov/--no-nesterov", default=None,
+              help=f"Nesterov momentum. [default: {'on' if D.nesterov else 'off'}; paper: on]")
+@click.option("--weight-decay", type=float, default=None,
+              help=f"L2 weight decay (SGD's, coupled). [default: {D.weight_decay}; paper: 1e-4]")
+@click.option("--schedule", type=str, default=None,
+              help=f"Learning-rate schedule per epoch: step (x0.1 at each milestone), cosine (to 0 at the last "
+                   f"epoch), constant. [default: {D.schedule}; paper: step]")
+@click.option("--milestones", type=str, default=None,
+              help=f"Comma-separated epochs after which the step schedule multiplies lr by 0.1. "
+                   f"[default: {_ms(D.milestones)}; paper: 100,150]")
+@click.option("--grad-clip", type=float, default=None,
+              help="Clip the global L2 norm of the gradient used by the optimizer's (base) step to this value; "
+                   "AMP/SAM's perturbation uses unclipped gradients. [default: no clipping; paper: 50]")
+@click.option("--seed", type=int, default=None, help=f"Seed of the initial weights and the data order. [default: {D.seed}]")
+@click.option("--device", type=str, default=None, help="auto (CUDA when present), cpu, cuda or cuda:N. [default: auto]")
+@click.option("--epsilon", type=float, default=None,
+              help=f"AMP: L2 radius of the perturbation ball. [default: {D.epsilon} (tuned for digits); paper: 0.5, "
+                   f"VGG16: 0.1]")
+@click.option("--inner-lr", type=float, default=None,
+              help=f"AMP: step size of the inner ascent on the perturbation. [default: {D.inner_lr}; paper: 1, VGG16: 0.2]")
+@click.option("--inner-iter", type=int, default=None,
+              help=f"AMP: inner ascent steps per training step. [default: {D.inner_iter}; paper: 1]")
+@click.option("--ball", type=str, default=None,
+              help=f"AMP: tensor (each parameter tensor in its own L2 ball of radius epsilon, as the published code) "
+                   f"or global (one L2 ball over all parameters, as the paper writes it). [default: {D.ball}]")
+@click.option("--rho", type=float, default=None, help=f"SAM: radius of the ascent step. [default: {D.rho}]")
+@click.option("--adaptive/--no-adaptive", default=None,
+              help="SAM: adaptive (ASAM) scaling of the ascent by |theta|. [default: off]")
+@click.option("--augment/--no-augment", default=None,
+              help="Training augmentation: random crop (+ horizontal flip on CIFAR / Fashion-MNIST). digits has "
+                   "none. [default: off; paper: on]")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Where datasets live: <data-dir>/<dataset>/... [default: ./data]")
+@click.option("--download", is_flag=True, default=False, help="Download a missing dataset (needs the internet).")
+@click.option("--out", type=click.Path(), default=None,
+              help="Run folder (config.json, init.pt, last.pt, epoch-NNN.pt, metrics.jsonl). An existing non-empty "
+                   "folder is refused unless --resume. [default: checkpoints/<dataset>-<model>-<method>-s<seed>]")
+@click.option("--save-every", type=int, default=None,
+              help="Also keep epoch-NNN.pt every K epochs (and epoch-000.pt = init), e.g. for PCA trajectories; "
+                   "0 = none. [default: 0]")
+@click.option("--resume", is_flag=True, default=False,
+              help="Continue the run in --out from its last finished epoch (options other than --epochs, "
+                   "--save-every, --device, --data-dir, --download must match the stored run).")
+@click.option("--recipe", type=str, default=None,
+              help="Start from a named preset; options given explicitly override it: amp-paper (the AMP paper's "
+                   "CIFAR/SVHN recipe), amp-paper-vgg (eps 0.1, inner-lr 0.2), digits-default (the defaults).")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar per epoch. [default: on]")
+def command(out, resume, recipe, progress, **options):
+    """Train a model with ERM, AMP or SAM and save its checkpoints into a run folder.
+
+    With no options: the convnet on the bundled digits set (offline, under a minute on a laptop CPU).
+    """
+    from flatness import training
+
+    explicit = {k: v for k, v in options.items() if v is not None}
+    if not explicit.get("download"):
+        explicit.pop("download", None)
+    if resume:
+        probe = training.build_config(explicit, recipe)
+        out = out or training.default_out_dir(probe)
+        config = training.resume_config(out, explicit)
+    else:
+        config = training.build_config(explicit, recipe)
+    out_dir = training.train(config, out_dir=out, resume=resume, progress=progress)
+    click.echo(f"Saved run to {out_dir}")

@@ -1,0 +1,110 @@
+"""torch.distributed glue, used the same way by training, the Hessian and surfaces.
+
+Launch with ``torchrun --nproc_per_node=N -m flatness.cli COMMAND ...``: every rank runs the same
+command; ``init_from_env`` joins the process group torchrun describes (gloo on CPU, NCCL on GPU).
+Without torchrun everything here degrades to single-process no-ops, so library code calls these
+helpers unconditionally.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from typing import List, Sequence, TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    """True on the rank that writes files and prints (rank 0, or the only process)."""
+    return rank() == 0
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_from_env(device: torch.device, timeout_s: float = 600.0) -> bool:
+    """Join the process group that torchrun's environment describes; return True when distributed.
+
+    The backend follows the device: NCCL for CUDA, gloo for CPU. Each CUDA rank takes the GPU of its
+    LOCAL_RANK. A rank that dies makes the others fail at their next collective (after ``timeout_s``),
+    so a run fails cleanly instead of hanging forever.
+    """
+    if not launched_by_torchrun():
+        return False
+    if dist.is_initialized():
+        return dist.get_world_size() > 1
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return True
+
+
+def local_device(device: torch.device) -> torch.device:
+    """The device this rank computes on: its own GPU under torchrun, else ``device`` unchanged."""
+    if device.type == "cuda" and launched_by_torchrun():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def shard(items: Sequence[T], rank_: int = None, world: int = None) -> List[T]:
+    """This rank's share of ``items``: every world-th item starting at its rank (round robin)."""
+    rank_ = rank() if rank_ is None else rank_
+    world = world_size() if world is None else world
+    return list(items[rank_::world])
+
+
+def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over ranks in place (no-op when not distributed)."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_mean_(tensors: Sequence[torch.Tensor]) -> None:
+    """Average a list of tensors over ranks in place, flattened into one collective for speed."""
+    if not is_distributed() or not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    offset = 0
+    for t in tensors:
+        n = t.numel()
+        t.copy_(flat[offset:offset + n].view_as(t))
+        offset += n
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank ``src``'s ``obj`` on every rank (for small plain data: configs, grid plans)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

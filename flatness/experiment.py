@@ -1,0 +1,397 @@
+"""The whole ERM-versus-AMP study in one call: ``run_experiment(ExperimentConfig(...))``.
+
+Steps, each idempotent (a rerun skips what is finished; a killed run, rerun, completes):
+
+1. train every (method, seed) into ``OUT/runs/<method>-s<seed>/`` (``flatness.training.train``;
+   a finished run is skipped, a partial one resumed);
+2. probe every final checkpoint into ``OUT/runs/<method>-s<seed>/probe.json`` (top-k Hessian
+   eigenvalues by Lanczos, Hutchinson trace, spectral density, every sharpness metric); an existing
+   probe JSON is kept;
+3. surfaces for one seed per method, the same seed for every method so that the random directions
+   are drawn alike: ``surface-1d.h5`` and ``surface-2d.h5`` (random, filter-normalised, BN/bias
+   ignored) in the run folders, and the ERM→AMP interpolation ``OUT/surfaces/interp-<a>-<b>-s<seed>.h5``;
+   ``compute_surface(resume=True)`` continues a partial file;
+4. figures (``OUT/figures/``), the comparison (``OUT/comparison.{md,json,csv}``), and the report
+   (``OUT/REPORT.md``, ``OUT/report.html``), rebuilt every time from what is on disk.
+
+``OUT/experiment.json`` records the settings; a rerun with settings that would change finished results
+(dataset, model, epochs, samples, grid, ...) is refused rather than mixing two studies in one folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from .errors import FlatnessError
+from .fileio import atomic_write_json
+
+RUNS = "runs"
+FIGURES = "figures"
+SURFACES = "surfaces"
+STATE = "experiment.json"
+PROBE = "probe.json"
+SURFACE_1D = "surface-1d.h5"
+SURFACE_2D = "surface-2d.h5"
+
+# The default study's budget on a 2-core CPU (<= 10 minutes in all): 3 seeds x (ERM + AMP) runs with
+# `flatness train`'s defaults (TrainConfig), a probe per run, 1D (2*grid-1 points) and 2D (grid x grid)
+# surfaces on `samples` training examples + the whole test split.
+DEFAULT_SAMPLES = 1000
+DEFAULT_GRID = 21
+SURFACE_SEED = 0  # the seed of the random directions, the same for every method
+
+# Settings that change finished results: a rerun must keep them.
+FROZEN = ("dataset", "model", "recipe", "epochs", "samples", "grid", "quick", "batch_size", "probe",
+          "train_overrides")
+
+
+@dataclass
+class ExperimentConfig:
+    out: Optional[str] = None
+    dataset: str = "digits"
+    model: str = "convnet"
+    methods: Tuple[str, ...] = ("erm", "amp")
+    seeds: Tuple[int, ...] = (0, 1, 2)
+    recipe: Optional[str] = None
+    epochs: Optional[int] = None
+    device: str = "auto"
+    samples: Optional[int] = None
+    grid: Optional[int] = None
+    data_dir: Optional[str] = None
+    download: bool = False
+    quick: bool = False
+    batch_size: int = 500  # probe/surface evaluation batch
+    train_overrides: Dict[str, Any] = field(default_factory=dict)
+    probe: Dict[str, Any] = field(default_factory=dict)
+
+    def resolved(self) -> "ExperimentConfig":
+        c = dataclasses.replace(self)
+        c.methods = tuple(_parse_list(c.methods, str, "methods"))
+        c.seeds = tuple(_parse_list(c.seeds, int, "seeds"))
+        for m in c.methods:
+            if m not in ("erm", "amp", "sam"):
+                raise FlatnessError(f"unknown method {m!r} in --methods; use erm, amp, sam")
+        if "erm" not in c.methods:
+            raise FlatnessError("--methods must include erm: every method is compared with it")
+        if len(c.methods) < 2:
+            raise FlatnessError("--methods needs at least two methods to compare (e.g. erm,amp)")
+        if c.quick:
+            c.epochs = c.epochs or 1
+            c.samples = c.samples or 128
+            c.grid = c.grid or 5
+            c.train_overrides = {"batch_size": 128, **c.train_overrides}
+        c.samples = c.samples or DEFAULT_SAMPLES
+        c.grid = c.grid or DEFAULT_GRID
+        if c.epochs is not None and c.epochs < 1:
+            raise FlatnessError(f"--epochs must be >= 1, got {c.epochs}")
+        if c.samples < 1:
+            raise FlatnessError(f"--samples must be >= 1, got {c.samples}")
+        if c.grid < 3:
+            raise FlatnessError(f"--grid must be >= 3, got {c.grid}")
+        if c.out is None:
+            c.out = os.path.join("checkpoints", f"experiment-{c.dataset}-{c.model}")
+        c.probe = {**probe_settings(c.quick), **c.probe}
+        return c
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["methods"], d["seeds"] = list(self.methods), list(self.seeds)
+        return d
+
+
+def _parse_list(value, kind, name) -> List[Any]:
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    try:
+        out = [kind(v.strip().lower() if isinstance(v, str) and kind is str else v) for v in value]
+    except (TypeError, ValueError):
+        raise FlatnessError(f"--{name}: expected a comma-separated list of {kind.__name__}s") from None
+    if not out:
+        raise FlatnessError(f"--{name} is empty")
+    if len(set(out)) != len(out):
+        raise FlatnessError(f"--{name} repeats a value")
+    return out
+
+
+def probe_settings(quick: bool) -> Dict[str, Any]:
+    """What every probe of the study measures (the probe's own defaults where not said here)."""
+    if quick:
+        return {"top_k": 2, "eig_method": "lanczos", "max_iter": 20, "tol": 1e-3, "trace": True,
+                "trace_samples": 4, "density": True, "sharpness": ["all"],
+                "sharpness_options": {"rhos": [0.05], "epsilons": [1e-3], "draws": 2, "ascent_steps": 2}}
+    return {"top_k": 5, "eig_method": "lanczos", "max_iter": 100, "tol": 1e-3, "trace": True, "trace_samples": 30,
+            "density": True, "sharpness": ["all"], "sharpness_options": {}}
+
+
+# --------------------------------------------------------------------------- small helpers
+
+def run_dir(cfg: ExperimentConfig, method: str, seed: int) -> str:
+    return os.path.join(cfg.out, RUNS, f"{method}-s{seed}")
+
+
+def _log(msg: str, echo: Optional[Callable[[str], None]]) -> None:
+    if echo:
+        echo(msg)
+
+
+def _finished_epochs(folder: str) -> int:
+    path = os.path.join(folder, "metrics.jsonl")
+    last = 0
+    if not os.path.isfile(path):
+        return 0
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                last = max(last, int(json.loads(line).get("epoch", 0)))
+            except (ValueError, TypeError, AttributeError):
+                continue
+    return last
+
+
+def _check_state(cfg: ExperimentConfig) -> None:
+    path = os.path.join(cfg.out, STATE)
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as handle:
+            stored = json.load(handle).get("config", {})
+    except (OSError, ValueError):
+        return
+    now = json.loads(json.dumps(cfg.to_dict()))
+    for key in FROZEN:
+        if key in stored and stored[key] != now.get(key):
+            raise FlatnessError(f"{cfg.out} holds a study made with {key}={stored[key]!r} (now {now.get(key)!r}); "
+                                "rerun with the same settings to resume it, or choose another --out")
+
+
+def _write_state(cfg: ExperimentConfig, steps: List[Dict[str, Any]], started: float) -> None:
+    atomic_write_json(os.path.join(cfg.out, STATE), {
+        "config": cfg.to_dict(), "steps": steps, "seconds_this_run": time.time() - started,
+    })
+
+
+# --------------------------------------------------------------------------- the steps
+
+def train_config_for(cfg: ExperimentConfig, method: str, seed: int):
+    from .training import build_config
+
+    explicit: Dict[str, Any] = {"dataset": cfg.dataset, "model": cfg.model, "method": method, "seed": seed,
+                                "device": cfg.device}
+    if cfg.data_dir:
+        explicit["data_dir"] = cfg.data_dir
+    if cfg.download:
+        explicit["download"] = True
+    if cfg.epochs is not None:
+        explicit["epochs"] = cfg.epochs  # as `flatness train --epochs`: the schedule's milestones stay
+    explicit.update(cfg.train_overrides)
+    return build_config(explicit, recipe=cfg.recipe)
+
+
+def step_train(cfg: ExperimentConfig, method: str, seed: int, progress: bool, echo) -> Dict[str, Any]:
+    from .training import train
+
+    folder = run_dir(cfg, method, seed)
+    config = train_config_for(cfg, method, seed)
+    done = _finished_epochs(folder)
+    last = os.path.join(folder, "last.pt")
+    if os.path.isfile(last) and done >= config.epochs:
+        return {"step": f"train {method} s{seed}", "skipped": True, "seconds": 0.0}
+    began = time.perf_counter()
+    resume = os.path.isfile(last)
+    if not resume and os.path.isdir(folder) and os.listdir(folder):
+        _clear_unstarted_run(folder)
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    _log(f"[train] {method.upper()} seed {seed}: {config.epochs} epochs" + (f" (resuming after epoch {done})"
+                                                                            if resume else ""), echo)
+    train(config, out_dir=folder, resume=resume, progress=progress, verbose=False)
+    return {"step": f"train {method} s{seed}", "skipped": False, "seconds": time.perf_counter() - began}
+
+
+def _clear_unstarted_run(folder: str) -> None:
+    """A run killed before its first last.pt: only the files train() writes first can be there."""
+    allowed = {"config.json", "init.pt", "metrics.jsonl", "epoch-000.pt"}
+    names = os.listdir(folder)
+    strangers = [n for n in names if n not in allowed and not (n.startswith(".") and n.endswith(".tmp"))]
+    if strangers:
+        raise FlatnessError(f"{folder} holds files this study did not write ({strangers[0]}); move them away")
+    for n in names:
+        os.unlink(os.path.join(folder, n))
+
+
+def step_probe(cfg: ExperimentConfig, method: str, seed: int, progress: bool, echo) -> Dict[str, Any]:
+    from .probe import run_probe
+    from .probe_io import write_probe
+
+    folder = run_dir(cfg, method, seed)
+    out = os.path.join(folder, PROBE)
+    if os.path.isfile(out):
+        return {"step": f"probe {method} s{seed}", "skipped": True, "seconds": 0.0}
+    began = time.perf_counter()
+    _log(f"[probe] {method.upper()} seed {seed}", echo)
+    opts = dict(cfg.probe)
+    result = run_probe(os.path.join(folder, "last.pt"), split="train", samples=cfg.samples,
+                       batch_size=cfg.batch_size, seed=0, device=cfg.device, progress=progress,
+                       **_probe_kwargs(opts))
+    write_probe(out, result)
+    return {"step": f"probe {method} s{seed}", "skipped": False, "seconds": time.perf_counter() - began}
+
+
+def _probe_kwargs(opts: Dict[str, Any]) -> Dict[str, Any]:
+    """Only the options run_probe takes (its signature decides), so the study keeps working as it grows."""
+    import inspect
+
+    from .probe import run_probe
+
+    params = inspect.signature(run_probe).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return dict(opts)
+    return {k: v for k, v in opts.items() if k in params}
+
+
+def surface_seed(cfg: ExperimentConfig) -> int:
+    return cfg.seeds[0]
+
+
+def step_surfaces(cfg: ExperimentConfig, progress: bool, echo) -> List[Dict[str, Any]]:
+    from .surface import compute_surface
+
+    seed = surface_seed(cfg)
+    g = cfg.grid
+    steps = []
+    jobs = []
+    for method in cfg.methods:
+        ckpt = os.path.join(run_dir(cfg, method, seed), "last.pt")
+        jobs.append((f"surface 1D {method} s{seed}", ckpt, os.path.join(run_dir(cfg, method, seed), SURFACE_1D),
+                     dict(x=(-1.0, 1.0, 2 * g - 1), direction="random")))
+        jobs.append((f"surface 2D {method} s{seed}", ckpt, os.path.join(run_dir(cfg, method, seed), SURFACE_2D),
+                     dict(x=(-1.0, 1.0, g), y=(-1.0, 1.0, g), direction="random")))
+    base = os.path.join(run_dir(cfg, "erm", seed), "last.pt")
+    os.makedirs(os.path.join(cfg.out, SURFACES), exist_ok=True)
+    for other in cfg.methods:
+        if other == "erm":
+            continue
+        target = os.path.join(run_dir(cfg, other, seed), "last.pt")
+        jobs.append((f"surface interp erm→{other} s{seed}", base, interp_path(cfg, other),
+                     dict(x=(-0.5, 1.5, 2 * g - 1), direction=f"interp:{target}")))
+    for name, ckpt, out, kw in jobs:
+        began = time.perf_counter()
+        summary = compute_surface(ckpt, out=out, norm="filter", ignore="biasbn", split="both", samples=cfg.samples,
+                                  batch_size=cfg.batch_size, bn="eval", seed=SURFACE_SEED, device=cfg.device,
+                                  resume=True, progress=progress, data_dir=cfg.data_dir, **kw)
+        did = bool(summary.get("computed_now"))
+        if did:
+            _log(f"[surface] {name}: {summary.get('computed_now')} points", echo)
+        steps.append({"step": name, "skipped": not did, "seconds": time.perf_counter() - began})
+    return steps
+
+
+def interp_path(cfg: ExperimentConfig, other: str) -> str:
+    return os.path.join(cfg.out, SURFACES, f"interp-erm-{other}-s{surface_seed(cfg)}.h5")
+
+
+def step_figures(cfg: ExperimentConfig, records, comp) -> Dict[str, str]:
+    """Every figure the report shows, rebuilt from the files (cheap; derived outputs of this folder)."""
+    from .compare import compare_figures
+    from .plotting import common_limits, load_surface, plot_1d, plot_2d, plot_spectrum, _pick_value
+
+    fig_dir = os.path.join(cfg.out, FIGURES)
+    os.makedirs(fig_dir, exist_ok=True)
+    figs = dict(compare_figures(records, fig_dir, fmt="png", force=True, prefix="compare"))
+    seed = surface_seed(cfg)
+    two_d = {}
+    for method in cfg.methods:
+        path = os.path.join(run_dir(cfg, method, seed), SURFACE_2D)
+        if os.path.isfile(path):
+            two_d[method] = load_surface(path)
+    if two_d:
+        value = _pick_value(next(iter(two_d.values())), None)
+        limits = common_limits(list(two_d.values()), value)
+        for method, surf in two_d.items():
+            for kind in ("contour", "3d"):
+                figs[f"{kind}-{method}"] = plot_2d(surf, os.path.join(fig_dir, f"{method}-s{seed}-{kind}.png"), kind,
+                                                   value, force=True, limits=limits)
+    interps = []
+    for other in cfg.methods:
+        if other != "erm" and os.path.isfile(interp_path(cfg, other)):
+            interps.append((other, load_surface(interp_path(cfg, other))))
+    if interps:
+        labels = [f"ERM (α=0) → {o.upper()} (α=1), seed {seed}" for o, _ in interps]
+        figs["interp"] = plot_1d([s for _, s in interps], os.path.join(fig_dir, "interpolation.png"), force=True,
+                                 labels=labels, log=True,
+                                 title=f"Linear interpolation θ(α) = (1−α)·θ_ERM + α·θ_other, seed {seed} "
+                                       "(loss on a log scale)")
+    probes = [r.probe for r in sorted(records, key=lambda r: (r.method, r.seed)) if r.probe]
+    if probes:
+        figs["spectra-all"] = plot_spectrum(probes, os.path.join(fig_dir, "spectra-all-seeds.png"), force=True)
+    return figs
+
+
+# --------------------------------------------------------------------------- the driver
+
+def run_experiment(config: ExperimentConfig, progress: bool = True,
+                   echo: Optional[Callable[[str], None]] = print) -> Dict[str, Any]:
+    """Run (or resume) the whole study; returns {out, report, html, steps, verdict, seconds}."""
+    import torch
+
+    from .compare import compare, load_run_dir
+    from .report import write_report
+
+    cfg = config.resolved()
+    started = time.time()
+    if os.path.isfile(cfg.out):
+        raise FlatnessError(f"--out {cfg.out} is a file; name a folder")
+    os.makedirs(cfg.out, exist_ok=True)
+    _check_state(cfg)
+    # check every training config before the first step, so a bad option fails at once
+    for m in cfg.methods:
+        train_config_for(cfg, m, cfg.seeds[0])
+    steps: List[Dict[str, Any]] = _previous_steps(cfg)
+    _write_state(cfg, steps, started)
+
+    def record(entry):
+        steps.append(dict(entry, at=time.time()))
+        _write_state(cfg, steps, started)
+
+    for method in cfg.methods:
+        for seed in cfg.seeds:
+            record(step_train(cfg, method, seed, progress, echo))
+    for method in cfg.methods:
+        for seed in cfg.seeds:
+            record(step_probe(cfg, method, seed, progress, echo))
+    for entry in step_surfaces(cfg, progress, echo):
+        record(entry)
+
+    records = [load_run_dir(run_dir(cfg, m, s)) for m in cfg.methods for s in cfg.seeds]
+    from .compare import record_values
+
+    for r in records:
+        r.values = record_values(r)
+    comp = compare(records)
+    began = time.perf_counter()
+    figures = step_figures(cfg, records, comp)
+    from .compare import csv_text, markdown_table
+    from .fileio import atomic_write_text
+
+    atomic_write_text(os.path.join(cfg.out, "comparison.md"), "# Comparison\n\n" + markdown_table(comp))
+    atomic_write_json(os.path.join(cfg.out, "comparison.json"), comp)
+    atomic_write_text(os.path.join(cfg.out, "comparison.csv"), csv_text(comp))
+    record({"step": "figures and comparison", "skipped": False, "seconds": time.perf_counter() - began})
+    report = write_report(cfg, records, comp, figures, steps)
+    _write_state(cfg, steps, started)
+    return {"out": cfg.out, "report": report["markdown"], "html": report["html"], "steps": steps,
+            "verdict": report["verdict"], "seconds": time.time() - started, "figures": figures}
+
+
+def _previous_steps(cfg: ExperimentConfig) -> List[Dict[str, Any]]:
+    """Steps done by earlier invocations (kept, so the report can tell what each step cost)."""
+    path = os.path.join(cfg.out, STATE)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            old = json.load(handle).get("steps", [])
+    except (OSError, ValueError):
+        return []
+    return [dict(s, earlier=True) for s in old if not s.get("skipped") and s.get("step") != "figures and comparison"]

@@ -1,0 +1,19 @@
+"""Hessian spectrum of the probe loss: one operator, and the routines that use it.
+
+* ``HessianOperator(model, data, params=None, loss=cross_entropy, backend=...)``: H·v, ``.dim``,
+  ``.hvps``, ``.to_dense()``.
+* ``lanczos`` / ``power_iteration`` -> ``EigenResult``; ``top_eigen(op, k, method)``.
+* ``hutchinson`` / ``hutchpp`` / ``estimate_trace`` -> ``TraceResult``.
+* ``slq`` -> ``DensityResult``; ``density_on_grid``, ``default_grid``.
+"""
+from .density import DensityResult, default_grid, density_on_grid, lanczos_tridiagonal, slq
+from .eigen import EigenResult, lanczos, power_iteration, top_eigen
+from .operator import BACKENDS, DEFAULT_BACKEND, HessianOperator, flat_to_named
+from .trace import TraceResult, estimate_trace, hutchinson, hutchpp
+
+__all__ = [
+    "HessianOperator", "BACKENDS", "DEFAULT_BACKEND", "flat_to_named",
+    "EigenResult", "lanczos", "power_iteration", "top_eigen",
+    "TraceResult", "hutchinson", "hutchpp", "estimate_trace",
+    "DensityResult", "slq", "lanczos_tridiagonal", "density_on_grid", "default_grid",
+]

@@ -1,0 +1,232 @@
+"""Top (or bottom) Hessian eigenpairs: power iteration with deflation, and Lanczos with full
+re-orthogonalisation and thick restarts. Both take any operator with ``dim``, ``dtype``, ``device``,
+``matvec`` and an ``hvps`` counter (``HessianOperator``, or a dense-matrix stand-in in tests).
+
+Convergence is judged by the true relative residual ‖Hv − λv‖ / |λ| of every returned pair,
+computed with real HVPs (which are counted), never by the change of λ between iterations.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+
+_TINY = 1e-30
+
+
+@dataclass
+class EigenResult:
+    """Eigenpairs and how they were found. ``eigenvectors`` is k×d (rows are unit vectors)."""
+
+    eigenvalues: List[float]
+    eigenvectors: torch.Tensor
+    residuals: List[float]
+    hvps: int
+    seconds: float
+    converged: bool
+    method: str
+    which: str = "largest"
+    tol: float = 0.0
+    negative: List[bool] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """The JSON-safe part (no vectors)."""
+        return {"method": self.method, "which": self.which, "eigenvalues": list(self.eigenvalues),
+                "residuals": list(self.residuals), "negative": list(self.negative), "hvps": self.hvps,
+                "seconds": self.seconds, "tol": self.tol, "converged": self.converged}
+
+
+def _check(op, k: int, tol: float, max_iter: int) -> None:
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if k > op.dim:
+        raise ValueError(f"k={k} exceeds the number of parameters ({op.dim})")
+    if not tol > 0:
+        raise ValueError(f"tol must be > 0, got {tol}")
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+
+
+def _random_unit(op, gen: torch.Generator, against: Optional[torch.Tensor] = None) -> torch.Tensor:
+    v = torch.randn(op.dim, generator=gen, dtype=torch.float64).to(device=op.device, dtype=op.dtype)
+    if against is not None and against.shape[0]:
+        for _ in range(2):
+            v = v - against.T @ (against @ v)
+    return v / v.norm()
+
+
+def _relres(hv: torch.Tensor, lam: float, v: torch.Tensor) -> float:
+    return float((hv - lam * v).norm()) / max(abs(lam), _TINY)
+
+
+def _bar(progress: bool, total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="hvp", disable=not progress, leave=False, dynamic_ncols=True)
+
+
+def power_iteration(op, k: int = 1, tol: float = 1e-4, max_iter: int = 1000, seed: int = 0,
+                    progress: bool = False) -> EigenResult:
+    """The k eigenvalues of largest |λ| by power iteration with deflation.
+
+    Each eigenvector is iterated v ← Hv/‖Hv‖, orthogonalised against the vectors found before at every
+    iteration, until ‖Hv − λv‖/|λ| ≤ tol with λ = vᵀHv (the residual of the last product, which is a
+    true HVP), or ``max_iter`` products *per eigenvalue*. Power iteration finds the largest |λ|, which
+    may be negative: ``negative`` flags those. Convergence is linear in |λ_{j+1}/λ_j|, so close
+    eigenvalues need many products; ``lanczos`` is the fast method.
+    """
+    _check(op, k, tol, max_iter)
+    start, hvps0 = time.perf_counter(), op.hvps
+    gen = torch.Generator().manual_seed(int(seed))
+    found = torch.zeros(0, op.dim, dtype=op.dtype, device=op.device)
+    products = []  # the true H v of each found vector's last iterate
+    with _bar(progress, k * max_iter, f"power iteration (top {k})") as bar:
+        for j in range(k):
+            v = _random_unit(op, gen, found)
+            hv = None
+            for it in range(max_iter):
+                hv = op.matvec(v)
+                bar.update(1)
+                lam = float(v @ hv)
+                w = hv
+                for _ in range(2):  # deflation: stay orthogonal to the eigenvectors already found
+                    w = w - found.T @ (found @ w)
+                # converged when the residual *within the deflated space* is small; the coupling to the
+                # vectors found before is removed by the Rayleigh-Ritz step below
+                if float((w - lam * v).norm()) <= tol * max(abs(lam), _TINY):
+                    break
+                norm = w.norm()
+                if not torch.isfinite(norm) or norm <= 0:
+                    break  # H v = 0 on the complement: v is an eigenvector with λ = 0
+                v = w / norm
+            bar.update(max_iter - it - 1)
+            found = torch.cat([found, v[None]], 0)
+            products.append(hv)
+    # Rayleigh-Ritz on span(found) with the true products already computed (no further HVPs): this
+    # removes the error each deflated vector inherits from the ones before it.
+    HV = torch.stack(products)
+    M = (found @ HV.T).double().cpu()
+    theta, S = torch.linalg.eigh((M + M.T) / 2)
+    order = torch.argsort(theta.abs(), descending=True)
+    theta, S = theta[order], S[:, order].to(dtype=op.dtype, device=op.device)
+    V, HV = S.T @ found, S.T @ HV
+    values = [float(t) for t in theta]
+    residuals = [_relres(hv, lam, v) for hv, lam, v in zip(HV, values, V)]
+    converged = all(r <= tol for r in residuals)
+    return EigenResult(values, V, residuals, op.hvps - hvps0, time.perf_counter() - start, converged,
+                       "power", "largest-magnitude", tol, [lam < 0 for lam in values])
+
+
+def lanczos(op, k: int = 1, which: str = "largest", tol: float = 1e-4, max_iter: int = 1000, seed: int = 0,
+            max_basis: Optional[int] = None, progress: bool = False) -> EigenResult:
+    """The k algebraically largest (or smallest) eigenpairs by Lanczos with full re-orthogonalisation.
+
+    The Krylov basis grows one HVP at a time (every new vector orthogonalised against the whole basis,
+    twice); the Ritz residual estimates β·|s_m| are checked each step. When they are all ≤ tol the k
+    Ritz vectors are formed and their *true* residuals computed (k HVPs, counted); if any is above tol
+    the space is extended further. When the basis reaches ``max_basis`` vectors it is thick-restarted
+    from the best Ritz vectors (so memory stays max_basis × d). ``max_iter`` bounds the total HVPs.
+    Eigenvalues come sorted: descending for ``largest``, ascending for ``smallest``.
+    """
+    if which not in ("largest", "smallest"):
+        raise ValueError(f"which must be 'largest' or 'smallest', got {which!r}")
+    _check(op, k, tol, max_iter)
+    start, hvps0 = time.perf_counter(), op.hvps
+    d = op.dim
+    if max_basis is None:
+        max_basis = max(3 * k + 30, 60)
+    max_basis = int(min(max(max_basis, k + 2), d))
+    gen = torch.Generator().manual_seed(int(seed))
+    sign = 1.0 if which == "largest" else -1.0
+
+    Q = torch.empty(max_basis, d, dtype=op.dtype, device=op.device)  # orthonormal basis, row by row
+    T = torch.zeros(max_basis, max_basis, dtype=torch.float64)       # projected matrix Qᵀ H Q
+    m = 0
+    q = _random_unit(op, gen)
+    beta = 0.0  # norm of the residual of the last extension
+    best = None
+    converged = False
+    est_tol = tol  # tightened when the estimates prove optimistic (rounding in low precision)
+    with _bar(progress, max_iter, f"lanczos ({which} {k})") as bar:
+        while op.hvps - hvps0 < max_iter:
+            # ---- extend the basis by q
+            Q[m] = q
+            w = op.matvec(q)
+            bar.update(1)
+            h = Q[:m + 1] @ w
+            w = w - Q[:m + 1].T @ h
+            h2 = Q[:m + 1] @ w  # second pass of Gram-Schmidt (full re-orthogonalisation)
+            w = w - Q[:m + 1].T @ h2
+            h = (h + h2).double().cpu()
+            T[m, :m + 1] = h
+            T[:m + 1, m] = h
+            T[m, m] = h[m]
+            m += 1
+            beta = float(w.norm())
+            theta, S = torch.linalg.eigh(T[:m, :m])
+            order = torch.argsort(sign * theta, descending=True)
+            theta, S = theta[order], S[:, order]
+            kk = min(k, m)
+            est = [beta * abs(float(S[m - 1, i])) / max(abs(float(theta[i])), _TINY) for i in range(kk)]
+            exhausted = beta <= 1e-12 * max(1.0, float(theta.abs().max()))
+            if kk == k and (max(est) <= est_tol or exhausted or m == d):
+                # ---- candidate: form the Ritz vectors and check them with true HVPs
+                V = S[:, :k].T.to(dtype=op.dtype, device=op.device) @ Q[:m]
+                V = V / V.norm(dim=1, keepdim=True)
+                HV = [op.matvec(v) for v in V]
+                bar.update(k)
+                lams = [float(v @ hv) for v, hv in zip(V, HV)]
+                res = [_relres(hv, lam, v) for hv, lam, v in zip(HV, lams, V)]
+                best = (lams, V, res)
+                if max(res) <= tol:
+                    converged = True
+                    break
+                est_tol *= 0.1
+            if op.hvps - hvps0 >= max_iter:
+                break
+            # ---- next direction
+            if exhausted or m == d:
+                if m == d:
+                    break  # the whole space is spanned; the Ritz pairs are as good as rounding allows
+                q = _random_unit(op, gen, Q[:m])  # invariant subspace found: start a new Krylov sequence
+                # the coupling of the new vector to the basis is computed when it is added
+                continue
+            q = w / beta
+            if m == max_basis:
+                # ---- thick restart: keep the p best Ritz vectors, continue with q
+                p = min(max_basis - 1, max(k + 1, max_basis // 2))
+                Sp = S[:, :p]
+                Q[:p] = Sp.T.to(dtype=op.dtype, device=op.device) @ Q[:m]
+                T.zero_()
+                T[:p, :p] = torch.diag(theta[:p])
+                m = p
+                # re-orthonormalise the kept vectors against rounding drift
+                Qp, _ = torch.linalg.qr(Q[:p].T)
+                Q[:p] = Qp.T
+                q = q - Q[:p].T @ (Q[:p] @ q)
+                q = q / q.norm()
+    if best is None:  # budget ran out before any candidate: take the current Ritz pairs
+        kk = min(k, m)
+        V = S[:, :kk].T.to(dtype=op.dtype, device=op.device) @ Q[:m]
+        V = V / V.norm(dim=1, keepdim=True)
+        HV = [op.matvec(v) for v in V]
+        lams = [float(v @ hv) for v, hv in zip(V, HV)]
+        best = (lams, V, [_relres(hv, lam, v) for hv, lam, v in zip(HV, lams, V)])
+        converged = False
+    lams, V, res = best
+    order = sorted(range(len(lams)), key=lambda i: -sign * lams[i])
+    return EigenResult([lams[i] for i in order], V[order], [res[i] for i in order], op.hvps - hvps0,
+                       time.perf_counter() - start, converged, "lanczos", which, tol,
+                       [lams[i] < 0 for i in order])
+
+
+def top_eigen(op, k: int = 1, method: str = "lanczos", **options) -> EigenResult:
+    """Dispatch to ``lanczos`` (largest) or ``power_iteration`` by name."""
+    if method == "lanczos":
+        return lanczos(op, k, **options)
+    if method == "power":
+        options.pop("which", None)
+        return power_iteration(op, k, **options)
+    raise ValueError(f"unknown eigen method {method!r}; use lanczos or power")

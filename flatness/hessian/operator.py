@@ -1,0 +1,156 @@
+"""The Hessian of the mean probe loss as a linear operator: the one object every spectral routine uses.
+
+``HessianOperator(model, data)`` is H = ∇²L(θ) with L the mean loss over *all* probe examples
+(METRICS.md): batch HVPs are summed with weights n_b / n, so uneven batches give the exact full-data
+Hessian. Vectors are flat, in ``named_parameters`` order of the (optionally restricted) trainable
+parameters, in the parameters' dtype and device. The model is put in eval mode for each product and
+its mode is restored after; memory is one batch's graph at a time.
+
+Two ways to compute a product:
+
+* ``"double-backward"`` (default): ∇(gᵀv) with g = ∇L built with ``create_graph=True``. When the probe
+  data are a single batch the gradient graph is built once and kept (``cache_graph``), so each further
+  product is one backward pass through it.
+* ``"forward-over-reverse"``: ``torch.func.jvp(torch.func.grad(loss))`` through ``functional_call``.
+
+Both are exact and agree to rounding; the choice is only speed (see benchmarks/README.md, "hessian").
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Dict, Iterable, List, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..params import named_trainable
+from ..probe_data import ProbeData
+
+BACKENDS = ("double-backward", "forward-over-reverse")
+DEFAULT_BACKEND = "double-backward"
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+class HessianOperator:
+    """H = ∇²L(θ) over all probe data (restricted to ``params`` when given), applied by ``matvec``.
+
+    Attributes: ``dim`` (d), ``dtype``, ``device``, ``names`` (parameter names in vector order),
+    ``shapes``, ``hvps`` (how many full-data products were computed; reset it freely).
+    """
+
+    def __init__(self, model: nn.Module, data: ProbeData, params: Optional[Iterable[str]] = None,
+                 loss: Callable = F.cross_entropy, backend: str = DEFAULT_BACKEND,
+                 cache_graph: Optional[bool] = None):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown HVP backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        pairs = named_trainable(model, params)
+        if not pairs:
+            raise ValueError("no trainable parameters to take the Hessian over")
+        self.model = model
+        self.data = data
+        self.loss = loss
+        self.backend = backend
+        self.names: List[str] = [n for n, _ in pairs]
+        self.params: List[nn.Parameter] = [p for _, p in pairs]
+        self.shapes = [tuple(p.shape) for p in self.params]
+        self.numels = [p.numel() for p in self.params]
+        self.dim = sum(self.numels)
+        self.dtype = self.params[0].dtype
+        self.device = self.params[0].device
+        self.hvps = 0
+        self.cache_graph = (len(data) == 1 and backend == "double-backward") if cache_graph is None else bool(cache_graph)
+        self._cached = None  # (params' versions, gradient tensors with graph)
+
+    # ------------------------------------------------------------------ helpers
+    def _split(self, v: torch.Tensor) -> List[torch.Tensor]:
+        if v.dim() != 1 or v.numel() != self.dim:
+            raise ValueError(f"expected a vector of {self.dim} entries, got shape {tuple(v.shape)}")
+        v = v.to(device=self.device, dtype=self.dtype)
+        return [t.view(s) for t, s in zip(torch.split(v, self.numels), self.shapes)]
+
+    def _flat(self, tensors, like) -> torch.Tensor:
+        return torch.cat([(t if t is not None else torch.zeros_like(p)).reshape(-1) for t, p in zip(tensors, like)])
+
+    def _batch_grads(self, x, y):
+        loss = self.loss(self.model(x), y)
+        return torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+
+    # ------------------------------------------------------------------ products
+    def _hvp_double_backward(self, vs: List[torch.Tensor]) -> torch.Tensor:
+        out = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
+        for w, (x, y) in zip(self.data.weights(), self.data):
+            if self.cache_graph:
+                versions = tuple(p._version for p in self.params)
+                if self._cached is None or self._cached[0] != versions or self._cached[1] is not x:
+                    self._cached = None
+                    self._cached = (versions, x, self._batch_grads(x, y))
+                grads = self._cached[2]
+            else:
+                grads = self._batch_grads(x, y)
+            pairs = [(g, v) for g, v in zip(grads, vs) if g is not None and g.requires_grad]
+            if not pairs:
+                continue  # the loss is linear in these parameters on this batch: H = 0
+            dot = sum((g * v).sum() for g, v in pairs)
+            hv = torch.autograd.grad(dot, self.params, retain_graph=self.cache_graph, allow_unused=True)
+            out.add_(self._flat(hv, self.params), alpha=w)
+        return out
+
+    def _hvp_forward_over_reverse(self, vs: List[torch.Tensor]) -> torch.Tensor:
+        from torch.func import functional_call, grad, jvp
+
+        primals = {n: p.detach() for n, p in zip(self.names, self.params)}
+        tangents = dict(zip(self.names, vs))
+        out = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
+        for w, (x, y) in zip(self.data.weights(), self.data):
+            def loss_of(p, x=x, y=y):
+                return self.loss(functional_call(self.model, p, (x,), strict=False), y)
+
+            _, hv = jvp(grad(loss_of), (primals,), (tangents,))
+            out.add_(torch.cat([hv[n].reshape(-1) for n in self.names]), alpha=w)
+        return out
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """H v for a flat vector v (d entries); counts one HVP."""
+        vs = self._split(v)
+        with _eval_mode(self.model):
+            if self.backend == "double-backward":
+                out = self._hvp_double_backward(vs)
+            else:
+                out = self._hvp_forward_over_reverse(vs)
+        self.hvps += 1
+        return out
+
+    def __matmul__(self, v: torch.Tensor) -> torch.Tensor:
+        if v.dim() == 2:
+            return torch.stack([self.matvec(c) for c in v.T], dim=1)
+        return self.matvec(v)
+
+    def release(self) -> None:
+        """Drop a cached gradient graph (frees its memory)."""
+        self._cached = None
+
+    def to_dense(self) -> torch.Tensor:
+        """The d×d matrix, one HVP per column: for tiny models (tests) only."""
+        if self.dim > 20000:
+            raise ValueError(f"refusing to build a dense {self.dim}x{self.dim} Hessian")
+        eye = torch.eye(self.dim, dtype=self.dtype, device=self.device)
+        return torch.stack([self.matvec(e) for e in eye], dim=1)
+
+    def __repr__(self) -> str:
+        return (f"HessianOperator(dim={self.dim}, params={len(self.names)} tensors, backend={self.backend!r}, "
+                f"batches={len(self.data)}, n={self.data.n}, dtype={self.dtype}, device={self.device})")
+
+
+def flat_to_named(op: HessianOperator, v: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """A flat vector of ``op`` as {parameter name: tensor}."""
+    return dict(zip(op.names, op._split(v)))

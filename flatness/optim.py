@@ -1,0 +1,225 @@
+"""Drop-in sharpness-aware optimizers: ``AMP`` (adversarial model perturbation) and ``SAM``.
+
+Both wrap a base optimizer (SGD by default) and need a closure, exactly as torch's own
+``LBFGS`` does::
+
+    opt = AMP(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4,
+              epsilon=0.5, inner_lr=1.0, inner_iter=1)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)      # the loss at θ (the one to log)
+
+Definitions: ``shared/METRICS.md``. One AMP step costs ``1 + inner_iter`` forward-backward passes
+(the first inner step reuses the gradient at θ), one SAM step costs 2.
+
+Design notes
+------------
+* The wrapper and its base optimizer share one ``param_groups`` list and one ``state``: an lr
+  scheduler attached to the wrapper drives the base step, and ``state_dict``/``load_state_dict``
+  round-trip everything needed to resume (momentum buffers, lr, ε, ...).
+* Gradient-norm clipping (``grad_clip=c``) is applied by the optimizer to the gradient the *base
+  step* uses (∇L(θ+δ)), never to the gradients that build δ, which stay the plain batch gradients
+  METRICS.md asks for. A training loop must therefore not clip inside the closure. (The published
+  AMP code clips inside its closure, so its inner steps see clipped gradients too; with the
+  paper's threshold of 50 this almost never triggers.)
+* ``grad_reduce(grads)`` (default None) is called on the list of gradients that define δ — the
+  gradient at θ and those of the inner (AMP) passes — right after their backward, so a distributed
+  run can all-reduce them (e.g. with DDP's ``no_sync`` on those passes). The final gradient that
+  the base step uses is reduced the usual way by the training loop / DDP.
+* BatchNorm running statistics are updated by every forward pass in train mode, as in the
+  published code.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, List, Optional, Sequence
+
+import torch
+
+from .errors import FlatnessError
+
+BALLS = ("tensor", "global")
+
+
+def _check_positive(name: str, value: float) -> None:
+    try:
+        ok = float(value) > 0 and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise FlatnessError(f"{name} must be a positive number, got {value!r}")
+
+
+class _Wrapper(torch.optim.Optimizer):
+    """Shared machinery: the base optimizer, shared groups/state, closures, clipping, reduction."""
+
+    def __init__(self, params, base_optimizer, defaults, grad_clip, grad_reduce, base_kwargs):
+        if grad_clip is not None:
+            _check_positive("grad_clip", grad_clip)
+        if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, torch.optim.Optimizer)):
+            raise FlatnessError("base_optimizer must be a torch.optim.Optimizer class, e.g. torch.optim.SGD")
+        if grad_reduce is not None and not callable(grad_reduce):
+            raise FlatnessError("grad_reduce must be a callable taking a list of gradients, or None")
+        super().__init__(params, dict(defaults, **base_kwargs))
+        self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
+        self._link()
+        self.grad_clip = grad_clip
+        self.grad_reduce = grad_reduce
+
+    def _link(self) -> None:
+        """One list of groups, one state: the wrapper's and the base optimizer's are the same objects."""
+        self.param_groups = self.base_optimizer.param_groups
+        self.state = self.base_optimizer.state
+        self.defaults.update(self.base_optimizer.defaults)
+
+    def state_dict(self):
+        return self.base_optimizer.state_dict()
+
+    def load_state_dict(self, state_dict) -> None:
+        self.base_optimizer.load_state_dict(state_dict)
+        self._link()
+
+    # ----------------------------------------------------------------- helpers
+    def _params(self) -> List[torch.Tensor]:
+        return [p for group in self.param_groups for p in group["params"] if p.requires_grad]
+
+    @staticmethod
+    def _call(closure: Callable):
+        with torch.enable_grad():
+            return closure()
+
+    def _reduce(self, params: Sequence[torch.Tensor]) -> None:
+        if self.grad_reduce is not None:
+            grads = [p.grad for p in params if p.grad is not None]
+            if grads:
+                self.grad_reduce(grads)
+
+    def _base_step(self) -> None:
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self._params(), self.grad_clip)
+        self.base_optimizer.step()
+
+    @staticmethod
+    def _need_closure(closure, name):
+        if closure is None:
+            raise FlatnessError(f"{name}.step needs a closure (zero grads, forward, backward, return loss)")
+
+
+class AMP(_Wrapper):
+    """Adversarial model perturbation (Zheng et al., CVPR 2021) around any base optimizer.
+
+    epsilon: radius of the perturbation ball; inner_lr: step size of the inner ascent;
+    inner_iter: number of inner ascent steps; ball: ``"tensor"`` (each parameter tensor clipped to
+    its own L2 ball of radius ε, as the published code) or ``"global"`` (one L2 ball over all
+    parameters of all groups; ε of the first group). ``epsilon`` and ``inner_lr`` are per group.
+    Remaining keyword arguments (lr, momentum, nesterov, weight_decay, ...) go to the base optimizer.
+    """
+
+    def __init__(self, params, base_optimizer=torch.optim.SGD, epsilon: float = 0.5, inner_lr: float = 1.0,
+                 inner_iter: int = 1, ball: str = "tensor", grad_clip: Optional[float] = None,
+                 grad_reduce: Optional[Callable] = None, **base_kwargs):
+        _check_positive("epsilon", epsilon)
+        _check_positive("inner_lr", inner_lr)
+        if isinstance(inner_iter, bool) or not isinstance(inner_iter, int) or inner_iter < 1:
+            raise FlatnessError(f"inner_iter must be an integer >= 1, got {inner_iter!r}")
+        if ball not in BALLS:
+            raise FlatnessError(f"ball must be one of {', '.join(BALLS)}, got {ball!r}")
+        defaults = dict(epsilon=float(epsilon), inner_lr=float(inner_lr), inner_iter=int(inner_iter), ball=ball)
+        super().__init__(params, base_optimizer, defaults, grad_clip, grad_reduce, base_kwargs)
+
+    def _project(self, deltas: List[List[torch.Tensor]]) -> None:
+        ball = self.param_groups[0]["ball"]
+        if ball == "global":
+            eps = self.param_groups[0]["epsilon"]
+            flat = [d for group in deltas for d in group]
+            if not flat:
+                return
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(d) for d in flat]))
+            if norm > eps:
+                scale = eps / norm
+                for d in flat:
+                    d.mul_(scale)
+        else:
+            for group, group_deltas in zip(self.param_groups, deltas):
+                eps = group["epsilon"]
+                for d in group_deltas:
+                    norm = torch.linalg.vector_norm(d)
+                    if norm > eps:
+                        d.mul_(eps / norm)
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable] = None):
+        self._need_closure(closure, "AMP")
+        loss = self._call(closure)  # g0 = ∇L(θ); the loss to log
+        params = self._params()
+        self._reduce(params)
+        groups = [[p for p in g["params"] if p.requires_grad] for g in self.param_groups]
+        origin = [[p.detach().clone() for p in ps] for ps in groups]
+        deltas = [[torch.zeros_like(p) for p in ps] for ps in groups]
+        inner_iter = self.param_groups[0]["inner_iter"]
+        for k in range(inner_iter):
+            if k > 0:  # ∇L(θ+δ) at the current δ (k = 0 reuses g0, the gradient at δ = 0)
+                self._call(closure)
+                self._reduce(params)
+            for group, ps, ds in zip(self.param_groups, groups, deltas):
+                for p, d in zip(ps, ds):
+                    if p.grad is not None:
+                        d.add_(p.grad, alpha=group["inner_lr"])
+            self._project(deltas)
+            for ps, os_, ds in zip(groups, origin, deltas):
+                for p, o, d in zip(ps, os_, ds):
+                    p.copy_(o).add_(d)
+        self._call(closure)  # ∇L(θ+δ): the gradient of the base step
+        for ps, os_ in zip(groups, origin):
+            for p, o in zip(ps, os_):
+                p.copy_(o)
+        self._base_step()
+        return loss
+
+
+class SAM(_Wrapper):
+    """Sharpness-aware minimisation (Foret et al. 2021): ascend to δ = ρ g/‖g‖ (adaptive:
+    ρ T²g/‖Tg‖, T = diag(|θ|), Kwon et al. 2021), then take the base step with ∇L(θ+δ).
+    ``rho`` and ``adaptive`` are per group; the gradient norm is over all groups."""
+
+    def __init__(self, params, base_optimizer=torch.optim.SGD, rho: float = 0.05, adaptive: bool = False,
+                 grad_clip: Optional[float] = None, grad_reduce: Optional[Callable] = None, **base_kwargs):
+        _check_positive("rho", rho)
+        defaults = dict(rho=float(rho), adaptive=bool(adaptive))
+        super().__init__(params, base_optimizer, defaults, grad_clip, grad_reduce, base_kwargs)
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable] = None):
+        self._need_closure(closure, "SAM")
+        loss = self._call(closure)
+        params = self._params()
+        self._reduce(params)
+        scaled = []  # T g per parameter (T = |θ| when adaptive, else identity)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.requires_grad and p.grad is not None:
+                    scaled.append(p.grad * p.abs() if group["adaptive"] else p.grad)
+        if not scaled:
+            return loss
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(s) for s in scaled]))
+        saved = []
+        for group in self.param_groups:
+            scale = group["rho"] / (norm + 1e-12)
+            for p in group["params"]:
+                if not (p.requires_grad and p.grad is not None):
+                    continue
+                delta = p.grad * scale
+                if group["adaptive"]:
+                    delta = delta * p * p
+                saved.append((p, p.detach().clone()))
+                p.add_(delta)
+        self._call(closure)
+        for p, origin in saved:
+            p.copy_(origin)
+        self._base_step()
+        return loss

@@ -1,0 +1,192 @@
+"""``run_probe``: everything flatness measures at one checkpoint, as one JSON-ready dict.
+
+Loss, accuracy, weight norm, distance from the run's initial weights, the top Hessian eigenvalues
+(and optionally vectors), the Hessian trace, the spectral density (SLQ) and, through
+``flatness.sharpness``, sharpness metrics: all on the same probe data, the first ``samples``
+examples of the split in dataset order, without augmentation, model in eval mode (METRICS.md).
+
+The dict's layout is the probe JSON format, written and read only by ``flatness.probe_io``.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from .checkpoint import INIT, load_checkpoint
+from .devices import resolve_device
+from .errors import FlatnessError
+from .evaluate import evaluate
+from .fileio import sha256_file
+from .params import get_flat_params
+from .probe_data import load_probe_data
+from .version import __version__
+
+DEFAULT_SAMPLES = 1000      # the first 1000 examples of the split: the usual probe size in the literature
+DEFAULT_BATCH_SIZE = 500    # one batch's graph at a time; any size gives the same numbers
+DEFAULT_EIG_METHOD = "lanczos"  # benchmarks/README.md: 5-20x fewer HVPs than power iteration at tol 1e-4
+DEFAULT_TOL = 1e-4
+DEFAULT_MAX_ITER = 1000     # lanczos: total HVPs; power: HVPs per eigenvalue
+DEFAULT_TRACE_SAMPLES = 100
+DEFAULT_DENSITY_STEPS = 80
+DEFAULT_DENSITY_VECTORS = 5
+DENSITY_GRID_POINTS = 512
+SPLITS = ("train", "test")
+EIG_METHODS = ("lanczos", "power")
+TRACE_METHODS = ("hutchinson", "hutch++")
+
+
+def _finite_or_none(x: float) -> Optional[float]:
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def distance_from_init(model: torch.nn.Module, checkpoint_path: str) -> Optional[float]:
+    """‖θ − θ_init‖ when the run folder beside the checkpoint has ``init.pt`` (else None)."""
+    init_path = os.path.join(os.path.dirname(os.path.abspath(checkpoint_path)), INIT)
+    if not os.path.isfile(init_path):
+        return None
+    if os.path.abspath(init_path) == os.path.abspath(checkpoint_path):
+        return 0.0
+    try:
+        init_model, _ = load_checkpoint(init_path)
+    except FlatnessError:
+        return None  # an unreadable init.pt only loses this one number
+    theta = get_flat_params(model).double().cpu()
+    theta0 = get_flat_params(init_model).double()
+    if theta.shape != theta0.shape:
+        return None
+    return float((theta - theta0).norm())
+
+
+def _sharpness(model, data, names, options: Dict[str, Any], seed: int, progress: bool) -> List[dict]:
+    try:
+        from . import sharpness as sharp
+    except ImportError as err:
+        raise FlatnessError(f"sharpness metrics are not available in this installation ({err})") from None
+    valid = list(getattr(sharp, "METRIC_NAMES", ()))
+    if names == "all" or names == ["all"]:
+        names = valid
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise FlatnessError(f"unknown sharpness metric {unknown[0]!r}; choose from: {', '.join(valid)} (or all)")
+    kwargs = {k: v for k, v in (options or {}).items() if v is not None}
+    return sharp.compute(model, data, metrics=list(names), seed=seed, progress=progress, **kwargs)
+
+
+def run_probe(checkpoint: str, split: str = "train", samples: int = DEFAULT_SAMPLES,
+              batch_size: int = DEFAULT_BATCH_SIZE, top_k: int = 5, eig_method: str = DEFAULT_EIG_METHOD,
+              tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER, trace: bool = False,
+              trace_samples: int = DEFAULT_TRACE_SAMPLES, trace_method: str = "hutchinson",
+              density: bool = False, seed: int = 0, device: str = "auto",
+              sharpness: Optional[Union[str, Sequence[str]]] = None,
+              sharpness_options: Optional[Dict[str, Any]] = None, save_vectors: bool = False,
+              data_dir: Optional[str] = None, progress: bool = True,
+              density_steps: int = DEFAULT_DENSITY_STEPS, density_vectors: int = DEFAULT_DENSITY_VECTORS,
+              hvp_backend: Optional[str] = None) -> Dict[str, Any]:
+    """Measure one checkpoint. Returns the probe dict (see ``flatness.probe_io``); when
+    ``save_vectors`` it also holds ``"eigenvectors"`` (k×d numpy array) and with ``density``
+    ``"density_arrays"``, which ``write_probe`` moves into the sidecar ``.h5``.
+
+    ``samples``: the first N examples of ``split`` (default 1000; fewer if the split is smaller).
+    ``top_k=0`` skips the eigenvalues. ``max_iter`` bounds the HVPs (total for Lanczos, per
+    eigenvalue for power iteration).
+    """
+    from .hessian import DEFAULT_BACKEND, HessianOperator, default_grid, density_on_grid, estimate_trace, slq, top_eigen
+
+    if split not in SPLITS:
+        raise FlatnessError(f"unknown split {split!r}; use train or test")
+    if samples is None or samples < 1:
+        raise FlatnessError(f"samples must be >= 1, got {samples}")
+    if batch_size is None or batch_size < 1:
+        raise FlatnessError(f"batch size must be >= 1, got {batch_size}")
+    if top_k is None or top_k < 0:
+        raise FlatnessError(f"top-k must be >= 0, got {top_k}")
+    if eig_method not in EIG_METHODS:
+        raise FlatnessError(f"unknown eigen method {eig_method!r}; use lanczos or power")
+    if not (tol is not None and tol > 0):
+        raise FlatnessError(f"tol must be > 0, got {tol}")
+    if max_iter is None or max_iter < 1:
+        raise FlatnessError(f"max-iter must be >= 1, got {max_iter}")
+    if trace and trace_method not in TRACE_METHODS:
+        raise FlatnessError(f"unknown trace method {trace_method!r}; use hutchinson or hutch++")
+    if trace and trace_samples < (6 if trace_method == "hutch++" else 2):
+        raise FlatnessError(f"trace samples must be >= {6 if trace_method == 'hutch++' else 2} for {trace_method}")
+    if density and (density_steps < 1 or density_vectors < 1):
+        raise FlatnessError("density needs steps >= 1 and vectors >= 1")
+
+    dev = resolve_device(device)
+    model, info = load_checkpoint(checkpoint, device=dev)
+    data = load_probe_data(info["dataset"], split, samples, batch_size, device=dev, root=data_dir)
+    op = HessianOperator(model, data, backend=hvp_backend or DEFAULT_BACKEND)
+    if top_k > op.dim:
+        raise FlatnessError(f"top-k {top_k} exceeds the number of parameters ({op.dim})")
+
+    loss, acc = evaluate(model, data)
+    theta = get_flat_params(model)
+    result: Dict[str, Any] = {
+        "format": "flatness-probe",
+        "flatness_version": __version__,
+        "checkpoint": {
+            "path": os.path.abspath(info["path"]),
+            "sha256": sha256_file(info["path"]),
+            "dataset": info["dataset"],
+            "model": info["model"],
+            "method": info["method"],
+            "epoch": info["epoch"],
+            "seed": info["config"].get("seed"),
+        },
+        "data": {"dataset": info["dataset"], "split": split, "samples": data.n, "batch_size": batch_size},
+        "device": str(dev),
+        "loss": _finite_or_none(loss),
+        "accuracy": acc,
+        "num_params": op.dim,
+        "weight_norm": _finite_or_none(float(theta.double().norm())),
+        "distance_from_init": distance_from_init(model, info["path"]),
+        "hessian": None,
+        "trace": None,
+        "density": None,
+        "sharpness": None,
+        "sidecar": None,
+    }
+
+    if top_k > 0:
+        options = {"tol": tol, "max_iter": max_iter, "seed": seed, "progress": progress}
+        eig = top_eigen(op, top_k, eig_method, **options)
+        hess = eig.summary()
+        hess["backend"] = op.backend
+        hess["max_iter"] = max_iter
+        result["hessian"] = hess
+        if save_vectors:
+            result["eigenvectors"] = eig.eigenvectors.detach().float().cpu().numpy()
+    op.release()
+
+    if trace:
+        tr = estimate_trace(op, trace_samples, trace_method, seed=seed, progress=progress)
+        result["trace"] = {"estimate": tr.estimate, "stderr": tr.stderr, "hvps": tr.hvps, "samples": tr.samples,
+                           "method": tr.method, "seconds": tr.seconds}
+        op.release()
+
+    if density:
+        dens = slq(op, steps=density_steps, vectors=density_vectors, seed=seed, progress=progress)
+        nodes, weights = dens.flat()
+        grid, sigma = default_grid(nodes, points=DENSITY_GRID_POINTS)
+        values = density_on_grid(nodes, weights, grid, sigma)
+        result["density"] = {"nodes": nodes.tolist(), "weights": weights.tolist(), "grid": grid.tolist(),
+                             "values": values.tolist(), "sigma": sigma, "steps": dens.steps,
+                             "vectors": dens.vectors, "hvps": dens.hvps, "seconds": dens.seconds}
+        result["density_arrays"] = {"nodes": dens.nodes, "weights": dens.weights, "grid": grid,
+                                    "values": values}
+        op.release()
+
+    if sharpness is not None:
+        names = sharpness if isinstance(sharpness, str) else list(sharpness)
+        if isinstance(names, str):
+            names = "all" if names == "all" else [n.strip() for n in names.split(",") if n.strip()]
+        start = time.perf_counter()
+        result["sharpness"] = _sharpness(model, data, names, sharpness_options or {}, seed, progress)
+        result["sharpness_seconds"] = time.perf_counter() - start
+    return result

@@ -1,0 +1,73 @@
+"""Named training presets for ``flatness train --recipe NAME``.
+
+A recipe is a set of TrainConfig values; options given explicitly on the command line (or
+explicitly to ``training.build_config``) override it, and TrainConfig's defaults fill the rest.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from .errors import FlatnessError
+
+# The published AMP setup (Zheng et al., CVPR 2021, and its reference code) for PreActResNet18 /
+# WRN-28-10 on CIFAR/SVHN. ERM baselines of the paper use the same recipe with --method erm.
+_AMP_PAPER: Dict[str, Any] = {
+    "dataset": "cifar10",
+    "model": "preactresnet18",
+    "method": "amp",
+    "epochs": 200,
+    "batch_size": 50,
+    "lr": 0.1,
+    "momentum": 0.9,
+    "nesterov": True,
+    "weight_decay": 1e-4,
+    "schedule": "step",
+    "milestones": [100, 150],
+    "grad_clip": 50.0,
+    "epsilon": 0.5,
+    "inner_lr": 1.0,
+    "inner_iter": 1,
+    "ball": "tensor",
+    "augment": True,
+}
+
+RECIPES: Dict[str, Dict[str, Any]] = {
+    "amp-paper": {
+        "description": "the AMP paper's CIFAR/SVHN recipe: PreActResNet18, SGD lr 0.1 Nesterov 0.9, wd 1e-4, "
+                       "batch 50, 200 epochs, lr x0.1 at 100 and 150, grad clip 50, AMP eps 0.5 inner_lr 1 "
+                       "inner_iter 1 (per-tensor ball), augmentation on",
+        "values": dict(_AMP_PAPER),
+    },
+    "amp-paper-vgg": {
+        "description": "the AMP paper's VGG16 recipe: as amp-paper with model vgg16, eps 0.1, inner_lr 0.2",
+        "values": dict(_AMP_PAPER, model="vgg16", epsilon=0.1, inner_lr=0.2),
+    },
+    "digits-default": {
+        "description": "the offline default (what `flatness train` does with no options): digits, convnet, "
+                       "see TrainConfig for the values",
+        "values": {},  # filled below from TrainConfig's defaults, so the two can never disagree
+    },
+}
+
+
+def recipe_names():
+    return sorted(RECIPES)
+
+
+def recipe_values(name: str) -> Dict[str, Any]:
+    """The values of recipe ``name`` (a copy)."""
+    if name not in RECIPES:
+        raise FlatnessError(f"unknown recipe {name!r}; choose one of: {', '.join(recipe_names())}")
+    if name == "digits-default":
+        from .training import TrainConfig
+
+        values = TrainConfig().to_dict()
+        values.pop("recipe", None)
+        return values
+    values = dict(RECIPES[name]["values"])
+    values["milestones"] = list(values.get("milestones", []))
+    return values
+
+
+def describe() -> str:
+    return "; ".join(f"{name}: {RECIPES[name]['description']}" for name in recipe_names())

@@ -1,0 +1,286 @@
+"""The study's report: ``REPORT.md`` (figures as relative links) and ``report.html`` (one self-contained
+page: the same text, the images embedded as base64), written from the comparison summary.
+
+The verdict rule (stated in the report too): for each non-baseline method, the flat-minima claim
+*held* in a run when that method's mean is lower (flatter) than the baseline's on more than half of
+the flatness measures (Hessian eigenvalues, trace, every sharpness metric and radius); the report
+lists which measures, their Welch p-values, and which of them reach p < 0.05.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import os
+import re
+from typing import Any, Dict, List, Optional, Sequence
+
+from .compare import format_mean_std, format_p, markdown_table, _g
+from .fileio import atomic_write_text
+from .version import __version__
+
+ALPHA = 0.05
+
+
+# --------------------------------------------------------------------------- verdict
+
+def verdict(comp: Dict[str, Any], method: str = "amp") -> Dict[str, Any]:
+    """What the numbers say about ``method`` versus the baseline, as data and as sentences."""
+    base = comp.get("baseline")
+    if not base or method not in comp.get("others", []):
+        return {"method": method, "available": False, "sentences": [f"No {method.upper()} runs to compare."]}
+    rows = [r for r in comp["rows"] if r["flatness"] and r["versus"][method]["diff"] is not None]
+    flatter = [r for r in rows if r["versus"][method]["diff"] < 0]
+    sharper = [r for r in rows if r["versus"][method]["diff"] > 0]
+    sig_flat = [r for r in flatter if (r["versus"][method]["p"] or 1.0) < ALPHA]
+    sig_sharp = [r for r in sharper if (r["versus"][method]["p"] or 1.0) < ALPHA]
+    held = bool(rows) and len(flatter) > len(rows) / 2
+    M, B = method.upper(), base.upper()
+
+    def listing(items):
+        return ", ".join(f"{r['label']} (p = {format_p(r['versus'][method])})" for r in items) or "none"
+
+    s = []
+    if not rows:
+        s.append(f"No flatness measure was available for both {M} and {B}; the flat-minima claim could not be tested.")
+    else:
+        s.append(f"**The flat-minima claim {'held' if held else 'did not hold'} in this run** (rule: {M} flatter, "
+                 f"i.e. a lower mean than {B}, on more than half of the flatness measures): {M} was flatter on "
+                 f"{len(flatter)} of {len(rows)} measures and sharper on {len(sharper)}.")
+        s.append(f"{M} flatter on: {listing(flatter)}.")
+        s.append(f"{M} sharper on: {listing(sharper)}.")
+        s.append(f"Differences significant at p < {ALPHA} (Welch's t-test): {len(sig_flat)} in {M}'s favour "
+                 f"({', '.join(r['label'] for r in sig_flat) or 'none'}), {len(sig_sharp)} against "
+                 f"({', '.join(r['label'] for r in sig_sharp) or 'none'}).")
+    acc = next((r for r in comp["rows"] if r["key"] == "test_acc"), None)
+    acc_better = None
+    if acc and acc["versus"][method]["diff"] is not None:
+        v = acc["versus"][method]
+        acc_better = v["diff"] > 0
+        s.append(f"**Test accuracy: {M} was {'better' if acc_better else ('worse' if v['diff'] < 0 else 'equal')}** "
+                 f"— {M} {format_mean_std(acc['methods'][method])} % vs {B} {format_mean_std(acc['methods'][base])} %, "
+                 f"difference {_g(v['diff'])} percentage points, p = {format_p(v)}"
+                 + (" (not significant at 0.05)." if (v['p'] is None or v['p'] >= ALPHA) else "."))
+    n = min((r["methods"][m]["n"] for r in comp["rows"] for m in (base, method)), default=0)
+    if n < 2:
+        s.append("With a single seed per method no standard deviation or p-value exists: the differences above are "
+                 "single observations, not evidence.")
+    elif n <= 5:
+        s.append(f"With {n} seeds per method these p-values are weak evidence: a real difference can easily "
+                 "show p > 0.05, and with this many measures some p < 0.05 can occur by chance (no correction "
+                 "for multiple comparisons was applied).")
+    return {"method": method, "available": True, "held": held, "flatter": [r["key"] for r in flatter],
+            "sharper": [r["key"] for r in sharper], "significant_flatter": [r["key"] for r in sig_flat],
+            "significant_sharper": [r["key"] for r in sig_sharp], "measures": len(rows),
+            "test_acc_better": acc_better, "sentences": s}
+
+
+# --------------------------------------------------------------------------- Markdown
+
+def _rel(path: str, root: str) -> str:
+    return os.path.relpath(path, root).replace(os.sep, "/")
+
+
+def _figure_md(figs: Dict[str, str], key: str, root: str, caption: str) -> List[str]:
+    if key not in figs:
+        return []
+    return [f"![{caption}]({_rel(figs[key], root)})", "", f"*{caption}*", ""]
+
+
+def build_markdown(cfg, records, comp: Dict[str, Any], figs: Dict[str, str], steps: Sequence[Dict[str, Any]],
+                   verdicts: List[Dict[str, Any]]) -> str:
+    root = cfg.out
+    first = next((r for r in records if r.config), None)
+    tc = first.config if first else {}
+    amp_cfg = next((r.config for r in records if r.method == "amp" and r.config), {})
+    sam_cfg = next((r.config for r in records if r.method == "sam" and r.config), {})
+    probe = next((r.probe for r in records if r.probe), {}) or {}
+    pdata = probe.get("data") or {}
+    hess = probe.get("hessian") or {}
+    trace = probe.get("trace") or {}
+    now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    L: List[str] = []
+    L += [f"# Does AMP find flatter minima? {cfg.dataset} / {cfg.model}", "",
+          f"Generated {now} by flatness {__version__} (`flatness experiment`). Output folder: `{cfg.out}`.", ""]
+    L += ["## Verdict", ""]
+    for v in verdicts:
+        L += [f"- {s}" for s in v["sentences"]] + [""]
+    L += ["## Setup", "",
+          f"- Data: **{cfg.dataset}**; model **{cfg.model}**; methods {', '.join(m.upper() for m in cfg.methods)}; "
+          f"seeds {', '.join(str(s) for s in cfg.seeds)} (one training run per method and seed)" +
+          (" — **quick mode** (tiny settings for testing; the numbers mean little)" if cfg.quick else "") + ".",
+          f"- Training: {tc.get('epochs', '?')} epochs, batch {tc.get('batch_size', '?')}, SGD lr {tc.get('lr', '?')} "
+          f"(momentum {tc.get('momentum', '?')}, Nesterov {tc.get('nesterov', '?')}, weight decay "
+          f"{tc.get('weight_decay', '?')}), schedule {tc.get('schedule', '?')} with milestones "
+          f"{tc.get('milestones', '?')}, augmentation {tc.get('augment', '?')}"
+          + (f", recipe {cfg.recipe}" if cfg.recipe else "") + ".",
+          ]
+    if amp_cfg:
+        L.append(f"- AMP: ε = {amp_cfg.get('epsilon')} ({amp_cfg.get('ball')} ball), inner_lr {amp_cfg.get('inner_lr')}, "
+                 f"inner_iter {amp_cfg.get('inner_iter')} (cost: {1 + int(amp_cfg.get('inner_iter') or 1)} "
+                 "forward-backward passes per step).")
+    if sam_cfg:
+        L.append(f"- SAM: ρ = {sam_cfg.get('rho')}, adaptive {sam_cfg.get('adaptive')}.")
+    L += [f"- Probe (every final checkpoint): {pdata.get('dataset', cfg.dataset)} **{pdata.get('split', 'train')}** "
+          f"split, the first {pdata.get('samples', cfg.samples)} examples in dataset order, batches of "
+          f"{pdata.get('batch_size', cfg.batch_size)}, model in eval mode (BatchNorm running statistics), no augmentation.",
+          f"- Hessian: top-{len(hess.get('eigenvalues') or []) or cfg.probe.get('top_k')} eigenvalues of the probe "
+          f"loss by {hess.get('method', cfg.probe.get('eig_method'))} (exact Hessian-vector products); trace by "
+          f"Hutchinson ({(trace or {}).get('hvps', cfg.probe.get('trace_samples'))} Rademacher vectors, ± standard error in "
+          "the probe files); spectral density by stochastic Lanczos quadrature. Eigenvalues and trace are in units of "
+          "the loss (nats) per squared unit of weight.",
+          "- Sharpness (same probe data; METRICS.md): keskar = ε-sharpness in % of (1 + L); worst_case / "
+          "adaptive_worst_case = max loss increase in the ball of radius ρ (plain, or scaled by |θ|), in nats; "
+          "average_case / adaptive_average_case = mean loss increase under Gaussian noise of scale ρ, in nats; "
+          "pac_bayes(_magnitude) = 1/σ*² where σ* is the largest noise level raising the error by ≤ 0.1.",
+          f"- Surfaces: seed {cfg.seeds[0]} of every method, the same random-direction seed for all, Gaussian "
+          "directions filter-normalised (each filter scaled to the checkpoint's filter norm; biases and BatchNorm "
+          f"ignored); 1D: {2 * cfg.grid - 1} points on [−1, 1]; 2D: {cfg.grid} × {cfg.grid} on [−1, 1]²; loss and "
+          f"accuracy on the first {cfg.samples} training examples and on the test split (eval mode). The "
+          f"interpolation runs θ(α) = (1−α)·θ_ERM + α·θ_other on {2 * cfg.grid - 1} points of α ∈ [−0.5, 1.5].",
+          ""]
+    L += ["## Results", "", "Mean ± sample standard deviation over seeds; the difference is other-method mean minus "
+          "ERM mean; p from Welch's t-test. For every flatness measure lower means flatter.", "",
+          markdown_table(comp), ""]
+    L += ["### What each row measures", "", "| quantity | unit | how it was measured |", "|---|---|---|"]
+    for r in comp["rows"]:
+        L.append(f"| {r['label']} | {r['unit'] or '–'} | {r['how']} |")
+    L += ["", "Per-run values: `comparison.csv` (one row per run, one column per quantity) and `comparison.json`.", ""]
+    L += ["## Figures", ""]
+    L += _figure_md(figs, "training", root, "Training curves, mean over seeds (band: ±1 std). Train loss/accuracy are "
+                    "running means during each epoch; test values are on the full test split after each epoch.")
+    L += _figure_md(figs, "spectra", root, "Hessian spectral density (log scale) of one seed per method; dotted "
+                    "lines: its top eigenvalues.")
+    L += _figure_md(figs, "spectra-all", root, "Hessian spectral densities and top eigenvalues of every run.")
+    L += _figure_md(figs, "slices-1d", root, "1D loss and accuracy along a random filter-normalised direction "
+                    "(solid: train probe data, dashed: test split). A wider, lower valley is flatter.")
+    L += _figure_md(figs, "contours-2d", root, "2D train loss around each checkpoint, shared colour scale.")
+    for m in cfg.methods:
+        L += _figure_md(figs, f"contour-{m}", root, f"{m.upper()} seed {cfg.seeds[0]}: 2D train-loss contours "
+                        "(levels labelled).")
+    for m in cfg.methods:
+        L += _figure_md(figs, f"3d-{m}", root, f"{m.upper()} seed {cfg.seeds[0]}: the 2D surface in 3D.")
+    L += _figure_md(figs, "interp", root, "Linear interpolation from the ERM checkpoint (α = 0) to the other "
+                    "method's checkpoint (α = 1), same seed. A barrier between them means separate basins.")
+    L += ["## Cost", "", "| step | seconds | |", "|---|---|---|"]
+    total = 0.0
+    for s in steps:
+        if s.get("skipped"):
+            continue
+        total += float(s.get("seconds") or 0)
+        L.append(f"| {s['step']} | {float(s.get('seconds') or 0):.1f} | {'earlier invocation' if s.get('earlier') else ''} |")
+    L += [f"| **total** | **{total:.1f}** | wall-clock seconds of the computing steps |", ""]
+    L += ["## Caveats", "",
+          f"- {len(cfg.seeds)} seed(s) per method: the spread between seeds is estimated from very few runs, so the "
+          "p-values are weak evidence; no correction for multiple comparisons was applied.",
+          "- Plain (non-adaptive) sharpness, eigenvalues and the trace change when a ReLU layer is scaled by α and "
+          "the next by 1/α, and BatchNorm makes the loss invariant to the scale of the preceding weights; weight "
+          "decay differences between methods can therefore move these numbers without any change in the function. "
+          "The adaptive metrics are invariant to such rescaling: compare both.",
+          "- The surfaces are one random 1D/2D slice of a high-dimensional landscape of one seed; they illustrate, "
+          "they do not measure.",
+          "- AMP trains on worst_case sharpness at ρ = its ε with its ball; being flatter there is partly by construction.",
+          ""]
+    return "\n".join(L)
+
+
+# --------------------------------------------------------------------------- HTML
+
+_CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;line-height:1.5;color:#222}table{border-collapse:collapse;margin:1em 0;font-size:.88em}
+th,td{border:1px solid #ccc;padding:.3em .5em;text-align:left;vertical-align:top}th{background:#f3f3f3}
+img{max-width:100%;border:1px solid #eee;margin-top:1em}code{background:#f4f4f4;padding:0 .2em}
+em{color:#555}h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}"""
+
+
+def _inline(text: str) -> str:
+    text = html.escape(text, quote=False)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    text = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
+    text = re.sub(r"(?<![\w*])\*([^*]+)\*(?![\w*])", r"<em>\1</em>", text)
+    return text
+
+
+def _image(src: str, alt: str, root: str, embed: bool) -> str:
+    if embed:
+        path = os.path.join(root, src)
+        if os.path.isfile(path):
+            with open(path, "rb") as handle:
+                data = base64.b64encode(handle.read()).decode("ascii")
+            mime = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}.get(
+                src.rsplit(".", 1)[-1].lower(), "image/png")
+            src = f"data:{mime};base64,{data}"
+    return f'<img src="{html.escape(src)}" alt="{html.escape(alt)}">'
+
+
+def markdown_to_html(md: str, root: str, title: str, embed: bool = True) -> str:
+    """The small Markdown subset the report uses (headings, lists, tables, images, paragraphs)."""
+    out: List[str] = []
+    lines = md.splitlines()
+    i = 0
+    para: List[str] = []
+
+    def flush():
+        if para:
+            out.append("<p>" + _inline(" ".join(para)) + "</p>")
+            para.clear()
+
+    while i < len(lines):
+        line = lines[i]
+        if not line.strip():
+            flush()
+            i += 1
+            continue
+        m = re.match(r"^(#{1,6})\s+(.*)$", line)
+        if m:
+            flush()
+            n = len(m.group(1))
+            out.append(f"<h{n}>{_inline(m.group(2))}</h{n}>")
+            i += 1
+            continue
+        m = re.match(r"^!\[([^\]]*)\]\(([^)]+)\)\s*$", line)
+        if m:
+            flush()
+            out.append(_image(m.group(2), m.group(1), root, embed))
+            i += 1
+            continue
+        if line.startswith("|"):
+            flush()
+            rows = []
+            while i < len(lines) and lines[i].startswith("|"):
+                rows.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
+                i += 1
+            out.append("<table>")
+            for k, row in enumerate(rows):
+                if k == 1 and all(re.fullmatch(r":?-+:?", c or "-") for c in row):
+                    continue
+                tag = "th" if k == 0 else "td"
+                out.append("<tr>" + "".join(f"<{tag}>{_inline(c)}</{tag}>" for c in row) + "</tr>")
+            out.append("</table>")
+            continue
+        if line.startswith("- "):
+            flush()
+            out.append("<ul>")
+            while i < len(lines) and lines[i].startswith("- "):
+                out.append("<li>" + _inline(lines[i][2:]) + "</li>")
+                i += 1
+            out.append("</ul>")
+            continue
+        para.append(line.strip())
+        i += 1
+    flush()
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n" + "\n".join(out) +
+            "\n</body></html>\n")
+
+
+def write_report(cfg, records, comp: Dict[str, Any], figs: Dict[str, str],
+                 steps: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """Write ``REPORT.md`` and ``report.html`` into ``cfg.out``; return their paths and the verdicts."""
+    verdicts = [verdict(comp, m) for m in comp.get("others", [])]
+    md = build_markdown(cfg, records, comp, figs, steps, verdicts)
+    md_path = os.path.join(cfg.out, "REPORT.md")
+    html_path = os.path.join(cfg.out, "report.html")
+    atomic_write_text(md_path, md)
+    atomic_write_text(html_path, markdown_to_html(md, cfg.out, f"flatness report: {cfg.dataset} / {cfg.model}"))
+    return {"markdown": md_path, "html": html_path, "verdict": verdicts}

@@ -1,0 +1,281 @@
+"""The surface HDF5 format. This module alone reads and writes it.
+
+Layout (compatible with loss-landscape by Li et al., whose plot scripts read these names)::
+
+    xcoordinates            (nx,)      float64  grid coefficients a
+    ycoordinates            (ny,)      float64  grid coefficients b (2D surfaces only)
+    train_loss, train_acc   (nx,) or (nx, ny)   float64, value [i, j] at (x_i, y_j)
+    test_loss,  test_acc    the same, when the test split was asked for
+    computed                same shape, uint8   1 where the point has been evaluated
+    directions/x, directions/y   groups: one float32 dataset per state name (``state_dict`` keys);
+                                 group attribute ``names`` (JSON list) keeps their order
+    pca/                    PCA extras: explained_variance_ratio (2,), coordinates (snapshots, 2),
+                            epochs (snapshots,), attribute reference (the final weights' file)
+
+Conventions:
+
+- Missing values are NaN (loss-landscape used -1); ``computed`` says which points are done, so a point
+  whose loss is genuinely NaN/Inf (weights far out) is not recomputed on every ``--resume``.
+- Accuracy is stored in **percent** (0-100), as loss-landscape's ``eval_loss`` returns it and as its
+  ``plot_1D.py`` expects (``ax2.set_ylim(0, 100)``, error = ``100 - train_acc``); the attribute
+  ``accuracy_unit = "percent"`` says so. Loss is the mean cross-entropy.
+- Index order ``[i, j] = (x_i, y_j)`` (attribute ``layout = "ij"``), as METRICS.md defines it.
+  loss-landscape's own ``plot_surface.py`` fills its arrays through ``np.meshgrid`` ("xy" order), so
+  its files hold ``[j, i]`` for square grids; its ``plot_2D.py`` draws ``contour(X, Y, Z)`` with that
+  order. Plot a flatness file with ``Z.T`` there (flatness's own plotting reads through ``read_surface``).
+- File attributes: ``format``, ``format_version``, ``flatness_version``, ``checkpoint`` (path) and
+  ``checkpoint_sha256``, ``dataset``, ``model``, ``direction`` (random | eigen | interp | pca),
+  ``direction_source`` (B's path / the run folder) and ``direction_source_sha256``, ``norm``,
+  ``ignore``, ``orthogonal``, ``split``, ``samples``, ``batch_size``, ``bn``, ``seed``, the grid spec
+  ``x_min``, ``x_max``, ``x_num`` (and ``y_*``), ``seconds`` (grid compute time, start-up excluded,
+  accumulated across resumes), ``accuracy_unit``, ``layout``, ``eigenvalues`` (eigen directions).
+
+Crash safety: the file is built complete (coordinates, NaN arrays, directions, attributes) under a
+temporary name and renamed into place; afterwards it is only opened ``r+`` to overwrite the value
+arrays in place (fixed-size contiguous datasets, so no HDF5 metadata is allocated while computing) and
+flushed after each chunk, so a SIGKILL loses at most the chunk in flight. A file that does not open is
+reported, never replaced silently.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .errors import FlatnessError
+
+FORMAT = "flatness-surface"
+FORMAT_VERSION = 1
+SPLITS = ("train", "test")
+VALUE_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc")
+
+
+def _h5py():
+    import h5py
+
+    return h5py
+
+
+def _attr_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return np.bool_(value)
+    if isinstance(value, (list, tuple)):
+        return np.asarray(value, dtype=np.float64)
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """An HDF5 attribute as plain Python (str, int, float, bool, list)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return value
+
+
+def _write_direction(group, direction: Dict[str, torch.Tensor]) -> None:
+    names = list(direction)
+    group.attrs["names"] = json.dumps(names)
+    for name in names:
+        group.create_dataset(name, data=direction[name].detach().cpu().float().numpy())
+
+
+def _read_direction(group) -> Dict[str, torch.Tensor]:
+    names = json.loads(_plain(group.attrs["names"])) if "names" in group.attrs else sorted(group.keys())
+    return {name: torch.from_numpy(np.asarray(group[name][()], dtype=np.float32).copy()) for name in names}
+
+
+def create_surface(path: str, *, xcoordinates: np.ndarray, ycoordinates: Optional[np.ndarray],
+                   splits: Sequence[str], directions: Sequence[Dict[str, torch.Tensor]], attrs: Dict[str, Any],
+                   pca: Optional[Dict[str, Any]] = None) -> None:
+    """Write a new surface file complete (NaN values) under a temporary name, then rename it to
+    ``path`` in one step (replacing a file there: the caller has checked ``--force``)."""
+    h5py = _h5py()
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    except OSError as err:
+        raise FlatnessError(f"cannot write {path}: {err.strerror or err}") from None
+    os.close(fd)
+    shape = (len(xcoordinates),) if ycoordinates is None else (len(xcoordinates), len(ycoordinates))
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("xcoordinates", data=np.asarray(xcoordinates, dtype=np.float64))
+            if ycoordinates is not None:
+                f.create_dataset("ycoordinates", data=np.asarray(ycoordinates, dtype=np.float64))
+            for split in splits:
+                for what in ("loss", "acc"):
+                    f.create_dataset(f"{split}_{what}", data=np.full(shape, np.nan, dtype=np.float64))
+            f.create_dataset("computed", data=np.zeros(shape, dtype=np.uint8))
+            group = f.create_group("directions")
+            for axis, direction in zip(("x", "y"), directions):
+                _write_direction(group.create_group(axis), direction)
+            if pca is not None:
+                g = f.create_group("pca")
+                g.create_dataset("explained_variance_ratio", data=np.asarray(pca["explained_variance_ratio"], np.float64))
+                g.create_dataset("coordinates", data=np.asarray(pca["coordinates"], np.float64))
+                g.create_dataset("epochs", data=np.asarray(pca["epochs"], np.int64))
+                g.attrs["reference"] = str(pca.get("reference", ""))
+            full = dict(attrs)
+            full.update({"format": FORMAT, "format_version": FORMAT_VERSION, "accuracy_unit": "percent",
+                         "layout": "ij", "missing": "nan"})
+            full.setdefault("seconds", 0.0)
+            for key, value in full.items():
+                f.attrs[key] = _attr_value(value)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise FlatnessError(f"cannot write {path}: {err.strerror or err}") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class SurfaceFile:
+    """An existing surface file: opened read-only to check it (so a refused ``--resume`` leaves it
+    untouched, bytes and mtime), then ``make_writable()`` reopens it ``r+`` to write value chunks."""
+
+    def __init__(self, path: str):
+        h5py = _h5py()
+        self.path = path
+        try:
+            self._file = h5py.File(path, "r")
+        except (OSError, ValueError) as err:
+            raise FlatnessError(f"{path} cannot be opened as a surface file ({str(err).splitlines()[0][:120]}); "
+                                "it may be damaged: move it away, or rerun with --force to start over") from None
+        try:
+            f = self._file
+            self.attrs = {k: _plain(v) for k, v in f.attrs.items()}
+            if self.attrs.get("format") != FORMAT:
+                raise FlatnessError(f"{path} is not a flatness surface file (no '{FORMAT}' marker)")
+            if int(self.attrs.get("format_version", 0)) > FORMAT_VERSION:
+                raise FlatnessError(f"{path} was written by a newer flatness; upgrade")
+            self.xcoordinates = np.asarray(f["xcoordinates"][()], dtype=np.float64)
+            self.ycoordinates = np.asarray(f["ycoordinates"][()], dtype=np.float64) if "ycoordinates" in f else None
+            self.values = {k: np.asarray(f[k][()], dtype=np.float64) for k in VALUE_KEYS if k in f}
+            self.computed = np.asarray(f["computed"][()], dtype=np.uint8)
+            self.directions = [_read_direction(f["directions"][axis]) for axis in ("x", "y")
+                               if axis in f["directions"]]
+        except FlatnessError:
+            self._file.close()
+            raise
+        except (OSError, KeyError, ValueError) as err:
+            self._file.close()
+            raise FlatnessError(f"{path} is a damaged surface file ({type(err).__name__}: "
+                                f"{str(err).splitlines()[0][:120] if str(err) else ''}); "
+                                "move it away, or rerun with --force to start over") from None
+
+    def make_writable(self) -> None:
+        h5py = _h5py()
+        self._file.close()
+        try:
+            self._file = h5py.File(self.path, "r+")
+        except (OSError, ValueError) as err:
+            raise FlatnessError(f"{self.path} cannot be opened for writing ({str(err).splitlines()[0][:120]})") from None
+
+    def write(self, values: Dict[str, np.ndarray], computed: np.ndarray, seconds: float) -> None:
+        """Overwrite the value arrays in place (values first, then the ``computed`` mask) and flush."""
+        f = self._file
+        for key, array in values.items():
+            f[key][...] = array
+        f["computed"][...] = computed
+        f.attrs["seconds"] = float(seconds)
+        f.flush()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._file.close()
+
+    def __enter__(self) -> "SurfaceFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def check_matches(stored: Dict[str, Any], wanted: Dict[str, Any], path: str,
+                  keys: Sequence[str]) -> None:
+    """Refuse to resume ``path`` when any of ``keys`` differs between the file and this request."""
+    labels = {"checkpoint_sha256": "checkpoint", "direction_source_sha256": "direction source"}
+    for key in keys:
+        a, b = stored.get(key, ""), wanted.get(key, "")
+        a = "" if a is None else a
+        b = "" if b is None else b
+        if isinstance(a, float) or isinstance(b, float):
+            same = _as_float(a) == _as_float(b)
+        else:
+            same = str(a) == str(b)
+        if not same:
+            what = labels.get(key, key)
+            short = (lambda v: (str(v)[:12] + "…") if key.endswith("sha256") and len(str(v)) > 12 else v)
+            raise FlatnessError(f"{path} was made for another {what} ({key} {short(a)!s} in the file, "
+                                f"{short(b)!s} asked for); use another --out, or --force to overwrite it")
+
+
+def _as_float(value: Any) -> Any:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def read_surface(path: str) -> Dict[str, Any]:
+    """A surface file as plain data, for plotting and comparison.
+
+    Keys: ``xcoordinates``; ``ycoordinates`` (2D only); ``train_loss``, ``train_acc``, ``test_loss``,
+    ``test_acc`` (those present; NaN where not computed; accuracy in percent); ``computed`` (bool
+    array); ``attrs`` (dict); ``pca`` (dict with ``explained_variance_ratio``, ``coordinates``,
+    ``epochs``, ``reference``) or None.
+    """
+    h5py = _h5py()
+    if not os.path.isfile(path):
+        raise FlatnessError(f"surface file not found: {path}")
+    try:
+        with h5py.File(path, "r") as f:
+            out: Dict[str, Any] = {"xcoordinates": np.asarray(f["xcoordinates"][()], dtype=np.float64)}
+            if "ycoordinates" in f:
+                out["ycoordinates"] = np.asarray(f["ycoordinates"][()], dtype=np.float64)
+            for key in VALUE_KEYS:
+                if key in f:
+                    out[key] = np.asarray(f[key][()], dtype=np.float64)
+            if "computed" in f:
+                out["computed"] = np.asarray(f["computed"][()]).astype(bool)
+            out["attrs"] = {k: _plain(v) for k, v in f.attrs.items()}
+            out["pca"] = None
+            if "pca" in f:
+                g = f["pca"]
+                out["pca"] = {"explained_variance_ratio": np.asarray(g["explained_variance_ratio"][()]),
+                              "coordinates": np.asarray(g["coordinates"][()]),
+                              "epochs": np.asarray(g["epochs"][()]),
+                              "reference": _plain(g.attrs.get("reference", ""))}
+    except (OSError, KeyError, ValueError) as err:
+        raise FlatnessError(f"{path} is not a readable surface file ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0][:120] if str(err) else ''})") from None
+    return out
+
+
+def read_directions(path: str) -> List[Dict[str, torch.Tensor]]:
+    """The stored directions ``[x]`` or ``[x, y]``, each a dict state name -> float32 tensor."""
+    h5py = _h5py()
+    try:
+        with h5py.File(path, "r") as f:
+            return [_read_direction(f["directions"][axis]) for axis in ("x", "y") if axis in f["directions"]]
+    except (OSError, KeyError, ValueError) as err:
+        raise FlatnessError(f"{path} holds no readable directions ({type(err).__name__})") from None

@@ -1,0 +1,477 @@
+"""Training with ERM, AMP or SAM: ``train(TrainConfig(...), out_dir) -> out_dir``.
+
+Everything on disk goes through ``flatness.checkpoint`` (the run folder layout is documented there):
+``config.json`` and ``init.pt`` at the start, ``last.pt`` + ``metrics.jsonl`` at the end of every
+epoch, ``epoch-NNN.pt`` snapshots every ``save_every`` epochs (epoch 0 = the initial weights).
+
+Reproducibility and resume
+--------------------------
+* The initial weights come from ``seed`` (drawn inside a forked RNG); the data order comes from a
+  dedicated ``torch.Generator`` (seed ``seed``) whose state is stored in every checkpoint, with the
+  global RNGs (augmentation draws from them) and the optimizer state.
+* The learning rate is a closed-form function of the epoch (``lr_at``), so no scheduler state can
+  drift: 4 epochs straight and 2 epochs + ``resume`` to 4 give bitwise-identical weights on the
+  CPU (with the ``step`` or ``constant`` schedules; ``cosine`` depends on the total number of
+  epochs, so extending a cosine run changes its remaining schedule).
+* A run killed mid-epoch resumes from the last finished epoch and redoes the partial one.
+* Gradient clipping (``grad_clip``) acts on the gradient of the optimizer's base step: for ERM the
+  loop clips after the backward; for AMP/SAM the optimizer does it (``flatness.optim``), so the
+  perturbation is built from plain gradients as METRICS.md defines.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import checkpoint as ckpt
+from .datasets import TensorImageDataset, dataset_info, get_dataset
+from .devices import resolve_device
+from .errors import DivergedError, FlatnessError
+from .fileio import atomic_write_json, atomic_write_text
+from .models import build_from_spec, canonical_model_name, model_spec
+
+METHODS = ("erm", "amp", "sam")
+SCHEDULES = ("step", "cosine", "constant")
+GAMMA = 0.1  # the step schedule's factor at each milestone
+# What may differ between a run and its resumption; everything else must match the stored config.
+RESUMABLE_CHANGES = ("epochs", "save_every", "device", "data_dir", "download")
+
+
+@dataclass
+class TrainConfig:
+    """Every option of ``flatness train``. Defaults: the offline digits setup (``digits-default``)."""
+
+    dataset: str = "digits"
+    model: str = "convnet"
+    width: Optional[int] = None
+    depth: Optional[int] = None
+    method: str = "erm"
+    epochs: int = 12
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "step"
+    milestones: List[int] = field(default_factory=lambda: [6, 9])
+    grad_clip: Optional[float] = None
+    seed: int = 0
+    device: str = "auto"
+    epsilon: float = 0.02
+    inner_lr: float = 1.0
+    inner_iter: int = 1
+    ball: str = "tensor"
+    rho: float = 0.05
+    adaptive: bool = False
+    augment: bool = False
+    data_dir: Optional[str] = None
+    download: bool = False
+    save_every: int = 0
+    recipe: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["milestones"] = list(out["milestones"])
+        return out
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any], strict: bool = True) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown and strict:
+            raise FlatnessError(f"unknown training option(s): {', '.join(unknown)}")
+        config = cls(**{k: v for k, v in values.items() if k in names})
+        config.milestones = _milestones(config.milestones)
+        return config
+
+    def validate(self) -> "TrainConfig":
+        """Check every value (one-line FlatnessError) and canonicalise names; returns self."""
+        dataset_info(self.dataset)
+        self.model = canonical_model_name(self.model)
+        _choice("method", self.method, METHODS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("ball", self.ball, ("tensor", "global"))
+        _integer("epochs", self.epochs, 1)
+        _integer("batch_size", self.batch_size, 1)
+        _integer("inner_iter", self.inner_iter, 1)
+        _integer("save_every", self.save_every, 0)
+        _integer("seed", self.seed, 0)
+        for name in ("width", "depth"):
+            if getattr(self, name) is not None:
+                _integer(name, getattr(self, name), 0 if name == "depth" else 1)
+        for name in ("lr", "epsilon", "inner_lr", "rho"):
+            _number(name, getattr(self, name), positive=True)
+        for name in ("momentum", "weight_decay"):
+            _number(name, getattr(self, name), positive=False)
+        if self.grad_clip is not None:
+            _number("grad_clip", self.grad_clip, positive=True)
+        if self.nesterov and self.momentum <= 0:
+            raise FlatnessError("Nesterov momentum needs momentum > 0; pass --momentum or --no-nesterov")
+        self.milestones = _milestones(self.milestones)
+        return self
+
+
+def _choice(name, value, choices):
+    if value not in choices:
+        raise FlatnessError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def _integer(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise FlatnessError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _number(name, value, positive):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > 0 if positive else value >= 0)
+    if not ok:
+        raise FlatnessError(f"{name} must be a {'positive' if positive else 'non-negative'} number, got {value!r}")
+
+
+def _milestones(value) -> List[int]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        try:
+            value = [int(p) for p in parts]
+        except ValueError:
+            raise FlatnessError(f"milestones must be a comma-separated list of epochs, got {value!r}") from None
+    out = []
+    for m in value:
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+            raise FlatnessError(f"milestones must be epochs >= 1, got {m!r}")
+        out.append(int(m))
+    return sorted(out)
+
+
+# --------------------------------------------------------------------------- building a config
+
+def build_config(explicit: Dict[str, Any], recipe: Optional[str] = None) -> TrainConfig:
+    """TrainConfig defaults < the recipe's values < ``explicit`` values (what the user typed)."""
+    from .recipes import recipe_values
+
+    values = TrainConfig().to_dict()
+    if recipe:
+        values.update(recipe_values(recipe))
+        values["recipe"] = recipe
+    values.update({k: v for k, v in explicit.items() if k != "recipe"})
+    return TrainConfig.from_dict(values).validate()
+
+
+def default_out_dir(config: TrainConfig) -> str:
+    return os.path.join("checkpoints", f"{config.dataset}-{canonical_model_name(config.model)}-"
+                                       f"{config.method}-s{config.seed}")
+
+
+def stored_config(out_dir: str) -> TrainConfig:
+    """The configuration of the run in ``out_dir`` (from its last.pt), for resuming it."""
+    last = _resumable(out_dir)
+    return TrainConfig.from_dict(ckpt.read_checkpoint(last)["config"], strict=False)
+
+
+def resume_config(out_dir: str, explicit: Dict[str, Any]) -> TrainConfig:
+    """The stored config of ``out_dir`` with the explicitly given values applied (train() then
+    refuses any that may not change on resume)."""
+    values = stored_config(out_dir).to_dict()
+    values.update({k: v for k, v in explicit.items() if k != "recipe" or v is not None})
+    return TrainConfig.from_dict(values).validate()
+
+
+def _resumable(out_dir: str) -> str:
+    if os.path.isfile(out_dir):
+        raise FlatnessError(f"--out {out_dir} is a file, not a run folder")
+    last = os.path.join(out_dir, ckpt.LAST)
+    if not os.path.isfile(last):
+        raise FlatnessError(f"nothing to resume in {out_dir} (no {ckpt.LAST}); run without --resume to start it")
+    return last
+
+
+# --------------------------------------------------------------------------- schedule, devices
+
+def lr_at(config: TrainConfig, epoch: int) -> float:
+    """The learning rate used during ``epoch`` (1-based); milestone m means lr x0.1 from epoch m+1
+    on (as torch's MultiStepLR stepped once per epoch)."""
+    done = epoch - 1
+    if config.schedule == "step":
+        return config.lr * GAMMA ** sum(1 for m in config.milestones if done >= m)
+    if config.schedule == "cosine":
+        return config.lr * 0.5 * (1.0 + math.cos(math.pi * done / config.epochs))
+    return config.lr
+
+
+@dataclass(frozen=True)
+class DeviceFlags:
+    """How data moves to ``device``: pinned host memory and asynchronous copies on CUDA only."""
+
+    pin_memory: bool
+    non_blocking: bool
+    num_workers: int
+    cudnn_benchmark: bool
+    autocast: bool  # mixed precision is never used: measurements need full-precision weights
+
+
+def device_flags(device: torch.device, cpu_count: Optional[int] = None) -> DeviceFlags:
+    cuda = torch.device(device).type == "cuda"
+    cpus = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
+    return DeviceFlags(pin_memory=cuda, non_blocking=cuda, num_workers=min(4, max(0, cpus - 1)) if cuda else 0,
+                       cudnn_benchmark=False, autocast=False)
+
+
+def to_device(batch: Tuple[torch.Tensor, torch.Tensor], device: torch.device, flags: DeviceFlags):
+    x, y = batch
+    return x.to(device, non_blocking=flags.non_blocking), y.to(device, non_blocking=flags.non_blocking)
+
+
+class EpochBatches:
+    """The training batches of one epoch in the order of a permutation drawn from ``generator``.
+
+    In-memory tensor datasets without a transform are sliced directly (fast); others go through a
+    DataLoader with a fixed batch sampler. A final batch of a single example is dropped (BatchNorm
+    cannot train on it).
+    """
+
+    def __init__(self, dataset, batch_size: int, flags: DeviceFlags):
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.flags = flags
+        n = len(dataset)
+        full, rest = divmod(n, batch_size)
+        self.steps = full + (1 if rest > 1 else 0)
+        self.fast = isinstance(dataset, TensorImageDataset) and dataset.transform is None
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def epoch(self, generator: torch.Generator) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        perm = torch.randperm(len(self.dataset), generator=generator)
+        chunks = [perm[i * self.batch_size:(i + 1) * self.batch_size] for i in range(self.steps)]
+        if self.fast:
+            for idx in chunks:
+                yield self.dataset.images[idx], self.dataset.labels[idx]
+            return
+        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=[c.tolist() for c in chunks],
+                                             num_workers=self.flags.num_workers, pin_memory=self.flags.pin_memory)
+        yield from loader
+
+
+@torch.no_grad()
+def evaluate_dataset(model: nn.Module, dataset, device: torch.device, flags: DeviceFlags,
+                     batch_size: int = 500) -> Tuple[float, float]:
+    """(mean loss, accuracy) over a whole dataset in eval mode (no augmentation is the caller's job)."""
+    was = model.training
+    model.eval()
+    if isinstance(dataset, TensorImageDataset) and dataset.transform is None:
+        batches: Iterable = ((dataset.images[i:i + batch_size], dataset.labels[i:i + batch_size])
+                             for i in range(0, len(dataset), batch_size))
+    else:
+        batches = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                              num_workers=flags.num_workers, pin_memory=flags.pin_memory)
+    loss_sum, correct, n = 0.0, 0, 0
+    try:
+        for batch in batches:
+            x, y = to_device(batch, device, flags)
+            logits = model(x)
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            n += int(y.shape[0])
+    finally:
+        model.train(was)
+    return loss_sum / max(n, 1), correct / max(n, 1)
+
+
+def build_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+    from .optim import AMP, SAM
+
+    base = dict(lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+                weight_decay=config.weight_decay)
+    if config.method == "amp":
+        return AMP(params, epsilon=config.epsilon, inner_lr=config.inner_lr, inner_iter=config.inner_iter,
+                   ball=config.ball, grad_clip=config.grad_clip, **base)
+    if config.method == "sam":
+        return SAM(params, rho=config.rho, adaptive=config.adaptive, grad_clip=config.grad_clip, **base)
+    return torch.optim.SGD(params, **base)
+
+
+def _model_spec(config: TrainConfig) -> Dict[str, Any]:
+    info = dataset_info(config.dataset)
+    name = canonical_model_name(config.model)
+    options = {}
+    if name in ("convnet", "mlp") and config.width is not None:
+        options["width"] = config.width
+    if name == "mlp" and config.depth is not None:
+        options["depth"] = config.depth
+    return model_spec(name, info.in_channels, info.image_size, info.num_classes, **options)
+
+
+# --------------------------------------------------------------------------- the loop
+
+def _check_out(out_dir: str, resume: bool) -> None:
+    if os.path.isfile(out_dir):
+        raise FlatnessError(f"--out {out_dir} is a file, not a run folder; choose another --out")
+    if resume:
+        _resumable(out_dir)
+    elif os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise FlatnessError(f"{out_dir} already exists and is not empty; pass --resume to continue that run, "
+                            "or choose another --out")
+
+
+def _write_metrics(out_dir: str, metrics: List[Dict[str, Any]]) -> None:
+    atomic_write_text(os.path.join(out_dir, ckpt.METRICS), "".join(json.dumps(m) + "\n" for m in metrics))
+
+
+def train(config: TrainConfig, out_dir: Optional[str] = None, resume: bool = False, progress: bool = True,
+          verbose: bool = True) -> str:
+    """Train per ``config`` into ``out_dir`` (default ``checkpoints/<dataset>-<model>-<method>-s<seed>``)
+    and return ``out_dir``. ``resume=True`` continues the run stored there from its last finished
+    epoch (``config`` may then differ from the stored one only in epochs, save_every, device,
+    data_dir and download). Raises FlatnessError for bad input (nothing on disk touched) and
+    DivergedError when the loss stops being finite (the last good checkpoint is kept)."""
+    from tqdm.auto import tqdm
+
+    config = TrainConfig.from_dict(config.to_dict()).validate()
+    out_dir = out_dir or default_out_dir(config)
+    _check_out(out_dir, resume)
+    state = None
+    if resume:
+        state = ckpt.read_checkpoint(os.path.join(out_dir, ckpt.LAST))
+        stored = TrainConfig.from_dict(state["config"], strict=False).validate().to_dict()
+        given = config.to_dict()
+        changed = [k for k in stored if k not in RESUMABLE_CHANGES and k != "recipe" and stored[k] != given[k]]
+        if changed:
+            k = changed[0]
+            raise FlatnessError(f"cannot change {k} when resuming {out_dir} (the run has {k}={stored[k]!r}, "
+                                f"given {given[k]!r}); drop the option or start a new run with another --out")
+        stored.update({k: given[k] for k in RESUMABLE_CHANGES})
+        config = TrainConfig.from_dict(stored).validate()
+
+    device = resolve_device(config.device)
+    flags = device_flags(device)
+    root = config.data_dir
+    train_set = get_dataset(config.dataset, "train", root=root, augment=config.augment, download=config.download)
+    test_set = get_dataset(config.dataset, "test", root=root, augment=False, download=config.download)
+    if config.batch_size > len(train_set):
+        raise FlatnessError(f"batch size {config.batch_size} exceeds the {len(train_set)} training examples")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = flags.cudnn_benchmark
+
+    spec = _model_spec(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = build_from_spec(spec)
+    model.to(device)
+    optimizer = build_optimizer(config, model.parameters())
+    shuffle = torch.Generator()
+    shuffle.manual_seed(config.seed)
+    config_dict = config.to_dict()
+
+    def save(path: str, epoch: int, step: int, metrics, full: bool) -> None:
+        extra = {"shuffle_rng": shuffle.get_state()} if full else None
+        ckpt.save_checkpoint(path, model, model_spec=spec, config=config_dict, epoch=epoch, step=step,
+                             metrics=metrics, optimizer_state=optimizer.state_dict() if full else None,
+                             scheduler_state={"schedule": config.schedule, "epoch": epoch} if full else None,
+                             rng=ckpt.capture_rng() if full else None, extra=extra)
+
+    batches = EpochBatches(train_set, config.batch_size, flags)
+    if state is None:
+        os.makedirs(out_dir, exist_ok=True)
+        torch.manual_seed(config.seed)  # the global RNG drives augmentation (and dropout)
+        metrics: List[Dict[str, Any]] = []
+        atomic_write_json(os.path.join(out_dir, ckpt.CONFIG), config_dict)
+        save(os.path.join(out_dir, ckpt.INIT), 0, 0, metrics, full=False)
+        if config.save_every:
+            save(os.path.join(out_dir, ckpt.snapshot_name(0)), 0, 0, metrics, full=False)
+        save(os.path.join(out_dir, ckpt.LAST), 0, 0, metrics, full=True)
+        _write_metrics(out_dir, metrics)
+        start, step = 1, 0
+    else:
+        try:
+            model.load_state_dict(state["model_state"])
+        except RuntimeError:
+            raise FlatnessError(f"{state['path']}: the stored weights do not fit the model") from None
+        if state.get("optimizer_state"):
+            optimizer.load_state_dict(state["optimizer_state"])
+        if state.get("rng"):
+            ckpt.restore_rng(state["rng"])
+        if (state.get("extra") or {}).get("shuffle_rng") is not None:
+            shuffle.set_state(state["extra"]["shuffle_rng"])
+        metrics = list(state.get("metrics") or [])
+        start, step = int(state["epoch"]) + 1, int(state.get("step", 0))
+        atomic_write_json(os.path.join(out_dir, ckpt.CONFIG), config_dict)
+        _write_metrics(out_dir, metrics)  # repairs a metrics.jsonl a crash left behind
+        if start > config.epochs and verbose:
+            print(f"{out_dir}: already trained for {start - 1} epochs (asked {config.epochs}); nothing to do")
+
+    last_path = os.path.join(out_dir, ckpt.LAST)
+    for epoch in range(start, config.epochs + 1):
+        began = time.perf_counter()
+        lr = lr_at(config, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        correct, seen = 0, 0
+        bar = tqdm(total=len(batches), desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=not progress,
+                   unit="batch", dynamic_ncols=True)
+        try:
+            for i, batch in enumerate(batches.epoch(shuffle), 1):
+                x, y = to_device(batch, device, flags)
+                logits_at_theta: List[torch.Tensor] = []
+
+                def closure():
+                    optimizer.zero_grad(set_to_none=True)
+                    logits = model(x)
+                    loss = F.cross_entropy(logits, y)
+                    loss.backward()
+                    if not logits_at_theta:
+                        logits_at_theta.append(logits.detach())
+                    return loss
+
+                if config.method == "erm":
+                    loss = closure()
+                    if torch.isfinite(loss) and config.grad_clip is not None:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                    if torch.isfinite(loss):
+                        optimizer.step()
+                else:
+                    loss = optimizer.step(closure)
+                step += 1
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise DivergedError(
+                        f"training diverged: the loss is {value} at epoch {epoch}, step {i} of {len(batches)} "
+                        f"(lr {lr:g}); the last good checkpoint is kept: {last_path} (epoch {epoch - 1})")
+                loss_sum += value * y.shape[0]
+                correct += int((logits_at_theta[0].argmax(1) == y).sum())
+                seen += int(y.shape[0])
+                bar.update(1)
+                if i % 10 == 0:
+                    bar.set_postfix(loss=f"{value:.4f}")
+        finally:
+            bar.close()
+        test_loss, test_acc = evaluate_dataset(model, test_set, device, flags)
+        if not math.isfinite(test_loss):
+            raise DivergedError(f"training diverged: the test loss is {test_loss} after epoch {epoch} "
+                                f"(step {step}); the last good checkpoint is kept: {last_path} (epoch {epoch - 1})")
+        seconds = time.perf_counter() - began
+        record = {"epoch": epoch, "lr": lr, "train_loss": float(loss_sum) / seen, "train_acc": correct / seen,
+                  "test_loss": test_loss, "test_acc": test_acc, "seconds": round(seconds, 3)}
+        metrics.append(record)
+        if config.save_every and epoch % config.save_every == 0:
+            save(os.path.join(out_dir, ckpt.snapshot_name(epoch)), epoch, step, metrics, full=False)
+        save(last_path, epoch, step, metrics, full=True)
+        _write_metrics(out_dir, metrics)
+        if verbose:
+            print(f"epoch {epoch:3d}/{config.epochs}  lr {lr:.4g}  train loss {record['train_loss']:.4f} "
+                  f"acc {record['train_acc']:.4f}  test loss {test_loss:.4f} acc {test_acc:.4f}  "
+                  f"{seconds:.1f}s", flush=True)
+    return out_dir

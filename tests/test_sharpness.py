@@ -1,0 +1,335 @@
+"""Sharpness metrics (flatness.sharpness): closed forms, Dinh rescaling, PAC-Bayes bisection, real data."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from scipy.optimize import brentq
+from scipy.stats import norm
+
+from flatness import sharpness as S
+from flatness.checkpoint import load_checkpoint
+from flatness.errors import FlatnessError
+from flatness.params import flatten
+from flatness.probe_data import ProbeData, load_probe_data
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These tests are many tiny forward passes: one thread is fastest, and much faster than two when the
+    machine is shared (oversubscribed OpenMP threads spin)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------- quadratic toys
+
+class Params(nn.Module):
+    """Only parameters; the "loss" is injected through loss_fn."""
+
+    def __init__(self, *values):
+        super().__init__()
+        self.ts = nn.ParameterList([nn.Parameter(torch.as_tensor(v, dtype=torch.float64).clone()) for v in values])
+
+    def forward(self, x):  # pragma: no cover - never called by the quadratic losses
+        raise AssertionError
+
+
+def dummy_data():
+    # two batches of unequal size: the n_b / n weights must still sum the batch losses to the quadratic
+    return ProbeData.from_tensors(torch.zeros(5, 1), torch.zeros(5, dtype=torch.long), 3)
+
+
+def quadratic_loss(A):
+    A = torch.as_tensor(A, dtype=torch.float64)
+
+    def loss_fn(model, x, y):
+        theta = flatten(list(model.parameters()))
+        return 0.5 * theta @ A @ theta
+
+    return loss_fn
+
+
+def random_sym(eigs, seed):
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((len(eigs), len(eigs))))
+    return q @ np.diag(eigs) @ q.T
+
+
+def test_worst_case_global_ball_is_half_rho2_lambda_max():
+    A = random_sym([5.0, 2.5, 1.0, 0.5, -1.0, -3.0], seed=1)
+    model = Params(np.zeros(6))
+    for rho in (0.1, 1.0):
+        for init in ("gradient", "random"):  # zero gradient at θ=0: "gradient" falls back to random
+            r = S.worst_case_sharpness(model, dummy_data(), rho, ball="global", p=2, steps=60, init=init,
+                                       loss_fn=quadratic_loss(A))
+            assert r["value"] == pytest.approx(0.5 * rho ** 2 * 5.0, rel=1e-4)
+            assert r["delta_norm"] == pytest.approx(rho, rel=1e-9)
+            assert r["gradient_evals"] >= 60 and r["solver"]
+
+
+def test_worst_case_tensor_ball_is_sum_of_block_maxima():
+    A1 = random_sym([3.0, 1.0, -2.0], seed=2)
+    A2 = random_sym([0.7, 0.2, 0.1, -0.5], seed=3)
+    A = np.zeros((7, 7))
+    A[:3, :3], A[3:, 3:] = A1, A2
+    model = Params(np.zeros(3), np.zeros((2, 2)))
+    rho = 0.5
+    tensor = S.worst_case_sharpness(model, dummy_data(), rho, ball="tensor", steps=60, loss_fn=quadratic_loss(A))
+    assert tensor["value"] == pytest.approx(0.5 * rho ** 2 * (3.0 + 0.7), rel=1e-4)
+    glob = S.worst_case_sharpness(model, dummy_data(), rho, ball="global", steps=60, loss_fn=quadratic_loss(A))
+    assert glob["value"] == pytest.approx(0.5 * rho ** 2 * 3.0, rel=1e-4)
+
+
+def test_worst_case_linf_ball_on_diagonal_quadratic_is_the_corner():
+    a = np.array([2.0, 1.0, 0.5, 0.1])
+    model = Params(np.zeros(4))
+    r = S.worst_case_sharpness(model, dummy_data(), 0.3, ball="global", p="inf", steps=10,
+                               loss_fn=quadratic_loss(np.diag(a)))
+    assert r["value"] == pytest.approx(0.5 * 0.3 ** 2 * a.sum(), rel=1e-9)
+    assert r["p"] == "inf"
+
+
+def test_average_case_is_half_rho2_trace():
+    A = random_sym([4.0, 2.0, 1.0, 0.5, 0.25], seed=4)
+    model = Params(np.zeros(5))
+    rho = 0.2
+    r = S.average_case_sharpness(model, dummy_data(), rho, draws=400, seed=3, loss_fn=quadratic_loss(A))
+    exact = 0.5 * rho ** 2 * np.trace(A)
+    # the standard error is right: var(0.5 ρ² zᵀAz) = 0.5 ρ⁴ tr(A²)
+    expected_se = math.sqrt(0.5 * rho ** 4 * np.trace(A @ A) / 400)
+    assert r["stderr"] == pytest.approx(expected_se, rel=0.25)
+    assert abs(r["value"] - exact) < 4 * r["stderr"]
+    assert r["draws"] == 400 and r["loss_evals"] == 401
+
+
+def test_keskar_on_separable_quadratic_matches_closed_form():
+    theta = np.array([1.0, -2.0, 0.5, 3.0, -0.2, 0.0])
+    a = np.array([2.0, 1.0, 4.0, -1.0, -3.0, 0.5])      # convex and concave coordinates
+    m = np.array([0.9, -2.5, 2.0, 3.05, -0.9, 0.3])      # minima / maxima of each coordinate
+    eps = 0.1
+    bound = eps * (np.abs(theta) + 1)
+
+    def loss_fn(model, x, y):
+        t = flatten(list(model.parameters()))
+        d = t - torch.as_tensor(m)
+        return 0.5 * (torch.as_tensor(a) * d * d).sum()
+
+    best_y = np.empty_like(theta)
+    for i in range(len(theta)):
+        if a[i] > 0:  # convex: the endpoint farther from m
+            best_y[i] = bound[i] if theta[i] >= m[i] else -bound[i]
+        else:         # concave: m clipped into the box
+            best_y[i] = np.clip(m[i] - theta[i], -bound[i], bound[i])
+    f = lambda y: 0.5 * np.sum(a * (theta + y - m) ** 2)
+    base = f(np.zeros_like(theta))
+    exact = 100 * (f(best_y) - base) / (1 + base)
+    model = Params(theta)
+    r = S.keskar_sharpness(model, dummy_data(), eps, iterations=50, loss_fn=loss_fn)
+    assert r["value"] == pytest.approx(exact, rel=1e-6)
+    assert r["solver"] == "L-BFGS-B" and r["iterations"] >= 1 and r["base_loss"] == pytest.approx(base)
+    # the box really binds: a bigger box gives a bigger value
+    assert S.keskar_sharpness(model, dummy_data(), 2 * eps, iterations=50, loss_fn=loss_fn)["value"] > exact
+
+
+# --------------------------------------------------------------------------- Dinh rescaling
+
+@pytest.fixture(scope="module")
+def small_digits():
+    return load_probe_data("digits", "train", 200, 100)
+
+
+def _rescaled_mlp(path, alpha):
+    """Hidden unit j of the ReLU MLP scaled by alpha[j] on the way in and 1/alpha[j] on the way out."""
+    model, _ = load_checkpoint(path)
+    lin1, lin2 = model.net[1], model.net[3]
+    assert isinstance(lin1, nn.Linear) and isinstance(model.net[2], nn.ReLU) and isinstance(lin2, nn.Linear)
+    alpha = torch.as_tensor(alpha, dtype=torch.float32).expand(lin1.out_features)
+    with torch.no_grad():
+        lin1.weight.mul_(alpha[:, None])
+        lin1.bias.mul_(alpha)
+        lin2.weight.div_(alpha[None, :])
+    return model.eval()
+
+
+@pytest.mark.parametrize("alpha", ["layer", "unit"])
+def test_dinh_rescaling_leaves_adaptive_metrics_unchanged(digits_mlp_checkpoint, small_digits, alpha):
+    # "layer": one α for the whole layer (Dinh et al.); "unit": a different α per hidden unit
+    alpha = 5.0 if alpha == "layer" else torch.linspace(0.2, 5.0, 16)
+    a = _rescaled_mlp(digits_mlp_checkpoint, 1.0)
+    b = _rescaled_mlp(digits_mlp_checkpoint, alpha)
+    x = small_digits.batches[0][0]
+    with torch.no_grad():  # the function really is unchanged
+        assert torch.allclose(a(x), b(x), rtol=1e-4, atol=1e-5)
+    for ball, p, init in (("global", 2, "gradient"), ("global", 2, "random"), ("tensor", 2, "random"),
+                          ("global", "inf", "random")):
+        rho = 0.5 if p == 2 else 0.05
+        kw = dict(ball=ball, p=p, adaptive=True, steps=6, init=init, seed=7)
+        ra = S.worst_case_sharpness(a, small_digits, rho, **kw)
+        rb = S.worst_case_sharpness(b, small_digits, rho, **kw)
+        assert ra["value"] > 0
+        assert rb["value"] == pytest.approx(ra["value"], rel=1e-5), (ball, p, init)
+        if init == "random":
+            assert ra["best_step"] > 0  # the path matters, not only its start
+    aa = S.average_case_sharpness(a, small_digits, 0.2, draws=8, adaptive=True, seed=7)
+    ab = S.average_case_sharpness(b, small_digits, 0.2, draws=8, adaptive=True, seed=7)
+    assert aa["value"] > 0 and ab["value"] == pytest.approx(aa["value"], rel=1e-5)
+    # the plain measures see the rescaling
+    kw = dict(ball="global", steps=6, seed=7)
+    pa = S.worst_case_sharpness(a, small_digits, 0.5, **kw)["value"]
+    pb = S.worst_case_sharpness(b, small_digits, 0.5, **kw)["value"]
+    assert abs(pb - pa) > 0.05 * abs(pa)
+    qa = S.average_case_sharpness(a, small_digits, 0.2, draws=8, seed=7)["value"]
+    qb = S.average_case_sharpness(b, small_digits, 0.2, draws=8, seed=7)["value"]
+    assert abs(qb - qa) > 0.05 * abs(qa)
+
+
+# --------------------------------------------------------------------------- PAC-Bayes bisection
+
+class TwoClassLinear(nn.Module):
+    """logits = [-z, z] with z = x·w: class 1 is right iff x·w > 0."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.w = nn.Parameter(torch.as_tensor(w, dtype=torch.float32).clone())
+
+    def forward(self, x):
+        z = x @ self.w
+        return torch.stack([-z, z], dim=1)
+
+
+def test_pac_bayes_bisection_recovers_closed_form_sigma():
+    # x_i = e_i, y_i = 1, so θ+u misclassifies example i iff w_i + u_i < 0, independently over i:
+    # E err(σ) = mean_i Φ(-w_i / s_i(σ)) with s_i = σ (plain) or sqrt(σ² w_i² + 1e-6) (magnitude-aware).
+    n = 1000
+    w = np.linspace(0.5, 2.0, n)
+    data = ProbeData.from_tensors(torch.eye(n), torch.ones(n, dtype=torch.long), 250)
+    model = TwoClassLinear(w)
+    plain_exact = brentq(lambda s: norm.cdf(-w / s).mean() - 0.1, 1e-3, 100)
+    mag_exact = brentq(lambda s: norm.cdf(-w / np.sqrt(s * s * w * w + 1e-6)).mean() - 0.1, 1e-3, 100)
+    assert mag_exact == pytest.approx(1 / norm.ppf(0.9), rel=1e-3)
+    before = model.w.detach().clone()
+    r = S.pac_bayes_flatness(model, data, draws=16, seed=0)
+    assert r["base_error"] == 0.0 and r["converged"]
+    assert r["sigma"] == pytest.approx(plain_exact, rel=0.05)
+    assert r["flatness"] == pytest.approx(1 / r["sigma"] ** 2) and r["value"] == r["flatness"]
+    m = S.pac_bayes_flatness(model, data, draws=16, magnitude=True, seed=0)
+    assert m["sigma"] == pytest.approx(mag_exact, rel=0.05)
+    assert torch.equal(model.w.detach(), before)
+    # deterministic under the seed
+    assert S.pac_bayes_flatness(model, data, draws=16, seed=0)["sigma"] == r["sigma"]
+
+
+# --------------------------------------------------------------------------- monotone in the radius, validation
+
+def test_worst_case_grows_with_radius(digits_checkpoint, small_digits):
+    model, _ = load_checkpoint(digits_checkpoint)
+    values = [S.worst_case_sharpness(model, small_digits, rho, ball="tensor", steps=5)["value"]
+              for rho in (0.01, 0.05, 0.2)]
+    assert 0 < values[0] < values[1] < values[2]
+    adaptive = [S.worst_case_sharpness(model, small_digits, rho, adaptive=True, steps=5)["value"]
+                for rho in (0.05, 0.2)]
+    assert 0 < adaptive[0] < adaptive[1]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(metrics="sharpest"), "unknown sharpness metric"),
+    (dict(metrics="worst_case,nope"), "unknown sharpness metric"),
+    (dict(metrics=""), "no sharpness metric"),
+    (dict(metrics="all", rhos=[0.1, 0.0]), "rho must be > 0"),
+    (dict(metrics="all", rhos=[-1]), "rho must be > 0"),
+    (dict(metrics="all", rhos=[float("nan")]), "rho must be > 0"),
+    (dict(metrics="keskar", epsilons=[0]), "epsilon must be > 0"),
+    (dict(metrics="worst_case", rhos=[]), "at least one rho"),
+    (dict(metrics="all", draws=0), "draws must be"),
+    (dict(metrics="all", ascent_steps=0), "ascent steps must be"),
+    (dict(metrics="all", ball="sphere"), "ball must be"),
+    (dict(metrics="all", p=3), "p must be 2 or inf"),
+])
+def test_validate_rejects_bad_input(kwargs, match):
+    with pytest.raises(FlatnessError, match=match) as info:
+        S.validate(**kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_validate_expands_all_and_names():
+    assert S.validate("all") == S.METRIC_NAMES
+    assert S.validate("keskar, pac-bayes,keskar") == ("keskar", "pac_bayes")
+    assert S.validate(["worst_case"], rhos=[0.1], ball="global", draws=3, ascent_steps=2, p="inf") == ("worst_case",)
+
+
+def test_default_rhos_include_the_digits_amp_epsilon():
+    from flatness.training import TrainConfig
+
+    config = TrainConfig()
+    assert config.epsilon in S.DEFAULTS["rhos"] and S.DEFAULTS["ball"] == config.ball
+
+
+def test_oracle_is_the_exact_full_data_mean(digits_checkpoint):
+    from flatness.evaluate import evaluate, full_gradient
+
+    model, _ = load_checkpoint(digits_checkpoint)
+    data = load_probe_data("digits", "train", 150, 64)  # batches of 64, 64, 22: weights n_b / n matter
+    oracle = S.LossOracle(model.eval(), data)
+    loss, acc = evaluate(model, data)
+    assert oracle.loss() == pytest.approx(loss, rel=1e-6)
+    assert oracle.error() == pytest.approx(1 - acc, abs=1e-12)
+    value, grad = oracle.loss_and_grad()
+    params = [p for p in model.parameters() if p.requires_grad]
+    ref_loss, ref_grad = full_gradient(model, data, params)
+    assert value == pytest.approx(ref_loss, rel=1e-6)
+    assert torch.allclose(grad, flatten(ref_grad), rtol=1e-5, atol=1e-8)
+    assert oracle.counts() == (1, 1, 1)
+
+
+def test_weight_norm_and_distance_from_init():
+    a, b = Params(np.array([3.0, 0.0]), np.array([[4.0]])), Params(np.array([0.0, 0.0]), np.array([[1.0]]))
+    assert S.weight_norm(a) == pytest.approx(5.0)
+    assert S.distance_from_init(a, b) == pytest.approx(math.sqrt(9 + 9))
+    with pytest.raises(FlatnessError):
+        S.distance_from_init(a, Params(np.zeros(3)))
+
+
+# --------------------------------------------------------------------------- the real checkpoint, all metrics
+
+def _strip(records):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+def test_compute_all_on_digits_checkpoint(digits_checkpoint, small_digits):
+    model, _ = load_checkpoint(digits_checkpoint)
+    model.train()  # compute must measure in eval mode and give the mode back
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    kw = dict(rhos=[0.05, 0.5], epsilons=[1e-3], ball="tensor", draws=6, ascent_steps=5, seed=3, progress=False,
+              lbfgs_iterations=5, pac_bayes_draws=4)
+    records = S.compute(model, small_digits, S.METRIC_NAMES, **kw)
+    assert model.training
+    after = model.state_dict()
+    assert all(torch.equal(state[k], after[k]) for k in state)  # weights and BN buffers, bit for bit
+    assert [r["metric"] for r in records] == ["keskar"] + ["worst_case"] * 2 + ["adaptive_worst_case"] * 2 + \
+        ["average_case"] * 2 + ["adaptive_average_case"] * 2 + ["pac_bayes", "pac_bayes_magnitude"]
+    for r in records:
+        assert math.isfinite(r["value"]) and r["seconds"] >= 0
+        for key in ("p", "ball", "c", "solver", "iterations", "loss_evals", "gradient_evals", "error_evals"):
+            assert key in r
+        if r["metric"] in S.RHO_METRICS:
+            assert r["rho"] in (0.05, 0.5)
+        if "average_case" in r["metric"]:
+            assert math.isfinite(r["stderr"])
+        if r["metric"].startswith("pac_bayes"):
+            assert r["sigma"] > 0 and r["flatness"] == pytest.approx(1 / r["sigma"] ** 2)
+    keskar = records[0]
+    assert keskar["epsilon"] == 1e-3 and keskar["solver"] == "L-BFGS-B" and keskar["value"] >= 0
+    wc = [r for r in records if r["metric"] == "worst_case"]
+    assert wc[0]["ball"] == "tensor" and 0 < wc[0]["value"] < wc[1]["value"]
+    json.dumps(records)  # JSON-safe
+    model.eval()
+    again = S.compute(model, small_digits, "all", **kw)
+    assert _strip(again) == _strip(records)  # reproducible under the seed
+    other = S.compute(model, small_digits, "average_case", **{**kw, "seed": 4})
+    assert other[0]["value"] != records[5]["value"]

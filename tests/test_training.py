@@ -1,0 +1,216 @@
+"""Training loop: bitwise resume (also after SIGKILL), run folder contents, divergence, bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import flatness
+from flatness import checkpoint as ckpt
+from flatness.errors import DivergedError, FlatnessError
+from flatness.training import (EpochBatches, TrainConfig, build_config, device_flags, lr_at, to_device, train)
+from flatness.datasets import TensorImageDataset, get_dataset
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: these runs are tiny, and the machine is shared (bitwise checks compare
+    runs made with the same thread count, subprocess included)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+SMALL = dict(width=8, batch_size=64, schedule="step", milestones=[3], seed=1)
+
+
+def small(**kw):
+    return TrainConfig(**dict(SMALL, **kw))
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)
+
+
+def assert_same_state(a, b):
+    sa, sb = weights(a), weights(b)
+    assert sa["epoch"] == sb["epoch"]
+    for k in sa["model_state"]:
+        assert torch.equal(sa["model_state"][k], sb["model_state"][k]), k
+    oa, ob = sa["optimizer_state"], sb["optimizer_state"]
+    for k in oa["state"]:
+        for name, t in oa["state"][k].items():
+            if torch.is_tensor(t):
+                assert torch.equal(t, ob["state"][k][name])
+    strip = lambda ms: [{k: v for k, v in m.items() if k != "seconds"} for m in ms]  # noqa: E731
+    assert strip(sa["metrics"]) == strip(sb["metrics"])
+
+
+@pytest.mark.parametrize("method", ["erm", "amp"])
+def test_resume_is_bitwise(tmp_path, method):
+    straight = train(small(method=method, epochs=4), str(tmp_path / "a"), progress=False, verbose=False)
+    train(small(method=method, epochs=2), str(tmp_path / "b"), progress=False, verbose=False)
+    assert weights(tmp_path / "b" / ckpt.LAST)["epoch"] == 2
+    resumed = train(small(method=method, epochs=4), str(tmp_path / "b"), resume=True, progress=False, verbose=False)
+    assert_same_state(os.path.join(straight, ckpt.LAST), os.path.join(resumed, ckpt.LAST))
+    lines = open(os.path.join(resumed, ckpt.METRICS)).read().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
+
+
+def test_resume_refuses_changed_options(tmp_path):
+    train(small(epochs=1), str(tmp_path / "r"), progress=False, verbose=False)
+    with pytest.raises(FlatnessError, match="cannot change lr"):
+        train(small(epochs=2, lr=0.2), str(tmp_path / "r"), resume=True, progress=False, verbose=False)
+
+
+def test_sigkill_mid_epoch_then_resume_is_bitwise(tmp_path, cli):
+    run = tmp_path / "killed"
+    args = ["train", "--width", "8", "--batch-size", "16", "--epochs", "4", "--milestones", "3", "--seed", "2",
+            "--out", str(run), "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    proc = subprocess.Popen([sys.executable, "-m", "flatness.cli", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics = run / ckpt.METRICS
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 1:
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)  # into epoch 2
+    assert proc.poll() is None, proc.stderr.read().decode()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done = weights(run / ckpt.LAST)["epoch"]
+    assert 1 <= done < 4
+    result = cli(args + ["--resume"])
+    assert result.exit_code == 0, result.output
+    straight = train(TrainConfig(width=8, batch_size=16, epochs=4, milestones=[3], seed=2), str(tmp_path / "s"),
+                     progress=False, verbose=False)
+    assert_same_state(run / ckpt.LAST, os.path.join(straight, ckpt.LAST))
+
+
+def test_run_folder_contents(tmp_path):
+    out = train(small(epochs=2, save_every=2, method="sam"), str(tmp_path / "run"), progress=False, verbose=False)
+    names = set(os.listdir(out))
+    assert {ckpt.CONFIG, ckpt.INIT, ckpt.LAST, ckpt.METRICS, "epoch-000.pt", "epoch-002.pt"} <= names
+    assert not any(n.endswith(".tmp") for n in names)
+    for name in (ckpt.INIT, ckpt.LAST, "epoch-000.pt", "epoch-002.pt"):
+        torch.load(os.path.join(out, name), weights_only=True)
+    model, info = flatness.load_checkpoint(out)
+    assert info["epoch"] == 2 and info["method"] == "sam" and info["dataset"] == "digits"
+    assert not model.training
+    init = weights(os.path.join(out, ckpt.INIT))
+    snap0 = weights(os.path.join(out, "epoch-000.pt"))
+    assert all(torch.equal(init["model_state"][k], snap0["model_state"][k]) for k in init["model_state"])
+    rows = [json.loads(line) for line in open(os.path.join(out, ckpt.METRICS))]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for r in rows:
+        assert set(r) == {"epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"}
+        assert 0 <= r["test_acc"] <= 1
+    assert json.load(open(os.path.join(out, ckpt.CONFIG)))["method"] == "sam"
+    assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
+
+
+def test_divergence_stops_and_keeps_last_good(tmp_path, cli):
+    out = tmp_path / "div"
+    result = cli(["train", "--width", "8", "--lr", "1e30", "--epochs", "2", "--out", out, "--no-progress"])
+    assert result.exit_code == DivergedError.exit_code
+    line = [ln for ln in result.output.splitlines() if ln.startswith("Error:")]
+    assert line and "epoch 1, step" in line[0] and "Traceback" not in result.output
+    model, info = flatness.load_checkpoint(str(out))  # finite, epoch 0
+    assert info["epoch"] == 0
+
+
+def _error_line(result):
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--dataset", "nope"], "unknown dataset"),
+    (["--model", "nope"], "unknown model"),
+    (["--method", "nope"], "unknown method"),
+    (["--method", "amp", "--epsilon", "0"], "epsilon"),
+    (["--method", "amp", "--epsilon", "-1"], "epsilon"),
+    (["--inner-iter", "0"], "inner_iter"),
+    (["--epochs", "0"], "epochs"),
+    (["--schedule", "linear"], "schedule"),
+    (["--milestones", "a,b"], "milestones"),
+    (["--recipe", "nope"], "unknown recipe"),
+    (["--dataset", "cifar10", "--data-dir", "{tmp}/nodata"], "--download"),
+])
+def test_bad_input(tmp_path, cli, args, needle):
+    out = tmp_path / "out"
+    result = cli(["train", "--no-progress", "--out", out] + [a.format(tmp=tmp_path) for a in args])
+    assert needle in _error_line(result)
+    assert not out.exists()
+
+
+def test_bad_out_and_resume(tmp_path, cli):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("keep me")
+    assert "is a file" in _error_line(cli(["train", "--out", a_file, "--no-progress"]))
+    assert "is a file" in _error_line(cli(["train", "--out", a_file, "--resume", "--no-progress"]))
+    assert a_file.read_text() == "keep me"
+    assert "nothing to resume" in _error_line(cli(["train", "--out", tmp_path / "none", "--resume"]))
+    assert not (tmp_path / "none").exists()
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    assert "--resume" in _error_line(cli(["train", "--out", busy, "--no-progress"]))
+    assert "nothing to resume" in _error_line(cli(["train", "--out", busy, "--resume"]))
+    assert os.listdir(busy) == ["notes.txt"] and (busy / "notes.txt").read_text() == "mine"
+
+
+def test_help_mentions_every_option(cli):
+    text = cli(["train", "--help"]).output
+    for opt in ("--dataset", "--model", "--width", "--depth", "--method", "--epochs", "--batch-size", "--lr",
+                "--momentum", "--nesterov", "--weight-decay", "--schedule", "--milestones", "--grad-clip", "--seed",
+                "--device", "--epsilon", "--inner-lr", "--inner-iter", "--ball", "--rho", "--adaptive", "--augment",
+                "--data-dir", "--download", "--out", "--save-every", "--resume", "--recipe"):
+        assert opt in text
+
+
+def test_recipes_and_overrides():
+    paper = build_config({}, "amp-paper")
+    assert (paper.lr, paper.momentum, paper.nesterov, paper.weight_decay, paper.batch_size, paper.epochs) == \
+        (0.1, 0.9, True, 1e-4, 50, 200)
+    assert paper.milestones == [100, 150] and paper.grad_clip == 50
+    assert (paper.epsilon, paper.inner_lr, paper.inner_iter, paper.ball, paper.augment) == (0.5, 1.0, 1, "tensor", True)
+    vgg = build_config({"epochs": 3}, "amp-paper-vgg")
+    assert (vgg.epsilon, vgg.inner_lr, vgg.model, vgg.epochs) == (0.1, 0.2, "vgg16", 3)
+    default = build_config({}, "digits-default")
+    assert dict(default.to_dict(), recipe=None) == TrainConfig().to_dict()
+    assert lr_at(paper, 100) == pytest.approx(0.1) and lr_at(paper, 101) == pytest.approx(0.01)
+    assert lr_at(paper, 151) == pytest.approx(0.001)
+    cos = TrainConfig(schedule="cosine", epochs=4, lr=1.0)
+    assert [lr_at(cos, e) for e in (1, 3)] == [pytest.approx(1.0), pytest.approx(0.5)]
+
+
+def test_device_flags_cuda_branch_on_cpu():
+    cuda = device_flags(torch.device("cuda"), cpu_count=8)
+    assert cuda.pin_memory and cuda.non_blocking and cuda.num_workers == 4 and not cuda.autocast
+    assert device_flags(torch.device("cuda:1"), cpu_count=1).num_workers == 0
+    cpu = device_flags(torch.device("cpu"))
+    assert not (cpu.pin_memory or cpu.non_blocking) and cpu.num_workers == 0
+    x, y = to_device((torch.ones(2, 3), torch.zeros(2, dtype=torch.long)), torch.device("cpu"), cpu)
+    assert x.shape == (2, 3)
+
+
+def test_dataloader_path_matches_fast_path():
+    data = get_dataset("digits", "train")
+    slow = TensorImageDataset(data.images, data.labels, transform=lambda t: t)  # forces the DataLoader path
+    flags = device_flags(torch.device("cpu"))
+    fast_b, slow_b = EpochBatches(data, 100, flags), EpochBatches(slow, 100, flags)
+    assert not slow_b.fast and fast_b.fast and len(fast_b) == len(slow_b) == 15
+    for (xa, ya), (xb, yb) in zip(fast_b.epoch(torch.Generator().manual_seed(0)),
+                                  slow_b.epoch(torch.Generator().manual_seed(0))):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
