@@ -47,7 +47,7 @@ def full_gradient(model: nn.Module, data: ProbeData, params) -> Tuple[float, lis
         loss = F.cross_entropy(model(x), y) * w
         for g, gi in zip(grads, torch.autograd.grad(loss, params)):
             g.add_(gi)
-        loss_total += float(loss)
+        loss_total += float(loss.detach())
     if data.sharded:
         flat = torch.cat([g.reshape(-1) for g in grads] + [torch.tensor([loss_total], device=grads[0].device, dtype=grads[0].dtype)])
         data.reduce_sum_(flat)

@@ -118,13 +118,17 @@ def _parse_list(value, kind, name) -> List[Any]:
 
 
 def probe_settings(quick: bool) -> Dict[str, Any]:
-    """What every probe of the study measures (the probe's own defaults where not said here)."""
+    """What every probe of the study measures (the probe's own defaults where not said here). The
+    spectral density (the costliest part) is computed only for the seed whose spectra are plotted."""
     if quick:
         return {"top_k": 2, "eig_method": "lanczos", "max_iter": 20, "tol": 1e-3, "trace": True,
-                "trace_samples": 4, "density": True, "sharpness": ["all"],
-                "sharpness_options": {"rhos": [0.05], "epsilons": [1e-3], "draws": 2, "ascent_steps": 2}}
-    return {"top_k": 5, "eig_method": "lanczos", "max_iter": 100, "tol": 1e-3, "trace": True, "trace_samples": 30,
-            "density": True, "sharpness": ["all"], "sharpness_options": {}}
+                "trace_samples": 4, "density": True, "density_steps": 10, "density_vectors": 1,
+                "sharpness": ["all"],
+                "sharpness_options": {"rhos": [0.05], "epsilons": [1e-3], "draws": 2, "ascent_steps": 2,
+                                      "lbfgs_iterations": 2, "pac_bayes_draws": 2}}
+    return {"top_k": 5, "eig_method": "lanczos", "max_iter": 200, "tol": 1e-3, "trace": True, "trace_samples": 30,
+            "density": True, "density_steps": 40, "density_vectors": 2, "sharpness": ["all"],
+            "sharpness_options": {}}
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -233,10 +237,13 @@ def step_probe(cfg: ExperimentConfig, method: str, seed: int, progress: bool, ec
     began = time.perf_counter()
     _log(f"[probe] {method.upper()} seed {seed}", echo)
     opts = dict(cfg.probe)
+    opts["density"] = bool(opts.get("density")) and seed == surface_seed(cfg)
+    if cfg.data_dir:
+        opts["data_dir"] = cfg.data_dir
     result = run_probe(os.path.join(folder, "last.pt"), split="train", samples=cfg.samples,
                        batch_size=cfg.batch_size, seed=0, device=cfg.device, progress=progress,
                        **_probe_kwargs(opts))
-    write_probe(out, result)
+    write_probe(out, result, force=True)  # no probe.json: a sidecar here is an orphan of a killed probe
     return {"step": f"probe {method} s{seed}", "skipped": False, "seconds": time.perf_counter() - began}
 
 

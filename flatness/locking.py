@@ -1,12 +1,17 @@
 """Exclusive locks on output files and run folders, so two processes never write one result.
 
-``fcntl.flock`` on a side file: the kernel drops the lock when its process dies, SIGKILL included,
-so a crash never leaves a stale lock behind and ``--resume`` can always go on.
+``fcntl.flock`` on a small lock file: the kernel drops the lock when its process dies, SIGKILL
+included, so a crash never leaves a stale lock behind and ``--resume`` can always go on. The lock
+files live in one folder of their own under the system's temporary directory (named by a hash of the
+guarded path), so nothing appears beside the user's files. Locks guard processes of one machine; on
+a cluster's shared file system, give each job its own output.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import tempfile
 
 from .errors import FlatnessError
 
@@ -16,12 +21,15 @@ except ImportError:  # pragma: no cover
     fcntl = None
 
 
+def lock_dir() -> str:
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return os.path.join(tempfile.gettempdir(), f"flatness-locks-{uid}")
+
+
 def lock_path_for(path: str) -> str:
-    """The lock file guarding ``path``: ``DIR/.lock`` for a folder, ``.NAME.lock`` beside a file."""
-    if os.path.isdir(path):
-        return os.path.join(path, ".lock")
-    folder, name = os.path.split(os.path.abspath(path))
-    return os.path.join(folder, f".{name}.lock")
+    """The lock file guarding ``path`` (a file or a folder, existing or not)."""
+    key = hashlib.sha256(os.path.realpath(path).encode("utf-8")).hexdigest()[:32]
+    return os.path.join(lock_dir(), f"{key}.lock")
 
 
 @contextlib.contextmanager
@@ -32,6 +40,7 @@ def exclusive(path: str, what: str = "output"):
         return
     lock_file = lock_path_for(path)
     try:
+        os.makedirs(lock_dir(), mode=0o700, exist_ok=True)
         fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
         raise FlatnessError(f"cannot create lock file {lock_file}: {err.strerror or err}") from None
@@ -43,4 +52,4 @@ def exclusive(path: str, what: str = "output"):
                                 "wait for it to finish or stop it first") from None
         yield
     finally:
-        os.close(fd)  # closing drops the lock; the side file stays (removing it would race)
+        os.close(fd)  # closing drops the lock; the lock file stays (removing it would race)

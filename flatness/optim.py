@@ -133,24 +133,20 @@ class AMP(_Wrapper):
         super().__init__(params, base_optimizer, defaults, grad_clip, grad_reduce, base_kwargs)
 
     def _project(self, deltas: List[List[torch.Tensor]]) -> None:
-        ball = self.param_groups[0]["ball"]
-        if ball == "global":
-            eps = self.param_groups[0]["epsilon"]
+        """Π in place: per-tensor or global L2 clip, with tensor ops only (no host syncs)."""
+        if self.param_groups[0]["ball"] == "global":
             flat = [d for group in deltas for d in group]
             if not flat:
                 return
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(d) for d in flat]))
-            if norm > eps:
-                scale = eps / norm
-                for d in flat:
-                    d.mul_(scale)
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(flat)))
+            scale = (self.param_groups[0]["epsilon"] / norm).clamp(max=1.0)
+            torch._foreach_mul_(flat, scale)
         else:
             for group, group_deltas in zip(self.param_groups, deltas):
-                eps = group["epsilon"]
-                for d in group_deltas:
-                    norm = torch.linalg.vector_norm(d)
-                    if norm > eps:
-                        d.mul_(eps / norm)
+                if not group_deltas:
+                    continue
+                scales = (group["epsilon"] / torch.stack(torch._foreach_norm(group_deltas))).clamp(max=1.0)
+                torch._foreach_mul_(group_deltas, list(scales.unbind()))
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable] = None):
@@ -159,25 +155,26 @@ class AMP(_Wrapper):
         params = self._params()
         self._reduce(params)
         groups = [[p for p in g["params"] if p.requires_grad] for g in self.param_groups]
-        origin = [[p.detach().clone() for p in ps] for ps in groups]
-        deltas = [[torch.zeros_like(p) for p in ps] for ps in groups]
-        inner_iter = self.param_groups[0]["inner_iter"]
-        for k in range(inner_iter):
+        if not params:
+            return loss
+        origin = torch._foreach_mul(params, 1.0)  # a copy of θ, in one call
+        deltas: List[List[torch.Tensor]] = []
+        for k in range(self.param_groups[0]["inner_iter"]):
             if k > 0:  # ∇L(θ+δ) at the current δ (k = 0 reuses g0, the gradient at δ = 0)
                 self._call(closure)
                 self._reduce(params)
-            for group, ps, ds in zip(self.param_groups, groups, deltas):
-                for p, d in zip(ps, ds):
-                    if p.grad is not None:
-                        d.add_(p.grad, alpha=group["inner_lr"])
+            for i, (group, ps) in enumerate(zip(self.param_groups, groups)):
+                grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in ps]
+                if k == 0:
+                    deltas.append(torch._foreach_mul(grads, group["inner_lr"]) if ps else [])
+                elif ps:
+                    torch._foreach_add_(deltas[i], grads, alpha=group["inner_lr"])
             self._project(deltas)
-            for ps, os_, ds in zip(groups, origin, deltas):
-                for p, o, d in zip(ps, os_, ds):
-                    p.copy_(o).add_(d)
+            flat = [d for ds in deltas for d in ds]
+            torch._foreach_copy_(params, origin)
+            torch._foreach_add_(params, flat)  # θ + δ
         self._call(closure)  # ∇L(θ+δ): the gradient of the base step
-        for ps, os_ in zip(groups, origin):
-            for p, o in zip(ps, os_):
-                p.copy_(o)
+        torch._foreach_copy_(params, origin)
         self._base_step()
         return loss
 
@@ -199,27 +196,25 @@ class SAM(_Wrapper):
         loss = self._call(closure)
         params = self._params()
         self._reduce(params)
-        scaled = []  # T g per parameter (T = |θ| when adaptive, else identity)
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.requires_grad and p.grad is not None:
-                    scaled.append(p.grad * p.abs() if group["adaptive"] else p.grad)
-        if not scaled:
+        groups = [[p for p in g["params"] if p.requires_grad and p.grad is not None] for g in self.param_groups]
+        flat = [p for ps in groups for p in ps]
+        if not flat:
             return loss
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(s) for s in scaled]))
-        saved = []
-        for group in self.param_groups:
+        scaled = []  # T g per group (T = |θ| when adaptive, else identity)
+        for group, ps in zip(self.param_groups, groups):
+            grads = [p.grad for p in ps]
+            scaled.append(torch._foreach_mul(grads, torch._foreach_abs(ps)) if group["adaptive"] and ps else grads)
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([t for ts in scaled for t in ts])))
+        origin = torch._foreach_mul(flat, 1.0)
+        for group, ps, ts in zip(self.param_groups, groups, scaled):
+            if not ps:
+                continue
             scale = group["rho"] / (norm + 1e-12)
-            for p in group["params"]:
-                if not (p.requires_grad and p.grad is not None):
-                    continue
-                delta = p.grad * scale
-                if group["adaptive"]:
-                    delta = delta * p * p
-                saved.append((p, p.detach().clone()))
-                p.add_(delta)
+            delta = torch._foreach_mul(ts, scale)  # ρ T g / ‖T g‖
+            if group["adaptive"]:
+                torch._foreach_mul_(delta, torch._foreach_abs(ps))  # ρ T² g / ‖T g‖
+            torch._foreach_add_(ps, delta)
         self._call(closure)
-        for p, origin in saved:
-            p.copy_(origin)
+        torch._foreach_copy_(flat, origin)
         self._base_step()
         return loss

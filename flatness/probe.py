@@ -62,19 +62,36 @@ def distance_from_init(model: torch.nn.Module, checkpoint_path: str) -> Optional
     return float((theta - theta0).norm())
 
 
-def _sharpness(model, data, names, options: Dict[str, Any], seed: int, progress: bool) -> List[dict]:
+def _sharpness_module():
     try:
         from . import sharpness as sharp
     except ImportError as err:
         raise FlatnessError(f"sharpness metrics are not available in this installation ({err})") from None
+    return sharp
+
+
+def validate_sharpness(names, options: Optional[Dict[str, Any]] = None) -> List[str]:
+    """The metric names (``all`` expanded) after checking names and options, before any work."""
+    sharp = _sharpness_module()
     valid = list(getattr(sharp, "METRIC_NAMES", ()))
-    if names == "all" or names == ["all"]:
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    names = list(names)
+    if "all" in names:
         names = valid
+    if not names:
+        raise FlatnessError("no sharpness metric given; use all or some of: " + ", ".join(valid))
     unknown = [n for n in names if n not in valid]
     if unknown:
-        raise FlatnessError(f"unknown sharpness metric {unknown[0]!r}; choose from: {', '.join(valid)} (or all)")
-    kwargs = {k: v for k, v in (options or {}).items() if v is not None}
-    return sharp.compute(model, data, metrics=list(names), seed=seed, progress=progress, **kwargs)
+        raise FlatnessError(f"unknown sharpness metric {unknown[0]!r}; choose all or some of: {', '.join(valid)}")
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    for key in ("rhos", "epsilons"):
+        for value in options.get(key) or ():
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise FlatnessError(f"{key[:-1]} must be a finite number > 0, got {value}")
+    if hasattr(sharp, "validate"):
+        return list(sharp.validate(names, **options))
+    return names
 
 
 def run_probe(checkpoint: str, split: str = "train", samples: int = DEFAULT_SAMPLES,
@@ -117,6 +134,10 @@ def run_probe(checkpoint: str, split: str = "train", samples: int = DEFAULT_SAMP
         raise FlatnessError(f"trace samples must be >= {6 if trace_method == 'hutch++' else 2} for {trace_method}")
     if density and (density_steps < 1 or density_vectors < 1):
         raise FlatnessError("density needs steps >= 1 and vectors >= 1")
+
+    sharp_names = None
+    if sharpness is not None:
+        sharp_names = validate_sharpness(sharpness, sharpness_options)
 
     dev = resolve_device(device)
     model, info = load_checkpoint(checkpoint, device=dev)
@@ -183,10 +204,9 @@ def run_probe(checkpoint: str, split: str = "train", samples: int = DEFAULT_SAMP
         op.release()
 
     if sharpness is not None:
-        names = sharpness if isinstance(sharpness, str) else list(sharpness)
-        if isinstance(names, str):
-            names = "all" if names == "all" else [n.strip() for n in names.split(",") if n.strip()]
+        kwargs = {k: v for k, v in (sharpness_options or {}).items() if v is not None}
         start = time.perf_counter()
-        result["sharpness"] = _sharpness(model, data, names, sharpness_options or {}, seed, progress)
+        result["sharpness"] = _sharpness_module().compute(model, data, metrics=sharp_names, seed=seed,
+                                                          progress=progress, **kwargs)
         result["sharpness_seconds"] = time.perf_counter() - start
     return result

@@ -127,7 +127,8 @@ def build_markdown(cfg, records, comp: Dict[str, Any], figs: Dict[str, str], ste
           f"- Hessian: top-{len(hess.get('eigenvalues') or []) or cfg.probe.get('top_k')} eigenvalues of the probe "
           f"loss by {hess.get('method', cfg.probe.get('eig_method'))} (exact Hessian-vector products); trace by "
           f"Hutchinson ({(trace or {}).get('hvps', cfg.probe.get('trace_samples'))} Rademacher vectors, ± standard error in "
-          "the probe files); spectral density by stochastic Lanczos quadrature. Eigenvalues and trace are in units of "
+          "the probe files); spectral density by stochastic Lanczos quadrature (for the plotted seed "
+          f"{cfg.seeds[0]} only). Eigenvalues and trace are in units of "
           "the loss (nats) per squared unit of weight.",
           "- Sharpness (same probe data; METRICS.md): keskar = ε-sharpness in % of (1 + L); worst_case / "
           "adaptive_worst_case = max loss increase in the ball of radius ρ (plain, or scaled by |θ|), in nats; "

@@ -26,10 +26,10 @@ Metrics (``METRIC_NAMES``):
     magnitude-aware u_i ~ N(0, σ'² θ_i² + 1e-6), by bracketing and bisection with common random numbers
     (draw k uses the same standard normal vector at every σ); flatness = 1/σ*².
 
-Default radii (``DEFAULTS``): ε ∈ {1e-3, 5e-4} for Keskar (the usual values); ρ ∈ {0.05, 0.1} for the
-ball and Gaussian metrics, where 0.1 is the AMP ε of the digits default training (``TrainConfig``,
-tensor ball), so ``worst_case`` at ρ = 0.1 with the default tensor ball is exactly the AMP loss minus
-the ERM loss of that training. (For the published CIFAR recipe pass ρ = 0.5.) Note the scales: ρ is
+Default radii (``DEFAULTS``): ε ∈ {1e-3, 5e-4} for Keskar (the usual values); ρ ∈ {0.02, 0.05, 0.1} for
+the ball and Gaussian metrics, where 0.02 is the AMP ε of the digits default training
+(``TrainConfig().epsilon``, tensor ball; a test keeps the two in step), so ``worst_case`` at ρ = 0.02
+with the default tensor ball is exactly the AMP loss minus the ERM loss of that training. (For the published CIFAR recipe pass ρ = 0.5.) Note the scales: ρ is
 the radius of a whole ball for the worst-case metrics but a per-coordinate standard deviation for the
 average-case ones, whose perturbation norm is about ρ·sqrt(d).
 
@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -62,7 +62,7 @@ BALLS = ("global", "tensor")
 
 DEFAULTS: Dict[str, object] = {
     "epsilons": (1e-3, 5e-4),        # Keskar's usual box sizes (METRICS.md)
-    "rhos": (0.05, 0.1),             # 0.1 = AMP ε of the digits default recipe (TrainConfig, tensor ball)
+    "rhos": (0.02, 0.05, 0.1),       # 0.02 = AMP ε of the digits default training (TrainConfig, tensor ball)
     "ball": "tensor",                # the AMP ball
     "p": 2,                          # norm of the (adaptive) worst-case ball: 2 or inf
     "draws": 16,                     # Monte-Carlo draws per average-case estimate
@@ -240,8 +240,8 @@ def keskar_sharpness(model: nn.Module, data: ProbeData, epsilon: float, iteratio
     box)."""
     from scipy.optimize import minimize
 
-    if not epsilon > 0:
-        raise FlatnessError(f"epsilon must be > 0, got {epsilon}")
+    if not (math.isfinite(epsilon) and epsilon > 0):
+        raise FlatnessError(f"epsilon must be > 0 and finite, got {epsilon}")
     iterations = int(DEFAULTS["lbfgs_iterations"] if iterations is None else iterations)
     start = time.perf_counter()
     with _EvalMode(model):
@@ -320,8 +320,8 @@ def worst_case_sharpness(model: nn.Module, data: ProbeData, rho: float, ball: st
     direction (SAM's step; blocks with a zero gradient start at a seeded random point of the sphere)
     or, with init="random", a seeded random point on the sphere. ``steps`` gradient evaluations; the
     value is the best loss seen along the path."""
-    if not rho > 0:
-        raise FlatnessError(f"rho must be > 0, got {rho}")
+    if not (math.isfinite(rho) and rho > 0):
+        raise FlatnessError(f"rho must be > 0 and finite, got {rho}")
     if ball not in BALLS:
         raise FlatnessError(f"ball must be one of {', '.join(BALLS)}, got {ball!r}")
     p = _check_p(p)
@@ -382,8 +382,8 @@ def average_case_sharpness(model: nn.Module, data: ProbeData, rho: float, draws:
                            oracle: Optional[LossOracle] = None, loss_fn: Optional[LossFn] = None) -> Dict[str, object]:
     """E over δ ~ N(0, ρ² diag(c²)) of L(θ+δ) − L(θ), c = |θ| if adaptive else 1; mean over ``draws``
     seeded draws and its standard error (None for one draw). Draw k uses seed·1000003 + k."""
-    if not rho > 0:
-        raise FlatnessError(f"rho must be > 0, got {rho}")
+    if not (math.isfinite(rho) and rho > 0):
+        raise FlatnessError(f"rho must be > 0 and finite, got {rho}")
     draws = int(DEFAULTS["draws"] if draws is None else draws)
     if draws < 1:
         raise FlatnessError(f"draws must be >= 1, got {draws}")
@@ -430,7 +430,9 @@ def pac_bayes_flatness(model: nn.Module, data: ProbeData, draws: Optional[int] =
     for draw k at every σ (common random numbers: the estimate is a deterministic, nearly monotone
     function of σ). A bracket [lo, hi] (lo passes, hi fails) is found by doubling / halving from
     ``sigma_start``, then bisected until hi − lo ≤ tolerance · hi; σ* is the midpoint of the final
-    bracket. ``steps`` counts the σ values tried."""
+    bracket. ``iterations`` counts the σ values tried. If even σ = 1e-12 breaks the target, σ* = 0 and
+    flatness is None (infinitely sharp; JSON-safe); if σ = 1e6 still passes, σ* = the last σ that passed
+    and ``converged`` is False."""
     draws = int(DEFAULTS["pac_bayes_draws"] if draws is None else draws)
     if draws < 1:
         raise FlatnessError(f"draws must be >= 1, got {draws}")
@@ -496,7 +498,7 @@ def pac_bayes_flatness(model: nn.Module, data: ProbeData, draws: Optional[int] =
         sigma_star = 0.5 * (lo + hi) if hi < math.inf else lo
     name = "pac_bayes_magnitude" if magnitude else "pac_bayes"
     record = {"metric": name, "value": None, "sigma": sigma_star,
-              "flatness": (1.0 / sigma_star ** 2) if sigma_star > 0 else math.inf,
+              "flatness": (1.0 / sigma_star ** 2) if sigma_star > 0 else None,
               "p": None, "ball": None, "c": "sqrt(sigma^2 theta^2 + 1e-6)" if magnitude else "1",
               "base_error": base_err, "target_deviation": target_deviation, "draws": draws,
               "sigma_low": lo, "sigma_high": hi if hi < math.inf else None, "converged": bool(converged),
@@ -595,7 +597,8 @@ def compute(model: nn.Module, data: ProbeData, metrics=METRIC_NAMES, rhos: Optio
             ascent_steps: Optional[int] = None, seed: int = 0, progress: bool = True, p=None,
             lbfgs_iterations: Optional[int] = None, pac_bayes_draws: Optional[int] = None,
             loss_fn: Optional[LossFn] = None, error_fn: Optional[ErrorFn] = None) -> List[Dict[str, object]]:
-    """Every requested metric at every radius: one dict per (metric, radius), in METRIC_NAMES order.
+    """Every requested metric at every radius: one dict per (metric, radius), in the order asked
+    (``"all"``: METRIC_NAMES order).
 
     ``rhos`` serve the worst-case and average-case metrics (plain and adaptive), ``epsilons`` Keskar's;
     ``None`` takes ``DEFAULTS``. ``draws`` is the Monte-Carlo count of the average-case metrics (PAC-Bayes

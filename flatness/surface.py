@@ -14,6 +14,7 @@ forward in train mode over the fixed training batches, then everything is evalua
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import surface_io
+from . import distributed, locking, surface_io
 from .errors import FlatnessError
 from .version import __version__
 
@@ -32,6 +33,7 @@ GridSpec = Union[str, Sequence[float]]
 BN_MODES = ("eval", "recalibrate")
 SPLIT_CHOICES = ("train", "test", "both")
 DIRECTION_KINDS = ("random", "eigen", "interp", "pca")
+PRECISIONS = ("fp32", "bf16")
 DEFAULT_SAMPLES = 1000
 DEFAULT_BATCH_SIZE = 500
 FLUSH_SECONDS = 1.0
@@ -244,8 +246,16 @@ def compute_surface(checkpoint: str, out: Optional[str] = None, x: GridSpec = (-
                     samples: Optional[int] = DEFAULT_SAMPLES, batch_size: int = DEFAULT_BATCH_SIZE,
                     bn: str = "eval", seed: int = 0, device: str = "auto", resume: bool = False,
                     force: bool = False, progress: bool = True, data_dir: Optional[str] = None,
-                    download: bool = False) -> Dict[str, Any]:
+                    download: bool = False, precision: str = "fp32",
+                    data: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Compute (or continue) a 1D/2D loss surface of ``checkpoint`` and write it to ``out`` (HDF5).
+
+    ``precision="bf16"`` evaluates under bfloat16 autocast (the CUDA fast path; about 3 significant
+    digits of loss, enough for pictures, not for differences near the minimum). ``data`` ({split:
+    ProbeData}) replaces the checkpoint's dataset, e.g. for custom data in a notebook.
+
+    Under ``torchrun`` the grid points are split across ranks (each point is computed whole by one
+    rank, so the values equal a single-process run); rank 0 alone writes the file.
 
     Returns a summary dict: ``out``, ``shape``, ``points``, ``computed_now``, ``seconds`` (grid time,
     all runs), ``points_per_second`` (this run), ``centre`` ({split: (loss, acc%)} when the grid has
@@ -279,8 +289,10 @@ def compute_surface(checkpoint: str, out: Optional[str] = None, x: GridSpec = (-
         raise FlatnessError("--resume continues a file and --force starts it over: choose one")
     if orthogonal and (kind != "random" or ys is None):
         raise FlatnessError("--orthogonal applies to 2D random directions (--dir random with --y) only")
+    if precision not in PRECISIONS:
+        raise FlatnessError(f"unknown --precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
 
-    dev = resolve_device(device)
+    dev = distributed.local_device(resolve_device(device))
     model, info = load_checkpoint(checkpoint, device=dev)
     ckpt_path = info["path"]
     if out is None:
@@ -321,6 +333,7 @@ def compute_surface(checkpoint: str, out: Optional[str] = None, x: GridSpec = (-
     }
     if ys is not None:
         wanted.update({"y_min": ys[0], "y_max": ys[1], "y_num": ys[2]})
+    payload_b = None
     if kind == "interp":
         payload_b = read_checkpoint(source)
         wanted["direction_source"] = os.path.abspath(payload_b["path"])
@@ -332,8 +345,11 @@ def compute_surface(checkpoint: str, out: Optional[str] = None, x: GridSpec = (-
         match_keys.append("direction_source")
 
     # ---- the data (loaded before any file is created, so a missing dataset changes nothing)
-    data = {s: load_probe_data(dataset, s, samples, batch_size, device=dev, root=data_dir, download=download)
-            for s in splits}
+    if data is None:
+        data = {s: load_probe_data(dataset, s, samples, batch_size, device=dev, root=data_dir, download=download)
+                for s in splits}
+    elif set(data) != set(splits):
+        raise FlatnessError(f"data must hold exactly the splits {splits}, got {sorted(data)}")
     recal_batches = None
     if bn == "recalibrate" and batchnorm_layers(model):
         recal_batches = data["train"] if "train" in data else load_probe_data(
@@ -342,113 +358,159 @@ def compute_surface(checkpoint: str, out: Optional[str] = None, x: GridSpec = (-
     xcoords = grid_coordinates(*xs)
     ycoords = grid_coordinates(*ys) if ys is not None else None
     resumed = bool(resume and exists)
-    if resumed:
-        handle = surface_io.SurfaceFile(out)
-        try:
-            surface_io.check_matches(handle.attrs, wanted, out, match_keys)
-            missing = [k for s in splits for k in (f"{s}_loss", f"{s}_acc") if k not in handle.values]
-            if missing or len(handle.directions) != (1 if ys is None else 2):
-                raise FlatnessError(f"{out} is incomplete (no {missing[0] if missing else 'directions'}); "
-                                    "use --force to start over")
-        except BaseException:
-            handle.close()
-            raise
-        handle.make_writable()
-        directions = handle.directions
-        values = {k: v.reshape(len(xcoords), -1).copy() for k, v in handle.values.items()}
-        computed = handle.computed.reshape(len(xcoords), -1).astype(bool)
-        seconds_before = float(handle.attrs.get("seconds", 0.0))
-    else:
-        count = 1 if ys is None else 2
-        extra_attrs: Dict[str, Any] = {}
-        pca_extra = None
-        if kind == "random":
-            directions = random_directions(model, count, norm=norm, ignore=ignore, seed=seed, orthogonal=orthogonal)
-        elif kind == "interp":
-            from .directions import interp_direction
 
-            directions = [interp_direction(model, payload_b["model_state"])]
-        elif kind == "pca":
-            from .directions import pca_directions
-
-            result = pca_directions(source)
-            directions = result.directions[:count]
-            pca_extra = {"explained_variance_ratio": result.explained_variance_ratio,
-                         "coordinates": result.coordinates, "epochs": result.epochs,
-                         "reference": os.path.abspath(result.reference)}
-            extra_attrs["explained_variance_ratio"] = list(result.explained_variance_ratio)
+    def open_surface_file():
+        """Rank 0: create the file (with its directions) or reopen it to resume; returns its state."""
+        if resumed:
+            handle = surface_io.SurfaceFile(out)
+            try:
+                surface_io.check_matches(handle.attrs, wanted, out, match_keys)
+                missing = [k for s in splits for k in (f"{s}_loss", f"{s}_acc") if k not in handle.values]
+                if missing or len(handle.directions) != (1 if ys is None else 2):
+                    raise FlatnessError(f"{out} is incomplete (no {missing[0] if missing else 'directions'}); "
+                                        "use --force to start over")
+            except BaseException:
+                handle.close()
+                raise
+            handle.make_writable()
+            directions = handle.directions
+            values = {k: v.reshape(len(xcoords), -1).copy() for k, v in handle.values.items()}
+            computed = handle.computed.reshape(len(xcoords), -1).astype(bool)
+            seconds_before = float(handle.attrs.get("seconds", 0.0))
         else:
-            from .directions import eigen_directions
+            count = 1 if ys is None else 2
+            extra_attrs: Dict[str, Any] = {}
+            pca_extra = None
+            if kind == "random":
+                directions = random_directions(model, count, norm=norm, ignore=ignore, seed=seed, orthogonal=orthogonal)
+            elif kind == "interp":
+                from .directions import interp_direction
 
-            hessian_data = data["train"] if "train" in data else load_probe_data(
-                dataset, "train", samples, batch_size, device=dev, root=data_dir, download=download)
-            result = eigen_directions(model, hessian_data, k=count, seed=seed)
-            directions = result.directions
-            extra_attrs["eigenvalues"] = list(result.eigenvalues)
-        attrs = dict(wanted)
-        attrs.update(extra_attrs)
-        surface_io.create_surface(out, xcoordinates=xcoords, ycoordinates=ycoords, splits=splits,
-                                  directions=directions, attrs=attrs, pca=pca_extra)
-        handle = surface_io.SurfaceFile(out)
-        handle.make_writable()
-        values = {k: v.reshape(len(xcoords), -1).copy() for k, v in handle.values.items()}
-        computed = handle.computed.reshape(len(xcoords), -1).astype(bool)
-        seconds_before = 0.0
+                directions = [interp_direction(model, payload_b["model_state"])]
+            elif kind == "pca":
+                from .directions import pca_directions
 
+                result = pca_directions(source)
+                directions = result.directions[:count]
+                pca_extra = {"explained_variance_ratio": result.explained_variance_ratio,
+                             "coordinates": result.coordinates, "epochs": result.epochs,
+                             "reference": os.path.abspath(result.reference)}
+                extra_attrs["explained_variance_ratio"] = list(result.explained_variance_ratio)
+            else:
+                from .directions import eigen_directions
+
+                hessian_data = data["train"] if "train" in data else load_probe_data(
+                    dataset, "train", samples, batch_size, device=dev, root=data_dir, download=download)
+                result = eigen_directions(model, hessian_data, k=count, seed=seed)
+                directions = result.directions
+                extra_attrs["eigenvalues"] = list(result.eigenvalues)
+            attrs = dict(wanted)
+            attrs.update(extra_attrs)
+            surface_io.create_surface(out, xcoordinates=xcoords, ycoordinates=ycoords, splits=splits,
+                                      directions=directions, attrs=attrs, pca=pca_extra)
+            handle = surface_io.SurfaceFile(out)
+            handle.make_writable()
+            values = {k: v.reshape(len(xcoords), -1).copy() for k, v in handle.values.items()}
+            computed = handle.computed.reshape(len(xcoords), -1).astype(bool)
+            seconds_before = 0.0
+        return handle, directions, values, computed, seconds_before
+
+    main_rank = distributed.is_main()
+    handle = None
+    with (locking.exclusive(out, "surface file") if main_rank else contextlib.nullcontext()):
+        error = None
+        state = (None, None, None, None, 0.0)
+        if main_rank:
+            try:
+                state = open_surface_file()
+            except FlatnessError as err:
+                error = str(err)
+        # Every rank learns of rank 0's error (and stops), and starts from rank 0's directions and state.
+        error = distributed.broadcast_object(error)
+        if error is not None:
+            raise FlatnessError(error)
+        handle = state[0]
+        directions, values, computed, seconds_before = distributed.broadcast_object(state[1:])
+        return _finish(model, directions, handle, data, recal_batches, splits, xcoords, ycoords, values,
+                       computed, seconds_before, progress, out, kind, bn, resumed, precision, payload_b)
+
+
+def _finish(model, directions, handle, data, recal_batches, splits, xcoords, ycoords, values, computed,
+            seconds_before, progress, out, kind, bn, resumed, precision, payload_b):
     try:
         end = None
         if kind == "interp":
             end = {name: payload_b["model_state"][name] for name in directions[0]}
         setter = WeightSetter(model, directions, end=end)
         return _run_grid(model, setter, handle, data, recal_batches, splits, xcoords, ycoords, values, computed,
-                         seconds_before, progress, out, kind, bn, resumed)
+                         seconds_before, progress, out, kind, bn, resumed, precision)
     finally:
-        handle.close()
+        if handle is not None:
+            handle.close()
 
 
 def _run_grid(model, setter, handle, data, recal_batches, splits, xcoords, ycoords, values, computed,
-              seconds_before, progress, out, kind, bn, resumed) -> Dict[str, Any]:
+              seconds_before, progress, out, kind, bn, resumed, precision="fp32") -> Dict[str, Any]:
     nx = len(xcoords)
     ny = 1 if ycoords is None else len(ycoords)
     todo = [(i, j) for i, j in coarse_to_fine_order(nx, ny) if not computed[i, j]]
     flush_every = float(os.environ.get(ENV_FLUSH, FLUSH_SECONDS))
     kill_after = int(os.environ.get(ENV_KILL, "0") or 0)
     out_shape = (nx,) if ycoords is None else (nx, ny)
+    rank, world = distributed.rank(), distributed.world_size()
+    device = next(model.parameters()).device
+    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if precision == "bf16"
+                else contextlib.nullcontext())
 
     def save(elapsed: float) -> None:
-        handle.write({k: v.reshape(out_shape) for k, v in values.items()}, computed.reshape(out_shape).astype(np.uint8),
-                     seconds_before + elapsed)
+        if handle is not None:  # rank 0 writes; the other ranks only compute
+            handle.write({k: v.reshape(out_shape) for k, v in values.items()},
+                         computed.reshape(out_shape).astype(np.uint8), seconds_before + elapsed)
+
+    def compute_point(i: int, j: int) -> List[float]:
+        coefficients = [float(xcoords[i])] + ([] if ycoords is None else [float(ycoords[j])])
+        setter.set(coefficients)
+        if recal_batches is not None:
+            recalibrate_bn(model, recal_batches)
+        with autocast:
+            results = [evaluate_point(model, data[s]) for s in splits]
+        return [v for loss, acc in results for v in (loss, 100.0 * acc)]
 
     bar = None
-    if progress and todo:
+    if progress and todo and rank == 0:
         from tqdm import tqdm
 
         bar = tqdm(total=len(todo), unit="pt", desc="surface", dynamic_ncols=True, leave=True)
     model.eval()
     start = time.perf_counter()
+    cpu_start = time.process_time()
     last_flush = start
     done_now = 0
     try:
-        for i, j in todo:
-            coefficients = [float(xcoords[i])] + ([] if ycoords is None else [float(ycoords[j])])
-            setter.set(coefficients)
-            if recal_batches is not None:
-                recalibrate_bn(model, recal_batches)
-            results = [evaluate_point(model, data[s]) for s in splits]
-            done_now += 1
-            if kill_after and done_now >= kill_after:  # test hook: die with this point in flight
-                os.kill(os.getpid(), signal.SIGKILL)
-            for s, (loss, acc) in zip(splits, results):
-                values[f"{s}_loss"][i, j] = loss
-                values[f"{s}_acc"][i, j] = 100.0 * acc
-            computed[i, j] = True
+        # Rounds of `world` points, one per rank, in the coarse-to-fine order; after each round every
+        # rank holds all its values (one small all-reduce), so rank 0 can flush the file.
+        for first in range(0, len(todo), world):
+            round_points = todo[first:first + world]
+            row = torch.zeros(len(round_points), 2 * len(splits), dtype=torch.float64)
+            if rank < len(round_points):
+                row[rank] = torch.tensor(compute_point(*round_points[rank]), dtype=torch.float64)
+                done_now += 1
+                if kill_after and done_now >= kill_after:  # test hook: die with this point in flight
+                    os.kill(os.getpid(), signal.SIGKILL)
+            distributed.all_reduce_sum_(row)
+            for (i, j), numbers in zip(round_points, row.tolist()):
+                for k, s in enumerate(splits):
+                    values[f"{s}_loss"][i, j] = numbers[2 * k]
+                    values[f"{s}_acc"][i, j] = numbers[2 * k + 1]
+                computed[i, j] = True
             if bar is not None:
-                bar.update(1)
+                bar.update(len(round_points))
             now = time.perf_counter()
             if now - last_flush >= flush_every:
                 save(now - start)
                 last_flush = time.perf_counter()
         elapsed = time.perf_counter() - start
+        cpu_elapsed = time.process_time() - cpu_start
         save(elapsed)
     except BaseException:
         # Ctrl-C or an error: keep what is finished (the point in flight is not marked computed)
@@ -469,6 +531,7 @@ def _run_grid(model, setter, handle, data, recal_batches, splits, xcoords, ycoor
         "remaining": int((~computed).sum()),
         "seconds": seconds_before + elapsed,
         "points_per_second": done_now / elapsed if elapsed > 0 and done_now else None,
+        "cpu_seconds": cpu_elapsed,  # this run's grid loop, process CPU time (benchmarks on shared machines)
         "direction": kind,
         "bn": bn,
         "resumed": resumed,

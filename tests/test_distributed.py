@@ -42,3 +42,27 @@ def test_sharded_loss_accuracy_and_gradient_equal_single_process(digits_checkpoi
         assert r["gloss"] == pytest.approx(gloss, rel=1e-5)
         for g, h in zip(r["grads"], grads):
             torch.testing.assert_close(g, h, rtol=1e-4, atol=1e-6)
+
+
+def _distributed_surface(checkpoint, out):
+    from flatness.surface import compute_surface
+
+    summary = compute_surface(checkpoint, out, x=(-1, 1, 5), y=(-1, 1, 4), samples=120, batch_size=50,
+                              device="cpu", progress=False)
+    return {"computed_now": summary["computed_now"], "rank": distributed.rank()}
+
+
+def test_distributed_surface_equals_single_process(digits_checkpoint, tmp_path):
+    from flatness.surface import compute_surface
+    from flatness.surface_io import read_surface
+
+    single = tmp_path / "single.h5"
+    compute_surface(digits_checkpoint, str(single), x=(-1, 1, 5), y=(-1, 1, 4), samples=120, batch_size=50,
+                    device="cpu", progress=False)
+    multi = tmp_path / "multi.h5"
+    results = run_ranks(_distributed_surface, 2, digits_checkpoint, str(multi))
+    assert sorted(r["computed_now"] for r in results) == [10, 10]  # 20 points split evenly over 2 ranks
+    a, b = read_surface(str(single)), read_surface(str(multi))
+    for key in ("train_loss", "train_acc"):
+        assert not torch.isnan(torch.as_tensor(b[key])).any()
+        torch.testing.assert_close(torch.as_tensor(b[key]), torch.as_tensor(a[key]), rtol=1e-5, atol=1e-6)

@@ -45,6 +45,7 @@ def test_quick_experiment_writes_report_html_and_figures(quick_study):
     assert (out / "runs" / "erm-s0" / "surface-2d.h5").is_file()
     assert (out / "surfaces" / "interp-erm-amp-s0.h5").is_file()
     print(f"quick experiment: {seconds:.1f} s")
+    print("\n".join(f"{s['step']}: {s['seconds']:.1f}" for s in json.loads((out / "experiment.json").read_text())["steps"]))
 
 
 def test_rerun_skips_finished_steps_and_redoes_only_what_is_missing(quick_study, monkeypatch, cli):

@@ -106,3 +106,26 @@ def test_unknown_names_are_one_line_errors():
         build_model("resnet9000", 1, 8, 10)
     with pytest.raises(FlatnessError):
         ProbeData([])
+
+
+def test_exclusive_lock_refuses_a_second_holder_and_is_released(tmp_path):
+    import subprocess
+    import sys
+
+    from flatness.locking import exclusive, lock_path_for
+
+    target = str(tmp_path / "out.h5")
+    assert not lock_path_for(target).startswith(str(tmp_path))  # nothing appears beside user files
+    holder = ("import sys, time; from flatness.locking import exclusive\n"
+              "with exclusive(sys.argv[1]):\n    print('held', flush=True); time.sleep(30)\n")
+    proc = subprocess.Popen([sys.executable, "-c", holder, target], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(FlatnessError, match="another flatness process"):
+            with exclusive(target):
+                pass
+    finally:
+        proc.kill()  # SIGKILL: the kernel drops the lock with the process
+        proc.wait()
+    with exclusive(target):
+        pass

@@ -161,12 +161,17 @@ def test_lanczos_largest_and_smallest(setup):
     assert low.negative == [ev < 0 for ev in low.eigenvalues]
 
 
-def test_lanczos_thick_restart(setup):
+@pytest.mark.parametrize("check", ["stored", "hvp"])
+def test_lanczos_thick_restart(setup, check):
     model, data, H, _ = setup
     evals, evecs = torch.linalg.eigh(H)
-    res = lanczos(HessianOperator(model, data), k=3, tol=1e-7, max_basis=8, seed=0)
+    res = lanczos(HessianOperator(model, data), k=3, tol=1e-7, max_basis=8, seed=0, check=check)
     assert res.converged
     _check_pairs(res, evals, evecs, [len(evals) - 1, len(evals) - 2, len(evals) - 3])
+    # the reported residuals are those of fresh products with the returned vectors
+    for lam, v, r in zip(res.eigenvalues, res.eigenvectors, res.residuals):
+        fresh = float((H @ v - lam * v).norm()) / abs(lam)
+        assert abs(fresh - r) <= 1e-9 + 1e-3 * fresh
 
 
 def test_power_iteration(setup):

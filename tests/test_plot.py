@@ -46,7 +46,8 @@ def make_surface(path, two_d=True, scale=1.0, nx=9, ny=7, pca=False, fraction_ac
 
 def make_probe(path, method="amp", seed=0, eig=(40.0, 30.0, 20.0, 10.0, 5.0), density=True, **extra):
     grid = np.linspace(-5, 50, 200)
-    probe = {"flatness_version": "0.1.0",
+    probe = {"format": "flatness-probe", "flatness_version": "0.1.0", "weight_norm": 10.0,
+             "distance_from_init": 3.0, "sidecar": None,
              "checkpoint": {"path": "/r/last.pt", "method": method, "seed": seed, "dataset": "digits", "epoch": 3},
              "data": {"dataset": "digits", "split": "train", "samples": 100, "batch_size": 50},
              "loss": 0.05, "accuracy": 0.99, "num_params": 1000,

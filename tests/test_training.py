@@ -1,5 +1,6 @@
 """Training loop: bitwise resume (also after SIGKILL), run folder contents, divergence, bad input."""
 import json
+import pathlib
 import os
 import signal
 import subprocess
@@ -57,7 +58,7 @@ def test_resume_is_bitwise(tmp_path, method):
     assert weights(tmp_path / "b" / ckpt.LAST)["epoch"] == 2
     resumed = train(small(method=method, epochs=4), str(tmp_path / "b"), resume=True, progress=False, verbose=False)
     assert_same_state(os.path.join(straight, ckpt.LAST), os.path.join(resumed, ckpt.LAST))
-    lines = open(os.path.join(resumed, ckpt.METRICS)).read().splitlines()
+    lines = pathlib.Path(resumed, ckpt.METRICS).read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
 
 
@@ -84,6 +85,7 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise(tmp_path, cli):
     assert proc.poll() is None, proc.stderr.read().decode()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
     done = weights(run / ckpt.LAST)["epoch"]
     assert 1 <= done < 4
@@ -107,12 +109,12 @@ def test_run_folder_contents(tmp_path):
     init = weights(os.path.join(out, ckpt.INIT))
     snap0 = weights(os.path.join(out, "epoch-000.pt"))
     assert all(torch.equal(init["model_state"][k], snap0["model_state"][k]) for k in init["model_state"])
-    rows = [json.loads(line) for line in open(os.path.join(out, ckpt.METRICS))]
+    rows = [json.loads(line) for line in pathlib.Path(out, ckpt.METRICS).read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     for r in rows:
         assert set(r) == {"epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"}
         assert 0 <= r["test_acc"] <= 1
-    assert json.load(open(os.path.join(out, ckpt.CONFIG)))["method"] == "sam"
+    assert json.loads(pathlib.Path(out, ckpt.CONFIG).read_text())["method"] == "sam"
     assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
 
 

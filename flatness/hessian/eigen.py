@@ -120,7 +120,7 @@ def power_iteration(op, k: int = 1, tol: float = 1e-4, max_iter: int = 1000, see
 
 
 def lanczos(op, k: int = 1, which: str = "largest", tol: float = 1e-4, max_iter: int = 1000, seed: int = 0,
-            max_basis: Optional[int] = None, progress: bool = False) -> EigenResult:
+            max_basis: Optional[int] = None, check: str = "auto", progress: bool = False) -> EigenResult:
     """The k algebraically largest (or smallest) eigenpairs by Lanczos with full re-orthogonalisation.
 
     The Krylov basis grows one HVP at a time (every new vector orthogonalised against the whole basis,
@@ -128,6 +128,11 @@ def lanczos(op, k: int = 1, which: str = "largest", tol: float = 1e-4, max_iter:
     Ritz vectors are formed and their *true* residuals computed (k HVPs, counted); if any is above tol
     the space is extended further. When the basis reaches ``max_basis`` vectors it is thick-restarted
     from the best Ritz vectors (so memory stays max_basis × d). ``max_iter`` bounds the total HVPs.
+
+    ``check``: how the true residuals are computed. ``"stored"`` keeps the product H q_j of every
+    basis vector (real, counted HVPs; twice the memory) so H y = Σ s_j H q_j costs no further HVP;
+    ``"hvp"`` applies H to each Ritz vector afresh (k more HVPs per check); ``"auto"`` stores while
+    the products take at most 2^28 numbers (1 GiB in float32).
     Eigenvalues come sorted: descending for ``largest``, ascending for ``smallest``.
     """
     if which not in ("largest", "smallest"):
@@ -141,7 +146,11 @@ def lanczos(op, k: int = 1, which: str = "largest", tol: float = 1e-4, max_iter:
     gen = torch.Generator().manual_seed(int(seed))
     sign = 1.0 if which == "largest" else -1.0
 
+    if check not in ("auto", "stored", "hvp"):
+        raise ValueError(f"check must be auto, stored or hvp, got {check!r}")
+    store = check == "stored" or (check == "auto" and max_basis * d <= 2 ** 28)
     Q = torch.empty(max_basis, d, dtype=op.dtype, device=op.device)  # orthonormal basis, row by row
+    HQ = torch.empty(max_basis, d, dtype=op.dtype, device=op.device) if store else None  # H q_j
     T = torch.zeros(max_basis, max_basis, dtype=torch.float64)       # projected matrix Qᵀ H Q
     m = 0
     q = _random_unit(op, gen)
@@ -155,6 +164,8 @@ def lanczos(op, k: int = 1, which: str = "largest", tol: float = 1e-4, max_iter:
             Q[m] = q
             w = op.matvec(q)
             bar.update(1)
+            if store:
+                HQ[m] = w
             h = Q[:m + 1] @ w
             w = w - Q[:m + 1].T @ h
             h2 = Q[:m + 1] @ w  # second pass of Gram-Schmidt (full re-orthogonalisation)
@@ -173,10 +184,15 @@ def lanczos(op, k: int = 1, which: str = "largest", tol: float = 1e-4, max_iter:
             exhausted = beta <= 1e-12 * max(1.0, float(theta.abs().max()))
             if kk == k and (max(est) <= est_tol or exhausted or m == d):
                 # ---- candidate: form the Ritz vectors and check them with true HVPs
-                V = S[:, :k].T.to(dtype=op.dtype, device=op.device) @ Q[:m]
-                V = V / V.norm(dim=1, keepdim=True)
-                HV = [op.matvec(v) for v in V]
-                bar.update(k)
+                Sk = S[:, :k].T.to(dtype=op.dtype, device=op.device)
+                V = Sk @ Q[:m]
+                norms = V.norm(dim=1, keepdim=True)
+                V = V / norms
+                if store:
+                    HV = list((Sk @ HQ[:m]) / norms)
+                else:
+                    HV = [op.matvec(v) for v in V]
+                    bar.update(k)
                 lams = [float(v @ hv) for v, hv in zip(V, HV)]
                 res = [_relres(hv, lam, v) for hv, lam, v in zip(HV, lams, V)]
                 best = (lams, V, res)
@@ -197,14 +213,18 @@ def lanczos(op, k: int = 1, which: str = "largest", tol: float = 1e-4, max_iter:
             if m == max_basis:
                 # ---- thick restart: keep the p best Ritz vectors, continue with q
                 p = min(max_basis - 1, max(k + 1, max_basis // 2))
-                Sp = S[:, :p]
-                Q[:p] = Sp.T.to(dtype=op.dtype, device=op.device) @ Q[:m]
+                Sp = S[:, :p].T.to(dtype=op.dtype, device=op.device)
+                Q[:p] = Sp @ Q[:m]
+                if store:
+                    HQ[:p] = Sp @ HQ[:m]
                 T.zero_()
                 T[:p, :p] = torch.diag(theta[:p])
                 m = p
-                # re-orthonormalise the kept vectors against rounding drift
-                Qp, _ = torch.linalg.qr(Q[:p].T)
+                # re-orthonormalise the kept vectors against rounding drift (and their products alike)
+                Qp, R = torch.linalg.qr(Q[:p].T)
                 Q[:p] = Qp.T
+                if store:
+                    HQ[:p] = torch.linalg.solve_triangular(R.T, HQ[:p], upper=False)
                 q = q - Q[:p].T @ (Q[:p] @ q)
                 q = q / q.norm()
     if best is None:  # budget ran out before any candidate: take the current Ritz pairs

@@ -1,0 +1,164 @@
+"""run_probe, the probe JSON format and `flatness probe` on the digits fixtures."""
+import json
+import math
+import os
+import sys
+import types
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import flatness
+from flatness.errors import FlatnessError
+from flatness.probe import run_probe
+from flatness.probe_io import read_probe, read_probe_arrays, write_probe
+
+FAST = ["--samples", 60, "--batch-size", 25, "--top-k", 2, "--tol", 1e-3, "--quiet"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _one_line_error(result):
+    assert result.exit_code != 0
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
+    return lines[0]
+
+
+def test_cli_probe_writes_json_and_sidecar(cli, digits_checkpoint, tmp_path):
+    out = tmp_path / "p.json"
+    res = cli(["probe", digits_checkpoint, *FAST, "--trace", "--trace-samples", 6, "--density",
+               "--density-steps", 8, "--density-vectors", 2, "--save-vectors", "--out", out])
+    assert res.exit_code == 0, res.output
+    assert "top-2 eigenvalues" in res.output and "wrote" in res.output
+    data = read_probe(str(out))
+    for key in ("flatness_version", "checkpoint", "data", "loss", "accuracy", "num_params", "weight_norm",
+                "distance_from_init", "hessian", "trace", "density", "sharpness", "sidecar"):
+        assert key in data
+    assert set(data["checkpoint"]) >= {"path", "sha256", "dataset", "model", "method", "epoch", "seed"}
+    assert data["data"] == {"dataset": "digits", "split": "train", "samples": 60, "batch_size": 25}
+    hess = data["hessian"]
+    assert len(hess["eigenvalues"]) == 2 and hess["eigenvalues"][0] >= hess["eigenvalues"][1]
+    assert hess["converged"] and max(hess["residuals"]) <= 1e-3 and hess["hvps"] > 0
+    assert set(hess) >= {"method", "eigenvalues", "residuals", "hvps", "seconds", "tol", "converged", "negative"}
+    assert set(data["trace"]) >= {"estimate", "stderr", "hvps", "samples", "method"}
+    dens = data["density"]
+    assert abs(sum(dens["weights"]) - 1) < 1e-9 and len(dens["grid"]) == len(dens["values"])
+    assert data["sidecar"] == "p.h5" and (tmp_path / "p.h5").is_file()
+    arrays = read_probe_arrays(str(out))
+    assert arrays["eigenvectors"].shape == (2, data["num_params"])
+    np.testing.assert_allclose(np.linalg.norm(arrays["eigenvectors"], axis=1), 1, rtol=1e-5)
+    assert arrays["density/nodes"].shape == (2, 8)
+    assert data["sharpness"] is None and data["distance_from_init"] is None
+
+    # no clobbering without --force, one line; --force replaces
+    again = cli(["probe", digits_checkpoint, *FAST, "--out", out])
+    assert "exists" in _one_line_error(again)
+    assert cli(["probe", digits_checkpoint, *FAST, "--out", out, "--force"]).exit_code == 0
+    assert read_probe(str(out))["sidecar"] is None
+
+
+def test_run_probe_reproducible_and_eigenvalues_match_direct(digits_checkpoint):
+    kw = dict(samples=50, batch_size=20, top_k=2, tol=1e-4, progress=False, device="cpu")
+    a, b = run_probe(digits_checkpoint, **kw), run_probe(digits_checkpoint, **kw)
+    assert a["hessian"]["eigenvalues"] == b["hessian"]["eigenvalues"] and a["loss"] == b["loss"]
+    p = run_probe(digits_checkpoint, eig_method="power", max_iter=400, **{**kw, "top_k": 1, "tol": 1e-3})
+    assert abs(p["hessian"]["eigenvalues"][0] - a["hessian"]["eigenvalues"][0]) <= 2e-3 * abs(a["hessian"]["eigenvalues"][0])
+    assert p["hessian"]["method"] == "power"
+
+
+def test_distance_from_init(tmp_path):
+    sys.path.insert(0, os.path.dirname(__file__))
+    from conftest import quick_digits_checkpoint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    quick_digits_checkpoint(run / "init.pt", model_name="mlp", steps=0, width=8, depth=1)
+    last = quick_digits_checkpoint(run / "last.pt", model_name="mlp", steps=5, width=8, depth=1)
+    result = run_probe(last, samples=30, batch_size=30, top_k=1, tol=1e-3, progress=False)
+    assert result["distance_from_init"] > 0
+    assert run_probe(str(run / "init.pt"), samples=30, top_k=0, progress=False)["distance_from_init"] == 0.0
+
+
+def test_sharpness_hook(monkeypatch, digits_mlp_checkpoint):
+    calls = {}
+    fake = types.ModuleType("flatness.sharpness")
+    fake.METRIC_NAMES = ("worst_case", "keskar")
+
+    def compute(model, data, metrics, seed=0, progress=True, **options):
+        calls.update(metrics=metrics, options=options, n=data.n, training=model.training)
+        return [{"metric": m, "value": 0.5} for m in metrics]
+
+    fake.compute = compute
+    monkeypatch.setitem(sys.modules, "flatness.sharpness", fake)
+    monkeypatch.setattr(flatness, "sharpness", fake, raising=False)
+    result = run_probe(digits_mlp_checkpoint, samples=40, top_k=0, sharpness="all",
+                       sharpness_options={"rhos": [0.05], "ball": "global", "draws": None}, progress=False)
+    assert result["sharpness"] == [{"metric": "worst_case", "value": 0.5}, {"metric": "keskar", "value": 0.5}]
+    assert calls["metrics"] == ["worst_case", "keskar"] and calls["n"] == 40
+    assert calls["options"] == {"rhos": [0.05], "ball": "global"}
+    with pytest.raises(FlatnessError, match="unknown sharpness metric"):
+        run_probe(digits_mlp_checkpoint, samples=40, top_k=0, sharpness="bogus", progress=False)
+    with pytest.raises(FlatnessError, match="rho"):
+        run_probe(digits_mlp_checkpoint, samples=40, top_k=0, sharpness="worst_case",
+                  sharpness_options={"rhos": [-1.0]}, progress=False)
+
+
+def test_cli_sharpness_options_validated(cli, digits_mlp_checkpoint, tmp_path):
+    out = tmp_path / "s.json"
+    _one_line_error(cli(["probe", digits_mlp_checkpoint, *FAST, "--out", out, "--sharpness", "nonsense"]))
+    _one_line_error(cli(["probe", digits_mlp_checkpoint, *FAST, "--out", out, "--sharpness", "all", "--rho", "0"]))
+    _one_line_error(cli(["probe", digits_mlp_checkpoint, *FAST, "--out", out, "--sharpness", "all",
+                         "--epsilon", "abc"]))
+    assert not out.exists()
+
+
+def test_cli_bad_inputs(cli, digits_mlp_checkpoint, tmp_path):
+    out = tmp_path / "x.json"
+    assert "not found" in _one_line_error(cli(["probe", tmp_path / "missing.pt", "--out", out]))
+    raw = open(digits_mlp_checkpoint, "rb").read()
+    (tmp_path / "trunc.pt").write_bytes(raw[: len(raw) // 2])
+    _one_line_error(cli(["probe", tmp_path / "trunc.pt", "--out", out]))
+    (tmp_path / "text.pt").write_text("hello, not a checkpoint\n")
+    _one_line_error(cli(["probe", tmp_path / "text.pt", "--out", out]))
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    _one_line_error(cli(["probe", tmp_path / "foreign.pt", "--out", out]))
+    assert "exceeds" in _one_line_error(cli(["probe", digits_mlp_checkpoint, "--top-k", 10 ** 7, "--samples", 20,
+                                             "--out", out]))
+    _one_line_error(cli(["probe", digits_mlp_checkpoint, "--samples", 0, "--out", out]))
+    assert "split" in _one_line_error(cli(["probe", digits_mlp_checkpoint, "--split", "valid", "--out", out]))
+    assert not out.exists()
+
+
+def test_write_probe_nonfinite_and_read_errors(tmp_path):
+    result = {"flatness_version": "0", "checkpoint": {}, "data": {}, "loss": float("nan"), "accuracy": 0.1,
+              "num_params": 3, "weight_norm": float("inf"), "distance_from_init": None,
+              "hessian": {"eigenvalues": [1.0, float("nan")], "residuals": [np.float32(1e-5), None]},
+              "sidecar": None}
+    path = tmp_path / "r.json"
+    write_probe(str(path), result)
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    data = json.loads(text)
+    assert data["loss"] is None and data["weight_norm"] is None and data["hessian"]["eigenvalues"] == [1.0, None]
+    assert read_probe(str(path))["accuracy"] == 0.1
+    with pytest.raises(FlatnessError, match="exists"):
+        write_probe(str(path), result)
+    (tmp_path / "trunc.json").write_text(text[: len(text) // 2])
+    with pytest.raises(FlatnessError):
+        read_probe(str(tmp_path / "trunc.json"))
+    (tmp_path / "other.json").write_text(json.dumps({"hello": 1}))
+    with pytest.raises(FlatnessError, match="missing"):
+        read_probe(str(tmp_path / "other.json"))
+    with pytest.raises(FlatnessError, match="not found"):
+        read_probe(str(tmp_path / "nope.json"))
+    with pytest.raises(FlatnessError, match="no sidecar"):
+        read_probe_arrays(str(path))
