@@ -23,6 +23,12 @@ class FlatnessGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.UsageError as err:  # a bad option value or name: one line, like every other error
+            if _debug(ctx):
+                raise
+            where = err.ctx.command_path if err.ctx is not None else ctx.command_path
+            click.echo(f"Error: {err.format_message()} (see `{where} --help`)", err=True)
+            ctx.exit(err.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except FlatnessError as err:

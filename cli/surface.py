@@ -32,16 +32,29 @@ from flatness.surface import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
 @click.option("--out", default=None, metavar="FILE.h5", help="Output file (default: beside the checkpoint).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted surface: compute only the missing points.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="bf16 evaluates under bfloat16 autocast: about 2x faster on recent GPUs, ~3 significant "
+                   "digits of loss (fine for pictures, not for tiny differences near the minimum).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(checkpoint, x, y, direction, norm, ignore, orthogonal, split, samples, batch_size, bn, seed, device,
-            data_dir, download, out, resume, force, quiet):
-    """Loss and accuracy on a grid around CHECKPOINT (loss-landscape compatible HDF5)."""
+            data_dir, download, out, resume, force, precision, quiet):
+    """Loss and accuracy on a grid around CHECKPOINT (loss-landscape compatible HDF5).
+
+    Under `torchrun --nproc_per_node=N -m flatness.cli surface ...` the grid points are shared out
+    among the N processes (gloo on CPU, NCCL on GPU) and rank 0 writes the file; --resume works with
+    any number of processes.
+    """
+    from flatness import distributed
+    from flatness.devices import resolve_device
     from flatness.surface import compute_surface
 
+    distributed.init_from_env(resolve_device(device))
     summary = compute_surface(checkpoint, out=out, x=x, y=y, direction=direction, norm=norm, ignore=ignore,
                               orthogonal=orthogonal, split=split, samples=None if samples == 0 else samples,
                               batch_size=batch_size, bn=bn, seed=seed, device=device, resume=resume, force=force,
-                              progress=not quiet, data_dir=data_dir, download=download)
+                              progress=not quiet, data_dir=data_dir, download=download, precision=precision)
+    if not distributed.is_main():
+        return
     shape = "x".join(str(s) for s in summary["shape"])
     rate = summary["points_per_second"]
     click.echo(f"surface {shape} ({summary['direction']}, bn {summary['bn']}): {summary['computed_now']} points "

@@ -19,6 +19,7 @@ import os
 import pickle
 import random
 import re
+import warnings
 import zipfile
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -128,11 +129,11 @@ def read_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
     if os.path.getsize(path) == 0:
         raise FlatnessError(f"{path} is empty, not a checkpoint")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns (several lines) about foreign pickle protocols
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsafe content"
-        raise FlatnessError(f"refusing to load {path}: it holds more than tensors and plain data "
-                            f"(weights_only=True rejected it: {first[:160]})") from None
+        raise FlatnessError(_unsafe_message(path, str(err))) from None
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, AttributeError, KeyError,
             IndexError, TypeError) as err:
         raise FlatnessError(f"{path} is not a readable checkpoint (truncated or corrupt?): "
@@ -140,13 +141,43 @@ def read_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise FlatnessError(f"{path} is not a flatness checkpoint (no '{FORMAT}' marker); "
                             "it may come from another tool")
-    if payload.get("format_version", 0) > FORMAT_VERSION:
-        raise FlatnessError(f"{path} was written by a newer flatness (format {payload['format_version']}); upgrade")
-    for key in ("model_spec", "model_state", "config", "epoch"):
+    version = payload.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise FlatnessError(f"{path} is a damaged flatness checkpoint: 'format_version' is not a number")
+    if version > FORMAT_VERSION:
+        raise FlatnessError(f"{path} was written by a newer flatness (format {version}); upgrade")
+    for key, kind in (("model_spec", dict), ("model_state", dict), ("config", dict), ("epoch", int)):
         if key not in payload:
             raise FlatnessError(f"{path} is a damaged flatness checkpoint: '{key}' is missing")
+        if not isinstance(payload[key], kind) or isinstance(payload[key], bool):
+            raise FlatnessError(f"{path} is a damaged flatness checkpoint: '{key}' is not a {kind.__name__}")
+    if not isinstance(payload.get("step", 0), int) or not isinstance(payload.get("metrics", []), list):
+        raise FlatnessError(f"{path} is a damaged flatness checkpoint: 'step' or 'metrics' has the wrong type")
     payload["path"] = path
     return payload
+
+
+_GLOBAL_RE = re.compile(r"GLOBAL ([A-Za-z_][\w.]*)")
+
+
+def _unsafe_message(path: str, text: str) -> str:
+    """One line for a file torch's weights_only unpickler refused: name the object it wanted, never
+    suggest loading it unsafely (torch's own message does)."""
+    found = _GLOBAL_RE.search(text)
+    if found:
+        return (f"refusing to load {path}: it asks to run or build '{found.group(1)}' when unpickled, and a "
+                "checkpoint may hold only tensors and plain data (it may be malicious or from another tool); "
+                "nothing in it was run")
+    return (f"{path} is not a readable checkpoint: the safe unpickler (weights_only) rejected it as corrupt "
+            "or not a checkpoint; nothing in it was run")
+
+
+def check_state_finite(state: Dict[str, Any], path: str) -> None:
+    """FlatnessError when a stored ``model_state`` holds NaN or Inf (for states used without a model)."""
+    for name, tensor in state.items():
+        if torch.is_tensor(tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise FlatnessError(f"{path}: weights are not finite (NaN or Inf in '{name}'); "
+                                "the run diverged before this checkpoint was written")
 
 
 def check_finite(model: nn.Module, path: str) -> None:
@@ -166,7 +197,7 @@ def load_checkpoint(path: str, device: Any = "cpu", require_finite: bool = True)
     try:
         model = build_from_spec(payload["model_spec"])
         model.load_state_dict(payload["model_state"])
-    except (KeyError, TypeError, RuntimeError, ValueError) as err:
+    except (KeyError, TypeError, RuntimeError, ValueError, AttributeError, OverflowError, MemoryError) as err:
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise FlatnessError(f"{path}: the stored weights do not fit the stored model spec ({first})") from None
     if require_finite:

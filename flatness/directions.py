@@ -225,7 +225,7 @@ def pca_directions(run_dir: str) -> PCADirections:
     The coordinates are the *uncentred* differences projected on pc1, pc2, so the final weights sit at
     (0, 0), the centre of a surface computed around them.
     """
-    from .checkpoint import LAST, list_snapshots, read_checkpoint
+    from .checkpoint import LAST, check_state_finite, list_snapshots, read_checkpoint
 
     if not os.path.isdir(run_dir):
         raise FlatnessError(f"pca directions need a run folder with epoch-NNN.pt snapshots; {run_dir} is not a folder")
@@ -245,6 +245,7 @@ def pca_directions(run_dir: str) -> PCADirections:
 
     def flat(payload, path):
         state = payload["model_state"]
+        check_state_finite(state, path)
         if payload["model_spec"] != spec or any(n not in state or tuple(state[n].shape) != shapes[n] for n in names):
             raise FlatnessError(f"{path} holds another model than {reference}; a trajectory must be one run")
         return torch.cat([state[n].reshape(-1).double() for n in names])

@@ -108,3 +108,32 @@ def barrier() -> None:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def _spawn_entry(rank_: int, world: int, port: int, fn, args, out_dir: str, threads: int) -> None:
+    os.environ.update({"WORLD_SIZE": str(world), "RANK": str(rank_), "LOCAL_RANK": str(rank_),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(threads)
+    init_from_env(torch.device("cpu"), timeout_s=300)
+    try:
+        torch.save(fn(*args), os.path.join(out_dir, f"rank{rank_}.pt"))
+    finally:
+        shutdown()
+
+
+def spawn_local(fn, world: int, *args, threads: int = 1) -> list:
+    """Run ``fn(*args)`` on ``world`` local CPU processes joined by gloo (what torchrun does), and
+    return every rank's return value. For tests, benchmarks and notebooks; ``fn`` must be picklable
+    (a module-level function) and its result ``torch.save``-able."""
+    import socket
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory() as out_dir:
+        mp.spawn(_spawn_entry, args=(world, port, fn, args, out_dir, threads), nprocs=world, join=True)
+        # our own files, written just above by our own processes: full unpickling is safe here
+        return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(world)]

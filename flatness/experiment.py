@@ -351,7 +351,19 @@ def run_experiment(config: ExperimentConfig, progress: bool = True,
     started = time.time()
     if os.path.isfile(cfg.out):
         raise FlatnessError(f"--out {cfg.out} is a file; name a folder")
+    for m in cfg.methods:  # a bad option fails before the study folder is even created
+        train_config_for(cfg, m, cfg.seeds[0])
     os.makedirs(cfg.out, exist_ok=True)
+    from .locking import exclusive
+
+    with exclusive(cfg.out, "study folder"):  # a second study in this folder refuses at once
+        return _run_locked(cfg, started, progress, echo)
+
+
+def _run_locked(cfg: ExperimentConfig, started: float, progress: bool, echo) -> Dict[str, Any]:
+    from .compare import compare, load_run_dir
+    from .report import write_report
+
     _check_state(cfg)
     # check every training config before the first step, so a bad option fails at once
     for m in cfg.methods:

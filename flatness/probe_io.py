@@ -73,6 +73,13 @@ def write_probe(path: str, result: Dict[str, Any], vectors: Optional[np.ndarray]
         vectors = result.get("eigenvectors")
     if density_arrays is None:
         density_arrays = result.get("density_arrays")
+    from .locking import exclusive
+
+    with exclusive(path, "probe file"):  # two probes never write one file
+        return _write_probe_locked(path, result, vectors, density_arrays, force)
+
+
+def _write_probe_locked(path, result, vectors, density_arrays, force) -> Dict[str, Any]:
     side = sidecar_path(path)
     want_sidecar = vectors is not None or density_arrays is not None
     if not force:
@@ -137,7 +144,36 @@ def read_probe(path: str) -> Dict[str, Any]:
     if hess is not None:
         if not isinstance(hess, dict) or not isinstance(hess.get("eigenvalues"), list):
             raise FlatnessError(f"{path} is not a valid probe file: 'hessian.eigenvalues' is missing")
+        _numbers(path, "hessian.eigenvalues", hess["eigenvalues"])
+        for key in ("residuals",):
+            if hess.get(key) is not None:
+                _numbers(path, f"hessian.{key}", hess[key])
+    for key in ("loss", "accuracy", "weight_norm", "distance_from_init", "num_params"):
+        _numbers(path, key, [data[key]])
+    for key in ("trace", "density"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise FlatnessError(f"{path} is not a valid probe file: '{key}' is not an object")
+    density = data.get("density") or {}
+    for key in ("nodes", "weights", "grid", "values"):
+        if density.get(key) is not None:
+            if not isinstance(density[key], list):
+                raise FlatnessError(f"{path} is not a valid probe file: 'density.{key}' is not a list")
+            _numbers(path, f"density.{key}", density[key])
+    if data.get("sharpness") is not None and not (isinstance(data["sharpness"], list)
+                                                  and all(isinstance(r, dict) for r in data["sharpness"])):
+        raise FlatnessError(f"{path} is not a valid probe file: 'sharpness' is not a list of objects")
+    side = data["sidecar"]
+    # the sidecar is a file name beside the JSON: never a path that leads elsewhere
+    if side is not None and (not isinstance(side, str) or not side or os.path.basename(side) != side
+                             or side in (".", "..") or "/" in side or "\\" in side):
+        raise FlatnessError(f"{path} is not a valid probe file: 'sidecar' must be a file name beside it")
     return data
+
+
+def _numbers(path: str, key: str, values) -> None:
+    for v in values:
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise FlatnessError(f"{path} is not a valid probe file: '{key}' holds {v!r}, not a number")
 
 
 def read_probe_arrays(path: str) -> Dict[str, np.ndarray]:

@@ -36,6 +36,8 @@ DIRECTION_KINDS = ("random", "eigen", "interp", "pca")
 PRECISIONS = ("fp32", "bf16")
 DEFAULT_SAMPLES = 1000
 DEFAULT_BATCH_SIZE = 500
+MAX_AXIS_POINTS = 100_000     # a grid's arrays live in memory and in the file: refuse absurd sizes up front
+MAX_GRID_POINTS = 10_000_000
 FLUSH_SECONDS = 1.0
 # test hooks: flush after every point / SIGKILL this process after K newly computed points
 ENV_FLUSH = "FLATNESS_SURFACE_FLUSH_SECONDS"
@@ -66,6 +68,8 @@ def parse_grid(spec: GridSpec, axis: str = "x") -> Tuple[float, float, int]:
     n = int(n_float)
     if n < 2:
         raise FlatnessError(f"--{axis}: N must be at least 2 points, got {n}")
+    if n > MAX_AXIS_POINTS:
+        raise FlatnessError(f"--{axis}: N must be at most {MAX_AXIS_POINTS} points, got {n}")
     if lo >= hi:
         raise FlatnessError(f"--{axis}: MIN must be below MAX, got {lo:g} >= {hi:g}")
     return lo, hi, n
@@ -261,7 +265,7 @@ def compute_surface(checkpoint: str, out: Optional[str] = None, x: GridSpec = (-
     all runs), ``points_per_second`` (this run), ``centre`` ({split: (loss, acc%)} when the grid has
     (0, 0)), ``min_loss`` ({split: value}), ``direction``, ``bn``, ``resumed``.
     """
-    from .checkpoint import load_checkpoint, read_checkpoint
+    from .checkpoint import check_state_finite, load_checkpoint, read_checkpoint
     from .devices import resolve_device
     from .directions import IGNORES, NORMS, random_directions
     from .fileio import sha256_file
@@ -270,6 +274,8 @@ def compute_surface(checkpoint: str, out: Optional[str] = None, x: GridSpec = (-
     # ---- check every option before touching anything
     xs = parse_grid(x, "x")
     ys = parse_grid(y, "y") if y is not None else None
+    if ys is not None and xs[2] * ys[2] > MAX_GRID_POINTS:
+        raise FlatnessError(f"the grid has {xs[2] * ys[2]} points; at most {MAX_GRID_POINTS} are allowed")
     kind, source = parse_direction(direction)
     if norm not in NORMS:
         raise FlatnessError(f"unknown --norm {norm!r}; choose one of: {', '.join(NORMS)}")
@@ -336,6 +342,7 @@ def compute_surface(checkpoint: str, out: Optional[str] = None, x: GridSpec = (-
     payload_b = None
     if kind == "interp":
         payload_b = read_checkpoint(source)
+        check_state_finite(payload_b["model_state"], payload_b["path"])
         wanted["direction_source"] = os.path.abspath(payload_b["path"])
         wanted["direction_source_sha256"] = sha256_file(payload_b["path"])
     match_keys = ["checkpoint_sha256", "dims", "x_min", "x_max", "x_num", "y_min", "y_max", "y_num", "direction",

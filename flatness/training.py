@@ -20,6 +20,7 @@ Reproducibility and resume
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -33,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
+from . import distributed
 from .datasets import TensorImageDataset, dataset_info, get_dataset
 from .devices import resolve_device
 from .errors import DivergedError, FlatnessError
@@ -43,7 +45,10 @@ METHODS = ("erm", "amp", "sam")
 SCHEDULES = ("step", "cosine", "constant")
 GAMMA = 0.1  # the step schedule's factor at each milestone
 # What may differ between a run and its resumption; everything else must match the stored config.
-RESUMABLE_CHANGES = ("epochs", "save_every", "device", "data_dir", "download")
+RESUMABLE_CHANGES = ("epochs", "save_every", "device", "data_dir", "download", "precision", "channels_last",
+                     "compile", "data_on_device")
+PRECISIONS = ("fp32", "bf16")
+DATA_ON_DEVICE = ("auto", "yes", "no")
 
 
 @dataclass
@@ -77,6 +82,14 @@ class TrainConfig:
     download: bool = False
     save_every: int = 0
     recipe: Optional[str] = None
+    # Speed settings (the CUDA fast path); they change no result on the CPU and may change on resume.
+    precision: str = "fp32"          # "bf16": bfloat16 autocast for forward/backward (weights stay fp32)
+    channels_last: bool = False      # NHWC memory layout for conv nets (faster on tensor cores)
+    compile: bool = False            # torch.compile the model
+    data_on_device: str = "auto"     # "auto": keep the dataset on the GPU when it fits; "yes" / "no"
+    # Multi-process training (torchrun): AMP/SAM perturbations from each rank's own shard, not the
+    # global batch (cheaper: no all-reduce on the perturbation passes; a different method, documented).
+    local_perturbation: bool = False
 
     def to_dict(self) -> Dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -100,6 +113,8 @@ class TrainConfig:
         _choice("method", self.method, METHODS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("ball", self.ball, ("tensor", "global"))
+        _choice("precision", self.precision, PRECISIONS)
+        _choice("data_on_device", self.data_on_device, DATA_ON_DEVICE)
         _integer("epochs", self.epochs, 1)
         _integer("batch_size", self.batch_size, 1)
         _integer("inner_iter", self.inner_iter, 1)
@@ -235,33 +250,77 @@ def to_device(batch: Tuple[torch.Tensor, torch.Tensor], device: torch.device, fl
 class EpochBatches:
     """The training batches of one epoch in the order of a permutation drawn from ``generator``.
 
-    In-memory tensor datasets without a transform are sliced directly (fast); others go through a
-    DataLoader with a fixed batch sampler. A final batch of a single example is dropped (BatchNorm
-    cannot train on it).
+    Three ways to the data, one order: a dataset already on the compute device (the CUDA fast path:
+    augmentation by ``flatness.tensor_data.augment_batch``, drawing from ``generator``); in-memory
+    tensors without a transform, sliced directly; anything else through a DataLoader with a fixed
+    batch sampler. A final batch of a single example is dropped (BatchNorm cannot train on it).
+
+    Under torchrun every rank draws the same permutation and takes its contiguous share of each
+    global batch; ``epoch`` yields ``(x, y, global_batch_size)`` so the loss can be scaled to make
+    the all-reduced gradient the mean over the global batch exactly, even for uneven shares.
     """
 
-    def __init__(self, dataset, batch_size: int, flags: DeviceFlags):
+    def __init__(self, dataset, batch_size: int, flags: DeviceFlags, device: Optional[torch.device] = None,
+                 on_device: bool = False, augment=None, pad_value=None):
         self.dataset = dataset
         self.batch_size = batch_size
         self.flags = flags
         n = len(dataset)
         full, rest = divmod(n, batch_size)
         self.steps = full + (1 if rest > 1 else 0)
-        self.fast = isinstance(dataset, TensorImageDataset) and dataset.transform is None
+        self.augment, self.pad_value = augment, pad_value
+        if on_device:
+            from .tensor_data import materialize
+
+            images, labels = materialize(dataset)
+            self.images, self.labels, self.mode = images.to(device), labels.to(device), "device"
+        elif isinstance(dataset, TensorImageDataset) and dataset.transform is None:
+            self.images, self.labels, self.mode = dataset.images, dataset.labels, "tensor"
+        else:
+            self.mode = "loader"
 
     def __len__(self) -> int:
         return self.steps
 
-    def epoch(self, generator: torch.Generator) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, generator: torch.Generator, rank: int = 0, world: int = 1
+              ) -> Iterator[Tuple[torch.Tensor, torch.Tensor, int]]:
         perm = torch.randperm(len(self.dataset), generator=generator)
         chunks = [perm[i * self.batch_size:(i + 1) * self.batch_size] for i in range(self.steps)]
-        if self.fast:
+        share = (lambda t: t.tensor_split(world)[rank]) if world > 1 else (lambda t: t)
+        if self.mode == "device":
+            from .tensor_data import AugmentSpec, augment_batch
+
+            spec = self.augment or AugmentSpec()
             for idx in chunks:
-                yield self.dataset.images[idx], self.dataset.labels[idx]
+                # augment the whole global batch, then take this rank's share: every rank consumes the
+                # same random numbers, and the batch equals the single-process one
+                idx_dev = idx.to(self.images.device)
+                x = augment_batch(self.images[idx_dev], spec, generator, self.pad_value)
+                yield share(x), share(self.labels[idx_dev]), int(idx.numel())
             return
-        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=[c.tolist() for c in chunks],
+        if self.mode == "tensor":
+            for idx in chunks:
+                part = share(idx)
+                yield self.images[part], self.labels[part], int(idx.numel())
+            return
+        sizes = [int(c.numel()) for c in chunks]
+        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=[share(c).tolist() for c in chunks],
                                              num_workers=self.flags.num_workers, pin_memory=self.flags.pin_memory)
-        yield from loader
+        for (x, y), size in zip(loader, sizes):
+            yield x, y, size
+
+
+def keep_data_on_device(config: "TrainConfig", device: torch.device, train_set) -> bool:
+    """The CUDA fast path's data decision: the whole (un-augmented) training set lives on the GPU
+    when asked, or ("auto") when it takes under a quarter of the free GPU memory. Never on the CPU."""
+    if config.data_on_device == "no" or device.type != "cuda":
+        return False
+    if config.data_on_device == "yes":
+        return True
+    x, _ = train_set[0]
+    needed = len(train_set) * x.numel() * 4
+    free, _total = torch.cuda.mem_get_info(device)
+    return needed < free // 4
 
 
 @torch.no_grad()
@@ -369,10 +428,17 @@ def train(config: TrainConfig, out_dir: Optional[str] = None, resume: bool = Fal
         config = TrainConfig.from_dict(stored).validate()
 
     device = resolve_device(config.device)
+    distributed.init_from_env(device)
+    device = distributed.local_device(device)
+    main_rank = distributed.is_main()
     flags = device_flags(device)
     root = config.data_dir
-    train_set = get_dataset(config.dataset, "train", root=root, augment=config.augment, download=config.download)
-    test_set = get_dataset(config.dataset, "test", root=root, augment=False, download=config.download)
+    if main_rank:  # rank 0 downloads; the others wait, then read the same files
+        train_set = get_dataset(config.dataset, "train", root=root, augment=config.augment, download=config.download)
+    distributed.barrier()
+    if not main_rank:
+        train_set = get_dataset(config.dataset, "train", root=root, augment=config.augment)
+    test_set = get_dataset(config.dataset, "test", root=root, augment=False, download=config.download and main_rank)
     if config.batch_size > len(train_set):
         raise FlatnessError(f"batch size {config.batch_size} exceeds the {len(train_set)} training examples")
     if device.type == "cuda":
@@ -383,29 +449,48 @@ def train(config: TrainConfig, out_dir: Optional[str] = None, resume: bool = Fal
         torch.manual_seed(config.seed)
         model = build_from_spec(spec)
     model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(config, model.parameters())
     shuffle = torch.Generator()
     shuffle.manual_seed(config.seed)
     config_dict = config.to_dict()
 
     def save(path: str, epoch: int, step: int, metrics, full: bool) -> None:
+        if not main_rank:  # rank 0 alone writes; every rank holds the same state
+            return
         extra = {"shuffle_rng": shuffle.get_state()} if full else None
         ckpt.save_checkpoint(path, model, model_spec=spec, config=config_dict, epoch=epoch, step=step,
                              metrics=metrics, optimizer_state=optimizer.state_dict() if full else None,
                              scheduler_state={"schedule": config.schedule, "epoch": epoch} if full else None,
                              rng=ckpt.capture_rng() if full else None, extra=extra)
 
-    batches = EpochBatches(train_set, config.batch_size, flags)
+    if keep_data_on_device(config, device, train_set):
+        from .tensor_data import AUGMENTATIONS, AugmentSpec
+
+        info = dataset_info(config.dataset)
+        plain = get_dataset(config.dataset, "train", root=root, augment=False)
+        spec_aug = AUGMENTATIONS.get(config.dataset, AugmentSpec()) if config.augment else AugmentSpec()
+        batches = EpochBatches(plain, config.batch_size, flags, device=device, on_device=True, augment=spec_aug,
+                               pad_value=[-m / s for m, s in zip(info.mean, info.std)])
+        from .tensor_data import materialize
+
+        test_set = TensorImageDataset(*[t.to(device) for t in materialize(test_set)])
+    else:
+        batches = EpochBatches(train_set, config.batch_size, flags)
     if state is None:
-        os.makedirs(out_dir, exist_ok=True)
+        if main_rank:
+            os.makedirs(out_dir, exist_ok=True)
         torch.manual_seed(config.seed)  # the global RNG drives augmentation (and dropout)
         metrics: List[Dict[str, Any]] = []
-        atomic_write_json(os.path.join(out_dir, ckpt.CONFIG), config_dict)
+        if main_rank:
+            atomic_write_json(os.path.join(out_dir, ckpt.CONFIG), config_dict)
         save(os.path.join(out_dir, ckpt.INIT), 0, 0, metrics, full=False)
         if config.save_every:
             save(os.path.join(out_dir, ckpt.snapshot_name(0)), 0, 0, metrics, full=False)
         save(os.path.join(out_dir, ckpt.LAST), 0, 0, metrics, full=True)
-        _write_metrics(out_dir, metrics)
+        if main_rank:
+            _write_metrics(out_dir, metrics)
         start, step = 1, 0
     else:
         try:
@@ -420,9 +505,10 @@ def train(config: TrainConfig, out_dir: Optional[str] = None, resume: bool = Fal
             shuffle.set_state(state["extra"]["shuffle_rng"])
         metrics = list(state.get("metrics") or [])
         start, step = int(state["epoch"]) + 1, int(state.get("step", 0))
-        atomic_write_json(os.path.join(out_dir, ckpt.CONFIG), config_dict)
-        _write_metrics(out_dir, metrics)  # repairs a metrics.jsonl a crash left behind
-        if start > config.epochs and verbose:
+        if main_rank:
+            atomic_write_json(os.path.join(out_dir, ckpt.CONFIG), config_dict)
+            _write_metrics(out_dir, metrics)  # repairs a metrics.jsonl a crash left behind
+        if start > config.epochs and verbose and main_rank:
             print(f"{out_dir}: already trained for {start - 1} epochs (asked {config.epochs}); nothing to do")
 
     threads_before = torch.get_num_threads()
@@ -431,10 +517,24 @@ def train(config: TrainConfig, out_dir: Optional[str] = None, resume: bool = Fal
         torch.set_num_threads(threads)
     try:
         _loop(config, model, optimizer, batches, shuffle, test_set, device, flags, metrics, save, out_dir,
-              start, step, progress, verbose)
+              start, step, progress and main_rank, verbose and main_rank)
     finally:
         torch.set_num_threads(threads_before)
     return out_dir
+
+
+def _forward_module(model: nn.Module, config: "TrainConfig", device: torch.device) -> nn.Module:
+    """What the training step calls: the model itself, wrapped in DDP under torchrun (gradients
+    all-reduced in buckets during the backward) and compiled when asked. Parameters stay shared, so
+    the optimizer and the checkpoint keep working on ``model``."""
+    net = model
+    if distributed.is_distributed():
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        net = torch.compile(net)
+    return net
 
 
 def _loop(config, model, optimizer, batches, shuffle, test_set, device, flags, metrics, save, out_dir, start,
@@ -442,6 +542,13 @@ def _loop(config, model, optimizer, batches, shuffle, test_set, device, flags, m
     from tqdm.auto import tqdm
 
     last_path = os.path.join(out_dir, ckpt.LAST)
+    rank, world = distributed.rank(), distributed.world_size()
+    net = _forward_module(model, config, device)
+    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if config.precision == "bf16"
+                else contextlib.nullcontext())
+    # Which closure calls build the perturbation (AMP: the first inner_iter, SAM: the first); with
+    # --local-perturbation those skip DDP's all-reduce, so each rank perturbs by its own shard.
+    passes = {"erm": 1, "amp": config.inner_iter + 1, "sam": 2}[config.method]
     for epoch in range(start, config.epochs + 1):
         began = time.perf_counter()
         lr = lr_at(config, epoch)
@@ -453,15 +560,25 @@ def _loop(config, model, optimizer, batches, shuffle, test_set, device, flags, m
         bar = tqdm(total=len(batches), desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=not progress,
                    unit="batch", dynamic_ncols=True)
         try:
-            for i, batch in enumerate(batches.epoch(shuffle), 1):
-                x, y = to_device(batch, device, flags)
+            for i, (bx, by, global_size) in enumerate(batches.epoch(shuffle, rank, world), 1):
+                x, y = to_device((bx, by), device, flags)
+                if config.channels_last and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 logits_at_theta: List[torch.Tensor] = []
+                # DDP averages gradients over ranks; scaling each rank's mean by its share makes the
+                # average the exact mean over the global batch (also when shares are uneven).
+                scale = y.shape[0] * world / global_size
+                calls = [0]
 
                 def closure():
+                    calls[0] += 1
                     optimizer.zero_grad(set_to_none=True)
-                    logits = model(x)
-                    loss = F.cross_entropy(logits, y)
-                    loss.backward()
+                    local = (world > 1 and config.local_perturbation and calls[0] < passes)
+                    with (net.no_sync() if local else contextlib.nullcontext()):
+                        with autocast:
+                            logits = net(x)
+                        loss = F.cross_entropy(logits.float(), y)
+                        (loss * scale if world > 1 else loss).backward()
                     if not logits_at_theta:
                         logits_at_theta.append(logits.detach())
                     return loss
@@ -476,6 +593,11 @@ def _loop(config, model, optimizer, batches, shuffle, test_set, device, flags, m
                     loss = optimizer.step(closure)
                 step += 1
                 value = float(loss.detach())
+                if world > 1:  # every rank must stop together when any rank's loss is not finite
+                    flag = torch.tensor([0.0 if math.isfinite(value) else 1.0], device=device)
+                    distributed.all_reduce_sum_(flag)
+                    if flag.item() > 0 and math.isfinite(value):
+                        value = float("nan")
                 if not math.isfinite(value):
                     raise DivergedError(
                         f"training diverged: the loss is {value} at epoch {epoch}, step {i} of {len(batches)} "
@@ -488,6 +610,10 @@ def _loop(config, model, optimizer, batches, shuffle, test_set, device, flags, m
                     bar.set_postfix(loss=f"{value:.4f}")
         finally:
             bar.close()
+        if world > 1:  # the epoch's training loss and accuracy over the global batches
+            totals = torch.tensor([float(loss_sum), correct, seen], dtype=torch.float64, device=device)
+            distributed.all_reduce_sum_(totals)
+            loss_sum, correct, seen = totals[0].cpu(), int(totals[1]), int(totals[2])
         test_loss, test_acc = evaluate_dataset(model, test_set, device, flags)
         if not math.isfinite(test_loss):
             raise DivergedError(f"training diverged: the test loss is {test_loss} after epoch {epoch} "

@@ -66,3 +66,59 @@ def test_distributed_surface_equals_single_process(digits_checkpoint, tmp_path):
     for key in ("train_loss", "train_acc"):
         assert not torch.isnan(torch.as_tensor(b[key])).any()
         torch.testing.assert_close(torch.as_tensor(b[key]), torch.as_tensor(a[key]), rtol=1e-5, atol=1e-6)
+
+
+def _train(out_dir, method, epochs, resume, local_perturbation=False):
+    from flatness.training import TrainConfig, train
+
+    config = TrainConfig(model="mlp", width=32, depth=1, method=method, epochs=epochs, batch_size=50, seed=0,
+                         device="cpu", epsilon=0.05, milestones=[], local_perturbation=local_perturbation)
+    train(config, out_dir, resume=resume, progress=False, verbose=False)
+    return distributed.world_size()
+
+
+def _weights(run_dir):
+    return torch.load(f"{run_dir}/last.pt", weights_only=True)["model_state"]
+
+
+@pytest.mark.parametrize("method", ["erm", "amp"])
+def test_ddp_training_equals_single_process_on_the_same_global_batch(tmp_path, method):
+    single, multi = str(tmp_path / "single"), str(tmp_path / "multi")
+    _train(single, method, 1, False)
+    assert run_ranks(_train, 2, multi, method, 1, False) == [2, 2]
+    a, b = _weights(single), _weights(multi)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5)
+    assert any(not torch.equal(a[n], torch.load(f"{single}/init.pt", weights_only=True)["model_state"][n]) for n in a)
+
+
+def test_local_perturbation_differs_from_global_and_resume_changes_rank_count(tmp_path):
+    local, global_ = str(tmp_path / "local"), str(tmp_path / "global")
+    run_ranks(_train, 2, local, "amp", 1, False, True)
+    run_ranks(_train, 2, global_, "amp", 1, False, False)
+    assert any(not torch.allclose(_weights(local)[n], _weights(global_)[n]) for n in _weights(local))
+    # one epoch on 2 ranks, then resume to 2 epochs in 1 process == 2 epochs in 1 process
+    straight = str(tmp_path / "straight")
+    _train(straight, "amp", 2, False)
+    _train(global_, "amp", 2, True)
+    for name, value in _weights(straight).items():
+        torch.testing.assert_close(_weights(global_)[name], value, rtol=1e-4, atol=1e-5)
+
+
+def _sharded_hvp(checkpoint, v):
+    from flatness.hessian import HessianOperator
+
+    model, _ = load_checkpoint(checkpoint)
+    data = load_probe_data("digits", "train", 203, 20).shard(distributed.rank(), distributed.world_size())
+    return HessianOperator(model, data).matvec(v)
+
+
+def test_distributed_hvp_equals_single_process(digits_checkpoint):
+    from flatness.hessian import HessianOperator
+
+    model, _ = load_checkpoint(digits_checkpoint)
+    op = HessianOperator(model, load_probe_data("digits", "train", 203, 20))
+    v = torch.randn(op.dim, generator=torch.Generator().manual_seed(0))
+    expected = op.matvec(v)
+    for hv in run_ranks(_sharded_hvp, 2, digits_checkpoint, v):
+        torch.testing.assert_close(hv, expected, rtol=1e-4, atol=1e-5)

@@ -263,3 +263,30 @@ def test_density_on_grid_integrates_to_one():
     assert abs(float(((values[1:] + values[:-1]) / 2 * np.diff(grid)).sum()) - 1) < 1e-3
     with pytest.raises(ValueError):
         density_on_grid(nodes, weights, grid, 0.0)
+
+
+class _DenseOp:
+    """A matrix with the operator interface: exercises the solvers on a hard, known spectrum."""
+
+    def __init__(self, H):
+        self.H, self.dim, self.dtype, self.device, self.hvps = H, H.shape[0], H.dtype, H.device, 0
+
+    def matvec(self, v):
+        self.hvps += 1
+        return self.H @ v
+
+
+@pytest.mark.parametrize("check", ["stored", "hvp"])
+def test_lanczos_random_matrix_restarts_and_budget(check):
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(300, 300, generator=g, dtype=torch.float64)
+    H = (A + A.T) / 2  # semicircle spectrum: small gaps at both ends, both signs
+    evals = torch.linalg.eigvalsh(H)
+    res = lanczos(_DenseOp(H), k=4, tol=1e-8, max_iter=2000, max_basis=20, check=check)
+    assert res.converged and max(res.residuals) <= 1e-8
+    assert torch.allclose(torch.tensor(res.eigenvalues, dtype=torch.float64), evals.flip(0)[:4], rtol=1e-10)
+    low = lanczos(_DenseOp(H), k=3, which="smallest", tol=1e-8, max_iter=3000, max_basis=25, check=check)
+    assert low.converged and torch.allclose(torch.tensor(low.eigenvalues, dtype=torch.float64), evals[:3], rtol=1e-10)
+    assert low.negative == [True, True, True]
+    short = lanczos(_DenseOp(H), k=4, tol=1e-8, max_iter=15, check=check)
+    assert not short.converged and len(short.eigenvalues) == 4 and short.hvps <= 15 + 4

@@ -207,12 +207,28 @@ def test_device_flags_cuda_branch_on_cpu():
     assert x.shape == (2, 3)
 
 
-def test_dataloader_path_matches_fast_path():
+def test_dataloader_path_and_device_path_match_fast_path():
     data = get_dataset("digits", "train")
     slow = TensorImageDataset(data.images, data.labels, transform=lambda t: t)  # forces the DataLoader path
     flags = device_flags(torch.device("cpu"))
     fast_b, slow_b = EpochBatches(data, 100, flags), EpochBatches(slow, 100, flags)
-    assert not slow_b.fast and fast_b.fast and len(fast_b) == len(slow_b) == 15
-    for (xa, ya), (xb, yb) in zip(fast_b.epoch(torch.Generator().manual_seed(0)),
-                                  slow_b.epoch(torch.Generator().manual_seed(0))):
-        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    # the CUDA fast path's code (dataset materialised on the device, on-device augmentation hook),
+    # run here on the CPU device so that its logic is tested without a GPU
+    dev_b = EpochBatches(slow, 100, flags, device=torch.device("cpu"), on_device=True)
+    assert (slow_b.mode, fast_b.mode, dev_b.mode) == ("loader", "tensor", "device")
+    assert len(fast_b) == len(slow_b) == len(dev_b) == 15
+    for (xa, ya, na), (xb, yb, nb), (xc, yc, nc) in zip(fast_b.epoch(torch.Generator().manual_seed(0)),
+                                                        slow_b.epoch(torch.Generator().manual_seed(0)),
+                                                        dev_b.epoch(torch.Generator().manual_seed(0))):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb) and na == nb == ya.shape[0]
+        assert torch.equal(xa, xc) and torch.equal(ya, yc) and nc == na
+
+
+def test_rank_shares_partition_each_global_batch():
+    data = get_dataset("digits", "train")
+    batches = EpochBatches(data, 100, device_flags(torch.device("cpu")))
+    whole = list(batches.epoch(torch.Generator().manual_seed(1)))
+    parts = [list(batches.epoch(torch.Generator().manual_seed(1), rank=r, world=3)) for r in range(3)]
+    for k, (x, y, n) in enumerate(whole):
+        assert all(p[k][2] == n for p in parts)  # every rank knows the global batch size
+        assert torch.equal(torch.cat([p[k][0] for p in parts]), x) and torch.equal(torch.cat([p[k][1] for p in parts]), y)

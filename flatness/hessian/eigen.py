@@ -227,14 +227,17 @@ def lanczos(op, k: int = 1, which: str = "largest", tol: float = 1e-4, max_iter:
                     HQ[:p] = torch.linalg.solve_triangular(R.T, HQ[:p], upper=False)
                 q = q - Q[:p].T @ (Q[:p] @ q)
                 q = q / q.norm()
-    if best is None:  # budget ran out before any candidate: take the current Ritz pairs
+    if not converged and m > 0:  # budget ran out (or rounding floor): report the current Ritz pairs
         kk = min(k, m)
-        V = S[:, :kk].T.to(dtype=op.dtype, device=op.device) @ Q[:m]
-        V = V / V.norm(dim=1, keepdim=True)
-        HV = [op.matvec(v) for v in V]
+        Sk = S[:, :kk].T.to(dtype=op.dtype, device=op.device)
+        V = Sk @ Q[:m]
+        norms = V.norm(dim=1, keepdim=True)
+        V = V / norms
+        HV = list((Sk @ HQ[:m]) / norms) if store else [op.matvec(v) for v in V]
         lams = [float(v @ hv) for v, hv in zip(V, HV)]
-        best = (lams, V, [_relres(hv, lam, v) for hv, lam, v in zip(HV, lams, V)])
-        converged = False
+        current = (lams, V, [_relres(hv, lam, v) for hv, lam, v in zip(HV, lams, V)])
+        if best is None or max(current[2]) <= max(best[2]):
+            best = current
     lams, V, res = best
     order = sorted(range(len(lams)), key=lambda i: -sign * lams[i])
     return EigenResult([lams[i] for i in order], V[order], [res[i] for i in order], op.hvps - hvps0,

@@ -127,6 +127,9 @@ class HessianOperator:
                 out = self._hvp_double_backward(vs)
             else:
                 out = self._hvp_forward_over_reverse(vs)
+        # Under torchrun each rank holds a shard of the probe batches (ProbeData.shard): add the
+        # other ranks' weighted parts, so every rank gets the full-data product.
+        self.data.reduce_sum_(out)
         self.hvps += 1
         return out
 
