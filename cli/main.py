@@ -6,6 +6,7 @@ non-zero; ``flatness --debug CMD`` shows the full traceback instead.
 from __future__ import annotations
 
 import errno
+import os
 import sys
 
 import click
@@ -34,7 +35,7 @@ class FlatnessGroup(click.Group):
         except FlatnessError as err:
             if _debug(ctx):
                 raise
-            click.echo(f"Error: {err}", err=True)
+            click.echo(f"Error: {_one_line(str(err))}", err=True)
             ctx.exit(err.exit_code)
         except KeyboardInterrupt:
             if _debug(ctx):
@@ -45,8 +46,12 @@ class FlatnessGroup(click.Group):
         except OSError as err:
             if _debug(ctx):
                 raise
+            from flatness.fileio import os_error_reason
+
             where = f" ({err.filename})" if getattr(err, "filename", None) else ""
-            reason = "disk full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+            reason = os_error_reason(err)
+            if err.errno == errno.ENOSPC or reason == os.strerror(errno.ENOSPC):
+                reason = f"disk full: {reason}"
             click.echo(f"Error: {reason}{where}", err=True)
             ctx.exit(2)
         except Exception as err:  # a bug: one line by default, the traceback with --debug
@@ -55,6 +60,11 @@ class FlatnessGroup(click.Group):
             click.echo(f"Internal error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} "
                        "(rerun with `flatness --debug ...` for the traceback, and please report it)", err=True)
             ctx.exit(EXIT_INTERNAL)
+
+
+def _one_line(text: str) -> str:
+    """Error messages are one line, whatever a library put into them."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 def _debug(ctx) -> bool:

@@ -353,10 +353,10 @@ def run_experiment(config: ExperimentConfig, progress: bool = True,
         raise FlatnessError(f"--out {cfg.out} is a file; name a folder")
     for m in cfg.methods:  # a bad option fails before the study folder is even created
         train_config_for(cfg, m, cfg.seeds[0])
-    os.makedirs(cfg.out, exist_ok=True)
     from .locking import exclusive
 
     with exclusive(cfg.out, "study folder"):  # a second study in this folder refuses at once
+        os.makedirs(cfg.out, exist_ok=True)
         return _run_locked(cfg, started, progress, echo)
 
 

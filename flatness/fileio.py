@@ -9,10 +9,25 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 from typing import Any, Callable
 
 from .errors import FlatnessError
+
+
+def os_error_reason(err: BaseException) -> str:
+    """A short one-line reason for an OSError, also for h5py's long multi-line ones (which carry the
+    C errno only inside their text)."""
+    code = getattr(err, "errno", None)
+    if code:
+        return os.strerror(code)
+    text = str(err)
+    found = re.search(r"errno = (\d+)", text)
+    if found and int(found.group(1)):
+        return os.strerror(int(found.group(1)))
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return first[:200]
 
 
 def _fsync_dir(path: str) -> None:
@@ -34,7 +49,7 @@ def atomic_write(path: str, write: Callable[[io.BufferedWriter], None]) -> None:
     try:
         fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     except OSError as err:
-        raise FlatnessError(f"cannot write {path}: {err.strerror or err}") from None
+        raise FlatnessError(f"cannot write {path}: {os_error_reason(err)}") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -44,7 +59,7 @@ def atomic_write(path: str, write: Callable[[io.BufferedWriter], None]) -> None:
     except OSError as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise FlatnessError(f"cannot write {path}: {err.strerror or err}") from None
+        raise FlatnessError(f"cannot write {path}: {os_error_reason(err)}") from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

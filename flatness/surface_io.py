@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from .errors import FlatnessError
+from .fileio import os_error_reason
 
 FORMAT = "flatness-surface"
 FORMAT_VERSION = 1
@@ -141,7 +142,7 @@ def create_surface(path: str, *, xcoordinates: np.ndarray, ycoordinates: Optiona
     except OSError as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise FlatnessError(f"cannot write {path}: {err.strerror or err}") from None
+        raise FlatnessError(f"cannot write {path}: {os_error_reason(err)}") from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

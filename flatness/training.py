@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
-from . import distributed
+from . import distributed, locking
 from .datasets import TensorImageDataset, dataset_info, get_dataset
 from .devices import resolve_device
 from .errors import DivergedError, FlatnessError
@@ -72,7 +72,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     epsilon: float = 0.02
-    inner_lr: float = 1.0
+    inner_lr: float = 0.5  # digits: 0.5 edged out 1.0 over 5 seeds (benchmarks/README.md); paper: 1
     inner_iter: int = 1
     ball: str = "tensor"
     rho: float = 0.05
@@ -189,8 +189,19 @@ def default_out_dir(config: TrainConfig) -> str:
 
 
 def stored_config(out_dir: str) -> TrainConfig:
-    """The configuration of the run in ``out_dir`` (from its last.pt), for resuming it."""
+    """The configuration of the run in ``out_dir`` (from its last.pt), for resuming it; a run stopped
+    before its first last.pt gives its config.json (resuming it starts it over)."""
     last = _resumable(out_dir)
+    if last is None:
+        try:
+            with open(os.path.join(out_dir, ckpt.CONFIG), encoding="utf-8") as handle:
+                values = json.load(handle)
+        except (OSError, ValueError):
+            values = None
+        if not isinstance(values, dict):
+            raise FlatnessError(f"nothing to resume in {out_dir} (it was stopped before its first checkpoint); "
+                                "run the same command without --resume to start it over")
+        return TrainConfig.from_dict(values, strict=False)
     return TrainConfig.from_dict(ckpt.read_checkpoint(last)["config"], strict=False)
 
 
@@ -198,17 +209,48 @@ def resume_config(out_dir: str, explicit: Dict[str, Any]) -> TrainConfig:
     """The stored config of ``out_dir`` with the explicitly given values applied (train() then
     refuses any that may not change on resume)."""
     values = stored_config(out_dir).to_dict()
+    values["download"] = False  # a stored file never decides where to download (write) to: only the user
     values.update({k: v for k, v in explicit.items() if k != "recipe" or v is not None})
     return TrainConfig.from_dict(values).validate()
 
 
-def _resumable(out_dir: str) -> str:
+def _resumable(out_dir: str) -> Optional[str]:
+    """``out_dir``'s last.pt; None for a run stopped before its first last.pt (it starts over)."""
     if os.path.isfile(out_dir):
         raise FlatnessError(f"--out {out_dir} is a file, not a run folder")
     last = os.path.join(out_dir, ckpt.LAST)
     if not os.path.isfile(last):
+        if _unstarted(out_dir) and os.listdir(out_dir):
+            return None
         raise FlatnessError(f"nothing to resume in {out_dir} (no {ckpt.LAST}); run without --resume to start it")
     return last
+
+
+_FIRST_FILES = (ckpt.CONFIG, ckpt.INIT, ckpt.snapshot_name(0), ckpt.METRICS)
+
+
+def _own_temp(name: str) -> bool:
+    """A temporary file of flatness.fileio's atomic writes (``.NAME.XXXX.tmp``) left by a killed run."""
+    return name.startswith(".") and name.endswith(".tmp") and any(
+        name.startswith(f".{f}.") for f in _FIRST_FILES + (ckpt.LAST,)) or bool(
+        name.startswith(".epoch-") and name.endswith(".tmp"))
+
+
+def _unstarted(out_dir: str) -> bool:
+    """A run folder whose first ``train`` was stopped before it wrote last.pt: only the files train
+    writes first (config.json, init.pt, epoch-000.pt, metrics.jsonl, their temporaries) are there."""
+    if not os.path.isdir(out_dir) or os.path.exists(os.path.join(out_dir, ckpt.LAST)):
+        return False
+    return all(n in _FIRST_FILES or _own_temp(n) for n in os.listdir(out_dir))
+
+
+def _remove_own_temps(out_dir: str) -> None:
+    """Temporaries of atomic writes that a SIGKILL cut short (never read; removed under the lock)."""
+    if os.path.isdir(out_dir):
+        for name in os.listdir(out_dir):
+            if _own_temp(name):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(out_dir, name))
 
 
 # --------------------------------------------------------------------------- schedule, devices
@@ -394,7 +436,7 @@ def _check_out(out_dir: str, resume: bool) -> None:
         raise FlatnessError(f"--out {out_dir} is a file, not a run folder; choose another --out")
     if resume:
         _resumable(out_dir)
-    elif os.path.isdir(out_dir) and os.listdir(out_dir):
+    elif os.path.isdir(out_dir) and os.listdir(out_dir) and not _unstarted(out_dir):
         raise FlatnessError(f"{out_dir} already exists and is not empty; pass --resume to continue that run, "
                             "or choose another --out")
 
@@ -413,7 +455,20 @@ def train(config: TrainConfig, out_dir: Optional[str] = None, resume: bool = Fal
 
     config = TrainConfig.from_dict(config.to_dict()).validate()
     out_dir = out_dir or default_out_dir(config)
+    # One writer per run folder: a second train (or resume) of it refuses at once. Under torchrun only
+    # rank 0 writes, so only rank 0 locks (the launcher stops the other ranks when it fails).
+    writer = not distributed.launched_by_torchrun() or int(os.environ.get("RANK", "0")) == 0
+    with (locking.exclusive(out_dir, "run folder") if writer else contextlib.nullcontext()):
+        return _train_locked(config, out_dir, resume, progress, verbose, writer)
+
+
+def _train_locked(config: TrainConfig, out_dir: str, resume: bool, progress: bool, verbose: bool,
+                  writer: bool) -> str:
     _check_out(out_dir, resume)
+    if resume and _resumable(out_dir) is None:
+        resume = False  # stopped before its first checkpoint: start it over
+    if writer:
+        _remove_own_temps(out_dir)
     state = None
     if resume:
         state = ckpt.read_checkpoint(os.path.join(out_dir, ckpt.LAST))

@@ -158,6 +158,7 @@ def lanczos(op, k: int = 1, which: str = "largest", tol: float = 1e-4, max_iter:
     best = None
     converged = False
     est_tol = tol  # tightened when the estimates prove optimistic (rounding in low precision)
+    stalled = 0    # failed checks in a row without a 2x better true residual: the rounding floor
     with _bar(progress, max_iter, f"lanczos ({which} {k})") as bar:
         while op.hvps - hvps0 < max_iter:
             # ---- extend the basis by q
@@ -195,10 +196,15 @@ def lanczos(op, k: int = 1, which: str = "largest", tol: float = 1e-4, max_iter:
                     bar.update(k)
                 lams = [float(v @ hv) for v, hv in zip(V, HV)]
                 res = [_relres(hv, lam, v) for hv, lam, v in zip(HV, lams, V)]
-                best = (lams, V, res)
+                improved = best is None or max(res) <= 0.5 * max(best[2])
+                stalled = 0 if improved else stalled + 1
+                if best is None or max(res) <= max(best[2]):
+                    best = (lams, V, res)
                 if max(res) <= tol:
                     converged = True
                     break
+                if stalled >= 3:
+                    break  # the true residual no longer falls (HVP rounding floor): report, not converged
                 est_tol *= 0.1
             if op.hvps - hvps0 >= max_iter:
                 break
