@@ -108,11 +108,18 @@ def command(checkpoint, split, samples, batch_size, top_k, eig_method, tol, max_
     elif rho is not None or epsilon is not None:
         _floats(rho, "rho"), _floats(epsilon, "epsilon")  # still reject nonsense
 
+    from flatness import distributed
+    from flatness.devices import resolve_device
+
+    distributed.init_from_env(resolve_device(device))  # under torchrun: join the ranks (probe data sharded)
     result = run_probe(checkpoint, split=split, samples=samples, batch_size=batch_size, top_k=top_k,
                        eig_method=eig_method, tol=tol, max_iter=max_iter, trace=trace, trace_samples=trace_samples,
                        trace_method=trace_method, density=density, seed=seed, device=device, sharpness=sharpness,
                        sharpness_options=sharpness_options, save_vectors=save_vectors, data_dir=data_dir,
-                       progress=not quiet, density_steps=density_steps, density_vectors=density_vectors)
+                       progress=not quiet and distributed.is_main(), density_steps=density_steps,
+                       density_vectors=density_vectors)
+    if not distributed.is_main():
+        return  # rank 0 writes and reports
     written = write_probe(out, result, force=force)
 
     ck = written["checkpoint"]

@@ -52,7 +52,8 @@ def command(checkpoint, x, y, direction, norm, ignore, orthogonal, split, sample
     summary = compute_surface(checkpoint, out=out, x=x, y=y, direction=direction, norm=norm, ignore=ignore,
                               orthogonal=orthogonal, split=split, samples=None if samples == 0 else samples,
                               batch_size=batch_size, bn=bn, seed=seed, device=device, resume=resume, force=force,
-                              progress=not quiet, data_dir=data_dir, download=download, precision=precision)
+                              progress=not quiet and distributed.is_main(), data_dir=data_dir, download=download,
+                              precision=precision)
     if not distributed.is_main():
         return
     shape = "x".join(str(s) for s in summary["shape"])

@@ -29,6 +29,17 @@ _EXPORTS = {
     "SAM": "optim",
     "train": "training",
     "TrainConfig": "training",
+    "HessianOperator": "hessian",
+    "lanczos": "hessian",
+    "power_iteration": "hessian",
+    "estimate_trace": "hessian",
+    "slq": "hessian",
+    "run_probe": "probe",
+    "read_probe": "probe_io",
+    "write_probe": "probe_io",
+    "compute_surface": "surface",
+    "read_surface": "surface_io",
+    "run_experiment": "experiment",
 }
 
 

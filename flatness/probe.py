@@ -139,14 +139,19 @@ def run_probe(checkpoint: str, split: str = "train", samples: int = DEFAULT_SAMP
     if sharpness is not None:
         sharp_names = validate_sharpness(sharpness, sharpness_options)
 
-    dev = resolve_device(device)
+    from . import distributed
+
+    dev = distributed.local_device(resolve_device(device))
     model, info = load_checkpoint(checkpoint, device=dev)
     data = load_probe_data(info["dataset"], split, samples, batch_size, device=dev, root=data_dir)
-    op = HessianOperator(model, data, backend=hvp_backend or DEFAULT_BACKEND)
+    # Under torchrun the probe batches are shared out: every HVP and the loss sum over each rank's
+    # shard and all-reduce, so all ranks run the same (seeded) algorithms on the same numbers.
+    shard = data.shard(distributed.rank(), distributed.world_size())
+    op = HessianOperator(model, shard, backend=hvp_backend or DEFAULT_BACKEND)
     if top_k > op.dim:
         raise FlatnessError(f"top-k {top_k} exceeds the number of parameters ({op.dim})")
 
-    loss, acc = evaluate(model, data)
+    loss, acc = evaluate(model, shard)
     theta = get_flat_params(model)
     result: Dict[str, Any] = {
         "format": "flatness-probe",

@@ -122,3 +122,33 @@ def test_distributed_hvp_equals_single_process(digits_checkpoint):
     expected = op.matvec(v)
     for hv in run_ranks(_sharded_hvp, 2, digits_checkpoint, v):
         torch.testing.assert_close(hv, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_probe_and_surface_commands_under_torchrun_match_one_process(digits_checkpoint, tmp_path):
+    """The real launcher: `torchrun -m flatness.cli probe/surface` with 2 gloo ranks."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from flatness.surface_io import read_surface
+
+    def run(args, nproc):
+        launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+                    if nproc > 1 else [sys.executable])
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        done = subprocess.run(launcher + ["-m", "flatness.cli"] + args, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+
+    for nproc in (1, 2):
+        run(["probe", digits_checkpoint, "--samples", "150", "--batch-size", "40", "--top-k", "2", "--trace",
+             "--trace-samples", "4", "--device", "cpu", "--quiet", "--out", str(tmp_path / f"p{nproc}.json")], nproc)
+        run(["surface", digits_checkpoint, "--x=-1:1:3", "--y=-1:1:3", "--samples", "100", "--device", "cpu",
+             "--quiet", "--out", str(tmp_path / f"s{nproc}.h5")], nproc)
+    one, two = (json.load(open(tmp_path / f"p{n}.json")) for n in (1, 2))
+    assert one["loss"] == pytest.approx(two["loss"], rel=1e-5)
+    assert two["hessian"]["eigenvalues"] == pytest.approx(one["hessian"]["eigenvalues"], rel=1e-3)
+    assert two["trace"]["estimate"] == pytest.approx(one["trace"]["estimate"], rel=1e-3)
+    a, b = read_surface(str(tmp_path / "s1.h5")), read_surface(str(tmp_path / "s2.h5"))
+    torch.testing.assert_close(torch.as_tensor(b["train_loss"]), torch.as_tensor(a["train_loss"]), rtol=1e-5, atol=1e-6)
