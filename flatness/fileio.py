@@ -43,17 +43,20 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write ``path`` through ``write(fileobj)`` atomically (temp file, fsync, rename)."""
+@contextlib.contextmanager
+def atomic_path(path: str):
+    """Yield a temporary path beside ``path`` to write the whole file to; on success it is fsynced and
+    renamed over ``path`` in one step, on any failure removed. For writers that need a file name
+    (h5py) as well as for ``atomic_write``."""
     folder = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+        os.close(fd)
     except OSError as err:
         raise FlatnessError(f"cannot write {path}: {os_error_reason(err)}") from None
     try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
+        yield tmp
+        with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError as err:
@@ -65,6 +68,13 @@ def atomic_write(path: str, write: Callable[[io.BufferedWriter], None]) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(folder)
+
+
+def atomic_write(path: str, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write ``path`` through ``write(fileobj)`` atomically (temp file, fsync, rename)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            write(handle)
 
 
 def atomic_write_text(path: str, text: str) -> None:

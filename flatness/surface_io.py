@@ -41,14 +41,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from .errors import FlatnessError
-from .fileio import os_error_reason
+from .fileio import atomic_path
 
 FORMAT = "flatness-surface"
 FORMAT_VERSION = 1
@@ -105,14 +104,8 @@ def create_surface(path: str, *, xcoordinates: np.ndarray, ycoordinates: Optiona
     """Write a new surface file complete (NaN values) under a temporary name, then rename it to
     ``path`` in one step (replacing a file there: the caller has checked ``--force``)."""
     h5py = _h5py()
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    except OSError as err:
-        raise FlatnessError(f"cannot write {path}: {err.strerror or err}") from None
-    os.close(fd)
     shape = (len(xcoordinates),) if ycoordinates is None else (len(xcoordinates), len(ycoordinates))
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("xcoordinates", data=np.asarray(xcoordinates, dtype=np.float64))
             if ycoordinates is not None:
@@ -136,17 +129,6 @@ def create_surface(path: str, *, xcoordinates: np.ndarray, ycoordinates: Optiona
             full.setdefault("seconds", 0.0)
             for key, value in full.items():
                 f.attrs[key] = _attr_value(value)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise FlatnessError(f"cannot write {path}: {os_error_reason(err)}") from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class SurfaceFile:

@@ -11,7 +11,10 @@ from flatness.datasets import dataset_info
 from flatness.models import build_from_spec, model_spec
 from flatness.probe_data import load_probe_data
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Every test model is tiny: one intra-op thread is fastest, and on a busy 2-core machine two OpenMP
+# threads spin against other processes and run many times slower. Subprocesses get OMP_NUM_THREADS=1.
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def quick_digits_checkpoint(path, model_name="convnet", seed=0, steps=60, method="erm", **model_options):

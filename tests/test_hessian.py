@@ -13,14 +13,6 @@ from flatness.hessian import (HessianOperator, density_on_grid, default_grid, hu
 from flatness.probe_data import ProbeData
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: threads only add overhead (and the machine is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 class TinyCNN(nn.Module):
     def __init__(self):

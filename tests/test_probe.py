@@ -18,13 +18,6 @@ from flatness.probe_io import read_probe, read_probe_arrays, write_probe
 FAST = ["--samples", 60, "--batch-size", 25, "--top-k", 2, "--tol", 1e-3, "--quiet"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _one_line_error(result):
     assert result.exit_code != 0

@@ -31,13 +31,6 @@ PROBE_FAST = ["--samples", "32", "--batch-size", "32", "--top-k", "1", "--max-it
 SURF_FAST = ["--samples", "32", "--batch-size", "32", "--device", "cpu", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # --------------------------------------------------------------------------- hostile files
 

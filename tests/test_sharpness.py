@@ -17,15 +17,6 @@ from flatness.params import flatten
 from flatness.probe_data import ProbeData, load_probe_data
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tests are many tiny forward passes: one thread is fastest, and much faster than two when the
-    machine is shared (oversubscribed OpenMP threads spin)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # --------------------------------------------------------------------------- quadratic toys
 

@@ -26,15 +26,6 @@ SAMPLES = 120  # small probe data keeps every surface here well under a second
 BATCH = 50     # uneven last batch (50, 50, 20) on purpose
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Surfaces are many tiny forward passes: on a shared 2-core machine two OpenMP threads spin against
-    the other processes and run ~10-50x slower than one. The threads are restored for other modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _surface(ckpt, out, **kw):
     kw.setdefault("samples", SAMPLES)

@@ -16,15 +16,6 @@ from flatness.errors import DivergedError, FlatnessError
 from flatness.training import (EpochBatches, TrainConfig, build_config, device_flags, lr_at, to_device, train)
 from flatness.datasets import TensorImageDataset, get_dataset
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these runs are tiny, and the machine is shared (bitwise checks compare
-    runs made with the same thread count, subprocess included)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 SMALL = dict(width=8, batch_size=64, schedule="step", milestones=[3], seed=1)
 
@@ -232,3 +223,28 @@ def test_rank_shares_partition_each_global_batch():
     for k, (x, y, n) in enumerate(whole):
         assert all(p[k][2] == n for p in parts)  # every rank knows the global batch size
         assert torch.equal(torch.cat([p[k][0] for p in parts]), x) and torch.equal(torch.cat([p[k][1] for p in parts]), y)
+
+
+def test_cuda_fast_path_decisions_without_a_gpu(monkeypatch):
+    """The choices the CUDA path makes, checked with torch.device('cuda') objects on a CPU machine."""
+    from flatness.training import TrainConfig, cpu_threads_for, device_flags, keep_data_on_device
+    from flatness.models import build_model
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    flags = device_flags(cuda, cpu_count=8)
+    assert flags.pin_memory and flags.non_blocking and flags.num_workers == 4
+    assert not device_flags(cpu).pin_memory and device_flags(cpu).num_workers == 0
+    data = get_dataset("digits", "train")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * 2 ** 20, 16 * 2 ** 30))
+    assert keep_data_on_device(TrainConfig(), cuda, data)            # 0.4 MB of digits < 10 MB / 4
+    assert not keep_data_on_device(TrainConfig(), cpu, data)         # never on the CPU
+    assert not keep_data_on_device(TrainConfig(data_on_device="no"), cuda, data)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 ** 20, 16 * 2 ** 30))
+    assert not keep_data_on_device(TrainConfig(), cuda, data)        # does not fit in a quarter of 1 MB
+    assert keep_data_on_device(TrainConfig(data_on_device="yes"), cuda, data)
+    small, big = build_model("convnet", 1, 8, 10), build_model("preactresnet18", 3, 32, 10)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert cpu_threads_for(small, cpu) == 1 and cpu_threads_for(big, cpu) is None
+    assert cpu_threads_for(small, cuda) is None
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert cpu_threads_for(small, cpu) is None  # the user's explicit setting wins
