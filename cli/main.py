@@ -23,7 +23,9 @@ class FlatnessGroup(click.Group):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            _leave_process_group(clean=True)
+            return result
         except click.UsageError as err:  # a bad option value or name: one line, like every other error
             if _debug(ctx):
                 raise
@@ -60,6 +62,16 @@ class FlatnessGroup(click.Group):
             click.echo(f"Internal error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} "
                        "(rerun with `flatness --debug ...` for the traceback, and please report it)", err=True)
             ctx.exit(EXIT_INTERNAL)
+
+
+def _leave_process_group(clean: bool) -> None:
+    """Under torchrun: wait for every rank, then close the process group before the process exits
+    (a rank exiting while a peer still talks to it makes gloo abort the peer)."""
+    from flatness import distributed
+
+    if distributed.is_distributed() and clean:
+        distributed.barrier()
+    distributed.shutdown()
 
 
 def _one_line(text: str) -> str:

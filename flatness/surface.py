@@ -34,6 +34,7 @@ BN_MODES = ("eval", "recalibrate")
 SPLIT_CHOICES = ("train", "test", "both")
 DIRECTION_KINDS = ("random", "eigen", "interp", "pca")
 PRECISIONS = ("fp32", "bf16")
+SYNC_ROUNDS = 8  # distributed surfaces: points per rank between two all-reduces (and file flushes)
 DEFAULT_SAMPLES = 1000
 DEFAULT_BATCH_SIZE = 500
 MAX_AXIS_POINTS = 100_000     # a grid's arrays live in memory and in the file: refuse absurd sizes up front
@@ -494,24 +495,27 @@ def _run_grid(model, setter, handle, data, recal_batches, splits, xcoords, ycoor
     last_flush = start
     done_now = 0
     try:
-        # Rounds of `world` points, one per rank, in the coarse-to-fine order; after each round every
-        # rank holds all its values (one small all-reduce), so rank 0 can flush the file.
-        for first in range(0, len(todo), world):
-            round_points = todo[first:first + world]
-            row = torch.zeros(len(round_points), 2 * len(splits), dtype=torch.float64)
-            if rank < len(round_points):
-                row[rank] = torch.tensor(compute_point(*round_points[rank]), dtype=torch.float64)
+        # Chunks of SYNC_ROUNDS x world points in the coarse-to-fine order, dealt round robin; after
+        # each chunk one small all-reduce gives every rank all the chunk's values, so rank 0 can
+        # flush the file. (Syncing after every point cost ~25% at 2 ranks: each round waits for
+        # the slower rank.) Single-process runs take chunks of one point.
+        chunk = world * SYNC_ROUNDS if world > 1 else 1
+        for first in range(0, len(todo), chunk):
+            chunk_points = todo[first:first + chunk]
+            rows = torch.zeros(len(chunk_points), 2 * len(splits), dtype=torch.float64)
+            for k in range(rank, len(chunk_points), world):
+                rows[k] = torch.tensor(compute_point(*chunk_points[k]), dtype=torch.float64)
                 done_now += 1
                 if kill_after and done_now >= kill_after:  # test hook: die with this point in flight
                     os.kill(os.getpid(), signal.SIGKILL)
-            distributed.all_reduce_sum_(row)
-            for (i, j), numbers in zip(round_points, row.tolist()):
+            distributed.all_reduce_sum_(rows)
+            for (i, j), numbers in zip(chunk_points, rows.tolist()):
                 for k, s in enumerate(splits):
                     values[f"{s}_loss"][i, j] = numbers[2 * k]
                     values[f"{s}_acc"][i, j] = numbers[2 * k + 1]
                 computed[i, j] = True
             if bar is not None:
-                bar.update(len(round_points))
+                bar.update(len(chunk_points))
             now = time.perf_counter()
             if now - last_flush >= flush_every:
                 save(now - start)
