@@ -23,7 +23,7 @@ from .errors import FlatnessError
 from .evaluate import evaluate
 from .fileio import sha256_file
 from .params import get_flat_params
-from .probe_data import load_probe_data
+from .probe_data import ProbeData, load_probe_data
 from .version import __version__
 
 DEFAULT_SAMPLES = 1000      # the first 1000 examples of the split: the usual probe size in the literature
@@ -38,6 +38,9 @@ DENSITY_GRID_POINTS = 512
 SPLITS = ("train", "test")
 EIG_METHODS = ("lanczos", "power")
 TRACE_METHODS = ("hutchinson", "hutch++")
+
+
+DTYPES = ("float32", "float64")
 
 
 def _finite_or_none(x: float) -> Optional[float]:
@@ -103,7 +106,7 @@ def run_probe(checkpoint: str, split: str = "train", samples: int = DEFAULT_SAMP
               sharpness_options: Optional[Dict[str, Any]] = None, save_vectors: bool = False,
               data_dir: Optional[str] = None, progress: bool = True,
               density_steps: int = DEFAULT_DENSITY_STEPS, density_vectors: int = DEFAULT_DENSITY_VECTORS,
-              hvp_backend: Optional[str] = None) -> Dict[str, Any]:
+              hvp_backend: Optional[str] = None, dtype: str = "float32") -> Dict[str, Any]:
     """Measure one checkpoint. Returns the probe dict (see ``flatness.probe_io``); when
     ``save_vectors`` it also holds ``"eigenvectors"`` (k×d numpy array) and with ``density``
     ``"density_arrays"``, which ``write_probe`` moves into the sidecar ``.h5``.
@@ -146,6 +149,13 @@ def run_probe(checkpoint: str, split: str = "train", samples: int = DEFAULT_SAMP
     data = load_probe_data(info["dataset"], split, samples, batch_size, device=dev, root=data_dir)
     # Under torchrun the probe batches are shared out: every HVP and the loss sum over each rank's
     # shard and all-reduce, so all ranks run the same (seeded) algorithms on the same numbers.
+    if dtype not in DTYPES:
+        raise FlatnessError(f"unknown dtype {dtype!r}; use float32 or float64")
+    if dtype == "float64":
+        # Deep nets' float32 HVPs carry ~1e-4..1e-3 relative rounding (PreActResNet-18 stalls there),
+        # which bounds every residual; float64 costs ~2x on CPUs and much more on most GPUs.
+        model.double()
+        data = ProbeData([(x.double(), y) for x, y in data.batches], data.n, data.sharded)
     shard = data.shard(distributed.rank(), distributed.world_size())
     op = HessianOperator(model, shard, backend=hvp_backend or DEFAULT_BACKEND)
     if top_k > op.dim:
@@ -167,6 +177,7 @@ def run_probe(checkpoint: str, split: str = "train", samples: int = DEFAULT_SAMP
         },
         "data": {"dataset": info["dataset"], "split": split, "samples": data.n, "batch_size": batch_size},
         "device": str(dev),
+        "dtype": dtype,
         "loss": _finite_or_none(loss),
         "accuracy": acc,
         "num_params": op.dim,

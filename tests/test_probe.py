@@ -155,3 +155,18 @@ def test_write_probe_nonfinite_and_read_errors(tmp_path):
         read_probe(str(tmp_path / "nope.json"))
     with pytest.raises(FlatnessError, match="no sidecar"):
         read_probe_arrays(str(path))
+
+
+def test_float64_probe_agrees_with_float32_and_records_its_dtype(cli, digits_checkpoint, tmp_path):
+    outs = {}
+    for dtype in ("float32", "float64"):
+        out = tmp_path / f"{dtype}.json"
+        result = cli(["probe", digits_checkpoint, *FAST, "--dtype", dtype, "--sharpness", "worst_case",
+                      "--rho", "0.05", "--out", out])
+        assert result.exit_code == 0, result.output
+        outs[dtype] = read_probe(str(out))
+        assert outs[dtype]["dtype"] == dtype
+    a, b = outs["float32"], outs["float64"]
+    assert b["hessian"]["eigenvalues"] == pytest.approx(a["hessian"]["eigenvalues"], rel=1e-3)
+    assert b["sharpness"][0]["value"] == pytest.approx(a["sharpness"][0]["value"], rel=2e-2)
+    assert max(b["hessian"]["residuals"]) <= 1e-3
