@@ -248,3 +248,22 @@ def test_cuda_fast_path_decisions_without_a_gpu(monkeypatch):
     assert cpu_threads_for(small, cuda) is None
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert cpu_threads_for(small, cpu) is None  # the user's explicit setting wins
+
+
+def test_fast_path_options_run_on_the_cpu_and_change_what_they_should(tmp_path, monkeypatch):
+    """bf16 autocast and channels_last run through the real loop on the CPU; compile wraps the
+    forward module (torch.compile itself replaced by a marker: compiling is slow and needs no test)."""
+    import flatness.training as training_module
+
+    plain = train(small(epochs=1), str(tmp_path / "fp32"), progress=False, verbose=False)
+    fast = train(small(epochs=1, precision="bf16", channels_last=True), str(tmp_path / "bf16"), progress=False,
+                 verbose=False)
+    a, b = weights(os.path.join(plain, ckpt.LAST)), weights(os.path.join(fast, ckpt.LAST))
+    assert all(v.dtype == a["model_state"][k].dtype for k, v in b["model_state"].items())  # weights stay fp32
+    assert any(not torch.equal(a["model_state"][k], b["model_state"][k]) for k in a["model_state"])
+    assert b["metrics"][-1]["test_acc"] > 0.5  # bf16 still trains
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda module: compiled.append(module) or module)
+    train(small(epochs=1, compile=True), str(tmp_path / "compiled"), progress=False, verbose=False)
+    assert len(compiled) == 1 and isinstance(compiled[0], torch.nn.Module)
+    assert training_module._forward_module(torch.nn.Linear(2, 2), small(), torch.device("cpu")).__class__ is torch.nn.Linear
