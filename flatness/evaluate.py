@@ -30,15 +30,6 @@ def evaluate(model: nn.Module, data: ProbeData) -> Tuple[float, float]:
     return loss_sum / data.n, correct / data.n
 
 
-def full_loss(model: nn.Module, data: ProbeData, create_graph: bool = False) -> torch.Tensor:
-    """The mean loss over all probe data as a differentiable tensor (sums one batch graph at a time
-    only when the caller backpropagates per batch; use ``full_gradient`` for large data)."""
-    total = 0.0
-    for w, (x, y) in zip(data.weights(), data):
-        total = total + w * F.cross_entropy(model(x), y)
-    return total
-
-
 def full_gradient(model: nn.Module, data: ProbeData, params) -> Tuple[float, list]:
     """(mean loss, gradient w.r.t. ``params``) over all probe data, one batch graph in memory at a time."""
     grads = [torch.zeros_like(p) for p in params]

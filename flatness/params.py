@@ -6,7 +6,7 @@ that "the parameter vector" means the same thing everywhere.
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -74,8 +74,3 @@ def perturbed(model: nn.Module, delta: torch.Tensor):
         with torch.no_grad():
             for p, s in zip(params, saved):
                 p.copy_(s)
-
-
-def state_snapshot(model: nn.Module) -> Dict[str, torch.Tensor]:
-    """A detached copy of the full state (parameters and buffers), to restore later."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
