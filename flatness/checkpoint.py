@@ -181,10 +181,7 @@ def check_state_finite(state: Dict[str, Any], path: str) -> None:
 
 
 def check_finite(model: nn.Module, path: str) -> None:
-    for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise FlatnessError(f"{path}: weights are not finite (NaN or Inf in '{name}'); "
-                                "the run diverged before this checkpoint was written")
+    check_state_finite(model.state_dict(), path)
 
 
 def load_checkpoint(path: str, device: Any = "cpu", require_finite: bool = True) -> Tuple[nn.Module, Dict[str, Any]]:

@@ -9,7 +9,7 @@ and ``RandomHorizontalFlip`` in distribution.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -70,32 +70,3 @@ def augment_batch(x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator
         flip = (torch.rand(b, generator=generator) < 0.5).to(x.device).view(b, 1, 1, 1)
         out = torch.where(flip, out.flip(3), out)
     return out.contiguous()
-
-
-class DeviceTensorLoader:
-    """Shuffled mini-batches of a device-resident dataset, augmented on the device.
-
-    The shuffle order and augmentation draws come from one CPU ``torch.Generator`` that training
-    saves in its checkpoint, so a resumed run sees exactly the batches an uninterrupted one would.
-    """
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, augment: AugmentSpec = AugmentSpec(),
-                 pad_value: Optional[Sequence[float]] = None, drop_singleton: bool = True):
-        self.x, self.y = x, y
-        self.batch_size = batch_size
-        self.augment = augment
-        self.pad_value = pad_value
-        self.drop_singleton = drop_singleton  # a batch of one breaks BatchNorm in train mode
-
-    def __len__(self) -> int:
-        n = self.x.shape[0]
-        full, rest = divmod(n, self.batch_size)
-        return full + (1 if rest > 1 or (rest == 1 and not self.drop_singleton) else 0)
-
-    def epoch(self, generator: torch.Generator) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        order = torch.randperm(self.x.shape[0], generator=generator).to(self.x.device)
-        for start in range(0, order.numel(), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            if idx.numel() == 1 and self.drop_singleton:
-                break
-            yield augment_batch(self.x[idx], self.augment, generator, self.pad_value), self.y[idx]

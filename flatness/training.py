@@ -27,7 +27,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -38,6 +38,8 @@ from . import distributed, locking
 from .datasets import TensorImageDataset, dataset_info, get_dataset
 from .devices import resolve_device
 from .errors import DivergedError, FlatnessError
+from .evaluate import evaluate
+from .probe_data import ProbeData
 from .fileio import atomic_write_json, atomic_write_text
 from .models import build_from_spec, canonical_model_name, model_spec
 
@@ -365,32 +367,8 @@ def keep_data_on_device(config: "TrainConfig", device: torch.device, train_set) 
     return needed < free // 4
 
 
-@torch.no_grad()
-def evaluate_dataset(model: nn.Module, dataset, device: torch.device, flags: DeviceFlags,
-                     batch_size: int = 500) -> Tuple[float, float]:
-    """(mean loss, accuracy) over a whole dataset in eval mode (no augmentation is the caller's job)."""
-    was = model.training
-    model.eval()
-    if isinstance(dataset, TensorImageDataset) and dataset.transform is None:
-        batches: Iterable = ((dataset.images[i:i + batch_size], dataset.labels[i:i + batch_size])
-                             for i in range(0, len(dataset), batch_size))
-    else:
-        batches = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                              num_workers=flags.num_workers, pin_memory=flags.pin_memory)
-    loss_sum, correct, n = 0.0, 0, 0
-    try:
-        for batch in batches:
-            x, y = to_device(batch, device, flags)
-            logits = model(x)
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(1) == y).sum())
-            n += int(y.shape[0])
-    finally:
-        model.train(was)
-    return loss_sum / max(n, 1), correct / max(n, 1)
-
-
 SMALL_MODEL_PARAMS = 2_000_000
+EVAL_BATCH_SIZE = 500
 
 
 def cpu_threads_for(model: nn.Module, device: torch.device) -> Optional[int]:
@@ -457,17 +435,17 @@ def train(config: TrainConfig, out_dir: Optional[str] = None, resume: bool = Fal
     out_dir = out_dir or default_out_dir(config)
     # One writer per run folder: a second train (or resume) of it refuses at once. Under torchrun only
     # rank 0 writes, so only rank 0 locks (the launcher stops the other ranks when it fails).
-    writer = not distributed.launched_by_torchrun() or int(os.environ.get("RANK", "0")) == 0
-    with (locking.exclusive(out_dir, "run folder") if writer else contextlib.nullcontext()):
-        return _train_locked(config, out_dir, resume, progress, verbose, writer)
+    main_rank = not distributed.launched_by_torchrun() or int(os.environ.get("RANK", "0")) == 0
+    with (locking.exclusive(out_dir, "run folder") if main_rank else contextlib.nullcontext()):
+        return _train_locked(config, out_dir, resume, progress, verbose, main_rank)
 
 
 def _train_locked(config: TrainConfig, out_dir: str, resume: bool, progress: bool, verbose: bool,
-                  writer: bool) -> str:
+                  main_rank: bool) -> str:
     _check_out(out_dir, resume)
     if resume and _resumable(out_dir) is None:
         resume = False  # stopped before its first checkpoint: start it over
-    if writer:
+    if main_rank:
         _remove_own_temps(out_dir)
     state = None
     if resume:
@@ -485,7 +463,6 @@ def _train_locked(config: TrainConfig, out_dir: str, resume: bool, progress: boo
     device = resolve_device(config.device)
     distributed.init_from_env(device)
     device = distributed.local_device(device)
-    main_rank = distributed.is_main()
     flags = device_flags(device)
     root = config.data_dir
     if main_rank:  # rank 0 downloads; the others wait, then read the same files
@@ -528,11 +505,11 @@ def _train_locked(config: TrainConfig, out_dir: str, resume: bool, progress: boo
         spec_aug = AUGMENTATIONS.get(config.dataset, AugmentSpec()) if config.augment else AugmentSpec()
         batches = EpochBatches(plain, config.batch_size, flags, device=device, on_device=True, augment=spec_aug,
                                pad_value=[-m / s for m, s in zip(info.mean, info.std)])
-        from .tensor_data import materialize
-
-        test_set = TensorImageDataset(*[t.to(device) for t in materialize(test_set)])
     else:
         batches = EpochBatches(train_set, config.batch_size, flags)
+    # The test split, decoded once and kept on the compute device; every epoch's test loss and
+    # accuracy come from the same exact-mean evaluate() that probes and surfaces use.
+    test_data = ProbeData.from_dataset(test_set, None, EVAL_BATCH_SIZE, device)
     if state is None:
         if main_rank:
             os.makedirs(out_dir, exist_ok=True)
@@ -571,7 +548,7 @@ def _train_locked(config: TrainConfig, out_dir: str, resume: bool, progress: boo
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        _loop(config, model, optimizer, batches, shuffle, test_set, device, flags, metrics, save, out_dir,
+        _loop(config, model, optimizer, batches, shuffle, test_data, device, flags, metrics, save, out_dir,
               start, step, progress and main_rank, verbose and main_rank)
     finally:
         torch.set_num_threads(threads_before)
@@ -592,7 +569,7 @@ def _forward_module(model: nn.Module, config: "TrainConfig", device: torch.devic
     return net
 
 
-def _loop(config, model, optimizer, batches, shuffle, test_set, device, flags, metrics, save, out_dir, start,
+def _loop(config, model, optimizer, batches, shuffle, test_data, device, flags, metrics, save, out_dir, start,
           step, progress, verbose) -> None:
     from tqdm.auto import tqdm
 
@@ -669,7 +646,7 @@ def _loop(config, model, optimizer, batches, shuffle, test_set, device, flags, m
             totals = torch.tensor([float(loss_sum), correct, seen], dtype=torch.float64, device=device)
             distributed.all_reduce_sum_(totals)
             loss_sum, correct, seen = totals[0].cpu(), int(totals[1]), int(totals[2])
-        test_loss, test_acc = evaluate_dataset(model, test_set, device, flags)
+        test_loss, test_acc = evaluate(model, test_data)
         if not math.isfinite(test_loss):
             raise DivergedError(f"training diverged: the test loss is {test_loss} after epoch {epoch} "
                                 f"(step {step}); the last good checkpoint is kept: {last_path} (epoch {epoch - 1})")

@@ -1,7 +1,7 @@
 """On-device augmentation equals torchvision's crop and flip, checked against an independent loop."""
 import torch
 
-from flatness.tensor_data import AugmentSpec, DeviceTensorLoader, augment_batch
+from flatness.tensor_data import AugmentSpec, augment_batch
 
 
 def _reference(x, spec, offsets, flips, fill):
@@ -35,12 +35,17 @@ def test_batched_crop_and_flip_match_a_per_image_loop():
     torch.testing.assert_close(got, _reference(x, spec, offsets, flips, fill), rtol=0, atol=0)
 
 
-def test_no_augmentation_is_identity_and_loader_is_reproducible():
+def test_no_augmentation_is_identity_and_device_batches_are_reproducible():
+    from flatness.datasets import TensorImageDataset
+    from flatness.training import EpochBatches, device_flags
+
     x, y = torch.randn(10, 1, 4, 4), torch.arange(10)
     assert augment_batch(x, AugmentSpec(), torch.Generator()) is x
-    loader = DeviceTensorLoader(x, y, batch_size=3, augment=AugmentSpec(1, True))
+    loader = EpochBatches(TensorImageDataset(x, y), 3, device_flags(torch.device("cpu")),
+                          device=torch.device("cpu"), on_device=True, augment=AugmentSpec(1, True))
     assert len(loader) == 3  # 3 + 3 + 3 + 1: the singleton last batch is dropped
-    first = [b for b in loader.epoch(torch.Generator().manual_seed(0))]
-    again = [b for b in loader.epoch(torch.Generator().manual_seed(0))]
+    first = list(loader.epoch(torch.Generator().manual_seed(0)))
+    again = list(loader.epoch(torch.Generator().manual_seed(0)))
     assert len(first) == 3 and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
     assert len(set(torch.cat([b[1] for b in first]).tolist())) == 9
+    assert any(not torch.equal(bx, x[by]) for bx, by, _ in first)  # augmentation did act
