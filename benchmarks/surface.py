@@ -4,13 +4,19 @@ Compares, on the same model and data (one batch of 1000 images, eval mode):
 
 * floor            441 x one forward pass over the 1000 images (nothing else)
 * flatness         ``flatness.surface.compute_surface`` (grid time, i.e. the file's ``seconds``;
-                   and the whole call, start-up and file writing included)
+                   and the whole call, start-up and file writing included); and with
+                   ``channels_last=True`` (``--channels-last``: NHWC layout, same values to ~1e-6)
 * plain loop       per point: deepcopy the model, add a·x + b·y to its parameters, ``evaluate``
 * loss-landscapes  the ``loss-landscapes`` package's ``random_plane`` (steps=21, filter
                    normalisation) with its ``Loss`` metric, as documented (no ``no_grad``), and
                    the same call wrapped in ``torch.no_grad()``
 
-Usage:  .venv/bin/python benchmarks/surface.py [--threads 1] [--repeat-floor 2]
+Usage:  .venv/bin/python benchmarks/surface.py [--threads 1] [--rounds 3] [--allocator both|tuned|default]
+
+On the CPU flatness keeps freed memory in the process (``flatness.cpu_memory``: glibc's mmap and trim
+thresholds raised), which makes every forward pass ~25% cheaper; the floor and loss-landscapes gain
+from it just as much when they run in such a process. So every row is measured twice, in two
+processes: once with malloc as shipped (flatness not tuning either) and once tuned for all.
 
 loss-landscapes is not a project dependency; it is installed on first use with
 ``pip install --no-deps --target .bench/ll loss-landscapes`` (skipped, and said so, if that fails).
@@ -92,7 +98,22 @@ def main() -> None:
     parser.add_argument("--skip-plain", action="store_true")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every row this many times, interleaved, and keep each row's fastest")
+    parser.add_argument("--allocator", choices=("both", "tuned", "default"), default="both",
+                        help="tuned: glibc keeps freed memory (what flatness does on the CPU, flatness.cpu_memory) "
+                             "for every row; default: malloc as the C library ships it, for every row, flatness "
+                             "included; both (default): each in its own process, one after the other")
     args = parser.parse_args()
+    if args.allocator == "both":
+        # The allocator setting is per process and cannot be undone: one child process per setting.
+        for mode in ("default", "tuned"):
+            subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--allocator", mode], check=True)
+        return
+    from flatness.cpu_memory import ENV_SWITCH, retain_freed_memory
+
+    if args.allocator == "default":
+        os.environ[ENV_SWITCH] = "default"  # read at flatness's first CPU device: no row tunes malloc
+    elif not retain_freed_memory():
+        print("glibc's mallopt is not available here: the 'tuned' rows run with the default allocator")
     torch.set_num_threads(args.threads)
     os.makedirs(BENCH, exist_ok=True)
 
@@ -134,6 +155,9 @@ def main() -> None:
                                                         batch_size=SAMPLES, device="cpu", force=True, progress=False))
         rows.append(("flatness compute_surface: grid time", summary["seconds"], summary["cpu_seconds"]))
         rows.append(("flatness compute_surface: whole call", t_call, timed.cpu))
+        summary = compute_surface(ckpt, out, x=(-1, 1, GRID), y=(-1, 1, GRID), samples=SAMPLES, batch_size=SAMPLES,
+                                  device="cpu", force=True, progress=False, channels_last=True)
+        rows.append(("flatness --channels-last: grid time", summary["seconds"], summary["cpu_seconds"]))
 
         if not args.skip_plain:
             dx, dy = random_directions(model, 2, seed=0)
@@ -181,7 +205,7 @@ def main() -> None:
     cpu_floor = (best["floor (441 forward passes), before"][1] + best["floor (441 forward passes), after"][1]) / 2
     print(f"\n21x21 surface, convnet, {SAMPLES} digits training images in one batch, CPU, "
           f"{args.threads} torch thread(s), torch {torch.__version__}, "
-          f"fastest of {args.rounds} interleaved round(s)")
+          f"fastest of {args.rounds} interleaved round(s), allocator: {args.allocator}")
     print("wall = elapsed seconds; cpu = this process's CPU seconds (less disturbed by other processes)")
     print(f"{'method':46s} {'wall s':>7s} {'pts/s':>6s} {'x floor':>7s} {'cpu s':>7s} {'x floor':>7s}")
     for name, seconds, cpu in rows:

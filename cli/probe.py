@@ -84,12 +84,16 @@ def _fmt(x, spec=".4g"):
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @click.option("--save-vectors", is_flag=True, help="Also write the eigenvectors to a sidecar .h5.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
-              help="Precision of the Hessian and sharpness computations: float64 when float32 rounding "
-                   "stops residuals from reaching --tol (deep nets), at about twice the cost on a CPU.")
+              help="Precision of the Hessian and sharpness computations. float64 is for the rare model "
+                   "whose float32 HVPs are too inexact for --tol (the probe then says NOT converged), "
+                   "at about twice the cost on a CPU.")
+@click.option("--params", "params", default=None, metavar="GLOB[,GLOB]",
+              help="Restrict the Hessian (eigenvalues, trace, density) to the parameters whose names match, "
+                   "e.g. 'layer4.*' or 'features.0.weight': per-layer spectra. Default: all parameters.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def command(checkpoint, split, samples, batch_size, top_k, eig_method, tol, max_iter, trace, trace_samples,
             trace_method, density, density_steps, density_vectors, sharpness, rho, epsilon, ball, draws, ascent_steps, seed, device, data_dir,
-            out, force, save_vectors, dtype, quiet):
+            out, force, save_vectors, dtype, params, quiet):
     """Measure CHECKPOINT: loss, accuracy, top Hessian eigenvalues, optional trace, density, sharpness."""
     from flatness.probe import run_probe, validate_sharpness
     from flatness.probe_io import sidecar_path, write_probe
@@ -120,7 +124,7 @@ def command(checkpoint, split, samples, batch_size, top_k, eig_method, tol, max_
                        trace_method=trace_method, density=density, seed=seed, device=device, sharpness=sharpness,
                        sharpness_options=sharpness_options, save_vectors=save_vectors, data_dir=data_dir,
                        progress=not quiet and distributed.is_main(), density_steps=density_steps,
-                       density_vectors=density_vectors, dtype=dtype)
+                       density_vectors=density_vectors, dtype=dtype, params=params)
     if not distributed.is_main():
         return  # rank 0 writes and reports
     written = write_probe(out, result, force=force)
@@ -131,6 +135,10 @@ def command(checkpoint, split, samples, batch_size, top_k, eig_method, tol, max_
     click.echo(f"  loss {_fmt(written['loss'])}, accuracy {100 * written['accuracy']:.2f}%, "
                f"weight norm {_fmt(written['weight_norm'])}, distance from init {_fmt(written['distance_from_init'])}")
     hess = written["hessian"]
+    block = written.get("hessian_params")
+    if block:
+        click.echo(f"  Hessian restricted to {len(block)} tensor(s), {written['hessian_dim']} parameters: "
+                   + ", ".join(block[:6]) + (", ..." if len(block) > 6 else ""))
     if hess:
         values = ", ".join(_fmt(v, ".5g") for v in hess["eigenvalues"])
         worst = max((r for r in hess["residuals"] if r is not None), default=None)

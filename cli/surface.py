@@ -35,9 +35,12 @@ from flatness.surface import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="bf16 evaluates under bfloat16 autocast: about 2x faster on recent GPUs, ~3 significant "
                    "digits of loss (fine for pictures, not for tiny differences near the minimum).")
+@click.option("--channels-last", is_flag=True,
+              help="Run conv nets in NHWC memory layout: same values up to rounding (~1e-6), often much "
+                   "faster on CPUs (the default digits convnet: about 27% less time per point).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(checkpoint, x, y, direction, norm, ignore, orthogonal, split, samples, batch_size, bn, seed, device,
-            data_dir, download, out, resume, force, precision, quiet):
+            data_dir, download, out, resume, force, precision, channels_last, quiet):
     """Loss and accuracy on a grid around CHECKPOINT (loss-landscape compatible HDF5).
 
     Under `torchrun --nproc_per_node=N -m flatness.cli surface ...` the grid points are shared out
@@ -53,7 +56,7 @@ def command(checkpoint, x, y, direction, norm, ignore, orthogonal, split, sample
                               orthogonal=orthogonal, split=split, samples=None if samples == 0 else samples,
                               batch_size=batch_size, bn=bn, seed=seed, device=device, resume=resume, force=force,
                               progress=not quiet and distributed.is_main(), data_dir=data_dir, download=download,
-                              precision=precision)
+                              precision=precision, channels_last=channels_last)
     if not distributed.is_main():
         return
     shape = "x".join(str(s) for s in summary["shape"])

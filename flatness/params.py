@@ -6,10 +6,13 @@ that "the parameter vector" means the same thing everywhere.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, List, Optional, Sequence, Tuple
+import fnmatch
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+
+from .errors import FlatnessError
 
 
 def named_trainable(model: nn.Module, names: Optional[Iterable[str]] = None) -> List[Tuple[str, nn.Parameter]]:
@@ -27,6 +30,26 @@ def named_trainable(model: nn.Module, names: Optional[Iterable[str]] = None) -> 
         raise KeyError(f"no trainable parameter named {missing[0]!r}")
     chosen = set(wanted)
     return [(n, p) for n, p in pairs if n in chosen]
+
+
+def select_params(model: nn.Module, patterns: Union[str, Sequence[str]]) -> List[str]:
+    """Names of the trainable parameters matching any of ``patterns`` (shell globs such as
+    ``layer4.*`` or ``features.0.weight``; a comma-separated string is split), in vector order.
+
+    A pattern that matches nothing is an error naming a few real parameter names, so a typo never
+    silently yields the Hessian of some other block.
+    """
+    if isinstance(patterns, str):
+        patterns = [p.strip() for p in patterns.split(",")]
+    patterns = [p for p in patterns if p]
+    if not patterns:
+        raise FlatnessError("--params needs at least one parameter name or pattern, e.g. 'layer4.*'")
+    names = [n for n, _ in named_trainable(model)]
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            sample = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+            raise FlatnessError(f"--params {pattern!r} matches no trainable parameter (names look like: {sample})")
+    return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
 
 
 def num_params(model: nn.Module) -> int:

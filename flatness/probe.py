@@ -22,7 +22,7 @@ from .devices import resolve_device
 from .errors import FlatnessError
 from .evaluate import evaluate
 from .fileio import sha256_file
-from .params import get_flat_params
+from .params import get_flat_params, num_params, select_params
 from .probe_data import ProbeData, load_probe_data
 from .version import __version__
 
@@ -106,14 +106,17 @@ def run_probe(checkpoint: str, split: str = "train", samples: int = DEFAULT_SAMP
               sharpness_options: Optional[Dict[str, Any]] = None, save_vectors: bool = False,
               data_dir: Optional[str] = None, progress: bool = True,
               density_steps: int = DEFAULT_DENSITY_STEPS, density_vectors: int = DEFAULT_DENSITY_VECTORS,
-              hvp_backend: Optional[str] = None, dtype: str = "float32") -> Dict[str, Any]:
+              hvp_backend: Optional[str] = None, dtype: str = "float32",
+              params: Optional[Union[str, Sequence[str]]] = None) -> Dict[str, Any]:
     """Measure one checkpoint. Returns the probe dict (see ``flatness.probe_io``); when
     ``save_vectors`` it also holds ``"eigenvectors"`` (k×d numpy array) and with ``density``
     ``"density_arrays"``, which ``write_probe`` moves into the sidecar ``.h5``.
 
     ``samples``: the first N examples of ``split`` (default 1000; fewer if the split is smaller).
     ``top_k=0`` skips the eigenvalues. ``max_iter`` bounds the HVPs (total for Lanczos, per
-    eigenvalue for power iteration).
+    eigenvalue for power iteration). ``params`` (globs such as ``"layer4.*"``) restricts the
+    Hessian, its trace and density to that block of parameters (per-layer spectra); sharpness and
+    the weight norm stay over all parameters.
     """
     from .hessian import DEFAULT_BACKEND, HessianOperator, default_grid, density_on_grid, estimate_trace, slq, top_eigen
 
@@ -152,14 +155,17 @@ def run_probe(checkpoint: str, split: str = "train", samples: int = DEFAULT_SAMP
     if dtype not in DTYPES:
         raise FlatnessError(f"unknown dtype {dtype!r}; use float32 or float64")
     if dtype == "float64":
-        # Deep nets' float32 HVPs carry ~1e-4..1e-3 relative rounding (PreActResNet-18 stalls there),
-        # which bounds every residual; float64 costs ~2x on CPUs and much more on most GPUs.
+        # For ill-conditioned nets whose float32 HVPs are themselves inexact (a PreActResNet-18 with
+        # stale BatchNorm statistics: 0.5% off); a trained net's are ~1e-6 off and float32 reaches
+        # tol 1e-4 (reductions are accurate: hessian/reductions.py). float64 costs ~2x on CPUs.
         model.double()
         data = ProbeData([(x.double(), y) for x, y in data.batches], data.n, data.sharded)
     shard = data.shard(distributed.rank(), distributed.world_size())
-    op = HessianOperator(model, shard, backend=hvp_backend or DEFAULT_BACKEND)
+    block = select_params(model, params) if params is not None else None
+    op = HessianOperator(model, shard, params=block, backend=hvp_backend or DEFAULT_BACKEND)
     if top_k > op.dim:
-        raise FlatnessError(f"top-k {top_k} exceeds the number of parameters ({op.dim})")
+        raise FlatnessError(f"top-k {top_k} exceeds the number of parameters "
+                            f"({op.dim}{' in the --params block' if block else ''})")
 
     loss, acc = evaluate(model, shard)
     theta = get_flat_params(model)
@@ -180,7 +186,10 @@ def run_probe(checkpoint: str, split: str = "train", samples: int = DEFAULT_SAMP
         "dtype": dtype,
         "loss": _finite_or_none(loss),
         "accuracy": acc,
-        "num_params": op.dim,
+        "num_params": num_params(model),
+        # the Hessian's block: null = all trainable parameters, else their names in vector order
+        "hessian_params": block,
+        "hessian_dim": op.dim,
         "weight_norm": _finite_or_none(float(theta.double().norm())),
         "distance_from_init": distance_from_init(model, info["path"]),
         "hessian": None,

@@ -59,6 +59,11 @@ class ProbeData:
     def to(self, device: torch.device) -> "ProbeData":
         return ProbeData([(x.to(device), y.to(device)) for x, y in self.batches], self.n, self.sharded)
 
+    def channels_last(self) -> "ProbeData":
+        """The same batches with 4-D inputs in NHWC memory layout (same values; faster conv nets on CPUs)."""
+        return ProbeData([(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x, y)
+                          for x, y in self.batches], self.n, self.sharded)
+
     def shard(self, rank: int, world: int) -> "ProbeData":
         """This rank's batches (round robin) of the same probe set; ``n`` stays the global size.
 

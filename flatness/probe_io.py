@@ -8,6 +8,9 @@ JSON keys (every float that is not finite is written as ``null``, never a bare N
     checkpoint          {path, sha256, dataset, model, method, epoch, seed}
     data                {dataset, split, samples, batch_size}
     loss, accuracy, num_params, weight_norm, distance_from_init (null without init.pt)
+    hessian_params      null (the Hessian over all trainable parameters) or the names of the block
+                        it was restricted to (``probe --params``), in vector order
+    hessian_dim         the Hessian's size: num_params, or the block's parameter count
     hessian             {method, which, eigenvalues, residuals, negative, hvps, seconds, tol,
                          converged, backend, max_iter} or null (top-k 0)
     trace               {estimate, stderr, hvps, samples, method, seconds} or null
@@ -16,7 +19,8 @@ JSON keys (every float that is not finite is written as ``null``, never a bare N
     sidecar             file name of the sidecar (beside the JSON) or null
 
 The sidecar ``NAME.h5`` (for ``NAME.json``) holds ``eigenvectors`` (k×d float32, rows in the order
-of ``hessian.eigenvalues``, entries in ``named_parameters`` order) and ``eigenvalues`` when vectors
+of ``hessian.eigenvalues``, entries in ``named_parameters`` order, over ``hessian_params`` only
+when that is set) and ``eigenvalues`` when vectors
 were saved, and ``density/{nodes,weights,grid,values}`` (nodes and weights per starting vector) when
 the density was computed.
 """

@@ -38,6 +38,20 @@ def test_probe_data_is_first_n_in_order_and_batch_weights_give_the_full_mean():
     assert loss_batched == pytest.approx(loss_whole, rel=1e-6) and acc_batched == acc_whole
 
 
+def test_evaluate_uses_eval_mode_and_restores_each_modules_own_mode(digits_checkpoint):
+    model, _ = load_checkpoint(digits_checkpoint)
+    data = load_probe_data("digits", "train", 64, 32)
+    expected = evaluate(model, data)  # already in eval mode: nothing switched
+    buffers = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    bns[0].eval()  # a mixed state, as a user freezing one BN layer would leave it
+    modes = [m.training for m in model.modules()]
+    assert evaluate(model, data) == expected  # BN ran on running statistics, not batch statistics
+    assert [m.training for m in model.modules()] == modes
+    assert all(torch.equal(v, buffers[k]) for k, v in model.state_dict().items())  # no statistics updated
+
+
 def test_checkpoint_round_trip_with_weights_only(digits_checkpoint):
     payload = torch.load(digits_checkpoint, weights_only=True)
     assert payload["format"] == "flatness-checkpoint"

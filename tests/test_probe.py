@@ -170,3 +170,32 @@ def test_float64_probe_agrees_with_float32_and_records_its_dtype(cli, digits_che
     assert b["hessian"]["eigenvalues"] == pytest.approx(a["hessian"]["eigenvalues"], rel=1e-3)
     assert b["sharpness"][0]["value"] == pytest.approx(a["sharpness"][0]["value"], rel=2e-2)
     assert max(b["hessian"]["residuals"]) <= 1e-3
+
+
+def test_params_block_gives_that_blocks_spectrum(cli, digits_checkpoint, tmp_path):
+    """--params restricts the Hessian to a block: its top eigenvalue is the block operator's (computed
+    here independently on the same data), and by eigenvalue interlacing it cannot exceed the full
+    Hessian's top eigenvalue."""
+    from flatness.checkpoint import load_checkpoint
+    from flatness.hessian import HessianOperator, lanczos
+    from flatness.probe_data import load_probe_data
+
+    kw = dict(samples=60, batch_size=25, top_k=1, tol=1e-6, max_iter=200, progress=False, device="cpu")
+    full = run_probe(digits_checkpoint, **kw)
+    block = run_probe(digits_checkpoint, params="classifier.3.*,features.0.weight", **kw)
+    assert block["hessian_params"] == ["features.0.weight", "classifier.3.weight", "classifier.3.bias"]
+    assert block["num_params"] == full["num_params"] and full["hessian_params"] is None
+    assert block["hessian_dim"] == 16 * 9 + 64 * 10 + 10 and full["hessian_dim"] == full["num_params"]
+    model, _ = load_checkpoint(digits_checkpoint)
+    op = HessianOperator(model, load_probe_data("digits", "train", 60, 25), params=block["hessian_params"])
+    direct = lanczos(op, k=1, tol=1e-6, seed=5).eigenvalues[0]
+    top_block, top_full = block["hessian"]["eigenvalues"][0], full["hessian"]["eigenvalues"][0]
+    assert top_block == pytest.approx(direct, rel=1e-5)
+    assert top_block <= top_full * (1 + 1e-6) and top_block != pytest.approx(top_full, rel=1e-3)
+
+    out = tmp_path / "block.json"
+    res = cli(["probe", digits_checkpoint, *FAST, "--params", "classifier.*", "--out", out])
+    assert res.exit_code == 0 and "Hessian restricted to 4 tensor(s)" in res.output, res.output
+    assert read_probe(str(out))["hessian_params"][0] == "classifier.1.weight"
+    bad = cli(["probe", digits_checkpoint, *FAST, "--params", "layer9.*", "--out", tmp_path / "bad.json"])
+    assert "matches no trainable parameter" in _one_line_error(bad) and not (tmp_path / "bad.json").exists()

@@ -253,6 +253,23 @@ def test_bn_recalibration_changes_only_bn_stats_and_matches_a_manual_recomputati
     assert s["attrs"]["bn"] == "recalibrate"
 
 
+def test_channels_last_gives_the_same_surface_up_to_rounding(digits_checkpoint, tmp_path):
+    """NHWC layout is a speed option: every value matches the default layout, recalibrated BN included."""
+    plain, fast = tmp_path / "plain.h5", tmp_path / "fast.h5"
+    for path, flag in ((plain, False), (fast, True)):
+        _surface(digits_checkpoint, path, x="-1:1:3", y="-1:1:3", split="both", bn="recalibrate",
+                 channels_last=flag)
+    a, b = read_surface(str(plain)), read_surface(str(fast))
+    assert a["attrs"]["memory_format"] == "contiguous" and b["attrs"]["memory_format"] == "channels_last"
+    for key in ("train_loss", "test_loss"):
+        assert np.allclose(a[key], b[key], rtol=1e-5, atol=0), key
+    for key in ("train_acc", "test_acc"):  # at most one example of 120 flips on a near-tie
+        assert np.abs(a[key] - b[key]).max() <= 100.0 / SAMPLES + 1e-9, key
+    dx_a, _ = read_directions(str(plain))
+    dx_b, _ = read_directions(str(fast))
+    assert all(torch.equal(dx_a[name], dx_b[name]) for name in dx_a)  # same seed, same directions
+
+
 # --------------------------------------------------------------------------- resume after SIGKILL
 
 def test_sigkill_then_resume_gives_the_uninterrupted_values(digits_checkpoint, tmp_path, cli):

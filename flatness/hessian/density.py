@@ -15,6 +15,8 @@ from typing import List, Optional
 import numpy as np
 import torch
 
+from .reductions import dot, norm, normalize, project_out
+
 
 @dataclass
 class DensityResult:
@@ -37,16 +39,16 @@ def lanczos_tridiagonal(op, v0: torch.Tensor, steps: int):
     d = op.dim
     m = min(steps, d)
     Q = torch.empty(m, d, dtype=op.dtype, device=op.device)
-    q = v0 / v0.norm()
+    q = normalize(v0)
     alphas, betas = [], []
     for j in range(m):
         Q[j] = q
         w = op.matvec(q)
-        alpha = float(q @ w)
+        alpha = dot(q, w)
         alphas.append(alpha)
         for _ in range(2):
-            w = w - Q[:j + 1].T @ (Q[:j + 1] @ w)
-        beta = float(w.norm())
+            w = project_out(w, Q[:j + 1])
+        beta = norm(w)
         if j == m - 1 or beta <= 1e-10 * max(1.0, max(abs(a) for a in alphas)):
             break
         betas.append(beta)

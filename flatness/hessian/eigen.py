@@ -7,11 +7,14 @@ computed with real HVPs (which are counted), never by the change of λ between i
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import List, Optional
 
 import torch
+
+from .reductions import dot, norm, normalize, project_out, row_dots
 
 _TINY = 1e-30
 
@@ -53,12 +56,17 @@ def _random_unit(op, gen: torch.Generator, against: Optional[torch.Tensor] = Non
     v = torch.randn(op.dim, generator=gen, dtype=torch.float64).to(device=op.device, dtype=op.dtype)
     if against is not None and against.shape[0]:
         for _ in range(2):
-            v = v - against.T @ (against @ v)
-    return v / v.norm()
+            v = project_out(v, against)
+    return normalize(v)
 
 
 def _relres(hv: torch.Tensor, lam: float, v: torch.Tensor) -> float:
-    return float((hv - lam * v).norm()) / max(abs(lam), _TINY)
+    return norm(hv - lam * v) / max(abs(lam), _TINY)
+
+
+def _row_norms(V: torch.Tensor) -> torch.Tensor:
+    """Each row's norm (accurate reductions), as a column to divide by."""
+    return torch.tensor([norm(v) for v in V], dtype=V.dtype, device=V.device)[:, None]
 
 
 def _bar(progress: bool, total: int, desc: str):
@@ -89,25 +97,25 @@ def power_iteration(op, k: int = 1, tol: float = 1e-4, max_iter: int = 1000, see
             for it in range(max_iter):
                 hv = op.matvec(v)
                 bar.update(1)
-                lam = float(v @ hv)
+                lam = dot(v, hv)
                 w = hv
                 for _ in range(2):  # deflation: stay orthogonal to the eigenvectors already found
-                    w = w - found.T @ (found @ w)
+                    w = project_out(w, found)
                 # converged when the residual *within the deflated space* is small; the coupling to the
                 # vectors found before is removed by the Rayleigh-Ritz step below
-                if float((w - lam * v).norm()) <= tol * max(abs(lam), _TINY):
+                if norm(w - lam * v) <= tol * max(abs(lam), _TINY):
                     break
-                norm = w.norm()
-                if not torch.isfinite(norm) or norm <= 0:
+                length = norm(w)
+                if not math.isfinite(length) or length <= 0:
                     break  # H v = 0 on the complement: v is an eigenvector with λ = 0
-                v = w / norm
+                v = w / length
             bar.update(max_iter - it - 1)
             found = torch.cat([found, v[None]], 0)
             products.append(hv)
     # Rayleigh-Ritz on span(found) with the true products already computed (no further HVPs): this
     # removes the error each deflated vector inherits from the ones before it.
     HV = torch.stack(products)
-    M = (found @ HV.T).double().cpu()
+    M = torch.stack([row_dots(found, hv) for hv in HV], 1).cpu()  # M[i, j] = found_i · H found_j
     theta, S = torch.linalg.eigh((M + M.T) / 2)
     order = torch.argsort(theta.abs(), descending=True)
     theta, S = theta[order], S[:, order].to(dtype=op.dtype, device=op.device)
@@ -167,16 +175,16 @@ def lanczos(op, k: int = 1, which: str = "largest", tol: float = 1e-4, max_iter:
             bar.update(1)
             if store:
                 HQ[m] = w
-            h = Q[:m + 1] @ w
-            w = w - Q[:m + 1].T @ h
-            h2 = Q[:m + 1] @ w  # second pass of Gram-Schmidt (full re-orthogonalisation)
-            w = w - Q[:m + 1].T @ h2
-            h = (h + h2).double().cpu()
+            h = row_dots(Q[:m + 1], w)
+            w = w - Q[:m + 1].T @ h.to(w.dtype)
+            h2 = row_dots(Q[:m + 1], w)  # second pass of Gram-Schmidt (full re-orthogonalisation)
+            w = w - Q[:m + 1].T @ h2.to(w.dtype)
+            h = (h + h2).cpu()
             T[m, :m + 1] = h
             T[:m + 1, m] = h
             T[m, m] = h[m]
             m += 1
-            beta = float(w.norm())
+            beta = norm(w)
             theta, S = torch.linalg.eigh(T[:m, :m])
             order = torch.argsort(sign * theta, descending=True)
             theta, S = theta[order], S[:, order]
@@ -187,14 +195,14 @@ def lanczos(op, k: int = 1, which: str = "largest", tol: float = 1e-4, max_iter:
                 # ---- candidate: form the Ritz vectors and check them with true HVPs
                 Sk = S[:, :k].T.to(dtype=op.dtype, device=op.device)
                 V = Sk @ Q[:m]
-                norms = V.norm(dim=1, keepdim=True)
+                norms = _row_norms(V)
                 V = V / norms
                 if store:
                     HV = list((Sk @ HQ[:m]) / norms)
                 else:
                     HV = [op.matvec(v) for v in V]
                     bar.update(k)
-                lams = [float(v @ hv) for v, hv in zip(V, HV)]
+                lams = [dot(v, hv) for v, hv in zip(V, HV)]
                 res = [_relres(hv, lam, v) for hv, lam, v in zip(HV, lams, V)]
                 improved = best is None or max(res) <= 0.5 * max(best[2])
                 stalled = 0 if improved else stalled + 1
@@ -204,7 +212,7 @@ def lanczos(op, k: int = 1, which: str = "largest", tol: float = 1e-4, max_iter:
                     converged = True
                     break
                 if stalled >= 3:
-                    break  # the true residual no longer falls (HVP rounding floor): report, not converged
+                    break  # the true residual no longer falls (rounding floor of the HVPs): report, not converged
                 est_tol *= 0.1
             if op.hvps - hvps0 >= max_iter:
                 break
@@ -231,16 +239,15 @@ def lanczos(op, k: int = 1, which: str = "largest", tol: float = 1e-4, max_iter:
                 Q[:p] = Qp.T
                 if store:
                     HQ[:p] = torch.linalg.solve_triangular(R.T, HQ[:p], upper=False)
-                q = q - Q[:p].T @ (Q[:p] @ q)
-                q = q / q.norm()
+                q = normalize(project_out(q, Q[:p]))
     if not converged and m > 0:  # budget ran out (or rounding floor): report the current Ritz pairs
         kk = min(k, m)
         Sk = S[:, :kk].T.to(dtype=op.dtype, device=op.device)
         V = Sk @ Q[:m]
-        norms = V.norm(dim=1, keepdim=True)
+        norms = _row_norms(V)
         V = V / norms
         HV = list((Sk @ HQ[:m]) / norms) if store else [op.matvec(v) for v in V]
-        lams = [float(v @ hv) for v, hv in zip(V, HV)]
+        lams = [dot(v, hv) for v, hv in zip(V, HV)]
         current = (lams, V, [_relres(hv, lam, v) for hv, lam, v in zip(HV, lams, V)])
         if best is None or max(current[2]) <= max(best[2]):
             best = current

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .reductions import dot, project_out
+
 
 @dataclass
 class TraceResult:
@@ -53,7 +55,7 @@ def hutchinson(op, samples: int = 100, seed: int = 0, progress: bool = False) ->
     with _bar(progress, samples, "trace (hutchinson)") as bar:
         for _ in range(samples):
             z = _rademacher(op, gen)[0]
-            values.append(float(z @ op.matvec(z)))
+            values.append(dot(z, op.matvec(z)))
             bar.update(1)
     est, se = _mean_stderr(values)
     return TraceResult(est, se, op.hvps - hvps0, samples, time.perf_counter() - start, "hutchinson")
@@ -83,13 +85,13 @@ def hutchpp(op, samples: int = 100, seed: int = 0, progress: bool = False) -> Tr
         Q = Q.T
         exact = 0.0
         for q in Q:
-            exact += float(q @ op.matvec(q))
+            exact += dot(q, op.matvec(q))
             bar.update(1)
         values = []
         for _ in range(g):
             z = _rademacher(op, gen)[0]
-            z = z - Q.T @ (Q @ z)
-            values.append(float(z @ op.matvec(z)))
+            z = project_out(z, Q)
+            values.append(dot(z, op.matvec(z)))
             bar.update(1)
     rest, se = _mean_stderr(values)
     return TraceResult(exact + rest, se, op.hvps - hvps0, samples, time.perf_counter() - start, "hutch++")
