@@ -36,7 +36,7 @@ def command(out, methods, seeds, dataset, model, recipe, epochs, device, samples
     trace, spectral density, every sharpness metric), compute 1D/2D surfaces and the ERM→AMP
     interpolation, draw the figures, compare the methods and write REPORT.md and report.html.
 
-    With no options it runs the offline default (digits, convnet) in about 10 minutes on a 2-core CPU.
+    With no options it runs the offline default (digits, convnet) in about 3 minutes on a 2-core CPU.
     """
     import torch
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from flatness.hessian import lanczos, power_iteration
-from flatness.hessian.reductions import BLOCK, dot, norm, project_out, row_dots
+from flatness.hessian.reductions import BLOCK, CUDA_BLOCK, block_size, dot, norm, project_out, row_dots
 
 D = 4_000_000
 
@@ -47,6 +47,23 @@ def test_row_dots_and_projection(vectors):
     assert abs(dot(rest, unit)) <= 1e-6 * norm(b)  # float32 storage of the result bounds this
     small = torch.arange(10.0)
     assert row_dots(small[None], small).item() == 285.0 and BLOCK > 10  # short vectors: one BLAS call
+
+
+def test_block_size_per_device_and_the_cuda_block_is_accurate_too(vectors):
+    """CUDA takes bigger blocks (tree reductions, launch cost); the CPU runs the same blockwise code
+    with that block size here, so the arithmetic of the CUDA path is checked without a GPU."""
+    assert block_size(torch.device("cpu")) == BLOCK and block_size(torch.device("cuda", 0)) == CUDA_BLOCK
+    a, b = vectors
+    import flatness.hessian.reductions as red
+
+    truth = float(a.double() @ b.double())
+    scale = float(a.double().norm() * b.double().norm())
+    original = red.block_size
+    try:
+        red.block_size = lambda device: CUDA_BLOCK  # 4 blocks of 2^20 over the 4M entries
+        assert abs(dot(a, b) - truth) <= 1e-6 * scale
+    finally:
+        red.block_size = original
 
 
 class Diagonal:

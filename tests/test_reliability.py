@@ -245,6 +245,8 @@ CASES = [
     C(67, "experiment", ["--quick", "--out", "{afile}"], "is a file"),
     C(68, "experiment", ["--quick", "--out", "{study}"], "holds a study made with grid=9"),
     C(69, "experiment", ["--quick", "--dataset", "imagenet", "--out", "{new}/e"], "unknown dataset"),
+    # later additions (numbers continue after the rows checked by their own tests)
+    C(87, P, ["{good}", "--params", "layer9.*"], "matches no trainable parameter"),
 ]
 FIXED = {T: ["--no-progress", "--width", "8", "--epochs", "1"], P: PROBE_FAST, S: SURF_FAST,
          "experiment": ["--no-progress", "--device", "cpu"]}

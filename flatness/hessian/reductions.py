@@ -15,6 +15,13 @@ import math
 import torch
 
 BLOCK = 16384
+# GPU BLAS reduces each dot product as a tree, whose rounding grows only with log(length), while
+# every block costs a kernel launch: blocks of 2^20 keep the launches to ~11 for a ResNet-18.
+CUDA_BLOCK = 1 << 20
+
+
+def block_size(device: torch.device) -> int:
+    return CUDA_BLOCK if torch.device(device).type == "cuda" else BLOCK
 
 
 def row_dots(rows: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -22,11 +29,12 @@ def row_dots(rows: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     if rows.dim() != 2 or v.dim() != 1 or rows.shape[1] != v.shape[0]:
         raise ValueError(f"row_dots needs m×d rows and a d-vector, got {tuple(rows.shape)} and {tuple(v.shape)}")
     d = v.shape[0]
-    if rows.dtype == torch.float64 or d <= BLOCK:
+    block = block_size(rows.device)
+    if rows.dtype == torch.float64 or d <= block:
         return (rows @ v).double()
     out = torch.zeros(rows.shape[0], dtype=torch.float64, device=rows.device)
-    for start in range(0, d, BLOCK):
-        out += (rows[:, start:start + BLOCK] @ v[start:start + BLOCK]).double()
+    for start in range(0, d, block):
+        out += (rows[:, start:start + block] @ v[start:start + block]).double()
     return out
 
 
