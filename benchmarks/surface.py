@@ -33,36 +33,14 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, ".bench", "surface")
 LL_DIR = os.path.join(ROOT, ".bench", "ll")
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
 GRID = 21
 SAMPLES = 1000
-
-
-def make_checkpoint(path: str) -> None:
-    from flatness.checkpoint import save_checkpoint
-    from flatness.datasets import dataset_info
-    from flatness.models import build_from_spec, model_spec
-    from flatness.probe_data import load_probe_data
-
-    torch.manual_seed(0)
-    info = dataset_info("digits")
-    spec = model_spec("convnet", info.in_channels, info.image_size, info.num_classes)
-    model = build_from_spec(spec)
-    data = load_probe_data("digits", "train", None, 64)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    model.train()
-    for step in range(100):
-        x, y = data.batches[step % len(data)]
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.eval()
-    save_checkpoint(path, model, model_spec=spec, config={"dataset": "digits", "model": "convnet", "method": "erm"},
-                    epoch=1, step=100)
 
 
 def import_loss_landscapes():
@@ -124,8 +102,10 @@ def main() -> None:
     from flatness.surface import compute_surface
 
     ckpt = os.path.join(BENCH, "convnet.pt")
-    if not os.path.exists(ckpt):
-        make_checkpoint(ckpt)
+    if not os.path.exists(ckpt):  # the digits convnet after 100 SGD steps, as the tests make it
+        from conftest import quick_digits_checkpoint
+
+        quick_digits_checkpoint(ckpt, steps=100)
     model, _ = load_checkpoint(ckpt)
     data = load_probe_data("digits", "train", SAMPLES, SAMPLES)
     x_all, y_all = data.batches[0]

@@ -17,6 +17,7 @@ Only glibc is touched; on other C libraries (macOS, musl, Windows) this does not
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 
@@ -33,18 +34,15 @@ MMAP_THRESHOLD_FALLBACK = 32 << 20
 TRIM_THRESHOLD = (1 << 31) - 1
 
 ENV_SWITCH = "FLATNESS_CPU_ALLOCATOR"
-_state = {"done": False, "applied": False}
 
 
+@functools.lru_cache(maxsize=None)  # once per process: later calls return the first answer
 def retain_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds once per process; True when they are in effect.
 
     Idempotent and silent: a C library without ``mallopt`` (or the opt-out variable) leaves malloc
     as it was and returns False.
     """
-    if _state["done"]:
-        return _state["applied"]
-    _state["done"] = True
     if os.environ.get(ENV_SWITCH, "").strip().lower() == "default":
         return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
@@ -56,5 +54,4 @@ def retain_freed_memory() -> bool:
     mmap_ok = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 or \
         libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_FALLBACK) == 1
     trim_ok = libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
-    _state["applied"] = bool(mmap_ok and trim_ok)
-    return _state["applied"]
+    return bool(mmap_ok and trim_ok)

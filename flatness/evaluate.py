@@ -1,7 +1,7 @@
 """Full-data loss and accuracy on the probe data (model in eval mode, exact mean over all n)."""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -34,14 +34,26 @@ def evaluate(model: nn.Module, data: ProbeData) -> Tuple[float, float]:
     return loss_sum / data.n, correct / data.n
 
 
-def full_gradient(model: nn.Module, data: ProbeData, params) -> Tuple[float, list]:
-    """(mean loss, gradient w.r.t. ``params``) over all probe data, one batch graph in memory at a time."""
+def batch_cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One batch's mean cross-entropy: the default ``loss_fn(model, x, y)`` of the loss routines."""
+    return F.cross_entropy(model(x), y)
+
+
+def full_gradient(model: nn.Module, data: ProbeData, params,
+                  loss_fn: Optional[Callable] = None) -> Tuple[float, list]:
+    """(mean loss, gradient w.r.t. ``params``) over all probe data, one batch graph in memory at a time.
+
+    ``loss_fn(model, x, y)`` is one batch's mean loss (default cross-entropy); batch means are
+    weighted by n_b / n. A parameter the loss does not use gets a zero gradient.
+    """
+    loss_fn = loss_fn or batch_cross_entropy
     grads = [torch.zeros_like(p) for p in params]
     loss_total = 0.0
     for w, (x, y) in zip(data.weights(), data):
-        loss = F.cross_entropy(model(x), y) * w
-        for g, gi in zip(grads, torch.autograd.grad(loss, params)):
-            g.add_(gi)
+        loss = loss_fn(model, x, y) * w
+        for g, gi in zip(grads, torch.autograd.grad(loss, params, allow_unused=True)):
+            if gi is not None:
+                g.add_(gi)
         loss_total += float(loss.detach())
     if data.sharded:
         flat = torch.cat([g.reshape(-1) for g in grads] + [torch.tensor([loss_total], device=grads[0].device, dtype=grads[0].dtype)])

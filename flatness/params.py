@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import math
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -50,6 +51,22 @@ def select_params(model: nn.Module, patterns: Union[str, Sequence[str]]) -> List
             sample = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
             raise FlatnessError(f"--params {pattern!r} matches no trainable parameter (names look like: {sample})")
     return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+
+
+def weight_norm(model: nn.Module) -> float:
+    """‖θ‖₂ over all trainable parameters (float64)."""
+    return float(get_flat_params(model).double().norm())
+
+
+def distance(model: nn.Module, other: nn.Module) -> float:
+    """‖θ − θ'‖₂ between two models of the same architecture (e.g. a checkpoint and its init)."""
+    a, b = named_trainable(model), named_trainable(other)
+    if [(n, tuple(p.shape)) for n, p in a] != [(n, tuple(p.shape)) for n, p in b]:
+        raise FlatnessError("the two models have different parameters; is it the same architecture?")
+    total = 0.0
+    for (_, p), (_, q) in zip(a, b):
+        total += float((p.detach().double().cpu() - q.detach().double().cpu()).pow(2).sum())
+    return math.sqrt(total)
 
 
 def num_params(model: nn.Module) -> int:

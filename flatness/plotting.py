@@ -17,7 +17,6 @@ Figures are derived outputs, but the project's rule holds: an existing file is n
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -50,15 +49,10 @@ def file_type(path: str) -> str:
 
 
 def load_surface(path: str) -> Dict[str, Any]:
-    """A surface file as a dict (through ``flatness.surface_io`` when present, else plain h5py)."""
-    try:
-        from .surface_io import read_surface  # the format's owner
-    except ImportError:  # pragma: no cover - only while surface_io is being built
-        read_surface = None
-    if read_surface is not None:
-        surf = dict(read_surface(path))
-    else:
-        surf = _read_surface_h5(path)
+    """A surface file as a dict, read by ``flatness.surface_io`` (the format's owner)."""
+    from .surface_io import read_surface
+
+    surf = dict(read_surface(path))
     if "xcoordinates" not in surf or surf.get("xcoordinates") is None:
         raise FlatnessError(f"{path} is not a surface file (no 'xcoordinates')")
     surf.setdefault("attrs", {})
@@ -71,48 +65,11 @@ def load_surface(path: str) -> Dict[str, Any]:
     return surf
 
 
-def _read_surface_h5(path: str) -> Dict[str, Any]:
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            out: Dict[str, Any] = {}
-            for key in ("xcoordinates", "ycoordinates", *VALUES):
-                if key in f:
-                    out[key] = np.asarray(f[key][()], dtype=float)
-            out["attrs"] = {k: _plain(v) for k, v in f.attrs.items()}
-            out["pca"] = None
-            return out
-    except OSError:
-        raise FlatnessError(f"{path} is not a readable HDF5 file") from None
-
-
-def _plain(value):
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
-
-
 def load_probe(path: str) -> Dict[str, Any]:
-    """A probe JSON as a dict (through ``flatness.probe_io`` when present, else json)."""
-    try:
-        from .probe_io import read_probe
-    except ImportError:  # pragma: no cover
-        read_probe = None
-    if read_probe is not None:
-        probe = dict(read_probe(path))
-    else:
-        try:
-            with open(path, encoding="utf-8") as handle:
-                probe = json.load(handle)
-        except (OSError, ValueError) as err:
-            raise FlatnessError(f"{path} is not a readable probe JSON ({type(err).__name__})") from None
-    if not isinstance(probe, dict) or not ("hessian" in probe or "loss" in probe):
-        raise FlatnessError(f"{path} is not a flatness probe file (no 'hessian' or 'loss')")
+    """A probe JSON as a dict, read and validated by ``flatness.probe_io`` (the format's owner)."""
+    from .probe_io import read_probe
+
+    probe = dict(read_probe(path))
     probe["path"] = path
     return probe
 
@@ -416,40 +373,16 @@ def plot_2d(surf: Dict[str, Any], path: str, kind: str, value: Optional[str] = N
 # --------------------------------------------------------------------------- spectra
 
 def _density_arrays(probe: Dict[str, Any]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """The smoothed density (grid, values) of a probe: the probe JSON holds both whenever the density
+    was computed (``flatness.probe_io``)."""
     density = probe.get("density") or {}
     grid, values = density.get("grid"), density.get("values")
     if grid is None or values is None:
-        sidecar = probe.get("sidecar")
-        side = _sidecar_density(probe, sidecar)
-        if side is None:
-            return None
-        grid, values = side
+        return None
     grid, values = np.asarray(grid, float), np.asarray(values, float)
     if grid.size == 0 or grid.shape != values.shape:
         return None
     return grid, values
-
-
-def _sidecar_density(probe: Dict[str, Any], sidecar) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-    if not sidecar:
-        return None
-    path = sidecar if isinstance(sidecar, str) else (sidecar.get("path") if isinstance(sidecar, dict) else None)
-    if not path:
-        return None
-    if not os.path.isabs(path):
-        path = os.path.join(os.path.dirname(os.path.abspath(probe.get("path", "."))), path)
-    if not os.path.isfile(path):
-        return None
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            for gkey, vkey in (("density/grid", "density/values"), ("density_grid", "density_values")):
-                if gkey in f and vkey in f:
-                    return np.asarray(f[gkey][()], float), np.asarray(f[vkey][()], float)
-    except OSError:
-        return None
-    return None
 
 
 def probe_label(probe: Dict[str, Any]) -> str:

@@ -22,7 +22,7 @@ from .devices import resolve_device
 from .errors import FlatnessError
 from .evaluate import evaluate
 from .fileio import sha256_file
-from .params import get_flat_params, num_params, select_params
+from .params import distance, num_params, select_params, weight_norm
 from .probe_data import ProbeData, load_probe_data
 from .version import __version__
 
@@ -56,13 +56,9 @@ def distance_from_init(model: torch.nn.Module, checkpoint_path: str) -> Optional
         return 0.0
     try:
         init_model, _ = load_checkpoint(init_path)
+        return distance(model, init_model)
     except FlatnessError:
-        return None  # an unreadable init.pt only loses this one number
-    theta = get_flat_params(model).double().cpu()
-    theta0 = get_flat_params(init_model).double()
-    if theta.shape != theta0.shape:
-        return None
-    return float((theta - theta0).norm())
+        return None  # an unreadable or foreign init.pt only loses this one number
 
 
 def _sharpness_module():
@@ -168,7 +164,6 @@ def run_probe(checkpoint: str, split: str = "train", samples: int = DEFAULT_SAMP
                             f"({op.dim}{' in the --params block' if block else ''})")
 
     loss, acc = evaluate(model, shard)
-    theta = get_flat_params(model)
     result: Dict[str, Any] = {
         "format": "flatness-probe",
         "flatness_version": __version__,
@@ -190,7 +185,7 @@ def run_probe(checkpoint: str, split: str = "train", samples: int = DEFAULT_SAMP
         # the Hessian's block: null = all trainable parameters, else their names in vector order
         "hessian_params": block,
         "hessian_dim": op.dim,
-        "weight_norm": _finite_or_none(float(theta.double().norm())),
+        "weight_norm": _finite_or_none(weight_norm(model)),
         "distance_from_init": distance_from_init(model, info["path"]),
         "hessian": None,
         "trace": None,

@@ -46,11 +46,12 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .errors import FlatnessError
+from .evaluate import batch_cross_entropy, full_gradient
 from .params import flatten, get_flat_params, named_trainable, perturbed
 from .probe_data import ProbeData
+from .progress import progress_bar
 
 METRIC_NAMES = ("keskar", "worst_case", "adaptive_worst_case", "average_case", "adaptive_average_case",
                 "pac_bayes", "pac_bayes_magnitude")
@@ -81,10 +82,6 @@ LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 ErrorFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], Union[torch.Tensor, float]]
 
 
-def _cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(model(x), y)
-
-
 def _error_rate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (model(x).argmax(1) != y).double().mean()
 
@@ -104,7 +101,7 @@ class LossOracle:
                  error_fn: Optional[ErrorFn] = None):
         self.model = model
         self.data = data
-        self.loss_fn = loss_fn or _cross_entropy
+        self.loss_fn = loss_fn or batch_cross_entropy
         self.error_fn = error_fn or _error_rate
         pairs = named_trainable(model)
         if not pairs:
@@ -132,36 +129,28 @@ class LossOracle:
             delta = torch.zeros_like(self.theta)
         return perturbed(self.model, delta)
 
-    def loss(self, delta: Optional[torch.Tensor] = None) -> float:
-        self.loss_evals += 1
+    def _mean(self, batch_fn, delta: Optional[torch.Tensor]) -> float:
+        """Σ_b (n_b / n) · batch_fn(model, x_b, y_b) at θ + δ: the exact mean over all n examples."""
         total = 0.0
         with self._at(delta), torch.no_grad():
             for w, (x, y) in zip(self.data.weights(), self.data):
-                total += w * float(self.loss_fn(self.model, x, y))
+                total += w * float(batch_fn(self.model, x, y))
         return total
+
+    def loss(self, delta: Optional[torch.Tensor] = None) -> float:
+        self.loss_evals += 1
+        return self._mean(self.loss_fn, delta)
 
     def loss_and_grad(self, delta: Optional[torch.Tensor] = None) -> Tuple[float, torch.Tensor]:
         """(L(θ+δ), ∇L(θ+δ) as a flat vector on θ's device)."""
         self.gradient_evals += 1
-        total = 0.0
-        grads = [torch.zeros_like(p) for p in self.params]
         with self._at(delta), torch.enable_grad():
-            for w, (x, y) in zip(self.data.weights(), self.data):
-                loss = self.loss_fn(self.model, x, y) * w
-                parts = torch.autograd.grad(loss, self.params, allow_unused=True)
-                for g, gi in zip(grads, parts):
-                    if gi is not None:
-                        g.add_(gi)
-                total += float(loss.detach())
+            total, grads = full_gradient(self.model, self.data, self.params, self.loss_fn)
         return total, flatten(grads).detach()
 
     def error(self, delta: Optional[torch.Tensor] = None) -> float:
         self.error_evals += 1
-        total = 0.0
-        with self._at(delta), torch.no_grad():
-            for w, (x, y) in zip(self.data.weights(), self.data):
-                total += w * float(self.error_fn(self.model, x, y))
-        return total
+        return self._mean(self.error_fn, delta)
 
     def blocks(self, ball: str) -> List[slice]:
         """Slices of the flat vector: one for the global ball, one per parameter tensor otherwise."""
@@ -202,12 +191,6 @@ def _normal(oracle: LossOracle, seed: int) -> torch.Tensor:
     """A standard normal vector shaped like θ, drawn on the CPU (same numbers on every device)."""
     z = torch.randn(oracle.dim, generator=_generator(seed), dtype=torch.float32)
     return z.to(oracle.device, oracle.dtype)
-
-
-def _progress(total: int, desc: str, progress: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
 
 
 def _counts_record(oracle: LossOracle, before: Tuple[int, int, int]) -> Dict[str, int]:
@@ -255,7 +238,7 @@ def keskar_sharpness(model: nn.Module, data: ProbeData, epsilon: float, iteratio
             z = torch.rand(oracle.dim, generator=_generator(seed), dtype=torch.float64).numpy()
             x0 = (2.0 * z - 1.0) * bound * 0.5
         best = {"value": base}
-        bar = _progress(iterations, f"keskar eps={epsilon:g}", progress)
+        bar = progress_bar(progress, iterations, f"keskar eps={epsilon:g}")
 
         def fun(y: np.ndarray):
             delta = torch.from_numpy(y).to(oracle.device, oracle.dtype)
@@ -351,7 +334,7 @@ def worst_case_sharpness(model: nn.Module, data: ProbeData, rho: float, ball: st
             base = oracle.loss(None)
             eta = rand.clone()
         best_value, best_eta, best_step = -math.inf, eta.clone(), 0
-        bar = _progress(steps, f"{'adaptive_' if adaptive else ''}worst_case rho={rho:g}", progress)
+        bar = progress_bar(progress, steps, f"{'adaptive_' if adaptive else ''}worst_case rho={rho:g}")
         try:
             for t in range(steps):
                 value, g = oracle.loss_and_grad(c * eta)
@@ -394,7 +377,7 @@ def average_case_sharpness(model: nn.Module, data: ProbeData, rho: float, draws:
         c = oracle.theta.abs() if adaptive else torch.ones_like(oracle.theta)
         base = oracle.loss(None)
         increases = []
-        bar = _progress(draws, f"{'adaptive_' if adaptive else ''}average_case rho={rho:g}", progress)
+        bar = progress_bar(progress, draws, f"{'adaptive_' if adaptive else ''}average_case rho={rho:g}")
         try:
             for k in range(draws):
                 delta = rho * c * _normal(oracle, _draw_seed(seed, k))
@@ -451,7 +434,7 @@ def pac_bayes_flatness(model: nn.Module, data: ProbeData, draws: Optional[int] =
         limit = base_err + target_deviation
         if sigma_start is None:
             sigma_start = 0.05 if magnitude else 0.01
-        bar = _progress(max_steps, f"pac_bayes{'_magnitude' if magnitude else ''}", progress)
+        bar = progress_bar(progress, max_steps, f"pac_bayes{'_magnitude' if magnitude else ''}")
         tried = []
 
         def mean_error(sigma: float) -> float:
@@ -507,24 +490,6 @@ def pac_bayes_flatness(model: nn.Module, data: ProbeData, draws: Optional[int] =
     record.update(_counts_record(oracle, before))
     record["seconds"] = time.perf_counter() - start
     return record
-
-
-# --------------------------------------------------------------------------- weight-space distances
-
-def weight_norm(model: nn.Module) -> float:
-    """‖θ‖₂ over all trainable parameters."""
-    return float(get_flat_params(model).double().norm())
-
-
-def distance_from_init(model: nn.Module, init_model: nn.Module) -> float:
-    """‖θ − θ₀‖₂ between a model and its initial weights (same architecture)."""
-    a, b = named_trainable(model), named_trainable(init_model)
-    if [(n, tuple(p.shape)) for n, p in a] != [(n, tuple(p.shape)) for n, p in b]:
-        raise FlatnessError("the two models have different parameters; is it the same architecture?")
-    total = 0.0
-    for (_, p), (_, q) in zip(a, b):
-        total += float((p.detach().double().cpu() - q.detach().double().cpu()).pow(2).sum())
-    return math.sqrt(total)
 
 
 # --------------------------------------------------------------------------- validation and driver

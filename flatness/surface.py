@@ -27,6 +27,8 @@ import torch.nn as nn
 
 from . import distributed, locking, surface_io
 from .errors import FlatnessError
+from .evaluate import evaluate
+from .progress import progress_bar
 from .version import __version__
 
 GridSpec = Union[str, Sequence[float]]
@@ -235,14 +237,6 @@ def recalibrate_bn(model: nn.Module, batches) -> None:
         model.eval()
 
 
-def evaluate_point(model: nn.Module, data) -> Tuple[float, float]:
-    """(mean loss, accuracy) at the current weights: exactly ``flatness.evaluate.evaluate`` (which sums on
-    the device and synchronises once per call), so the surface centre equals the checkpoint's numbers."""
-    from .evaluate import evaluate
-
-    return evaluate(model, data)
-
-
 # --------------------------------------------------------------------------- the whole surface
 
 def compute_surface(checkpoint: str, out: Optional[str] = None, x: GridSpec = (-1.0, 1.0, 21),
@@ -359,21 +353,19 @@ def compute_surface(checkpoint: str, out: Optional[str] = None, x: GridSpec = (-
         match_keys.append("direction_source")
 
     # ---- the data (loaded before any file is created, so a missing dataset changes nothing)
+    def in_layout(probe_data):
+        return probe_data.channels_last() if channels_last else probe_data
+
     if data is None:
         data = {s: load_probe_data(dataset, s, samples, batch_size, device=dev, root=data_dir, download=download)
                 for s in splits}
     elif set(data) != set(splits):
         raise FlatnessError(f"data must hold exactly the splits {splits}, got {sorted(data)}")
+    data = {s: in_layout(d) for s, d in data.items()}
     recal_batches = None
     if bn == "recalibrate" and batchnorm_layers(model):
-        recal_batches = data["train"] if "train" in data else load_probe_data(
-            dataset, "train", samples, batch_size, device=dev, root=data_dir, download=download)
-    if channels_last:
-        converted = {s: d.channels_last() for s, d in data.items()}
-        if recal_batches is not None:
-            recal_batches = (converted["train"] if recal_batches is data.get("train")
-                             else recal_batches.channels_last())
-        data = converted
+        recal_batches = data["train"] if "train" in data else in_layout(load_probe_data(
+            dataset, "train", samples, batch_size, device=dev, root=data_dir, download=download))
 
     xcoords = grid_coordinates(*xs)
     ycoords = grid_coordinates(*ys) if ys is not None else None
@@ -493,14 +485,13 @@ def _run_grid(model, setter, handle, data, recal_batches, splits, xcoords, ycoor
         if recal_batches is not None:
             recalibrate_bn(model, recal_batches)
         with autocast:
-            results = [evaluate_point(model, data[s]) for s in splits]
+            # exactly `evaluate` (one sync per call), so the centre equals the checkpoint's plain numbers
+            results = [evaluate(model, data[s]) for s in splits]
         return [v for loss, acc in results for v in (loss, 100.0 * acc)]
 
     bar = None
     if progress and todo and rank == 0:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(todo), unit="pt", desc="surface", dynamic_ncols=True, leave=True)
+        bar = progress_bar(True, len(todo), "surface", unit="pt", leave=True)
     model.eval()
     start = time.perf_counter()
     cpu_start = time.process_time()

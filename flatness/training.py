@@ -40,6 +40,7 @@ from .devices import resolve_device
 from .errors import DivergedError, FlatnessError
 from .evaluate import evaluate
 from .probe_data import ProbeData
+from .progress import progress_bar
 from .fileio import atomic_write_json, atomic_write_text
 from .models import build_from_spec, canonical_model_name, model_spec
 
@@ -571,8 +572,6 @@ def _forward_module(model: nn.Module, config: "TrainConfig", device: torch.devic
 
 def _loop(config, model, optimizer, batches, shuffle, test_data, device, flags, metrics, save, out_dir, start,
           step, progress, verbose) -> None:
-    from tqdm.auto import tqdm
-
     last_path = os.path.join(out_dir, ckpt.LAST)
     rank, world = distributed.rank(), distributed.world_size()
     net = _forward_module(model, config, device)
@@ -589,8 +588,7 @@ def _loop(config, model, optimizer, batches, shuffle, test_data, device, flags, 
         model.train()
         loss_sum = torch.zeros((), dtype=torch.float64)
         correct, seen = 0, 0
-        bar = tqdm(total=len(batches), desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=not progress,
-                   unit="batch", dynamic_ncols=True)
+        bar = progress_bar(progress, len(batches), f"epoch {epoch}/{config.epochs}", unit="batch")
         try:
             for i, (bx, by, global_size) in enumerate(batches.epoch(shuffle, rank, world), 1):
                 x, y = to_device((bx, by), device, flags)

@@ -49,7 +49,7 @@ def test_row_dots_and_projection(vectors):
     assert row_dots(small[None], small).item() == 285.0 and BLOCK > 10  # short vectors: one BLAS call
 
 
-def test_block_size_per_device_and_the_cuda_block_is_accurate_too(vectors):
+def test_block_size_per_device_and_the_cuda_block_is_accurate_too(vectors, monkeypatch):
     """CUDA takes bigger blocks (tree reductions, launch cost); the CPU runs the same blockwise code
     with that block size here, so the arithmetic of the CUDA path is checked without a GPU."""
     assert block_size(torch.device("cpu")) == BLOCK and block_size(torch.device("cuda", 0)) == CUDA_BLOCK
@@ -58,12 +58,8 @@ def test_block_size_per_device_and_the_cuda_block_is_accurate_too(vectors):
 
     truth = float(a.double() @ b.double())
     scale = float(a.double().norm() * b.double().norm())
-    original = red.block_size
-    try:
-        red.block_size = lambda device: CUDA_BLOCK  # 4 blocks of 2^20 over the 4M entries
-        assert abs(dot(a, b) - truth) <= 1e-6 * scale
-    finally:
-        red.block_size = original
+    monkeypatch.setattr(red, "block_size", lambda device: CUDA_BLOCK)  # 4 blocks of 2^20 over the 4M entries
+    assert abs(dot(a, b) - truth) <= 1e-6 * scale
 
 
 class Diagonal:

@@ -15,6 +15,7 @@ from typing import List, Optional
 import numpy as np
 import torch
 
+from ..progress import progress_bar
 from .reductions import dot, norm, normalize, project_out
 
 
@@ -58,8 +59,6 @@ def lanczos_tridiagonal(op, v0: torch.Tensor, steps: int):
 
 def slq(op, steps: int = 80, vectors: int = 5, seed: int = 0, progress: bool = False) -> DensityResult:
     """SLQ nodes and weights from ``vectors`` random (Rademacher, normalised) starting vectors."""
-    from tqdm.auto import tqdm
-
     if steps < 1 or vectors < 1:
         raise ValueError("SLQ needs steps >= 1 and vectors >= 1")
     start, hvps0 = time.perf_counter(), op.hvps
@@ -67,16 +66,18 @@ def slq(op, steps: int = 80, vectors: int = 5, seed: int = 0, progress: bool = F
     m = min(steps, op.dim)
     nodes = np.zeros((vectors, m))
     weights = np.zeros((vectors, m))
-    for i in tqdm(range(vectors), desc="density (SLQ)", unit="vector", disable=not progress, leave=False):
-        z = torch.randint(0, 2, (op.dim,), generator=gen, dtype=torch.int8).to(op.device).to(op.dtype) * 2 - 1
-        alphas, betas = lanczos_tridiagonal(op, z, m)
-        T = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
-        theta, U = np.linalg.eigh(T)
-        j = len(theta)
-        nodes[i, :j] = theta
-        weights[i, :j] = U[0, :] ** 2 / vectors
-        if j < m:  # early stop: pad with zero-weight copies of the last node
-            nodes[i, j:] = theta[-1]
+    with progress_bar(progress, vectors, "density (SLQ)", unit="vector") as bar:
+        for i in range(vectors):
+            z = torch.randint(0, 2, (op.dim,), generator=gen, dtype=torch.int8).to(op.device).to(op.dtype) * 2 - 1
+            alphas, betas = lanczos_tridiagonal(op, z, m)
+            T = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
+            theta, U = np.linalg.eigh(T)
+            j = len(theta)
+            nodes[i, :j] = theta
+            weights[i, :j] = U[0, :] ** 2 / vectors
+            if j < m:  # early stop: pad with zero-weight copies of the last node
+                nodes[i, j:] = theta[-1]
+            bar.update(1)
     return DensityResult(nodes, weights, op.hvps - hvps0, time.perf_counter() - start, m, vectors)
 
 

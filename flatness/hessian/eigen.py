@@ -14,6 +14,7 @@ from typing import List, Optional
 
 import torch
 
+from ..progress import progress_bar
 from .reductions import dot, norm, normalize, project_out, row_dots
 
 _TINY = 1e-30
@@ -64,15 +65,17 @@ def _relres(hv: torch.Tensor, lam: float, v: torch.Tensor) -> float:
     return norm(hv - lam * v) / max(abs(lam), _TINY)
 
 
-def _row_norms(V: torch.Tensor) -> torch.Tensor:
-    """Each row's norm (accurate reductions), as a column to divide by."""
-    return torch.tensor([norm(v) for v in V], dtype=V.dtype, device=V.device)[:, None]
-
-
-def _bar(progress: bool, total: int, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="hvp", disable=not progress, leave=False, dynamic_ncols=True)
+def _ritz_pairs(op, S: torch.Tensor, Q: torch.Tensor, HQ: Optional[torch.Tensor], m: int, count: int):
+    """(eigenvalues, unit vectors, true relative residuals) of the first ``count`` Ritz pairs of the
+    basis Q[:m] (S: eigenvectors of the projected matrix). H·y comes from the stored products HQ when
+    they are kept (no HVP), else from ``count`` fresh HVPs."""
+    Sk = S[:, :count].T.to(dtype=op.dtype, device=op.device)
+    V = Sk @ Q[:m]
+    norms = torch.tensor([norm(v) for v in V], dtype=V.dtype, device=V.device)[:, None]
+    V = V / norms
+    HV = list((Sk @ HQ[:m]) / norms) if HQ is not None else [op.matvec(v) for v in V]
+    lams = [dot(v, hv) for v, hv in zip(V, HV)]
+    return lams, V, [_relres(hv, lam, v) for hv, lam, v in zip(HV, lams, V)]
 
 
 def power_iteration(op, k: int = 1, tol: float = 1e-4, max_iter: int = 1000, seed: int = 0,
@@ -90,7 +93,7 @@ def power_iteration(op, k: int = 1, tol: float = 1e-4, max_iter: int = 1000, see
     gen = torch.Generator().manual_seed(int(seed))
     found = torch.zeros(0, op.dim, dtype=op.dtype, device=op.device)
     products = []  # the true H v of each found vector's last iterate
-    with _bar(progress, k * max_iter, f"power iteration (top {k})") as bar:
+    with progress_bar(progress, k * max_iter, f"power iteration (top {k})", unit="hvp") as bar:
         for j in range(k):
             v = _random_unit(op, gen, found)
             hv = None
@@ -167,7 +170,7 @@ def lanczos(op, k: int = 1, which: str = "largest", tol: float = 1e-4, max_iter:
     converged = False
     est_tol = tol  # tightened when the estimates prove optimistic (rounding in low precision)
     stalled = 0    # failed checks in a row without a 2x better true residual: the rounding floor
-    with _bar(progress, max_iter, f"lanczos ({which} {k})") as bar:
+    with progress_bar(progress, max_iter, f"lanczos ({which} {k})", unit="hvp") as bar:
         while op.hvps - hvps0 < max_iter:
             # ---- extend the basis by q
             Q[m] = q
@@ -193,17 +196,9 @@ def lanczos(op, k: int = 1, which: str = "largest", tol: float = 1e-4, max_iter:
             exhausted = beta <= 1e-12 * max(1.0, float(theta.abs().max()))
             if kk == k and (max(est) <= est_tol or exhausted or m == d):
                 # ---- candidate: form the Ritz vectors and check them with true HVPs
-                Sk = S[:, :k].T.to(dtype=op.dtype, device=op.device)
-                V = Sk @ Q[:m]
-                norms = _row_norms(V)
-                V = V / norms
-                if store:
-                    HV = list((Sk @ HQ[:m]) / norms)
-                else:
-                    HV = [op.matvec(v) for v in V]
+                lams, V, res = _ritz_pairs(op, S, Q, HQ, m, k)
+                if not store:
                     bar.update(k)
-                lams = [dot(v, hv) for v, hv in zip(V, HV)]
-                res = [_relres(hv, lam, v) for hv, lam, v in zip(HV, lams, V)]
                 improved = best is None or max(res) <= 0.5 * max(best[2])
                 stalled = 0 if improved else stalled + 1
                 if best is None or max(res) <= max(best[2]):
@@ -241,14 +236,7 @@ def lanczos(op, k: int = 1, which: str = "largest", tol: float = 1e-4, max_iter:
                     HQ[:p] = torch.linalg.solve_triangular(R.T, HQ[:p], upper=False)
                 q = normalize(project_out(q, Q[:p]))
     if not converged and m > 0:  # budget ran out (or rounding floor): report the current Ritz pairs
-        kk = min(k, m)
-        Sk = S[:, :kk].T.to(dtype=op.dtype, device=op.device)
-        V = Sk @ Q[:m]
-        norms = _row_norms(V)
-        V = V / norms
-        HV = list((Sk @ HQ[:m]) / norms) if store else [op.matvec(v) for v in V]
-        lams = [dot(v, hv) for v, hv in zip(V, HV)]
-        current = (lams, V, [_relres(hv, lam, v) for hv, lam, v in zip(HV, lams, V)])
+        current = _ritz_pairs(op, S, Q, HQ, m, min(k, m))
         if best is None or max(current[2]) <= max(best[2]):
             best = current
     lams, V, res = best

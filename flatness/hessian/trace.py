@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..progress import progress_bar
 from .reductions import dot, project_out
 
 
@@ -39,12 +40,6 @@ def _mean_stderr(values) -> tuple:
     return float(t.mean()), float(t.std(unbiased=True) / math.sqrt(t.numel()))
 
 
-def _bar(progress: bool, total: int, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="hvp", disable=not progress, leave=False, dynamic_ncols=True)
-
-
 def hutchinson(op, samples: int = 100, seed: int = 0, progress: bool = False) -> TraceResult:
     """tr(H) ≈ mean of zᵀHz over ``samples`` Rademacher z; stderr = sample std / √samples."""
     if samples < 2:
@@ -52,7 +47,7 @@ def hutchinson(op, samples: int = 100, seed: int = 0, progress: bool = False) ->
     start, hvps0 = time.perf_counter(), op.hvps
     gen = torch.Generator().manual_seed(int(seed))
     values = []
-    with _bar(progress, samples, "trace (hutchinson)") as bar:
+    with progress_bar(progress, samples, "trace (hutchinson)", unit="hvp") as bar:
         for _ in range(samples):
             z = _rademacher(op, gen)[0]
             values.append(dot(z, op.matvec(z)))
@@ -75,7 +70,7 @@ def hutchpp(op, samples: int = 100, seed: int = 0, progress: bool = False) -> Tr
     gen = torch.Generator().manual_seed(int(seed))
     r = samples // 3
     g = samples - 2 * r
-    with _bar(progress, samples, "trace (hutch++)") as bar:
+    with progress_bar(progress, samples, "trace (hutch++)", unit="hvp") as bar:
         S = _rademacher(op, gen, r)
         Y = torch.empty_like(S)
         for i in range(r):
