@@ -1,6 +1,6 @@
 import os
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 here = os.path.dirname(os.path.abspath(__file__))
 version = {}
@@ -19,7 +19,7 @@ setup(
     python_requires=">=3.9",
     # The CLI lives in cli/ at the top level but installs as flatness.cli.
     package_dir={"flatness": "flatness", "flatness.cli": "cli"},
-    packages=["flatness", "flatness.cli"],
+    packages=find_packages(include=["flatness", "flatness.*"]) + ["flatness.cli"],
     install_requires=[
         "torch>=2.2",
         "torchvision>=0.17",

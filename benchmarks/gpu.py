@@ -21,9 +21,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from flatness.devices import resolve_device  # noqa: E402
-from flatness.models import build_from_spec, model_spec  # noqa: E402
-from flatness.optim import AMP, SAM  # noqa: E402
+from flatness.core.devices import resolve_device  # noqa: E402
+from flatness.models.registry import build_from_spec, model_spec  # noqa: E402
+from flatness.training.optim import AMP, SAM  # noqa: E402
 
 
 def sync(device):
@@ -78,9 +78,9 @@ def train_throughput(method, fast, device, batch, steps, warmup):
 
 def surface_time(device, grid, samples, fast):
     """Seconds for a grid x grid random filter-normalised surface on `samples` CIFAR-shaped images."""
-    from flatness.checkpoint import save_checkpoint
-    from flatness.probe_data import ProbeData
-    from flatness.surface import compute_surface
+    from flatness.formats.checkpoint import save_checkpoint
+    from flatness.data.probe_data import ProbeData
+    from flatness.landscape.surface import compute_surface
 
     spec = model_spec("preactresnet18", 3, 32, 10)
     model = build_from_spec(spec)

@@ -49,9 +49,9 @@ def import_pyhessian():
 
 def make_case(name: str, fake_samples: int, stale_bn: bool = False):
     """(model, ProbeData, description): the same objects are handed to both tools."""
-    from flatness.checkpoint import load_checkpoint
-    from flatness.models import build_model
-    from flatness.probe_data import ProbeData, load_probe_data
+    from flatness.formats.checkpoint import load_checkpoint
+    from flatness.models.registry import build_model
+    from flatness.data.probe_data import ProbeData, load_probe_data
 
     if name == "convnet":
         path = os.path.join(BENCH, "convnet.pt")
@@ -82,7 +82,7 @@ def make_case(name: str, fake_samples: int, stale_bn: bool = False):
             # so eval mode scales activations by numbers no trained checkpoint has; the float32 HVP of
             # that net is off by 0.5% while a trained net's is off by ~1e-6. Re-estimating them on the
             # probe data gives what long training gives: statistics that match the data.
-            from flatness.surface import recalibrate_bn
+            from flatness.landscape.surface import recalibrate_bn
 
             recalibrate_bn(model, data.batches)
             bn_note = "BN statistics re-estimated on the probe images"
@@ -147,7 +147,7 @@ def bench_model(name, hessian_cls, fake_samples, args):
 
     # reference: float64 Lanczos to 1e-8
     ref_model = copy.deepcopy(model).double()
-    from flatness.probe_data import ProbeData
+    from flatness.data.probe_data import ProbeData
 
     ref_data = ProbeData([(x.double(), y) for x, y in data.batches])
     t = time.perf_counter()
@@ -219,10 +219,10 @@ def main():
         setup()
         return
     torch.set_num_threads(args.threads)
-    from flatness.cpu_memory import retain_freed_memory
+    from flatness.core.cpu_memory import retain_freed_memory
 
     # what `flatness probe` does on a CPU; set for the whole process, so PyHessian gains from it too
-    print(f"glibc keeps freed memory (flatness.cpu_memory) for both tools: {retain_freed_memory()}")
+    print(f"glibc keeps freed memory (flatness.core.cpu_memory) for both tools: {retain_freed_memory()}")
     hessian_cls = import_pyhessian()
     print(f"torch {torch.__version__}, load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     for name in args.models.split(","):

@@ -27,7 +27,7 @@ def make_checkpoint(folder):
 
 
 def surface_job(checkpoint, out, grid):
-    from flatness.surface import compute_surface
+    from flatness.landscape.surface import compute_surface
 
     distributed.barrier()
     summary = compute_surface(checkpoint, out, x=(-1, 1, grid), y=(-1, 1, grid), samples=1000, batch_size=1000,
@@ -36,9 +36,9 @@ def surface_job(checkpoint, out, grid):
 
 
 def hvp_job(checkpoint, count):
-    from flatness.checkpoint import load_checkpoint
+    from flatness.formats.checkpoint import load_checkpoint
     from flatness.hessian import HessianOperator
-    from flatness.probe_data import load_probe_data
+    from flatness.data.probe_data import load_probe_data
 
     model, _ = load_checkpoint(checkpoint)
     data = load_probe_data("digits", "train", 1000, 100).shard(distributed.rank(), distributed.world_size())

@@ -3,7 +3,7 @@
 Compares, on the same model and data (one batch of 1000 images, eval mode):
 
 * floor            441 x one forward pass over the 1000 images (nothing else)
-* flatness         ``flatness.surface.compute_surface`` (grid time, i.e. the file's ``seconds``;
+* flatness         ``flatness.landscape.surface.compute_surface`` (grid time, i.e. the file's ``seconds``;
                    and the whole call, start-up and file writing included); and with
                    ``channels_last=True`` (``--channels-last``: NHWC layout, same values to ~1e-6)
 * plain loop       per point: deepcopy the model, add a·x + b·y to its parameters, ``evaluate``
@@ -13,7 +13,7 @@ Compares, on the same model and data (one batch of 1000 images, eval mode):
 
 Usage:  .venv/bin/python benchmarks/surface.py [--threads 1] [--rounds 3] [--allocator both|tuned|default]
 
-On the CPU flatness keeps freed memory in the process (``flatness.cpu_memory``: glibc's mmap and trim
+On the CPU flatness keeps freed memory in the process (``flatness.core.cpu_memory``: glibc's mmap and trim
 thresholds raised), which makes every forward pass ~25% cheaper; the floor and loss-landscapes gain
 from it just as much when they run in such a process. So every row is measured twice, in two
 processes: once with malloc as shipped (flatness not tuning either) and once tuned for all.
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every row this many times, interleaved, and keep each row's fastest")
     parser.add_argument("--allocator", choices=("both", "tuned", "default"), default="both",
-                        help="tuned: glibc keeps freed memory (what flatness does on the CPU, flatness.cpu_memory) "
+                        help="tuned: glibc keeps freed memory (what flatness does on the CPU, flatness.core.cpu_memory) "
                              "for every row; default: malloc as the C library ships it, for every row, flatness "
                              "included; both (default): each in its own process, one after the other")
     args = parser.parse_args()
@@ -86,7 +86,7 @@ def main() -> None:
         for mode in ("default", "tuned"):
             subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--allocator", mode], check=True)
         return
-    from flatness.cpu_memory import ENV_SWITCH, retain_freed_memory
+    from flatness.core.cpu_memory import ENV_SWITCH, retain_freed_memory
 
     if args.allocator == "default":
         os.environ[ENV_SWITCH] = "default"  # read at flatness's first CPU device: no row tunes malloc
@@ -95,11 +95,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.makedirs(BENCH, exist_ok=True)
 
-    from flatness.checkpoint import load_checkpoint
-    from flatness.directions import random_directions
-    from flatness.evaluate import evaluate
-    from flatness.probe_data import load_probe_data
-    from flatness.surface import compute_surface
+    from flatness.formats.checkpoint import load_checkpoint
+    from flatness.landscape.directions import random_directions
+    from flatness.core.evaluation import evaluate
+    from flatness.data.probe_data import load_probe_data
+    from flatness.landscape.surface import compute_surface
 
     ckpt = os.path.join(BENCH, "convnet.pt")
     if not os.path.exists(ckpt):  # the digits convnet after 100 SGD steps, as the tests make it

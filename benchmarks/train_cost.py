@@ -19,9 +19,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from flatness.datasets import dataset_info, get_dataset
-from flatness.models import build_model
-from flatness.optim import AMP, SAM
+from flatness.data.datasets import dataset_info, get_dataset
+from flatness.models.registry import build_model
+from flatness.training.optim import AMP, SAM
 
 METHODS = ("erm", "amp-1", "amp-2", "sam")
 

@@ -1,4 +1,4 @@
 """The ``flatness`` command line: a thin click layer over the ``flatness`` library."""
-from .main import main
+from flatness.cli.main import main
 
 __all__ = ["main"]

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import click
 
-from flatness.compare import compare_inputs
-from flatness.plotting import FORMATS
+from flatness.study.compare import compare_inputs
+from flatness.plot.figures import FORMATS
 
 
 @click.command("compare")

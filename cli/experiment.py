@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from flatness.experiment import DEFAULT_GRID, DEFAULT_SAMPLES, ExperimentConfig, run_experiment
+from flatness.study.experiment import DEFAULT_GRID, DEFAULT_SAMPLES, ExperimentConfig, run_experiment
 
 
 @click.command("experiment")

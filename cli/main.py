@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from flatness.errors import FlatnessError
+from flatness.core.errors import FlatnessError
 from flatness.version import __version__
 
 EXIT_INTERRUPTED = 130
@@ -48,7 +48,7 @@ class FlatnessGroup(click.Group):
         except OSError as err:
             if _debug(ctx):
                 raise
-            from flatness.fileio import os_error_reason
+            from flatness.core.fileio import os_error_reason
 
             where = f" ({err.filename})" if getattr(err, "filename", None) else ""
             reason = os_error_reason(err)
@@ -67,7 +67,7 @@ class FlatnessGroup(click.Group):
 def _leave_process_group(clean: bool) -> None:
     """Under torchrun: wait for every rank, then close the process group before the process exits
     (a rank exiting while a peer still talks to it makes gloo abort the peer)."""
-    from flatness import distributed
+    from flatness.core import distributed
 
     if distributed.is_distributed() and clean:
         distributed.barrier()

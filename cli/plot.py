@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from flatness.plotting import FORMATS, plot_files
+from flatness.plot.figures import FORMATS, plot_files
 
 
 @click.command("plot")

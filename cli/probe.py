@@ -6,8 +6,8 @@ import os
 
 import click
 
-from flatness.errors import FlatnessError
-from flatness.probe import (DEFAULT_BATCH_SIZE, DEFAULT_DENSITY_STEPS, DEFAULT_DENSITY_VECTORS, DEFAULT_MAX_ITER,
+from flatness.core.errors import FlatnessError
+from flatness.study.probe import (DEFAULT_BATCH_SIZE, DEFAULT_DENSITY_STEPS, DEFAULT_DENSITY_VECTORS, DEFAULT_MAX_ITER,
                             DEFAULT_SAMPLES, DEFAULT_TOL, DEFAULT_TRACE_SAMPLES, SPLITS)
 
 
@@ -95,8 +95,8 @@ def command(checkpoint, split, samples, batch_size, top_k, eig_method, tol, max_
             trace_method, density, density_steps, density_vectors, sharpness, rho, epsilon, ball, draws, ascent_steps, seed, device, data_dir,
             out, force, save_vectors, dtype, params, quiet):
     """Measure CHECKPOINT: loss, accuracy, top Hessian eigenvalues, optional trace, density, sharpness."""
-    from flatness.probe import run_probe, validate_sharpness
-    from flatness.probe_io import sidecar_path, write_probe
+    from flatness.study.probe import run_probe, validate_sharpness
+    from flatness.formats.probe_file import sidecar_path, write_probe
 
     if split not in SPLITS:
         raise FlatnessError(f"unknown split {split!r}; use train or test")
@@ -115,8 +115,8 @@ def command(checkpoint, split, samples, batch_size, top_k, eig_method, tol, max_
     elif rho is not None or epsilon is not None:
         _floats(rho, "rho"), _floats(epsilon, "epsilon")  # still reject nonsense
 
-    from flatness import distributed
-    from flatness.devices import resolve_device
+    from flatness.core import distributed
+    from flatness.core.devices import resolve_device
 
     distributed.init_from_env(resolve_device(device))  # under torchrun: join the ranks (probe data sharded)
     result = run_probe(checkpoint, split=split, samples=samples, batch_size=batch_size, top_k=top_k,

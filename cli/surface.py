@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from flatness.surface import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
+from flatness.landscape.surface import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
 
 
 @click.command("surface")
@@ -47,9 +47,9 @@ def command(checkpoint, x, y, direction, norm, ignore, orthogonal, split, sample
     among the N processes (gloo on CPU, NCCL on GPU) and rank 0 writes the file; --resume works with
     any number of processes.
     """
-    from flatness import distributed
-    from flatness.devices import resolve_device
-    from flatness.surface import compute_surface
+    from flatness.core import distributed
+    from flatness.core.devices import resolve_device
+    from flatness.landscape.surface import compute_surface
 
     distributed.init_from_env(resolve_device(device))
     summary = compute_surface(checkpoint, out=out, x=x, y=y, direction=direction, norm=norm, ignore=ignore,

@@ -1,10 +1,10 @@
 """``flatness train``: train a model with ERM, AMP or SAM into a run folder (thin layer over
-``flatness.training.train``)."""
+``flatness.training.loop.train``)."""
 from __future__ import annotations
 
 import click
 
-from flatness.training import TrainConfig
+from flatness.training.loop import TrainConfig
 
 D = TrainConfig()
 
@@ -98,7 +98,8 @@ def command(out, resume, recipe, progress, nproc, compile_, **options):
     With no options: the convnet on the bundled digits set (offline, under a minute on a laptop CPU).
     Several GPUs: `flatness train --nproc 4 ...`, or `torchrun --nproc_per_node=4 -m flatness.cli train ...`.
     """
-    from flatness import distributed, training
+    from flatness.core import distributed
+    from flatness.training import loop as training
 
     if nproc > 1 and not distributed.launched_by_torchrun():
         raise SystemExit(_relaunch_under_torchrun(nproc))

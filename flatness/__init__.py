@@ -1,57 +1,57 @@
 """flatness: loss-landscape analysis of neural networks.
 
-The library behind the ``flatness`` command. Everything the CLI does is a function here, so a
-notebook can do the same::
+Every measurement is a function of (model, data, loss), so a notebook measures any ``nn.Module``
+on any data; the ``flatness`` command is a thin layer over the same functions::
 
     import flatness
-    model, info = flatness.load_checkpoint("checkpoints/digits-convnet-amp-s0/last.pt")
-    data = flatness.load_probe_data(info["dataset"], "train", samples=1000, batch_size=500)
-    flatness.evaluate(model, data)
+    flatness.evaluate(model, (x, y))                       # (mean loss, accuracy)
+    op = flatness.HessianOperator(model, loader)           # the full-data Hessian as an operator
+    flatness.lanczos(op, k=5)                              # top eigenvalues with residuals
 
-Names are imported lazily so that ``import flatness`` stays cheap and submodules stay independent.
+Definitions of every quantity: docs/metrics.md. Code layout: docs/ARCHITECTURE.md.
 """
-from importlib import import_module
 
-from .version import __version__
+from flatness.core.devices import resolve_device
+from flatness.core.errors import FlatnessError
+from flatness.core.evaluation import evaluate
+from flatness.data.datasets import dataset_info, get_dataset
+from flatness.data.probe_data import ProbeData, load_probe_data
+from flatness.formats.checkpoint import load_checkpoint, save_checkpoint
+from flatness.formats.probe_file import read_probe, write_probe
+from flatness.formats.surface_file import read_surface
+from flatness.hessian import HessianOperator, estimate_trace, lanczos, power_iteration, slq
+from flatness.landscape.surface import compute_surface
+from flatness.models.registry import build_model
+from flatness.study.experiment import run_experiment
+from flatness.study.probe import run_probe
+from flatness.training.loop import TrainConfig, train
+from flatness.training.optim import AMP, SAM
+from flatness.version import __version__
 
-_EXPORTS = {
-    "FlatnessError": "errors",
-    "get_dataset": "datasets",
-    "dataset_info": "datasets",
-    "build_model": "models",
-    "load_checkpoint": "checkpoint",
-    "save_checkpoint": "checkpoint",
-    "ProbeData": "probe_data",
-    "load_probe_data": "probe_data",
-    "evaluate": "evaluate",
-    "resolve_device": "devices",
-    "AMP": "optim",
-    "SAM": "optim",
-    "train": "training",
-    "TrainConfig": "training",
-    "HessianOperator": "hessian",
-    "lanczos": "hessian",
-    "power_iteration": "hessian",
-    "estimate_trace": "hessian",
-    "slq": "hessian",
-    "run_probe": "probe",
-    "read_probe": "probe_io",
-    "write_probe": "probe_io",
-    "compute_surface": "surface",
-    "read_surface": "surface_io",
-    "run_experiment": "experiment",
-}
-
-
-def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'flatness' has no attribute {name!r}")
-    return getattr(import_module(f".{module}", __name__), name)
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_EXPORTS))
-
-
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "AMP",
+    "SAM",
+    "FlatnessError",
+    "HessianOperator",
+    "ProbeData",
+    "TrainConfig",
+    "__version__",
+    "build_model",
+    "compute_surface",
+    "dataset_info",
+    "estimate_trace",
+    "evaluate",
+    "get_dataset",
+    "lanczos",
+    "load_checkpoint",
+    "load_probe_data",
+    "power_iteration",
+    "read_probe",
+    "read_surface",
+    "run_experiment",
+    "run_probe",
+    "save_checkpoint",
+    "slq",
+    "train",
+    "write_probe",
+]

@@ -1,5 +1,5 @@
 """Run a function on N gloo ranks (CPU processes), the way torchrun would, and collect results."""
-from flatness.distributed import spawn_local
+from flatness.core.distributed import spawn_local
 
 
 def run_ranks(fn, world=2, *args):

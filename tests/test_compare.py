@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from flatness.compare import collect_runs, compare, compare_inputs, csv_text, markdown_table, mean_std, welch
-from flatness.errors import FlatnessError
+from flatness.study.compare import collect_runs, compare, compare_inputs, csv_text, markdown_table, mean_std, welch
+from flatness.core.errors import FlatnessError
 
 from test_plot import make_probe, make_surface
 

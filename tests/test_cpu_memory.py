@@ -15,10 +15,10 @@ import pytest
 CHILD = r"""
 import json, resource, sys, torch
 torch.set_num_threads(1)
-from flatness.devices import resolve_device
-from flatness.cpu_memory import retain_freed_memory
+from flatness.core.devices import resolve_device
+from flatness.core.cpu_memory import retain_freed_memory
 device = resolve_device("cpu")
-from flatness.models import build_from_spec, model_spec
+from flatness.models.registry import build_from_spec, model_spec
 net = build_from_spec(model_spec("convnet", 1, 8, 10)).eval()  # the default digits model
 x = torch.randn(1000, 1, 8, 8)  # activations of 4-8 MiB, as in a 1000-image surface point
 with torch.no_grad():
@@ -58,7 +58,7 @@ def test_cuda_device_leaves_malloc_alone(monkeypatch):
     """Only a CPU device turns the setting on (a CUDA run keeps the C library's defaults)."""
     import torch
 
-    from flatness import cpu_memory, devices
+    from flatness.core import cpu_memory, devices
 
     calls = []
     monkeypatch.setattr(devices, "retain_freed_memory", lambda: calls.append(1) or True)

@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from flatness.datasets import dataset_info, get_dataset
-from flatness.errors import FlatnessError
+from flatness.data.datasets import dataset_info, get_dataset
+from flatness.core.errors import FlatnessError
 
 RNG = np.random.default_rng(0)
 

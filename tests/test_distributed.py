@@ -3,11 +3,11 @@ import pytest
 import torch
 
 from dist_harness import run_ranks
-from flatness import distributed
-from flatness.checkpoint import load_checkpoint
-from flatness.evaluate import evaluate, full_gradient
-from flatness.params import named_trainable
-from flatness.probe_data import load_probe_data
+from flatness.core import distributed
+from flatness.formats.checkpoint import load_checkpoint
+from flatness.core.evaluation import evaluate, full_gradient
+from flatness.core.params import named_trainable
+from flatness.data.probe_data import load_probe_data
 
 
 def _sharded_eval(checkpoint):
@@ -45,7 +45,7 @@ def test_sharded_loss_accuracy_and_gradient_equal_single_process(digits_checkpoi
 
 
 def _distributed_surface(checkpoint, out):
-    from flatness.surface import compute_surface
+    from flatness.landscape.surface import compute_surface
 
     summary = compute_surface(checkpoint, out, x=(-1, 1, 5), y=(-1, 1, 4), samples=120, batch_size=50,
                               device="cpu", progress=False)
@@ -53,8 +53,8 @@ def _distributed_surface(checkpoint, out):
 
 
 def test_distributed_surface_equals_single_process(digits_checkpoint, tmp_path):
-    from flatness.surface import compute_surface
-    from flatness.surface_io import read_surface
+    from flatness.landscape.surface import compute_surface
+    from flatness.formats.surface_file import read_surface
 
     single = tmp_path / "single.h5"
     compute_surface(digits_checkpoint, str(single), x=(-1, 1, 5), y=(-1, 1, 4), samples=120, batch_size=50,
@@ -69,7 +69,7 @@ def test_distributed_surface_equals_single_process(digits_checkpoint, tmp_path):
 
 
 def _train(out_dir, method, epochs, resume, local_perturbation=False):
-    from flatness.training import TrainConfig, train
+    from flatness.training.loop import TrainConfig, train
 
     config = TrainConfig(model="mlp", width=32, depth=1, method=method, epochs=epochs, batch_size=50, seed=0,
                          device="cpu", epsilon=0.05, milestones=[], local_perturbation=local_perturbation)
@@ -131,7 +131,7 @@ def test_probe_and_surface_commands_under_torchrun_match_one_process(digits_chec
     import subprocess
     import sys
 
-    from flatness.surface_io import read_surface
+    from flatness.formats.surface_file import read_surface
 
     def run(args, nproc):
         launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]

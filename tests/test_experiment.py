@@ -51,31 +51,31 @@ def test_quick_experiment_writes_report_html_and_figures(quick_study):
 def test_rerun_skips_finished_steps_and_redoes_only_what_is_missing(quick_study, monkeypatch, cli):
     out, first, _ = quick_study
     assert first.exit_code == 0, first.output
-    import flatness.probe
-    import flatness.surface
-    import flatness.training
+    import flatness.study.probe
+    import flatness.landscape.surface
+    import flatness.training.loop
 
     def no_training(*a, **k):
         raise AssertionError("a finished run was trained again")
 
     probed = []
-    real_probe = flatness.probe.run_probe
+    real_probe = flatness.study.probe.run_probe
 
     def counting_probe(checkpoint, *a, **k):
         probed.append(checkpoint)
         return real_probe(checkpoint, *a, **k)
 
     computed = []
-    real_surface = flatness.surface.compute_surface
+    real_surface = flatness.landscape.surface.compute_surface
 
     def counting_surface(*a, **k):
         summary = real_surface(*a, **k)
         computed.append(summary["computed_now"])
         return summary
 
-    monkeypatch.setattr(flatness.training, "train", no_training)
-    monkeypatch.setattr(flatness.probe, "run_probe", counting_probe)
-    monkeypatch.setattr(flatness.surface, "compute_surface", counting_surface)
+    monkeypatch.setattr(flatness.training.loop, "train", no_training)
+    monkeypatch.setattr(flatness.study.probe, "run_probe", counting_probe)
+    monkeypatch.setattr(flatness.landscape.surface, "compute_surface", counting_surface)
     os.unlink(out / "runs" / "amp-s1" / "probe.json")  # as if killed before this probe finished
     began = time.perf_counter()
     result = cli(["experiment", "--quick", "--seeds", "0,1", "--out", out, "--device", "cpu", "--no-progress"])

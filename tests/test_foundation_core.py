@@ -4,12 +4,12 @@ import pickle
 import pytest
 import torch
 
-from flatness.checkpoint import load_checkpoint, read_checkpoint
-from flatness.errors import FlatnessError
-from flatness.evaluate import evaluate
-from flatness.models import build_model
-from flatness.params import get_flat_params, named_trainable, perturbed, set_flat_params_, unflatten
-from flatness.probe_data import ProbeData, load_probe_data
+from flatness.formats.checkpoint import load_checkpoint, read_checkpoint
+from flatness.core.errors import FlatnessError
+from flatness.core.evaluation import evaluate
+from flatness.models.registry import build_model
+from flatness.core.params import get_flat_params, named_trainable, perturbed, set_flat_params_, unflatten
+from flatness.data.probe_data import ProbeData, load_probe_data
 
 
 def test_flat_vector_round_trip_and_perturbation_restores_bitwise():
@@ -96,8 +96,8 @@ def test_unrelated_torch_file_is_refused(tmp_path):
 
 
 def test_non_finite_weights_are_refused(tmp_path):
-    from flatness.checkpoint import save_checkpoint
-    from flatness.models import model_spec
+    from flatness.formats.checkpoint import save_checkpoint
+    from flatness.models.registry import model_spec
 
     spec = model_spec("mlp", 1, 8, 10, width=4, depth=1)
     model = build_model("mlp", 1, 8, 10, width=4, depth=1)
@@ -110,7 +110,7 @@ def test_non_finite_weights_are_refused(tmp_path):
 
 
 def test_unknown_names_are_one_line_errors():
-    from flatness.datasets import get_dataset
+    from flatness.data.datasets import get_dataset
 
     with pytest.raises(FlatnessError, match="unknown dataset"):
         get_dataset("imagenet", "train")
@@ -126,11 +126,11 @@ def test_exclusive_lock_refuses_a_second_holder_and_is_released(tmp_path):
     import subprocess
     import sys
 
-    from flatness.locking import exclusive, lock_path_for
+    from flatness.core.locking import exclusive, lock_path_for
 
     target = str(tmp_path / "out.h5")
     assert not lock_path_for(target).startswith(str(tmp_path))  # nothing appears beside user files
-    holder = ("import sys, time; from flatness.locking import exclusive\n"
+    holder = ("import sys, time; from flatness.core.locking import exclusive\n"
               "with exclusive(sys.argv[1]):\n    print('held', flush=True); time.sleep(30)\n")
     proc = subprocess.Popen([sys.executable, "-c", holder, target], stdout=subprocess.PIPE, text=True)
     try:

@@ -10,7 +10,7 @@ from torch.func import functional_call
 
 from flatness.hessian import (HessianOperator, density_on_grid, default_grid, hutchinson, hutchpp, lanczos,
                               power_iteration, slq)
-from flatness.probe_data import ProbeData
+from flatness.data.probe_data import ProbeData
 
 
 

@@ -6,8 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from flatness.errors import FlatnessError
-from flatness.optim import AMP, SAM
+from flatness.core.errors import FlatnessError
+from flatness.training.optim import AMP, SAM
 
 LR, MOM, WD = 0.1, 0.9, 1e-2
 

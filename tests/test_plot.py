@@ -7,8 +7,8 @@ import h5py
 import numpy as np
 import pytest
 
-from flatness.errors import FlatnessError
-from flatness.plotting import plot_files, write_vtp, load_surface, common_limits
+from flatness.core.errors import FlatnessError
+from flatness.plot.figures import plot_files, write_vtp, load_surface, common_limits
 
 MAGIC = {"png": b"\x89PNG", "pdf": b"%PDF", "svg": b"<?xml"}
 

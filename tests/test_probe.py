@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import flatness
-from flatness.errors import FlatnessError
-from flatness.probe import run_probe
-from flatness.probe_io import read_probe, read_probe_arrays, write_probe
+from flatness.core.errors import FlatnessError
+from flatness.study.probe import run_probe
+from flatness.formats.probe_file import read_probe, read_probe_arrays, write_probe
 
 FAST = ["--samples", 60, "--batch-size", 25, "--top-k", 2, "--tol", 1e-3, "--quiet"]
 
@@ -83,7 +83,7 @@ def test_distance_from_init(tmp_path):
 
 def test_sharpness_hook(monkeypatch, digits_mlp_checkpoint):
     calls = {}
-    fake = types.ModuleType("flatness.sharpness")
+    fake = types.ModuleType("flatness.sharpness.metrics")
     fake.METRIC_NAMES = ("worst_case", "keskar")
 
     def compute(model, data, metrics, seed=0, progress=True, **options):
@@ -91,7 +91,7 @@ def test_sharpness_hook(monkeypatch, digits_mlp_checkpoint):
         return [{"metric": m, "value": 0.5} for m in metrics]
 
     fake.compute = compute
-    monkeypatch.setitem(sys.modules, "flatness.sharpness", fake)
+    monkeypatch.setitem(sys.modules, "flatness.sharpness.metrics", fake)
     monkeypatch.setattr(flatness, "sharpness", fake, raising=False)
     result = run_probe(digits_mlp_checkpoint, samples=40, top_k=0, sharpness="all",
                        sharpness_options={"rhos": [0.05], "ball": "global", "draws": None}, progress=False)
@@ -176,9 +176,9 @@ def test_params_block_gives_that_blocks_spectrum(cli, digits_checkpoint, tmp_pat
     """--params restricts the Hessian to a block: its top eigenvalue is the block operator's (computed
     here independently on the same data), and by eigenvalue interlacing it cannot exceed the full
     Hessian's top eigenvalue."""
-    from flatness.checkpoint import load_checkpoint
+    from flatness.formats.checkpoint import load_checkpoint
     from flatness.hessian import HessianOperator, lanczos
-    from flatness.probe_data import load_probe_data
+    from flatness.data.probe_data import load_probe_data
 
     kw = dict(samples=60, batch_size=25, top_k=1, tol=1e-6, max_iter=200, progress=False, device="cpu")
     full = run_probe(digits_checkpoint, **kw)

@@ -20,9 +20,9 @@ import torch
 from click.testing import CliRunner
 
 import flatness
-from flatness import locking
-from flatness.checkpoint import save_checkpoint
-from flatness.errors import FlatnessError
+from flatness.core import locking
+from flatness.formats.checkpoint import save_checkpoint
+from flatness.core.errors import FlatnessError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DOC = os.path.join(HERE, os.pardir, "docs", "reliability.md")
@@ -91,7 +91,7 @@ def ws(tmp_path_factory):
     """The workspace every case runs against: a real run, good outputs of every kind, and broken or
     hostile versions of each file type."""
     from flatness.cli.main import main
-    from flatness.training import TrainConfig, train
+    from flatness.training.loop import TrainConfig, train
 
     root = tmp_path_factory.mktemp("ws")
     p = {k: str(root / v) for k, v in {
@@ -338,7 +338,7 @@ def test_debug_shows_the_traceback_instead(ws):
 
 @pytest.mark.parametrize("which", ["evil_zip", "evil_legacy", "evil_raw", "module"])
 def test_load_checkpoint_never_runs_code(ws, which):
-    from flatness.checkpoint import read_checkpoint
+    from flatness.formats.checkpoint import read_checkpoint
 
     for fn in (flatness.load_checkpoint, read_checkpoint):
         with pytest.raises(FlatnessError, match="refusing to load|not a readable checkpoint") as info:
@@ -349,7 +349,7 @@ def test_load_checkpoint_never_runs_code(ws, which):
 
 def test_crafted_payload_of_plain_data_with_wrong_types_is_refused(tmp_path):
     """weights_only lets plain data through: a checkpoint whose fields have the wrong types is a one-line error."""
-    from flatness.checkpoint import read_checkpoint
+    from flatness.formats.checkpoint import read_checkpoint
 
     for bad in ({"format_version": "1"}, {"model_spec": "mlp"}, {"model_state": [1, 2]}, {"epoch": "3"},
                 {"config": None}, {"model_spec": {"name": "mlp", "in_channels": 1, "image_size": 8,
@@ -370,7 +370,7 @@ def test_stored_paths_are_never_followed_for_writing(ws, tmp_path):
     to a file outside the input's folder, and outputs are named from the command line only."""
     import h5py
 
-    from flatness.probe_io import read_probe, read_probe_arrays
+    from flatness.formats.probe_file import read_probe, read_probe_arrays
 
     with pytest.raises(FlatnessError, match="sidecar"):
         read_probe(ws["sidecar_json"])

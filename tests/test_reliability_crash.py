@@ -21,9 +21,9 @@ import torch
 from click.testing import CliRunner
 
 import flatness
-from flatness.checkpoint import read_checkpoint
-from flatness.probe_io import read_probe
-from flatness.surface_io import read_surface
+from flatness.formats.checkpoint import read_checkpoint
+from flatness.formats.probe_file import read_probe
+from flatness.formats.surface_file import read_surface
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 KILLS = 5
@@ -105,7 +105,7 @@ def train_args(out):
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     """The uninterrupted run every killed or interrupted one must equal, bit for bit."""
-    from flatness.training import TrainConfig, train
+    from flatness.training.loop import TrainConfig, train
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -220,7 +220,7 @@ SURFACE_ENV = dict(ENV, FLATNESS_SURFACE_FLUSH_SECONDS="0")  # write the file af
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from flatness.training import TrainConfig, train
+    from flatness.training.loop import TrainConfig, train
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""Sharpness metrics (flatness.sharpness): closed forms, Dinh rescaling, PAC-Bayes bisection, real data."""
+"""Sharpness metrics (flatness.sharpness.metrics): closed forms, Dinh rescaling, PAC-Bayes bisection, real data."""
 import json
 import math
 import os
@@ -10,11 +10,11 @@ import torch.nn as nn
 from scipy.optimize import brentq
 from scipy.stats import norm
 
-from flatness import sharpness as S
-from flatness.checkpoint import load_checkpoint
-from flatness.errors import FlatnessError
-from flatness.params import flatten
-from flatness.probe_data import ProbeData, load_probe_data
+from flatness.sharpness import metrics as S
+from flatness.formats.checkpoint import load_checkpoint
+from flatness.core.errors import FlatnessError
+from flatness.core.params import flatten
+from flatness.data.probe_data import ProbeData, load_probe_data
 
 
 
@@ -255,14 +255,14 @@ def test_validate_expands_all_and_names():
 
 
 def test_default_rhos_include_the_digits_amp_epsilon():
-    from flatness.training import TrainConfig
+    from flatness.training.loop import TrainConfig
 
     config = TrainConfig()
     assert config.epsilon in S.DEFAULTS["rhos"] and S.DEFAULTS["ball"] == config.ball
 
 
 def test_oracle_is_the_exact_full_data_mean(digits_checkpoint):
-    from flatness.evaluate import evaluate
+    from flatness.core.evaluation import evaluate
 
     model, _ = load_checkpoint(digits_checkpoint)
     data = load_probe_data("digits", "train", 150, 64)  # batches of 64, 64, 22: weights n_b / n matter
@@ -286,7 +286,7 @@ def test_oracle_is_the_exact_full_data_mean(digits_checkpoint):
 
 def test_weight_norm_and_distance_from_init():
     a, b = Params(np.array([3.0, 0.0]), np.array([[4.0]])), Params(np.array([0.0, 0.0]), np.array([[1.0]]))
-    from flatness.params import distance, weight_norm
+    from flatness.core.params import distance, weight_norm
 
     assert weight_norm(a) == pytest.approx(5.0)
     assert distance(a, b) == pytest.approx(math.sqrt(9 + 9))

@@ -11,16 +11,16 @@ import torch
 import torch.nn as nn
 
 from conftest import quick_digits_checkpoint
-from flatness.checkpoint import load_checkpoint, save_checkpoint
-from flatness.directions import (dot, interp_direction, norm, pca_directions, random_direction,
+from flatness.formats.checkpoint import load_checkpoint, save_checkpoint
+from flatness.landscape.directions import (dot, interp_direction, norm, pca_directions, random_direction,
                                  random_directions)
-from flatness.errors import FlatnessError
-from flatness.evaluate import evaluate
-from flatness.params import named_trainable
-from flatness.probe_data import load_probe_data
-from flatness.surface import (ENV_FLUSH, ENV_KILL, coarse_to_fine_order, compute_surface, parse_grid,
+from flatness.core.errors import FlatnessError
+from flatness.core.evaluation import evaluate
+from flatness.core.params import named_trainable
+from flatness.data.probe_data import load_probe_data
+from flatness.landscape.surface import (ENV_FLUSH, ENV_KILL, coarse_to_fine_order, compute_surface, parse_grid,
                               recalibrate_bn)
-from flatness.surface_io import read_directions, read_surface
+from flatness.formats.surface_file import read_directions, read_surface
 
 SAMPLES = 120  # small probe data keeps every surface here well under a second
 BATCH = 50     # uneven last batch (50, 50, 20) on purpose

@@ -1,7 +1,7 @@
 """On-device augmentation equals torchvision's crop and flip, checked against an independent loop."""
 import torch
 
-from flatness.tensor_data import AugmentSpec, augment_batch
+from flatness.data.tensor_data import AugmentSpec, augment_batch
 
 
 def _reference(x, spec, offsets, flips, fill):
@@ -36,8 +36,8 @@ def test_batched_crop_and_flip_match_a_per_image_loop():
 
 
 def test_no_augmentation_is_identity_and_device_batches_are_reproducible():
-    from flatness.datasets import TensorImageDataset
-    from flatness.training import EpochBatches, device_flags
+    from flatness.data.datasets import TensorImageDataset
+    from flatness.training.loop import EpochBatches, device_flags
 
     x, y = torch.randn(10, 1, 4, 4), torch.arange(10)
     assert augment_batch(x, AugmentSpec(), torch.Generator()) is x

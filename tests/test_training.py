@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import flatness
-from flatness import checkpoint as ckpt
-from flatness.errors import DivergedError, FlatnessError
-from flatness.training import (EpochBatches, TrainConfig, build_config, device_flags, lr_at, to_device, train)
-from flatness.datasets import TensorImageDataset, get_dataset
+from flatness.formats import checkpoint as ckpt
+from flatness.core.errors import DivergedError, FlatnessError
+from flatness.training.loop import (EpochBatches, TrainConfig, build_config, device_flags, lr_at, to_device, train)
+from flatness.data.datasets import TensorImageDataset, get_dataset
 
 
 SMALL = dict(width=8, batch_size=64, schedule="step", milestones=[3], seed=1)
@@ -227,8 +227,8 @@ def test_rank_shares_partition_each_global_batch():
 
 def test_cuda_fast_path_decisions_without_a_gpu(monkeypatch):
     """The choices the CUDA path makes, checked with torch.device('cuda') objects on a CPU machine."""
-    from flatness.training import TrainConfig, cpu_threads_for, device_flags, keep_data_on_device
-    from flatness.models import build_model
+    from flatness.training.loop import TrainConfig, cpu_threads_for, device_flags, keep_data_on_device
+    from flatness.models.registry import build_model
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     flags = device_flags(cuda, cpu_count=8)
@@ -253,7 +253,7 @@ def test_cuda_fast_path_decisions_without_a_gpu(monkeypatch):
 def test_fast_path_options_run_on_the_cpu_and_change_what_they_should(tmp_path, monkeypatch):
     """bf16 autocast and channels_last run through the real loop on the CPU; compile wraps the
     forward module (torch.compile itself replaced by a marker: compiling is slow and needs no test)."""
-    import flatness.training as training_module
+    import flatness.training.loop as training_module
 
     plain = train(small(epochs=1), str(tmp_path / "fp32"), progress=False, verbose=False)
     fast = train(small(epochs=1, precision="bf16", channels_last=True), str(tmp_path / "bf16"), progress=False,

@@ -6,10 +6,10 @@
 * ``hutchinson`` / ``hutchpp`` / ``estimate_trace`` -> ``TraceResult``.
 * ``slq`` -> ``DensityResult``; ``density_on_grid``, ``default_grid``.
 """
-from .density import DensityResult, default_grid, density_on_grid, lanczos_tridiagonal, slq
-from .eigen import EigenResult, lanczos, power_iteration, top_eigen
-from .operator import BACKENDS, DEFAULT_BACKEND, HessianOperator, flat_to_named
-from .trace import TraceResult, estimate_trace, hutchinson, hutchpp
+from flatness.hessian.density import DensityResult, default_grid, density_on_grid, lanczos_tridiagonal, slq
+from flatness.hessian.eigen import EigenResult, lanczos, power_iteration, top_eigen
+from flatness.hessian.operator import BACKENDS, DEFAULT_BACKEND, HessianOperator, flat_to_named
+from flatness.hessian.trace import TraceResult, estimate_trace, hutchinson, hutchpp
 
 __all__ = [
     "HessianOperator", "BACKENDS", "DEFAULT_BACKEND", "flat_to_named",

@@ -15,8 +15,8 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from ..progress import progress_bar
-from .reductions import dot, norm, normalize, project_out
+from flatness.core.progress import progress_bar
+from flatness.hessian.reductions import dot, norm, normalize, project_out
 
 
 @dataclass

@@ -14,8 +14,8 @@ from typing import List, Optional
 
 import torch
 
-from ..progress import progress_bar
-from .reductions import dot, norm, normalize, project_out, row_dots
+from flatness.core.progress import progress_bar
+from flatness.hessian.reductions import dot, norm, normalize, project_out, row_dots
 
 _TINY = 1e-30
 

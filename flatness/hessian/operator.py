@@ -1,7 +1,7 @@
 """The Hessian of the mean probe loss as a linear operator: the one object every spectral routine uses.
 
 ``HessianOperator(model, data)`` is H = ∇²L(θ) with L the mean loss over *all* probe examples
-(METRICS.md): batch HVPs are summed with weights n_b / n, so uneven batches give the exact full-data
+(docs/metrics.md): batch HVPs are summed with weights n_b / n, so uneven batches give the exact full-data
 Hessian. Vectors are flat, in ``named_parameters`` order of the (optionally restricted) trainable
 parameters, in the parameters' dtype and device. The model is put in eval mode for each product and
 its mode is restored after; memory is one batch's graph at a time.
@@ -24,8 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..params import named_trainable
-from ..probe_data import ProbeData
+from flatness.core.params import named_trainable
+from flatness.data.probe_data import ProbeData
 
 BACKENDS = ("double-backward", "forward-over-reverse")
 DEFAULT_BACKEND = "double-backward"

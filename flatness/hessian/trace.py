@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..progress import progress_bar
-from .reductions import dot, project_out
+from flatness.core.progress import progress_bar
+from flatness.hessian.reductions import dot, project_out
 
 
 @dataclass

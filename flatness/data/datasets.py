@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .errors import FlatnessError
+from flatness.core.errors import FlatnessError
 
 DEFAULT_DATA_DIR = "data"
 SPLITS = ("train", "test")

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .errors import FlatnessError
-from .fileio import atomic_write
-from .models import build_from_spec
-from .version import __version__
+from flatness.core.errors import FlatnessError
+from flatness.core.fileio import atomic_write
+from flatness.models.registry import build_from_spec
+from flatness.version import __version__
 
 FORMAT = "flatness-checkpoint"
 FORMAT_VERSION = 1

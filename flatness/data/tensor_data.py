@@ -27,7 +27,7 @@ class AugmentSpec:
         return self.padding > 0 or self.flip
 
 
-# The published augmentations (METRICS.md), by dataset; digits has none.
+# The published augmentations (docs/metrics.md), by dataset; digits has none.
 AUGMENTATIONS = {
     "cifar10": AugmentSpec(4, True), "cifar100": AugmentSpec(4, True), "svhn": AugmentSpec(2, False),
     "gtsrb": AugmentSpec(4, False), "mnist": AugmentSpec(2, False), "fashion-mnist": AugmentSpec(2, True),

@@ -1,20 +1,24 @@
 """The probe data: the fixed examples on which every measurement is made.
 
-METRICS.md: the first ``samples`` examples of a split in dataset order, no augmentation, batched once
+docs/metrics.md: the first ``samples`` examples of a split in dataset order, no augmentation, batched once
 and kept in memory (on the compute device when it fits), so that every loss, HVP, sharpness ascent and
 surface point sees exactly the same data in the same order.
 """
 from __future__ import annotations
 
-from typing import Iterator, List, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .datasets import get_dataset
-from .errors import FlatnessError
+from flatness.core.errors import FlatnessError
+from flatness.data.batches import map_tensors, move_to
+from flatness.data.datasets import get_dataset
 
-Batch = Tuple[torch.Tensor, torch.Tensor]
+Batch = Tuple[Any, torch.Tensor]  # (inputs: a tensor, or a tuple/dict of tensors; targets)
+
+DEFAULT_SAMPLES = 1000  # probe examples per measurement unless told otherwise
+DEFAULT_BATCH_SIZE = 500
 
 
 class ProbeData:
@@ -56,13 +60,21 @@ class ProbeData:
         """n_b / n for each batch: summing weighted batch means gives the mean over all n."""
         return [y.shape[0] / self.n for _, y in self.batches]
 
+    @property
+    def device(self) -> torch.device:
+        """Where the batches live (the first batch's targets; a shard without batches: the CPU)."""
+        return self.batches[0][1].device if self.batches else torch.device("cpu")
+
     def to(self, device: torch.device) -> "ProbeData":
-        return ProbeData([(x.to(device), y.to(device)) for x, y in self.batches], self.n, self.sharded)
+        return ProbeData([(move_to(x, device), y.to(device)) for x, y in self.batches], self.n, self.sharded)
+
+    def map_inputs(self, fn) -> "ProbeData":
+        """The same batches with ``fn`` applied to every input tensor (targets unchanged)."""
+        return ProbeData([(map_tensors(x, fn), y) for x, y in self.batches], self.n, self.sharded)
 
     def channels_last(self) -> "ProbeData":
         """The same batches with 4-D inputs in NHWC memory layout (same values; faster conv nets on CPUs)."""
-        return ProbeData([(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x, y)
-                          for x, y in self.batches], self.n, self.sharded)
+        return self.map_inputs(lambda x: x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x)
 
     def shard(self, rank: int, world: int) -> "ProbeData":
         """This rank's batches (round robin) of the same probe set; ``n`` stays the global size.
@@ -77,7 +89,7 @@ class ProbeData:
     def reduce_sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum a per-shard partial result over ranks (in place); a no-op for unsharded data."""
         if self.sharded:
-            from .distributed import all_reduce_sum_
+            from flatness.core.distributed import all_reduce_sum_
 
             all_reduce_sum_(tensor)
         return tensor

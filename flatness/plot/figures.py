@@ -23,8 +23,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import FlatnessError
-from .fileio import atomic_write, atomic_write_text
+from flatness.core.errors import FlatnessError
+from flatness.core.fileio import atomic_write, atomic_write_text
 
 FORMATS = ("png", "pdf", "svg")
 KINDS_2D = ("contour", "contourf", "heatmap", "3d")
@@ -49,8 +49,8 @@ def file_type(path: str) -> str:
 
 
 def load_surface(path: str) -> Dict[str, Any]:
-    """A surface file as a dict, read by ``flatness.surface_io`` (the format's owner)."""
-    from .surface_io import read_surface
+    """A surface file as a dict, read by ``flatness.formats.surface_file`` (the format's owner)."""
+    from flatness.formats.surface_file import read_surface
 
     surf = dict(read_surface(path))
     if "xcoordinates" not in surf or surf.get("xcoordinates") is None:
@@ -66,8 +66,8 @@ def load_surface(path: str) -> Dict[str, Any]:
 
 
 def load_probe(path: str) -> Dict[str, Any]:
-    """A probe JSON as a dict, read and validated by ``flatness.probe_io`` (the format's owner)."""
-    from .probe_io import read_probe
+    """A probe JSON as a dict, read and validated by ``flatness.formats.probe_file`` (the format's owner)."""
+    from flatness.formats.probe_file import read_probe
 
     probe = dict(read_probe(path))
     probe["path"] = path
@@ -374,7 +374,7 @@ def plot_2d(surf: Dict[str, Any], path: str, kind: str, value: Optional[str] = N
 
 def _density_arrays(probe: Dict[str, Any]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     """The smoothed density (grid, values) of a probe: the probe JSON holds both whenever the density
-    was computed (``flatness.probe_io``)."""
+    was computed (``flatness.formats.probe_file``)."""
     density = probe.get("density") or {}
     grid, values = density.get("grid"), density.get("values")
     if grid is None or values is None:

@@ -30,8 +30,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import FlatnessError
-from .fileio import atomic_write_json, atomic_write_text
+from flatness.core.errors import FlatnessError
+from flatness.core.fileio import atomic_write_json, atomic_write_text
 
 BASELINE = "erm"
 METHOD_ORDER = ("erm", "amp", "sam")
@@ -283,7 +283,7 @@ def _read_json(path: str) -> Dict[str, Any]:
 
 
 def _load_probe(path: str) -> Dict[str, Any]:
-    from .plotting import load_probe
+    from flatness.plot.figures import load_probe
 
     return load_probe(path)
 
@@ -491,7 +491,7 @@ def _mean_curves(records: Sequence[RunRecord], key: str) -> Tuple[np.ndarray, np
 
 
 def figure_training(records: Sequence[RunRecord], path: str, force: bool = False) -> Optional[str]:
-    from .plotting import _figure, save_figure
+    from flatness.plot.figures import _figure, save_figure
 
     methods = sorted({r.method for r in records if r.epochs}, key=lambda m: METHOD_ORDER.index(m)
                      if m in METHOD_ORDER else 9)
@@ -524,7 +524,7 @@ def figure_training(records: Sequence[RunRecord], path: str, force: bool = False
 
 
 def figure_spectra(records: Sequence[RunRecord], path: str, force: bool = False) -> Optional[str]:
-    from .plotting import plot_spectrum
+    from flatness.plot.figures import plot_spectrum
 
     chosen = []
     for m in sorted({r.method for r in records}, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 9):
@@ -538,7 +538,7 @@ def figure_spectra(records: Sequence[RunRecord], path: str, force: bool = False)
 
 
 def _surface_groups(records: Sequence[RunRecord], extra: Sequence[str]):
-    from .plotting import load_surface
+    from flatness.plot.figures import load_surface
 
     one_d, two_d = {}, {}
     for r in sorted(records, key=lambda r: (r.seed is None, r.seed)):
@@ -553,7 +553,7 @@ def _surface_groups(records: Sequence[RunRecord], extra: Sequence[str]):
 
 
 def figure_slices(records: Sequence[RunRecord], path: str, force: bool = False, log: bool = False) -> Optional[str]:
-    from .plotting import plot_1d
+    from flatness.plot.figures import plot_1d
 
     one_d, _ = _surface_groups(records, [])
     if not one_d:
@@ -568,7 +568,7 @@ def figure_slices(records: Sequence[RunRecord], path: str, force: bool = False, 
 
 
 def figure_contours(records: Sequence[RunRecord], path: str, force: bool = False) -> Optional[str]:
-    from .plotting import _figure, _pick_value, _use_log, common_limits, draw_2d, save_figure
+    from flatness.plot.figures import _figure, _pick_value, _use_log, common_limits, draw_2d, save_figure
 
     _, two_d = _surface_groups(records, [])
     if not two_d:
@@ -588,7 +588,7 @@ def figure_contours(records: Sequence[RunRecord], path: str, force: bool = False
         ax.set_ylabel("")
     from matplotlib.ticker import FormatStrFormatter
 
-    from .plotting import _levels, _value_name
+    from flatness.plot.figures import _levels, _value_name
 
     cb = fig.colorbar(mappable, ax=list(axes), ticks=_levels(lo, hi, logscale)[::3] if logscale else None,
                       format=FormatStrFormatter("%.3g"))

@@ -1,7 +1,7 @@
-"""Loss surfaces: loss and accuracy at θ + a·x (+ b·y) on a grid of (a, b) (METRICS.md, "Loss surfaces").
+"""Loss surfaces: loss and accuracy at θ + a·x (+ b·y) on a grid of (a, b) (docs/metrics.md, "Loss surfaces").
 
 ``compute_surface`` evaluates the grid on the probe data (the first ``samples`` examples of a split, no
-augmentation, exact means), writing the HDF5 file (``flatness.surface_io``) as it goes so that an
+augmentation, exact means), writing the HDF5 file (``flatness.formats.surface_file``) as it goes so that an
 interrupted run continues with ``resume=True``. The weights are set in place from a saved copy at
 every point (one ``copy_`` and one ``add_`` per tensor and direction; the model is never rebuilt) and
 the points are visited coarse to fine (every 8th, then every 4th, 2nd, the rest), so a partial file
@@ -25,11 +25,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import distributed, locking, surface_io
-from .errors import FlatnessError
-from .evaluate import evaluate
-from .progress import progress_bar
-from .version import __version__
+from flatness.core import distributed, locking
+from flatness.formats import surface_file as surface_io
+from flatness.core.errors import FlatnessError
+from flatness.core.evaluation import evaluate
+from flatness.core.progress import progress_bar
+from flatness.version import __version__
 
 GridSpec = Union[str, Sequence[float]]
 BN_MODES = ("eval", "recalibrate")
@@ -263,11 +264,11 @@ def compute_surface(checkpoint: str, out: Optional[str] = None, x: GridSpec = (-
     all runs), ``points_per_second`` (this run), ``centre`` ({split: (loss, acc%)} when the grid has
     (0, 0)), ``min_loss`` ({split: value}), ``direction``, ``bn``, ``resumed``.
     """
-    from .checkpoint import check_state_finite, load_checkpoint, read_checkpoint
-    from .devices import resolve_device
-    from .directions import IGNORES, NORMS, random_directions
-    from .fileio import sha256_file
-    from .probe_data import load_probe_data
+    from flatness.formats.checkpoint import check_state_finite, load_checkpoint, read_checkpoint
+    from flatness.core.devices import resolve_device
+    from flatness.landscape.directions import IGNORES, NORMS, random_directions
+    from flatness.core.fileio import sha256_file
+    from flatness.data.probe_data import load_probe_data
 
     # ---- check every option before touching anything
     xs = parse_grid(x, "x")
@@ -396,11 +397,11 @@ def compute_surface(checkpoint: str, out: Optional[str] = None, x: GridSpec = (-
             if kind == "random":
                 directions = random_directions(model, count, norm=norm, ignore=ignore, seed=seed, orthogonal=orthogonal)
             elif kind == "interp":
-                from .directions import interp_direction
+                from flatness.landscape.directions import interp_direction
 
                 directions = [interp_direction(model, payload_b["model_state"])]
             elif kind == "pca":
-                from .directions import pca_directions
+                from flatness.landscape.directions import pca_directions
 
                 result = pca_directions(source)
                 directions = result.directions[:count]
@@ -409,7 +410,7 @@ def compute_surface(checkpoint: str, out: Optional[str] = None, x: GridSpec = (-
                              "reference": os.path.abspath(result.reference)}
                 extra_attrs["explained_variance_ratio"] = list(result.explained_variance_ratio)
             else:
-                from .directions import eigen_directions
+                from flatness.landscape.directions import eigen_directions
 
                 hessian_data = data["train"] if "train" in data else load_probe_data(
                     dataset, "train", samples, batch_size, device=dev, root=data_dir, download=download)

@@ -1,4 +1,4 @@
-"""Weights as one flat vector (METRICS.md: all trainable parameters in ``named_parameters`` order).
+"""Weights as one flat vector (docs/metrics.md: all trainable parameters in ``named_parameters`` order).
 
 Every routine that moves in weight space (Hessian, sharpness, surfaces) goes through these helpers so
 that "the parameter vector" means the same thing everywhere.
@@ -13,7 +13,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from .errors import FlatnessError
+from flatness.core.errors import FlatnessError
 
 
 def named_trainable(model: nn.Module, names: Optional[Iterable[str]] = None) -> List[Tuple[str, nn.Parameter]]:

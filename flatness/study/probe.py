@@ -2,10 +2,10 @@
 
 Loss, accuracy, weight norm, distance from the run's initial weights, the top Hessian eigenvalues
 (and optionally vectors), the Hessian trace, the spectral density (SLQ) and, through
-``flatness.sharpness``, sharpness metrics: all on the same probe data, the first ``samples``
-examples of the split in dataset order, without augmentation, model in eval mode (METRICS.md).
+``flatness.sharpness.metrics``, sharpness metrics: all on the same probe data, the first ``samples``
+examples of the split in dataset order, without augmentation, model in eval mode (docs/metrics.md).
 
-The dict's layout is the probe JSON format, written and read only by ``flatness.probe_io``.
+The dict's layout is the probe JSON format, written and read only by ``flatness.formats.probe_file``.
 """
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .checkpoint import INIT, load_checkpoint
-from .devices import resolve_device
-from .errors import FlatnessError
-from .evaluate import evaluate
-from .fileio import sha256_file
-from .params import distance, num_params, select_params, weight_norm
-from .probe_data import ProbeData, load_probe_data
-from .version import __version__
+from flatness.formats.checkpoint import INIT, load_checkpoint
+from flatness.core.devices import resolve_device
+from flatness.core.errors import FlatnessError
+from flatness.core.evaluation import evaluate
+from flatness.core.fileio import sha256_file
+from flatness.core.params import distance, num_params, select_params, weight_norm
+from flatness.data.probe_data import ProbeData, load_probe_data
+from flatness.version import __version__
 
 DEFAULT_SAMPLES = 1000      # the first 1000 examples of the split: the usual probe size in the literature
 DEFAULT_BATCH_SIZE = 500    # one batch's graph at a time; any size gives the same numbers
@@ -63,7 +63,7 @@ def distance_from_init(model: torch.nn.Module, checkpoint_path: str) -> Optional
 
 def _sharpness_module():
     try:
-        from . import sharpness as sharp
+        from flatness.sharpness import metrics as sharp
     except ImportError as err:
         raise FlatnessError(f"sharpness metrics are not available in this installation ({err})") from None
     return sharp
@@ -104,7 +104,7 @@ def run_probe(checkpoint: str, split: str = "train", samples: int = DEFAULT_SAMP
               density_steps: int = DEFAULT_DENSITY_STEPS, density_vectors: int = DEFAULT_DENSITY_VECTORS,
               hvp_backend: Optional[str] = None, dtype: str = "float32",
               params: Optional[Union[str, Sequence[str]]] = None) -> Dict[str, Any]:
-    """Measure one checkpoint. Returns the probe dict (see ``flatness.probe_io``); when
+    """Measure one checkpoint. Returns the probe dict (see ``flatness.formats.probe_file``); when
     ``save_vectors`` it also holds ``"eigenvectors"`` (k×d numpy array) and with ``density``
     ``"density_arrays"``, which ``write_probe`` moves into the sidecar ``.h5``.
 
@@ -114,7 +114,7 @@ def run_probe(checkpoint: str, split: str = "train", samples: int = DEFAULT_SAMP
     Hessian, its trace and density to that block of parameters (per-layer spectra); sharpness and
     the weight norm stay over all parameters.
     """
-    from .hessian import DEFAULT_BACKEND, HessianOperator, default_grid, density_on_grid, estimate_trace, slq, top_eigen
+    from flatness.hessian import DEFAULT_BACKEND, HessianOperator, default_grid, density_on_grid, estimate_trace, slq, top_eigen
 
     if split not in SPLITS:
         raise FlatnessError(f"unknown split {split!r}; use train or test")
@@ -141,7 +141,7 @@ def run_probe(checkpoint: str, split: str = "train", samples: int = DEFAULT_SAMP
     if sharpness is not None:
         sharp_names = validate_sharpness(sharpness, sharpness_options)
 
-    from . import distributed
+    from flatness.core import distributed
 
     dev = distributed.local_device(resolve_device(device))
     model, info = load_checkpoint(checkpoint, device=dev)

@@ -15,9 +15,9 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Sequence
 
-from .compare import format_mean_std, format_p, markdown_table, _g
-from .fileio import atomic_write_text
-from .version import __version__
+from flatness.study.compare import format_mean_std, format_p, markdown_table, _g
+from flatness.core.fileio import atomic_write_text
+from flatness.version import __version__
 
 ALPHA = 0.05
 
@@ -130,7 +130,7 @@ def build_markdown(cfg, records, comp: Dict[str, Any], figs: Dict[str, str], ste
           "the probe files); spectral density by stochastic Lanczos quadrature (for the plotted seed "
           f"{cfg.seeds[0]} only). Eigenvalues and trace are in units of "
           "the loss (nats) per squared unit of weight.",
-          "- Sharpness (same probe data; METRICS.md): keskar = ε-sharpness in % of (1 + L); worst_case / "
+          "- Sharpness (same probe data; docs/metrics.md): keskar = ε-sharpness in % of (1 + L); worst_case / "
           "adaptive_worst_case = max loss increase in the ball of radius ρ (plain, or scaled by |θ|), in nats; "
           "average_case / adaptive_average_case = mean loss increase under Gaussian noise of scale ρ, in nats; "
           "pac_bayes(_magnitude) = 1/σ*² where σ* is the largest noise level raising the error by ≤ 0.1.",

@@ -14,7 +14,7 @@ Both wrap a base optimizer (SGD by default) and need a closure, exactly as torch
 
     loss = opt.step(closure)      # the loss at θ (the one to log)
 
-Definitions: ``shared/METRICS.md``. One AMP step costs ``1 + inner_iter`` forward-backward passes
+Definitions: ``shared/docs/metrics.md``. One AMP step costs ``1 + inner_iter`` forward-backward passes
 (the first inner step reuses the gradient at θ), one SAM step costs 2.
 
 Design notes
@@ -24,7 +24,7 @@ Design notes
   round-trip everything needed to resume (momentum buffers, lr, ε, ...).
 * Gradient-norm clipping (``grad_clip=c``) is applied by the optimizer to the gradient the *base
   step* uses (∇L(θ+δ)), never to the gradients that build δ, which stay the plain batch gradients
-  METRICS.md asks for. A training loop must therefore not clip inside the closure. (The published
+  docs/metrics.md asks for. A training loop must therefore not clip inside the closure. (The published
   AMP code clips inside its closure, so its inner steps see clipped gradients too; with the
   paper's threshold of 50 this almost never triggers.)
 * ``grad_reduce(grads)`` (default None) is called on the list of gradients that define δ — the
@@ -41,7 +41,7 @@ from typing import Callable, List, Optional, Sequence
 
 import torch
 
-from .errors import FlatnessError
+from flatness.core.errors import FlatnessError
 
 BALLS = ("tensor", "global")
 

@@ -1,4 +1,4 @@
-"""Directions in weight space for loss surfaces (METRICS.md, "Loss surfaces").
+"""Directions in weight space for loss surfaces (docs/metrics.md, "Loss surfaces").
 
 A *direction* is a ``dict`` name -> tensor over (part of) the model's state, keyed like
 ``model.state_dict()``:
@@ -31,8 +31,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .errors import FlatnessError
-from .params import named_trainable
+from flatness.core.errors import FlatnessError
+from flatness.core.params import named_trainable
 
 Direction = Dict[str, torch.Tensor]
 
@@ -150,7 +150,7 @@ def eigen_directions(model: nn.Module, data, k: int = 2, seed: int = 0, tol: flo
                      max_iter: int = 100) -> EigenDirections:
     """The top-``k`` Hessian eigenvectors of the loss over ``data`` (Lanczos), as unit directions."""
     try:
-        from .hessian import HessianOperator, lanczos  # written alongside; imported lazily
+        from flatness.hessian import HessianOperator, lanczos  # written alongside; imported lazily
     except ImportError as err:  # pragma: no cover - only while flatness.hessian is missing
         raise FlatnessError(f"eigen directions need flatness.hessian, which is not available ({err})") from None
     op = HessianOperator(model, data)
@@ -225,7 +225,7 @@ def pca_directions(run_dir: str) -> PCADirections:
     The coordinates are the *uncentred* differences projected on pc1, pc2, so the final weights sit at
     (0, 0), the centre of a surface computed around them.
     """
-    from .checkpoint import LAST, check_state_finite, list_snapshots, read_checkpoint
+    from flatness.formats.checkpoint import LAST, check_state_finite, list_snapshots, read_checkpoint
 
     if not os.path.isdir(run_dir):
         raise FlatnessError(f"pca directions need a run folder with epoch-NNN.pt snapshots; {run_dir} is not a folder")
@@ -237,7 +237,7 @@ def pca_directions(run_dir: str) -> PCADirections:
     reference = last if os.path.isfile(last) else snapshots[-1][1]
     final = read_checkpoint(reference)
     spec = final["model_spec"]
-    from .models import build_from_spec
+    from flatness.models.registry import build_from_spec
 
     model = build_from_spec(spec)
     names = [n for n, _ in named_trainable(model)]

@@ -13,7 +13,7 @@ import hashlib
 import os
 import tempfile
 
-from .errors import FlatnessError
+from flatness.core.errors import FlatnessError
 
 try:  # POSIX; on other systems locking is skipped (documented limitation)
     import fcntl

@@ -1,6 +1,6 @@
 """Training with ERM, AMP or SAM: ``train(TrainConfig(...), out_dir) -> out_dir``.
 
-Everything on disk goes through ``flatness.checkpoint`` (the run folder layout is documented there):
+Everything on disk goes through ``flatness.formats.checkpoint`` (the run folder layout is documented there):
 ``config.json`` and ``init.pt`` at the start, ``last.pt`` + ``metrics.jsonl`` at the end of every
 epoch, ``epoch-NNN.pt`` snapshots every ``save_every`` epochs (epoch 0 = the initial weights).
 
@@ -15,8 +15,8 @@ Reproducibility and resume
   epochs, so extending a cosine run changes its remaining schedule).
 * A run killed mid-epoch resumes from the last finished epoch and redoes the partial one.
 * Gradient clipping (``grad_clip``) acts on the gradient of the optimizer's base step: for ERM the
-  loop clips after the backward; for AMP/SAM the optimizer does it (``flatness.optim``), so the
-  perturbation is built from plain gradients as METRICS.md defines.
+  loop clips after the backward; for AMP/SAM the optimizer does it (``flatness.training.optim``), so the
+  perturbation is built from plain gradients as docs/metrics.md defines.
 """
 from __future__ import annotations
 
@@ -33,16 +33,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import checkpoint as ckpt
-from . import distributed, locking
-from .datasets import TensorImageDataset, dataset_info, get_dataset
-from .devices import resolve_device
-from .errors import DivergedError, FlatnessError
-from .evaluate import evaluate
-from .probe_data import ProbeData
-from .progress import progress_bar
-from .fileio import atomic_write_json, atomic_write_text
-from .models import build_from_spec, canonical_model_name, model_spec
+from flatness.formats import checkpoint as ckpt
+from flatness.core import distributed, locking
+from flatness.data.datasets import TensorImageDataset, dataset_info, get_dataset
+from flatness.core.devices import resolve_device
+from flatness.core.errors import DivergedError, FlatnessError
+from flatness.core.evaluation import evaluate
+from flatness.data.probe_data import ProbeData
+from flatness.core.progress import progress_bar
+from flatness.core.fileio import atomic_write_json, atomic_write_text
+from flatness.models.registry import build_from_spec, canonical_model_name, model_spec
 
 METHODS = ("erm", "amp", "sam")
 SCHEDULES = ("step", "cosine", "constant")
@@ -176,7 +176,7 @@ def _milestones(value) -> List[int]:
 
 def build_config(explicit: Dict[str, Any], recipe: Optional[str] = None) -> TrainConfig:
     """TrainConfig defaults < the recipe's values < ``explicit`` values (what the user typed)."""
-    from .recipes import recipe_values
+    from flatness.training.recipes import recipe_values
 
     values = TrainConfig().to_dict()
     if recipe:
@@ -233,7 +233,7 @@ _FIRST_FILES = (ckpt.CONFIG, ckpt.INIT, ckpt.snapshot_name(0), ckpt.METRICS)
 
 
 def _own_temp(name: str) -> bool:
-    """A temporary file of flatness.fileio's atomic writes (``.NAME.XXXX.tmp``) left by a killed run."""
+    """A temporary file of flatness.core.fileio's atomic writes (``.NAME.XXXX.tmp``) left by a killed run."""
     return name.startswith(".") and name.endswith(".tmp") and any(
         name.startswith(f".{f}.") for f in _FIRST_FILES + (ckpt.LAST,)) or bool(
         name.startswith(".epoch-") and name.endswith(".tmp"))
@@ -296,7 +296,7 @@ class EpochBatches:
     """The training batches of one epoch in the order of a permutation drawn from ``generator``.
 
     Three ways to the data, one order: a dataset already on the compute device (the CUDA fast path:
-    augmentation by ``flatness.tensor_data.augment_batch``, drawing from ``generator``); in-memory
+    augmentation by ``flatness.data.tensor_data.augment_batch``, drawing from ``generator``); in-memory
     tensors without a transform, sliced directly; anything else through a DataLoader with a fixed
     batch sampler. A final batch of a single example is dropped (BatchNorm cannot train on it).
 
@@ -315,7 +315,7 @@ class EpochBatches:
         self.steps = full + (1 if rest > 1 else 0)
         self.augment, self.pad_value = augment, pad_value
         if on_device:
-            from .tensor_data import materialize
+            from flatness.data.tensor_data import materialize
 
             images, labels = materialize(dataset)
             self.images, self.labels, self.mode = images.to(device), labels.to(device), "device"
@@ -333,7 +333,7 @@ class EpochBatches:
         chunks = [perm[i * self.batch_size:(i + 1) * self.batch_size] for i in range(self.steps)]
         share = (lambda t: t.tensor_split(world)[rank]) if world > 1 else (lambda t: t)
         if self.mode == "device":
-            from .tensor_data import AugmentSpec, augment_batch
+            from flatness.data.tensor_data import AugmentSpec, augment_batch
 
             spec = self.augment or AugmentSpec()
             for idx in chunks:
@@ -385,7 +385,7 @@ def cpu_threads_for(model: nn.Module, device: torch.device) -> Optional[int]:
 
 
 def build_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
-    from .optim import AMP, SAM
+    from flatness.training.optim import AMP, SAM
 
     base = dict(lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
                 weight_decay=config.weight_decay)
@@ -499,7 +499,7 @@ def _train_locked(config: TrainConfig, out_dir: str, resume: bool, progress: boo
                              rng=ckpt.capture_rng() if full else None, extra=extra)
 
     if keep_data_on_device(config, device, train_set):
-        from .tensor_data import AUGMENTATIONS, AugmentSpec
+        from flatness.data.tensor_data import AUGMENTATIONS, AugmentSpec
 
         info = dataset_info(config.dataset)
         plain = get_dataset(config.dataset, "train", root=root, augment=False)

@@ -15,7 +15,7 @@ JSON keys (every float that is not finite is written as ``null``, never a bare N
                          converged, backend, max_iter} or null (top-k 0)
     trace               {estimate, stderr, hvps, samples, method, seconds} or null
     density             {nodes, weights, grid, values, sigma, steps, vectors, hvps, seconds} or null
-    sharpness           the list of flatness.sharpness.compute, or null
+    sharpness           the list of flatness.sharpness.metrics.compute, or null
     sidecar             file name of the sidecar (beside the JSON) or null
 
 The sidecar ``NAME.h5`` (for ``NAME.json``) holds ``eigenvectors`` (k×d float32, rows in the order
@@ -34,8 +34,8 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from .errors import FlatnessError
-from .fileio import atomic_write, atomic_write_text
+from flatness.core.errors import FlatnessError
+from flatness.core.fileio import atomic_write, atomic_write_text
 
 FORMAT = "flatness-probe"
 REQUIRED = ("flatness_version", "checkpoint", "data", "loss", "accuracy", "num_params", "weight_norm",
@@ -77,7 +77,7 @@ def write_probe(path: str, result: Dict[str, Any], vectors: Optional[np.ndarray]
         vectors = result.get("eigenvectors")
     if density_arrays is None:
         density_arrays = result.get("density_arrays")
-    from .locking import exclusive
+    from flatness.core.locking import exclusive
 
     with exclusive(path, "probe file"):  # two probes never write one file
         return _write_probe_locked(path, result, vectors, density_arrays, force)

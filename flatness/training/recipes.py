@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from .errors import FlatnessError
+from flatness.core.errors import FlatnessError
 
 # The published AMP setup (Zheng et al., CVPR 2021, and its reference code) for PreActResNet18 /
 # WRN-28-10 on CIFAR/SVHN. ERM baselines of the paper use the same recipe with --method erm.
@@ -80,7 +80,7 @@ def recipe_values(name: str) -> Dict[str, Any]:
     if name not in RECIPES:
         raise FlatnessError(f"unknown recipe {name!r}; choose one of: {', '.join(recipe_names())}")
     if name == "digits-default":
-        from .training import TrainConfig
+        from flatness.training.loop import TrainConfig
 
         values = TrainConfig().to_dict()
         values.pop("recipe", None)

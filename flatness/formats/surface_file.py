@@ -19,7 +19,7 @@ Conventions:
 - Accuracy is stored in **percent** (0-100), as loss-landscape's ``eval_loss`` returns it and as its
   ``plot_1D.py`` expects (``ax2.set_ylim(0, 100)``, error = ``100 - train_acc``); the attribute
   ``accuracy_unit = "percent"`` says so. Loss is the mean cross-entropy.
-- Index order ``[i, j] = (x_i, y_j)`` (attribute ``layout = "ij"``), as METRICS.md defines it.
+- Index order ``[i, j] = (x_i, y_j)`` (attribute ``layout = "ij"``), as docs/metrics.md defines it.
   loss-landscape's own ``plot_surface.py`` fills its arrays through ``np.meshgrid`` ("xy" order), so
   its files hold ``[j, i]`` for square grids; its ``plot_2D.py`` draws ``contour(X, Y, Z)`` with that
   order. Plot a flatness file with ``Z.T`` there (flatness's own plotting reads through ``read_surface``).
@@ -46,8 +46,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .errors import FlatnessError
-from .fileio import atomic_path
+from flatness.core.errors import FlatnessError
+from flatness.core.fileio import atomic_path
 
 FORMAT = "flatness-surface"
 FORMAT_VERSION = 1

@@ -2,7 +2,7 @@
 
 Steps, each idempotent (a rerun skips what is finished; a killed run, rerun, completes):
 
-1. train every (method, seed) into ``OUT/runs/<method>-s<seed>/`` (``flatness.training.train``;
+1. train every (method, seed) into ``OUT/runs/<method>-s<seed>/`` (``flatness.training.loop.train``;
    a finished run is skipped, a partial one resumed);
 2. probe every final checkpoint into ``OUT/runs/<method>-s<seed>/probe.json`` (top-k Hessian
    eigenvalues by Lanczos, Hutchinson trace, spectral density, every sharpness metric); an existing
@@ -26,8 +26,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .errors import FlatnessError
-from .fileio import atomic_write_json
+from flatness.core.errors import FlatnessError
+from flatness.core.fileio import atomic_write_json
 
 RUNS = "runs"
 FIGURES = "figures"
@@ -181,7 +181,7 @@ def _write_state(cfg: ExperimentConfig, steps: List[Dict[str, Any]], started: fl
 # --------------------------------------------------------------------------- the steps
 
 def train_config_for(cfg: ExperimentConfig, method: str, seed: int):
-    from .training import build_config
+    from flatness.training.loop import build_config
 
     explicit: Dict[str, Any] = {"dataset": cfg.dataset, "model": cfg.model, "method": method, "seed": seed,
                                 "device": cfg.device}
@@ -196,7 +196,7 @@ def train_config_for(cfg: ExperimentConfig, method: str, seed: int):
 
 
 def step_train(cfg: ExperimentConfig, method: str, seed: int, progress: bool, echo) -> Dict[str, Any]:
-    from .training import train
+    from flatness.training.loop import train
 
     folder = run_dir(cfg, method, seed)
     config = train_config_for(cfg, method, seed)
@@ -227,8 +227,8 @@ def _clear_unstarted_run(folder: str) -> None:
 
 
 def step_probe(cfg: ExperimentConfig, method: str, seed: int, progress: bool, echo) -> Dict[str, Any]:
-    from .probe import run_probe
-    from .probe_io import write_probe
+    from flatness.study.probe import run_probe
+    from flatness.formats.probe_file import write_probe
 
     folder = run_dir(cfg, method, seed)
     out = os.path.join(folder, PROBE)
@@ -251,7 +251,7 @@ def _probe_kwargs(opts: Dict[str, Any]) -> Dict[str, Any]:
     """Only the options run_probe takes (its signature decides), so the study keeps working as it grows."""
     import inspect
 
-    from .probe import run_probe
+    from flatness.study.probe import run_probe
 
     params = inspect.signature(run_probe).parameters
     if any(p.kind == p.VAR_KEYWORD for p in params.values()):
@@ -264,7 +264,7 @@ def surface_seed(cfg: ExperimentConfig) -> int:
 
 
 def step_surfaces(cfg: ExperimentConfig, progress: bool, echo) -> List[Dict[str, Any]]:
-    from .surface import compute_surface
+    from flatness.landscape.surface import compute_surface
 
     seed = surface_seed(cfg)
     g = cfg.grid
@@ -302,8 +302,8 @@ def interp_path(cfg: ExperimentConfig, other: str) -> str:
 
 def step_figures(cfg: ExperimentConfig, records, comp) -> Dict[str, str]:
     """Every figure the report shows, rebuilt from the files (cheap; derived outputs of this folder)."""
-    from .compare import compare_figures
-    from .plotting import common_limits, load_surface, plot_1d, plot_2d, plot_spectrum, _pick_value
+    from flatness.study.compare import compare_figures
+    from flatness.plot.figures import common_limits, load_surface, plot_1d, plot_2d, plot_spectrum, _pick_value
 
     fig_dir = os.path.join(cfg.out, FIGURES)
     os.makedirs(fig_dir, exist_ok=True)
@@ -344,8 +344,8 @@ def run_experiment(config: ExperimentConfig, progress: bool = True,
     """Run (or resume) the whole study; returns {out, report, html, steps, verdict, seconds}."""
     import torch
 
-    from .compare import compare, load_run_dir
-    from .report import write_report
+    from flatness.study.compare import compare, load_run_dir
+    from flatness.study.report import write_report
 
     cfg = config.resolved()
     started = time.time()
@@ -353,7 +353,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True,
         raise FlatnessError(f"--out {cfg.out} is a file; name a folder")
     for m in cfg.methods:  # a bad option fails before the study folder is even created
         train_config_for(cfg, m, cfg.seeds[0])
-    from .locking import exclusive
+    from flatness.core.locking import exclusive
 
     with exclusive(cfg.out, "study folder"):  # a second study in this folder refuses at once
         os.makedirs(cfg.out, exist_ok=True)
@@ -361,8 +361,8 @@ def run_experiment(config: ExperimentConfig, progress: bool = True,
 
 
 def _run_locked(cfg: ExperimentConfig, started: float, progress: bool, echo) -> Dict[str, Any]:
-    from .compare import compare, load_run_dir
-    from .report import write_report
+    from flatness.study.compare import compare, load_run_dir
+    from flatness.study.report import write_report
 
     _check_state(cfg)
     # check every training config before the first step, so a bad option fails at once
@@ -385,15 +385,15 @@ def _run_locked(cfg: ExperimentConfig, started: float, progress: bool, echo) -> 
         record(entry)
 
     records = [load_run_dir(run_dir(cfg, m, s)) for m in cfg.methods for s in cfg.seeds]
-    from .compare import record_values
+    from flatness.study.compare import record_values
 
     for r in records:
         r.values = record_values(r)
     comp = compare(records)
     began = time.perf_counter()
     figures = step_figures(cfg, records, comp)
-    from .compare import csv_text, markdown_table
-    from .fileio import atomic_write_text
+    from flatness.study.compare import csv_text, markdown_table
+    from flatness.core.fileio import atomic_write_text
 
     atomic_write_text(os.path.join(cfg.out, "comparison.md"), "# Comparison\n\n" + markdown_table(comp))
     atomic_write_json(os.path.join(cfg.out, "comparison.json"), comp)

@@ -1,8 +1,8 @@
 """Device selection shared by every command (`--device auto|cpu|cuda|cuda:N`)."""
 import torch
 
-from .cpu_memory import retain_freed_memory
-from .errors import FlatnessError
+from flatness.core.cpu_memory import retain_freed_memory
+from flatness.core.errors import FlatnessError
 
 
 def resolve_device(name: str = "auto") -> torch.device:

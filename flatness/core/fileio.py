@@ -13,7 +13,7 @@ import re
 import tempfile
 from typing import Any, Callable
 
-from .errors import FlatnessError
+from flatness.core.errors import FlatnessError
 
 
 def os_error_reason(err: BaseException) -> str:

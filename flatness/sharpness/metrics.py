@@ -1,10 +1,10 @@
-"""Every sharpness metric of METRICS.md (section Sharpness), on the probe data.
+"""Every sharpness metric of docs/metrics.md (section Sharpness), on the probe data.
 
 All metrics share one :class:`LossOracle`: the exact mean loss (and its gradient, and the mean
 classification error) over every probe example at θ + δ, with batch b weighted by n_b / n, the model
 in eval mode (BatchNorm uses its running statistics; buffers are never perturbed). Only the trainable
-parameters (the flat vector θ of :mod:`flatness.params`) move, always through
-:func:`flatness.params.perturbed`, so the weights are restored bit for bit after every evaluation.
+parameters (the flat vector θ of :mod:`flatness.core.params`) move, always through
+:func:`flatness.core.params.perturbed`, so the weights are restored bit for bit after every evaluation.
 Every random draw comes from the routine's own ``torch.Generator`` seeded by ``seed``.
 
 Metrics (``METRIC_NAMES``):
@@ -47,11 +47,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .errors import FlatnessError
-from .evaluate import batch_cross_entropy, full_gradient
-from .params import flatten, get_flat_params, named_trainable, perturbed
-from .probe_data import ProbeData
-from .progress import progress_bar
+from flatness.core.errors import FlatnessError
+from flatness.core.evaluation import batch_cross_entropy, full_gradient
+from flatness.core.params import flatten, get_flat_params, named_trainable, perturbed
+from flatness.data.probe_data import ProbeData
+from flatness.core.progress import progress_bar
 
 METRIC_NAMES = ("keskar", "worst_case", "adaptive_worst_case", "average_case", "adaptive_average_case",
                 "pac_bayes", "pac_bayes_magnitude")
@@ -62,7 +62,7 @@ EPSILON_METRICS = ("keskar",)
 BALLS = ("global", "tensor")
 
 DEFAULTS: Dict[str, object] = {
-    "epsilons": (1e-3, 5e-4),        # Keskar's usual box sizes (METRICS.md)
+    "epsilons": (1e-3, 5e-4),        # Keskar's usual box sizes (docs/metrics.md)
     "rhos": (0.02, 0.05, 0.1),       # 0.02 = AMP ε of the digits default training (TrainConfig, tensor ball)
     "ball": "tensor",                # the AMP ball
     "p": 2,                          # norm of the (adaptive) worst-case ball: 2 or inf

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import FlatnessError
+from flatness.core.errors import FlatnessError
 
 
 class MLP(nn.Module):

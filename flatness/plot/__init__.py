@@ -1,0 +1,1 @@
+"""Figures: 1D curves, contours, heatmaps, 3D surfaces, trajectories and spectral densities."""
