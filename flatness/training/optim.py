@@ -14,7 +14,7 @@ Both wrap a base optimizer (SGD by default) and need a closure, exactly as torch
 
     loss = opt.step(closure)      # the loss at θ (the one to log)
 
-Definitions: ``shared/docs/metrics.md``. One AMP step costs ``1 + inner_iter`` forward-backward passes
+Definitions: ``docs/metrics.md``. One AMP step costs ``1 + inner_iter`` forward-backward passes
 (the first inner step reuses the gradient at θ), one SAM step costs 2.
 
 Design notes
