@@ -1,3 +1,5 @@
+"""Build entry of flatness: metadata, dependencies and the ``flatness`` console script (see pyproject.toml)."""
+
 import os
 
 from setuptools import find_packages, setup
@@ -16,7 +18,8 @@ setup(
     description="Loss-landscape analysis of neural networks: ERM vs AMP/SAM, Hessian spectra, sharpness, surfaces",
     long_description=long_description,
     long_description_content_type="text/markdown",
-    python_requires=">=3.9",
+    # Tested on 3.10 (the oldest with a current torch in the index; 3.9 stops at torch 2.8) and 3.13.
+    python_requires=">=3.10",
     # The CLI lives in cli/ at the top level but installs as flatness.cli.
     package_dir={"flatness": "flatness", "flatness.cli": "cli"},
     packages=find_packages(include=["flatness", "flatness.*"]) + ["flatness.cli"],
@@ -30,7 +33,12 @@ setup(
         "click>=8",
         "scikit-learn",
         "tqdm",
+        "markdown-it-py>=3",
+        "mnist1d",  # MNIST-1D's own generator (the dataset is generated offline, never downloaded)
     ],
-    extras_require={"test": ["pytest>=7"]},
+    # ruff: the lint/format gate scripts/test.sh runs (pinned: its rules and format move between releases;
+    # keep .pre-commit-config.yaml's rev equal); selenium drives headless chromium in the report test.
+    extras_require={"test": ["pytest>=7", "hypothesis", "ruff==0.17.6", "selenium>=4.11"],
+                    "safetensors": ["safetensors"]},
     entry_points={"console_scripts": ["flatness=flatness.cli.main:main"]},
 )

@@ -80,7 +80,7 @@ def surface_time(device, grid, samples, fast):
     """Seconds for a grid x grid random filter-normalised surface on `samples` CIFAR-shaped images."""
     from flatness.formats.checkpoint import save_checkpoint
     from flatness.data.probe_data import ProbeData
-    from flatness.landscape.surface import compute_surface
+    from flatness.landscape.compute import compute_surface
 
     spec = model_spec("preactresnet18", 3, 32, 10)
     model = build_from_spec(spec)

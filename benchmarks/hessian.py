@@ -82,7 +82,7 @@ def make_case(name: str, fake_samples: int, stale_bn: bool = False):
             # so eval mode scales activations by numbers no trained checkpoint has; the float32 HVP of
             # that net is off by 0.5% while a trained net's is off by ~1e-6. Re-estimating them on the
             # probe data gives what long training gives: statistics that match the data.
-            from flatness.landscape.surface import recalibrate_bn
+            from flatness.landscape.weights import recalibrate_bn
 
             recalibrate_bn(model, data.batches)
             bn_note = "BN statistics re-estimated on the probe images"

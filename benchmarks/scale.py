@@ -27,7 +27,7 @@ def make_checkpoint(folder):
 
 
 def surface_job(checkpoint, out, grid):
-    from flatness.landscape.surface import compute_surface
+    from flatness.landscape.compute import compute_surface
 
     distributed.barrier()
     summary = compute_surface(checkpoint, out, x=(-1, 1, grid), y=(-1, 1, grid), samples=1000, batch_size=1000,

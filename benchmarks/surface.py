@@ -3,7 +3,7 @@
 Compares, on the same model and data (one batch of 1000 images, eval mode):
 
 * floor            441 x one forward pass over the 1000 images (nothing else)
-* flatness         ``flatness.landscape.surface.compute_surface`` (grid time, i.e. the file's ``seconds``;
+* flatness         ``flatness.landscape.compute.compute_surface`` (grid time, i.e. the file's ``seconds``;
                    and the whole call, start-up and file writing included); and with
                    ``channels_last=True`` (``--channels-last``: NHWC layout, same values to ~1e-6)
 * plain loop       per point: deepcopy the model, add a·x + b·y to its parameters, ``evaluate``
@@ -99,7 +99,7 @@ def main() -> None:
     from flatness.landscape.directions import random_directions
     from flatness.core.evaluation import evaluate
     from flatness.data.probe_data import load_probe_data
-    from flatness.landscape.surface import compute_surface
+    from flatness.landscape.compute import compute_surface
 
     ckpt = os.path.join(BENCH, "convnet.pt")
     if not os.path.exists(ckpt):  # the digits convnet after 100 SGD steps, as the tests make it

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from flatness.study.compare import compare_inputs
-from flatness.plot.figures import FORMATS
+from flatness.plot.style import FORMATS
 
 
 @click.command("compare")

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import click
 
+from flatness.core.validation import check_count
 from flatness.study.experiment import DEFAULT_GRID, DEFAULT_SAMPLES, ExperimentConfig, run_experiment
+
+MAX_THREADS = 4096  # torch.set_num_threads overflows on absurd values; no machine has this many cores
 
 
 @click.command("experiment")
@@ -40,8 +43,8 @@ def command(out, methods, seeds, dataset, model, recipe, epochs, device, samples
     """
     import torch
 
-    if threads is not None and threads < 1:
-        raise click.BadParameter("must be >= 1", param_hint="--threads")
+    if threads is not None:
+        check_count(threads, "--threads", maximum=MAX_THREADS)
     if threads is None and dataset == "digits" and device in ("cpu", "auto") and not torch.cuda.is_available():
         threads = 1
     before = torch.get_num_threads()

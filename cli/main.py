@@ -5,9 +5,12 @@ non-zero; ``flatness --debug CMD`` shows the full traceback instead.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 import sys
+import threading
 
 import click
 
@@ -17,13 +20,51 @@ from flatness.version import __version__
 EXIT_INTERRUPTED = 130
 EXIT_INTERNAL = 1
 
+# What an interrupted command has kept, and how to go on (one line each).
+RESUME_HINTS = {
+    "train": "finished epochs are saved; rerun the same command with --resume to continue",
+    "surface": "finished points are saved; rerun the same command with --resume to continue",
+    "experiment": "finished steps are saved; rerun the same command (same --out) to continue",
+    "probe": "nothing was written; rerun the command",
+    "plot": "finished figures are saved; rerun with --force to redraw all",
+    "compare": "nothing was written; rerun the command",
+}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, a scheduler's time limit, torchrun stopping a rank), raised where the process is,
+    so that it unwinds exactly like Ctrl-C: the same cleanup, the same one-line message."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Turn SIGTERM into :class:`Terminated` for the duration of a command (main thread only: Python
+    delivers signals there), restoring the previous handler afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
 
 class FlatnessGroup(click.Group):
     """A click group that turns expected failures into one-line errors."""
 
     def invoke(self, ctx):
         try:
-            result = super().invoke(ctx)
+            with sigterm_as_interrupt():
+                result = super().invoke(ctx)
             _leave_process_group(clean=True)
             return result
         except click.UsageError as err:  # a bad option value or name: one line, like every other error
@@ -39,12 +80,15 @@ class FlatnessGroup(click.Group):
                 raise
             click.echo(f"Error: {_one_line(str(err))}", err=True)
             ctx.exit(err.exit_code)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as err:
             if _debug(ctx):
                 raise
-            click.echo("Interrupted. Finished work is saved; rerun the same command with --resume to continue.",
-                       err=True)
-            ctx.exit(EXIT_INTERRUPTED)
+            name = ctx.invoked_subcommand or ""
+            hint = RESUME_HINTS.get(name, "finished work is saved; rerun the same command with --resume to continue")
+            signum = err.signum if isinstance(err, Terminated) else signal.SIGINT
+            cause = "Terminated (SIGTERM)." if isinstance(err, Terminated) else "Interrupted."
+            click.echo(f"{cause} {hint[0].upper()}{hint[1:]}.", err=True)
+            ctx.exit(128 + int(signum))
         except OSError as err:
             if _debug(ctx):
                 raise

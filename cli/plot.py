@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from flatness.plot.figures import FORMATS, plot_files
+from flatness.plot.figures import PlotSettings, plot_files
+from flatness.plot.style import FORMATS
 
 
 @click.command("plot")
@@ -36,8 +37,9 @@ def command(files, kinds, value, log, fmt, out_dir, vmin, vmax, vtp, force):
     a probe .json gives the Hessian spectral density on a log scale with the top eigenvalues marked.
     Output names: STEM-1d, STEM-contour, STEM-contourf, STEM-heatmap, STEM-3d, STEM-spectrum (.FMT).
     """
-    written = plot_files(list(files), out_dir=out_dir, kinds=kinds, fmt=fmt, log=log, vmin=vmin, vmax=vmax,
-                         vtp=vtp, value=value, force=force)
+    settings = PlotSettings(out_dir=out_dir, kinds=kinds, fmt=fmt, log=log, vmin=vmin, vmax=vmax, vtp=vtp,
+                            value=value, force=force)
+    written = plot_files(list(files), settings)
     for path in written:
         click.echo(path)
     click.echo(f"{len(written)} file(s) written.", err=True)

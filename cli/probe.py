@@ -7,28 +7,17 @@ import os
 import click
 
 from flatness.core.errors import FlatnessError
-from flatness.study.probe import (DEFAULT_BATCH_SIZE, DEFAULT_DENSITY_STEPS, DEFAULT_DENSITY_VECTORS, DEFAULT_MAX_ITER,
-                            DEFAULT_SAMPLES, DEFAULT_TOL, DEFAULT_TRACE_SAMPLES, SPLITS)
-
-
-def _floats(text, label):
-    if text is None:
-        return None
-    values = []
-    for part in str(text).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            value = float(part)
-        except ValueError:
-            raise FlatnessError(f"--{label} takes numbers separated by commas, got {part!r}") from None
-        if not (value > 0 and value != float("inf")):
-            raise FlatnessError(f"--{label} values must be finite and > 0, got {part}")
-        values.append(value)
-    if not values:
-        raise FlatnessError(f"--{label} needs at least one value")
-    return values
+from flatness.core.paths import check_input, check_name, check_paths
+from flatness.core.validation import check_count, check_number, check_seed
+from flatness.data.probe_data import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
+from flatness.study.probe import (
+    DEFAULT_DENSITY_STEPS,
+    DEFAULT_DENSITY_VECTORS,
+    DEFAULT_MAX_ITER,
+    DEFAULT_TOL,
+    DEFAULT_TRACE_SAMPLES,
+    ProbeSettings,
+)
 
 
 def _default_out(checkpoint: str, split: str) -> str:
@@ -92,43 +81,59 @@ def _fmt(x, spec=".4g"):
                    "e.g. 'layer4.*' or 'features.0.weight': per-layer spectra. Default: all parameters.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def command(checkpoint, split, samples, batch_size, top_k, eig_method, tol, max_iter, trace, trace_samples,
-            trace_method, density, density_steps, density_vectors, sharpness, rho, epsilon, ball, draws, ascent_steps, seed, device, data_dir,
-            out, force, save_vectors, dtype, params, quiet):
+            trace_method, density, density_steps, density_vectors, sharpness, rho, epsilon, ball, draws, ascent_steps,
+            seed, device, data_dir, out, force, save_vectors, dtype, params, quiet):
     """Measure CHECKPOINT: loss, accuracy, top Hessian eigenvalues, optional trace, density, sharpness."""
-    from flatness.study.probe import run_probe, validate_sharpness
-    from flatness.formats.probe_file import sidecar_path, write_probe
-
-    if split not in SPLITS:
-        raise FlatnessError(f"unknown split {split!r}; use train or test")
-    if samples < 1:
-        raise FlatnessError(f"--samples must be >= 1, got {samples}")
-    out = out or _default_out(checkpoint, split)
-    if not force:  # fail before the work, not after it
-        for target in [out] + ([sidecar_path(out)] if save_vectors or density else []):
-            if os.path.exists(target):
-                raise FlatnessError(f"{target} exists; pass --force to overwrite it")
-    sharpness_options = None
-    if sharpness is not None:
-        sharpness_options = {"rhos": _floats(rho, "rho"), "epsilons": _floats(epsilon, "epsilon"), "ball": ball,
-                             "draws": draws, "ascent_steps": ascent_steps}
-        sharpness = validate_sharpness(sharpness, sharpness_options)
-    elif rho is not None or epsilon is not None:
-        _floats(rho, "rho"), _floats(epsilon, "epsilon")  # still reject nonsense
-
     from flatness.core import distributed
     from flatness.core.devices import resolve_device
+    from flatness.formats.probe_file import sidecar_path, write_probe
+    from flatness.study.probe import run_probe
+
+    settings = ProbeSettings(
+        split=split, samples=samples, batch_size=batch_size, top_k=top_k, eig_method=eig_method, tol=tol,
+        max_iter=max_iter, trace=trace, trace_samples=trace_samples, trace_method=trace_method, density=density,
+        density_steps=density_steps, density_vectors=density_vectors, sharpness=sharpness,
+        sharpness_options={"rhos": rho, "epsilons": epsilon, "ball": ball, "draws": draws,
+                           "ascent_steps": ascent_steps},
+        seed=seed, device=device, dtype=dtype, params=params, save_vectors=save_vectors, data_dir=data_dir,
+        progress=not quiet)
+    settings.validate()  # every option, before any file is looked at or any work is done
+    check_seed(seed)
+    check_count(samples, "--samples")
+    # Every count is checked here, before the checkpoint is loaded, also those that only some
+    # measurements use: 0 is an error, never "the default".
+    check_count(batch_size, "--batch-size")
+    check_count(top_k, "--top-k", minimum=0)
+    check_count(max_iter, "--max-iter")
+    check_count(trace_samples, "--trace-samples")
+    check_count(density_steps, "--density-steps")
+    check_count(density_vectors, "--density-vectors")
+    check_number(tol, "--tol")
+    for label, value in (("--draws", draws), ("--ascent-steps", ascent_steps)):
+        if value is not None:
+            check_count(value, label)
+    check_input(checkpoint, "checkpoint")
+    if data_dir is not None:
+        check_name(data_dir, "--data-dir")
+    out = out or _default_out(checkpoint, split)
+    # The output (and its sidecar) must not be the checkpoint they measure, --force or not.
+    sidecar = sidecar_path(out) if save_vectors or density else None
+    check_paths({"checkpoint": [checkpoint]}, {"--out": out, "--out's sidecar": sidecar})
+    if not force:  # fail before the work, not after it
+        for target in [out] + ([sidecar] if sidecar else []):
+            if os.path.exists(target):
+                raise FlatnessError(f"{target} exists; pass --force to overwrite it")
 
     distributed.init_from_env(resolve_device(device))  # under torchrun: join the ranks (probe data sharded)
-    result = run_probe(checkpoint, split=split, samples=samples, batch_size=batch_size, top_k=top_k,
-                       eig_method=eig_method, tol=tol, max_iter=max_iter, trace=trace, trace_samples=trace_samples,
-                       trace_method=trace_method, density=density, seed=seed, device=device, sharpness=sharpness,
-                       sharpness_options=sharpness_options, save_vectors=save_vectors, data_dir=data_dir,
-                       progress=not quiet and distributed.is_main(), density_steps=density_steps,
-                       density_vectors=density_vectors, dtype=dtype, params=params)
+    settings.progress = settings.progress and distributed.is_main()
+    result = run_probe(checkpoint, settings)
     if not distributed.is_main():
         return  # rank 0 writes and reports
-    written = write_probe(out, result, force=force)
+    _report(out, write_probe(out, result, force=force), split, tol)
 
+
+def _report(out: str, written, split: str, tol: float) -> None:
+    """A few lines summarising the probe file just written."""
     ck = written["checkpoint"]
     click.echo(f"{ck['model']} on {ck['dataset']} ({ck['method']}, epoch {ck['epoch']}), "
                f"{written['data']['samples']} {split} examples, {written['num_params']} parameters")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from flatness.landscape.surface import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
+from flatness.data.probe_data import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
 
 
 @click.command("surface")
@@ -11,7 +11,8 @@ from flatness.landscape.surface import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
 @click.option("--x", "x", default="-1:1:21", show_default=True, metavar="MIN:MAX:N",
               help="Grid along the first direction: N points from MIN to MAX.")
 @click.option("--y", "y", default=None, metavar="MIN:MAX:N", help="Grid along a second direction (2D surface).")
-@click.option("--dir", "direction", default="random", show_default=True, metavar="random|eigen|interp:CKPT_B|pca:RUN_DIR",
+@click.option("--dir", "direction", default="random", show_default=True,
+              metavar="random|eigen|interp:CKPT_B|pca:RUN_DIR",
               help="Directions: filter-normalised random ones, the top Hessian eigenvectors, the line to "
                    "checkpoint B (A at 0, B at 1), or a run's trajectory PCA.")
 @click.option("--norm", type=click.Choice(["filter", "layer", "none"]), default="filter", show_default=True,
@@ -39,6 +40,7 @@ from flatness.landscape.surface import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
               help="Run conv nets in NHWC memory layout: same values up to rounding (~1e-6), often much "
                    "faster on CPUs (the default digits convnet: about 27% less time per point).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+# click passes every option as a parameter; the function only builds SurfaceSettings from them.
 def command(checkpoint, x, y, direction, norm, ignore, orthogonal, split, samples, batch_size, bn, seed, device,
             data_dir, download, out, resume, force, precision, channels_last, quiet):
     """Loss and accuracy on a grid around CHECKPOINT (loss-landscape compatible HDF5).
@@ -49,17 +51,18 @@ def command(checkpoint, x, y, direction, norm, ignore, orthogonal, split, sample
     """
     from flatness.core import distributed
     from flatness.core.devices import resolve_device
-    from flatness.landscape.surface import compute_surface
+    from flatness.landscape.compute import SurfaceSettings, compute_surface
 
     distributed.init_from_env(resolve_device(device))
-    summary = compute_surface(checkpoint, out=out, x=x, y=y, direction=direction, norm=norm, ignore=ignore,
-                              orthogonal=orthogonal, split=split, samples=None if samples == 0 else samples,
-                              batch_size=batch_size, bn=bn, seed=seed, device=device, resume=resume, force=force,
-                              progress=not quiet and distributed.is_main(), data_dir=data_dir, download=download,
-                              precision=precision, channels_last=channels_last)
+    settings = SurfaceSettings(x=x, y=y, direction=direction, norm=norm, ignore=ignore, orthogonal=orthogonal,
+                               split=split, samples=None if samples == 0 else samples, batch_size=batch_size, bn=bn,
+                               seed=seed, device=device, resume=resume, force=force,
+                               progress=not quiet and distributed.is_main(), data_dir=data_dir,
+                               download=download, precision=precision, channels_last=channels_last)
+    summary = compute_surface(checkpoint, out, settings)
     if not distributed.is_main():
         return
-    shape = "x".join(str(s) for s in summary["shape"])
+    shape = "x".join(str(s) for s in reversed(summary["shape"]))  # x points by y points
     rate = summary["points_per_second"]
     click.echo(f"surface {shape} ({summary['direction']}, bn {summary['bn']}): {summary['computed_now']} points "
                f"computed{' (resumed)' if summary['resumed'] else ''}"

@@ -7,6 +7,7 @@ import click
 from flatness.training.loop import TrainConfig
 
 D = TrainConfig()
+MAX_PROCESSES = 1024  # far beyond one node's GPUs or cores; a larger N is a typo, not a plan
 
 
 def _ms(values) -> str:
@@ -88,7 +89,7 @@ def _ms(values) -> str:
 @click.option("--local-perturbation", is_flag=True, default=None,
               help="Multi-process runs: build AMP/SAM's perturbation from each rank's own share of the batch "
                    "(cheaper; a different method) instead of the global batch's all-reduced gradient.")
-@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--nproc", type=click.IntRange(min=1, max=MAX_PROCESSES), default=1, show_default=True,
               help="Train on N processes (one per GPU, or N CPU processes with gloo) by relaunching this command "
                    "under torchrun; the global batch (--batch-size) is split across them.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar per epoch. [default: on]")
@@ -105,6 +106,10 @@ def command(out, resume, recipe, progress, nproc, compile_, **options):
         raise SystemExit(_relaunch_under_torchrun(nproc))
     options["compile"] = compile_
 
+    from flatness.core.paths import check_paths
+
+    if out is not None:  # before resume_config reads the folder
+        check_paths({}, {"--out": out}, folders=["--out"])
     explicit = {k: v for k, v in options.items() if v is not None}
     if not explicit.get("download"):
         explicit.pop("download", None)

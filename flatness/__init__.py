@@ -14,16 +14,22 @@ Definitions of every quantity: docs/metrics.md. Code layout: docs/ARCHITECTURE.m
 from flatness.core.devices import resolve_device
 from flatness.core.errors import FlatnessError
 from flatness.core.evaluation import evaluate
+from flatness.data.convert import as_probe_data
 from flatness.data.datasets import dataset_info, get_dataset
 from flatness.data.probe_data import ProbeData, load_probe_data
+from flatness.data.user_data import check_model_fits, load_user_dataset
 from flatness.formats.checkpoint import load_checkpoint, save_checkpoint
 from flatness.formats.probe_file import read_probe, write_probe
 from flatness.formats.surface_file import read_surface
+from flatness.formats.weights import load_exported_program, load_weights_into
 from flatness.hessian import HessianOperator, estimate_trace, lanczos, power_iteration, slq
-from flatness.landscape.surface import compute_surface
+from flatness.landscape.compute import SurfaceSettings, compute_surface
+from flatness.landscape.surface import loss_surface
+from flatness.models.references import resolve_model_reference
 from flatness.models.registry import build_model
 from flatness.study.experiment import run_experiment
-from flatness.study.probe import run_probe
+from flatness.sharpness.measure import SharpnessSettings, measure_sharpness
+from flatness.study.probe import ProbeSettings, measure, run_probe
 from flatness.training.loop import TrainConfig, train
 from flatness.training.optim import AMP, SAM
 from flatness.version import __version__
@@ -34,9 +40,14 @@ __all__ = [
     "FlatnessError",
     "HessianOperator",
     "ProbeData",
+    "ProbeSettings",
+    "SharpnessSettings",
+    "SurfaceSettings",
     "TrainConfig",
     "__version__",
+    "as_probe_data",
     "build_model",
+    "check_model_fits",
     "compute_surface",
     "dataset_info",
     "estimate_trace",
@@ -44,10 +55,17 @@ __all__ = [
     "get_dataset",
     "lanczos",
     "load_checkpoint",
+    "load_exported_program",
     "load_probe_data",
+    "load_user_dataset",
+    "load_weights_into",
+    "measure",
+    "measure_sharpness",
+    "loss_surface",
     "power_iteration",
     "read_probe",
     "read_surface",
+    "resolve_model_reference",
     "run_experiment",
     "run_probe",
     "save_checkpoint",

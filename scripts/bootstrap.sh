@@ -4,6 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+# The same floor as setup.py's python_requires, checked before the multi-gigabyte torch download.
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+  echo "[bootstrap] flatness needs Python 3.10 or newer; $PYTHON is $("$PYTHON" --version 2>&1). Set PYTHON=..." >&2
+  exit 1
+fi
 if [ ! -x .venv/bin/python ]; then
   echo "[bootstrap] creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
@@ -16,9 +21,12 @@ if ! .venv/bin/python -c "import torch, torchvision" >/dev/null 2>&1; then
   .venv/bin/python -m pip install -q --disable-pip-version-check $TORCH_SPEC \
     || .venv/bin/python -m pip install -q --disable-pip-version-check "torch>=2.2" torchvision
 fi
-if ! .venv/bin/python -c "import flatness.cli, pytest, h5py, sklearn" >/dev/null 2>&1 \
+if ! .venv/bin/python -c "import flatness.cli, pytest, h5py, sklearn, markdown_it" >/dev/null 2>&1 \
    || [ setup.py -nt .venv/.flatness-installed ]; then
   echo "[bootstrap] installing flatness and its dependencies"
+  # A new venv carries the pip/setuptools its Python shipped with (on 3.9 pip 23 and setuptools 58, which
+  # could not install cli/ as flatness.cli through package_dir in editable mode); never rely on them.
+  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel
   .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
   touch .venv/.flatness-installed
 fi

@@ -45,7 +45,7 @@ def test_sharded_loss_accuracy_and_gradient_equal_single_process(digits_checkpoi
 
 
 def _distributed_surface(checkpoint, out):
-    from flatness.landscape.surface import compute_surface
+    from flatness.landscape.compute import compute_surface
 
     summary = compute_surface(checkpoint, out, x=(-1, 1, 5), y=(-1, 1, 4), samples=120, batch_size=50,
                               device="cpu", progress=False)
@@ -53,7 +53,7 @@ def _distributed_surface(checkpoint, out):
 
 
 def test_distributed_surface_equals_single_process(digits_checkpoint, tmp_path):
-    from flatness.landscape.surface import compute_surface
+    from flatness.landscape.compute import compute_surface
     from flatness.formats.surface_file import read_surface
 
     single = tmp_path / "single.h5"

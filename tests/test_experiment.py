@@ -52,7 +52,7 @@ def test_rerun_skips_finished_steps_and_redoes_only_what_is_missing(quick_study,
     out, first, _ = quick_study
     assert first.exit_code == 0, first.output
     import flatness.study.probe
-    import flatness.landscape.surface
+    import flatness.landscape.compute
     import flatness.training.loop
 
     def no_training(*a, **k):
@@ -66,7 +66,7 @@ def test_rerun_skips_finished_steps_and_redoes_only_what_is_missing(quick_study,
         return real_probe(checkpoint, *a, **k)
 
     computed = []
-    real_surface = flatness.landscape.surface.compute_surface
+    real_surface = flatness.landscape.compute.compute_surface
 
     def counting_surface(*a, **k):
         summary = real_surface(*a, **k)
@@ -75,7 +75,7 @@ def test_rerun_skips_finished_steps_and_redoes_only_what_is_missing(quick_study,
 
     monkeypatch.setattr(flatness.training.loop, "train", no_training)
     monkeypatch.setattr(flatness.study.probe, "run_probe", counting_probe)
-    monkeypatch.setattr(flatness.landscape.surface, "compute_surface", counting_surface)
+    monkeypatch.setattr(flatness.landscape.compute, "compute_surface", counting_surface)
     os.unlink(out / "runs" / "amp-s1" / "probe.json")  # as if killed before this probe finished
     began = time.perf_counter()
     result = cli(["experiment", "--quick", "--seeds", "0,1", "--out", out, "--device", "cpu", "--no-progress"])

@@ -123,13 +123,15 @@ def test_unknown_names_are_one_line_errors():
 
 
 def test_exclusive_lock_refuses_a_second_holder_and_is_released(tmp_path):
+    import os
     import subprocess
     import sys
 
     from flatness.core.locking import exclusive, lock_path_for
 
     target = str(tmp_path / "out.h5")
-    assert not lock_path_for(target).startswith(str(tmp_path))  # nothing appears beside user files
+    # issue 15: the lock lives beside the file (every process sees it, whatever its TMPDIR) and goes with it
+    assert os.path.dirname(lock_path_for(target)) == os.path.realpath(str(tmp_path))
     holder = ("import sys, time; from flatness.core.locking import exclusive\n"
               "with exclusive(sys.argv[1]):\n    print('held', flush=True); time.sleep(30)\n")
     proc = subprocess.Popen([sys.executable, "-c", holder, target], stdout=subprocess.PIPE, text=True)
@@ -143,3 +145,4 @@ def test_exclusive_lock_refuses_a_second_holder_and_is_released(tmp_path):
         proc.wait()
     with exclusive(target):
         pass
+    assert os.listdir(tmp_path) == []

@@ -282,3 +282,27 @@ def test_lanczos_random_matrix_restarts_and_budget(check):
     assert low.negative == [True, True, True]
     short = lanczos(_DenseOp(H), k=4, tol=1e-8, max_iter=15, check=check)
     assert not short.converged and len(short.eigenvalues) == 4 and short.hvps <= 15 + 4
+
+
+def test_slq_recovers_a_discrete_spectral_measure_exactly():
+    """A spectrum of 20 distinct eigenvalues (each 15 times; 4 large and close, 16 in a bulk far below):
+    z's spectral measure has 20 atoms, so exact Lanczos stops after 20 steps and its Gauss quadrature
+    IS that measure: one node per eigenvalue, weighted by |P_λ z|². Without full re-orthogonalisation
+    the converged large eigenvalues come back as ghost copies (44 nodes here), splitting their weight."""
+    vals = torch.tensor([1000.0, 999.0, 998.0, 997.0] + list(np.linspace(0.0, 1.0, 16)), dtype=torch.float64)
+    evals = vals.repeat_interleave(15)
+    d, vectors = evals.numel(), 3
+    res = slq(_DenseOp(torch.diag(evals)), steps=60, vectors=vectors, seed=0)
+    g = torch.Generator().manual_seed(0)  # slq's own draws: Rademacher z, normalised
+    for i in range(vectors):
+        z = torch.randint(0, 2, (d,), generator=g, dtype=torch.int8).double() * 2 - 1
+        atoms = torch.stack([(z[evals == v] ** 2).sum() / d for v in vals]).numpy()  # |P_λ z|², ‖z‖ = 1
+        weights, nodes = res.weights[i] * vectors, res.nodes[i]
+        live = weights > 0
+        assert live.sum() == len(vals), f"{live.sum()} quadrature nodes for {len(vals)} eigenvalues"
+        order = np.argsort(nodes[live])
+        np.testing.assert_allclose(nodes[live][order], np.sort(vals.numpy()), rtol=0, atol=1e-9)
+        np.testing.assert_allclose(weights[live][order], atoms[np.argsort(vals.numpy())], rtol=1e-9, atol=1e-14)
+        for p in range(2 * len(vals)):  # every moment the 20-node Gauss rule integrates exactly
+            exact = float((atoms * (vals.numpy() / 1000) ** p).sum())
+            assert abs(float((weights * (nodes / 1000) ** p).sum()) - exact) <= 1e-11 * exact

@@ -3,16 +3,14 @@ import json
 import math
 import os
 import sys
-import types
 
 import h5py
 import numpy as np
 import pytest
 import torch
 
-import flatness
 from flatness.core.errors import FlatnessError
-from flatness.study.probe import run_probe
+from flatness.study.probe import ProbeSettings, run_probe
 from flatness.formats.probe_file import read_probe, read_probe_arrays, write_probe
 
 FAST = ["--samples", 60, "--batch-size", 25, "--top-k", 2, "--tol", 1e-3, "--quiet"]
@@ -61,9 +59,9 @@ def test_cli_probe_writes_json_and_sidecar(cli, digits_checkpoint, tmp_path):
 
 def test_run_probe_reproducible_and_eigenvalues_match_direct(digits_checkpoint):
     kw = dict(samples=50, batch_size=20, top_k=2, tol=1e-4, progress=False, device="cpu")
-    a, b = run_probe(digits_checkpoint, **kw), run_probe(digits_checkpoint, **kw)
+    a, b = run_probe(digits_checkpoint, ProbeSettings(**kw)), run_probe(digits_checkpoint, ProbeSettings(**kw))
     assert a["hessian"]["eigenvalues"] == b["hessian"]["eigenvalues"] and a["loss"] == b["loss"]
-    p = run_probe(digits_checkpoint, eig_method="power", max_iter=400, **{**kw, "top_k": 1, "tol": 1e-3})
+    p = run_probe(digits_checkpoint, ProbeSettings(eig_method="power", max_iter=400, **{**kw, "top_k": 1, "tol": 1e-3}))
     assert abs(p["hessian"]["eigenvalues"][0] - a["hessian"]["eigenvalues"][0]) <= 2e-3 * abs(a["hessian"]["eigenvalues"][0])
     assert p["hessian"]["method"] == "power"
 
@@ -76,33 +74,38 @@ def test_distance_from_init(tmp_path):
     run.mkdir()
     quick_digits_checkpoint(run / "init.pt", model_name="mlp", steps=0, width=8, depth=1)
     last = quick_digits_checkpoint(run / "last.pt", model_name="mlp", steps=5, width=8, depth=1)
-    result = run_probe(last, samples=30, batch_size=30, top_k=1, tol=1e-3, progress=False)
+    result = run_probe(last, ProbeSettings(samples=30, batch_size=30, top_k=1, tol=1e-3, progress=False))
     assert result["distance_from_init"] > 0
-    assert run_probe(str(run / "init.pt"), samples=30, top_k=0, progress=False)["distance_from_init"] == 0.0
+    assert run_probe(str(run / "init.pt"), ProbeSettings(samples=30, top_k=0, progress=False))["distance_from_init"] == 0.0
 
 
 def test_sharpness_hook(monkeypatch, digits_mlp_checkpoint):
-    calls = {}
-    fake = types.ModuleType("flatness.sharpness.metrics")
-    fake.METRIC_NAMES = ("worst_case", "keskar")
+    """run_probe hands the validated names, radii and settings to measure_sharpness, on all probe data."""
+    import flatness.study.probe as probe
+    from flatness.sharpness import METRIC_NAMES
 
-    def compute(model, data, metrics, seed=0, progress=True, **options):
-        calls.update(metrics=metrics, options=options, n=data.n, training=model.training)
+    calls = {}
+
+    def fake(model, data, metrics, rho, epsilon, loss_fn, settings):
+        calls.update(metrics=metrics, rho=rho, epsilon=epsilon, settings=settings, n=data.n, training=model.training)
         return [{"metric": m, "value": 0.5} for m in metrics]
 
-    fake.compute = compute
-    monkeypatch.setitem(sys.modules, "flatness.sharpness.metrics", fake)
-    monkeypatch.setattr(flatness, "sharpness", fake, raising=False)
-    result = run_probe(digits_mlp_checkpoint, samples=40, top_k=0, sharpness="all",
-                       sharpness_options={"rhos": [0.05], "ball": "global", "draws": None}, progress=False)
-    assert result["sharpness"] == [{"metric": "worst_case", "value": 0.5}, {"metric": "keskar", "value": 0.5}]
-    assert calls["metrics"] == ["worst_case", "keskar"] and calls["n"] == 40
-    assert calls["options"] == {"rhos": [0.05], "ball": "global"}
+    monkeypatch.setattr(probe, "measure_sharpness", fake)
+    settings = ProbeSettings(samples=40, top_k=0, sharpness="all", seed=3, progress=False,
+                             sharpness_options={"rhos": [0.05], "ball": "global", "draws": None})
+    result = run_probe(digits_mlp_checkpoint, settings)
+    assert result["sharpness"] == [{"metric": m, "value": 0.5} for m in METRIC_NAMES]
+    assert calls["metrics"] == METRIC_NAMES and calls["n"] == 40 and not calls["training"]
+    assert calls["rho"] == (0.05,) and calls["epsilon"] is None
+    assert (calls["settings"].ball, calls["settings"].draws, calls["settings"].seed) == ("global", None, 3)
     with pytest.raises(FlatnessError, match="unknown sharpness metric"):
-        run_probe(digits_mlp_checkpoint, samples=40, top_k=0, sharpness="bogus", progress=False)
+        run_probe(digits_mlp_checkpoint, ProbeSettings(samples=40, top_k=0, sharpness="bogus", progress=False))
     with pytest.raises(FlatnessError, match="rho"):
-        run_probe(digits_mlp_checkpoint, samples=40, top_k=0, sharpness="worst_case",
-                  sharpness_options={"rhos": [-1.0]}, progress=False)
+        run_probe(digits_mlp_checkpoint, ProbeSettings(samples=40, top_k=0, sharpness="worst_case",
+                                                       sharpness_options={"rhos": [-1.0]}, progress=False))
+    with pytest.raises(FlatnessError, match="unknown sharpness option"):
+        run_probe(digits_mlp_checkpoint, ProbeSettings(samples=40, top_k=0, sharpness="worst_case",
+                                                       sharpness_options={"rho": [1.0]}, progress=False))
 
 
 def test_cli_sharpness_options_validated(cli, digits_mlp_checkpoint, tmp_path):
@@ -181,8 +184,8 @@ def test_params_block_gives_that_blocks_spectrum(cli, digits_checkpoint, tmp_pat
     from flatness.data.probe_data import load_probe_data
 
     kw = dict(samples=60, batch_size=25, top_k=1, tol=1e-6, max_iter=200, progress=False, device="cpu")
-    full = run_probe(digits_checkpoint, **kw)
-    block = run_probe(digits_checkpoint, params="classifier.3.*,features.0.weight", **kw)
+    full = run_probe(digits_checkpoint, ProbeSettings(**kw))
+    block = run_probe(digits_checkpoint, ProbeSettings(params="classifier.3.*,features.0.weight", **kw))
     assert block["hessian_params"] == ["features.0.weight", "classifier.3.weight", "classifier.3.bias"]
     assert block["num_params"] == full["num_params"] and full["hessian_params"] is None
     assert block["hessian_dim"] == 16 * 9 + 64 * 10 + 10 and full["hessian_dim"] == full["num_params"]

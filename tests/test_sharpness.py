@@ -1,4 +1,5 @@
-"""Sharpness metrics (flatness.sharpness.metrics): closed forms, Dinh rescaling, PAC-Bayes bisection, real data."""
+"""Sharpness metrics (flatness.sharpness): closed forms, Dinh rescaling, PAC-Bayes bisection, real data."""
+import dataclasses
 import json
 import math
 import os
@@ -10,25 +11,26 @@ import torch.nn as nn
 from scipy.optimize import brentq
 from scipy.stats import norm
 
-from flatness.sharpness import metrics as S
+import flatness.sharpness as S
 from flatness.formats.checkpoint import load_checkpoint
 from flatness.core.errors import FlatnessError
 from flatness.core.params import flatten
 from flatness.data.probe_data import ProbeData, load_probe_data
+from flatness.sharpness.oracle import draw_seed, standard_normal
 
 
 
 # --------------------------------------------------------------------------- quadratic toys
 
 class Params(nn.Module):
-    """Only parameters; the "loss" is injected through loss_fn."""
+    """Only parameters; its output is the flat parameter vector, so loss_fn(outputs, _) is a closed form."""
 
     def __init__(self, *values):
         super().__init__()
         self.ts = nn.ParameterList([nn.Parameter(torch.as_tensor(v, dtype=torch.float64).clone()) for v in values])
 
-    def forward(self, x):  # pragma: no cover - never called by the quadratic losses
-        raise AssertionError
+    def forward(self, x):
+        return flatten(list(self.parameters()))
 
 
 def dummy_data():
@@ -39,8 +41,7 @@ def dummy_data():
 def quadratic_loss(A):
     A = torch.as_tensor(A, dtype=torch.float64)
 
-    def loss_fn(model, x, y):
-        theta = flatten(list(model.parameters()))
+    def loss_fn(theta, targets):
         return 0.5 * theta @ A @ theta
 
     return loss_fn
@@ -106,8 +107,7 @@ def test_keskar_on_separable_quadratic_matches_closed_form():
     eps = 0.1
     bound = eps * (np.abs(theta) + 1)
 
-    def loss_fn(model, x, y):
-        t = flatten(list(model.parameters()))
+    def loss_fn(t, targets):
         d = t - torch.as_tensor(m)
         return 0.5 * (torch.as_tensor(a) * d * d).sum()
 
@@ -300,13 +300,14 @@ def _strip(records):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
 
 
-def test_compute_all_on_digits_checkpoint(digits_checkpoint, small_digits):
+def test_measure_sharpness_all_on_digits_checkpoint(digits_checkpoint, small_digits):
     model, _ = load_checkpoint(digits_checkpoint)
-    model.train()  # compute must measure in eval mode and give the mode back
+    model.train()  # measure_sharpness must measure in eval mode and give the mode back
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    kw = dict(rhos=[0.05, 0.5], epsilons=[1e-3], ball="tensor", draws=6, ascent_steps=5, seed=3, progress=False,
-              lbfgs_iterations=5, pac_bayes_draws=4)
-    records = S.compute(model, small_digits, S.METRIC_NAMES, **kw)
+    settings = S.SharpnessSettings(ball="tensor", draws=6, ascent_steps=5, seed=3, progress=False,
+                                   lbfgs_iterations=5, pac_bayes_draws=4)
+    kw = dict(rho=[0.05, 0.5], epsilon=[1e-3], settings=settings)
+    records = S.measure_sharpness(model, small_digits, S.METRIC_NAMES, **kw)
     assert model.training
     after = model.state_dict()
     assert all(torch.equal(state[k], after[k]) for k in state)  # weights and BN buffers, bit for bit
@@ -328,9 +329,10 @@ def test_compute_all_on_digits_checkpoint(digits_checkpoint, small_digits):
     assert wc[0]["ball"] == "tensor" and 0 < wc[0]["value"] < wc[1]["value"]
     json.dumps(records)  # JSON-safe
     model.eval()
-    again = S.compute(model, small_digits, "all", **kw)
+    again = S.measure_sharpness(model, small_digits, "all", **kw)
     assert _strip(again) == _strip(records)  # reproducible under the seed
-    other = S.compute(model, small_digits, "average_case", **{**kw, "seed": 4})
+    other = S.measure_sharpness(model, small_digits, "average_case", rho=kw["rho"], epsilon=kw["epsilon"],
+                                settings=dataclasses.replace(settings, seed=4))
     assert other[0]["value"] != records[5]["value"]
 
 
@@ -378,3 +380,31 @@ def test_probe_cli_rejects_bad_sharpness_options(cli, digits_checkpoint, tmp_pat
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error:") and match in lines[0], result.output
     assert not out.exists()
+
+
+def test_pac_bayes_reports_the_midpoint_that_meets_the_target():
+    """θ = 0 and err(θ+u) = mean(u²) (the Params model outputs its weights): with the draws z_k fixed,
+    the mean error is σ²·c, c = mean_k mean(z_k²) ≈ 1, so σ* = sqrt(0.1 / c) in closed form. The
+    reported σ* must be the midpoint of the final bracket, strictly inside it (not one of its ends),
+    and meet the target within the bisection tolerance."""
+    d, draws, tol = 100_000, 8, 1e-3
+    model = Params(np.zeros(d))
+
+    def error_fn(outputs, targets):
+        return (outputs.double() ** 2).mean()
+
+    r = S.pac_bayes_flatness(model, dummy_data(), draws=draws, tolerance=tol, max_steps=60, seed=0,
+                             error_fn=error_fn)
+    lo, hi, sigma = r["sigma_low"], r["sigma_high"], r["sigma"]
+    assert r["converged"] and r["base_error"] == 0.0
+    assert lo < sigma < hi and sigma == pytest.approx(0.5 * (lo + hi), rel=1e-12)
+    assert hi - lo <= tol * hi
+    # c from the same draws at σ = 1 (the error is exactly quadratic in σ), and c ≈ 1 by the law of
+    # large numbers (8·10⁵ squared normals: 5 standard deviations is 0.8%)
+    oracle = S.LossOracle(model, dummy_data(), error_fn=error_fn)
+    c = np.mean([oracle.error(standard_normal(oracle, draw_seed(0, k))) for k in range(draws)])
+    assert c == pytest.approx(1.0, abs=5 * math.sqrt(2 / (draws * d)))
+    exact = math.sqrt(0.1 / c)
+    assert lo <= exact <= hi
+    assert abs(sigma - exact) <= 0.5 * tol * hi
+    assert r["flatness"] == pytest.approx(1 / sigma ** 2)

@@ -9,18 +9,25 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-
 from conftest import quick_digits_checkpoint
-from flatness.formats.checkpoint import load_checkpoint, save_checkpoint
-from flatness.landscape.directions import (dot, interp_direction, norm, pca_directions, random_direction,
-                                 random_directions)
+
 from flatness.core.errors import FlatnessError
 from flatness.core.evaluation import evaluate
 from flatness.core.params import named_trainable
 from flatness.data.probe_data import load_probe_data
-from flatness.landscape.surface import (ENV_FLUSH, ENV_KILL, coarse_to_fine_order, compute_surface, parse_grid,
-                              recalibrate_bn)
+from flatness.formats.checkpoint import load_checkpoint, save_checkpoint
 from flatness.formats.surface_file import read_directions, read_surface
+from flatness.landscape.compute import ENV_FLUSH, ENV_KILL, compute_surface
+from flatness.landscape.directions import (
+    dot,
+    interp_direction,
+    norm,
+    pca_directions,
+    random_direction,
+    random_directions,
+)
+from flatness.landscape.grid import coarse_to_fine_order, parse_grid
+from flatness.landscape.weights import recalibrate_bn
 
 SAMPLES = 120  # small probe data keeps every surface here well under a second
 BATCH = 50     # uneven last batch (50, 50, 20) on purpose
@@ -92,11 +99,11 @@ def test_coarse_to_fine_order_visits_every_point_once_coarse_first():
 def test_surface_centre_is_evaluate_exactly_and_points_match_a_hand_recomputation(digits_checkpoint, tmp_path):
     out = tmp_path / "s.h5"
     summary = _surface(digits_checkpoint, out, x="-1:1:5", y=(-0.5, 0.5, 3), split="both", seed=7)
-    assert summary["shape"] == [5, 3] and summary["computed_now"] == 15 and summary["remaining"] == 0
+    assert summary["shape"] == [3, 5] and summary["computed_now"] == 15 and summary["remaining"] == 0
     s = read_surface(str(out))
     for key in ("xcoordinates", "ycoordinates", "train_loss", "train_acc", "test_loss", "test_acc"):
         assert key in s
-    assert s["train_loss"].shape == (5, 3) and not np.isnan(s["train_loss"]).any() and s["computed"].all()
+    assert s["train_loss"].shape == (3, 5) and not np.isnan(s["train_loss"]).any() and s["computed"].all()
     attrs = s["attrs"]
     assert attrs["direction"] == "random" and attrs["norm"] == "filter" and attrs["seed"] == 7
     assert attrs["accuracy_unit"] == "percent" and attrs["seconds"] > 0 and len(attrs["checkpoint_sha256"]) == 64
@@ -106,8 +113,8 @@ def test_surface_centre_is_evaluate_exactly_and_points_match_a_hand_recomputatio
     data = {sp: load_probe_data("digits", sp, SAMPLES, BATCH) for sp in ("train", "test")}
     for sp in ("train", "test"):
         loss, acc = evaluate(model, data[sp])
-        assert s[f"{sp}_loss"][2, 1] == loss  # exactly
-        assert s[f"{sp}_acc"][2, 1] == 100.0 * acc
+        assert s[f"{sp}_loss"][1, 2] == loss  # exactly
+        assert s[f"{sp}_acc"][1, 2] == 100.0 * acc
 
     dx, dy = read_directions(str(out))
     assert set(dx) == {n for n, _ in named_trainable(model)}
@@ -121,8 +128,8 @@ def test_surface_centre_is_evaluate_exactly_and_points_match_a_hand_recomputatio
         probe.load_state_dict(state)
         for sp in ("train", "test"):
             loss, acc = evaluate(probe, data[sp])
-            assert s[f"{sp}_loss"][i, j] == pytest.approx(loss, rel=1e-9, abs=1e-12)
-            assert s[f"{sp}_acc"][i, j] == pytest.approx(100.0 * acc)
+            assert s[f"{sp}_loss"][j, i] == pytest.approx(loss, rel=1e-9, abs=1e-12)
+            assert s[f"{sp}_acc"][j, i] == pytest.approx(100.0 * acc)
     # the model restored after the run is irrelevant (fresh load), but a 1D file has no ycoordinates
     out1 = tmp_path / "one.h5"
     _surface(digits_checkpoint, out1, x="-1:1:3")

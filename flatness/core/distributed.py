@@ -14,6 +14,8 @@ from typing import List, Sequence, TypeVar
 import torch
 import torch.distributed as dist
 
+from flatness.core.params import flatten, unflatten
+
 T = TypeVar("T")
 
 
@@ -81,14 +83,11 @@ def all_reduce_mean_(tensors: Sequence[torch.Tensor]) -> None:
     """Average a list of tensors over ranks in place, flattened into one collective for speed."""
     if not is_distributed() or not tensors:
         return
-    flat = torch.cat([t.reshape(-1) for t in tensors])
+    flat = flatten(tensors)
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     flat /= dist.get_world_size()
-    offset = 0
-    for t in tensors:
-        n = t.numel()
-        t.copy_(flat[offset:offset + n].view_as(t))
-        offset += n
+    for t, part in zip(tensors, unflatten(flat, tensors)):
+        t.copy_(part)
 
 
 def broadcast_object(obj, src: int = 0):

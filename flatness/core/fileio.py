@@ -77,6 +77,22 @@ def atomic_write(path: str, write: Callable[[io.BufferedWriter], None]) -> None:
             write(handle)
 
 
+@contextlib.contextmanager
+def atomic_h5py(path: str):
+    """Yield a new ``h5py.File`` to fill; on success its bytes are written to ``path`` atomically.
+
+    The file is built in memory and written with plain file I/O, so HDF5's C library never meets a
+    full disk: on one, its failed writes and closes (``RuntimeError``s, and even crashes when a
+    half-flushed file is freed) become this module's one-line ``FlatnessError`` and no file at all.
+    """
+    import h5py
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as handle:
+        yield handle
+    atomic_write(path, lambda out: out.write(buffer.getbuffer()))
+
+
 def atomic_write_text(path: str, text: str) -> None:
     atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 

@@ -34,8 +34,10 @@ def named_trainable(model: nn.Module, names: Optional[Iterable[str]] = None) -> 
 
 
 def select_params(model: nn.Module, patterns: Union[str, Sequence[str]]) -> List[str]:
-    """Names of the trainable parameters matching any of ``patterns`` (shell globs such as
-    ``layer4.*`` or ``features.0.weight``; a comma-separated string is split), in vector order.
+    """Names of the trainable parameters matching any of ``patterns``, in vector order.
+
+    Patterns are shell globs such as ``layer4.*`` or ``features.0.weight``; a comma-separated string
+    is split.
 
     A pattern that matches nothing is an error naming a few real parameter names, so a typo never
     silently yields the Hessian of some other block.
@@ -70,31 +72,70 @@ def distance(model: nn.Module, other: nn.Module) -> float:
 
 
 def num_params(model: nn.Module) -> int:
+    """The number of trainable parameters, d."""
     return sum(p.numel() for _, p in named_trainable(model))
 
 
 def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The tensors joined into one flat vector, in order.
+
+    Args:
+        tensors: tensors of any shapes (same dtype and device).
+
+    Returns:
+        A new 1-D tensor of ``sum(t.numel())`` entries.
+    """
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
-def unflatten(vector: torch.Tensor, like: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-    """Split ``vector`` into tensors shaped like ``like`` (views, no copy)."""
+def segments(like: Sequence[torch.Tensor]) -> List[slice]:
+    """Where each of ``like`` lies in the flat vector: one slice per tensor, in order.
+
+    This is the one place that walks the flat-vector offsets; ``unflatten`` and the per-tensor
+    balls of the sharpness metrics both use it.
+
+    Args:
+        like: the tensors the vector was made from (only their sizes matter).
+
+    Returns:
+        ``[slice(start, stop), ...]``, contiguous and covering ``sum(t.numel())`` entries.
+    """
     out, offset = [], 0
     for t in like:
         n = t.numel()
-        out.append(vector[offset:offset + n].view_as(t))
+        out.append(slice(offset, offset + n))
         offset += n
-    if offset != vector.numel():
-        raise ValueError(f"vector has {vector.numel()} entries, parameters have {offset}")
     return out
 
 
+def unflatten(vector: torch.Tensor, like: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    """Split ``vector`` into tensors shaped like ``like`` (views, no copy).
+
+    Args:
+        vector: a 1-D tensor with exactly as many entries as ``like`` together.
+        like: tensors giving the shapes, in order.
+
+    Returns:
+        Views of ``vector``, one per tensor of ``like``.
+
+    Raises:
+        ValueError: the sizes differ.
+    """
+    parts = segments(like)
+    total = parts[-1].stop if parts else 0
+    if total != vector.numel():
+        raise ValueError(f"vector has {vector.numel()} entries, parameters have {total}")
+    return [vector[part].view_as(t) for part, t in zip(parts, like)]
+
+
 def get_flat_params(model: nn.Module) -> torch.Tensor:
+    """θ: a copy of the trainable parameters as one flat vector."""
     return flatten([p.detach() for _, p in named_trainable(model)]).clone()
 
 
 @torch.no_grad()
 def set_flat_params_(model: nn.Module, vector: torch.Tensor) -> None:
+    """Copy the flat ``vector`` into the trainable parameters (in place)."""
     params = [p for _, p in named_trainable(model)]
     for p, v in zip(params, unflatten(vector.to(params[0].device, params[0].dtype), params)):
         p.copy_(v)

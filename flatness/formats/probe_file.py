@@ -15,7 +15,7 @@ JSON keys (every float that is not finite is written as ``null``, never a bare N
                          converged, backend, max_iter} or null (top-k 0)
     trace               {estimate, stderr, hvps, samples, method, seconds} or null
     density             {nodes, weights, grid, values, sigma, steps, vectors, hvps, seconds} or null
-    sharpness           the list of flatness.sharpness.metrics.compute, or null
+    sharpness           the list of flatness.sharpness.measure_sharpness, or null
     sidecar             file name of the sidecar (beside the JSON) or null
 
 The sidecar ``NAME.h5`` (for ``NAME.json``) holds ``eigenvectors`` (k×d float32, rows in the order

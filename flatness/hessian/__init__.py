@@ -1,7 +1,7 @@
 """Hessian spectrum of the probe loss: one operator, and the routines that use it.
 
-* ``HessianOperator(model, data, params=None, loss=cross_entropy, backend=...)``: H·v, ``.dim``,
-  ``.hvps``, ``.to_dense()``.
+* ``HessianOperator(model, data, loss_fn=None, params=None, backend=...)``: H·v, ``.dim``,
+  ``.hvps``, ``.to_dense()``; any model, data in any form ``as_probe_data`` accepts.
 * ``lanczos`` / ``power_iteration`` -> ``EigenResult``; ``top_eigen(op, k, method)``.
 * ``hutchinson`` / ``hutchpp`` / ``estimate_trace`` -> ``TraceResult``.
 * ``slq`` -> ``DensityResult``; ``density_on_grid``, ``default_grid``.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -21,6 +21,8 @@ from flatness.hessian.reductions import dot, norm, normalize, project_out
 
 @dataclass
 class DensityResult:
+    """SLQ quadrature nodes and weights per starting vector, and their cost."""
+
     nodes: np.ndarray      # (vectors, m) quadrature nodes, per starting vector
     weights: np.ndarray    # (vectors, m) weights; each row sums to 1/vectors, all of them to 1
     hvps: int
@@ -34,9 +36,10 @@ class DensityResult:
 
 
 def lanczos_tridiagonal(op, v0: torch.Tensor, steps: int):
-    """m ≤ steps Lanczos steps from v0 with full re-orthogonalisation: (alphas, betas) of T.
+    """At most ``steps`` Lanczos steps from v0 with full re-orthogonalisation: (alphas, betas) of T.
 
-    Stops early when the Krylov space is exhausted (β ≈ 0), which makes the quadrature exact."""
+    Stops early when the Krylov space is exhausted (β ≈ 0), which makes the quadrature exact.
+    """
     d = op.dim
     m = min(steps, d)
     Q = torch.empty(m, d, dtype=op.dtype, device=op.device)
@@ -93,8 +96,11 @@ def density_on_grid(nodes, weights, grid, sigma: float) -> np.ndarray:
 
 
 def default_grid(nodes, points: int = 512, sigma: Optional[float] = None, pad: float = 0.05):
-    """(grid, sigma): ``points`` points spanning the nodes plus 5% on each side (and 3σ); σ defaults
-    to 1% of the node range."""
+    """(grid, sigma) for plotting a density of ``nodes``.
+
+    ``points`` points spanning the nodes plus 5% on each side (and 3σ); σ defaults to 1% of the node
+    range.
+    """
     nodes = np.asarray(nodes, dtype=np.float64).reshape(-1)
     lo, hi = float(nodes.min()), float(nodes.max())
     span = max(hi - lo, 1e-12 * max(1.0, abs(hi)), 1e-12)

@@ -1,6 +1,8 @@
-"""Top (or bottom) Hessian eigenpairs: power iteration with deflation, and Lanczos with full
-re-orthogonalisation and thick restarts. Both take any operator with ``dim``, ``dtype``, ``device``,
-``matvec`` and an ``hvps`` counter (``HessianOperator``, or a dense-matrix stand-in in tests).
+"""Top (or bottom) Hessian eigenpairs.
+
+Power iteration with deflation, and Lanczos with full re-orthogonalisation and thick restarts. Both
+take any operator with ``dim``, ``dtype``, ``device``, ``matvec`` and an ``hvps`` counter
+(``HessianOperator``, or a dense-matrix stand-in in tests).
 
 Convergence is judged by the true relative residual ‖Hv − λv‖ / |λ| of every returned pair,
 computed with real HVPs (which are counted), never by the change of λ between iterations.

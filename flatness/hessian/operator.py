@@ -1,10 +1,10 @@
 """The Hessian of the mean probe loss as a linear operator: the one object every spectral routine uses.
 
-``HessianOperator(model, data)`` is H = ∇²L(θ) with L the mean loss over *all* probe examples
-(docs/metrics.md): batch HVPs are summed with weights n_b / n, so uneven batches give the exact full-data
-Hessian. Vectors are flat, in ``named_parameters`` order of the (optionally restricted) trainable
-parameters, in the parameters' dtype and device. The model is put in eval mode for each product and
-its mode is restored after; memory is one batch's graph at a time.
+``HessianOperator(model, data, loss_fn=None)`` is H = ∇²L(θ) with L the mean loss over *all* examples of
+``data`` (any form ``as_probe_data`` accepts; docs/metrics.md): batch HVPs are summed with weights
+n_b / n, so uneven batches give the exact full-data Hessian. Vectors are flat, in ``named_parameters`` order
+of the (optionally restricted) trainable parameters, in the parameters' dtype and device. The model is
+put in eval mode for each product and its mode is restored after; memory is one batch's graph at a time.
 
 Two ways to compute a product:
 
@@ -17,28 +17,27 @@ Both are exact and agree to rounding; the choice is only speed (see benchmarks/R
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from flatness.core.params import named_trainable
-from flatness.data.probe_data import ProbeData
+from flatness.core.evaluation import LossFn, default_loss, eval_mode, model_device
+from flatness.core.params import flatten, named_trainable, unflatten
+from flatness.data.batches import forward
+from flatness.data.convert import as_probe_data
 
 BACKENDS = ("double-backward", "forward-over-reverse")
 DEFAULT_BACKEND = "double-backward"
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module):
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
+def _call_args(inputs: Any):
+    """(args, kwargs) of ``functional_call`` for one batch's inputs, as ``forward`` would pass them."""
+    if isinstance(inputs, dict):
+        return (), inputs
+    if isinstance(inputs, (tuple, list)):
+        return tuple(inputs), None
+    return (inputs,), None
 
 
 class HessianOperator:
@@ -48,41 +47,55 @@ class HessianOperator:
     ``shapes``, ``hvps`` (how many full-data products were computed; reset it freely).
     """
 
-    def __init__(self, model: nn.Module, data: ProbeData, params: Optional[Iterable[str]] = None,
-                 loss: Callable = F.cross_entropy, backend: str = DEFAULT_BACKEND,
+    def __init__(self, model: nn.Module, data: Any, loss_fn: Optional[LossFn] = None,
+                 params: Optional[Iterable[str]] = None, backend: str = DEFAULT_BACKEND,
                  cache_graph: Optional[bool] = None):
+        """The operator of ``model``'s mean loss over ``data``.
+
+        Args:
+            model: any ``nn.Module``; put in eval mode for each product, its modes restored after.
+            data: any form ``flatness.data.convert.as_probe_data`` accepts (a DataLoader, a list of
+                batches, an ``(x, y)`` pair, a Dataset, a ``ProbeData``); read once, kept.
+            loss_fn: ``loss_fn(outputs, targets)`` -> the batch's mean loss; cross-entropy by default.
+            params: names of the trainable parameters to restrict to (default: all of them).
+            backend: ``"double-backward"`` or ``"forward-over-reverse"``.
+            cache_graph: keep a single batch's gradient graph between products (default: when
+                there is one batch and the backend is double-backward).
+        """
         if backend not in BACKENDS:
             raise ValueError(f"unknown HVP backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         pairs = named_trainable(model, params)
         if not pairs:
             raise ValueError("no trainable parameters to take the Hessian over")
+        data = as_probe_data(data, device=model_device(model))
         self.model = model
         self.data = data
-        self.loss = loss
+        self.loss_fn = loss_fn or default_loss
         self.backend = backend
         self.names: List[str] = [n for n, _ in pairs]
         self.params: List[nn.Parameter] = [p for _, p in pairs]
         self.shapes = [tuple(p.shape) for p in self.params]
-        self.numels = [p.numel() for p in self.params]
-        self.dim = sum(self.numels)
+        self.dim = sum(p.numel() for p in self.params)
         self.dtype = self.params[0].dtype
         self.device = self.params[0].device
         self.hvps = 0
-        self.cache_graph = (len(data) == 1 and backend == "double-backward") if cache_graph is None else bool(cache_graph)
-        self._cached = None  # (params' versions, gradient tensors with graph)
+        single = len(data) == 1 and backend == "double-backward"
+        self.cache_graph = single if cache_graph is None else bool(cache_graph)
+        self._cached = None  # (params' versions, inputs, gradient tensors with graph)
 
     # ------------------------------------------------------------------ helpers
-    def _split(self, v: torch.Tensor) -> List[torch.Tensor]:
+    def split(self, v: torch.Tensor) -> List[torch.Tensor]:
+        """A flat vector of d entries as tensors shaped like the parameters (on their device/dtype)."""
         if v.dim() != 1 or v.numel() != self.dim:
             raise ValueError(f"expected a vector of {self.dim} entries, got shape {tuple(v.shape)}")
-        v = v.to(device=self.device, dtype=self.dtype)
-        return [t.view(s) for t, s in zip(torch.split(v, self.numels), self.shapes)]
+        return unflatten(v.to(device=self.device, dtype=self.dtype), self.params)
 
-    def _flat(self, tensors, like) -> torch.Tensor:
-        return torch.cat([(t if t is not None else torch.zeros_like(p)).reshape(-1) for t, p in zip(tensors, like)])
+    def _join(self, tensors) -> torch.Tensor:
+        # a parameter the loss does not reach has no second derivative: its rows of H are zero
+        return flatten([t if t is not None else torch.zeros_like(p) for t, p in zip(tensors, self.params)])
 
     def _batch_grads(self, x, y):
-        loss = self.loss(self.model(x), y)
+        loss = self.loss_fn(forward(self.model, x), y)
         return torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
 
     # ------------------------------------------------------------------ products
@@ -102,7 +115,7 @@ class HessianOperator:
                 continue  # the loss is linear in these parameters on this batch: H = 0
             dot = sum((g * v).sum() for g, v in pairs)
             hv = torch.autograd.grad(dot, self.params, retain_graph=self.cache_graph, allow_unused=True)
-            out.add_(self._flat(hv, self.params), alpha=w)
+            out.add_(self._join(hv), alpha=w)
         return out
 
     def _hvp_forward_over_reverse(self, vs: List[torch.Tensor]) -> torch.Tensor:
@@ -112,17 +125,26 @@ class HessianOperator:
         tangents = dict(zip(self.names, vs))
         out = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
         for w, (x, y) in zip(self.data.weights(), self.data):
-            def loss_of(p, x=x, y=y):
-                return self.loss(functional_call(self.model, p, (x,), strict=False), y)
+            args, kwargs = _call_args(x)
+
+            def loss_of(p, args=args, kwargs=kwargs, y=y):
+                return self.loss_fn(functional_call(self.model, p, args, kwargs, strict=False), y)
 
             _, hv = jvp(grad(loss_of), (primals,), (tangents,))
-            out.add_(torch.cat([hv[n].reshape(-1) for n in self.names]), alpha=w)
+            out.add_(flatten([hv[n] for n in self.names]), alpha=w)
         return out
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        """H v for a flat vector v (d entries); counts one HVP."""
-        vs = self._split(v)
-        with _eval_mode(self.model):
+        """H v for a flat vector v (d entries); counts one HVP.
+
+        Args:
+            v: a 1-D tensor of ``dim`` entries.
+
+        Returns:
+            H v, a 1-D tensor in the parameters' dtype and device.
+        """
+        vs = self.split(v)
+        with eval_mode(self.model):
             if self.backend == "double-backward":
                 out = self._hvp_double_backward(vs)
             else:
@@ -156,4 +178,4 @@ class HessianOperator:
 
 def flat_to_named(op: HessianOperator, v: torch.Tensor) -> Dict[str, torch.Tensor]:
     """A flat vector of ``op`` as {parameter name: tensor}."""
-    return dict(zip(op.names, op._split(v)))
+    return dict(zip(op.names, op.split(v)))

@@ -21,6 +21,7 @@ CUDA_BLOCK = 1 << 20
 
 
 def block_size(device: torch.device) -> int:
+    """Entries per float32 block on ``device`` (larger on CUDA, whose BLAS reduces as a tree)."""
     return CUDA_BLOCK if torch.device(device).type == "cuda" else BLOCK
 
 
@@ -39,19 +40,22 @@ def row_dots(rows: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def project_out(v: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """v − basisᵀ (basis v): v without its components along the (orthonormal) rows of ``basis``."""
+    """Return v − basisᵀ (basis v): v without its components along the (orthonormal) rows of ``basis``."""
     if basis.shape[0] == 0:
         return v
     return v - basis.T @ row_dots(basis, v).to(v.dtype)
 
 
 def dot(a: torch.Tensor, b: torch.Tensor) -> float:
+    """aᵀb as a Python float, accumulated accurately (``row_dots``)."""
     return float(row_dots(a[None], b)[0])
 
 
 def norm(v: torch.Tensor) -> float:
+    """‖v‖₂ as a Python float, accumulated accurately."""
     return math.sqrt(max(dot(v, v), 0.0))
 
 
 def normalize(v: torch.Tensor) -> torch.Tensor:
+    """The unit vector v / ‖v‖₂."""
     return v / norm(v)

@@ -17,6 +17,8 @@ from flatness.hessian.reductions import dot, project_out
 
 @dataclass
 class TraceResult:
+    """A trace estimate, its standard error and its cost (HVPs, samples, seconds)."""
+
     estimate: float
     stderr: float
     hvps: int
@@ -25,6 +27,7 @@ class TraceResult:
     method: str
 
     def summary(self) -> dict:
+        """The fields as a JSON-safe dict."""
         return asdict(self)
 
 
@@ -57,8 +60,10 @@ def hutchinson(op, samples: int = 100, seed: int = 0, progress: bool = False) ->
 
 
 def hutchpp(op, samples: int = 100, seed: int = 0, progress: bool = False) -> TraceResult:
-    """Hutch++ with a budget of ``samples`` HVPs: a third sketch H·S, a third for tr(QᵀHQ) on its
-    orthonormal range Q (exact given Q), a third for Hutchinson on the deflated rest (I−QQᵀ)H(I−QQᵀ).
+    """Hutch++ with a budget of ``samples`` HVPs.
+
+    A third sketch H·S, a third for tr(QᵀHQ) on its orthonormal range Q (exact given Q), a third for
+    Hutchinson on the deflated rest (I−QQᵀ)H(I−QQᵀ).
 
     The error estimate is the standard error of that Hutchinson part, the only random part once Q is
     fixed: an honest stderr of the estimate given the sketch. Best when a few large eigenvalues
@@ -94,6 +99,7 @@ def hutchpp(op, samples: int = 100, seed: int = 0, progress: bool = False) -> Tr
 
 def estimate_trace(op, samples: int = 100, method: str = "hutchinson", seed: int = 0,
                    progress: bool = False) -> TraceResult:
+    """tr(H) by ``"hutchinson"`` or ``"hutch++"`` with ``samples`` HVPs (see those functions)."""
     if method == "hutchinson":
         return hutchinson(op, samples, seed, progress)
     if method in ("hutch++", "hutchpp"):

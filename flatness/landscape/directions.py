@@ -25,16 +25,16 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from flatness.core.errors import FlatnessError
-from flatness.core.params import named_trainable
+from flatness.core.params import named_trainable, unflatten
 
-Direction = Dict[str, torch.Tensor]
+Direction = dict[str, torch.Tensor]
 
 NORMS = ("filter", "layer", "none")
 IGNORES = ("biasbn", "none")
@@ -53,11 +53,12 @@ def dot(a: Direction, b: Direction) -> float:
 
 
 def norm(d: Direction) -> float:
+    """‖d‖₂ over all its tensors (float64 accumulation)."""
     return math.sqrt(max(dot(d, d), 0.0))
 
 
 def orthogonalize(y: Direction, x: Direction, keep_norm: bool = True) -> Direction:
-    """y minus its projection on x (Gram–Schmidt); with ``keep_norm`` rescaled to y's old length."""
+    """Y minus its projection on x (Gram–Schmidt); with ``keep_norm`` rescaled to y's old length."""
     xx = dot(x, x)
     if xx == 0.0:
         return {k: v.clone() for k, v in y.items()}
@@ -71,10 +72,6 @@ def orthogonalize(y: Direction, x: Direction, keep_norm: bool = True) -> Directi
     return out
 
 
-def flatten_direction(d: Direction, names: Sequence[str]) -> torch.Tensor:
-    return torch.cat([d[n].reshape(-1) for n in names])
-
-
 # --------------------------------------------------------------------------- random (Li et al. 2018)
 
 def _check_norm_ignore(norm_name: str, ignore: str) -> None:
@@ -84,7 +81,7 @@ def _check_norm_ignore(norm_name: str, ignore: str) -> None:
         raise FlatnessError(f"unknown --ignore {ignore!r}; choose one of: {', '.join(IGNORES)}")
 
 
-def normalize_direction_(d: Direction, theta: Dict[str, torch.Tensor], norm_name: str = "filter",
+def normalize_direction_(d: Direction, theta: dict[str, torch.Tensor], norm_name: str = "filter",
                          ignore: str = "biasbn") -> Direction:
     """Normalise ``d`` in place against the weights ``theta`` (see the module doc)."""
     _check_norm_ignore(norm_name, ignore)
@@ -107,7 +104,7 @@ def normalize_direction_(d: Direction, theta: Dict[str, torch.Tensor], norm_name
 
 
 def random_directions(model: nn.Module, count: int = 1, norm: str = "filter", ignore: str = "biasbn",
-                      seed: int = 0, orthogonal: bool = False) -> List[Direction]:
+                      seed: int = 0, orthogonal: bool = False) -> list[Direction]:
     """``count`` (1 or 2) normalised Gaussian directions over the trainable parameters.
 
     All are drawn from one generator seeded with ``seed``, so the first equals
@@ -141,9 +138,11 @@ def random_direction(model: nn.Module, norm: str = "filter", ignore: str = "bias
 
 @dataclass
 class EigenDirections:
-    directions: List[Direction]
-    eigenvalues: List[float]
-    info: Dict[str, Any] = field(default_factory=dict)
+    """Top Hessian eigenvectors as directions, their eigenvalues and the Lanczos settings."""
+
+    directions: list[Direction]
+    eigenvalues: list[float]
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 def eigen_directions(model: nn.Module, data, k: int = 2, seed: int = 0, tol: float = 1e-4,
@@ -165,25 +164,22 @@ def eigen_directions(model: nn.Module, data, k: int = 2, seed: int = 0, tol: flo
     directions = []
     for row in vectors[:k]:
         row = row.detach().to(dtype=torch.float32)
-        d, offset = {}, 0
-        for name, p in params:
-            n = p.numel()
-            d[name] = row[offset:offset + n].reshape(p.shape).to(device=p.device, dtype=p.dtype).clone()
-            offset += n
-        directions.append(d)
+        parts = unflatten(row, [p for _, p in params])
+        directions.append({name: part.to(device=p.device, dtype=p.dtype).clone()
+                           for (name, p), part in zip(params, parts, strict=True)})
     eigenvalues = [float(v) for v in torch.as_tensor(result.eigenvalues).reshape(-1)[:k]]
     return EigenDirections(directions, eigenvalues, {"tol": tol, "max_iter": max_iter, "seed": seed})
 
 
 # --------------------------------------------------------------------------- interpolation A -> B
 
-def interp_state_names(model: nn.Module) -> List[str]:
+def interp_state_names(model: nn.Module) -> list[str]:
     """The state entries an interpolation moves: parameters and floating-point buffers."""
     return [k for k, v in model.state_dict().items()
             if v.is_floating_point() and not k.endswith("num_batches_tracked")]
 
 
-def interp_direction(model_a: nn.Module, state_b: Dict[str, torch.Tensor]) -> Direction:
+def interp_direction(model_a: nn.Module, state_b: dict[str, torch.Tensor]) -> Direction:
     """θ_B − θ_A over parameters and BatchNorm buffers (``num_batches_tracked`` excluded).
 
     ``state_b`` is checkpoint B's ``model_state``; a different architecture is a FlatnessError.
@@ -210,20 +206,23 @@ def interp_direction(model_a: nn.Module, state_b: Dict[str, torch.Tensor]) -> Di
 
 @dataclass
 class PCADirections:
-    directions: List[Direction]              # pc1, pc2 (unit vectors over the trainable parameters)
-    explained_variance_ratio: List[float]    # of pc1, pc2
+    """The first two principal components of a trajectory as directions, with what the plots show."""
+
+    directions: list[Direction]              # pc1, pc2 (unit vectors over the trainable parameters)
+    explained_variance_ratio: list[float]    # of pc1, pc2
     coordinates: np.ndarray                  # (snapshots, 2): each snapshot minus the final weights, projected
-    epochs: List[int]
+    epochs: list[int]
     reference: str                           # the final weights' file (the surface centre should be it)
-    snapshot_paths: List[str]
+    snapshot_paths: list[str]
 
 
 def pca_directions(run_dir: str) -> PCADirections:
-    """PCA of a training trajectory: snapshots ``epoch-NNN.pt`` minus the final weights (the run's
-    ``last.pt``, or the last snapshot when there is none), centred as scikit-learn's PCA does, by SVD.
+    """PCA of a training trajectory, by SVD.
 
-    The coordinates are the *uncentred* differences projected on pc1, pc2, so the final weights sit at
-    (0, 0), the centre of a surface computed around them.
+    The snapshots ``epoch-NNN.pt`` minus the final weights (the run's ``last.pt``, or the last
+    snapshot when there is none), centred as scikit-learn's PCA does. The coordinates are the
+    *uncentred* differences projected on pc1, pc2, so the final weights sit at (0, 0), the centre
+    of a surface computed around them.
     """
     from flatness.formats.checkpoint import LAST, check_state_finite, list_snapshots, read_checkpoint
 
@@ -272,13 +271,42 @@ def pca_directions(run_dir: str) -> PCADirections:
         components.append(v)
     ratios = [float(s[i] ** 2) / total if i < s.shape[0] else 0.0 for i in range(2)]
     coordinates = (matrix @ torch.stack(components).T).numpy()
-    directions = []
-    for v in components:
-        d, offset = {}, 0
-        for n in names:
-            size = int(np.prod(shapes[n])) if shapes[n] else 1
-            d[n] = v[offset:offset + size].reshape(shapes[n]).float().clone()
-            offset += size
-        directions.append(d)
+    like = [p for _, p in named_trainable(model)]
+    directions = [{n: part.float().clone() for n, part in zip(names, unflatten(v, like), strict=True)}
+                  for v in components]
     return PCADirections(directions, ratios, coordinates, [e for e, _ in snapshots], reference,
                          [p for _, p in snapshots])
+
+
+# --------------------------------------------------------------------------- directions given by the caller
+
+def as_directions(model: nn.Module, given: Any, count: int) -> list[Direction]:
+    """Directions a caller passed explicitly, as dicts state name -> tensor.
+
+    Args:
+        model: the model the directions move.
+        given: one direction or a list/tuple of them; each a dict state name -> tensor (shaped like
+            the model's entry) or a flat tensor over the trainable parameters in ``named_parameters``
+            order (the flat vector of ``flatness.core.params``).
+        count: how many the surface needs (1 for 1D, 2 for 2D).
+
+    Returns:
+        ``count`` dicts.
+    """
+    items = list(given) if isinstance(given, (list, tuple)) else [given]
+    if len(items) != count:
+        raise FlatnessError(f"a {count}D surface needs {count} direction(s), got {len(items)}")
+    params = named_trainable(model)
+    total = sum(p.numel() for _, p in params)
+    out = []
+    for d in items:
+        if isinstance(d, torch.Tensor):
+            if d.dim() != 1 or d.numel() != total:
+                raise FlatnessError(f"a flat direction must be a 1-D tensor of {total} entries (the trainable "
+                                    f"parameters), got shape {tuple(d.shape)}")
+            parts = unflatten(d.detach(), [p for _, p in params])
+            d = {name: part for (name, _), part in zip(params, parts, strict=True)}
+        elif not isinstance(d, dict):
+            raise FlatnessError(f"a direction must be a dict name -> tensor or a flat tensor, got {type(d).__name__}")
+        out.append(dict(d))
+    return out

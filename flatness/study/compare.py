@@ -32,6 +32,7 @@ import numpy as np
 
 from flatness.core.errors import FlatnessError
 from flatness.core.fileio import atomic_write_json, atomic_write_text
+from flatness.core.paths import check_paths
 
 BASELINE = "erm"
 METHOD_ORDER = ("erm", "amp", "sam")
@@ -283,7 +284,7 @@ def _read_json(path: str) -> Dict[str, Any]:
 
 
 def _load_probe(path: str) -> Dict[str, Any]:
-    from flatness.plot.figures import load_probe
+    from flatness.plot.loading import load_probe
 
     return load_probe(path)
 
@@ -389,9 +390,46 @@ def collect_runs(inputs: Sequence[str]) -> Tuple[List[RunRecord], List[str]]:
             raise FlatnessError(f"{r.source}: the same run ({r.label}) is given twice")
         seen.add(key)
         r.values = record_values(r)
+    check_poolable(records)
     if not records and not surfaces:
         raise FlatnessError("nothing to compare in the inputs")
     return records, surfaces
+
+
+# Training options that may differ between seeds of one method without changing what is measured
+# (where the run was computed and stored, not how it was trained).
+POOLABLE_DIFFERENCES = ("seed", "device", "data_dir", "download", "save_every", "compile", "data_on_device",
+                        "channels_last", "recipe")
+
+
+def check_poolable(records: Sequence[RunRecord]) -> None:
+    """Refuse inputs that would be pooled wrongly as seeds of one method: runs trained with other
+    settings (2 against 4 epochs are not two seeds of one method), and one seed given twice (a copied
+    run folder would count as a second seed, with a std of 0).
+
+    Args:
+        records: the runs, as collected.
+
+    Returns:
+        None; raises FlatnessError naming the two inputs.
+    """
+    first: Dict[str, RunRecord] = {}
+    by_seed: Dict[Tuple[str, Any], RunRecord] = {}
+    for r in records:
+        if r.seed is not None:
+            twin = by_seed.setdefault((r.method, r.seed), r)
+            if twin is not r:
+                raise FlatnessError(f"{twin.source} and {r.source} are both {r.label}: one seed counts once "
+                                    "(a copied run is not a second seed); give each seed's run once")
+        if not r.config:
+            continue
+        ref = first.setdefault(r.method, r)
+        keys = sorted((set(ref.config) | set(r.config)) - set(POOLABLE_DIFFERENCES))
+        for k in keys:
+            if ref.config.get(k) != r.config.get(k):
+                raise FlatnessError(f"{ref.source} and {r.source} are both {r.method.upper()} runs but differ in "
+                                    f"{k} ({ref.config.get(k)!r} vs {r.config.get(k)!r}); only seeds of one "
+                                    "setting can be pooled: compare them in separate calls")
 
 
 # --------------------------------------------------------------------------- tables
@@ -491,13 +529,13 @@ def _mean_curves(records: Sequence[RunRecord], key: str) -> Tuple[np.ndarray, np
 
 
 def figure_training(records: Sequence[RunRecord], path: str, force: bool = False) -> Optional[str]:
-    from flatness.plot.figures import _figure, save_figure
+    from flatness.plot.style import new_figure, save_figure
 
     methods = sorted({r.method for r in records if r.epochs}, key=lambda m: METHOD_ORDER.index(m)
                      if m in METHOD_ORDER else 9)
     if not methods:
         return None
-    fig = _figure((11, 4.2))
+    fig = new_figure((11, 4.2))
     ax_loss, ax_acc = fig.subplots(1, 2)
     for i, m in enumerate(methods):
         group = [r for r in records if r.method == m and r.epochs]
@@ -524,7 +562,7 @@ def figure_training(records: Sequence[RunRecord], path: str, force: bool = False
 
 
 def figure_spectra(records: Sequence[RunRecord], path: str, force: bool = False) -> Optional[str]:
-    from flatness.plot.figures import plot_spectrum
+    from flatness.plot.spectra import plot_spectrum
 
     chosen = []
     for m in sorted({r.method for r in records}, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 9):
@@ -538,7 +576,7 @@ def figure_spectra(records: Sequence[RunRecord], path: str, force: bool = False)
 
 
 def _surface_groups(records: Sequence[RunRecord], extra: Sequence[str]):
-    from flatness.plot.figures import load_surface
+    from flatness.plot.loading import load_surface
 
     one_d, two_d = {}, {}
     for r in sorted(records, key=lambda r: (r.seed is None, r.seed)):
@@ -553,7 +591,7 @@ def _surface_groups(records: Sequence[RunRecord], extra: Sequence[str]):
 
 
 def figure_slices(records: Sequence[RunRecord], path: str, force: bool = False, log: bool = False) -> Optional[str]:
-    from flatness.plot.figures import plot_1d
+    from flatness.plot.curves import plot_1d
 
     one_d, _ = _surface_groups(records, [])
     if not one_d:
@@ -568,17 +606,18 @@ def figure_slices(records: Sequence[RunRecord], path: str, force: bool = False, 
 
 
 def figure_contours(records: Sequence[RunRecord], path: str, force: bool = False) -> Optional[str]:
-    from flatness.plot.figures import _figure, _pick_value, _use_log, common_limits, draw_2d, save_figure
+    from flatness.plot.maps import draw_2d
+    from flatness.plot.style import common_limits, new_figure, pick_value, save_figure, use_log
 
     _, two_d = _surface_groups(records, [])
     if not two_d:
         return None
     methods = [m for m in METHOD_ORDER if m in two_d] + [m for m in two_d if m not in METHOD_ORDER]
     surfs = [two_d[m][1] for m in methods]
-    value = _pick_value(surfs[0], None)
+    value = pick_value(surfs[0], None)
     lo, hi = common_limits(surfs, value)
-    logscale = _use_log(value, lo, hi, None)
-    fig = _figure((6 * len(surfs), 5))
+    logscale = use_log(value, lo, hi, None)
+    fig = new_figure((6 * len(surfs), 5))
     axes = fig.subplots(1, len(surfs), squeeze=False)[0]
     mappable = None
     for ax, m, surf in zip(axes, methods, surfs):
@@ -588,13 +627,13 @@ def figure_contours(records: Sequence[RunRecord], path: str, force: bool = False
         ax.set_ylabel("")
     from matplotlib.ticker import FormatStrFormatter
 
-    from flatness.plot.figures import _levels, _value_name
+    from flatness.plot.style import contour_levels, value_name
 
-    cb = fig.colorbar(mappable, ax=list(axes), ticks=_levels(lo, hi, logscale)[::3] if logscale else None,
+    cb = fig.colorbar(mappable, ax=list(axes), ticks=contour_levels(lo, hi, logscale)[::3] if logscale else None,
                       format=FormatStrFormatter("%.3g"))
-    cb.set_label(_value_name(value) + (" — log scale" if logscale else "") + "; shared colour limits")
+    cb.set_label(value_name(value) + (" — log scale" if logscale else "") + "; shared colour limits")
     attrs = surfs[0].get("attrs") or {}
-    fig.suptitle(f"2D {_value_name(value)} around each trained checkpoint (random filter-normalised directions, "
+    fig.suptitle(f"2D {value_name(value)} around each trained checkpoint (random filter-normalised directions, "
                  "train probe data); red star = trained weights", fontsize=10)
     return save_figure(fig, path, force)
 
@@ -619,6 +658,10 @@ def compare_inputs(inputs: Sequence[str], out_dir: Optional[str] = None, json_pa
                    csv_path: Optional[str] = None, figures: bool = True, fmt: str = "png",
                    force: bool = False, baseline: str = BASELINE) -> Dict[str, Any]:
     """Collect, summarise, and write what was asked: returns the summary with ``markdown`` and ``files``."""
+    outputs = {"--out": out_dir, "--json": json_path, "--csv": csv_path,
+               "--out's comparison.md": os.path.join(out_dir, "comparison.md") if out_dir and os.path.isdir(out_dir)
+               else None}
+    check_paths({"input": list(inputs)}, outputs, folders=["--out"])
     records, _extra = collect_runs(inputs)
     comp = compare(records, baseline=baseline)
     md = markdown_table(comp)

@@ -28,6 +28,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from flatness.core.errors import FlatnessError
 from flatness.core.fileio import atomic_write_json
+from flatness.core.paths import check_name, check_paths
+from flatness.core.validation import check_count, check_seed
 
 RUNS = "runs"
 FIGURES = "figures"
@@ -79,19 +81,24 @@ class ExperimentConfig:
             raise FlatnessError("--methods must include erm: every method is compared with it")
         if len(c.methods) < 2:
             raise FlatnessError("--methods needs at least two methods to compare (e.g. erm,amp)")
+        for seed in c.seeds:
+            check_seed(seed, "--seeds")
+        if c.data_dir is not None:
+            check_name(c.data_dir, "--data-dir")
+        # Given values are checked before defaults fill the gaps: 0 is an error, never "the default".
+        if c.epochs is not None:
+            check_count(c.epochs, "--epochs")
+        if c.samples is not None:
+            check_count(c.samples, "--samples")
+        if c.grid is not None:
+            check_grid(c.grid)
         if c.quick:
-            c.epochs = c.epochs or 1
-            c.samples = c.samples or 128
-            c.grid = c.grid or 5
+            c.epochs = 1 if c.epochs is None else c.epochs
+            c.samples = 128 if c.samples is None else c.samples
+            c.grid = 5 if c.grid is None else c.grid
             c.train_overrides = {"batch_size": 128, **c.train_overrides}
-        c.samples = c.samples or DEFAULT_SAMPLES
-        c.grid = c.grid or DEFAULT_GRID
-        if c.epochs is not None and c.epochs < 1:
-            raise FlatnessError(f"--epochs must be >= 1, got {c.epochs}")
-        if c.samples < 1:
-            raise FlatnessError(f"--samples must be >= 1, got {c.samples}")
-        if c.grid < 3:
-            raise FlatnessError(f"--grid must be >= 3, got {c.grid}")
+        c.samples = DEFAULT_SAMPLES if c.samples is None else c.samples
+        c.grid = DEFAULT_GRID if c.grid is None else c.grid
         if c.out is None:
             c.out = os.path.join("checkpoints", f"experiment-{c.dataset}-{c.model}")
         c.probe = {**probe_settings(c.quick), **c.probe}
@@ -101,6 +108,25 @@ class ExperimentConfig:
         d = dataclasses.asdict(self)
         d["methods"], d["seeds"] = list(self.methods), list(self.seeds)
         return d
+
+
+def check_grid(grid: Any) -> int:
+    """The study's surface resolution N: the 2D surface has N*N points and the 1D ones 2N-1, all within
+    the surface module's limits (checked here, before any run is trained, not when the surfaces start).
+
+    Args:
+        grid: N as given.
+
+    Returns:
+        N as an int.
+    """
+    from flatness.landscape.grid import MAX_AXIS_POINTS, MAX_GRID_POINTS
+
+    check_count(grid, "--grid", minimum=3)
+    if 2 * grid - 1 > MAX_AXIS_POINTS or grid * grid > MAX_GRID_POINTS:
+        largest = min((MAX_AXIS_POINTS + 1) // 2, int(MAX_GRID_POINTS ** 0.5))
+        raise FlatnessError(f"--grid must be at most {largest} (the surfaces' size limit), got {grid}")
+    return int(grid)
 
 
 def _parse_list(value, kind, name) -> List[Any]:
@@ -227,8 +253,8 @@ def _clear_unstarted_run(folder: str) -> None:
 
 
 def step_probe(cfg: ExperimentConfig, method: str, seed: int, progress: bool, echo) -> Dict[str, Any]:
-    from flatness.study.probe import run_probe
     from flatness.formats.probe_file import write_probe
+    from flatness.study.probe import ProbeSettings, run_probe
 
     folder = run_dir(cfg, method, seed)
     out = os.path.join(folder, PROBE)
@@ -240,23 +266,12 @@ def step_probe(cfg: ExperimentConfig, method: str, seed: int, progress: bool, ec
     opts["density"] = bool(opts.get("density")) and seed == surface_seed(cfg)
     if cfg.data_dir:
         opts["data_dir"] = cfg.data_dir
-    result = run_probe(os.path.join(folder, "last.pt"), split="train", samples=cfg.samples,
-                       batch_size=cfg.batch_size, seed=0, device=cfg.device, progress=progress,
-                       **_probe_kwargs(opts))
+    settings = ProbeSettings.from_dict({**opts, "split": "train", "samples": cfg.samples,
+                                        "batch_size": cfg.batch_size, "seed": 0, "device": cfg.device,
+                                        "progress": progress})
+    result = run_probe(os.path.join(folder, "last.pt"), settings)
     write_probe(out, result, force=True)  # no probe.json: a sidecar here is an orphan of a killed probe
     return {"step": f"probe {method} s{seed}", "skipped": False, "seconds": time.perf_counter() - began}
-
-
-def _probe_kwargs(opts: Dict[str, Any]) -> Dict[str, Any]:
-    """Only the options run_probe takes (its signature decides), so the study keeps working as it grows."""
-    import inspect
-
-    from flatness.study.probe import run_probe
-
-    params = inspect.signature(run_probe).parameters
-    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        return dict(opts)
-    return {k: v for k, v in opts.items() if k in params}
 
 
 def surface_seed(cfg: ExperimentConfig) -> int:
@@ -264,7 +279,7 @@ def surface_seed(cfg: ExperimentConfig) -> int:
 
 
 def step_surfaces(cfg: ExperimentConfig, progress: bool, echo) -> List[Dict[str, Any]]:
-    from flatness.landscape.surface import compute_surface
+    from flatness.landscape.compute import compute_surface
 
     seed = surface_seed(cfg)
     g = cfg.grid
@@ -303,7 +318,11 @@ def interp_path(cfg: ExperimentConfig, other: str) -> str:
 def step_figures(cfg: ExperimentConfig, records, comp) -> Dict[str, str]:
     """Every figure the report shows, rebuilt from the files (cheap; derived outputs of this folder)."""
     from flatness.study.compare import compare_figures
-    from flatness.plot.figures import common_limits, load_surface, plot_1d, plot_2d, plot_spectrum, _pick_value
+    from flatness.plot.curves import plot_1d
+    from flatness.plot.loading import load_surface
+    from flatness.plot.maps import plot_2d
+    from flatness.plot.spectra import plot_spectrum
+    from flatness.plot.style import common_limits, pick_value
 
     fig_dir = os.path.join(cfg.out, FIGURES)
     os.makedirs(fig_dir, exist_ok=True)
@@ -315,7 +334,7 @@ def step_figures(cfg: ExperimentConfig, records, comp) -> Dict[str, str]:
         if os.path.isfile(path):
             two_d[method] = load_surface(path)
     if two_d:
-        value = _pick_value(next(iter(two_d.values())), None)
+        value = pick_value(next(iter(two_d.values())), None)
         limits = common_limits(list(two_d.values()), value)
         for method, surf in two_d.items():
             for kind in ("contour", "3d"):
@@ -349,6 +368,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True,
 
     cfg = config.resolved()
     started = time.time()
+    check_paths({}, {"--out": cfg.out}, folders=["--out"])
     if os.path.isfile(cfg.out):
         raise FlatnessError(f"--out {cfg.out} is a file; name a folder")
     for m in cfg.methods:  # a bad option fails before the study folder is even created

@@ -1,33 +1,47 @@
-"""``run_probe``: everything flatness measures at one checkpoint, as one JSON-ready dict.
+"""Everything flatness measures, as one JSON-ready dict.
 
-Loss, accuracy, weight norm, distance from the run's initial weights, the top Hessian eigenvalues
-(and optionally vectors), the Hessian trace, the spectral density (SLQ) and, through
-``flatness.sharpness.metrics``, sharpness metrics: all on the same probe data, the first ``samples``
-examples of the split in dataset order, without augmentation, model in eval mode (docs/metrics.md).
+``measure`` is for a model in memory, ``run_probe`` for a checkpoint.
 
-The dict's layout is the probe JSON format, written and read only by ``flatness.formats.probe_file``.
+Loss, accuracy, weight norm, the top Hessian eigenvalues (and optionally vectors), the Hessian trace,
+the spectral density (SLQ) and sharpness metrics (``flatness.sharpness``): all on the same data, model
+in eval mode (docs/metrics.md). ``run_probe`` adds the checkpoint's identity, the probe data (the first
+``samples`` examples of the split in dataset order, without augmentation) and the distance from the
+run's initial weights. The dict's layout is the probe JSON format, written and read only by
+``flatness.formats.probe_file``.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
-from typing import Any, Dict, List, Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
+import torch.nn as nn
 
-from flatness.formats.checkpoint import INIT, load_checkpoint
+from flatness.core import distributed
 from flatness.core.devices import resolve_device
 from flatness.core.errors import FlatnessError
-from flatness.core.evaluation import evaluate
+from flatness.core.evaluation import LossFn, evaluate, model_device
 from flatness.core.fileio import sha256_file
 from flatness.core.params import distance, num_params, select_params, weight_norm
-from flatness.data.probe_data import ProbeData, load_probe_data
+from flatness.data.convert import as_probe_data
+from flatness.data.probe_data import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES, load_probe_data
+from flatness.formats.checkpoint import INIT, load_checkpoint
+from flatness.hessian import (
+    DEFAULT_BACKEND,
+    HessianOperator,
+    default_grid,
+    density_on_grid,
+    estimate_trace,
+    slq,
+    top_eigen,
+)
+from flatness.sharpness.measure import SharpnessSettings, measure_sharpness, validate
 from flatness.version import __version__
 
-DEFAULT_SAMPLES = 1000      # the first 1000 examples of the split: the usual probe size in the literature
-DEFAULT_BATCH_SIZE = 500    # one batch's graph at a time; any size gives the same numbers
 DEFAULT_EIG_METHOD = "lanczos"  # benchmarks/README.md: 5-20x fewer HVPs than power iteration at tol 1e-4
 DEFAULT_TOL = 1e-4
 DEFAULT_MAX_ITER = 1000     # lanczos: total HVPs; power: HVPs per eigenvalue
@@ -38,9 +52,211 @@ DENSITY_GRID_POINTS = 512
 SPLITS = ("train", "test")
 EIG_METHODS = ("lanczos", "power")
 TRACE_METHODS = ("hutchinson", "hutch++")
-
-
 DTYPES = ("float32", "float64")
+#: What ``ProbeSettings.sharpness_options`` may hold (``None`` values mean "the default").
+SHARPNESS_OPTIONS = ("rhos", "epsilons", "ball", "p", "draws", "ascent_steps", "lbfgs_iterations",
+                     "pac_bayes_draws")
+
+
+@dataclass
+class ProbeSettings:
+    """What a probe measures and how (``flatness probe``'s options; the defaults are its defaults).
+
+    Data: ``split``, ``samples`` (the first N examples), ``batch_size`` (memory only), ``data_dir``.
+    Hessian: ``top_k`` eigenvalues (0: none) by ``eig_method`` to relative residual ``tol`` within
+    ``max_iter`` HVPs (total for lanczos, per eigenvalue for power); ``params`` (globs such as
+    ``"layer4.*"``) restricts the Hessian, its trace and density to a block (per-layer spectra);
+    ``hvp_backend``; ``save_vectors`` keeps the eigenvectors. ``trace``/``trace_samples``/
+    ``trace_method``; ``density``/``density_steps``/``density_vectors``. ``sharpness``: metric
+    names (``"all"``) or None, with ``sharpness_options`` (keys in ``SHARPNESS_OPTIONS``).
+    ``seed``, ``device``, ``dtype`` (float32 or float64), ``progress``.
+    """
+
+    split: str = "train"
+    samples: int = DEFAULT_SAMPLES
+    batch_size: int = DEFAULT_BATCH_SIZE
+    top_k: int = 5
+    eig_method: str = DEFAULT_EIG_METHOD
+    tol: float = DEFAULT_TOL
+    max_iter: int = DEFAULT_MAX_ITER
+    trace: bool = False
+    trace_samples: int = DEFAULT_TRACE_SAMPLES
+    trace_method: str = "hutchinson"
+    density: bool = False
+    density_steps: int = DEFAULT_DENSITY_STEPS
+    density_vectors: int = DEFAULT_DENSITY_VECTORS
+    sharpness: Optional[Union[str, Sequence[str]]] = None
+    sharpness_options: Optional[Dict[str, Any]] = None
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "float32"
+    hvp_backend: Optional[str] = None
+    params: Optional[Union[str, Sequence[str]]] = None
+    save_vectors: bool = False
+    data_dir: Optional[str] = None
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, options: Dict[str, Any]) -> "ProbeSettings":
+        """Settings from a plain dict (a study's frozen probe options); unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise FlatnessError(f"unknown probe option {unknown[0]!r}; known: {', '.join(sorted(names))}")
+        return cls(**options)
+
+    def validate(self) -> Optional[Tuple[str, ...]]:
+        """Check every option before any work (one-line ``FlatnessError``s).
+
+        Returns:
+            The sharpness metric names (``all`` expanded), or None when no sharpness is asked for.
+        """
+        if self.split not in SPLITS:
+            raise FlatnessError(f"unknown split {self.split!r}; use train or test")
+        for label, value in (("--samples", self.samples), ("--batch-size", self.batch_size)):
+            if value is None or value < 1:
+                raise FlatnessError(f"{label} must be >= 1, got {value}")
+        if self.top_k is None or self.top_k < 0:
+            raise FlatnessError(f"top-k must be >= 0, got {self.top_k}")
+        if self.eig_method not in EIG_METHODS:
+            raise FlatnessError(f"unknown eigen method {self.eig_method!r}; use lanczos or power")
+        if not (self.tol is not None and self.tol > 0):
+            raise FlatnessError(f"tol must be > 0, got {self.tol}")
+        if self.max_iter is None or self.max_iter < 1:
+            raise FlatnessError(f"max-iter must be >= 1, got {self.max_iter}")
+        if self.trace and self.trace_method not in TRACE_METHODS:
+            raise FlatnessError(f"unknown trace method {self.trace_method!r}; use hutchinson or hutch++")
+        least = 6 if self.trace_method == "hutch++" else 2
+        if self.trace and self.trace_samples < least:
+            raise FlatnessError(f"trace samples must be >= {least} for {self.trace_method}")
+        if self.density and (self.density_steps < 1 or self.density_vectors < 1):
+            raise FlatnessError("density needs steps >= 1 and vectors >= 1")
+        if self.dtype not in DTYPES:
+            raise FlatnessError(f"unknown dtype {self.dtype!r}; use float32 or float64")
+        rho, epsilon, sharp = self.sharpness_settings()
+        if self.sharpness is None:
+            return None
+        return validate(self.sharpness, rho, epsilon, sharp.ball, sharp.draws, sharp.ascent_steps, sharp.p)
+
+    def sharpness_settings(self) -> Tuple[Optional[Tuple[float, ...]], Optional[Tuple[float, ...]], SharpnessSettings]:
+        """(rho, epsilon, SharpnessSettings) from ``sharpness_options``.
+
+        Radii are checked even when no sharpness metric is asked for (a typo is never silently
+        ignored).
+        """
+        options = {k: v for k, v in (self.sharpness_options or {}).items() if v is not None}
+        unknown = sorted(set(options) - set(SHARPNESS_OPTIONS))
+        if unknown:
+            raise FlatnessError(f"unknown sharpness option {unknown[0]!r}; known: {', '.join(SHARPNESS_OPTIONS)}")
+        rho = _radii_option(options.pop("rhos"), "rho") if "rhos" in options else None
+        epsilon = _radii_option(options.pop("epsilons"), "epsilon") if "epsilons" in options else None
+        return rho, epsilon, SharpnessSettings(seed=self.seed, progress=self.progress, **options)
+
+
+def _radii_option(values: Union[str, Sequence[float]], label: str) -> Tuple[float, ...]:
+    """Radii given as typed on the command line ("0.05,0.1") or as numbers, each finite and > 0."""
+    if not isinstance(values, str):
+        for value in values:
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise FlatnessError(f"{label} must be a finite number > 0, got {value}")
+        return tuple(float(v) for v in values)
+    out = []
+    for part in (p.strip() for p in values.split(",")):
+        if not part:
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            raise FlatnessError(f"--{label} takes numbers separated by commas, got {part!r}") from None
+        if not (value > 0 and value != float("inf")):
+            raise FlatnessError(f"--{label} values must be finite and > 0, got {part}")
+        out.append(value)
+    if not out:
+        raise FlatnessError(f"--{label} needs at least one value")
+    return tuple(out)
+
+
+def measure(model: nn.Module, data: Any, top_k: Optional[int] = None, trace: Optional[bool] = None,
+            density: Optional[bool] = None, sharpness: Optional[Union[str, Sequence[str]]] = None,
+            loss_fn: Optional[LossFn] = None, settings: Optional[ProbeSettings] = None) -> Dict[str, Any]:
+    """The probe measurements of a model in memory, all on the same data, in eval mode.
+
+    Loss, accuracy, weight norm, Hessian spectrum, trace, density and sharpness.
+
+    Args:
+        model: any ``nn.Module``; its weights and modes are left as they were.
+        data: any form ``flatness.data.convert.as_probe_data`` accepts; read once (batched by
+            ``settings.batch_size`` when it is not already in batches).
+        top_k: top Hessian eigenvalues (0: none); overrides ``settings.top_k``.
+        trace: estimate tr(H); overrides ``settings.trace``.
+        density: the SLQ spectral density; overrides ``settings.density``.
+        sharpness: sharpness metric names (``"all"``); overrides ``settings.sharpness``.
+        loss_fn: ``loss_fn(outputs, targets)`` -> batch mean loss; cross-entropy by default.
+        settings: everything else (``ProbeSettings()``; its data fields ``split``/``samples``/
+            ``data_dir``/``device``/``dtype`` only matter to ``run_probe``).
+
+    Returns:
+        A dict with ``loss``, ``accuracy`` (None unless class scores), ``num_params``,
+        ``hessian_params``, ``hessian_dim``, ``weight_norm``, ``hessian``, ``trace``, ``density``,
+        ``sharpness`` (None where not measured), plus ``eigenvectors`` (with ``save_vectors``),
+        ``density_arrays`` and ``sharpness_seconds`` where computed.
+    """
+    shortcuts = {"top_k": top_k, "trace": trace, "density": density, "sharpness": sharpness}
+    s = dataclasses.replace(settings or ProbeSettings(), **{k: v for k, v in shortcuts.items() if v is not None})
+    sharp_names = s.validate()
+    data = as_probe_data(data, batch_size=s.batch_size, device=model_device(model))
+    # Under torchrun the probe batches are shared out: every HVP and the loss sum over each rank's
+    # shard and all-reduce, so all ranks run the same (seeded) algorithms on the same numbers.
+    shard = data.shard(distributed.rank(), distributed.world_size())
+    block = select_params(model, s.params) if s.params is not None else None
+    op = HessianOperator(model, shard, loss_fn, params=block, backend=s.hvp_backend or DEFAULT_BACKEND)
+    if s.top_k > op.dim:
+        raise FlatnessError(f"top-k {s.top_k} exceeds the number of parameters "
+                            f"({op.dim}{' in the --params block' if block else ''})")
+    loss, acc = evaluate(model, shard, loss_fn)
+    result: Dict[str, Any] = {
+        "loss": _finite_or_none(loss), "accuracy": acc, "num_params": num_params(model),
+        # the Hessian's block: null = all trainable parameters, else their names in vector order
+        "hessian_params": block, "hessian_dim": op.dim, "weight_norm": _finite_or_none(weight_norm(model)),
+        "hessian": None, "trace": None, "density": None, "sharpness": None,
+    }
+    result.update(_spectrum(op, s))
+    if sharp_names is not None:
+        rho, epsilon, sharp = s.sharpness_settings()
+        start = time.perf_counter()
+        result["sharpness"] = measure_sharpness(model, data, sharp_names, rho, epsilon, loss_fn, settings=sharp)
+        result["sharpness_seconds"] = time.perf_counter() - start
+    return result
+
+
+def _spectrum(op: HessianOperator, s: ProbeSettings) -> Dict[str, Any]:
+    """The Hessian parts of the probe dict: top eigenpairs, trace and density, as asked."""
+    out: Dict[str, Any] = {}
+    if s.top_k > 0:
+        eig = top_eigen(op, s.top_k, s.eig_method, tol=s.tol, max_iter=s.max_iter, seed=s.seed, progress=s.progress)
+        hess = eig.summary()
+        hess["backend"] = op.backend
+        hess["max_iter"] = s.max_iter
+        out["hessian"] = hess
+        if s.save_vectors:
+            out["eigenvectors"] = eig.eigenvectors.detach().float().cpu().numpy()
+    op.release()
+    if s.trace:
+        tr = estimate_trace(op, s.trace_samples, s.trace_method, seed=s.seed, progress=s.progress)
+        out["trace"] = {"estimate": tr.estimate, "stderr": tr.stderr, "hvps": tr.hvps, "samples": tr.samples,
+                        "method": tr.method, "seconds": tr.seconds}
+        op.release()
+    if s.density:
+        dens = slq(op, steps=s.density_steps, vectors=s.density_vectors, seed=s.seed, progress=s.progress)
+        nodes, weights = dens.flat()
+        grid, sigma = default_grid(nodes, points=DENSITY_GRID_POINTS)
+        values = density_on_grid(nodes, weights, grid, sigma)
+        out["density"] = {"nodes": nodes.tolist(), "weights": weights.tolist(), "grid": grid.tolist(),
+                          "values": values.tolist(), "sigma": sigma, "steps": dens.steps,
+                          "vectors": dens.vectors, "hvps": dens.hvps, "seconds": dens.seconds}
+        out["density_arrays"] = {"nodes": dens.nodes, "weights": dens.weights, "grid": grid, "values": values}
+        op.release()
+    return out
 
 
 def _finite_or_none(x: float) -> Optional[float]:
@@ -48,7 +264,15 @@ def _finite_or_none(x: float) -> Optional[float]:
 
 
 def distance_from_init(model: torch.nn.Module, checkpoint_path: str) -> Optional[float]:
-    """‖θ − θ_init‖ when the run folder beside the checkpoint has ``init.pt`` (else None)."""
+    """‖θ − θ_init‖ when the run folder beside the checkpoint has ``init.pt`` (else None).
+
+    Args:
+        model: the checkpoint's model.
+        checkpoint_path: the checkpoint's file.
+
+    Returns:
+        The distance, 0.0 for ``init.pt`` itself, None without a readable ``init.pt``.
+    """
     init_path = os.path.join(os.path.dirname(os.path.abspath(checkpoint_path)), INIT)
     if not os.path.isfile(init_path):
         return None
@@ -61,109 +285,30 @@ def distance_from_init(model: torch.nn.Module, checkpoint_path: str) -> Optional
         return None  # an unreadable or foreign init.pt only loses this one number
 
 
-def _sharpness_module():
-    try:
-        from flatness.sharpness import metrics as sharp
-    except ImportError as err:
-        raise FlatnessError(f"sharpness metrics are not available in this installation ({err})") from None
-    return sharp
+def run_probe(checkpoint: str, settings: Optional[ProbeSettings] = None) -> Dict[str, Any]:
+    """Measure one checkpoint on its dataset's probe data.
 
+    Args:
+        checkpoint: a flatness checkpoint file.
+        settings: what to measure (``ProbeSettings()`` by default).
 
-def validate_sharpness(names, options: Optional[Dict[str, Any]] = None) -> List[str]:
-    """The metric names (``all`` expanded) after checking names and options, before any work."""
-    sharp = _sharpness_module()
-    valid = list(getattr(sharp, "METRIC_NAMES", ()))
-    if isinstance(names, str):
-        names = [n.strip() for n in names.split(",") if n.strip()]
-    names = list(names)
-    if "all" in names:
-        names = valid
-    if not names:
-        raise FlatnessError("no sharpness metric given; use all or some of: " + ", ".join(valid))
-    unknown = [n for n in names if n not in valid]
-    if unknown:
-        raise FlatnessError(f"unknown sharpness metric {unknown[0]!r}; choose all or some of: {', '.join(valid)}")
-    options = {k: v for k, v in (options or {}).items() if v is not None}
-    for key in ("rhos", "epsilons"):
-        for value in options.get(key) or ():
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise FlatnessError(f"{key[:-1]} must be a finite number > 0, got {value}")
-    if hasattr(sharp, "validate"):
-        return list(sharp.validate(names, **options))
-    return names
-
-
-def run_probe(checkpoint: str, split: str = "train", samples: int = DEFAULT_SAMPLES,
-              batch_size: int = DEFAULT_BATCH_SIZE, top_k: int = 5, eig_method: str = DEFAULT_EIG_METHOD,
-              tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER, trace: bool = False,
-              trace_samples: int = DEFAULT_TRACE_SAMPLES, trace_method: str = "hutchinson",
-              density: bool = False, seed: int = 0, device: str = "auto",
-              sharpness: Optional[Union[str, Sequence[str]]] = None,
-              sharpness_options: Optional[Dict[str, Any]] = None, save_vectors: bool = False,
-              data_dir: Optional[str] = None, progress: bool = True,
-              density_steps: int = DEFAULT_DENSITY_STEPS, density_vectors: int = DEFAULT_DENSITY_VECTORS,
-              hvp_backend: Optional[str] = None, dtype: str = "float32",
-              params: Optional[Union[str, Sequence[str]]] = None) -> Dict[str, Any]:
-    """Measure one checkpoint. Returns the probe dict (see ``flatness.formats.probe_file``); when
-    ``save_vectors`` it also holds ``"eigenvectors"`` (k×d numpy array) and with ``density``
-    ``"density_arrays"``, which ``write_probe`` moves into the sidecar ``.h5``.
-
-    ``samples``: the first N examples of ``split`` (default 1000; fewer if the split is smaller).
-    ``top_k=0`` skips the eigenvalues. ``max_iter`` bounds the HVPs (total for Lanczos, per
-    eigenvalue for power iteration). ``params`` (globs such as ``"layer4.*"``) restricts the
-    Hessian, its trace and density to that block of parameters (per-layer spectra); sharpness and
-    the weight norm stay over all parameters.
+    Returns:
+        The probe dict (see ``flatness.formats.probe_file``); with ``save_vectors`` it also holds
+        ``"eigenvectors"`` (k×d numpy array) and with ``density`` ``"density_arrays"``, which
+        ``write_probe`` moves into the sidecar ``.h5``.
     """
-    from flatness.hessian import DEFAULT_BACKEND, HessianOperator, default_grid, density_on_grid, estimate_trace, slq, top_eigen
-
-    if split not in SPLITS:
-        raise FlatnessError(f"unknown split {split!r}; use train or test")
-    if samples is None or samples < 1:
-        raise FlatnessError(f"samples must be >= 1, got {samples}")
-    if batch_size is None or batch_size < 1:
-        raise FlatnessError(f"batch size must be >= 1, got {batch_size}")
-    if top_k is None or top_k < 0:
-        raise FlatnessError(f"top-k must be >= 0, got {top_k}")
-    if eig_method not in EIG_METHODS:
-        raise FlatnessError(f"unknown eigen method {eig_method!r}; use lanczos or power")
-    if not (tol is not None and tol > 0):
-        raise FlatnessError(f"tol must be > 0, got {tol}")
-    if max_iter is None or max_iter < 1:
-        raise FlatnessError(f"max-iter must be >= 1, got {max_iter}")
-    if trace and trace_method not in TRACE_METHODS:
-        raise FlatnessError(f"unknown trace method {trace_method!r}; use hutchinson or hutch++")
-    if trace and trace_samples < (6 if trace_method == "hutch++" else 2):
-        raise FlatnessError(f"trace samples must be >= {6 if trace_method == 'hutch++' else 2} for {trace_method}")
-    if density and (density_steps < 1 or density_vectors < 1):
-        raise FlatnessError("density needs steps >= 1 and vectors >= 1")
-
-    sharp_names = None
-    if sharpness is not None:
-        sharp_names = validate_sharpness(sharpness, sharpness_options)
-
-    from flatness.core import distributed
-
-    dev = distributed.local_device(resolve_device(device))
+    s = settings or ProbeSettings()
+    s.validate()  # before the checkpoint and data are loaded
+    dev = distributed.local_device(resolve_device(s.device))
     model, info = load_checkpoint(checkpoint, device=dev)
-    data = load_probe_data(info["dataset"], split, samples, batch_size, device=dev, root=data_dir)
-    # Under torchrun the probe batches are shared out: every HVP and the loss sum over each rank's
-    # shard and all-reduce, so all ranks run the same (seeded) algorithms on the same numbers.
-    if dtype not in DTYPES:
-        raise FlatnessError(f"unknown dtype {dtype!r}; use float32 or float64")
-    if dtype == "float64":
+    data = load_probe_data(info["dataset"], s.split, s.samples, s.batch_size, device=dev, root=s.data_dir)
+    if s.dtype == "float64":
         # For ill-conditioned nets whose float32 HVPs are themselves inexact (a PreActResNet-18 with
         # stale BatchNorm statistics: 0.5% off); a trained net's are ~1e-6 off and float32 reaches
         # tol 1e-4 (reductions are accurate: hessian/reductions.py). float64 costs ~2x on CPUs.
         model.double()
-        data = ProbeData([(x.double(), y) for x, y in data.batches], data.n, data.sharded)
-    shard = data.shard(distributed.rank(), distributed.world_size())
-    block = select_params(model, params) if params is not None else None
-    op = HessianOperator(model, shard, params=block, backend=hvp_backend or DEFAULT_BACKEND)
-    if top_k > op.dim:
-        raise FlatnessError(f"top-k {top_k} exceeds the number of parameters "
-                            f"({op.dim}{' in the --params block' if block else ''})")
-
-    loss, acc = evaluate(model, shard)
+        data = data.map_inputs(lambda x: x.double() if x.is_floating_point() else x)
+    measured = measure(model, data, settings=s)
     result: Dict[str, Any] = {
         "format": "flatness-probe",
         "flatness_version": __version__,
@@ -176,57 +321,15 @@ def run_probe(checkpoint: str, split: str = "train", samples: int = DEFAULT_SAMP
             "epoch": info["epoch"],
             "seed": info["config"].get("seed"),
         },
-        "data": {"dataset": info["dataset"], "split": split, "samples": data.n, "batch_size": batch_size},
+        "data": {"dataset": info["dataset"], "split": s.split, "samples": data.n, "batch_size": s.batch_size},
         "device": str(dev),
-        "dtype": dtype,
-        "loss": _finite_or_none(loss),
-        "accuracy": acc,
-        "num_params": num_params(model),
-        # the Hessian's block: null = all trainable parameters, else their names in vector order
-        "hessian_params": block,
-        "hessian_dim": op.dim,
-        "weight_norm": _finite_or_none(weight_norm(model)),
-        "distance_from_init": distance_from_init(model, info["path"]),
-        "hessian": None,
-        "trace": None,
-        "density": None,
-        "sharpness": None,
-        "sidecar": None,
+        "dtype": s.dtype,
     }
-
-    if top_k > 0:
-        options = {"tol": tol, "max_iter": max_iter, "seed": seed, "progress": progress}
-        eig = top_eigen(op, top_k, eig_method, **options)
-        hess = eig.summary()
-        hess["backend"] = op.backend
-        hess["max_iter"] = max_iter
-        result["hessian"] = hess
-        if save_vectors:
-            result["eigenvectors"] = eig.eigenvectors.detach().float().cpu().numpy()
-    op.release()
-
-    if trace:
-        tr = estimate_trace(op, trace_samples, trace_method, seed=seed, progress=progress)
-        result["trace"] = {"estimate": tr.estimate, "stderr": tr.stderr, "hvps": tr.hvps, "samples": tr.samples,
-                           "method": tr.method, "seconds": tr.seconds}
-        op.release()
-
-    if density:
-        dens = slq(op, steps=density_steps, vectors=density_vectors, seed=seed, progress=progress)
-        nodes, weights = dens.flat()
-        grid, sigma = default_grid(nodes, points=DENSITY_GRID_POINTS)
-        values = density_on_grid(nodes, weights, grid, sigma)
-        result["density"] = {"nodes": nodes.tolist(), "weights": weights.tolist(), "grid": grid.tolist(),
-                             "values": values.tolist(), "sigma": sigma, "steps": dens.steps,
-                             "vectors": dens.vectors, "hvps": dens.hvps, "seconds": dens.seconds}
-        result["density_arrays"] = {"nodes": dens.nodes, "weights": dens.weights, "grid": grid,
-                                    "values": values}
-        op.release()
-
-    if sharpness is not None:
-        kwargs = {k: v for k, v in (sharpness_options or {}).items() if v is not None}
-        start = time.perf_counter()
-        result["sharpness"] = _sharpness_module().compute(model, data, metrics=sharp_names, seed=seed,
-                                                          progress=progress, **kwargs)
-        result["sharpness_seconds"] = time.perf_counter() - start
+    for key in ("loss", "accuracy", "num_params", "hessian_params", "hessian_dim", "weight_norm"):
+        result[key] = measured.pop(key)
+    result["distance_from_init"] = distance_from_init(model, info["path"])
+    for key in ("hessian", "trace", "density", "sharpness"):
+        result[key] = measured.pop(key)
+    result["sidecar"] = None
+    result.update(measured)  # eigenvectors, density_arrays, sharpness_seconds: where computed
     return result

@@ -1,5 +1,7 @@
-"""The study's report: ``REPORT.md`` (figures as relative links) and ``report.html`` (one self-contained
-page: the same text, the images embedded as base64), written from the comparison summary.
+"""The study's report: ``REPORT.md`` and ``report.html``, written from the comparison summary.
+
+``REPORT.md`` links the figures relatively; ``report.html`` is one self-contained page (the same text,
+rendered by markdown-it-py, with the images embedded as base64).
 
 The verdict rule (stated in the report too): for each non-baseline method, the flat-minima claim
 *held* in a run when that method's mean is lower (flatter) than the baseline's on more than half of
@@ -12,11 +14,13 @@ import base64
 import datetime as _dt
 import html
 import os
-import re
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
+from urllib.parse import unquote
 
-from flatness.study.compare import format_mean_std, format_p, markdown_table, _g
+from markdown_it import MarkdownIt
+
 from flatness.core.fileio import atomic_write_text
+from flatness.study.compare import _g, format_mean_std, format_p, markdown_table
 from flatness.version import __version__
 
 ALPHA = 0.05
@@ -81,6 +85,11 @@ def _rel(path: str, root: str) -> str:
     return os.path.relpath(path, root).replace(os.sep, "/")
 
 
+def _cell(text: str) -> str:
+    # A bare "|" inside a cell (e.g. ‖δ/|θ|‖) would end the cell in every Markdown table syntax.
+    return str(text).replace("|", "\\|")
+
+
 def _figure_md(figs: Dict[str, str], key: str, root: str, caption: str) -> List[str]:
     if key not in figs:
         return []
@@ -89,6 +98,19 @@ def _figure_md(figs: Dict[str, str], key: str, root: str, caption: str) -> List[
 
 def build_markdown(cfg, records, comp: Dict[str, Any], figs: Dict[str, str], steps: Sequence[Dict[str, Any]],
                    verdicts: List[Dict[str, Any]]) -> str:
+    """The report as Markdown (figures as links relative to ``cfg.out``).
+
+    Args:
+        cfg: the experiment's settings (dataset, model, methods, seeds, out, probe, grid, ...).
+        records: one record per run (method, config, probe summary).
+        comp: the comparison summary (rows, methods, baseline, others).
+        figs: figure key -> file path.
+        steps: the computing steps with their seconds.
+        verdicts: ``verdict(comp, method)`` for each non-baseline method.
+
+    Returns:
+        The Markdown text.
+    """
     root = cfg.out
     first = next((r for r in records if r.config), None)
     tc = first.config if first else {}
@@ -133,7 +155,7 @@ def build_markdown(cfg, records, comp: Dict[str, Any], figs: Dict[str, str], ste
           "- Sharpness (same probe data; docs/metrics.md): keskar = ε-sharpness in % of (1 + L); worst_case / "
           "adaptive_worst_case = max loss increase in the ball of radius ρ (plain, or scaled by |θ|), in nats; "
           "average_case / adaptive_average_case = mean loss increase under Gaussian noise of scale ρ, in nats; "
-          "pac_bayes(_magnitude) = 1/σ*² where σ* is the largest noise level raising the error by ≤ 0.1.",
+          "pac_bayes(_magnitude) = 1/σ\\*² where σ\\* is the largest noise level raising the error by ≤ 0.1.",
           f"- Surfaces: seed {cfg.seeds[0]} of every method, the same random-direction seed for all, Gaussian "
           "directions filter-normalised (each filter scaled to the checkpoint's filter norm; biases and BatchNorm "
           f"ignored); 1D: {2 * cfg.grid - 1} points on [−1, 1]; 2D: {cfg.grid} × {cfg.grid} on [−1, 1]²; loss and "
@@ -145,7 +167,7 @@ def build_markdown(cfg, records, comp: Dict[str, Any], figs: Dict[str, str], ste
           markdown_table(comp), ""]
     L += ["### What each row measures", "", "| quantity | unit | how it was measured |", "|---|---|---|"]
     for r in comp["rows"]:
-        L.append(f"| {r['label']} | {r['unit'] or '–'} | {r['how']} |")
+        L.append("| " + " | ".join(_cell(c) for c in (r["label"], r["unit"] or "–", r["how"])) + " |")
     L += ["", "Per-run values: `comparison.csv` (one row per run, one column per quantity) and `comparison.json`.", ""]
     L += ["## Figures", ""]
     L += _figure_md(figs, "training", root, "Training curves, mean over seeds (band: ±1 std). Train loss/accuracy are "
@@ -194,85 +216,44 @@ img{max-width:100%;border:1px solid #eee;margin-top:1em}code{background:#f4f4f4;
 em{color:#555}h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}"""
 
 
-def _inline(text: str) -> str:
-    text = html.escape(text, quote=False)
-    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-    text = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
-    text = re.sub(r"(?<![\w*])\*([^*]+)\*(?![\w*])", r"<em>\1</em>", text)
-    return text
-
-
-def _image(src: str, alt: str, root: str, embed: bool) -> str:
-    if embed:
-        path = os.path.join(root, src)
-        if os.path.isfile(path):
-            with open(path, "rb") as handle:
-                data = base64.b64encode(handle.read()).decode("ascii")
-            mime = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}.get(
-                src.rsplit(".", 1)[-1].lower(), "image/png")
-            src = f"data:{mime};base64,{data}"
-    return f'<img src="{html.escape(src)}" alt="{html.escape(alt)}">'
+def _image_source(src: str, root: str) -> str:
+    """``src`` as a ``data:`` URI when it names a file under ``root`` (the page then stands alone), else as is."""
+    path = os.path.join(root, unquote(src))  # the Markdown parser percent-encodes link targets
+    if not os.path.isfile(path):
+        return src
+    with open(path, "rb") as handle:
+        data = base64.b64encode(handle.read()).decode("ascii")
+    mime = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}.get(
+        src.rsplit(".", 1)[-1].lower(), "image/png")
+    return f"data:{mime};base64,{data}"
 
 
 def markdown_to_html(md: str, root: str, title: str, embed: bool = True) -> str:
-    """The small Markdown subset the report uses (headings, lists, tables, images, paragraphs)."""
-    out: List[str] = []
-    lines = md.splitlines()
-    i = 0
-    para: List[str] = []
+    """Render the report's Markdown as one HTML page (CommonMark and GFM tables, by markdown-it-py).
 
-    def flush():
-        if para:
-            out.append("<p>" + _inline(" ".join(para)) + "</p>")
-            para.clear()
+    Args:
+        md: the Markdown text.
+        root: the folder relative image links are resolved against.
+        title: the page title.
+        embed: embed every image found under ``root`` as base64, so the page needs no other file.
 
-    while i < len(lines):
-        line = lines[i]
-        if not line.strip():
-            flush()
-            i += 1
-            continue
-        m = re.match(r"^(#{1,6})\s+(.*)$", line)
-        if m:
-            flush()
-            n = len(m.group(1))
-            out.append(f"<h{n}>{_inline(m.group(2))}</h{n}>")
-            i += 1
-            continue
-        m = re.match(r"^!\[([^\]]*)\]\(([^)]+)\)\s*$", line)
-        if m:
-            flush()
-            out.append(_image(m.group(2), m.group(1), root, embed))
-            i += 1
-            continue
-        if line.startswith("|"):
-            flush()
-            rows = []
-            while i < len(lines) and lines[i].startswith("|"):
-                rows.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
-                i += 1
-            out.append("<table>")
-            for k, row in enumerate(rows):
-                if k == 1 and all(re.fullmatch(r":?-+:?", c or "-") for c in row):
-                    continue
-                tag = "th" if k == 0 else "td"
-                out.append("<tr>" + "".join(f"<{tag}>{_inline(c)}</{tag}>" for c in row) + "</tr>")
-            out.append("</table>")
-            continue
-        if line.startswith("- "):
-            flush()
-            out.append("<ul>")
-            while i < len(lines) and lines[i].startswith("- "):
-                out.append("<li>" + _inline(lines[i][2:]) + "</li>")
-                i += 1
-            out.append("</ul>")
-            continue
-        para.append(line.strip())
-        i += 1
-    flush()
+    Returns:
+        The HTML document.
+    """
+    # Raw HTML off: labels and paths in the report are data, never markup, so they are escaped.
+    renderer = MarkdownIt("commonmark", {"html": False}).enable("table")
+    default_image = renderer.renderer.rules["image"]
+
+    def image(renderer_self, tokens, idx, options, env):  # add_render_rule binds the rule as a method
+        token = tokens[idx]
+        if embed:
+            token.attrSet("src", _image_source(token.attrGet("src") or "", root))
+        return default_image(tokens, idx, options, env)
+
+    renderer.add_render_rule("image", image)
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n" + "\n".join(out) +
-            "\n</body></html>\n")
+            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n" + renderer.render(md) +
+            "</body></html>\n")
 
 
 def write_report(cfg, records, comp: Dict[str, Any], figs: Dict[str, str],

@@ -35,6 +35,8 @@ import torch.nn.functional as F
 
 from flatness.formats import checkpoint as ckpt
 from flatness.core import distributed, locking
+from flatness.core.paths import check_name, check_paths
+from flatness.core.validation import check_count, check_seed
 from flatness.data.datasets import TensorImageDataset, dataset_info, get_dataset
 from flatness.core.devices import resolve_device
 from flatness.core.errors import DivergedError, FlatnessError
@@ -122,7 +124,9 @@ class TrainConfig:
         _integer("batch_size", self.batch_size, 1)
         _integer("inner_iter", self.inner_iter, 1)
         _integer("save_every", self.save_every, 0)
-        _integer("seed", self.seed, 0)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise FlatnessError(f"seed must be an integer >= 0, got {self.seed!r}")
+        check_seed(self.seed, "seed")  # beyond 64 bits torch's generators overflow
         for name in ("width", "depth"):
             if getattr(self, name) is not None:
                 _integer(name, getattr(self, name), 0 if name == "depth" else 1)
@@ -146,6 +150,7 @@ def _choice(name, value, choices):
 def _integer(name, value, minimum):
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise FlatnessError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    check_count(value, name, minimum)  # and within the native index size
 
 
 def _number(name, value, positive):
@@ -434,11 +439,43 @@ def train(config: TrainConfig, out_dir: Optional[str] = None, resume: bool = Fal
 
     config = TrainConfig.from_dict(config.to_dict()).validate()
     out_dir = out_dir or default_out_dir(config)
+    check_paths({}, {"--out": out_dir}, folders=["--out"])
+    if config.data_dir is not None:
+        check_name(config.data_dir, "--data-dir")
     # One writer per run folder: a second train (or resume) of it refuses at once. Under torchrun only
     # rank 0 writes, so only rank 0 locks (the launcher stops the other ranks when it fails).
     main_rank = not distributed.launched_by_torchrun() or int(os.environ.get("RANK", "0")) == 0
     with (locking.exclusive(out_dir, "run folder") if main_rank else contextlib.nullcontext()):
         return _train_locked(config, out_dir, resume, progress, verbose, main_rank)
+
+
+def _resumed(out_dir: str, config: TrainConfig) -> Tuple[Dict[str, Any], TrainConfig]:
+    """The stored state of the run in ``out_dir`` and the config to go on with.
+
+    Args:
+        out_dir: the run folder.
+        config: the config asked for.
+
+    Returns:
+        (the last.pt payload, the stored config with the resumable changes applied); raises
+        FlatnessError for any other change, and for fewer epochs than the run has done.
+    """
+    state = ckpt.read_checkpoint(os.path.join(out_dir, ckpt.LAST))
+    stored = TrainConfig.from_dict(state["config"], strict=False).validate().to_dict()
+    given = config.to_dict()
+    changed = [k for k in stored if k not in RESUMABLE_CHANGES and k != "recipe" and stored[k] != given[k]]
+    if changed:
+        k = changed[0]
+        raise FlatnessError(f"cannot change {k} when resuming {out_dir} (the run has {k}={stored[k]!r}, "
+                            f"given {given[k]!r}); drop the option or start a new run with another --out")
+    stored.update({k: given[k] for k in RESUMABLE_CHANGES})
+    config = TrainConfig.from_dict(stored).validate()
+    finished = int(state["epoch"])
+    if config.epochs < finished:  # fewer epochs than done: neither shrink the record nor its config
+        raise FlatnessError(f"{out_dir} has already trained {finished} epochs; --epochs {config.epochs} "
+                            f"would not undo them: give --epochs {finished} or more to continue, or choose "
+                            "another --out for a shorter run")
+    return state, config
 
 
 def _train_locked(config: TrainConfig, out_dir: str, resume: bool, progress: bool, verbose: bool,
@@ -450,16 +487,7 @@ def _train_locked(config: TrainConfig, out_dir: str, resume: bool, progress: boo
         _remove_own_temps(out_dir)
     state = None
     if resume:
-        state = ckpt.read_checkpoint(os.path.join(out_dir, ckpt.LAST))
-        stored = TrainConfig.from_dict(state["config"], strict=False).validate().to_dict()
-        given = config.to_dict()
-        changed = [k for k in stored if k not in RESUMABLE_CHANGES and k != "recipe" and stored[k] != given[k]]
-        if changed:
-            k = changed[0]
-            raise FlatnessError(f"cannot change {k} when resuming {out_dir} (the run has {k}={stored[k]!r}, "
-                                f"given {given[k]!r}); drop the option or start a new run with another --out")
-        stored.update({k: given[k] for k in RESUMABLE_CHANGES})
-        config = TrainConfig.from_dict(stored).validate()
+        state, config = _resumed(out_dir, config)
 
     device = resolve_device(config.device)
     distributed.init_from_env(device)

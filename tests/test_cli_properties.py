@@ -1,0 +1,259 @@
+"""Property-based tests of every command's options (issue 15), with Hypothesis.
+
+For each command, each numeric option is given 0, negative, NaN, infinities, a huge value, a tiny
+one, non-numeric text and nothing; each path option a missing folder, a folder where a file goes, an
+input of the command, a link loop, a dangling link and a name that is not UTF-8. Every outcome must
+be a one-line `Error: ...` with exit 2 or a success, and no file that existed before may change.
+
+Training and the whole study are stubbed after their validation (`_train_locked`, `_run_locked`): what
+is under test is that every value is checked before the first step; a success there means the value
+passed every check. Probe, surface, compare and plot run for real on tiny inputs. The examples per
+command are printed at the end (`pytest -s`) and recorded in docs/reliability.md.
+"""
+import collections
+import contextlib
+import os
+import shutil
+from unittest import mock
+
+import pytest
+from click.testing import CliRunner
+from conftest import quick_digits_checkpoint
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+NUMBERS = ["0", "-1", "-0.5", "nan", "inf", "-inf", "1e400", str(2 ** 64), "1e-320", "abc", "", "3"]
+PATH_KINDS = ["missing-folder", "folder", "input", "loop", "dangling", "not-utf8", "fresh"]
+EXAMPLES = collections.Counter()
+OUTCOMES = collections.Counter()  # exit code -> examples
+FAST = dict(deadline=None, database=None, derandomize=True,
+            suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+TRAIN_NUMERIC = ["--epochs", "--batch-size", "--lr", "--momentum", "--weight-decay", "--grad-clip", "--seed",
+                 "--epsilon", "--inner-lr", "--inner-iter", "--rho", "--width", "--depth", "--save-every", "--nproc"]
+PROBE_NUMERIC = ["--samples", "--batch-size", "--top-k", "--tol", "--max-iter", "--trace-samples",
+                 "--density-steps", "--density-vectors", "--draws", "--ascent-steps", "--seed", "--rho", "--epsilon"]
+SURFACE_NUMERIC = ["--samples", "--batch-size", "--seed", "--x", "--y"]
+PLOT_NUMERIC = ["--vmin", "--vmax"]
+EXPERIMENT_NUMERIC = ["--epochs", "--samples", "--grid", "--threads", "--seeds"]
+
+
+def stamp(root):
+    out = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            full = os.path.join(folder, name)
+            if os.path.isfile(full):
+                st = os.stat(full)
+                with open(full, "rb") as handle:
+                    out[os.path.relpath(full, root)] = (hash(handle.read()), st.st_mtime_ns)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    """The inputs every example reads: a checkpoint, a run folder with a probe, 1D and 2D surfaces."""
+    from flatness.cli.main import main
+
+    root = tmp_path_factory.mktemp("props")
+    run = root / "run"
+    run.mkdir()
+    ckpt = quick_digits_checkpoint(run / "last.pt", model_name="mlp", width=8, depth=1, steps=10)
+    (run / "config.json").write_text('{"method": "erm", "seed": 0, "dataset": "digits", "model": "mlp"}\n')
+    (run / "metrics.jsonl").write_text('{"epoch": 1, "test_acc": 0.5, "test_loss": 1.0}\n')
+    runner = CliRunner()
+    for args in (["probe", ckpt, "--samples", "16", "--batch-size", "16", "--top-k", "1", "--max-iter", "3",
+                  "--device", "cpu", "--quiet", "--out", run / "probe.json"],
+                 ["surface", ckpt, "--x=-1:1:3", "--samples", "16", "--device", "cpu", "--quiet",
+                  "--out", root / "s1.h5"],
+                 ["surface", ckpt, "--x=-1:1:3", "--y=-1:1:3", "--samples", "16", "--device", "cpu", "--quiet",
+                  "--out", root / "s2.h5"]):
+        result = runner.invoke(main, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+    yield {"root": str(root), "run": str(run), "ckpt": ckpt, "probe": str(run / "probe.json"),
+           "s1": str(root / "s1.h5"), "s2": str(root / "s2.h5")}
+    print("\nHypothesis examples per command:", dict(EXAMPLES), "outcomes (exit code: examples):", dict(OUTCOMES))
+
+
+def path_of(kind, ws, scratch, name):
+    """A path of one hostile kind for an option (inputs of the command are the workspace's files)."""
+    if kind == "missing-folder":
+        return os.path.join(scratch, "no", "such", name)
+    if kind == "folder":
+        return ws["root"]
+    if kind == "input":
+        return ws["ckpt"]
+    if kind == "loop":
+        loop = os.path.join(scratch, "loop")
+        os.symlink(loop, loop)
+        return loop
+    if kind == "dangling":
+        link = os.path.join(scratch, "dangling")
+        os.symlink(os.path.join(scratch, "nothing"), link)
+        return link
+    if kind == "not-utf8":
+        return os.fsdecode(os.fsencode(scratch) + b"/caf\xe9-" + name.encode())
+    return os.path.join(scratch, name)
+
+
+def check_outcome(result, ws, before):
+    """Exit 0, or exit 2 with exactly one `Error:` line; and no pre-existing file changed."""
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    OUTCOMES[result.exit_code] += 1
+    assert result.exit_code in (0, 2), (result.exit_code, result.output, result.exception)
+    if result.exit_code == 2:
+        assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+        assert "Internal error" not in result.output and "Traceback" not in result.output
+    assert stamp(ws["root"]) == before
+
+
+@contextlib.contextmanager
+def scratch_dir(ws):
+    scratch = os.path.join(os.path.dirname(ws["root"]), "scratch")
+    shutil.rmtree(scratch, ignore_errors=True)
+    os.makedirs(scratch)
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def invoke(args):
+    from flatness.cli.main import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def train_stub(config, out_dir, resume, progress, verbose, main_rank):
+    """Stands in for the training loop: it is reached only with a config that passed every check."""
+    import math
+
+    for name in ("lr", "momentum", "weight_decay", "epsilon", "inner_lr", "rho"):
+        assert math.isfinite(getattr(config, name)), name
+    assert config.epochs >= 1 and config.batch_size >= 1 and config.inner_iter >= 1
+    return out_dir
+
+
+def experiment_stub(cfg, started, progress, echo):
+    assert cfg.samples >= 1 and cfg.grid >= 3 and (cfg.epochs is None or cfg.epochs >= 1)
+    return {"verdict": [], "steps": [], "report": "r", "html": "h", "seconds": 0.0}
+
+
+# --------------------------------------------------------------------------- numbers
+
+@settings(max_examples=30, **FAST)
+@given(option=st.sampled_from(TRAIN_NUMERIC), value=st.sampled_from(NUMBERS))
+def test_train_numbers(ws, option, value):
+    EXAMPLES["train"] += 1
+    before = stamp(ws["root"])
+    with scratch_dir(ws) as scratch, mock.patch("flatness.training.loop._train_locked", train_stub), \
+            mock.patch("flatness.cli.train._relaunch_under_torchrun", lambda nproc: 0):  # --nproc 3: no torchrun
+        result = invoke(["train", "--no-progress", "--device", "cpu", "--out", os.path.join(scratch, "r"),
+                         option, value])
+    check_outcome(result, ws, before)
+
+
+@settings(max_examples=24, **FAST)
+@given(option=st.sampled_from(PROBE_NUMERIC), value=st.sampled_from(NUMBERS))
+def test_probe_numbers(ws, option, value):
+    EXAMPLES["probe"] += 1
+    before = stamp(ws["root"])
+    base = {"--samples": "16", "--batch-size": "16", "--top-k": "1", "--max-iter": "3"}
+    base[option] = value
+    with scratch_dir(ws) as scratch:
+        result = invoke(["probe", ws["ckpt"], "--device", "cpu", "--quiet", "--out", os.path.join(scratch, "p.json"),
+                         *[a for kv in base.items() for a in kv]])
+    check_outcome(result, ws, before)
+
+
+@settings(max_examples=16, **FAST)
+@given(option=st.sampled_from(SURFACE_NUMERIC), value=st.sampled_from(NUMBERS))
+def test_surface_numbers(ws, option, value):
+    EXAMPLES["surface"] += 1
+    before = stamp(ws["root"])
+    base = {"--samples": "16", "--batch-size": "16", "--x": "-1:1:3"}
+    if option in ("--x", "--y"):
+        value = {"0": "-1:1:0", "-1": "1:-1:3", "-0.5": "-1:1:2.5", "nan": "nan:1:3", "inf": "-1:inf:3",
+                 "-inf": "-inf:1:3", "1e400": "-1e400:1:3", str(2 ** 64): f"-1:1:{2 ** 64}",
+                 "1e-320": "0:1e-320:3", "abc": "a:b:c", "": "", "3": "-1e300:1e300:3"}[value]
+    base[option] = value
+    with scratch_dir(ws) as scratch:
+        result = invoke(["surface", ws["ckpt"], "--device", "cpu", "--quiet", "--out", os.path.join(scratch, "s.h5"),
+                         *[a for kv in base.items() for a in kv]])
+    check_outcome(result, ws, before)
+
+
+@settings(max_examples=12, **FAST)
+@given(vmin=st.sampled_from(NUMBERS), vmax=st.sampled_from(NUMBERS))
+def test_plot_numbers(ws, vmin, vmax):
+    EXAMPLES["plot"] += 1
+    before = stamp(ws["root"])
+    with scratch_dir(ws) as scratch:
+        result = invoke(["plot", ws["s2"], "--kind", "heatmap", "--out", scratch, "--vmin", vmin, "--vmax", vmax])
+    check_outcome(result, ws, before)
+
+
+@settings(max_examples=20, **FAST)
+@given(option=st.sampled_from(EXPERIMENT_NUMERIC), value=st.sampled_from(NUMBERS))
+def test_experiment_numbers(ws, option, value):
+    EXAMPLES["experiment"] += 1
+    before = stamp(ws["root"])
+    with scratch_dir(ws) as scratch, mock.patch("flatness.study.experiment._run_locked", experiment_stub):
+        result = invoke(["experiment", "--quick", "--no-progress", "--device", "cpu",
+                         "--out", os.path.join(scratch, "study"), option, value])
+    check_outcome(result, ws, before)
+
+
+# --------------------------------------------------------------------------- paths
+
+COMMAND_PATHS = {
+    # command -> (arguments with {OPT} placeholders, the options that take a hostile path)
+    "train": (["train", "--no-progress", "--device", "cpu", "--out", "{--out}", "--data-dir", "{--data-dir}"],
+              ["--out", "--data-dir"]),
+    "probe": (["probe", "{CHECKPOINT}", "--samples", "16", "--batch-size", "16", "--top-k", "1", "--max-iter", "3",
+               "--device", "cpu", "--quiet", "--out", "{--out}"], ["CHECKPOINT", "--out"]),
+    "surface": (["surface", "{CHECKPOINT}", "--x=-1:1:3", "--samples", "16", "--device", "cpu", "--quiet",
+                 "--out", "{--out}"], ["CHECKPOINT", "--out"]),
+    "compare": (["compare", "{RUN}", "--json", "{--json}", "--csv", "{--csv}"], ["RUN", "--json", "--csv"]),
+    "plot": (["plot", "{FILE}", "--kind", "heatmap", "--out", "{--out}"], ["FILE", "--out"]),
+    "experiment": (["experiment", "--quick", "--no-progress", "--out", "{--out}"], ["--out"]),
+}
+DEFAULTS = {"--out": "out", "--data-dir": None, "CHECKPOINT": "{ckpt}", "RUN": "{run}", "--json": "c.json",
+            "--csv": "c.csv", "FILE": "{s2}"}
+FOLDER_OUTPUTS = {("train", "--out"), ("plot", "--out"), ("experiment", "--out")}
+
+
+@settings(max_examples=48, **FAST)
+@given(command=st.sampled_from(sorted(COMMAND_PATHS)), which=st.integers(0, 2), kind=st.sampled_from(PATH_KINDS))
+def test_paths(ws, command, which, kind):
+    EXAMPLES[f"{command} (paths)"] += 1
+    template, options = COMMAND_PATHS[command]
+    option = options[which % len(options)]
+    before = stamp(ws["root"])
+    with scratch_dir(ws) as scratch, \
+            mock.patch("flatness.training.loop._train_locked", train_stub), \
+            mock.patch("flatness.study.experiment._run_locked", experiment_stub):
+        values = {}
+        for opt in options:
+            default = DEFAULTS[opt]
+            if default is None:
+                values[opt] = os.path.join(scratch, "data")
+            elif default.startswith("{"):
+                values[opt] = ws[default.strip("{}")]
+            else:
+                values[opt] = os.path.join(scratch, default if (command, opt) not in FOLDER_OUTPUTS else "o")
+        values[option] = path_of(kind, ws, scratch, "x.json")
+        args = [values.get(a.strip("{}"), a) if a.startswith("{") else a for a in template]
+        result = invoke(args)
+    check_outcome(result, ws, before)
+
+
+def test_unreadable_inputs_need_a_user_without_root(ws):
+    if os.geteuid() == 0:
+        pytest.skip("running as root: chmod 000 does not stop root from reading, so 'unreadable' cannot be made")
+    os.chmod(ws["ckpt"], 0)
+    try:
+        result = invoke(["probe", ws["ckpt"], "--device", "cpu", "--quiet"])
+        assert result.exit_code == 2 and "not readable" in result.output, result.output
+    finally:
+        os.chmod(ws["ckpt"], 0o644)
