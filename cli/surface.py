@@ -21,8 +21,8 @@ from flatness.data.probe_data import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
               help="Random directions: zero biases and BatchNorm parameters (biasbn) or copy them from the weights.")
 @click.option("--orthogonal", is_flag=True, help="Make the second random direction orthogonal to the first.")
 @click.option("--split", type=click.Choice(["train", "test", "both"]), default="train", show_default=True)
-@click.option("--samples", type=int, default=DEFAULT_SAMPLES, show_default=True,
-              help="Probe examples (the first N of the split); 0 means all.")
+@click.option("--samples", default=str(DEFAULT_SAMPLES), show_default=True, metavar="N|all",
+              help="Probe examples: the first N of the split, or all of it.")
 @click.option("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, show_default=True)
 @click.option("--bn", type=click.Choice(["eval", "recalibrate"]), default="eval", show_default=True,
               help="BatchNorm statistics: as stored, or re-estimated on training data at every point.")
@@ -51,11 +51,12 @@ def command(checkpoint, x, y, direction, norm, ignore, orthogonal, split, sample
     """
     from flatness.core import distributed
     from flatness.core.devices import resolve_device
+    from flatness.core.validation import parse_samples
     from flatness.landscape.compute import SurfaceSettings, compute_surface
 
     distributed.init_from_env(resolve_device(device))
     settings = SurfaceSettings(x=x, y=y, direction=direction, norm=norm, ignore=ignore, orthogonal=orthogonal,
-                               split=split, samples=None if samples == 0 else samples, batch_size=batch_size, bn=bn,
+                               split=split, samples=parse_samples(samples), batch_size=batch_size, bn=bn,
                                seed=seed, device=device, resume=resume, force=force,
                                progress=not quiet and distributed.is_main(), data_dir=data_dir,
                                download=download, precision=precision, channels_last=channels_last)

@@ -135,6 +135,14 @@ def test_experiment_checks_every_option_before_the_first_step(tmp_path, cli, opt
     assert not study.exists()
 
 
+@pytest.mark.parametrize("value, needle", [("0", "--samples must be >= 1"), ("-3", "--samples must be >= 1"),
+                                           ("some", "--samples must be a whole number >= 1 or 'all'")])
+def test_surface_samples_is_a_count_or_all_never_zero(digits_checkpoint, tmp_path, cli, value, needle):
+    out = tmp_path / "s.h5"
+    one_line_error(cli(["surface", digits_checkpoint, "--x=-1:1:3", "--samples", value, "--out", out]), needle)
+    assert not out.exists()
+
+
 # --------------------------------------------------------------------------- 4. internal errors on input
 
 def test_a_seed_beyond_64_bits_is_a_one_line_error(digits_checkpoint, tmp_path, cli):

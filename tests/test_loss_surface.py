@@ -173,3 +173,21 @@ def test_bad_arguments_are_flatness_errors(kwargs, message):
         flatness.loss_surface(model, (x, y), loss_fn=mse, **kwargs)
     with pytest.raises(FlatnessError, match="cannot measure"):
         flatness.loss_surface(model, 42, (-1, 1, 3), loss_fn=mse)
+
+
+def test_a_file_written_by_loss_landscape_reads_in_meshgrid_order(tmp_path):
+    # loss-landscape's crunch() declares an (nx, ny) array but fills it through ravel() in
+    # np.meshgrid(x, y) order; its files carry no flatness attributes.
+    x, y = np.linspace(-1, 1, 4), np.linspace(0, 2, 3)
+    xm, ym = np.meshgrid(x, y)
+    truth = xm ** 2 + 10 * ym  # asymmetric, so a transpose or a wrong reshape shows
+    buffer = -np.ones((len(x), len(y)))
+    for k, (a, b) in enumerate(zip(xm.ravel(), ym.ravel())):
+        buffer.ravel()[k] = a ** 2 + 10 * b
+    path = tmp_path / "ll.h5"
+    with h5py.File(path, "w") as f:
+        f["xcoordinates"], f["ycoordinates"] = x, y
+        f["train_loss"], f["train_acc"] = buffer, buffer
+    surface = read_surface(str(path))
+    assert surface["train_loss"].shape == (3, 4)
+    np.testing.assert_allclose(surface["train_loss"], truth)

@@ -211,7 +211,7 @@ def test_two_train_processes_one_folder(tmp_path):
 # --------------------------------------------------------------------------- surface
 
 def surface_args(ckpt, out):
-    return ["surface", ckpt, "--x=-1:1:9", "--y=-1:1:9", "--samples", 0, "--device", "cpu", "--quiet",
+    return ["surface", ckpt, "--x=-1:1:9", "--y=-1:1:9", "--samples", "all", "--device", "cpu", "--quiet",
             "--out", out]
 
 

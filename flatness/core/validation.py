@@ -56,6 +56,26 @@ def check_count(value: Any, label: str, minimum: int = 1, maximum: int | None = 
     return int(value)
 
 
+def parse_samples(value: Any, label: str = "--samples") -> int | None:
+    """A number of probe examples: a whole number >= 1, or ``"all"`` (None: every example).
+
+    Args:
+        value: an int, a string of digits, ``"all"`` or None (every example).
+        label: the option name for the message.
+
+    Returns:
+        The count, or None for all examples.
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() == "all"):
+        return None
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise FlatnessError(f"{label} must be a whole number >= 1 or 'all', got {value!r}") from None
+    return check_count(value, label)
+
+
 def check_number(value: Any, label: str, positive: bool = True) -> float:
     """A finite real number, > 0 (``positive``) or >= 0.
 

@@ -55,6 +55,10 @@ FORMAT = "flatness-surface"
 FORMAT_VERSION = 1
 LAYOUT = "xy"          # what this version writes: [j, i] at (x_i, y_j)
 OLD_LAYOUT = "ij"      # earlier files: [i, j] at (x_i, y_j); also assumed when the attribute is missing
+# Files written by loss-landscape itself (no ``flatness_version`` attribute): its crunch() fills the
+# (nx, ny)-shaped array through ``ravel()`` in ``np.meshgrid(x, y)`` order, so the buffer is really
+# (ny, nx) row-major and only the declared shape is off (square grids read the same either way).
+FOREIGN_LAYOUT = "meshgrid-buffer"
 SPLITS = ("train", "test")
 VALUE_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc")
 
@@ -103,7 +107,10 @@ def _read_direction(group) -> dict[str, torch.Tensor]:
 
 
 def file_layout(attrs: dict[str, Any]) -> str:
-    """The index order of a file's 2-D arrays: ``"xy"`` ([j, i]) or ``"ij"`` (older files)."""
+    """The index order of a file's 2-D arrays: ``"xy"`` ([j, i]), ``"ij"`` (older flatness files) or
+    ``FOREIGN_LAYOUT`` (a file written by loss-landscape)."""
+    if not attrs.get("layout") and "flatness_version" not in attrs:
+        return FOREIGN_LAYOUT
     layout = str(attrs.get("layout") or OLD_LAYOUT).lower()
     if layout not in (LAYOUT, OLD_LAYOUT):
         raise FlatnessError(f"unknown surface layout {layout!r} (expected '{LAYOUT}' or '{OLD_LAYOUT}')")
@@ -122,6 +129,8 @@ def as_xy(array: np.ndarray, layout: str) -> np.ndarray:
     """
     if array.ndim == 2 and layout == OLD_LAYOUT:
         return np.ascontiguousarray(array.T)
+    if array.ndim == 2 and layout == FOREIGN_LAYOUT:
+        return np.ascontiguousarray(array).reshape(array.shape[1], array.shape[0])
     return array
 
 
