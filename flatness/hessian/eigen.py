@@ -132,6 +132,66 @@ def power_iteration(op, k: int = 1, tol: float = 1e-4, max_iter: int = 1000, see
                        "power", "largest-magnitude", tol, [lam < 0 for lam in values])
 
 
+class KrylovBasis:
+    """The orthonormal Krylov basis of Lanczos, row by row, with the projected matrix T = Qᵀ H Q.
+
+    Holds at most ``size`` vectors (thick restarts keep it there) and, when ``store``, the product
+    H q_j of every basis vector, so that Ritz vectors' true residuals cost no further HVP.
+    """
+
+    def __init__(self, op, size: int, store: bool):
+        self.op = op
+        self.Q = torch.empty(size, op.dim, dtype=op.dtype, device=op.device)
+        self.HQ = torch.empty(size, op.dim, dtype=op.dtype, device=op.device) if store else None
+        self.T = torch.zeros(size, size, dtype=torch.float64)
+        self.m = 0
+
+    def extend(self, q: torch.Tensor) -> tuple:
+        """Add q (one HVP); returns (the new residual w, its norm β) after full re-orthogonalisation."""
+        m, Q, T = self.m, self.Q, self.T
+        Q[m] = q
+        w = self.op.matvec(q)
+        if self.HQ is not None:
+            self.HQ[m] = w
+        h = row_dots(Q[:m + 1], w)
+        w = w - Q[:m + 1].T @ h.to(w.dtype)
+        h2 = row_dots(Q[:m + 1], w)  # second pass of Gram-Schmidt (full re-orthogonalisation)
+        w = w - Q[:m + 1].T @ h2.to(w.dtype)
+        h = (h + h2).cpu()
+        T[m, :m + 1] = h
+        T[:m + 1, m] = h
+        T[m, m] = h[m]
+        self.m = m + 1
+        return w, norm(w)
+
+    def ritz(self, sign: float) -> tuple:
+        """Eigenpairs (θ, S) of T, best first (largest θ for sign +1, smallest for −1)."""
+        theta, S = torch.linalg.eigh(self.T[:self.m, :self.m])
+        order = torch.argsort(sign * theta, descending=True)
+        return theta[order], S[:, order]
+
+    def thick_restart(self, theta: torch.Tensor, S: torch.Tensor, keep: int, q: torch.Tensor) -> torch.Tensor:
+        """Keep the ``keep`` best Ritz vectors as the new basis; returns q made orthogonal to them."""
+        op, m = self.op, self.m
+        Sp = S[:, :keep].T.to(dtype=op.dtype, device=op.device)
+        self.Q[:keep] = Sp @ self.Q[:m]
+        if self.HQ is not None:
+            self.HQ[:keep] = Sp @ self.HQ[:m]
+        self.T.zero_()
+        self.T[:keep, :keep] = torch.diag(theta[:keep])
+        self.m = keep
+        # re-orthonormalise the kept vectors against rounding drift (and their products alike)
+        Qp, R = torch.linalg.qr(self.Q[:keep].T)
+        self.Q[:keep] = Qp.T
+        if self.HQ is not None:
+            self.HQ[:keep] = torch.linalg.solve_triangular(R.T, self.HQ[:keep], upper=False)
+        return normalize(project_out(q, self.Q[:keep]))
+
+    def ritz_pairs(self, S: torch.Tensor, k: int) -> tuple:
+        """The k best Ritz pairs with their true residuals (``_ritz_pairs``)."""
+        return _ritz_pairs(self.op, S, self.Q, self.HQ, self.m, k)
+
+
 def lanczos(op, k: int = 1, which: str = "largest", tol: float = 1e-4, max_iter: int = 1000, seed: int = 0,
             max_basis: Optional[int] = None, check: str = "auto", progress: bool = False) -> EigenResult:
     """The k algebraically largest (or smallest) eigenpairs by Lanczos with full re-orthogonalisation.
@@ -142,14 +202,27 @@ def lanczos(op, k: int = 1, which: str = "largest", tol: float = 1e-4, max_iter:
     the space is extended further. When the basis reaches ``max_basis`` vectors it is thick-restarted
     from the best Ritz vectors (so memory stays max_basis × d). ``max_iter`` bounds the total HVPs.
 
-    ``check``: how the true residuals are computed. ``"stored"`` keeps the product H q_j of every
-    basis vector (real, counted HVPs; twice the memory) so H y = Σ s_j H q_j costs no further HVP;
-    ``"hvp"`` applies H to each Ritz vector afresh (k more HVPs per check); ``"auto"`` stores while
-    the products take at most 2^28 numbers (1 GiB in float32).
-    Eigenvalues come sorted: descending for ``largest``, ascending for ``smallest``.
+    Args:
+        op: the operator (``HessianOperator`` or anything with ``matvec``, ``dim``, ``dtype``,
+            ``device``, ``hvps``).
+        k: how many eigenpairs.
+        which: ``"largest"`` or ``"smallest"`` (algebraically).
+        tol: relative residual ‖Hv − λv‖ / |λ| every pair must reach.
+        max_iter: the most HVPs in all.
+        seed: seed of the starting vector.
+        max_basis: basis size before a thick restart (default max(3k + 30, 60)).
+        check: how true residuals are computed: ``"stored"`` keeps H q_j of every basis vector
+            (twice the memory, no further HVP), ``"hvp"`` applies H to each Ritz vector afresh,
+            ``"auto"`` stores while the products take at most 2^28 numbers (1 GiB in float32).
+        progress: show a progress bar.
+
+    Returns:
+        ``EigenResult`` with eigenvalues sorted descending for ``largest``, ascending for ``smallest``.
     """
     if which not in ("largest", "smallest"):
         raise ValueError(f"which must be 'largest' or 'smallest', got {which!r}")
+    if check not in ("auto", "stored", "hvp"):
+        raise ValueError(f"check must be auto, stored or hvp, got {check!r}")
     _check(op, k, tol, max_iter)
     start, hvps0 = time.perf_counter(), op.hvps
     d = op.dim
@@ -158,47 +231,25 @@ def lanczos(op, k: int = 1, which: str = "largest", tol: float = 1e-4, max_iter:
     max_basis = int(min(max(max_basis, k + 2), d))
     gen = torch.Generator().manual_seed(int(seed))
     sign = 1.0 if which == "largest" else -1.0
-
-    if check not in ("auto", "stored", "hvp"):
-        raise ValueError(f"check must be auto, stored or hvp, got {check!r}")
     store = check == "stored" or (check == "auto" and max_basis * d <= 2 ** 28)
-    Q = torch.empty(max_basis, d, dtype=op.dtype, device=op.device)  # orthonormal basis, row by row
-    HQ = torch.empty(max_basis, d, dtype=op.dtype, device=op.device) if store else None  # H q_j
-    T = torch.zeros(max_basis, max_basis, dtype=torch.float64)       # projected matrix Qᵀ H Q
-    m = 0
+    basis = KrylovBasis(op, max_basis, store)
     q = _random_unit(op, gen)
-    beta = 0.0  # norm of the residual of the last extension
     best = None
     converged = False
     est_tol = tol  # tightened when the estimates prove optimistic (rounding in low precision)
     stalled = 0    # failed checks in a row without a 2x better true residual: the rounding floor
     with progress_bar(progress, max_iter, f"lanczos ({which} {k})", unit="hvp") as bar:
         while op.hvps - hvps0 < max_iter:
-            # ---- extend the basis by q
-            Q[m] = q
-            w = op.matvec(q)
+            w, beta = basis.extend(q)
             bar.update(1)
-            if store:
-                HQ[m] = w
-            h = row_dots(Q[:m + 1], w)
-            w = w - Q[:m + 1].T @ h.to(w.dtype)
-            h2 = row_dots(Q[:m + 1], w)  # second pass of Gram-Schmidt (full re-orthogonalisation)
-            w = w - Q[:m + 1].T @ h2.to(w.dtype)
-            h = (h + h2).cpu()
-            T[m, :m + 1] = h
-            T[:m + 1, m] = h
-            T[m, m] = h[m]
-            m += 1
-            beta = norm(w)
-            theta, S = torch.linalg.eigh(T[:m, :m])
-            order = torch.argsort(sign * theta, descending=True)
-            theta, S = theta[order], S[:, order]
+            m = basis.m
+            theta, S = basis.ritz(sign)
             kk = min(k, m)
             est = [beta * abs(float(S[m - 1, i])) / max(abs(float(theta[i])), _TINY) for i in range(kk)]
             exhausted = beta <= 1e-12 * max(1.0, float(theta.abs().max()))
             if kk == k and (max(est) <= est_tol or exhausted or m == d):
-                # ---- candidate: form the Ritz vectors and check them with true HVPs
-                lams, V, res = _ritz_pairs(op, S, Q, HQ, m, k)
+                # candidate: form the Ritz vectors and check them with true HVPs
+                lams, V, res = basis.ritz_pairs(S, k)
                 if not store:
                     bar.update(k)
                 improved = best is None or max(res) <= 0.5 * max(best[2])
@@ -211,34 +262,17 @@ def lanczos(op, k: int = 1, which: str = "largest", tol: float = 1e-4, max_iter:
                 if stalled >= 3:
                     break  # the true residual no longer falls (rounding floor of the HVPs): report, not converged
                 est_tol *= 0.1
-            if op.hvps - hvps0 >= max_iter:
-                break
-            # ---- next direction
-            if exhausted or m == d:
-                if m == d:
-                    break  # the whole space is spanned; the Ritz pairs are as good as rounding allows
-                q = _random_unit(op, gen, Q[:m])  # invariant subspace found: start a new Krylov sequence
-                # the coupling of the new vector to the basis is computed when it is added
+            if op.hvps - hvps0 >= max_iter or m == d:
+                break  # budget spent, or the whole space spanned (Ritz pairs as good as rounding allows)
+            if exhausted:
+                # invariant subspace found: start a new Krylov sequence (its coupling is computed on adding)
+                q = _random_unit(op, gen, basis.Q[:m])
                 continue
             q = w / beta
             if m == max_basis:
-                # ---- thick restart: keep the p best Ritz vectors, continue with q
-                p = min(max_basis - 1, max(k + 1, max_basis // 2))
-                Sp = S[:, :p].T.to(dtype=op.dtype, device=op.device)
-                Q[:p] = Sp @ Q[:m]
-                if store:
-                    HQ[:p] = Sp @ HQ[:m]
-                T.zero_()
-                T[:p, :p] = torch.diag(theta[:p])
-                m = p
-                # re-orthonormalise the kept vectors against rounding drift (and their products alike)
-                Qp, R = torch.linalg.qr(Q[:p].T)
-                Q[:p] = Qp.T
-                if store:
-                    HQ[:p] = torch.linalg.solve_triangular(R.T, HQ[:p], upper=False)
-                q = normalize(project_out(q, Q[:p]))
-    if not converged and m > 0:  # budget ran out (or rounding floor): report the current Ritz pairs
-        current = _ritz_pairs(op, S, Q, HQ, m, min(k, m))
+                q = basis.thick_restart(theta, S, min(max_basis - 1, max(k + 1, max_basis // 2)), q)
+    if not converged and basis.m > 0:  # budget ran out (or rounding floor): report the current Ritz pairs
+        current = basis.ritz_pairs(S, min(k, basis.m))
         if best is None or max(current[2]) <= max(best[2]):
             best = current
     lams, V, res = best
