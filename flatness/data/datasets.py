@@ -1,9 +1,10 @@
 """One registry of datasets: ``get_dataset(name, split, root=None, augment=False)``.
 
-Every dataset yields ``(image tensor [C, H, W], int label)``, normalised per channel with the
-dataset's training-set statistics. ``digits`` (scikit-learn's bundled 8x8 handwritten digits) is the
-offline default; the others load through torchvision from ``root`` (default ``./data``), and download
-only when asked (``download=True``, the CLI's ``--download``).
+Every dataset yields ``(image tensor [C, H, W], int label)`` (``mnist1d``: a signal [1, 40]),
+normalised per channel with the dataset's training-set statistics. ``digits`` (scikit-learn's
+bundled 8x8 handwritten digits) is the offline default; ``mnist1d`` is generated offline by the
+``mnist1d`` package and cached under ``root``; the others load through torchvision from ``root``
+(default ``./data``), and download only when asked (``download=True``, the CLI's ``--download``).
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ class DatasetInfo:
     mean: Tuple[float, ...]
     std: Tuple[float, ...]
     description: str
+    # The registry model a run on this dataset uses unless told otherwise (None: the CLI's default).
+    default_model: Optional[str] = None
 
 
 class TensorImageDataset(Dataset):
@@ -202,6 +205,11 @@ DATASETS: Dict[str, DatasetInfo] = {
     "gtsrb": DatasetInfo("gtsrb", 3, 32, 43, (0.3403, 0.3121, 0.3214), (0.2724, 0.2608, 0.2669),
                          "German traffic signs, resized to 32x32 (torchvision)"),
     "mnist": DatasetInfo("mnist", 1, 28, 10, (0.1307,), (0.3081,), "MNIST (torchvision)"),
+    # 1-D signals [1, 40]: image_size is the sequence length. The generator itself standardises the
+    # whole set (both splits together) to mean 0, std 1; those are the statistics, applied by no one else.
+    "mnist1d": DatasetInfo("mnist1d", 1, 40, 10, (0.0,), (1.0,),
+                           "MNIST-1D (Greydanus 2020; generated offline; 4000 train / 1000 test, 40 samples)",
+                           default_model="mlp1d"),
     "fashion-mnist": DatasetInfo("fashion-mnist", 1, 28, 10, (0.2860,), (0.3530,), "Fashion-MNIST (torchvision)"),
 }
 
@@ -225,4 +233,8 @@ def get_dataset(name: str, split: str, root: Optional[str] = None, augment: bool
         raise FlatnessError(f"unknown split {split!r}; use train or test")
     if name == "digits":
         return _digits_split(split)  # no augmentation: 8x8 digits lose too much to crops
+    if name == "mnist1d":
+        from flatness.data.mnist1d import mnist1d_split
+
+        return mnist1d_split(split, root or DEFAULT_DATA_DIR)  # no augmentation: the generator's set as is
     return _torchvision(name, split, root or DEFAULT_DATA_DIR, augment, download)

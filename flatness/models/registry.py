@@ -170,6 +170,46 @@ class VGG(nn.Module):
         return self.classifier(out)
 
 
+class MLP1D(nn.Module):
+    """The MNIST-1D paper's MLP (Greydanus 2020): 40-100-100-10 with ReLU, the second hidden layer
+    added to the first (a residual step, as in the paper's code); ``width`` sets the hidden size."""
+
+    def __init__(self, in_features: int, num_classes: int, width: int = 100):
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.linear1 = nn.Linear(in_features, width)
+        self.linear2 = nn.Linear(width, width)
+        self.linear3 = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        h = F.relu(self.linear1(self.flatten(x)))
+        h = h + F.relu(self.linear2(h))
+        return self.linear3(h)
+
+
+class Conv1D(nn.Module):
+    """The MNIST-1D paper's 1-D CNN: three strided convolutions (kernels 5, 3, 3; stride 2) with
+    ReLU and a linear classifier on the flattened features; ``width`` sets the channels (25)."""
+
+    def __init__(self, in_channels: int, length: int, num_classes: int, width: int = 25):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv1d(in_channels, width, 5, stride=2, padding=1), nn.ReLU(),
+            nn.Conv1d(width, width, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv1d(width, width, 3, stride=2, padding=1), nn.ReLU(),
+        )
+        for kernel in (5, 3, 3):
+            length = (length + 2 - kernel) // 2 + 1
+        if length < 1:
+            raise FlatnessError("conv1d needs signals of at least 3 samples")
+        self.classifier = nn.Linear(width * length, num_classes)
+
+    def forward(self, x):
+        if x.dim() == 2:  # [B, L] signals without a channel dimension
+            x = x.unsqueeze(1)
+        return self.classifier(self.features(x).flatten(1))
+
+
 def _wrn_options(name: str) -> Dict[str, int]:
     match = re.fullmatch(r"wrn(?:-(\d+)-(\d+))?", name)
     if not match:
@@ -177,7 +217,7 @@ def _wrn_options(name: str) -> Dict[str, int]:
     return {"depth": int(match.group(1) or 28), "widen": int(match.group(2) or 10)}
 
 
-MODEL_NAMES = ("mlp", "convnet", "preactresnet18", "wrn", "vgg16")
+MODEL_NAMES = ("mlp", "convnet", "preactresnet18", "wrn", "vgg16", "mlp1d", "conv1d")
 
 
 def canonical_model_name(name: str) -> str:
@@ -187,7 +227,8 @@ def canonical_model_name(name: str) -> str:
         return f"wrn-{options['depth']}-{options['widen']}"
     if name not in MODEL_NAMES:
         raise FlatnessError(
-            f"unknown model {name!r}; choose one of: mlp, convnet, preactresnet18, wrn-DEPTH-WIDEN (e.g. wrn-28-10), vgg16"
+            f"unknown model {name!r}; choose one of: mlp, convnet, preactresnet18, wrn-DEPTH-WIDEN (e.g. wrn-28-10), "
+            "vgg16, mlp1d, conv1d"
         )
     return name
 
@@ -218,6 +259,12 @@ def build_from_spec(spec: Dict[str, Any]) -> nn.Module:
         return WideResNet(c, k, depth=wrn["depth"], widen=wrn["widen"], dropout=float(options.get("dropout", 0.0)))
     if name == "vgg16":
         return VGG(c, s, k)
+    # 1-D signals: image_size is the sequence length
+    if name in ("mlp1d", "conv1d"):
+        width = int(options.get("width", 100 if name == "mlp1d" else 25))
+        if width < 1:
+            raise FlatnessError(f"{name} needs width >= 1, got {width}")
+        return MLP1D(c * s, k, width=width) if name == "mlp1d" else Conv1D(c, s, k, width=width)
     raise AssertionError(name)  # canonical_model_name already rejected anything else
 
 

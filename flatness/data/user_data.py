@@ -1,0 +1,233 @@
+"""A user's own data: ``file.npz``, ``package.module:callable`` / ``file.py:callable``, ``imagefolder:DIR``.
+
+A user's data is used exactly as given (a model trained elsewhere must see the inputs it was trained
+on): inputs become float32 tensors, nothing is rescaled. Normalisation happens only when asked, with
+per-channel statistics of the training split, returned in the record so that a run can keep them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from flatness.core.errors import FlatnessError
+from flatness.core.evaluation import eval_mode
+from flatness.core.fileio import sha256_file
+from flatness.data.batches import forward, map_tensors
+from flatness.models.references import is_reference, one_line, resolve_callable
+
+IMAGEFOLDER_PREFIX = "imagefolder:"
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+class UserData(NamedTuple):
+    """The two splits of a user's dataset and a JSON-safe record of where they came from."""
+
+    train: Dataset
+    test: Dataset
+    record: dict[str, Any]
+
+
+class NormalizedDataset(Dataset):
+    """``(x - mean) / std`` per channel (dimension 0 of one example) on top of another dataset."""
+
+    def __init__(self, base: Dataset, mean: torch.Tensor, std: torch.Tensor):
+        self.base, self.mean, self.std = base, mean, std
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index):
+        x, y = self.base[index]
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        return (x - self.mean.view(shape)) / self.std.view(shape), y
+
+
+def _tensor_inputs(array: np.ndarray) -> torch.Tensor:
+    # float32 because that is the dtype of the model's weights; the values stay as given
+    return torch.from_numpy(np.ascontiguousarray(array)).to(torch.float32)
+
+
+def _tensor_targets(array: np.ndarray) -> torch.Tensor:
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    return tensor.long() if not tensor.is_floating_point() else tensor.to(torch.float32)
+
+
+def _load_npz(path: str) -> tuple[Dataset, Dataset]:
+    if not os.path.isfile(path):
+        raise FlatnessError(f"dataset file not found: {path}")
+    try:
+        # allow_pickle=False: object arrays would unpickle code
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [key for key in NPZ_KEYS if key not in archive.files]
+            if missing:
+                raise FlatnessError(
+                    f"{path} has no array {missing[0]!r} (an npz dataset needs "
+                    f"{', '.join(NPZ_KEYS)}; it has {', '.join(archive.files) or 'none'})"
+                )
+            arrays = {key: archive[key] for key in NPZ_KEYS}
+    except FlatnessError:
+        raise
+    except Exception as err:  # ValueError for object arrays, BadZipFile/OSError for damage
+        raise FlatnessError(f"cannot read {path} as an npz dataset: {one_line(err)}") from None
+    splits = []
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
+            raise FlatnessError(
+                f"{path}: x_{split} has {len(x) if x.ndim else 0} examples but y_{split} has {len(y) if y.ndim else 0}"
+            )
+        if len(x) == 0:
+            raise FlatnessError(f"{path}: x_{split} is empty")
+        if x.dtype.kind not in "biuf" or y.dtype.kind not in "biuf":
+            raise FlatnessError(f"{path}: x_{split} and y_{split} must be numeric arrays")
+        splits.append(TensorDataset(_tensor_inputs(x), _tensor_targets(y)))
+    return splits[0], splits[1]
+
+
+def _is_dataset(obj: Any) -> bool:
+    return hasattr(obj, "__len__") and hasattr(obj, "__getitem__")
+
+
+def _load_callable(ref: str) -> tuple[Dataset, Dataset, str | None]:
+    factory, sha256 = resolve_callable(ref, "dataset")
+    try:
+        result = factory()
+    except Exception as err:  # whatever the user's factory raises
+        raise FlatnessError(f"{ref} raised {one_line(err)}") from None
+    if not (isinstance(result, (tuple, list)) and len(result) == 2 and all(_is_dataset(d) for d in result)):
+        raise FlatnessError(f"{ref} must return (train_dataset, test_dataset), got {type(result).__name__}")
+    for name, dataset in zip(("train", "test"), result):
+        if len(dataset) == 0:
+            raise FlatnessError(f"{ref} returned an empty {name} dataset")
+    return result[0], result[1], sha256
+
+
+def _load_imagefolder(folder: str, image_size: int | None) -> tuple[Dataset, Dataset]:
+    from torchvision import datasets as D
+    from torchvision import transforms as T
+
+    steps = ([T.Resize((image_size, image_size))] if image_size else []) + [T.ToTensor()]
+    splits = []
+    for split in ("train", "test"):
+        path = os.path.join(folder, split)
+        if not os.path.isdir(path):
+            raise FlatnessError(f"imagefolder:{folder} needs {path}/<class>/<images>")
+        try:
+            splits.append(D.ImageFolder(path, transform=T.Compose(steps)))
+        except (FileNotFoundError, OSError) as err:  # no class folders, or no images in them
+            raise FlatnessError(f"imagefolder {path} holds no images: {one_line(err)}") from None
+    if splits[0].class_to_idx != splits[1].class_to_idx:
+        raise FlatnessError(f"imagefolder:{folder}: train and test have different class folders")
+    return splits[0], splits[1]
+
+
+def channel_statistics(dataset: Dataset, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and standard deviation (dimension 0 of one example) over a whole dataset.
+
+    Args:
+        dataset: yields ``(x, y)`` with ``x`` a tensor of one example, channels first.
+        batch_size: examples read at a time.
+
+    Returns:
+        ``(mean, std)`` as float32 tensors of one value per channel.
+    """
+    total, total_sq, count = None, None, 0
+    for x, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        if not torch.is_tensor(x):
+            raise FlatnessError("normalisation needs examples whose input is one tensor")
+        x = x.to(torch.float64)
+        # images [N, C, ...]: a value per channel; vectors [N, D] and scalars: one channel
+        flat = x.reshape(x.shape[0], x.shape[1], -1) if x.dim() > 2 else x.reshape(x.shape[0], 1, -1)
+        sums, sq = flat.sum(dim=(0, 2)), (flat * flat).sum(dim=(0, 2))
+        total = sums if total is None else total + sums
+        total_sq = sq if total_sq is None else total_sq + sq
+        count += flat.shape[0] * flat.shape[2]
+    mean = total / count
+    std = (total_sq / count - mean * mean).clamp_min(0).sqrt()
+    if bool((std == 0).any()):
+        raise FlatnessError("cannot normalise: a channel of the training data is constant")
+    return mean.to(torch.float32), std.to(torch.float32)
+
+
+def load_user_dataset(ref: str, image_size: int | None = None, normalize: bool = False) -> UserData:
+    """The train and test splits of a user's dataset.
+
+    Args:
+        ref: ``path/to/file.npz`` (arrays ``x_train``, ``y_train``, ``x_test``, ``y_test``),
+            ``package.module:callable`` or ``path/to/file.py:callable`` (called without arguments,
+            returning ``(train_dataset, test_dataset)``), or ``imagefolder:DIR`` (``DIR/train`` and
+            ``DIR/test`` as torchvision ImageFolders).
+        image_size: for imagefolder, resize every image to this square size (default: as stored).
+        normalize: standardise per channel with the training split's statistics.
+
+    Returns:
+        ``UserData(train, test, record)``; the record (JSON-safe) holds the reference, the sha256 of
+        an npz or factory file, and the normalisation ``{"mean": [...], "std": [...]}`` or None.
+
+    Raises:
+        FlatnessError: one line for a missing file or array, mismatched lengths, an empty folder, a
+            factory that fails or returns something else than two datasets.
+    """
+    record: dict[str, Any] = {"reference": ref, "sha256": None, "normalize": None}
+    if ref.startswith(IMAGEFOLDER_PREFIX):
+        folder = ref[len(IMAGEFOLDER_PREFIX) :]
+        train, test = _load_imagefolder(folder, image_size)
+        record["image_size"] = image_size
+    elif ref.endswith(".npz"):
+        train, test = _load_npz(ref)
+        record["sha256"] = sha256_file(ref)
+    elif is_reference(ref):
+        train, test, record["sha256"] = _load_callable(ref)
+    else:
+        raise FlatnessError(
+            f"unknown dataset {ref!r}: use a built-in name, file.npz, "
+            "package.module:callable, file.py:callable or imagefolder:DIR"
+        )
+    if normalize:
+        mean, std = channel_statistics(train)
+        record["normalize"] = {"mean": mean.tolist(), "std": std.tolist()}
+        train, test = NormalizedDataset(train, mean, std), NormalizedDataset(test, mean, std)
+    return UserData(train, test, record)
+
+
+def _shape_of(inputs: Any) -> str:
+    shapes: list[str] = []
+    map_tensors(inputs, lambda t: shapes.append(str(tuple(t.shape))) or t)
+    return shapes[0] if len(shapes) == 1 else "(" + ", ".join(shapes) + ")"
+
+
+def check_model_fits(model: nn.Module, dataset: Dataset) -> None:
+    """Run the model on the dataset's first example; fail with one line saying both shapes if it cannot.
+
+    Args:
+        model: the model to train or measure.
+        dataset: yields ``(inputs, target)`` examples (inputs a tensor, tuple/list or dict of tensors).
+
+    Raises:
+        FlatnessError: the model raised on one example (the message gives the batch's input shape and
+            what the model raised), or its class scores do not cover the example's label.
+    """
+    x, y = dataset[0]
+    batch = map_tensors(x, lambda t: t.unsqueeze(0))
+    try:
+        with torch.no_grad(), eval_mode(model):
+            out = forward(model, batch)
+    except Exception as err:  # shape errors surface as RuntimeError, ValueError, AssertionError...
+        raise FlatnessError(
+            f"the model does not fit the data: a batch of one example has input shape "
+            f"{_shape_of(batch)} and the model raised {one_line(err)}"
+        ) from None
+    label = (
+        int(y) if isinstance(y, int) or (torch.is_tensor(y) and y.dim() == 0 and not y.is_floating_point()) else None
+    )
+    if label is not None and torch.is_tensor(out) and out.dim() == 2 and not 0 <= label < out.shape[1]:
+        raise FlatnessError(
+            f"the model does not fit the data: it gives {out.shape[1]} class scores "
+            f"(output shape {tuple(out.shape)}) but the data has label {label}"
+        )
