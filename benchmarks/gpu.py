@@ -9,6 +9,7 @@ CIFAR-10's shape kept on the device (no download). Usage::
 
 Prints one table; record the card's name (printed) with the figures in benchmarks/README.md.
 """
+
 import argparse
 import contextlib
 import os
@@ -49,8 +50,7 @@ def train_throughput(method, fast, device, batch, steps, warmup):
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     opt = make_optimizer(method, model.parameters())
-    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if fast
-                else contextlib.nullcontext())
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if fast else contextlib.nullcontext()
 
     def closure():
         opt.zero_grad(set_to_none=True)
@@ -78,8 +78,8 @@ def train_throughput(method, fast, device, batch, steps, warmup):
 
 def surface_time(device, grid, samples, fast):
     """Seconds for a grid x grid random filter-normalised surface on `samples` CIFAR-shaped images."""
-    from flatness.formats.checkpoint import save_checkpoint
     from flatness.data.probe_data import ProbeData
+    from flatness.formats.checkpoint import save_checkpoint
     from flatness.landscape.compute import compute_surface
 
     spec = model_spec("preactresnet18", 3, 32, 10)
@@ -88,12 +88,21 @@ def surface_time(device, grid, samples, fast):
         ckpt = os.path.join(tmp, "m.pt")
         save_checkpoint(ckpt, model, model_spec=spec, config={"dataset": "cifar10"}, epoch=0)
         g = torch.Generator().manual_seed(0)
-        data = ProbeData.from_tensors(torch.randn(samples, 3, 32, 32, generator=g).to(device),
-                                      torch.randint(0, 10, (samples,), generator=g).to(device),
-                                      batch_size=min(samples, 1000))
-        summary = compute_surface(ckpt, os.path.join(tmp, "s.h5"), x=(-1, 1, grid), y=(-1, 1, grid),
-                                  device=str(device), progress=False, data={"train": data},
-                                  precision="bf16" if fast else "fp32")
+        data = ProbeData.from_tensors(
+            torch.randn(samples, 3, 32, 32, generator=g).to(device),
+            torch.randint(0, 10, (samples,), generator=g).to(device),
+            batch_size=min(samples, 1000),
+        )
+        summary = compute_surface(
+            ckpt,
+            os.path.join(tmp, "s.h5"),
+            x=(-1, 1, grid),
+            y=(-1, 1, grid),
+            device=str(device),
+            progress=False,
+            data={"train": data},
+            precision="bf16" if fast else "fp32",
+        )
         return summary["seconds"]
 
 

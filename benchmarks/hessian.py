@@ -12,6 +12,7 @@ Reported per model: time, HVPs, relative eigenvalue error against a tight refere
 float64 at tol 1e-8) and the true relative residual ‖Hv − λv‖/|λ| of each returned vector (computed
 afterwards, not charged to either tool); for the trace: estimate, standard error, HVPs, time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,9 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 def setup() -> None:
     os.makedirs(BENCH, exist_ok=True)
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "--no-deps", "--target", PYHESSIAN_DIR,
-                           "pyhessian==0.1"])
+    subprocess.check_call(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--target", PYHESSIAN_DIR, "pyhessian==0.1"]
+    )
 
 
 def import_pyhessian():
@@ -49,9 +51,9 @@ def import_pyhessian():
 
 def make_case(name: str, fake_samples: int, stale_bn: bool = False):
     """(model, ProbeData, description): the same objects are handed to both tools."""
+    from flatness.data.probe_data import ProbeData, load_probe_data
     from flatness.formats.checkpoint import load_checkpoint
     from flatness.models.registry import build_model
-    from flatness.data.probe_data import ProbeData, load_probe_data
 
     if name == "convnet":
         path = os.path.join(BENCH, "convnet.pt")
@@ -86,8 +88,14 @@ def make_case(name: str, fake_samples: int, stale_bn: bool = False):
 
             recalibrate_bn(model, data.batches)
             bn_note = "BN statistics re-estimated on the probe images"
-        return model, data, (f"preactresnet18 (5 SGD steps; {bn_note}), {fake_samples} fake 32x32 images, "
-                             f"batches of {min(fake_samples, 64)}")
+        return (
+            model,
+            data,
+            (
+                f"preactresnet18 (5 SGD steps; {bn_note}), {fake_samples} fake 32x32 images, "
+                f"batches of {min(fake_samples, 64)}"
+            ),
+        )
     raise SystemExit(f"unknown model {name}")
 
 
@@ -152,8 +160,10 @@ def bench_model(name, hessian_cls, fake_samples, args):
     ref_data = ProbeData([(x.double(), y) for x, y in data.batches])
     t = time.perf_counter()
     ref = lanczos(HessianOperator(ref_model, ref_data), k=5, tol=args.ref_tol, max_iter=600, seed=123)
-    print(f"reference (float64 Lanczos, tol {args.ref_tol:g}): {ref.hvps} HVPs, {time.perf_counter() - t:.1f} s, "
-          f"converged={ref.converged}, max residual {max(ref.residuals):.1e}")
+    print(
+        f"reference (float64 Lanczos, tol {args.ref_tol:g}): {ref.hvps} HVPs, {time.perf_counter() - t:.1f} s, "
+        f"converged={ref.converged}, max residual {max(ref.residuals):.1e}"
+    )
     print("reference top-5: " + ", ".join(f"{x:.6g}" for x in ref.eigenvalues))
     rv = ref.eigenvalues
     rows = []
@@ -162,21 +172,35 @@ def bench_model(name, hessian_cls, fake_samples, args):
         res = residuals(op, values[:k], vectors[:k])
         err = fmt_err(values[:k], rv[:k])
         rows.append((label, k, seconds, hvps, err, max(res)))
-        print(f"  done: {label}, k={k}: {seconds:.1f} s, {hvps} HVPs, error {err:.1e}, residual {max(res):.1e}",
-              flush=True)
+        print(
+            f"  done: {label}, k={k}: {seconds:.1f} s, {hvps} HVPs, error {err:.1e}, residual {max(res):.1e}",
+            flush=True,
+        )
 
     for k in (1, 5):
         ph = run_pyhessian(hessian_cls, model, data, top_n=k, tol=1e-4, max_iter=args.pyhessian_max_iter)
-        add(f"PyHessian power (tol 1e-4, maxIter {args.pyhessian_max_iter})", ph["values"], ph["vectors"],
-            ph["hvps"], ph["seconds"], k)
+        add(
+            f"PyHessian power (tol 1e-4, maxIter {args.pyhessian_max_iter})",
+            ph["values"],
+            ph["vectors"],
+            ph["hvps"],
+            ph["seconds"],
+            k,
+        )
         tol = 1e-4 if k == 1 else 1e-3
         op.hvps = 0
         ours = lanczos(op, k=k, tol=tol, seed=0)
         add(f"ours lanczos (residual tol {tol:g})", ours.eigenvalues, ours.eigenvectors, ours.hvps, ours.seconds, k)
         if k == 1 or args.power5:
             ours_p = power_iteration(op, k=k, tol=tol, seed=0, max_iter=args.power_max_iter)
-            add(f"ours power (residual tol {tol:g}, max {args.power_max_iter}/eig)", ours_p.eigenvalues,
-                ours_p.eigenvectors, ours_p.hvps, ours_p.seconds, k)
+            add(
+                f"ours power (residual tol {tol:g}, max {args.power_max_iter}/eig)",
+                ours_p.eigenvalues,
+                ours_p.eigenvectors,
+                ours_p.hvps,
+                ours_p.seconds,
+                k,
+            )
         if k == 5:
             ours = lanczos(op, k=k, tol=1e-4, seed=0)
             add("ours lanczos (residual tol 1e-4)", ours.eigenvalues, ours.eigenvectors, ours.hvps, ours.seconds, k)
@@ -195,7 +219,9 @@ def bench_model(name, hessian_cls, fake_samples, args):
     ours_pp3 = hutchpp(op, samples=max(n // 3, 6), seed=0)
     print("\n| trace | estimate | stderr | HVPs | seconds |")
     print("| --- | --- | --- | --- | --- |")
-    print(f"| PyHessian Hutchinson (maxIter 100, tol 1e-3) | {ph['estimate']:.5g} | {ph['stderr']:.2g} | {n} | {ph['seconds']:.1f} |")
+    print(
+        f"| PyHessian Hutchinson (maxIter 100, tol 1e-3) | {ph['estimate']:.5g} | {ph['stderr']:.2g} | {n} | {ph['seconds']:.1f} |"
+    )
     for r in (ours_h, ours_pp, ours_pp3):
         print(f"| ours {r.method} | {r.estimate:.5g} | {r.stderr:.2g} | {r.hvps} | {r.seconds:.1f} |")
 
@@ -210,9 +236,12 @@ def main():
     parser.add_argument("--pyhessian-max-iter", type=int, default=100)
     parser.add_argument("--power-max-iter", type=int, default=300)
     parser.add_argument("--power5", action="store_true", help="also run our power iteration for the top-5")
-    parser.add_argument("--stale-bn", action="store_true",
-                        help="preactresnet18: keep the BN running statistics of the 5 training steps (an "
-                             "ill-conditioned net whose float32 HVPs are off by 0.5%%; the earlier figures)")
+    parser.add_argument(
+        "--stale-bn",
+        action="store_true",
+        help="preactresnet18: keep the BN running statistics of the 5 training steps (an "
+        "ill-conditioned net whose float32 HVPs are off by 0.5%%; the earlier figures)",
+    )
     parser.add_argument("--skip-trace", action="store_true")
     args = parser.parse_args()
     if args.setup:

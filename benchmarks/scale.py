@@ -7,6 +7,7 @@ Two workloads, each timed inside the ranks (start-up excluded), on the default c
     sharded across ranks, one all-reduce per product).
 Goal: at least 1.8x with 2 ranks. Needs 2 free cores. Usage: python benchmarks/scale.py
 """
+
 import os
 import sys
 import tempfile
@@ -30,15 +31,16 @@ def surface_job(checkpoint, out, grid):
     from flatness.landscape.compute import compute_surface
 
     distributed.barrier()
-    summary = compute_surface(checkpoint, out, x=(-1, 1, grid), y=(-1, 1, grid), samples=1000, batch_size=1000,
-                              device="cpu", progress=False)
+    summary = compute_surface(
+        checkpoint, out, x=(-1, 1, grid), y=(-1, 1, grid), samples=1000, batch_size=1000, device="cpu", progress=False
+    )
     return summary["seconds"]
 
 
 def hvp_job(checkpoint, count):
+    from flatness.data.probe_data import load_probe_data
     from flatness.formats.checkpoint import load_checkpoint
     from flatness.hessian import HessianOperator
-    from flatness.data.probe_data import load_probe_data
 
     model, _ = load_checkpoint(checkpoint)
     data = load_probe_data("digits", "train", 1000, 100).shard(distributed.rank(), distributed.world_size())

@@ -23,6 +23,7 @@ loss-landscapes is not a project dependency; it is installed on first use with
 Other processes may share the CPU: the floor is measured before and after the others, and every
 row is reported as a ratio to the mean floor.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,11 @@ SAMPLES = 1000
 def import_loss_landscapes():
     if not os.path.isdir(os.path.join(LL_DIR, "loss_landscapes")):
         try:
-            subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", LL_DIR,
-                            "loss-landscapes"], check=True, timeout=300)
+            subprocess.run(
+                [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", LL_DIR, "loss-landscapes"],
+                check=True,
+                timeout=300,
+            )
         except (subprocess.SubprocessError, OSError) as err:
             print(f"loss-landscapes could not be installed ({err}); its rows are skipped")
             return None
@@ -74,12 +78,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads for every row (default 1)")
     parser.add_argument("--skip-plain", action="store_true")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="run every row this many times, interleaved, and keep each row's fastest")
-    parser.add_argument("--allocator", choices=("both", "tuned", "default"), default="both",
-                        help="tuned: glibc keeps freed memory (what flatness does on the CPU, flatness.core.cpu_memory) "
-                             "for every row; default: malloc as the C library ships it, for every row, flatness "
-                             "included; both (default): each in its own process, one after the other")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run every row this many times, interleaved, and keep each row's fastest"
+    )
+    parser.add_argument(
+        "--allocator",
+        choices=("both", "tuned", "default"),
+        default="both",
+        help="tuned: glibc keeps freed memory (what flatness does on the CPU, flatness.core.cpu_memory) "
+        "for every row; default: malloc as the C library ships it, for every row, flatness "
+        "included; both (default): each in its own process, one after the other",
+    )
     args = parser.parse_args()
     if args.allocator == "both":
         # The allocator setting is per process and cannot be undone: one child process per setting.
@@ -95,11 +104,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.makedirs(BENCH, exist_ok=True)
 
-    from flatness.formats.checkpoint import load_checkpoint
-    from flatness.landscape.directions import random_directions
     from flatness.core.evaluation import evaluate
     from flatness.data.probe_data import load_probe_data
+    from flatness.formats.checkpoint import load_checkpoint
     from flatness.landscape.compute import compute_surface
+    from flatness.landscape.directions import random_directions
 
     ckpt = os.path.join(BENCH, "convnet.pt")
     if not os.path.exists(ckpt):  # the digits convnet after 100 SGD steps, as the tests make it
@@ -131,12 +140,33 @@ def main() -> None:
         rows.append(("floor (441 forward passes), before", t_floor1, timed.cpu))
 
         out = os.path.join(BENCH, "surface.h5")
-        t_call, summary = timed(lambda: compute_surface(ckpt, out, x=(-1, 1, GRID), y=(-1, 1, GRID), samples=SAMPLES,
-                                                        batch_size=SAMPLES, device="cpu", force=True, progress=False))
+        t_call, summary = timed(
+            lambda: compute_surface(
+                ckpt,
+                out,
+                x=(-1, 1, GRID),
+                y=(-1, 1, GRID),
+                samples=SAMPLES,
+                batch_size=SAMPLES,
+                device="cpu",
+                force=True,
+                progress=False,
+            )
+        )
         rows.append(("flatness compute_surface: grid time", summary["seconds"], summary["cpu_seconds"]))
         rows.append(("flatness compute_surface: whole call", t_call, timed.cpu))
-        summary = compute_surface(ckpt, out, x=(-1, 1, GRID), y=(-1, 1, GRID), samples=SAMPLES, batch_size=SAMPLES,
-                                  device="cpu", force=True, progress=False, channels_last=True)
+        summary = compute_surface(
+            ckpt,
+            out,
+            x=(-1, 1, GRID),
+            y=(-1, 1, GRID),
+            samples=SAMPLES,
+            batch_size=SAMPLES,
+            device="cpu",
+            force=True,
+            progress=False,
+            channels_last=True,
+        )
         rows.append(("flatness --channels-last: grid time", summary["seconds"], summary["cpu_seconds"]))
 
         if not args.skip_plain:
@@ -162,14 +192,18 @@ def main() -> None:
             metric = ll.metrics.Loss(torch.nn.CrossEntropyLoss(), x_all, y_all)
             model.eval()
             try:
-                t_ll, _ = timed(lambda: ll.random_plane(model, metric, distance=1, steps=GRID, normalization="filter",
-                                                       deepcopy_model=True))
+                t_ll, _ = timed(
+                    lambda: ll.random_plane(
+                        model, metric, distance=1, steps=GRID, normalization="filter", deepcopy_model=True
+                    )
+                )
                 rows.append(("loss-landscapes random_plane (as documented)", t_ll, timed.cpu))
 
                 def ll_nograd():
                     with torch.no_grad():
-                        return ll.random_plane(model, metric, distance=1, steps=GRID, normalization="filter",
-                                               deepcopy_model=True)
+                        return ll.random_plane(
+                            model, metric, distance=1, steps=GRID, normalization="filter", deepcopy_model=True
+                        )
 
                 t_ll2, _ = timed(ll_nograd)
                 rows.append(("loss-landscapes random_plane under no_grad", t_ll2, timed.cpu))
@@ -183,9 +217,11 @@ def main() -> None:
     rows = [(name, seconds, cpu) for name, (seconds, cpu) in best.items()]
     floor_mean = (best["floor (441 forward passes), before"][0] + best["floor (441 forward passes), after"][0]) / 2
     cpu_floor = (best["floor (441 forward passes), before"][1] + best["floor (441 forward passes), after"][1]) / 2
-    print(f"\n21x21 surface, convnet, {SAMPLES} digits training images in one batch, CPU, "
-          f"{args.threads} torch thread(s), torch {torch.__version__}, "
-          f"fastest of {args.rounds} interleaved round(s), allocator: {args.allocator}")
+    print(
+        f"\n21x21 surface, convnet, {SAMPLES} digits training images in one batch, CPU, "
+        f"{args.threads} torch thread(s), torch {torch.__version__}, "
+        f"fastest of {args.rounds} interleaved round(s), allocator: {args.allocator}"
+    )
     print("wall = elapsed seconds; cpu = this process's CPU seconds (less disturbed by other processes)")
     print(f"{'method':46s} {'wall s':>7s} {'pts/s':>6s} {'x floor':>7s} {'cpu s':>7s} {'x floor':>7s}")
     for name, seconds, cpu in rows:

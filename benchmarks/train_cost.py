@@ -10,6 +10,7 @@ a shared machine; the goal is checked on CPU time).
 Goal: AMP step <= 1.05 x (1 + inner_iter) x ERM step (AMP costs 1 + inner_iter forward-backward
 passes; the first inner step reuses the gradient at θ).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -99,13 +100,21 @@ def main():
     for _ in range(8):
         idx = torch.randint(0, len(data), (32,), generator=g)
         batches.append((data.images[idx], data.labels[idx]))
-    bench("convnet / digits, batch 32",
-          lambda: build_model("convnet", info.in_channels, info.image_size, info.num_classes), batches, args.repeats)
+    bench(
+        "convnet / digits, batch 32",
+        lambda: build_model("convnet", info.in_channels, info.image_size, info.num_classes),
+        batches,
+        args.repeats,
+    )
 
     if not args.skip_resnet:
         fake = [(torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(3)]
-        bench("preactresnet18 / fake 32x32x3, batch 16", lambda: build_model("preactresnet18", 3, 32, 10), fake,
-              max(3, args.repeats // 3))
+        bench(
+            "preactresnet18 / fake 32x32x3, batch 16",
+            lambda: build_model("preactresnet18", 3, 32, 10),
+            fake,
+            max(3, args.repeats // 3),
+        )
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ def make_surface(path, two_d=True, scale=1.0, nx=9, ny=7, pca=False, fraction_ac
         f["test_loss"], f["test_acc"] = loss + 0.1, acc * 0.97
         if two_d:
             f["train_loss"][0, 0] = np.nan  # a point not computed
+        f.attrs["flatness_version"] = "0.1.0"  # an old flatness file: [i, j] order, no layout attribute
         f.attrs["checkpoint"] = "/runs/erm-s0/last.pt"
         f.attrs["direction"] = "random"
         f.attrs["norm"] = "filter"
@@ -165,11 +166,12 @@ def test_cli_plot_writes_files_and_kind_validation(tmp_path, cli):
     assert result.exit_code != 0 and "unknown plot kind" in result.output
 
 
-@pytest.mark.parametrize("layout", ["xy", "ij", None])
+@pytest.mark.parametrize("layout", ["xy", "ij", None, "loss-landscape"])
 def test_2d_pictures_put_the_minimum_at_its_x_y(tmp_path, layout):
     """A non-square grid and a function with its minimum off-centre, at (0.5, -0.5): the contour's
     innermost ring, the heatmap's darkest cell and the VTP's lowest point all lie there, whether the
-    file is in the current layout ([j, i], "xy") or an old one ([i, j]: "ij" or no attribute)."""
+    file is in the current layout ([j, i], "xy"), an old flatness one ([i, j]: "ij" or no attribute),
+    or one written by loss-landscape (meshgrid order in a buffer declared (nx, ny))."""
     from flatness.plot.maps import draw_2d
     from flatness.plot.style import new_figure
 
@@ -179,8 +181,12 @@ def test_2d_pictures_put_the_minimum_at_its_x_y(tmp_path, layout):
     path = str(tmp_path / "s.h5")
     with h5py.File(path, "w") as f:
         f["xcoordinates"], f["ycoordinates"] = x, y
-        f["train_loss"] = Z if layout == "xy" else Z.T
-        if layout:
+        if layout == "loss-landscape":
+            f["train_loss"] = Z.reshape(len(x), len(y))  # same buffer, the shape it declares
+        else:
+            f["train_loss"] = Z if layout == "xy" else Z.T
+            f.attrs["flatness_version"] = "0.1.0"
+        if layout in ("xy", "ij"):
             f.attrs["layout"] = layout
     surf = load_surface(path)
     np.testing.assert_array_equal(surf["train_loss"], Z)

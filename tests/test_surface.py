@@ -332,7 +332,7 @@ def test_bad_input_is_one_line_error_and_leaves_files_untouched(digits_checkpoin
         (["--x=-1:1:3", "--dir", f"interp:{digits_mlp_checkpoint}"], "different architectures"),
         (["--x=-1:1:3", "--dir", f"interp:{other_ckpt}", "--y=-1:1:3"], "one-dimensional"),
         (["--x=-1:1:3", "--dir", f"pca:{run}"], "at least 3"),
-        (["--x=-1:1:3", "--samples", 0, "--batch-size", 0], "batch size|batch-size"),
+        (["--x=-1:1:3", "--samples", "all", "--batch-size", 0], "batch size|batch-size"),
     ]
     for extra, message in cases:
         result = cli(["surface", digits_checkpoint, "--out", new_out, *base, *extra])

@@ -1,2 +1,3 @@
 """The small core every other room builds on: errors, devices and processes, the flat parameter
-vector, full-data evaluation, atomic files and locks, progress bars."""
+vector, full-data evaluation, atomic files and locks, progress bars.
+"""

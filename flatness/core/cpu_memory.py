@@ -14,6 +14,7 @@ Cost: the process keeps its peak heap until it exits instead of returning it to 
 (the peak itself does not grow). Set ``FLATNESS_CPU_ALLOCATOR=default`` to leave malloc alone.
 Only glibc is touched; on other C libraries (macOS, musl, Windows) this does nothing.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -36,7 +37,7 @@ TRIM_THRESHOLD = (1 << 31) - 1
 ENV_SWITCH = "FLATNESS_CPU_ALLOCATOR"
 
 
-@functools.lru_cache(maxsize=None)  # once per process: later calls return the first answer
+@functools.cache  # once per process: later calls return the first answer
 def retain_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds once per process; True when they are in effect.
 
@@ -51,7 +52,9 @@ def retain_freed_memory() -> bool:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
-    mmap_ok = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 or \
-        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_FALLBACK) == 1
+    mmap_ok = (
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+        or libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_FALLBACK) == 1
+    )
     trim_ok = libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
     return bool(mmap_ok and trim_ok)

@@ -1,4 +1,5 @@
 """Device selection shared by every command (`--device auto|cpu|cuda|cuda:N`)."""
+
 import torch
 
 from flatness.core.cpu_memory import retain_freed_memory

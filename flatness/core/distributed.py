@@ -5,11 +5,13 @@ command; ``init_from_env`` joins the process group torchrun describes (gloo on C
 Without torchrun everything here degrades to single-process no-ops, so library code calls these
 helpers unconditionally.
 """
+
 from __future__ import annotations
 
 import datetime
 import os
-from typing import List, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -65,7 +67,7 @@ def local_device(device: torch.device) -> torch.device:
     return device
 
 
-def shard(items: Sequence[T], rank_: int = None, world: int = None) -> List[T]:
+def shard(items: Sequence[T], rank_: int = None, world: int = None) -> list[T]:
     """This rank's share of ``items``: every world-th item starting at its rank (round robin)."""
     rank_ = rank() if rank_ is None else rank_
     world = world_size() if world is None else world
@@ -110,8 +112,15 @@ def shutdown() -> None:
 
 
 def _spawn_entry(rank_: int, world: int, port: int, fn, args, out_dir: str, threads: int) -> None:
-    os.environ.update({"WORLD_SIZE": str(world), "RANK": str(rank_), "LOCAL_RANK": str(rank_),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    os.environ.update(
+        {
+            "WORLD_SIZE": str(world),
+            "RANK": str(rank_),
+            "LOCAL_RANK": str(rank_),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
     torch.set_num_threads(threads)
     init_from_env(torch.device("cpu"), timeout_s=300)
     try:
@@ -123,7 +132,8 @@ def _spawn_entry(rank_: int, world: int, port: int, fn, args, out_dir: str, thre
 def spawn_local(fn, world: int, *args, threads: int = 1) -> list:
     """Run ``fn(*args)`` on ``world`` local CPU processes joined by gloo (what torchrun does), and
     return every rank's return value. For tests, benchmarks and notebooks; ``fn`` must be picklable
-    (a module-level function) and its result ``torch.save``-able."""
+    (a module-level function) and its result ``torch.save``-able.
+    """
     import socket
     import tempfile
 

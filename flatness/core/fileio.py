@@ -2,6 +2,7 @@
 crash never leaves a half-written file under the real name, and an existing file is replaced only
 in one atomic step.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -11,14 +12,16 @@ import json
 import os
 import re
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from flatness.core.errors import FlatnessError
 
 
 def os_error_reason(err: BaseException) -> str:
     """A short one-line reason for an OSError, also for h5py's long multi-line ones (which carry the
-    C errno only inside their text)."""
+    C errno only inside their text).
+    """
     code = getattr(err, "errno", None)
     if code:
         return os.strerror(code)
@@ -47,7 +50,8 @@ def _fsync_dir(path: str) -> None:
 def atomic_path(path: str):
     """Yield a temporary path beside ``path`` to write the whole file to; on success it is fsynced and
     renamed over ``path`` in one step, on any failure removed. For writers that need a file name
-    (h5py) as well as for ``atomic_write``."""
+    (h5py) as well as for ``atomic_write``.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)

@@ -7,6 +7,7 @@ mount): a folder is locked on the folder itself (its inode), a file through a sm
 ``.NAME.lock`` in the file's own (resolved) folder, removed again when the lock is released. Locks
 guard processes that share a kernel; on a cluster's shared file system, give each job its own output.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -66,8 +67,9 @@ def _open_locked(target: str, folder: bool, path: str, what: str) -> int:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise FlatnessError(f"another flatness process is writing this {what} ({path}); "
-                                "wait for it to finish or stop it first") from None
+            raise FlatnessError(
+                f"another flatness process is writing this {what} ({path}); wait for it to finish or stop it first"
+            ) from None
         except OSError as err:  # a file system without flock: the lock cannot hold, say so
             os.close(fd)
             raise FlatnessError(f"cannot lock {path}: {err.strerror or err}") from None

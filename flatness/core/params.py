@@ -3,12 +3,13 @@
 Every routine that moves in weight space (Hessian, sharpness, surfaces) goes through these helpers so
 that "the parameter vector" means the same thing everywhere.
 """
+
 from __future__ import annotations
 
 import contextlib
 import fnmatch
 import math
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -16,7 +17,7 @@ import torch.nn as nn
 from flatness.core.errors import FlatnessError
 
 
-def named_trainable(model: nn.Module, names: Optional[Iterable[str]] = None) -> List[Tuple[str, nn.Parameter]]:
+def named_trainable(model: nn.Module, names: Iterable[str] | None = None) -> list[tuple[str, nn.Parameter]]:
     """(name, parameter) for every trainable parameter, in ``named_parameters`` order.
 
     ``names`` restricts to a subset (per-layer spectra); unknown names raise ``KeyError``.
@@ -33,7 +34,7 @@ def named_trainable(model: nn.Module, names: Optional[Iterable[str]] = None) -> 
     return [(n, p) for n, p in pairs if n in chosen]
 
 
-def select_params(model: nn.Module, patterns: Union[str, Sequence[str]]) -> List[str]:
+def select_params(model: nn.Module, patterns: str | Sequence[str]) -> list[str]:
     """Names of the trainable parameters matching any of ``patterns``, in vector order.
 
     Patterns are shell globs such as ``layer4.*`` or ``features.0.weight``; a comma-separated string
@@ -88,7 +89,7 @@ def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
-def segments(like: Sequence[torch.Tensor]) -> List[slice]:
+def segments(like: Sequence[torch.Tensor]) -> list[slice]:
     """Where each of ``like`` lies in the flat vector: one slice per tensor, in order.
 
     This is the one place that walks the flat-vector offsets; ``unflatten`` and the per-tensor
@@ -108,7 +109,7 @@ def segments(like: Sequence[torch.Tensor]) -> List[slice]:
     return out
 
 
-def unflatten(vector: torch.Tensor, like: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+def unflatten(vector: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Split ``vector`` into tensors shaped like ``like`` (views, no copy).
 
     Args:

@@ -7,6 +7,7 @@ its first step, so that no output can replace one of its own inputs (``--force``
 outputs of one command share a file, a link loop or a name that is not UTF-8 is a one-line error,
 and an output's folder exists.
 """
+
 from __future__ import annotations
 
 import errno
@@ -138,8 +139,7 @@ def check_input(path: str, label: str, folder_ok: bool = True) -> str:
     return path
 
 
-def check_paths(inputs: dict[str, Iterable[str]], outputs: dict[str, str | None],
-                folders: Iterable[str] = ()) -> None:
+def check_paths(inputs: dict[str, Iterable[str]], outputs: dict[str, str | None], folders: Iterable[str] = ()) -> None:
     """The one path check of a command, run before its first step.
 
     Every output is checked by :func:`check_output`; an output file that is the same file as any input is
@@ -182,8 +182,12 @@ def check_distinct(inputs: dict[str, Iterable[str]], outputs: dict[str, str | No
         check_name(path, label)
         file_id(path)  # a link loop is an error here too; a missing input is its reader's to report
     # A folder input (a run folder) is read through the files directly inside it.
-    read += [(label, os.path.join(path, name)) for label, path in list(read) if os.path.isdir(path)
-             for name in sorted(os.listdir(path))]
+    read += [
+        (label, os.path.join(path, name))
+        for label, path in list(read)
+        if os.path.isdir(path)
+        for name in sorted(os.listdir(path))
+    ]
     read_ids = {}
     for _, in_path in read:
         ident = file_id(in_path)
@@ -193,10 +197,13 @@ def check_distinct(inputs: dict[str, Iterable[str]], outputs: dict[str, str | No
     for label, path in given:
         ident = file_id(path)
         if ident is not None and ident in read_ids:
-            raise FlatnessError(f"{label} {shown(path)} is the same file as the input {shown(read_ids[ident])}; "
-                                "writing it would destroy the input, so choose another output path")
+            raise FlatnessError(
+                f"{label} {shown(path)} is the same file as the input {shown(read_ids[ident])}; "
+                "writing it would destroy the input, so choose another output path"
+            )
         key = ident if ident is not None else target_key(path)
         if key in seen:
-            raise FlatnessError(f"{seen[key]} and {label} are the same file ({shown(path)}); "
-                                "give each output its own path")
+            raise FlatnessError(
+                f"{seen[key]} and {label} are the same file ({shown(path)}); give each output its own path"
+            )
         seen[key] = label

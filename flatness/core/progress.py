@@ -1,4 +1,5 @@
 """The one way long loops show progress: a tqdm bar that a ``progress=False`` call keeps silent."""
+
 from __future__ import annotations
 
 

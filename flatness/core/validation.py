@@ -4,6 +4,7 @@ Each command refuses a bad value before its first step and in the same words: co
 >= their minimum (0 is an error, never "the default"), seeds fit the 64 bits that PyTorch's generators
 take.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,8 +14,8 @@ from typing import Any
 from flatness.core.errors import FlatnessError
 
 # torch.manual_seed and torch.Generator.manual_seed take any integer in [-2**63, 2**64).
-SEED_MIN = -(2 ** 63)
-SEED_MAX = 2 ** 64 - 1
+SEED_MIN = -(2**63)
+SEED_MAX = 2**64 - 1
 
 
 def check_seed(value: Any, label: str = "--seed") -> int:

@@ -1,11 +1,13 @@
 """What one batch is: ``(inputs, targets)``, with inputs a tensor, a tuple/list of tensors (passed
 as positional arguments) or a dict of tensors (passed as keyword arguments), and targets a tensor
 whose first dimension counts the examples. Every routine that runs a model on data goes through
-``forward`` and ``map_tensors``, so the three input forms work everywhere."""
+``forward`` and ``map_tensors``, so the three input forms work everywhere.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn

@@ -9,7 +9,7 @@ measured loss is the exact mean over all n examples even when the last batch is 
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
@@ -18,12 +18,13 @@ from flatness.core.errors import FlatnessError
 from flatness.data.batches import is_inputs
 from flatness.data.probe_data import DEFAULT_BATCH_SIZE, ProbeData
 
-ACCEPTED = ("a ProbeData, a DataLoader or other iterable of (inputs, targets) batches, "
-            "an (x, y) pair of tensors, or a Dataset of (input, target) examples")
+ACCEPTED = (
+    "a ProbeData, a DataLoader or other iterable of (inputs, targets) batches, "
+    "an (x, y) pair of tensors, or a Dataset of (input, target) examples"
+)
 
 
-def as_probe_data(data: Any, batch_size: Optional[int] = None,
-                  device: Optional[torch.device] = None) -> ProbeData:
+def as_probe_data(data: Any, batch_size: int | None = None, device: torch.device | None = None) -> ProbeData:
     """``data`` as a ``ProbeData`` on ``device`` (default: where it is).
 
     Args:
@@ -59,8 +60,9 @@ def as_probe_data(data: Any, batch_size: Optional[int] = None,
 
 def _is_pair(data: Any) -> bool:
     # An (x, y) pair has a tensor second; a list of two batches has a (inputs, targets) second.
-    return (isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[1], torch.Tensor)
-            and is_inputs(data[0]))
+    return (
+        isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[1], torch.Tensor) and is_inputs(data[0])
+    )
 
 
 def _is_iterable(data: Any) -> bool:
@@ -94,7 +96,7 @@ def _from_pair(x: Any, y: torch.Tensor, batch_size: int) -> ProbeData:
         raise FlatnessError("the data holds no examples")
     if _length(x) != n:
         raise FlatnessError(f"inputs have {_length(x)} examples but targets {n}; they must match")
-    return ProbeData([(_slice(x, i, i + batch_size), y[i:i + batch_size]) for i in range(0, n, batch_size)])
+    return ProbeData([(_slice(x, i, i + batch_size), y[i : i + batch_size]) for i in range(0, n, batch_size)])
 
 
 def _from_batches(batches: Any) -> ProbeData:

@@ -6,11 +6,12 @@ bundled 8x8 handwritten digits) is the offline default; ``mnist1d`` is generated
 ``mnist1d`` package and cached under ``root``; the others load through torchvision from ``root``
 (default ``./data``), and download only when asked (``download=True``, the CLI's ``--download``).
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -30,17 +31,17 @@ class DatasetInfo:
     in_channels: int
     image_size: int
     num_classes: int
-    mean: Tuple[float, ...]
-    std: Tuple[float, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     description: str
     # The registry model a run on this dataset uses unless told otherwise (None: the CLI's default).
-    default_model: Optional[str] = None
+    default_model: str | None = None
 
 
 class TensorImageDataset(Dataset):
     """Images and labels already in memory as tensors (the digits set, and tests' fixtures)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Optional[Callable] = None):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable | None = None):
         if images.shape[0] != labels.shape[0]:
             raise ValueError("images and labels differ in length")
         self.images = images
@@ -86,6 +87,7 @@ def _digits_split(split: str) -> TensorImageDataset:
 
 # --------------------------------------------------------------------------- torchvision datasets
 
+
 def _normalize(info: DatasetInfo):
     from torchvision import transforms as T
 
@@ -127,9 +129,10 @@ LAYOUTS = {
 
 
 def _present_cifar(cls):
-    """torchvision's CIFAR, deciding that files exist by their presence instead of re-hashing 170 MB
+    """Torchvision's CIFAR, deciding that files exist by their presence instead of re-hashing 170 MB
     of md5 on every load. The archive's md5 is still checked when it is downloaded; damaged files
-    fail when they are parsed (a FlatnessError below)."""
+    fail when they are parsed (a FlatnessError below).
+    """
     import pickle
 
     class Present(cls):
@@ -179,37 +182,62 @@ def _torchvision(name: str, split: str, root: str, augment: bool, download: bool
         "fashion-mnist": lambda: D.FashionMNIST(folder, train=train, transform=transform, download=download),
     }
     if not download and not os.path.isdir(folder):
-        raise FlatnessError(f"{name} not found: expected its files under {folder}/ ({LAYOUTS[name]}); "
-                            "put them there, or pass --download")
+        raise FlatnessError(
+            f"{name} not found: expected its files under {folder}/ ({LAYOUTS[name]}); "
+            "put them there, or pass --download"
+        )
     try:
         return builders[name]()
     except RuntimeError as err:
         if download:
-            raise FlatnessError(f"could not download {name} into {folder}: {str(err).splitlines()[0] if str(err) else err}") from None
-        raise FlatnessError(f"{name} {split} files not found under {folder}/ ({LAYOUTS[name]}); "
-                            "put them there, or pass --download") from None
+            raise FlatnessError(
+                f"could not download {name} into {folder}: {str(err).splitlines()[0] if str(err) else err}"
+            ) from None
+        raise FlatnessError(
+            f"{name} {split} files not found under {folder}/ ({LAYOUTS[name]}); put them there, or pass --download"
+        ) from None
     except (OSError, ValueError, TypeError, KeyError, EOFError, AssertionError, pickle.UnpicklingError) as err:
-        raise FlatnessError(f"could not read {name} from {folder} (damaged files?): {type(err).__name__}: "
-                            f"{str(err).splitlines()[0][:160] if str(err) else ''}") from None
+        raise FlatnessError(
+            f"could not read {name} from {folder} (damaged files?): {type(err).__name__}: "
+            f"{str(err).splitlines()[0][:160] if str(err) else ''}"
+        ) from None
 
 
-DATASETS: Dict[str, DatasetInfo] = {
-    "digits": DatasetInfo("digits", 1, 8, 10, (0.3054,), (0.3761,),
-                          "scikit-learn's bundled 8x8 digits (offline; 1437 train / 360 test)"),
-    "cifar10": DatasetInfo("cifar10", 3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-                           "CIFAR-10 (torchvision)"),
-    "cifar100": DatasetInfo("cifar100", 3, 32, 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
-                            "CIFAR-100 (torchvision)"),
-    "svhn": DatasetInfo("svhn", 3, 32, 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
-                        "SVHN cropped digits (torchvision)"),
-    "gtsrb": DatasetInfo("gtsrb", 3, 32, 43, (0.3403, 0.3121, 0.3214), (0.2724, 0.2608, 0.2669),
-                         "German traffic signs, resized to 32x32 (torchvision)"),
+DATASETS: dict[str, DatasetInfo] = {
+    "digits": DatasetInfo(
+        "digits", 1, 8, 10, (0.3054,), (0.3761,), "scikit-learn's bundled 8x8 digits (offline; 1437 train / 360 test)"
+    ),
+    "cifar10": DatasetInfo(
+        "cifar10", 3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "CIFAR-10 (torchvision)"
+    ),
+    "cifar100": DatasetInfo(
+        "cifar100", 3, 32, 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "CIFAR-100 (torchvision)"
+    ),
+    "svhn": DatasetInfo(
+        "svhn", 3, 32, 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), "SVHN cropped digits (torchvision)"
+    ),
+    "gtsrb": DatasetInfo(
+        "gtsrb",
+        3,
+        32,
+        43,
+        (0.3403, 0.3121, 0.3214),
+        (0.2724, 0.2608, 0.2669),
+        "German traffic signs, resized to 32x32 (torchvision)",
+    ),
     "mnist": DatasetInfo("mnist", 1, 28, 10, (0.1307,), (0.3081,), "MNIST (torchvision)"),
     # 1-D signals [1, 40]: image_size is the sequence length. The generator itself standardises the
     # whole set (both splits together) to mean 0, std 1; those are the statistics, applied by no one else.
-    "mnist1d": DatasetInfo("mnist1d", 1, 40, 10, (0.0,), (1.0,),
-                           "MNIST-1D (Greydanus 2020; generated offline; 4000 train / 1000 test, 40 samples)",
-                           default_model="mlp1d"),
+    "mnist1d": DatasetInfo(
+        "mnist1d",
+        1,
+        40,
+        10,
+        (0.0,),
+        (1.0,),
+        "MNIST-1D (Greydanus 2020; generated offline; 4000 train / 1000 test, 40 samples)",
+        default_model="mlp1d",
+    ),
     "fashion-mnist": DatasetInfo("fashion-mnist", 1, 28, 10, (0.2860,), (0.3530,), "Fashion-MNIST (torchvision)"),
 }
 
@@ -225,8 +253,9 @@ def dataset_info(name: str) -> DatasetInfo:
         raise FlatnessError(f"unknown dataset {name!r}; choose one of: {', '.join(dataset_names())}") from None
 
 
-def get_dataset(name: str, split: str, root: Optional[str] = None, augment: bool = False,
-                download: bool = False) -> Dataset:
+def get_dataset(
+    name: str, split: str, root: str | None = None, augment: bool = False, download: bool = False
+) -> Dataset:
     """The ``split`` ('train' or 'test') of dataset ``name`` as a torch Dataset of (image, label)."""
     dataset_info(name)
     if split not in SPLITS:

@@ -4,9 +4,11 @@ docs/metrics.md: the first ``samples`` examples of a split in dataset order, no 
 and kept in memory (on the compute device when it fits), so that every loss, HVP, sharpness ascent and
 surface point sees exactly the same data in the same order.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterator, List, Optional, Tuple
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -15,7 +17,7 @@ from flatness.core.errors import FlatnessError
 from flatness.data.batches import map_tensors, move_to
 from flatness.data.datasets import get_dataset
 
-Batch = Tuple[Any, torch.Tensor]  # (inputs: a tensor, or a tuple/dict of tensors; targets)
+Batch = tuple[Any, torch.Tensor]  # (inputs: a tensor, or a tuple/dict of tensors; targets)
 
 DEFAULT_SAMPLES = 1000  # probe examples per measurement unless told otherwise
 DEFAULT_BATCH_SIZE = 500
@@ -24,7 +26,7 @@ DEFAULT_BATCH_SIZE = 500
 class ProbeData:
     """A fixed, ordered list of batches; ``n`` examples in all, batch ``b`` weighted by n_b / n."""
 
-    def __init__(self, batches: List[Batch], total: Optional[int] = None, sharded: bool = False):
+    def __init__(self, batches: list[Batch], total: int | None = None, sharded: bool = False):
         if not batches and not sharded:
             raise FlatnessError("the probe data is empty")
         self.batches = batches
@@ -34,14 +36,15 @@ class ProbeData:
         self.sharded = sharded
 
     @classmethod
-    def from_tensors(cls, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> "ProbeData":
+    def from_tensors(cls, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> ProbeData:
         if batch_size < 1:
             raise FlatnessError(f"batch size must be >= 1, got {batch_size}")
-        return cls([(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+        return cls([(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
 
     @classmethod
-    def from_dataset(cls, dataset: Dataset, samples: Optional[int], batch_size: int,
-                     device: torch.device = torch.device("cpu")) -> "ProbeData":
+    def from_dataset(
+        cls, dataset: Dataset, samples: int | None, batch_size: int, device: torch.device = torch.device("cpu")
+    ) -> ProbeData:
         if samples is not None and samples < 1:
             raise FlatnessError(f"samples must be >= 1, got {samples}")
         if batch_size < 1:
@@ -56,7 +59,7 @@ class ProbeData:
     def __len__(self) -> int:
         return len(self.batches)
 
-    def weights(self) -> List[float]:
+    def weights(self) -> list[float]:
         """n_b / n for each batch: summing weighted batch means gives the mean over all n."""
         return [y.shape[0] / self.n for _, y in self.batches]
 
@@ -65,18 +68,18 @@ class ProbeData:
         """Where the batches live (the first batch's targets; a shard without batches: the CPU)."""
         return self.batches[0][1].device if self.batches else torch.device("cpu")
 
-    def to(self, device: torch.device) -> "ProbeData":
+    def to(self, device: torch.device) -> ProbeData:
         return ProbeData([(move_to(x, device), y.to(device)) for x, y in self.batches], self.n, self.sharded)
 
-    def map_inputs(self, fn) -> "ProbeData":
+    def map_inputs(self, fn) -> ProbeData:
         """The same batches with ``fn`` applied to every input tensor (targets unchanged)."""
         return ProbeData([(map_tensors(x, fn), y) for x, y in self.batches], self.n, self.sharded)
 
-    def channels_last(self) -> "ProbeData":
+    def channels_last(self) -> ProbeData:
         """The same batches with 4-D inputs in NHWC memory layout (same values; faster conv nets on CPUs)."""
         return self.map_inputs(lambda x: x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x)
 
-    def shard(self, rank: int, world: int) -> "ProbeData":
+    def shard(self, rank: int, world: int) -> ProbeData:
         """This rank's batches (round robin) of the same probe set; ``n`` stays the global size.
 
         Every full-data sum over a shard must then go through ``reduce_sum_`` to add the other
@@ -95,9 +98,16 @@ class ProbeData:
         return tensor
 
 
-def load_probe_data(dataset: str, split: str, samples: Optional[int], batch_size: int,
-                    device: torch.device = torch.device("cpu"), root: Optional[str] = None,
-                    download: bool = False) -> ProbeData:
+def load_probe_data(
+    dataset: str,
+    split: str,
+    samples: int | None,
+    batch_size: int,
+    device: torch.device = torch.device("cpu"),
+    root: str | None = None,
+    download: bool = False,
+) -> ProbeData:
     """The first ``samples`` examples of ``dataset``/``split`` (no augmentation), batched."""
-    return ProbeData.from_dataset(get_dataset(dataset, split, root=root, augment=False, download=download),
-                                  samples, batch_size, device)
+    return ProbeData.from_dataset(
+        get_dataset(dataset, split, root=root, augment=False, download=download), samples, batch_size, device
+    )

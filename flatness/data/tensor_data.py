@@ -6,10 +6,11 @@ random crops and flips are a few batched tensor ops. ``augment_batch`` reproduce
 ``RandomCrop(size, padding)`` (zero-padded *image*, i.e. padding with the normalised value of black)
 and ``RandomHorizontalFlip`` in distribution.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -29,12 +30,16 @@ class AugmentSpec:
 
 # The published augmentations (docs/metrics.md), by dataset; digits has none.
 AUGMENTATIONS = {
-    "cifar10": AugmentSpec(4, True), "cifar100": AugmentSpec(4, True), "svhn": AugmentSpec(2, False),
-    "gtsrb": AugmentSpec(4, False), "mnist": AugmentSpec(2, False), "fashion-mnist": AugmentSpec(2, True),
+    "cifar10": AugmentSpec(4, True),
+    "cifar100": AugmentSpec(4, True),
+    "svhn": AugmentSpec(2, False),
+    "gtsrb": AugmentSpec(4, False),
+    "mnist": AugmentSpec(2, False),
+    "fashion-mnist": AugmentSpec(2, True),
 }
 
 
-def materialize(dataset: Dataset, batch_size: int = 1024) -> Tuple[torch.Tensor, torch.Tensor]:
+def materialize(dataset: Dataset, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """All of an (un-augmented) dataset as two CPU tensors: images [N, C, H, W] and labels [N]."""
     xs, ys = [], []
     for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
@@ -43,8 +48,9 @@ def materialize(dataset: Dataset, batch_size: int = 1024) -> Tuple[torch.Tensor,
     return torch.cat(xs), torch.cat(ys).long()
 
 
-def augment_batch(x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator,
-                  pad_value: Optional[Sequence[float]] = None) -> torch.Tensor:
+def augment_batch(
+    x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator, pad_value: Sequence[float] | None = None
+) -> torch.Tensor:
     """Randomly crop (after padding) and flip a batch [B, C, H, W] on its own device.
 
     ``pad_value`` is the per-channel value of a black pixel after normalisation (-mean/std), so the
@@ -60,10 +66,10 @@ def augment_batch(x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator
         padded = x.new_empty(b, c, h + 2 * p, w + 2 * p)
         fill = torch.zeros(c) if pad_value is None else torch.as_tensor(pad_value, dtype=torch.float32)
         padded[:] = fill.to(x.device, x.dtype).view(1, c, 1, 1)
-        padded[:, :, p:p + h, p:p + w] = x
+        padded[:, :, p : p + h, p : p + w] = x
         offsets = torch.randint(0, 2 * p + 1, (2, b), generator=generator).to(x.device)
-        rows = (offsets[0][:, None] + torch.arange(h, device=x.device))  # [B, H]
-        cols = (offsets[1][:, None] + torch.arange(w, device=x.device))  # [B, W]
+        rows = offsets[0][:, None] + torch.arange(h, device=x.device)  # [B, H]
+        cols = offsets[1][:, None] + torch.arange(w, device=x.device)  # [B, W]
         batch_index = torch.arange(b, device=x.device)[:, None, None]
         out = padded.permute(0, 2, 3, 1)[batch_index, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
     if spec.flip:

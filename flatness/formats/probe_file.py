@@ -24,13 +24,14 @@ when that is set) and ``eigenvalues`` when vectors
 were saved, and ``density/{nodes,weights,grid,values}`` (nodes and weights per starting vector) when
 the density was computed.
 """
+
 from __future__ import annotations
 
 import io
 import json
 import math
 import os
-from typing import Any, Dict, Optional
+from typing import Any
 
 import numpy as np
 
@@ -38,8 +39,18 @@ from flatness.core.errors import FlatnessError
 from flatness.core.fileio import atomic_write, atomic_write_text
 
 FORMAT = "flatness-probe"
-REQUIRED = ("flatness_version", "checkpoint", "data", "loss", "accuracy", "num_params", "weight_norm",
-            "distance_from_init", "hessian", "sidecar")
+REQUIRED = (
+    "flatness_version",
+    "checkpoint",
+    "data",
+    "loss",
+    "accuracy",
+    "num_params",
+    "weight_norm",
+    "distance_from_init",
+    "hessian",
+    "sidecar",
+)
 ARRAY_KEYS = ("eigenvectors", "density_arrays")
 
 
@@ -67,12 +78,18 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def write_probe(path: str, result: Dict[str, Any], vectors: Optional[np.ndarray] = None,
-                density_arrays: Optional[Dict[str, np.ndarray]] = None, force: bool = False) -> Dict[str, Any]:
+def write_probe(
+    path: str,
+    result: dict[str, Any],
+    vectors: np.ndarray | None = None,
+    density_arrays: dict[str, np.ndarray] | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
     """Write ``result`` to ``path`` (atomically) and, when there are vectors or density arrays, the
     sidecar ``.h5`` beside it. ``vectors``/``density_arrays`` default to the result's
     ``eigenvectors``/``density_arrays`` entries (which never go into the JSON). Refuses to replace an
-    existing file unless ``force``. Returns the dict as written."""
+    existing file unless ``force``. Returns the dict as written.
+    """
     if vectors is None:
         vectors = result.get("eigenvectors")
     if density_arrays is None:
@@ -83,7 +100,7 @@ def write_probe(path: str, result: Dict[str, Any], vectors: Optional[np.ndarray]
         return _write_probe_locked(path, result, vectors, density_arrays, force)
 
 
-def _write_probe_locked(path, result, vectors, density_arrays, force) -> Dict[str, Any]:
+def _write_probe_locked(path, result, vectors, density_arrays, force) -> dict[str, Any]:
     side = sidecar_path(path)
     want_sidecar = vectors is not None or density_arrays is not None
     if not force:
@@ -127,15 +144,17 @@ def _write_sidecar(path: str, vectors, density_arrays, payload) -> None:
     atomic_write(path, lambda handle: handle.write(buffer.getbuffer()))
 
 
-def read_probe(path: str) -> Dict[str, Any]:
+def read_probe(path: str) -> dict[str, Any]:
     """The probe dict of ``path``, validated; any problem is a one-line FlatnessError."""
     if not os.path.isfile(path):
         raise FlatnessError(f"probe file not found: {path}")
     try:
-        with open(path, "r", encoding="utf-8") as handle:
+        with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise FlatnessError(f"{path} is not a readable probe file (truncated or not JSON: {err.msg if hasattr(err, 'msg') else err})") from None
+        raise FlatnessError(
+            f"{path} is not a readable probe file (truncated or not JSON: {err.msg if hasattr(err, 'msg') else err})"
+        ) from None
     if not isinstance(data, dict) or data.get("format", FORMAT) != FORMAT:
         raise FlatnessError(f"{path} is not a flatness probe file")
     missing = [k for k in REQUIRED if k not in data]
@@ -163,13 +182,20 @@ def read_probe(path: str) -> Dict[str, Any]:
             if not isinstance(density[key], list):
                 raise FlatnessError(f"{path} is not a valid probe file: 'density.{key}' is not a list")
             _numbers(path, f"density.{key}", density[key])
-    if data.get("sharpness") is not None and not (isinstance(data["sharpness"], list)
-                                                  and all(isinstance(r, dict) for r in data["sharpness"])):
+    if data.get("sharpness") is not None and not (
+        isinstance(data["sharpness"], list) and all(isinstance(r, dict) for r in data["sharpness"])
+    ):
         raise FlatnessError(f"{path} is not a valid probe file: 'sharpness' is not a list of objects")
     side = data["sidecar"]
     # the sidecar is a file name beside the JSON: never a path that leads elsewhere
-    if side is not None and (not isinstance(side, str) or not side or os.path.basename(side) != side
-                             or side in (".", "..") or "/" in side or "\\" in side):
+    if side is not None and (
+        not isinstance(side, str)
+        or not side
+        or os.path.basename(side) != side
+        or side in (".", "..")
+        or "/" in side
+        or "\\" in side
+    ):
         raise FlatnessError(f"{path} is not a valid probe file: 'sidecar' must be a file name beside it")
     return data
 
@@ -180,9 +206,10 @@ def _numbers(path: str, key: str, values) -> None:
             raise FlatnessError(f"{path} is not a valid probe file: '{key}' holds {v!r}, not a number")
 
 
-def read_probe_arrays(path: str) -> Dict[str, np.ndarray]:
+def read_probe_arrays(path: str) -> dict[str, np.ndarray]:
     """The sidecar arrays of the probe file ``path``: ``eigenvectors`` (k×d), ``eigenvalues`` and
-    ``density/...`` when present. FlatnessError when there is no readable sidecar."""
+    ``density/...`` when present. FlatnessError when there is no readable sidecar.
+    """
     import h5py
 
     probe = read_probe(path)

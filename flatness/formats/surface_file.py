@@ -37,6 +37,7 @@ arrays in place (fixed-size contiguous datasets, so no HDF5 metadata is allocate
 flushed after each chunk, so a SIGKILL loses at most the chunk in flight. A file that does not open is
 reported, never replaced silently.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -53,8 +54,8 @@ from flatness.core.fileio import atomic_h5py
 
 FORMAT = "flatness-surface"
 FORMAT_VERSION = 1
-LAYOUT = "xy"          # what this version writes: [j, i] at (x_i, y_j)
-OLD_LAYOUT = "ij"      # earlier files: [i, j] at (x_i, y_j); also assumed when the attribute is missing
+LAYOUT = "xy"  # what this version writes: [j, i] at (x_i, y_j)
+OLD_LAYOUT = "ij"  # earlier files: [i, j] at (x_i, y_j); also assumed when the attribute is missing
 # Files written by loss-landscape itself (no ``flatness_version`` attribute): its crunch() fills the
 # (nx, ny)-shaped array through ``ravel()`` in ``np.meshgrid(x, y)`` order, so the buffer is really
 # (ny, nx) row-major and only the declared shape is off (square grids read the same either way).
@@ -108,7 +109,8 @@ def _read_direction(group) -> dict[str, torch.Tensor]:
 
 def file_layout(attrs: dict[str, Any]) -> str:
     """The index order of a file's 2-D arrays: ``"xy"`` ([j, i]), ``"ij"`` (older flatness files) or
-    ``FOREIGN_LAYOUT`` (a file written by loss-landscape)."""
+    ``FOREIGN_LAYOUT`` (a file written by loss-landscape).
+    """
     if not attrs.get("layout") and "flatness_version" not in attrs:
         return FOREIGN_LAYOUT
     layout = str(attrs.get("layout") or OLD_LAYOUT).lower()
@@ -134,9 +136,16 @@ def as_xy(array: np.ndarray, layout: str) -> np.ndarray:
     return array
 
 
-def create_surface(path: str, *, xcoordinates: np.ndarray, ycoordinates: np.ndarray | None,
-                   splits: Sequence[str], directions: Sequence[dict[str, torch.Tensor]], attrs: dict[str, Any],
-                   pca: dict[str, Any] | None = None) -> None:
+def create_surface(
+    path: str,
+    *,
+    xcoordinates: np.ndarray,
+    ycoordinates: np.ndarray | None,
+    splits: Sequence[str],
+    directions: Sequence[dict[str, torch.Tensor]],
+    attrs: dict[str, Any],
+    pca: dict[str, Any] | None = None,
+) -> None:
     """Write a new surface file complete (NaN values), atomically.
 
     It is written under a temporary name, then renamed to ``path`` in one step (replacing a file
@@ -164,15 +173,23 @@ def create_surface(path: str, *, xcoordinates: np.ndarray, ycoordinates: np.ndar
             g.create_dataset("epochs", data=np.asarray(pca["epochs"], np.int64))
             g.attrs["reference"] = str(pca.get("reference", ""))
         full = dict(attrs)
-        full.update({"format": FORMAT, "format_version": FORMAT_VERSION, "accuracy_unit": "percent",
-                     "layout": LAYOUT, "missing": "nan"})
+        full.update(
+            {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "accuracy_unit": "percent",
+                "layout": LAYOUT,
+                "missing": "nan",
+            }
+        )
         full.setdefault("seconds", 0.0)
         for key, value in full.items():
             f.attrs[key] = _attr_value(value)
 
 
-def check_shapes(path: str, xcoordinates: np.ndarray, ycoordinates: np.ndarray | None,
-                 arrays: dict[str, np.ndarray]) -> None:
+def check_shapes(
+    path: str, xcoordinates: np.ndarray, ycoordinates: np.ndarray | None, arrays: dict[str, np.ndarray]
+) -> None:
     """The one shape check of a surface file's arrays against its coordinates (issue 15: a 2-D array
     without y coordinates, or a value array of the wrong length, was drawn or resumed anyway).
 
@@ -190,10 +207,14 @@ def check_shapes(path: str, xcoordinates: np.ndarray, ycoordinates: np.ndarray |
     want = (len(xcoordinates),) if ycoordinates is None else (len(ycoordinates), len(xcoordinates))
     for name, array in arrays.items():
         if np.shape(array) != want:
-            where = ("a 1D surface (the file has no y coordinates)" if ycoordinates is None and np.ndim(array) == 2
-                     else f"its coordinates {want}")
-            raise FlatnessError(f"{path}: {name} has shape {np.shape(array)}, which does not fit {where}; "
-                                "the file is damaged")
+            where = (
+                "a 1D surface (the file has no y coordinates)"
+                if ycoordinates is None and np.ndim(array) == 2
+                else f"its coordinates {want}"
+            )
+            raise FlatnessError(
+                f"{path}: {name} has shape {np.shape(array)}, which does not fit {where}; the file is damaged"
+            )
 
 
 class SurfaceFile:
@@ -209,8 +230,10 @@ class SurfaceFile:
         try:
             self._file = h5py.File(path, "r")
         except (OSError, ValueError) as err:
-            raise FlatnessError(f"{path} cannot be opened as a surface file ({str(err).splitlines()[0][:120]}); "
-                                "it may be damaged: move it away, or rerun with --force to start over") from None
+            raise FlatnessError(
+                f"{path} cannot be opened as a surface file ({str(err).splitlines()[0][:120]}); "
+                "it may be damaged: move it away, or rerun with --force to start over"
+            ) from None
         try:
             f = self._file
             self.attrs = {k: _plain(v) for k, v in f.attrs.items()}
@@ -221,20 +244,20 @@ class SurfaceFile:
             self.xcoordinates = np.asarray(f["xcoordinates"][()], dtype=np.float64)
             self.ycoordinates = np.asarray(f["ycoordinates"][()], dtype=np.float64) if "ycoordinates" in f else None
             self.layout = file_layout(self.attrs)
-            self.values = {k: as_xy(np.asarray(f[k][()], dtype=np.float64), self.layout)
-                           for k in VALUE_KEYS if k in f}
+            self.values = {k: as_xy(np.asarray(f[k][()], dtype=np.float64), self.layout) for k in VALUE_KEYS if k in f}
             self.computed = as_xy(np.asarray(f["computed"][()], dtype=np.uint8), self.layout)
             check_shapes(path, self.xcoordinates, self.ycoordinates, {**self.values, "computed": self.computed})
-            self.directions = [_read_direction(f["directions"][axis]) for axis in ("x", "y")
-                               if axis in f["directions"]]
+            self.directions = [_read_direction(f["directions"][axis]) for axis in ("x", "y") if axis in f["directions"]]
         except FlatnessError:
             self._file.close()
             raise
         except (OSError, KeyError, ValueError) as err:
             self._file.close()
-            raise FlatnessError(f"{path} is a damaged surface file ({type(err).__name__}: "
-                                f"{str(err).splitlines()[0][:120] if str(err) else ''}); "
-                                "move it away, or rerun with --force to start over") from None
+            raise FlatnessError(
+                f"{path} is a damaged surface file ({type(err).__name__}: "
+                f"{str(err).splitlines()[0][:120] if str(err) else ''}); "
+                "move it away, or rerun with --force to start over"
+            ) from None
 
     def make_writable(self) -> None:
         """Reopen the file for writing (``r+``), after the checks passed."""
@@ -273,8 +296,7 @@ class SurfaceFile:
         self.close()
 
 
-def check_matches(stored: dict[str, Any], wanted: dict[str, Any], path: str,
-                  keys: Sequence[str]) -> None:
+def check_matches(stored: dict[str, Any], wanted: dict[str, Any], path: str, keys: Sequence[str]) -> None:
     """Refuse to resume ``path`` when any of ``keys`` differs between the file and this request."""
     labels = {"checkpoint_sha256": "checkpoint", "direction_source_sha256": "direction source"}
     for key in keys:
@@ -290,8 +312,10 @@ def check_matches(stored: dict[str, Any], wanted: dict[str, Any], path: str,
             what = labels.get(key, key)
             if key.endswith("sha256"):  # a digest is recognisable by its start
                 a, b = (str(v)[:12] + "…" if len(str(v)) > 12 else v for v in (a, b))
-            raise FlatnessError(f"{path} was made for another {what} ({key} {a!s} in the file, "
-                                f"{b!s} asked for); use another --out, or --force to overwrite it")
+            raise FlatnessError(
+                f"{path} was made for another {what} ({key} {a!s} in the file, "
+                f"{b!s} asked for); use another --out, or --force to overwrite it"
+            )
 
 
 def _as_float(value: Any) -> Any:
@@ -325,18 +349,26 @@ def read_surface(path: str) -> dict[str, Any]:
                     out[key] = as_xy(np.asarray(f[key][()], dtype=np.float64), layout)
             if "computed" in f:
                 out["computed"] = as_xy(np.asarray(f["computed"][()]).astype(bool), layout)
-            check_shapes(path, out["xcoordinates"], out.get("ycoordinates"),
-                         {k: out[k] for k in (*VALUE_KEYS, "computed") if k in out})
+            check_shapes(
+                path,
+                out["xcoordinates"],
+                out.get("ycoordinates"),
+                {k: out[k] for k in (*VALUE_KEYS, "computed") if k in out},
+            )
             out["pca"] = None
             if "pca" in f:
                 g = f["pca"]
-                out["pca"] = {"explained_variance_ratio": np.asarray(g["explained_variance_ratio"][()]),
-                              "coordinates": np.asarray(g["coordinates"][()]),
-                              "epochs": np.asarray(g["epochs"][()]),
-                              "reference": _plain(g.attrs.get("reference", ""))}
+                out["pca"] = {
+                    "explained_variance_ratio": np.asarray(g["explained_variance_ratio"][()]),
+                    "coordinates": np.asarray(g["coordinates"][()]),
+                    "epochs": np.asarray(g["epochs"][()]),
+                    "reference": _plain(g.attrs.get("reference", "")),
+                }
     except (OSError, KeyError, ValueError) as err:
-        raise FlatnessError(f"{path} is not a readable surface file ({type(err).__name__}: "
-                            f"{str(err).splitlines()[0][:120] if str(err) else ''})") from None
+        raise FlatnessError(
+            f"{path} is not a readable surface file ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:120] if str(err) else ''})"
+        ) from None
     return out
 
 

@@ -5,12 +5,12 @@ eigenvalues θ_i are quadrature nodes and the squared first components of its ei
 weights, so that Σ w_i f(θ_i) ≈ vᵀ f(H) v, and E[vᵀ f(H) v] = tr f(H) / d. Averaging over several
 vectors gives weights that sum to 1; a Gaussian kernel turns them into a density on a grid.
 """
+
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -23,8 +23,8 @@ from flatness.hessian.reductions import dot, norm, normalize, project_out
 class DensityResult:
     """SLQ quadrature nodes and weights per starting vector, and their cost."""
 
-    nodes: np.ndarray      # (vectors, m) quadrature nodes, per starting vector
-    weights: np.ndarray    # (vectors, m) weights; each row sums to 1/vectors, all of them to 1
+    nodes: np.ndarray  # (vectors, m) quadrature nodes, per starting vector
+    weights: np.ndarray  # (vectors, m) weights; each row sums to 1/vectors, all of them to 1
     hvps: int
     seconds: float
     steps: int
@@ -51,7 +51,7 @@ def lanczos_tridiagonal(op, v0: torch.Tensor, steps: int):
         alpha = dot(q, w)
         alphas.append(alpha)
         for _ in range(2):
-            w = project_out(w, Q[:j + 1])
+            w = project_out(w, Q[: j + 1])
         beta = norm(w)
         if j == m - 1 or beta <= 1e-10 * max(1.0, max(abs(a) for a in alphas)):
             break
@@ -92,10 +92,10 @@ def density_on_grid(nodes, weights, grid, sigma: float) -> np.ndarray:
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
     z = (grid[:, None] - nodes[None, :]) / sigma
-    return (np.exp(-0.5 * z ** 2) @ weights) / (sigma * math.sqrt(2 * math.pi))
+    return (np.exp(-0.5 * z**2) @ weights) / (sigma * math.sqrt(2 * math.pi))
 
 
-def default_grid(nodes, points: int = 512, sigma: Optional[float] = None, pad: float = 0.05):
+def default_grid(nodes, points: int = 512, sigma: float | None = None, pad: float = 0.05):
     """(grid, sigma) for plotting a density of ``nodes``.
 
     ``points`` points spanning the nodes plus 5% on each side (and 3σ); σ defaults to 1% of the node

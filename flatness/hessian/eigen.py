@@ -7,12 +7,12 @@ take any operator with ``dim``, ``dtype``, ``device``, ``matvec`` and an ``hvps`
 Convergence is judged by the true relative residual ‖Hv − λv‖ / |λ| of every returned pair,
 computed with real HVPs (which are counted), never by the change of λ between iterations.
 """
+
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional
 
 import torch
 
@@ -26,22 +26,30 @@ _TINY = 1e-30
 class EigenResult:
     """Eigenpairs and how they were found. ``eigenvectors`` is k×d (rows are unit vectors)."""
 
-    eigenvalues: List[float]
+    eigenvalues: list[float]
     eigenvectors: torch.Tensor
-    residuals: List[float]
+    residuals: list[float]
     hvps: int
     seconds: float
     converged: bool
     method: str
     which: str = "largest"
     tol: float = 0.0
-    negative: List[bool] = field(default_factory=list)
+    negative: list[bool] = field(default_factory=list)
 
     def summary(self) -> dict:
         """The JSON-safe part (no vectors)."""
-        return {"method": self.method, "which": self.which, "eigenvalues": list(self.eigenvalues),
-                "residuals": list(self.residuals), "negative": list(self.negative), "hvps": self.hvps,
-                "seconds": self.seconds, "tol": self.tol, "converged": self.converged}
+        return {
+            "method": self.method,
+            "which": self.which,
+            "eigenvalues": list(self.eigenvalues),
+            "residuals": list(self.residuals),
+            "negative": list(self.negative),
+            "hvps": self.hvps,
+            "seconds": self.seconds,
+            "tol": self.tol,
+            "converged": self.converged,
+        }
 
 
 def _check(op, k: int, tol: float, max_iter: int) -> None:
@@ -55,7 +63,7 @@ def _check(op, k: int, tol: float, max_iter: int) -> None:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
 
 
-def _random_unit(op, gen: torch.Generator, against: Optional[torch.Tensor] = None) -> torch.Tensor:
+def _random_unit(op, gen: torch.Generator, against: torch.Tensor | None = None) -> torch.Tensor:
     v = torch.randn(op.dim, generator=gen, dtype=torch.float64).to(device=op.device, dtype=op.dtype)
     if against is not None and against.shape[0]:
         for _ in range(2):
@@ -67,10 +75,11 @@ def _relres(hv: torch.Tensor, lam: float, v: torch.Tensor) -> float:
     return norm(hv - lam * v) / max(abs(lam), _TINY)
 
 
-def _ritz_pairs(op, S: torch.Tensor, Q: torch.Tensor, HQ: Optional[torch.Tensor], m: int, count: int):
+def _ritz_pairs(op, S: torch.Tensor, Q: torch.Tensor, HQ: torch.Tensor | None, m: int, count: int):
     """(eigenvalues, unit vectors, true relative residuals) of the first ``count`` Ritz pairs of the
     basis Q[:m] (S: eigenvectors of the projected matrix). H·y comes from the stored products HQ when
-    they are kept (no HVP), else from ``count`` fresh HVPs."""
+    they are kept (no HVP), else from ``count`` fresh HVPs.
+    """
     Sk = S[:, :count].T.to(dtype=op.dtype, device=op.device)
     V = Sk @ Q[:m]
     norms = torch.tensor([norm(v) for v in V], dtype=V.dtype, device=V.device)[:, None]
@@ -80,8 +89,9 @@ def _ritz_pairs(op, S: torch.Tensor, Q: torch.Tensor, HQ: Optional[torch.Tensor]
     return lams, V, [_relres(hv, lam, v) for hv, lam, v in zip(HV, lams, V)]
 
 
-def power_iteration(op, k: int = 1, tol: float = 1e-4, max_iter: int = 1000, seed: int = 0,
-                    progress: bool = False) -> EigenResult:
+def power_iteration(
+    op, k: int = 1, tol: float = 1e-4, max_iter: int = 1000, seed: int = 0, progress: bool = False
+) -> EigenResult:
     """The k eigenvalues of largest |λ| by power iteration with deflation.
 
     Each eigenvector is iterated v ← Hv/‖Hv‖, orthogonalised against the vectors found before at every
@@ -96,7 +106,7 @@ def power_iteration(op, k: int = 1, tol: float = 1e-4, max_iter: int = 1000, see
     found = torch.zeros(0, op.dim, dtype=op.dtype, device=op.device)
     products = []  # the true H v of each found vector's last iterate
     with progress_bar(progress, k * max_iter, f"power iteration (top {k})", unit="hvp") as bar:
-        for j in range(k):
+        for _j in range(k):
             v = _random_unit(op, gen, found)
             hv = None
             for it in range(max_iter):
@@ -128,8 +138,18 @@ def power_iteration(op, k: int = 1, tol: float = 1e-4, max_iter: int = 1000, see
     values = [float(t) for t in theta]
     residuals = [_relres(hv, lam, v) for hv, lam, v in zip(HV, values, V)]
     converged = all(r <= tol for r in residuals)
-    return EigenResult(values, V, residuals, op.hvps - hvps0, time.perf_counter() - start, converged,
-                       "power", "largest-magnitude", tol, [lam < 0 for lam in values])
+    return EigenResult(
+        values,
+        V,
+        residuals,
+        op.hvps - hvps0,
+        time.perf_counter() - start,
+        converged,
+        "power",
+        "largest-magnitude",
+        tol,
+        [lam < 0 for lam in values],
+    )
 
 
 class KrylovBasis:
@@ -153,20 +173,20 @@ class KrylovBasis:
         w = self.op.matvec(q)
         if self.HQ is not None:
             self.HQ[m] = w
-        h = row_dots(Q[:m + 1], w)
-        w = w - Q[:m + 1].T @ h.to(w.dtype)
-        h2 = row_dots(Q[:m + 1], w)  # second pass of Gram-Schmidt (full re-orthogonalisation)
-        w = w - Q[:m + 1].T @ h2.to(w.dtype)
+        h = row_dots(Q[: m + 1], w)
+        w = w - Q[: m + 1].T @ h.to(w.dtype)
+        h2 = row_dots(Q[: m + 1], w)  # second pass of Gram-Schmidt (full re-orthogonalisation)
+        w = w - Q[: m + 1].T @ h2.to(w.dtype)
         h = (h + h2).cpu()
-        T[m, :m + 1] = h
-        T[:m + 1, m] = h
+        T[m, : m + 1] = h
+        T[: m + 1, m] = h
         T[m, m] = h[m]
         self.m = m + 1
         return w, norm(w)
 
     def ritz(self, sign: float) -> tuple:
         """Eigenpairs (θ, S) of T, best first (largest θ for sign +1, smallest for −1)."""
-        theta, S = torch.linalg.eigh(self.T[:self.m, :self.m])
+        theta, S = torch.linalg.eigh(self.T[: self.m, : self.m])
         order = torch.argsort(sign * theta, descending=True)
         return theta[order], S[:, order]
 
@@ -192,8 +212,17 @@ class KrylovBasis:
         return _ritz_pairs(self.op, S, self.Q, self.HQ, self.m, k)
 
 
-def lanczos(op, k: int = 1, which: str = "largest", tol: float = 1e-4, max_iter: int = 1000, seed: int = 0,
-            max_basis: Optional[int] = None, check: str = "auto", progress: bool = False) -> EigenResult:
+def lanczos(
+    op,
+    k: int = 1,
+    which: str = "largest",
+    tol: float = 1e-4,
+    max_iter: int = 1000,
+    seed: int = 0,
+    max_basis: int | None = None,
+    check: str = "auto",
+    progress: bool = False,
+) -> EigenResult:
     """The k algebraically largest (or smallest) eigenpairs by Lanczos with full re-orthogonalisation.
 
     The Krylov basis grows one HVP at a time (every new vector orthogonalised against the whole basis,
@@ -231,13 +260,13 @@ def lanczos(op, k: int = 1, which: str = "largest", tol: float = 1e-4, max_iter:
     max_basis = int(min(max(max_basis, k + 2), d))
     gen = torch.Generator().manual_seed(int(seed))
     sign = 1.0 if which == "largest" else -1.0
-    store = check == "stored" or (check == "auto" and max_basis * d <= 2 ** 28)
+    store = check == "stored" or (check == "auto" and max_basis * d <= 2**28)
     basis = KrylovBasis(op, max_basis, store)
     q = _random_unit(op, gen)
     best = None
     converged = False
     est_tol = tol  # tightened when the estimates prove optimistic (rounding in low precision)
-    stalled = 0    # failed checks in a row without a 2x better true residual: the rounding floor
+    stalled = 0  # failed checks in a row without a 2x better true residual: the rounding floor
     with progress_bar(progress, max_iter, f"lanczos ({which} {k})", unit="hvp") as bar:
         while op.hvps - hvps0 < max_iter:
             w, beta = basis.extend(q)
@@ -277,9 +306,18 @@ def lanczos(op, k: int = 1, which: str = "largest", tol: float = 1e-4, max_iter:
             best = current
     lams, V, res = best
     order = sorted(range(len(lams)), key=lambda i: -sign * lams[i])
-    return EigenResult([lams[i] for i in order], V[order], [res[i] for i in order], op.hvps - hvps0,
-                       time.perf_counter() - start, converged, "lanczos", which, tol,
-                       [lams[i] < 0 for i in order])
+    return EigenResult(
+        [lams[i] for i in order],
+        V[order],
+        [res[i] for i in order],
+        op.hvps - hvps0,
+        time.perf_counter() - start,
+        converged,
+        "lanczos",
+        which,
+        tol,
+        [lams[i] < 0 for i in order],
+    )
 
 
 def top_eigen(op, k: int = 1, method: str = "lanczos", **options) -> EigenResult:

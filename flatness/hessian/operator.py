@@ -15,9 +15,11 @@ Two ways to compute a product:
 
 Both are exact and agree to rounding; the choice is only speed (see benchmarks/README.md, "hessian").
 """
+
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Optional
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -47,9 +49,15 @@ class HessianOperator:
     ``shapes``, ``hvps`` (how many full-data products were computed; reset it freely).
     """
 
-    def __init__(self, model: nn.Module, data: Any, loss_fn: Optional[LossFn] = None,
-                 params: Optional[Iterable[str]] = None, backend: str = DEFAULT_BACKEND,
-                 cache_graph: Optional[bool] = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Any,
+        loss_fn: LossFn | None = None,
+        params: Iterable[str] | None = None,
+        backend: str = DEFAULT_BACKEND,
+        cache_graph: bool | None = None,
+    ):
         """The operator of ``model``'s mean loss over ``data``.
 
         Args:
@@ -72,8 +80,8 @@ class HessianOperator:
         self.data = data
         self.loss_fn = loss_fn or default_loss
         self.backend = backend
-        self.names: List[str] = [n for n, _ in pairs]
-        self.params: List[nn.Parameter] = [p for _, p in pairs]
+        self.names: list[str] = [n for n, _ in pairs]
+        self.params: list[nn.Parameter] = [p for _, p in pairs]
         self.shapes = [tuple(p.shape) for p in self.params]
         self.dim = sum(p.numel() for p in self.params)
         self.dtype = self.params[0].dtype
@@ -84,7 +92,7 @@ class HessianOperator:
         self._cached = None  # (params' versions, inputs, gradient tensors with graph)
 
     # ------------------------------------------------------------------ helpers
-    def split(self, v: torch.Tensor) -> List[torch.Tensor]:
+    def split(self, v: torch.Tensor) -> list[torch.Tensor]:
         """A flat vector of d entries as tensors shaped like the parameters (on their device/dtype)."""
         if v.dim() != 1 or v.numel() != self.dim:
             raise ValueError(f"expected a vector of {self.dim} entries, got shape {tuple(v.shape)}")
@@ -99,7 +107,7 @@ class HessianOperator:
         return torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
 
     # ------------------------------------------------------------------ products
-    def _hvp_double_backward(self, vs: List[torch.Tensor]) -> torch.Tensor:
+    def _hvp_double_backward(self, vs: list[torch.Tensor]) -> torch.Tensor:
         out = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
         for w, (x, y) in zip(self.data.weights(), self.data):
             if self.cache_graph:
@@ -118,7 +126,7 @@ class HessianOperator:
             out.add_(self._join(hv), alpha=w)
         return out
 
-    def _hvp_forward_over_reverse(self, vs: List[torch.Tensor]) -> torch.Tensor:
+    def _hvp_forward_over_reverse(self, vs: list[torch.Tensor]) -> torch.Tensor:
         from torch.func import functional_call, grad, jvp
 
         primals = {n: p.detach() for n, p in zip(self.names, self.params)}
@@ -172,10 +180,12 @@ class HessianOperator:
         return torch.stack([self.matvec(e) for e in eye], dim=1)
 
     def __repr__(self) -> str:
-        return (f"HessianOperator(dim={self.dim}, params={len(self.names)} tensors, backend={self.backend!r}, "
-                f"batches={len(self.data)}, n={self.data.n}, dtype={self.dtype}, device={self.device})")
+        return (
+            f"HessianOperator(dim={self.dim}, params={len(self.names)} tensors, backend={self.backend!r}, "
+            f"batches={len(self.data)}, n={self.data.n}, dtype={self.dtype}, device={self.device})"
+        )
 
 
-def flat_to_named(op: HessianOperator, v: torch.Tensor) -> Dict[str, torch.Tensor]:
+def flat_to_named(op: HessianOperator, v: torch.Tensor) -> dict[str, torch.Tensor]:
     """A flat vector of ``op`` as {parameter name: tensor}."""
     return dict(zip(op.names, op.split(v)))

@@ -8,6 +8,7 @@ float32 products are summed in blocks of ``BLOCK`` entries (each block one BLAS 
 rounding is then small) and the block sums are added in float64: ~1e-8 relative, for about 1.2x
 the time of one plain ``Q @ w`` (benchmarks/README.md, "hessian"). float64 input takes the plain path.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,7 +36,7 @@ def row_dots(rows: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return (rows @ v).double()
     out = torch.zeros(rows.shape[0], dtype=torch.float64, device=rows.device)
     for start in range(0, d, block):
-        out += (rows[:, start:start + block] @ v[start:start + block]).double()
+        out += (rows[:, start : start + block] @ v[start : start + block]).double()
     return out
 
 

@@ -3,6 +3,7 @@
 Both take an operator with ``dim``, ``dtype``, ``device``, ``matvec`` and ``hvps``; both draw
 Rademacher vectors from their own seeded ``torch.Generator``.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,7 +34,7 @@ class TraceResult:
 
 def _rademacher(op, gen: torch.Generator, count: int = 1) -> torch.Tensor:
     z = torch.randint(0, 2, (count, op.dim), generator=gen, dtype=torch.int8).to(op.device)
-    return (z.to(op.dtype) * 2 - 1)
+    return z.to(op.dtype) * 2 - 1
 
 
 def _mean_stderr(values) -> tuple:
@@ -97,8 +98,9 @@ def hutchpp(op, samples: int = 100, seed: int = 0, progress: bool = False) -> Tr
     return TraceResult(exact + rest, se, op.hvps - hvps0, samples, time.perf_counter() - start, "hutch++")
 
 
-def estimate_trace(op, samples: int = 100, method: str = "hutchinson", seed: int = 0,
-                   progress: bool = False) -> TraceResult:
+def estimate_trace(
+    op, samples: int = 100, method: str = "hutchinson", seed: int = 0, progress: bool = False
+) -> TraceResult:
     """tr(H) by ``"hutchinson"`` or ``"hutch++"`` with ``samples`` HVPs (see those functions)."""
     if method == "hutchinson":
         return hutchinson(op, samples, seed, progress)

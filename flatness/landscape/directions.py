@@ -20,6 +20,7 @@ A *direction* is a ``dict`` name -> tensor over (part of) the model's state, key
 Only ``eigen`` directions, and ``pca`` ones, are unit vectors; a surface's coordinates are always the
 coefficients a, b of θ + a·x + b·y.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,6 +43,7 @@ EPS = 1e-10  # loss-landscape's guard against a zero-norm slice
 
 
 # --------------------------------------------------------------------------- small vector algebra
+
 
 def dot(a: Direction, b: Direction) -> float:
     """⟨a, b⟩ over the names both have (float64 accumulation)."""
@@ -74,6 +76,7 @@ def orthogonalize(y: Direction, x: Direction, keep_norm: bool = True) -> Directi
 
 # --------------------------------------------------------------------------- random (Li et al. 2018)
 
+
 def _check_norm_ignore(norm_name: str, ignore: str) -> None:
     if norm_name not in NORMS:
         raise FlatnessError(f"unknown direction normalisation {norm_name!r}; choose one of: {', '.join(NORMS)}")
@@ -81,8 +84,9 @@ def _check_norm_ignore(norm_name: str, ignore: str) -> None:
         raise FlatnessError(f"unknown --ignore {ignore!r}; choose one of: {', '.join(IGNORES)}")
 
 
-def normalize_direction_(d: Direction, theta: dict[str, torch.Tensor], norm_name: str = "filter",
-                         ignore: str = "biasbn") -> Direction:
+def normalize_direction_(
+    d: Direction, theta: dict[str, torch.Tensor], norm_name: str = "filter", ignore: str = "biasbn"
+) -> Direction:
     """Normalise ``d`` in place against the weights ``theta`` (see the module doc)."""
     _check_norm_ignore(norm_name, ignore)
     for name, t in d.items():
@@ -103,8 +107,14 @@ def normalize_direction_(d: Direction, theta: dict[str, torch.Tensor], norm_name
     return d
 
 
-def random_directions(model: nn.Module, count: int = 1, norm: str = "filter", ignore: str = "biasbn",
-                      seed: int = 0, orthogonal: bool = False) -> list[Direction]:
+def random_directions(
+    model: nn.Module,
+    count: int = 1,
+    norm: str = "filter",
+    ignore: str = "biasbn",
+    seed: int = 0,
+    orthogonal: bool = False,
+) -> list[Direction]:
     """``count`` (1 or 2) normalised Gaussian directions over the trainable parameters.
 
     All are drawn from one generator seeded with ``seed``, so the first equals
@@ -136,6 +146,7 @@ def random_direction(model: nn.Module, norm: str = "filter", ignore: str = "bias
 
 # --------------------------------------------------------------------------- Hessian eigenvectors
 
+
 @dataclass
 class EigenDirections:
     """Top Hessian eigenvectors as directions, their eigenvalues and the Lanczos settings."""
@@ -145,8 +156,9 @@ class EigenDirections:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def eigen_directions(model: nn.Module, data, k: int = 2, seed: int = 0, tol: float = 1e-4,
-                     max_iter: int = 100) -> EigenDirections:
+def eigen_directions(
+    model: nn.Module, data, k: int = 2, seed: int = 0, tol: float = 1e-4, max_iter: int = 100
+) -> EigenDirections:
     """The top-``k`` Hessian eigenvectors of the loss over ``data`` (Lanczos), as unit directions."""
     try:
         from flatness.hessian import HessianOperator, lanczos  # written alongside; imported lazily
@@ -165,18 +177,22 @@ def eigen_directions(model: nn.Module, data, k: int = 2, seed: int = 0, tol: flo
     for row in vectors[:k]:
         row = row.detach().to(dtype=torch.float32)
         parts = unflatten(row, [p for _, p in params])
-        directions.append({name: part.to(device=p.device, dtype=p.dtype).clone()
-                           for (name, p), part in zip(params, parts, strict=True)})
+        directions.append(
+            {
+                name: part.to(device=p.device, dtype=p.dtype).clone()
+                for (name, p), part in zip(params, parts, strict=True)
+            }
+        )
     eigenvalues = [float(v) for v in torch.as_tensor(result.eigenvalues).reshape(-1)[:k]]
     return EigenDirections(directions, eigenvalues, {"tol": tol, "max_iter": max_iter, "seed": seed})
 
 
 # --------------------------------------------------------------------------- interpolation A -> B
 
+
 def interp_state_names(model: nn.Module) -> list[str]:
     """The state entries an interpolation moves: parameters and floating-point buffers."""
-    return [k for k, v in model.state_dict().items()
-            if v.is_floating_point() and not k.endswith("num_batches_tracked")]
+    return [k for k, v in model.state_dict().items() if v.is_floating_point() and not k.endswith("num_batches_tracked")]
 
 
 def interp_direction(model_a: nn.Module, state_b: dict[str, torch.Tensor]) -> Direction:
@@ -190,29 +206,32 @@ def interp_direction(model_a: nn.Module, state_b: dict[str, torch.Tensor]) -> Di
     if keys_a != keys_b:
         only_a = sorted(keys_a - keys_b)
         only_b = sorted(keys_b - keys_a)
-        example = (f"'{only_a[0]}' only in A" if only_a else f"'{only_b[0]}' only in B")
+        example = f"'{only_a[0]}' only in A" if only_a else f"'{only_b[0]}' only in B"
         raise FlatnessError(f"cannot interpolate between different architectures ({example})")
     d = {}
     for name in interp_state_names(model_a):
         a, b = state_a[name], state_b[name]
         if tuple(a.shape) != tuple(b.shape):
-            raise FlatnessError(f"cannot interpolate between different architectures: '{name}' is "
-                                f"{tuple(a.shape)} in A and {tuple(b.shape)} in B")
+            raise FlatnessError(
+                f"cannot interpolate between different architectures: '{name}' is "
+                f"{tuple(a.shape)} in A and {tuple(b.shape)} in B"
+            )
         d[name] = b.detach().to(device=a.device, dtype=a.dtype) - a.detach()
     return d
 
 
 # --------------------------------------------------------------------------- PCA of a trajectory
 
+
 @dataclass
 class PCADirections:
     """The first two principal components of a trajectory as directions, with what the plots show."""
 
-    directions: list[Direction]              # pc1, pc2 (unit vectors over the trainable parameters)
-    explained_variance_ratio: list[float]    # of pc1, pc2
-    coordinates: np.ndarray                  # (snapshots, 2): each snapshot minus the final weights, projected
+    directions: list[Direction]  # pc1, pc2 (unit vectors over the trainable parameters)
+    explained_variance_ratio: list[float]  # of pc1, pc2
+    coordinates: np.ndarray  # (snapshots, 2): each snapshot minus the final weights, projected
     epochs: list[int]
-    reference: str                           # the final weights' file (the surface centre should be it)
+    reference: str  # the final weights' file (the surface centre should be it)
     snapshot_paths: list[str]
 
 
@@ -230,8 +249,10 @@ def pca_directions(run_dir: str) -> PCADirections:
         raise FlatnessError(f"pca directions need a run folder with epoch-NNN.pt snapshots; {run_dir} is not a folder")
     snapshots = list_snapshots(run_dir)
     if len(snapshots) < 3:
-        raise FlatnessError(f"{run_dir} has {len(snapshots)} trajectory snapshot(s) (epoch-NNN.pt); PCA needs at "
-                            "least 3 (train with --save-every)")
+        raise FlatnessError(
+            f"{run_dir} has {len(snapshots)} trajectory snapshot(s) (epoch-NNN.pt); PCA needs at "
+            "least 3 (train with --save-every)"
+        )
     last = os.path.join(run_dir, LAST)
     reference = last if os.path.isfile(last) else snapshots[-1][1]
     final = read_checkpoint(reference)
@@ -251,10 +272,10 @@ def pca_directions(run_dir: str) -> PCADirections:
 
     centre = flat(final, reference)
     rows = [flat(read_checkpoint(path), path) - centre for _, path in snapshots]
-    matrix = torch.stack(rows)                               # (snapshots, d), float64
+    matrix = torch.stack(rows)  # (snapshots, d), float64
     centred = matrix - matrix.mean(dim=0, keepdim=True)
     _, s, vh = torch.linalg.svd(centred, full_matrices=False)
-    total = float((s ** 2).sum())
+    total = float((s**2).sum())
     if total == 0.0:
         raise FlatnessError(f"the snapshots in {run_dir} are all identical; there is no trajectory to analyse")
     components = []
@@ -272,13 +293,16 @@ def pca_directions(run_dir: str) -> PCADirections:
     ratios = [float(s[i] ** 2) / total if i < s.shape[0] else 0.0 for i in range(2)]
     coordinates = (matrix @ torch.stack(components).T).numpy()
     like = [p for _, p in named_trainable(model)]
-    directions = [{n: part.float().clone() for n, part in zip(names, unflatten(v, like), strict=True)}
-                  for v in components]
-    return PCADirections(directions, ratios, coordinates, [e for e, _ in snapshots], reference,
-                         [p for _, p in snapshots])
+    directions = [
+        {n: part.float().clone() for n, part in zip(names, unflatten(v, like), strict=True)} for v in components
+    ]
+    return PCADirections(
+        directions, ratios, coordinates, [e for e, _ in snapshots], reference, [p for _, p in snapshots]
+    )
 
 
 # --------------------------------------------------------------------------- directions given by the caller
+
 
 def as_directions(model: nn.Module, given: Any, count: int) -> list[Direction]:
     """Directions a caller passed explicitly, as dicts state name -> tensor.
@@ -302,8 +326,10 @@ def as_directions(model: nn.Module, given: Any, count: int) -> list[Direction]:
     for d in items:
         if isinstance(d, torch.Tensor):
             if d.dim() != 1 or d.numel() != total:
-                raise FlatnessError(f"a flat direction must be a 1-D tensor of {total} entries (the trainable "
-                                    f"parameters), got shape {tuple(d.shape)}")
+                raise FlatnessError(
+                    f"a flat direction must be a 1-D tensor of {total} entries (the trainable "
+                    f"parameters), got shape {tuple(d.shape)}"
+                )
             parts = unflatten(d.detach(), [p for _, p in params])
             d = {name: part for (name, _), part in zip(params, parts, strict=True)}
         elif not isinstance(d, dict):

@@ -3,6 +3,7 @@
 Parsing its spec, its coordinates, the coarse-to-fine visiting order, the direction spec of the
 command line and the default output file name.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,7 +18,7 @@ from flatness.core.errors import FlatnessError
 
 GridSpec = str | Sequence[float]
 DIRECTION_KINDS = ("random", "eigen", "interp", "pca")
-MAX_AXIS_POINTS = 100_000     # a grid's arrays live in memory and in the file: refuse absurd sizes up front
+MAX_AXIS_POINTS = 100_000  # a grid's arrays live in memory and in the file: refuse absurd sizes up front
 MAX_GRID_POINTS = 10_000_000
 
 
@@ -97,8 +98,9 @@ def axis_coordinates(spec: Any, axis: str = "x") -> np.ndarray:
     try:
         coords = np.asarray(spec, dtype=np.float64)
     except (TypeError, ValueError):
-        raise FlatnessError(f"{axis} must be 'MIN:MAX:N', (min, max, n) or an array of coordinates, "
-                            f"got {type(spec).__name__}") from None
+        raise FlatnessError(
+            f"{axis} must be 'MIN:MAX:N', (min, max, n) or an array of coordinates, got {type(spec).__name__}"
+        ) from None
     if coords.ndim != 1 or coords.size == 0:
         raise FlatnessError(f"{axis} coordinates must be a non-empty 1-D array, got shape {coords.shape}")
     if not np.isfinite(coords).all():
@@ -136,9 +138,17 @@ def _fmt(v: float) -> str:
 
 
 # Nine parameters: each is a part of the name (what makes two surfaces of one checkpoint differ).
-def default_surface_path(checkpoint_path: str, kind: str, source: str | None, norm: str, seed: int,
-                         x: tuple[float, float, int], y: tuple[float, float, int] | None, split: str,
-                         bn: str) -> str:
+def default_surface_path(
+    checkpoint_path: str,
+    kind: str,
+    source: str | None,
+    norm: str,
+    seed: int,
+    x: tuple[float, float, int],
+    y: tuple[float, float, int] | None,
+    split: str,
+    bn: str,
+) -> str:
     """A descriptive file name beside the checkpoint.
 
     Args:

@@ -8,6 +8,7 @@ resumable ``flatness.landscape.compute.compute_surface`` both use it, so both gi
 2-D values are shaped (ny, nx) with ``[j, i]`` at (x_i, y_j): ``plt.contour(xs, ys, Z)`` draws them as
 they are (matplotlib's and loss-landscape's ``meshgrid`` order).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,9 +44,15 @@ class PointEvaluator:
         precision: ``"fp32"``, or ``"bf16"`` (bfloat16 autocast, ~3 significant digits of loss).
     """
 
-    def __init__(self, model: nn.Module, setter: WeightSetter, data: Sequence[ProbeData],
-                 loss_fn: LossFn | None = None, recalibration: ProbeData | None = None,
-                 precision: str = "fp32"):
+    def __init__(
+        self,
+        model: nn.Module,
+        setter: WeightSetter,
+        data: Sequence[ProbeData],
+        loss_fn: LossFn | None = None,
+        recalibration: ProbeData | None = None,
+        precision: str = "fp32",
+    ):
         if precision not in PRECISIONS:
             raise FlatnessError(f"unknown --precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
         self.model, self.setter, self.data = model, setter, list(data)
@@ -64,15 +71,25 @@ class PointEvaluator:
         self.setter.set(coefficients)
         if self.recalibration is not None:
             recalibrate_bn(self.model, self.recalibration)
-        autocast = (torch.autocast(device_type=self.device_type, dtype=torch.bfloat16) if self.precision == "bf16"
-                    else contextlib.nullcontext())
+        autocast = (
+            torch.autocast(device_type=self.device_type, dtype=torch.bfloat16)
+            if self.precision == "bf16"
+            else contextlib.nullcontext()
+        )
         with autocast:
             # exactly `evaluate` (one sync per call), so the centre equals the model's plain numbers
             return [evaluate(self.model, d, self.loss_fn) for d in self.data]
 
 
-def surface_directions(model: nn.Module, directions: Any, count: int, seed: int = 0, norm: str = "filter",
-                       ignore: str = "biasbn", orthogonal: bool = False) -> list[dict[str, torch.Tensor]]:
+def surface_directions(
+    model: nn.Module,
+    directions: Any,
+    count: int,
+    seed: int = 0,
+    norm: str = "filter",
+    ignore: str = "biasbn",
+    orthogonal: bool = False,
+) -> list[dict[str, torch.Tensor]]:
     """The directions of an in-memory surface.
 
     Args:
@@ -93,8 +110,9 @@ def surface_directions(model: nn.Module, directions: Any, count: int, seed: int 
     if isinstance(directions, str):
         if directions.strip().lower() != "random":
             raise FlatnessError(f"directions must be 'random' or explicit direction dicts/tensors, got {directions!r}")
-        return random_directions(model, count, norm=norm, ignore=ignore, seed=check_seed(seed, "seed"),
-                                 orthogonal=orthogonal)
+        return random_directions(
+            model, count, norm=norm, ignore=ignore, seed=check_seed(seed, "seed"), orthogonal=orthogonal
+        )
     if orthogonal:
         raise FlatnessError("orthogonal applies to random directions only; orthogonalise explicit ones yourself")
     return as_directions(model, directions, count)
@@ -102,9 +120,20 @@ def surface_directions(model: nn.Module, directions: Any, count: int, seed: int 
 
 # Eleven parameters: the first seven are the call a notebook makes; the rest are keyword-only options
 # of random directions and BatchNorm, each with the command's default.
-def loss_surface(model: nn.Module, data: Any, xs: Any, ys: Any = None, directions: Any = "random", seed: int = 0,
-                 loss_fn: LossFn | None = None, *, norm: str = "filter", ignore: str = "biasbn",
-                 orthogonal: bool = False, recalibrate_on: Any = None) -> dict[str, Any]:
+def loss_surface(
+    model: nn.Module,
+    data: Any,
+    xs: Any,
+    ys: Any = None,
+    directions: Any = "random",
+    seed: int = 0,
+    loss_fn: LossFn | None = None,
+    *,
+    norm: str = "filter",
+    ignore: str = "biasbn",
+    orthogonal: bool = False,
+    recalibrate_on: Any = None,
+) -> dict[str, Any]:
     """Loss (and accuracy) on a 1D or 2D grid around the model's weights, in memory.
 
     The model is moved in place and restored bit for bit afterwards (BatchNorm statistics too).
@@ -148,12 +177,18 @@ def loss_surface(model: nn.Module, data: Any, xs: Any, ys: Any = None, direction
         try:
             for j in range(ny):
                 for i, a in enumerate(xcoords):
-                    ((loss[j, i], accuracy),) = evaluate_point([float(a)] + ([] if ycoords is None else
-                                                                             [float(ycoords[j])]))
+                    ((loss[j, i], accuracy),) = evaluate_point(
+                        [float(a)] + ([] if ycoords is None else [float(ycoords[j])])
+                    )
                     has_accuracy = has_accuracy and accuracy is not None
                     acc[j, i] = np.nan if accuracy is None else accuracy
         finally:
             setter.restore()
     shape = (len(xcoords),) if ycoords is None else loss.shape
-    return {"loss": loss.reshape(shape), "accuracy": acc.reshape(shape) if has_accuracy else None,
-            "xcoordinates": xcoords, "ycoordinates": ycoords, "directions": dirs}
+    return {
+        "loss": loss.reshape(shape),
+        "accuracy": acc.reshape(shape) if has_accuracy else None,
+        "xcoordinates": xcoords,
+        "ycoordinates": ycoords,
+        "directions": dirs,
+    }

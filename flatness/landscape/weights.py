@@ -7,6 +7,7 @@ BatchNorm recalibration re-estimates the running statistics at a point on fixed 
 the statistics are reset, momentum set to None (a cumulative average over the batches), the BN layers
 run forward in train mode (everything else in eval mode), then the modes are restored.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,8 +33,12 @@ class WeightSetter:
         end: for an interpolation (one direction), the end point's state: points are then exact lerps.
     """
 
-    def __init__(self, model: nn.Module, directions: Sequence[dict[str, torch.Tensor]],
-                 end: dict[str, torch.Tensor] | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        directions: Sequence[dict[str, torch.Tensor]],
+        end: dict[str, torch.Tensor] | None = None,
+    ):
         state = model.state_dict(keep_vars=True)
         if end is not None and len(directions) != 1:
             raise ValueError("an end point (interpolation) goes with exactly one direction")
@@ -58,8 +63,9 @@ class WeightSetter:
             t = d.get(name)
             if t is not None:
                 if tuple(t.shape) != tuple(target.shape):
-                    raise FlatnessError(f"the direction's '{name}' has shape {tuple(t.shape)}, "
-                                        f"the model's {tuple(target.shape)}")
+                    raise FlatnessError(
+                        f"the direction's '{name}' has shape {tuple(t.shape)}, the model's {tuple(target.shape)}"
+                    )
                 t = t.to(device=target.device, dtype=target.dtype)
             parts.append(t)
         if end is not None:

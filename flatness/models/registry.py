@@ -3,12 +3,12 @@
 A model is fully described by a small JSON-safe *spec* (name, shape of the data, options), which a
 checkpoint stores so that ``load_checkpoint`` can rebuild it without any command line.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Any, Dict
+from typing import Any
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -40,13 +40,18 @@ class ConvNet(nn.Module):
     def __init__(self, in_channels: int, image_size: int, num_classes: int, width: int = 16):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 3, padding=1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(),
             nn.MaxPool2d(2),
         )
         side = image_size // 2
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * side * side, 64), nn.ReLU(),
-                                        nn.Linear(64, num_classes))
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(2 * width * side * side, 64), nn.ReLU(), nn.Linear(64, num_classes)
+        )
 
     def forward(self, x):
         return self.classifier(self.features(x))
@@ -82,7 +87,7 @@ class PreActResNet(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
         stages = []
         for i, blocks in enumerate(num_blocks):
-            stages.append(self._stage(width * 2 ** i, blocks, stride=1 if i == 0 else 2))
+            stages.append(self._stage(width * 2**i, blocks, stride=1 if i == 0 else 2))
         self.stages = nn.Sequential(*stages)
         self.bn = nn.BatchNorm2d(self.in_planes)
         self.linear = nn.Linear(self.in_planes, num_classes)
@@ -172,7 +177,8 @@ class VGG(nn.Module):
 
 class MLP1D(nn.Module):
     """The MNIST-1D paper's MLP (Greydanus 2020): 40-100-100-10 with ReLU, the second hidden layer
-    added to the first (a residual step, as in the paper's code); ``width`` sets the hidden size."""
+    added to the first (a residual step, as in the paper's code); ``width`` sets the hidden size.
+    """
 
     def __init__(self, in_features: int, num_classes: int, width: int = 100):
         super().__init__()
@@ -189,14 +195,18 @@ class MLP1D(nn.Module):
 
 class Conv1D(nn.Module):
     """The MNIST-1D paper's 1-D CNN: three strided convolutions (kernels 5, 3, 3; stride 2) with
-    ReLU and a linear classifier on the flattened features; ``width`` sets the channels (25)."""
+    ReLU and a linear classifier on the flattened features; ``width`` sets the channels (25).
+    """
 
     def __init__(self, in_channels: int, length: int, num_classes: int, width: int = 25):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv1d(in_channels, width, 5, stride=2, padding=1), nn.ReLU(),
-            nn.Conv1d(width, width, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv1d(width, width, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv1d(in_channels, width, 5, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv1d(width, width, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv1d(width, width, 3, stride=2, padding=1),
+            nn.ReLU(),
         )
         for kernel in (5, 3, 3):
             length = (length + 2 - kernel) // 2 + 1
@@ -210,7 +220,7 @@ class Conv1D(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
-def _wrn_options(name: str) -> Dict[str, int]:
+def _wrn_options(name: str) -> dict[str, int]:
     match = re.fullmatch(r"wrn(?:-(\d+)-(\d+))?", name)
     if not match:
         raise FlatnessError(f"bad WideResNet name {name!r}: use wrn or wrn-DEPTH-WIDEN, e.g. wrn-28-10")
@@ -233,15 +243,20 @@ def canonical_model_name(name: str) -> str:
     return name
 
 
-def model_spec(name: str, in_channels: int, image_size: int, num_classes: int, **options: Any) -> Dict[str, Any]:
+def model_spec(name: str, in_channels: int, image_size: int, num_classes: int, **options: Any) -> dict[str, Any]:
     """The JSON-safe description from which ``build_from_spec`` rebuilds the model."""
     name = canonical_model_name(name)
     options = {k: v for k, v in options.items() if v is not None}
-    return {"name": name, "in_channels": int(in_channels), "image_size": int(image_size),
-            "num_classes": int(num_classes), "options": options}
+    return {
+        "name": name,
+        "in_channels": int(in_channels),
+        "image_size": int(image_size),
+        "num_classes": int(num_classes),
+        "options": options,
+    }
 
 
-def build_from_spec(spec: Dict[str, Any]) -> nn.Module:
+def build_from_spec(spec: dict[str, Any]) -> nn.Module:
     name = canonical_model_name(spec["name"])
     c, s, k = spec["in_channels"], spec["image_size"], spec["num_classes"]
     options = dict(spec.get("options") or {})

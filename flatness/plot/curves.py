@@ -1,4 +1,5 @@
 """1D surfaces: loss and accuracy curves, several surfaces overlaid on shared axes."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -9,9 +10,15 @@ import numpy as np
 from flatness.plot.style import axis_name, new_figure, save_figure, surface_label, surface_title
 
 
-def plot_1d(surfaces: Sequence[dict[str, Any]], path: str, log: bool = False, force: bool = False,
-            labels: Sequence[str] | None = None, title: str | None = None,
-            ylim: tuple[float, float] | None = None) -> str:
+def plot_1d(
+    surfaces: Sequence[dict[str, Any]],
+    path: str,
+    log: bool = False,
+    force: bool = False,
+    labels: Sequence[str] | None = None,
+    title: str | None = None,
+    ylim: tuple[float, float] | None = None,
+) -> str:
     """Loss (left) and accuracy (right) along x for one or several 1D surfaces on shared axes."""
     fig = new_figure((11, 4.2))
     ax_loss, ax_acc = fig.subplots(1, 2)
@@ -43,8 +50,12 @@ def plot_1d(surfaces: Sequence[dict[str, Any]], path: str, log: bool = False, fo
             ax.axvline(1, color="0.6", lw=0.8)
         ax.legend(fontsize=8)
     if title is None:
-        title = (surface_title(surfaces[0], "1D loss surface") if len(surfaces) == 1 else
-                 "1D loss surfaces: " + ", ".join(labels or [surface_label(s) for s in surfaces]) +
-                 f"\n{surface_title(surfaces[0]).split(' | ', 1)[-1]}")
+        title = (
+            surface_title(surfaces[0], "1D loss surface")
+            if len(surfaces) == 1
+            else "1D loss surfaces: "
+            + ", ".join(labels or [surface_label(s) for s in surfaces])
+            + f"\n{surface_title(surfaces[0]).split(' | ', 1)[-1]}"
+        )
     fig.suptitle(title, fontsize=10)
     return save_figure(fig, path, force)

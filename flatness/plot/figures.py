@@ -15,6 +15,7 @@ and in a notebook alike. ``write_vtp`` exports a surface to ParaView's XML PolyD
 Figures are derived outputs, but the project's rule holds: an existing file is never replaced unless
 ``force=True``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -110,8 +111,11 @@ def plot_files(paths: Sequence[str], settings: PlotSettings | None = None, **opt
     if not st.force:  # refuse before drawing anything, so a refusal leaves no partial set of figures
         existing = [p for p, _ in planned if os.path.exists(p)]
         if existing:
-            raise FlatnessError(f"{existing[0]} exists" + (f" (and {len(existing) - 1} more)" if len(existing) > 1
-                                                             else "") + "; pass --force to replace")
+            raise FlatnessError(
+                f"{existing[0]} exists"
+                + (f" (and {len(existing) - 1} more)" if len(existing) > 1 else "")
+                + "; pass --force to replace"
+            )
     return [draw(p) for p, draw in planned]
 
 
@@ -142,12 +146,17 @@ def _plan(st: PlotSettings, kind_list: list[str], surfaces_1d, surfaces_2d, prob
 
     planned: list[tuple[str, Any]] = []
     if len(surfaces_1d) == 1:
-        planned.append((target(surfaces_1d[0]["path"], f"-1d.{fmt}"),
-                        lambda p: plot_1d(surfaces_1d, p, log=bool(log), force=force)))
+        planned.append(
+            (
+                target(surfaces_1d[0]["path"], f"-1d.{fmt}"),
+                lambda p: plot_1d(surfaces_1d, p, log=bool(log), force=force),
+            )
+        )
     elif surfaces_1d:
         folder = st.out_dir or os.path.dirname(os.path.abspath(surfaces_1d[0]["path"]))
-        planned.append((os.path.join(folder, f"overlay-1d.{fmt}"),
-                        lambda p: plot_1d(surfaces_1d, p, log=bool(log), force=force)))
+        planned.append(
+            (os.path.join(folder, f"overlay-1d.{fmt}"), lambda p: plot_1d(surfaces_1d, p, log=bool(log), force=force))
+        )
     if surfaces_2d:
         value_2d = st.value or pick_value(surfaces_2d[0], None)
         for s in surfaces_2d:
@@ -155,14 +164,22 @@ def _plan(st: PlotSettings, kind_list: list[str], surfaces_1d, surfaces_2d, prob
         limits = common_limits(surfaces_2d, value_2d, st.vmin, st.vmax)
         for surf in surfaces_2d:
             for kind in kind_list:
-                planned.append((target(surf["path"], f"-{kind}.{fmt}"),
-                                lambda p, s=surf, k=kind: plot_2d(s, p, k, value_2d, log=log, force=force,
-                                                                  limits=limits)))
+                planned.append(
+                    (
+                        target(surf["path"], f"-{kind}.{fmt}"),
+                        lambda p, s=surf, k=kind: plot_2d(s, p, k, value_2d, log=log, force=force, limits=limits),
+                    )
+                )
     for probe in probes:
-        planned.append((target(probe["path"], f"-spectrum.{fmt}"),
-                        lambda p, q=probe: plot_spectrum([q], p, force=force)))
+        planned.append(
+            (target(probe["path"], f"-spectrum.{fmt}"), lambda p, q=probe: plot_spectrum([q], p, force=force))
+        )
     if st.vtp:
         for surf in surfaces_1d + surfaces_2d:
-            planned.append((target(surf["path"], ".vtp"),
-                            lambda p, s=surf: write_vtp(s, p, value=st.value, log=bool(log), force=force)))
+            planned.append(
+                (
+                    target(surf["path"], ".vtp"),
+                    lambda p, s=surf: write_vtp(s, p, value=st.value, log=bool(log), force=force),
+                )
+            )
     return planned

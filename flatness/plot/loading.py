@@ -1,4 +1,5 @@
 """Reading the plotter's inputs: surface HDF5 files and probe JSONs, through their formats' owners."""
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 Values are (ny, nx) with ``[j, i]`` at (x_i, y_j) (``flatness.formats.surface_file``), the order of
 ``np.meshgrid(x, y)``: matplotlib draws them as they are.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -54,8 +55,6 @@ def explained_variance(surf: dict[str, Any]) -> Sequence[float] | None:
     return None
 
 
-
-
 def surface_grid(surf: dict[str, Any], value: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The coordinates and values of a 2D surface, ready for ``contour(X, Y, Z)``.
 
@@ -77,8 +76,18 @@ def surface_grid(surf: dict[str, Any], value: str) -> tuple[np.ndarray, np.ndarr
 
 # Ten parameters: the colour scale (lo, hi, logscale) comes from the caller because several panels
 # share it (compare figures), and the figure is needed only for the colour bar.
-def draw_2d(ax, surf: dict[str, Any], kind: str, value: str, lo: float, hi: float, logscale: bool,
-            colorbar: bool = True, fig=None, trajectory: bool = True):
+def draw_2d(
+    ax,
+    surf: dict[str, Any],
+    kind: str,
+    value: str,
+    lo: float,
+    hi: float,
+    logscale: bool,
+    colorbar: bool = True,
+    fig=None,
+    trajectory: bool = True,
+):
     """Draw one 2D picture of ``surf`` into ``ax`` (contour, contourf or heatmap)."""
     from matplotlib.colors import LogNorm, Normalize
 
@@ -101,8 +110,16 @@ def draw_2d(ax, surf: dict[str, Any], kind: str, value: str, lo: float, hi: floa
     ax.plot([0], [0], marker="*", color="red", markersize=10, linestyle="none", label="trained weights")
     traj = pca_trajectory(surf) if trajectory else None
     if traj is not None:
-        ax.plot(traj[:, 0], traj[:, 1], "-o", color="white", markersize=3, lw=1.2,
-                markeredgecolor="k", label="training trajectory")
+        ax.plot(
+            traj[:, 0],
+            traj[:, 1],
+            "-o",
+            color="white",
+            markersize=3,
+            lw=1.2,
+            markeredgecolor="k",
+            label="training trajectory",
+        )
         ax.plot(traj[0, 0], traj[0, 1], "s", color="orange", markeredgecolor="k", label="start")
     ax.set_xlabel(axis_name(surf, "x"))
     ax.set_ylabel(axis_name(surf, "y"))
@@ -111,8 +128,7 @@ def draw_2d(ax, surf: dict[str, Any], kind: str, value: str, lo: float, hi: floa
     if colorbar and fig is not None and mappable is not None:
         from matplotlib.ticker import FormatStrFormatter
 
-        cb = fig.colorbar(mappable, ax=ax, ticks=levels[::3] if logscale else None,
-                          format=FormatStrFormatter("%.3g"))
+        cb = fig.colorbar(mappable, ax=ax, ticks=levels[::3] if logscale else None, format=FormatStrFormatter("%.3g"))
         cb.minorticks_off()
         unit = "%" if value.endswith("acc") else ""
         cb.set_label(value_name(value) + (f" ({unit})" if unit else "") + (" — log scale" if logscale else ""))
@@ -121,9 +137,17 @@ def draw_2d(ax, surf: dict[str, Any], kind: str, value: str, lo: float, hi: floa
 
 # Nine parameters: the colour options of ``flatness plot`` (vmin, vmax, log) or limits shared by several
 # files, passed through unchanged.
-def plot_2d(surf: dict[str, Any], path: str, kind: str, value: str | None = None,
-            vmin: float | None = None, vmax: float | None = None, log: bool | None = None,
-            force: bool = False, limits: tuple[float, float] | None = None) -> str:
+def plot_2d(
+    surf: dict[str, Any],
+    path: str,
+    kind: str,
+    value: str | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    log: bool | None = None,
+    force: bool = False,
+    limits: tuple[float, float] | None = None,
+) -> str:
     """One 2D figure of ``kind`` (contour, contourf, heatmap or 3d) for a 2D surface."""
     if kind not in KINDS_2D:
         raise FlatnessError(f"unknown plot kind {kind!r}: use {', '.join(KINDS_2D)} or all")
@@ -150,8 +174,9 @@ def plot_2d(surf: dict[str, Any], path: str, kind: str, value: str | None = None
             norm = Normalize(np.log10(s_lo), np.log10(s_hi))
         else:
             Zplot, zlabel, norm = Zc, value_name(value), Normalize(s_lo, s_hi)
-        mappable = ax.plot_surface(X, Y, Zplot, cmap="viridis", norm=norm, linewidth=0, antialiased=True,
-                                   rstride=1, cstride=1)
+        mappable = ax.plot_surface(
+            X, Y, Zplot, cmap="viridis", norm=norm, linewidth=0, antialiased=True, rstride=1, cstride=1
+        )
         ax.set_xlabel(axis_name(surf, "x"), fontsize=8)
         ax.set_ylabel(axis_name(surf, "y"), fontsize=8)
         ax.set_zlabel(zlabel, fontsize=8)

@@ -1,4 +1,5 @@
 """Hessian spectra: the smoothed spectral density on a log scale with the top eigenvalues marked."""
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,9 @@ def probe_label(probe: dict[str, Any]) -> str:
     return os.path.splitext(os.path.basename(probe.get("path", "probe")))[0]
 
 
-def draw_spectrum(ax, probe: dict[str, Any], color: str = "C0", label: str | None = None,
-                  mark_top: bool = True, floor: float = 1e-8) -> None:
+def draw_spectrum(
+    ax, probe: dict[str, Any], color: str = "C0", label: str | None = None, mark_top: bool = True, floor: float = 1e-8
+) -> None:
     """Draw one probe's density (log scale, floored at ``floor``) and its top eigenvalues into ``ax``.
 
     Args:
@@ -56,13 +58,17 @@ def draw_spectrum(ax, probe: dict[str, Any], color: str = "C0", label: str | Non
         ax.semilogy(grid, np.maximum(values, floor), color=color, lw=1.2, label=f"{label} density")
     if mark_top and eig:
         for k, lam in enumerate(eig):
-            ax.axvline(float(lam), color=color, ls=":", lw=1.0, alpha=0.9,
-                       label=(f"{label} top-{len(eig)} eigenvalues (λmax = {float(eig[0]):.4g})"
-                              if k == 0 else None))
+            ax.axvline(
+                float(lam),
+                color=color,
+                ls=":",
+                lw=1.0,
+                alpha=0.9,
+                label=(f"{label} top-{len(eig)} eigenvalues (λmax = {float(eig[0]):.4g})" if k == 0 else None),
+            )
 
 
-def plot_spectrum(probes: Sequence[dict[str, Any]], path: str, force: bool = False,
-                  title: str | None = None) -> str:
+def plot_spectrum(probes: Sequence[dict[str, Any]], path: str, force: bool = False, title: str | None = None) -> str:
     """Hessian spectral density (log scale) with the top eigenvalues marked, one or several probes."""
     fig = new_figure((7.5, 4.6))
     ax = fig.add_subplot()
@@ -72,8 +78,15 @@ def plot_spectrum(probes: Sequence[dict[str, Any]], path: str, force: bool = Fal
         any_density |= density_arrays(probe) is not None
     if not any_density:
         ax.set_yscale("log")
-        ax.text(0.5, 0.5, "no spectral density in this probe\n(run probe with --density)", ha="center",
-                va="center", transform=ax.transAxes, color="0.4")
+        ax.text(
+            0.5,
+            0.5,
+            "no spectral density in this probe\n(run probe with --density)",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            color="0.4",
+        )
     ax.set_xlabel("Hessian eigenvalue λ of the training loss")
     ax.set_ylabel("spectral density (log scale)")
     ax.grid(alpha=0.3)
@@ -83,7 +96,9 @@ def plot_spectrum(probes: Sequence[dict[str, Any]], path: str, force: bool = Fal
         data = p.get("data") or {}
         where = f"{data.get('dataset', '?')} {data.get('split', '?')} split, {data.get('samples', '?')} samples"
         hess = p.get("hessian") or {}
-        title = ("Hessian spectrum (stochastic Lanczos quadrature, Gaussian-smoothed); dotted: top eigenvalues "
-                 f"by {hess.get('method', '?')}\n" + ", ".join(probe_label(q) for q in probes) + f" | {where}")
+        title = (
+            "Hessian spectrum (stochastic Lanczos quadrature, Gaussian-smoothed); dotted: top eigenvalues "
+            f"by {hess.get('method', '?')}\n" + ", ".join(probe_label(q) for q in probes) + f" | {where}"
+        )
     ax.set_title(title, fontsize=9)
     return save_figure(fig, path, force)

@@ -1,4 +1,5 @@
 """What every figure shares: the figure canvas, atomic saving, titles, labels, colour limits and levels."""
+
 from __future__ import annotations
 
 import os
@@ -98,11 +99,13 @@ def axis_name(surf: dict[str, Any], axis: str) -> str:
     if direction.startswith("eigen"):
         return f"step along eigenvector {1 if axis == 'x' else 2}"
     return f"step along direction {'δ' if axis == 'x' else 'η'}" + (
-        " (filter-normalised units)" if str(attrs.get("norm", "filter")) == "filter" else "")
+        " (filter-normalised units)" if str(attrs.get("norm", "filter")) == "filter" else ""
+    )
 
 
-def common_limits(surfaces: Sequence[dict[str, Any]], value: str,
-                  vmin: float | None = None, vmax: float | None = None) -> tuple[float, float]:
+def common_limits(
+    surfaces: Sequence[dict[str, Any]], value: str, vmin: float | None = None, vmax: float | None = None
+) -> tuple[float, float]:
     """Colour limits shared by several surfaces: the given ones, else the min and max over all of them."""
     pool = np.concatenate([finite_values(s[value]) for s in surfaces if s.get(value) is not None] or [np.array([])])
     lo = float(vmin) if vmin is not None else (float(pool.min()) if pool.size else 0.0)
@@ -136,8 +139,10 @@ def pick_value(surf: dict[str, Any], value: str | None) -> str:
     """The value to draw: ``value`` if the surface has it (else an error), or its train/test loss."""
     if value:
         if surf.get(value) is None:
-            raise FlatnessError(f"{surf['path']} has no '{value}' (it has: "
-                                f"{', '.join(v for v in VALUES if surf.get(v) is not None) or 'no values'})")
+            raise FlatnessError(
+                f"{surf['path']} has no '{value}' (it has: "
+                f"{', '.join(v for v in VALUES if surf.get(v) is not None) or 'no values'})"
+            )
         return value
     for candidate in ("train_loss", "test_loss"):
         if surf.get(candidate) is not None:

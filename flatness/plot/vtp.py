@@ -1,4 +1,5 @@
 """ParaView export: a surface as VTK XML PolyData (.vtp)."""
+
 from __future__ import annotations
 
 import os
@@ -11,8 +12,14 @@ from flatness.core.fileio import atomic_write_text
 from flatness.plot.style import VALUES, pick_value
 
 
-def write_vtp(surf: dict[str, Any], path: str, value: str | None = None, log: bool = False,
-              zscale: float = 1.0, force: bool = False) -> str:
+def write_vtp(
+    surf: dict[str, Any],
+    path: str,
+    value: str | None = None,
+    log: bool = False,
+    zscale: float = 1.0,
+    force: bool = False,
+) -> str:
     """Write ``surf`` as VTK XML PolyData (ParaView).
 
     One point per grid node at (x, y, loss), the loss (and the other values present) as point data,
@@ -80,24 +87,29 @@ def _polydata_xml(pts: np.ndarray, arrays: dict[str, np.ndarray], value: str, ce
     cells_tag, conn, offsets, ncells = cells
     npts = pts.shape[0]
     fmt = _ascii
-    lines = ['<?xml version="1.0"?>',
-             '<VTKFile type="PolyData" version="0.1" byte_order="LittleEndian">',
-             "  <PolyData>",
-             f'    <Piece NumberOfPoints="{npts}" NumberOfVerts="0" '
-             f'NumberOfLines="{ncells if cells_tag == "Lines" else 0}" NumberOfStrips="0" '
-             f'NumberOfPolys="{ncells if cells_tag == "Polys" else 0}">',
-             f'      <PointData Scalars="{value}">']
+    lines = [
+        '<?xml version="1.0"?>',
+        '<VTKFile type="PolyData" version="0.1" byte_order="LittleEndian">',
+        "  <PolyData>",
+        f'    <Piece NumberOfPoints="{npts}" NumberOfVerts="0" '
+        f'NumberOfLines="{ncells if cells_tag == "Lines" else 0}" NumberOfStrips="0" '
+        f'NumberOfPolys="{ncells if cells_tag == "Polys" else 0}">',
+        f'      <PointData Scalars="{value}">',
+    ]
     for name, arr in arrays.items():
         lines.append(f'        <DataArray type="Float64" Name="{name}" format="ascii">{fmt(arr)}</DataArray>')
-    lines += ["      </PointData>",
-              "      <Points>",
-              f'        <DataArray type="Float64" NumberOfComponents="3" format="ascii">{fmt(pts)}</DataArray>',
-              "      </Points>",
-              f"      <{cells_tag}>",
-              f'        <DataArray type="Int64" Name="connectivity" format="ascii">{fmt(conn, False)}</DataArray>',
-              f'        <DataArray type="Int64" Name="offsets" format="ascii">{fmt(offsets, False)}</DataArray>',
-              f"      </{cells_tag}>",
-              "    </Piece>",
-              "  </PolyData>",
-              "</VTKFile>", ""]
+    lines += [
+        "      </PointData>",
+        "      <Points>",
+        f'        <DataArray type="Float64" NumberOfComponents="3" format="ascii">{fmt(pts)}</DataArray>',
+        "      </Points>",
+        f"      <{cells_tag}>",
+        f'        <DataArray type="Int64" Name="connectivity" format="ascii">{fmt(conn, False)}</DataArray>',
+        f'        <DataArray type="Int64" Name="offsets" format="ascii">{fmt(offsets, False)}</DataArray>',
+        f"      </{cells_tag}>",
+        "    </Piece>",
+        "  </PolyData>",
+        "</VTKFile>",
+        "",
+    ]
     return "\n".join(lines)

@@ -3,11 +3,12 @@
 E over δ ~ N(0, ρ² diag(c²)) of L(θ+δ) − L(θ), c = 1 or |θ|, with its standard error. ρ is a
 per-coordinate standard deviation here, so the perturbation's norm is about ρ·sqrt(d).
 """
+
 from __future__ import annotations
 
 import math
 import time
-from typing import Any, Dict, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,9 +22,17 @@ from flatness.sharpness.oracle import DEFAULTS, LossOracle, counts_record, draw_
 
 # Reason for 9 parameters: the quantity (rho, adaptive), its Monte-Carlo budget and seed, and the
 # shared-oracle hooks of measure_sharpness.
-def average_case_sharpness(model: nn.Module, data: Any, rho: float, draws: Optional[int] = None,
-                           adaptive: bool = False, seed: int = 0, progress: bool = False,
-                           oracle: Optional[LossOracle] = None, loss_fn: Optional[LossFn] = None) -> Dict[str, object]:
+def average_case_sharpness(
+    model: nn.Module,
+    data: Any,
+    rho: float,
+    draws: int | None = None,
+    adaptive: bool = False,
+    seed: int = 0,
+    progress: bool = False,
+    oracle: LossOracle | None = None,
+    loss_fn: LossFn | None = None,
+) -> dict[str, object]:
     """E over δ ~ N(0, ρ² diag(c²)) of L(θ+δ) − L(θ), c = |θ| if adaptive else 1.
 
     The mean over ``draws`` seeded draws and its standard error (None for one draw). Draw k uses
@@ -67,9 +76,19 @@ def average_case_sharpness(model: nn.Module, data: Any, rho: float, draws: Optio
     values = np.asarray(increases, dtype=np.float64)
     stderr = float(values.std(ddof=1) / math.sqrt(draws)) if draws > 1 else None
     name = "adaptive_average_case" if adaptive else "average_case"
-    record = {"metric": name, "value": float(values.mean()), "stderr": stderr, "rho": float(rho), "p": None,
-              "ball": None, "c": "|theta|" if adaptive else "1", "base_loss": base, "draws": draws,
-              "solver": "monte-carlo", "iterations": draws}
+    record = {
+        "metric": name,
+        "value": float(values.mean()),
+        "stderr": stderr,
+        "rho": float(rho),
+        "p": None,
+        "ball": None,
+        "c": "|theta|" if adaptive else "1",
+        "base_loss": base,
+        "draws": draws,
+        "solver": "monte-carlo",
+        "iterations": draws,
+    }
     record.update(counts_record(oracle, before))
     record["seconds"] = time.perf_counter() - start
     return record

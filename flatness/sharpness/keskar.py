@@ -3,11 +3,12 @@
 φ = 100 · (max over |y_i| ≤ ε(|θ_i|+1) of L(θ+y) − L(θ)) / (1+L(θ)); the max by scipy's L-BFGS-B under
 the box bounds, from y = 0.
 """
+
 from __future__ import annotations
 
 import math
 import time
-from typing import Any, Dict, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,9 +20,16 @@ from flatness.core.progress import progress_bar
 from flatness.sharpness.oracle import DEFAULTS, LossOracle, counts_record, generator, oracle_for
 
 
-def keskar_sharpness(model: nn.Module, data: Any, epsilon: float, iterations: Optional[int] = None,
-                     seed: int = 0, progress: bool = False, oracle: Optional[LossOracle] = None,
-                     loss_fn: Optional[LossFn] = None) -> Dict[str, object]:
+def keskar_sharpness(
+    model: nn.Module,
+    data: Any,
+    epsilon: float,
+    iterations: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    oracle: LossOracle | None = None,
+    loss_fn: LossFn | None = None,
+) -> dict[str, object]:
     """ε-sharpness in percent over the box |y_i| ≤ ε(|θ_i|+1), by L-BFGS-B (scipy) from y = 0.
 
     If the gradient at θ is exactly zero, the start is a seeded random corner-scaled point (y = 0 would
@@ -69,17 +77,32 @@ def keskar_sharpness(model: nn.Module, data: Any, epsilon: float, iterations: Op
             return -value, -grad.double().cpu().numpy()
 
         try:
-            result = minimize(fun, x0, jac=True, method="L-BFGS-B",
-                              bounds=np.stack([-bound, bound], axis=1),
-                              options={"maxiter": iterations, "maxfun": 4 * iterations + 10},
-                              callback=lambda *_: bar.update(1))
+            result = minimize(
+                fun,
+                x0,
+                jac=True,
+                method="L-BFGS-B",
+                bounds=np.stack([-bound, bound], axis=1),
+                options={"maxiter": iterations, "maxfun": 4 * iterations + 10},
+                callback=lambda *_: bar.update(1),
+            )
         finally:
             bar.close()
         top = max(best["value"], -float(result.fun))
     phi = 100.0 * (top - base) / (1.0 + base)
-    record = {"metric": "keskar", "value": phi, "epsilon": float(epsilon), "p": "inf", "ball": "box",
-              "c": "|theta|+1", "base_loss": base, "max_loss": top, "solver": "L-BFGS-B",
-              "iterations": int(result.nit), "solver_message": str(result.message)}
+    record = {
+        "metric": "keskar",
+        "value": phi,
+        "epsilon": float(epsilon),
+        "p": "inf",
+        "ball": "box",
+        "c": "|theta|+1",
+        "base_loss": base,
+        "max_loss": top,
+        "solver": "L-BFGS-B",
+        "iterations": int(result.nit),
+        "solver_message": str(result.message),
+    }
     record.update(counts_record(oracle, before))
     record["seconds"] = time.perf_counter() - start
     return record

@@ -19,11 +19,13 @@ Default budget (``DEFAULTS``), chosen so that ``all`` on 1000 digits images of t
 takes well under a minute on two CPU cores: 10 L-BFGS-B iterations (Keskar et al. used 10), 10 ascent
 steps, 16 draws per average-case estimate, 8 draws per PAC-Bayes bisection step.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Optional
 
 import torch.nn as nn
 
@@ -35,7 +37,7 @@ from flatness.sharpness.oracle import BALLS, DEFAULTS, METRIC_NAMES, RHO_METRICS
 from flatness.sharpness.pac_bayes import pac_bayes_flatness
 from flatness.sharpness.worst_case import worst_case_sharpness
 
-Radii = Optional[Union[float, Sequence[float]]]
+Radii = Optional[float | Sequence[float]]
 
 
 @dataclass
@@ -50,15 +52,15 @@ class SharpnessSettings:
 
     ball: str = "tensor"
     p: Any = None
-    draws: Optional[int] = None
-    ascent_steps: Optional[int] = None
-    lbfgs_iterations: Optional[int] = None
-    pac_bayes_draws: Optional[int] = None
+    draws: int | None = None
+    ascent_steps: int | None = None
+    lbfgs_iterations: int | None = None
+    pac_bayes_draws: int | None = None
     seed: int = 0
     progress: bool = False
 
 
-def parse_metrics(metrics) -> Tuple[str, ...]:
+def parse_metrics(metrics) -> tuple[str, ...]:
     """The metric names of ``metrics``; unknown or missing names are a FlatnessError.
 
     ``metrics`` is a comma-separated string or a list; ``all`` is expanded, duplicates dropped and
@@ -68,7 +70,7 @@ def parse_metrics(metrics) -> Tuple[str, ...]:
         raise FlatnessError("no sharpness metric given; use all or some of: " + ", ".join(METRIC_NAMES))
     if isinstance(metrics, str):
         metrics = [m for m in metrics.split(",")]
-    names: List[str] = []
+    names: list[str] = []
     for m in metrics:
         m = str(m).strip().lower().replace("-", "_")
         if not m:
@@ -85,7 +87,7 @@ def parse_metrics(metrics) -> Tuple[str, ...]:
     return tuple(names)
 
 
-def radii(values: Radii, default, what: str) -> Tuple[float, ...]:
+def radii(values: Radii, default, what: str) -> tuple[float, ...]:
     """``values`` (a number or a sequence; ``None``: ``default``) as finite floats > 0."""
     if values is None:
         values = default
@@ -103,8 +105,15 @@ def radii(values: Radii, default, what: str) -> Tuple[float, ...]:
     return tuple(out)
 
 
-def validate(metrics, rhos: Radii = None, epsilons: Radii = None, ball: str = "tensor",
-             draws: Optional[int] = None, ascent_steps: Optional[int] = None, p=None) -> Tuple[str, ...]:
+def validate(
+    metrics,
+    rhos: Radii = None,
+    epsilons: Radii = None,
+    ball: str = "tensor",
+    draws: int | None = None,
+    ascent_steps: int | None = None,
+    p=None,
+) -> tuple[str, ...]:
     """Check sharpness options before any work.
 
     Args:
@@ -141,14 +150,21 @@ def validate(metrics, rhos: Radii = None, epsilons: Radii = None, ball: str = "t
     return names
 
 
-def validate_settings(metrics, rho: Radii, epsilon: Radii, settings: SharpnessSettings) -> Tuple[str, ...]:
+def validate_settings(metrics, rho: Radii, epsilon: Radii, settings: SharpnessSettings) -> tuple[str, ...]:
     """``validate`` with the options of ``settings``; returns the metric names."""
     return validate(metrics, rho, epsilon, settings.ball, settings.draws, settings.ascent_steps, settings.p)
 
 
-def measure_sharpness(model: nn.Module, data: Any, metrics=METRIC_NAMES, rho: Radii = None,
-                      epsilon: Radii = None, loss_fn: Optional[LossFn] = None, error_fn: Optional[ErrorFn] = None,
-                      settings: Optional[SharpnessSettings] = None) -> List[Dict[str, object]]:
+def measure_sharpness(
+    model: nn.Module,
+    data: Any,
+    metrics=METRIC_NAMES,
+    rho: Radii = None,
+    epsilon: Radii = None,
+    loss_fn: LossFn | None = None,
+    error_fn: ErrorFn | None = None,
+    settings: SharpnessSettings | None = None,
+) -> list[dict[str, object]]:
     """Every requested metric at every radius: one record per (metric, radius).
 
     Records come in the order asked (``"all"``: METRIC_NAMES order).
@@ -176,22 +192,31 @@ def measure_sharpness(model: nn.Module, data: Any, metrics=METRIC_NAMES, rho: Ra
     rhos = radii(rho, DEFAULTS["rhos"], "rho")
     epsilons = radii(epsilon, DEFAULTS["epsilons"], "epsilon")
     p = check_p(DEFAULTS["p"] if s.p is None else s.p)
-    results: List[Dict[str, object]] = []
+    results: list[dict[str, object]] = []
     with eval_mode(model):
         oracle = LossOracle(model, data, loss_fn, error_fn)
         common = dict(seed=s.seed, progress=s.progress, oracle=oracle)
         for name in names:
             adaptive = name.startswith("adaptive")
             if name == "keskar":
-                results.extend(keskar_sharpness(model, None, eps, iterations=s.lbfgs_iterations, **common)
-                               for eps in epsilons)
+                results.extend(
+                    keskar_sharpness(model, None, eps, iterations=s.lbfgs_iterations, **common) for eps in epsilons
+                )
             elif name in ("worst_case", "adaptive_worst_case"):
-                results.extend(worst_case_sharpness(model, None, r, ball=s.ball, p=p, adaptive=adaptive,
-                                                    steps=s.ascent_steps, **common) for r in rhos)
+                results.extend(
+                    worst_case_sharpness(
+                        model, None, r, ball=s.ball, p=p, adaptive=adaptive, steps=s.ascent_steps, **common
+                    )
+                    for r in rhos
+                )
             elif name in ("average_case", "adaptive_average_case"):
-                results.extend(average_case_sharpness(model, None, r, draws=s.draws, adaptive=adaptive, **common)
-                               for r in rhos)
+                results.extend(
+                    average_case_sharpness(model, None, r, draws=s.draws, adaptive=adaptive, **common) for r in rhos
+                )
             else:
-                results.append(pac_bayes_flatness(model, None, draws=s.pac_bayes_draws,
-                                                  magnitude=name == "pac_bayes_magnitude", **common))
+                results.append(
+                    pac_bayes_flatness(
+                        model, None, draws=s.pac_bayes_draws, magnitude=name == "pac_bayes_magnitude", **common
+                    )
+                )
     return results

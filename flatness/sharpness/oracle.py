@@ -11,9 +11,11 @@ One loss convention (``flatness.core.evaluation``): ``loss_fn(outputs, targets)`
 mean loss (cross-entropy by default) and ``error_fn(outputs, targets)`` its mean error (by default
 the fraction whose largest output is not the label).
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -24,32 +26,39 @@ from flatness.core.params import flatten, get_flat_params, named_trainable, pert
 from flatness.data.batches import forward
 from flatness.data.convert import as_probe_data
 
-METRIC_NAMES = ("keskar", "worst_case", "adaptive_worst_case", "average_case", "adaptive_average_case",
-                "pac_bayes", "pac_bayes_magnitude")
+METRIC_NAMES = (
+    "keskar",
+    "worst_case",
+    "adaptive_worst_case",
+    "average_case",
+    "adaptive_average_case",
+    "pac_bayes",
+    "pac_bayes_magnitude",
+)
 
 #: Which metrics take a radius ρ (``rhos``) and which an ε (``epsilons``).
 RHO_METRICS = ("worst_case", "adaptive_worst_case", "average_case", "adaptive_average_case")
 EPSILON_METRICS = ("keskar",)
 BALLS = ("global", "tensor")
 
-DEFAULTS: Dict[str, object] = {
-    "epsilons": (1e-3, 5e-4),        # Keskar's usual box sizes (docs/metrics.md)
-    "rhos": (0.02, 0.05, 0.1),       # 0.02 = AMP ε of the digits default training (TrainConfig, tensor ball)
-    "ball": "tensor",                # the AMP ball
-    "p": 2,                          # norm of the (adaptive) worst-case ball: 2 or inf
-    "draws": 16,                     # Monte-Carlo draws per average-case estimate
-    "ascent_steps": 10,              # gradient evaluations of the worst-case ascent
-    "step_size": 1.0,                # first ascent step, as a fraction of ρ (cosine decay to 0)
-    "init": "gradient",              # ascent start: "gradient" (SAM direction) or "random"
-    "lbfgs_iterations": 10,          # L-BFGS-B iterations for Keskar (maxiter)
-    "pac_bayes_draws": 8,            # Monte-Carlo draws per bisection step
-    "target_deviation": 0.1,         # err(θ+u) ≤ err(θ) + 0.1
-    "bisection_tolerance": 0.02,     # stop when (hi − lo) ≤ tol · hi
+DEFAULTS: dict[str, object] = {
+    "epsilons": (1e-3, 5e-4),  # Keskar's usual box sizes (docs/metrics.md)
+    "rhos": (0.02, 0.05, 0.1),  # 0.02 = AMP ε of the digits default training (TrainConfig, tensor ball)
+    "ball": "tensor",  # the AMP ball
+    "p": 2,  # norm of the (adaptive) worst-case ball: 2 or inf
+    "draws": 16,  # Monte-Carlo draws per average-case estimate
+    "ascent_steps": 10,  # gradient evaluations of the worst-case ascent
+    "step_size": 1.0,  # first ascent step, as a fraction of ρ (cosine decay to 0)
+    "init": "gradient",  # ascent start: "gradient" (SAM direction) or "random"
+    "lbfgs_iterations": 10,  # L-BFGS-B iterations for Keskar (maxiter)
+    "pac_bayes_draws": 8,  # Monte-Carlo draws per bisection step
+    "target_deviation": 0.1,  # err(θ+u) ≤ err(θ) + 0.1
+    "bisection_tolerance": 0.02,  # stop when (hi − lo) ≤ tol · hi
     "bisection_max_steps": 30,
-    "magnitude_eps": 1e-6,           # the + 1e-6 of the magnitude-aware variance
+    "magnitude_eps": 1e-6,  # the + 1e-6 of the magnitude-aware variance
 }
 
-ErrorFn = Callable[[torch.Tensor, torch.Tensor], Union[torch.Tensor, float]]
+ErrorFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor | float]
 
 
 def default_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -64,8 +73,7 @@ class LossOracle:
     Counts every full-data evaluation (``loss_evals``, ``gradient_evals``, ``error_evals``).
     """
 
-    def __init__(self, model: nn.Module, data: Any, loss_fn: Optional[LossFn] = None,
-                 error_fn: Optional[ErrorFn] = None):
+    def __init__(self, model: nn.Module, data: Any, loss_fn: LossFn | None = None, error_fn: ErrorFn | None = None):
         """The oracle of ``model`` on ``data``.
 
         Args:
@@ -95,16 +103,16 @@ class LossOracle:
         """d, the number of trainable parameters."""
         return self.theta.numel()
 
-    def counts(self) -> Tuple[int, int, int]:
+    def counts(self) -> tuple[int, int, int]:
         """(loss_evals, gradient_evals, error_evals) so far."""
         return self.loss_evals, self.gradient_evals, self.error_evals
 
-    def _at(self, delta: Optional[torch.Tensor]):
+    def _at(self, delta: torch.Tensor | None):
         if delta is None:
             delta = torch.zeros_like(self.theta)
         return perturbed(self.model, delta)
 
-    def _mean(self, batch_fn, delta: Optional[torch.Tensor]) -> float:
+    def _mean(self, batch_fn, delta: torch.Tensor | None) -> float:
         """Σ_b (n_b / n) · batch_fn(outputs_b, y_b) at θ + δ: the exact mean over all n examples."""
         total = 0.0
         with self._at(delta), torch.no_grad():
@@ -112,32 +120,37 @@ class LossOracle:
                 total += w * float(batch_fn(forward(self.model, x), y))
         return total
 
-    def loss(self, delta: Optional[torch.Tensor] = None) -> float:
+    def loss(self, delta: torch.Tensor | None = None) -> float:
         """L(θ+δ), the mean loss over all data."""
         self.loss_evals += 1
         return self._mean(self.loss_fn, delta)
 
-    def loss_and_grad(self, delta: Optional[torch.Tensor] = None) -> Tuple[float, torch.Tensor]:
+    def loss_and_grad(self, delta: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
         """(L(θ+δ), ∇L(θ+δ) as a flat vector on θ's device)."""
         self.gradient_evals += 1
         with self._at(delta), torch.enable_grad():
             total, grads = full_gradient(self.model, self.data, self.params, self.loss_fn)
         return total, flatten(grads).detach()
 
-    def error(self, delta: Optional[torch.Tensor] = None) -> float:
+    def error(self, delta: torch.Tensor | None = None) -> float:
         """err(θ+δ), the mean error over all data."""
         self.error_evals += 1
         return self._mean(self.error_fn, delta)
 
-    def blocks(self, ball: str) -> List[slice]:
+    def blocks(self, ball: str) -> list[slice]:
         """Slices of the flat vector: one for the global ball, one per parameter tensor otherwise."""
         if ball == "global":
             return [slice(0, self.dim)]
         return segments(self.params)
 
 
-def oracle_for(model: nn.Module, data: Any, oracle: Optional[LossOracle], loss_fn: Optional[LossFn] = None,
-               error_fn: Optional[ErrorFn] = None) -> LossOracle:
+def oracle_for(
+    model: nn.Module,
+    data: Any,
+    oracle: LossOracle | None,
+    loss_fn: LossFn | None = None,
+    error_fn: ErrorFn | None = None,
+) -> LossOracle:
     """``oracle`` when given (shared by several metrics), else a new one on ``model`` and ``data``."""
     return oracle if oracle is not None else LossOracle(model, data, loss_fn, error_fn)
 
@@ -157,17 +170,16 @@ def standard_normal(oracle: LossOracle, seed: int) -> torch.Tensor:
 
 def draw_seed(seed: int, k: int) -> int:
     """The seed of Monte-Carlo draw k: seed·1000003 + k (common random numbers across radii)."""
-    return (int(seed) * 1000003 + k) % (2 ** 63)
+    return (int(seed) * 1000003 + k) % (2**63)
 
 
-def counts_record(oracle: LossOracle, before: Tuple[int, int, int]) -> Dict[str, int]:
+def counts_record(oracle: LossOracle, before: tuple[int, int, int]) -> dict[str, int]:
     """The evaluations made since ``before`` (an ``oracle.counts()``), as record entries."""
     now = oracle.counts()
-    return {"loss_evals": now[0] - before[0], "gradient_evals": now[1] - before[1],
-            "error_evals": now[2] - before[2]}
+    return {"loss_evals": now[0] - before[0], "gradient_evals": now[1] - before[1], "error_evals": now[2] - before[2]}
 
 
-def check_p(p) -> Union[int, float]:
+def check_p(p) -> int | float:
     """The ball's norm as 2 or inf; anything else is a FlatnessError."""
     if p in (2, "2"):
         return 2
@@ -176,6 +188,6 @@ def check_p(p) -> Union[int, float]:
     raise FlatnessError(f"p must be 2 or inf, got {p!r}")
 
 
-def p_name(p) -> Union[int, str]:
+def p_name(p) -> int | str:
     """The norm as written in a record: 2 or "inf"."""
     return 2 if p == 2 else "inf"

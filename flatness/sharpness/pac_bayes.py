@@ -4,11 +4,13 @@
 u_i ~ N(0, σ'² θ_i² + 1e-6), by bracketing and bisection with common random numbers (draw k uses the same standard
 normal vector at every σ); flatness = 1/σ*².
 """
+
 from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -27,8 +29,9 @@ from flatness.sharpness.oracle import (
 )
 
 
-def bisect_sigma(passes: Callable[[float], bool], sigma_start: float, tolerance: float,
-                 max_steps: int) -> Tuple[float, float, int]:
+def bisect_sigma(
+    passes: Callable[[float], bool], sigma_start: float, tolerance: float, max_steps: int
+) -> tuple[float, float, int]:
     """The bracket [lo, hi] of the largest passing σ: lo passes (or is 0), hi fails (or is inf).
 
     From ``sigma_start`` the bracket is found by doubling (while σ passes) or halving (while it
@@ -75,7 +78,7 @@ def _mean_error_fn(oracle: LossOracle, magnitude: bool, draws: int, seed: int, b
 
     def mean_error(sigma: float) -> float:
         if magnitude:
-            scale = torch.sqrt(sigma ** 2 * theta2 + eps).to(oracle.dtype)
+            scale = torch.sqrt(sigma**2 * theta2 + eps).to(oracle.dtype)
         else:
             scale = torch.full_like(oracle.theta, sigma)
         total = 0.0
@@ -89,11 +92,20 @@ def _mean_error_fn(oracle: LossOracle, magnitude: bool, draws: int, seed: int, b
 
 # Reason for 12 parameters: the quantity (magnitude, target deviation), the bisection's documented
 # budget (draws, tolerance, max_steps, sigma_start), the seed, and the shared-oracle hooks.
-def pac_bayes_flatness(model: nn.Module, data: Any, draws: Optional[int] = None, magnitude: bool = False,
-                       target_deviation: Optional[float] = None, tolerance: Optional[float] = None,
-                       max_steps: Optional[int] = None, sigma_start: Optional[float] = None, seed: int = 0,
-                       progress: bool = False, oracle: Optional[LossOracle] = None,
-                       error_fn: Optional[ErrorFn] = None) -> Dict[str, object]:
+def pac_bayes_flatness(
+    model: nn.Module,
+    data: Any,
+    draws: int | None = None,
+    magnitude: bool = False,
+    target_deviation: float | None = None,
+    tolerance: float | None = None,
+    max_steps: int | None = None,
+    sigma_start: float | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    oracle: LossOracle | None = None,
+    error_fn: ErrorFn | None = None,
+) -> dict[str, object]:
     """σ* = the largest σ with mean over draws of err(θ+u_σ) ≤ err(θ) + target_deviation; flatness 1/σ*².
 
     u_σ = σ z (or, magnitude-aware, sqrt(σ² θ² + 1e-6) ⊙ z) with the same seeded standard normal z_k
@@ -145,13 +157,24 @@ def pac_bayes_flatness(model: nn.Module, data: Any, draws: Optional[int] = None,
             bar.close()
     converged = hi < math.inf and lo > 0 and hi - lo <= tolerance * hi
     sigma_star = 0.5 * (lo + hi) if hi < math.inf else lo
-    flatness = (1.0 / sigma_star ** 2) if sigma_star > 0 else None
-    record = {"metric": "pac_bayes_magnitude" if magnitude else "pac_bayes", "value": flatness,
-              "sigma": sigma_star, "flatness": flatness, "p": None, "ball": None,
-              "c": "sqrt(sigma^2 theta^2 + 1e-6)" if magnitude else "1", "base_error": base_err,
-              "target_deviation": target_deviation, "draws": draws, "sigma_low": lo,
-              "sigma_high": hi if hi < math.inf else None, "converged": bool(converged),
-              "solver": "bisection", "iterations": steps}
+    flatness = (1.0 / sigma_star**2) if sigma_star > 0 else None
+    record = {
+        "metric": "pac_bayes_magnitude" if magnitude else "pac_bayes",
+        "value": flatness,
+        "sigma": sigma_star,
+        "flatness": flatness,
+        "p": None,
+        "ball": None,
+        "c": "sqrt(sigma^2 theta^2 + 1e-6)" if magnitude else "1",
+        "base_error": base_err,
+        "target_deviation": target_deviation,
+        "draws": draws,
+        "sigma_low": lo,
+        "sigma_high": hi if hi < math.inf else None,
+        "converged": bool(converged),
+        "solver": "bisection",
+        "iterations": steps,
+    }
     record.update(counts_record(oracle, before))
     record["seconds"] = time.perf_counter() - start
     return record

@@ -8,11 +8,12 @@ ERM loss). The ascent runs in the coordinates η = δ / c, so for the adaptive m
 (start, steps, projections) is unchanged when a ReLU layer is scaled by α and the next by 1/α (Dinh et
 al. 2017): the value is invariant, not only in theory.
 """
+
 from __future__ import annotations
 
 import math
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -32,7 +33,7 @@ from flatness.sharpness.oracle import (
 )
 
 
-def _project(eta: torch.Tensor, blocks: List[slice], p, rho: float) -> torch.Tensor:
+def _project(eta: torch.Tensor, blocks: list[slice], p, rho: float) -> torch.Tensor:
     if p != 2:
         return eta.clamp_(-rho, rho)
     for b in blocks:
@@ -42,7 +43,7 @@ def _project(eta: torch.Tensor, blocks: List[slice], p, rho: float) -> torch.Ten
     return eta
 
 
-def _direction(g: torch.Tensor, blocks: List[slice], p) -> torch.Tensor:
+def _direction(g: torch.Tensor, blocks: list[slice], p) -> torch.Tensor:
     """The steepest-ascent unit direction for the (product of) p-ball(s): g/‖g‖ per block, or sign(g)."""
     if p != 2:
         return torch.sign(g)
@@ -54,8 +55,9 @@ def _direction(g: torch.Tensor, blocks: List[slice], p) -> torch.Tensor:
     return d
 
 
-def _start(oracle: LossOracle, blocks: List[slice], c: torch.Tensor, p, rho: float, init: str,
-           seed: int) -> Tuple[float, torch.Tensor]:
+def _start(
+    oracle: LossOracle, blocks: list[slice], c: torch.Tensor, p, rho: float, init: str, seed: int
+) -> tuple[float, torch.Tensor]:
     """(L(θ), the first η of the ascent).
 
     The ball's point in the gradient direction (blocks without a gradient at a seeded random point
@@ -76,10 +78,21 @@ def _start(oracle: LossOracle, blocks: List[slice], c: torch.Tensor, p, rho: flo
 
 # Reason for 13 parameters: the first six define the quantity (ball, p, adaptive with the radius),
 # the rest are the solver's documented knobs and the shared-oracle hooks of measure_sharpness.
-def worst_case_sharpness(model: nn.Module, data: Any, rho: float, ball: str = "global", p=2,
-                         adaptive: bool = False, steps: Optional[int] = None, step_size: Optional[float] = None,
-                         init: Optional[str] = None, seed: int = 0, progress: bool = False,
-                         oracle: Optional[LossOracle] = None, loss_fn: Optional[LossFn] = None) -> Dict[str, object]:
+def worst_case_sharpness(
+    model: nn.Module,
+    data: Any,
+    rho: float,
+    ball: str = "global",
+    p=2,
+    adaptive: bool = False,
+    steps: int | None = None,
+    step_size: float | None = None,
+    init: str | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    oracle: LossOracle | None = None,
+    loss_fn: LossFn | None = None,
+) -> dict[str, object]:
     """Max over ‖δ/c‖_p ≤ ρ of L(θ+δ) − L(θ) (c = |θ| if adaptive else 1), per block for ball="tensor".
 
     Projected normalised-gradient ascent in η = δ/c: η_{t+1} = Π(η_t + α_t ρ u_t), u_t the unit steepest
@@ -142,11 +155,22 @@ def worst_case_sharpness(model: nn.Module, data: Any, rho: float, ball: str = "g
         value = oracle.loss(c * eta)
         if value > best_value:
             best_value, best_eta, best_step = value, eta, steps
-    record = {"metric": "adaptive_worst_case" if adaptive else "worst_case", "value": best_value - base,
-              "rho": float(rho), "p": p_name(p), "ball": ball, "c": "|theta|" if adaptive else "1",
-              "base_loss": base, "max_loss": best_value, "solver": "projected normalised-gradient ascent",
-              "iterations": steps, "best_step": best_step, "init": init, "step_size": step_size,
-              "delta_norm": float((c * best_eta).norm())}
+    record = {
+        "metric": "adaptive_worst_case" if adaptive else "worst_case",
+        "value": best_value - base,
+        "rho": float(rho),
+        "p": p_name(p),
+        "ball": ball,
+        "c": "|theta|" if adaptive else "1",
+        "base_loss": base,
+        "max_loss": best_value,
+        "solver": "projected normalised-gradient ascent",
+        "iterations": steps,
+        "best_step": best_step,
+        "init": init,
+        "step_size": step_size,
+        "delta_norm": float((c * best_eta).norm()),
+    }
     record.update(counts_record(oracle, before))
     record["seconds"] = time.perf_counter() - start
     return record

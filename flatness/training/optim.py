@@ -34,10 +34,11 @@ Design notes
 * BatchNorm running statistics are updated by every forward pass in train mode, as in the
   published code.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -85,7 +86,7 @@ class _Wrapper(torch.optim.Optimizer):
         self._link()
 
     # ----------------------------------------------------------------- helpers
-    def _params(self) -> List[torch.Tensor]:
+    def _params(self) -> list[torch.Tensor]:
         return [p for group in self.param_groups for p in group["params"] if p.requires_grad]
 
     @staticmethod
@@ -120,9 +121,18 @@ class AMP(_Wrapper):
     Remaining keyword arguments (lr, momentum, nesterov, weight_decay, ...) go to the base optimizer.
     """
 
-    def __init__(self, params, base_optimizer=torch.optim.SGD, epsilon: float = 0.5, inner_lr: float = 1.0,
-                 inner_iter: int = 1, ball: str = "tensor", grad_clip: Optional[float] = None,
-                 grad_reduce: Optional[Callable] = None, **base_kwargs):
+    def __init__(
+        self,
+        params,
+        base_optimizer=torch.optim.SGD,
+        epsilon: float = 0.5,
+        inner_lr: float = 1.0,
+        inner_iter: int = 1,
+        ball: str = "tensor",
+        grad_clip: float | None = None,
+        grad_reduce: Callable | None = None,
+        **base_kwargs,
+    ):
         _check_positive("epsilon", epsilon)
         _check_positive("inner_lr", inner_lr)
         if isinstance(inner_iter, bool) or not isinstance(inner_iter, int) or inner_iter < 1:
@@ -132,7 +142,7 @@ class AMP(_Wrapper):
         defaults = dict(epsilon=float(epsilon), inner_lr=float(inner_lr), inner_iter=int(inner_iter), ball=ball)
         super().__init__(params, base_optimizer, defaults, grad_clip, grad_reduce, base_kwargs)
 
-    def _project(self, deltas: List[List[torch.Tensor]]) -> None:
+    def _project(self, deltas: list[list[torch.Tensor]]) -> None:
         """Π in place: per-tensor or global L2 clip, with tensor ops only (no host syncs)."""
         if self.param_groups[0]["ball"] == "global":
             flat = [d for group in deltas for d in group]
@@ -149,7 +159,7 @@ class AMP(_Wrapper):
                 torch._foreach_mul_(group_deltas, list(scales.unbind()))
 
     @torch.no_grad()
-    def step(self, closure: Optional[Callable] = None):
+    def step(self, closure: Callable | None = None):
         self._need_closure(closure, "AMP")
         loss = self._call(closure)  # g0 = ∇L(θ); the loss to log
         params = self._params()
@@ -158,7 +168,7 @@ class AMP(_Wrapper):
         if not params:
             return loss
         origin = torch._foreach_mul(params, 1.0)  # a copy of θ, in one call
-        deltas: List[List[torch.Tensor]] = []
+        deltas: list[list[torch.Tensor]] = []
         for k in range(self.param_groups[0]["inner_iter"]):
             if k > 0:  # ∇L(θ+δ) at the current δ (k = 0 reuses g0, the gradient at δ = 0)
                 self._call(closure)
@@ -182,16 +192,25 @@ class AMP(_Wrapper):
 class SAM(_Wrapper):
     """Sharpness-aware minimisation (Foret et al. 2021): ascend to δ = ρ g/‖g‖ (adaptive:
     ρ T²g/‖Tg‖, T = diag(|θ|), Kwon et al. 2021), then take the base step with ∇L(θ+δ).
-    ``rho`` and ``adaptive`` are per group; the gradient norm is over all groups."""
+    ``rho`` and ``adaptive`` are per group; the gradient norm is over all groups.
+    """
 
-    def __init__(self, params, base_optimizer=torch.optim.SGD, rho: float = 0.05, adaptive: bool = False,
-                 grad_clip: Optional[float] = None, grad_reduce: Optional[Callable] = None, **base_kwargs):
+    def __init__(
+        self,
+        params,
+        base_optimizer=torch.optim.SGD,
+        rho: float = 0.05,
+        adaptive: bool = False,
+        grad_clip: float | None = None,
+        grad_reduce: Callable | None = None,
+        **base_kwargs,
+    ):
         _check_positive("rho", rho)
         defaults = dict(rho=float(rho), adaptive=bool(adaptive))
         super().__init__(params, base_optimizer, defaults, grad_clip, grad_reduce, base_kwargs)
 
     @torch.no_grad()
-    def step(self, closure: Optional[Callable] = None):
+    def step(self, closure: Callable | None = None):
         self._need_closure(closure, "SAM")
         loss = self._call(closure)
         params = self._params()

@@ -1,0 +1,386 @@
+"""What a command line named, turned into a model and its data: ONE place for every command.
+
+``load_target(checkpoint, source)`` accepts a flatness checkpoint or run folder, a plain state_dict or
+``.safetensors`` file (with ``source.model``), or a ``.pt2`` program (no model needed), and decides the
+dataset (the one the checkpoint records, or ``source.dataset``). ``training_data`` gives ``flatness
+train`` the two splits of a built-in or user dataset.
+
+Security: a checkpoint or run folder only ever *names* code (the model or dataset factory it was
+trained with); nothing here imports or runs a reference that the caller's ``ModelSource`` did not
+give. A recorded ``module:callable`` or ``file.py:callable`` must be named again; another one than
+recorded, or a factory file whose sha256 changed, is refused unless ``source.force``. torchvision
+model names, npz files and image folders are data, not code, and may come from the record.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from torch.utils.data import Dataset
+
+from flatness.core.errors import FlatnessError
+from flatness.core.fileio import sha256_file
+from flatness.data.datasets import DATASETS, get_dataset
+from flatness.data.probe_data import ProbeData
+from flatness.models.references import TORCHVISION_PREFIX, is_reference, parse_model_args, resolve_model_reference
+
+PT2_SUFFIX = ".pt2"
+STATE_DICT_HINT = "a plain state_dict or .safetensors file"
+
+
+@dataclass
+class ModelSource:
+    """The model and data options of one command line (``--model``, ``--model-args``, ``--dataset``, ...).
+
+    ``model``/``dataset`` None: what the checkpoint records (built-ins and data files only; recorded
+    code must be named again). ``force``: accept a model or dataset factory other than the recorded
+    one, or one whose file changed since training.
+    """
+
+    model: Optional[str] = None
+    model_args: Any = None
+    dataset: Optional[str] = None
+    image_size: Optional[int] = None
+    normalize: Optional[bool] = None
+    download: bool = False
+    force: bool = False
+
+
+@dataclass
+class Target:
+    """A model to measure and where its data comes from.
+
+    ``info`` has ``path``, ``dataset``, ``model``, ``method``, ``epoch``, ``step``, ``config``,
+    ``metrics``, ``model_spec`` (None outside flatness checkpoints) and ``format``.
+    """
+
+    model: nn.Module
+    info: Dict[str, Any]
+    image_size: Optional[int] = None
+    normalize: bool = False
+    sources: Dict[str, Any] = field(default_factory=dict)
+
+    def probe_data(self, split: str, samples: Optional[int], batch_size: int, device: torch.device,
+                   root: Optional[str] = None, download: bool = False) -> ProbeData:
+        """The first ``samples`` examples of ``split`` (None: all), checked against the model.
+
+        Args:
+            split: train or test.
+            samples: how many examples (None: the whole split).
+            batch_size: examples per batch.
+            device: where the batches live.
+            root: the data folder of built-in datasets.
+            download: allow downloading a built-in dataset.
+
+        Returns:
+            The probe data.
+        """
+        dataset = split_dataset(self.info["dataset"], split, root, download, self.image_size, self.normalize)
+        if is_user_dataset(self.info["dataset"]) and not _static_program(self.model):
+            from flatness.data.user_data import check_model_fits
+
+            check_model_fits(self.model, dataset)
+        return ProbeData.from_dataset(dataset, samples, batch_size, device)
+
+
+def is_user_dataset(name: Optional[str]) -> bool:
+    """True for a dataset that is not built in (an npz, an image folder or a factory reference)."""
+    return bool(name) and name not in DATASETS
+
+
+def is_code_reference(ref: Optional[str]) -> bool:
+    """True for a reference that runs the user's code (``module:callable``, ``file.py:callable``)."""
+    return bool(ref) and is_reference(ref) and not ref.startswith(TORCHVISION_PREFIX) and \
+        not ref.startswith("imagefolder:")
+
+
+def default_model_for(dataset: Optional[str]) -> Optional[str]:
+    """The built-in model a run on ``dataset`` uses when none is named (None: the general default)."""
+    info = DATASETS.get(dataset) if dataset else None
+    return info.default_model if info is not None else None
+
+
+def check_dataset_reference(name: str) -> None:
+    """FlatnessError unless ``name`` is a built-in dataset or has the form of a user dataset."""
+    if name in DATASETS or name.endswith(".npz") or is_reference(name):
+        return
+    raise FlatnessError(f"unknown dataset {name!r}; choose a built-in one ({', '.join(sorted(DATASETS))}), "
+                        "file.npz, package.module:callable, file.py:callable or imagefolder:DIR")
+
+
+# --------------------------------------------------------------------------- data
+
+def split_dataset(name: str, split: str, root: Optional[str] = None, download: bool = False,
+                  image_size: Optional[int] = None, normalize: bool = False, augment: bool = False) -> Dataset:
+    """One split of a built-in or user dataset, without augmentation unless asked (built-ins only)."""
+    if not is_user_dataset(name):
+        return get_dataset(name, split, root=root, augment=augment, download=download)
+    from flatness.data.user_data import load_user_dataset
+
+    data = load_user_dataset(name, image_size=image_size, normalize=normalize)
+    return data.train if split == "train" else data.test
+
+
+def training_data(dataset: str, root: Optional[str], augment: bool, download: bool, image_size: Optional[int],
+                  normalize: bool) -> Tuple[Dataset, Dataset, Dict[str, Any]]:
+    """The train and test splits of a run's dataset and a JSON-safe record of where they came from.
+
+    Args:
+        dataset: a built-in name, ``file.npz``, ``module:callable``, ``file.py:callable`` or ``imagefolder:DIR``.
+        root: the data folder of built-in datasets.
+        augment: the built-in training augmentation (user data is used exactly as given).
+        download: allow downloading a built-in dataset.
+        image_size: resize imagefolder images.
+        normalize: standardise user data with its training split's statistics.
+
+    Returns:
+        ``(train, test, record)``.
+    """
+    if not is_user_dataset(dataset):
+        if normalize or image_size:
+            raise FlatnessError(f"--normalize and --image-size apply to your own data; {dataset} is prepared "
+                                "by flatness already")
+        train = get_dataset(dataset, "train", root=root, augment=augment, download=download)
+        test = get_dataset(dataset, "test", root=root, augment=False, download=download)
+        return train, test, {"reference": dataset}
+    if augment:
+        raise FlatnessError("--augment applies to the built-in datasets; your own data is used exactly as given")
+    from flatness.data.user_data import load_user_dataset
+
+    data = load_user_dataset(dataset, image_size=image_size, normalize=normalize)
+    return data.train, data.test, data.record
+
+
+def infer_shape(dataset: Dataset) -> Tuple[int, int, int]:
+    """``(in_channels, image_size, num_classes)`` of a user dataset, for a built-in model on it.
+
+    Args:
+        dataset: yields ``(x, label)`` with ``x`` of shape [C, H, W], [C, L] or [L].
+
+    Returns:
+        The channels (1 for a plain vector), the last dimension's size and the number of classes
+        (the largest label + 1).
+    """
+    x, _ = dataset[0]
+    if not torch.is_tensor(x) or x.dim() not in (1, 2, 3):
+        raise FlatnessError("a built-in model needs examples that are one tensor [C, H, W], [C, L] or [L]; "
+                            "use --model module:callable for other inputs")
+    channels = 1 if x.dim() == 1 else int(x.shape[0])
+    tensors = getattr(dataset, "tensors", None)
+    if tensors is not None and len(tensors) == 2:
+        labels = tensors[1]
+    elif hasattr(dataset, "classes"):
+        return channels, int(x.shape[-1]), len(dataset.classes)
+    else:
+        labels = torch.as_tensor([int(dataset[i][1]) for i in range(len(dataset))])
+    if labels.is_floating_point() or labels.dim() != 1:
+        raise FlatnessError("a built-in model needs integer class labels; use --model module:callable")
+    return channels, int(x.shape[-1]), int(labels.max()) + 1
+
+
+# --------------------------------------------------------------------------- models
+
+def build_user_model(ref: str, model_args: Any, download: bool, shape: Optional[Tuple[int, int, int]] = None
+                     ) -> Tuple[nn.Module, Dict[str, Any]]:
+    """The model a ``--model`` reference names, with its record (reference, args, sha256).
+
+    Args:
+        ref: a reference or a built-in model name.
+        model_args: keyword arguments (JSON object string or dict).
+        download: allow torchvision to download weights named in the args.
+        shape: ``(in_channels, image_size, num_classes)`` for a built-in name (from its dataset).
+
+    Returns:
+        ``(model, record)``.
+    """
+    args = parse_model_args(model_args)
+    if not is_reference(ref) and shape is not None:
+        args = {**dict(zip(("in_channels", "image_size", "num_classes"), shape)), **args}
+    return resolve_model_reference(ref, args, download=download)
+
+
+def check_recorded(kind: str, recorded: Optional[Dict[str, Any]], given: Optional[str], force: bool,
+                   where: str) -> Optional[str]:
+    """The reference to use for a checkpoint's model or dataset, refusing what the record forbids.
+
+    Args:
+        kind: "model" or "dataset" (the flag is ``--<kind>``).
+        recorded: the checkpoint's record (``reference``, ``sha256``) or None.
+        given: what the command line named, or None.
+        force: accept another reference, or a changed factory file.
+        where: the checkpoint's path, for messages.
+
+    Returns:
+        The reference to build from (``given``, or a recorded one that runs no code).
+    """
+    ref = (recorded or {}).get("reference")
+    if given is None:
+        if is_code_reference(ref):
+            raise FlatnessError(f"{where} was trained with --{kind} {ref}: pass --{kind} {ref} to run it again "
+                                "(a checkpoint never makes flatness run the code it names)")
+        return ref
+    if is_code_reference(ref) and given != ref and not force:
+        raise FlatnessError(f"{where} was trained with --{kind} {ref}, not {given}; pass --force to use {given}")
+    recorded_sha = (recorded or {}).get("sha256")
+    if given == ref and is_code_reference(ref) and recorded_sha and not force:
+        path = ref.rpartition(":")[0]
+        if os.path.isfile(path) and sha256_file(path) != recorded_sha:
+            raise FlatnessError(f"{path} changed since {where} was trained (sha256 differs); pass --force to "
+                                "use it anyway")
+    return given
+
+
+def _static_program(model: nn.Module) -> bool:
+    return getattr(model, "static_batch_size", None) is not None
+
+
+def _foreign_info(path: str, kind: str, model: str, dataset: Optional[str]) -> Dict[str, Any]:
+    if not dataset:
+        raise FlatnessError(f"{path} is {kind} and records no dataset: pass --dataset")
+    return {"path": path, "dataset": dataset, "model": model, "method": None, "epoch": None, "step": 0,
+            "config": {}, "metrics": [], "model_spec": None, "format": kind}
+
+
+def _shape_for(model_ref: str, dataset: Optional[str], source: ModelSource, root: Optional[str]):
+    """The built-in model's shape from its dataset (a built-in dataset's info, or the user data)."""
+    if is_reference(model_ref) or not dataset:
+        return None
+    if not is_user_dataset(dataset):
+        info = DATASETS[dataset]
+        return info.in_channels, info.image_size, info.num_classes
+    return infer_shape(split_dataset(dataset, "train", root, False, source.image_size, bool(source.normalize)))
+
+
+def _load_flatness(payload: Dict[str, Any], source: ModelSource, root: Optional[str]) -> Target:
+    from flatness.formats.checkpoint import user_model_reference
+    from flatness.models.registry import build_from_spec
+
+    path, spec, config = payload["path"], payload["model_spec"], payload["config"]
+    records = payload.get("sources") or {}
+    dataset_record = records.get("dataset") or {"reference": config.get("dataset")}
+    dataset = check_recorded("dataset", dataset_record, source.dataset, source.force, path)
+    reference = user_model_reference(spec)
+    if reference is None and source.model is not None and source.model != spec.get("name") and not source.force:
+        raise FlatnessError(f"{path} holds the built-in model {spec.get('name')}, not {source.model}; "
+                            "leave out --model, or pass --force to load its weights into that one")
+    if reference is None and source.model is None:
+        model = build_from_spec(spec)
+    else:
+        ref = check_recorded("model", records.get("model") or {"reference": reference}, source.model,
+                             source.force, path)
+        args = source.model_args if source.model_args is not None else (records.get("model") or {}).get("args")
+        model, _ = build_user_model(ref, args, source.download,
+                                    _shape_for(ref, config.get("dataset"), source, root))
+    _load_state(model, payload["model_state"], path)
+    same_data = dataset == config.get("dataset")
+    image_size = source.image_size if source.image_size is not None else (config.get("image_size") if same_data
+                                                                          else None)
+    normalize = source.normalize if source.normalize is not None else bool(same_data and config.get("normalize"))
+    info = {"path": path, "dataset": dataset, "model": reference or spec.get("name"), "method": config.get("method"),
+            "epoch": payload["epoch"], "step": payload.get("step", 0), "config": config,
+            "metrics": payload.get("metrics", []), "model_spec": spec, "format": "flatness"}
+    return Target(model, info, image_size, bool(normalize), records)
+
+
+def _load_state(model: nn.Module, state: Dict[str, torch.Tensor], path: str) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = ([f"{len(missing)} missing keys (first: {missing[0]!r})"] if missing else []) + (
+            [f"{len(unexpected)} unexpected keys (first: {unexpected[0]!r})"] if unexpected else [])
+        raise FlatnessError(f"the weights in {path} do not fit the model: {'; '.join(parts)}")
+    for key, tensor in expected.items():
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise FlatnessError(f"the weights in {path} do not fit the model: {key!r} has shape "
+                                f"{tuple(state[key].shape)} in the file but {tuple(tensor.shape)} in the model")
+    model.load_state_dict(state)
+
+
+def load_target(checkpoint: str, source: Optional[ModelSource] = None, device: Any = "cpu",
+                root: Optional[str] = None) -> Target:
+    """The model stored in (or named beside) ``checkpoint``, in eval mode on ``device``, and its dataset.
+
+    Args:
+        checkpoint: a flatness checkpoint or run folder, a ``.pt2`` program, or a plain state_dict /
+            ``.safetensors`` file (then ``source.model`` builds the model).
+        source: the command line's model and data options (None: all from the checkpoint).
+        device: where the model goes.
+        root: the data folder of built-in datasets (for a built-in model's shape on them).
+
+    Returns:
+        A ``Target``.
+
+    Raises:
+        FlatnessError: one line for anything that cannot be loaded, and for recorded code that the
+            command line did not name (see the module docstring).
+    """
+    from flatness.formats.checkpoint import ForeignCheckpointError, check_finite, read_checkpoint
+
+    source = source or ModelSource()
+    if checkpoint.endswith(PT2_SUFFIX) and not os.path.isdir(checkpoint):
+        from flatness.formats.weights import load_exported_program
+
+        if source.model is not None:
+            raise FlatnessError(f"{checkpoint} is a .pt2 program that holds its own model: leave out --model")
+        model = load_exported_program(checkpoint)
+        target = Target(model, _foreign_info(checkpoint, "a .pt2 program", f"pt2:{os.path.basename(checkpoint)}",
+                                             source.dataset), source.image_size, bool(source.normalize))
+    elif checkpoint.endswith(".safetensors") and not os.path.isdir(checkpoint):
+        target = _load_foreign(checkpoint, source, root)
+    else:
+        try:
+            payload = read_checkpoint(checkpoint)
+        except ForeignCheckpointError:
+            if source.model is None:
+                raise
+            target = _load_foreign(checkpoint, source, root)
+        else:
+            target = _load_flatness(payload, source, root)
+    check_finite(target.model, target.info["path"])
+    target.model.to(device).eval()
+    return target
+
+
+def _load_foreign(path: str, source: ModelSource, root: Optional[str]) -> Target:
+    from flatness.formats.weights import load_weights_into
+
+    if source.model is None:
+        raise FlatnessError(f"{path} is {STATE_DICT_HINT}: pass --model (and --model-args) to say which model "
+                            "its weights belong to")
+    info = _foreign_info(path, STATE_DICT_HINT, source.model, source.dataset)
+    model, record = build_user_model(source.model, source.model_args, source.download,
+                                     _shape_for(source.model, source.dataset, source, root))
+    load_weights_into(model, path)
+    return Target(model, info, source.image_size, bool(source.normalize), {"model": record})
+
+
+def init_distance(model: nn.Module, checkpoint_path: str) -> Optional[float]:
+    """‖θ − θ_init‖ to the ``init.pt`` beside a flatness checkpoint, for any model (None without one).
+
+    Args:
+        model: the checkpoint's model.
+        checkpoint_path: the checkpoint's file.
+
+    Returns:
+        The distance, 0.0 for ``init.pt`` itself, None when there is no readable, fitting ``init.pt``.
+    """
+    from flatness.core.params import distance
+    from flatness.formats.checkpoint import INIT, read_checkpoint
+
+    init_path = os.path.join(os.path.dirname(os.path.abspath(checkpoint_path)), INIT)
+    if not os.path.isfile(init_path):
+        return None
+    if os.path.abspath(init_path) == os.path.abspath(checkpoint_path):
+        return 0.0
+    try:
+        state = read_checkpoint(init_path)["model_state"]
+        init_model = copy.deepcopy(model)
+        _load_state(init_model, state, init_path)
+        return distance(model, init_model)
+    except FlatnessError:
+        return None  # an unreadable or foreign init.pt only loses this one number
