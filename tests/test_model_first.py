@@ -253,3 +253,13 @@ def test_every_exported_function_called_twice(tmp_path, digits_mlp_checkpoint):
         assert flatness.load_checkpoint(path)[1]["epoch"] == 1
         flatness.write_probe(str(tmp_path / f"probe{i}.json"), probe)
         assert flatness.read_probe(str(tmp_path / f"probe{i}.json"))["loss"] == probe["loss"]
+
+
+def test_reading_a_dataloader_leaves_the_global_rng_alone():
+    x, y = torch.randn(10, 3), torch.randint(0, 2, (10,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4, shuffle=True)
+    torch.manual_seed(123)
+    flatness.as_probe_data(loader)
+    after = torch.rand(3)
+    torch.manual_seed(123)
+    assert torch.equal(after, torch.rand(3))

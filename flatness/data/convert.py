@@ -9,6 +9,7 @@ measured loss is the exact mean over all n examples even when the last batch is 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -48,9 +49,9 @@ def as_probe_data(data: Any, batch_size: int | None = None, device: torch.device
         probe = _from_pair(x, torch.as_tensor(y), batch_size or DEFAULT_BATCH_SIZE)
     elif isinstance(data, Dataset) and not isinstance(data, IterableDataset):
         loader = DataLoader(data, batch_size=batch_size or DEFAULT_BATCH_SIZE, shuffle=False)
-        probe = _from_batches(loader)
+        probe = _read_batches(loader)
     elif _is_iterable(data):
-        probe = _from_batches(data)
+        probe = _read_batches(data)
     else:
         raise FlatnessError(f"cannot measure on data of type {type(data).__name__}; pass {ACCEPTED}")
     if device is not None and probe.device != torch.device(device):
@@ -66,13 +67,8 @@ def _is_pair(data: Any) -> bool:
 
 
 def _is_iterable(data: Any) -> bool:
-    if isinstance(data, (str, bytes, dict, torch.Tensor)):
-        return False
-    try:
-        iter(data)
-    except TypeError:
-        return False
-    return True
+    # no iter(data) here: starting a DataLoader's iterator draws from the global RNG
+    return isinstance(data, Iterable) and not isinstance(data, (str, bytes, dict, torch.Tensor))
 
 
 def _length(inputs: Any) -> int:
@@ -97,6 +93,16 @@ def _from_pair(x: Any, y: torch.Tensor, batch_size: int) -> ProbeData:
     if _length(x) != n:
         raise FlatnessError(f"inputs have {_length(x)} examples but targets {n}; they must match")
     return ProbeData([(_slice(x, i, i + batch_size), y[i : i + batch_size]) for i in range(0, n, batch_size)])
+
+
+def _read_batches(batches: Any) -> ProbeData:
+    """Read the batches once, under a forked global RNG.
+
+    Starting a DataLoader's iterator draws a seed from torch's global generator, and measuring must
+    not change the user's later draws.
+    """
+    with torch.random.fork_rng(devices=[]):
+        return _from_batches(batches)
 
 
 def _from_batches(batches: Any) -> ProbeData:
