@@ -220,7 +220,8 @@ def bench_model(name, hessian_cls, fake_samples, args):
     print("\n| trace | estimate | stderr | HVPs | seconds |")
     print("| --- | --- | --- | --- | --- |")
     print(
-        f"| PyHessian Hutchinson (maxIter 100, tol 1e-3) | {ph['estimate']:.5g} | {ph['stderr']:.2g} | {n} | {ph['seconds']:.1f} |"
+        "| PyHessian Hutchinson (maxIter 100, tol 1e-3) "
+        f"| {ph['estimate']:.5g} | {ph['stderr']:.2g} | {n} | {ph['seconds']:.1f} |"
     )
     for r in (ours_h, ours_pp, ours_pp3):
         print(f"| ours {r.method} | {r.estimate:.5g} | {r.stderr:.2g} | {r.hvps} | {r.seconds:.1f} |")

@@ -66,10 +66,20 @@ def import_loss_landscapes():
         return None
 
 
-def timed(fn):
-    """(wall seconds, result); the process CPU time of the same call is left in ``timed.cpu``."""
+def timed(fn, *args, **kwargs):
+    """Time one call of ``fn(*args, **kwargs)``.
+
+    Args:
+        fn: the callable timed; its arguments are passed here, not captured, so that a call made
+            inside a loop sees that round's values.
+        *args: positional arguments of ``fn``.
+        **kwargs: keyword arguments of ``fn``.
+
+    Returns:
+        (wall seconds, result); the process CPU time of the same call is left in ``timed.cpu``.
+    """
     start, cpu = time.perf_counter(), time.process_time()
-    result = fn()
+    result = fn(*args, **kwargs)
     timed.cpu = time.process_time() - cpu
     return time.perf_counter() - start, result
 
@@ -141,17 +151,16 @@ def main() -> None:
 
         out = os.path.join(BENCH, "surface.h5")
         t_call, summary = timed(
-            lambda: compute_surface(
-                ckpt,
-                out,
-                x=(-1, 1, GRID),
-                y=(-1, 1, GRID),
-                samples=SAMPLES,
-                batch_size=SAMPLES,
-                device="cpu",
-                force=True,
-                progress=False,
-            )
+            compute_surface,
+            ckpt,
+            out,
+            x=(-1, 1, GRID),
+            y=(-1, 1, GRID),
+            samples=SAMPLES,
+            batch_size=SAMPLES,
+            device="cpu",
+            force=True,
+            progress=False,
         )
         rows.append(("flatness compute_surface: grid time", summary["seconds"], summary["cpu_seconds"]))
         rows.append(("flatness compute_surface: whole call", t_call, timed.cpu))
@@ -173,7 +182,8 @@ def main() -> None:
             dx, dy = random_directions(model, 2, seed=0)
             coords = torch.linspace(-1, 1, GRID).tolist()
 
-            def plain():
+            # The loop's values come in as arguments so that the timed call sees this round's.
+            def plain(coords, dx, dy):
                 out_values = []
                 for a in coords:
                     for b in coords:
@@ -184,7 +194,7 @@ def main() -> None:
                         out_values.append(evaluate(m, data))
                 return out_values
 
-            t_plain, _ = timed(plain)
+            t_plain, _ = timed(plain, coords, dx, dy)
             rows.append(("plain loop (deepcopy + add + evaluate)", t_plain, timed.cpu))
 
         ll = import_loss_landscapes()
@@ -193,19 +203,17 @@ def main() -> None:
             model.eval()
             try:
                 t_ll, _ = timed(
-                    lambda: ll.random_plane(
-                        model, metric, distance=1, steps=GRID, normalization="filter", deepcopy_model=True
-                    )
+                    ll.random_plane, model, metric, distance=1, steps=GRID, normalization="filter", deepcopy_model=True
                 )
                 rows.append(("loss-landscapes random_plane (as documented)", t_ll, timed.cpu))
 
-                def ll_nograd():
+                def ll_nograd(ll, metric):
                     with torch.no_grad():
                         return ll.random_plane(
                             model, metric, distance=1, steps=GRID, normalization="filter", deepcopy_model=True
                         )
 
-                t_ll2, _ = timed(ll_nograd)
+                t_ll2, _ = timed(ll_nograd, ll, metric)
                 rows.append(("loss-landscapes random_plane under no_grad", t_ll2, timed.cpu))
             except Exception as err:
                 print(f"loss-landscapes random_plane failed ({type(err).__name__}: {err}); its rows are skipped")

@@ -14,6 +14,7 @@ passes; the first inner step reuses the gradient at θ).
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -36,6 +37,24 @@ def make_optimizer(method, params):
     return SAM(params, rho=0.05, **base)
 
 
+def loss_closure(model, opt, x, y):
+    """One forward and backward pass on (x, y), the closure an AMP/SAM step calls.
+
+    Args:
+        model: the trained module.
+        opt: its optimiser (gradients are zeroed first).
+        x: the batch inputs.
+        y: the batch labels.
+
+    Returns:
+        The batch's mean cross-entropy loss.
+    """
+    opt.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    return loss
+
+
 def bench(name, build, batches, repeats, warmup=2):
     runs = {}
     for method in METHODS:
@@ -49,12 +68,8 @@ def bench(name, build, batches, repeats, warmup=2):
         x, y = batches[r % len(batches)]
         for method in METHODS:
             model, opt = runs[method]
-
-            def closure():
-                opt.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model(x), y)
-                loss.backward()
-                return loss
+            # Bound, not captured: each closure must use this round's model, optimiser and batch.
+            closure = functools.partial(loss_closure, model, opt, x, y)
 
             began, began_cpu = time.perf_counter(), time.process_time()
             if method == "erm":

@@ -22,14 +22,17 @@ T = TypeVar("T")
 
 
 def is_distributed() -> bool:
+    """True when a process group with more than one rank is running (else every call is local)."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def rank() -> int:
+    """This process's rank in the process group (0 when not distributed)."""
     return dist.get_rank() if is_distributed() else 0
 
 
 def world_size() -> int:
+    """The number of ranks (1 when not distributed)."""
     return dist.get_world_size() if is_distributed() else 1
 
 
@@ -39,6 +42,7 @@ def is_main() -> bool:
 
 
 def launched_by_torchrun() -> bool:
+    """True when torchrun's environment asks for more than one process (``WORLD_SIZE`` > 1)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
@@ -102,11 +106,13 @@ def broadcast_object(obj, src: int = 0):
 
 
 def barrier() -> None:
+    """Wait for every rank (nothing to wait for when not distributed)."""
     if is_distributed():
         dist.barrier()
 
 
 def shutdown() -> None:
+    """Leave the process group if one was joined, so that the process can exit cleanly."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -130,9 +136,10 @@ def _spawn_entry(rank_: int, world: int, port: int, fn, args, out_dir: str, thre
 
 
 def spawn_local(fn, world: int, *args, threads: int = 1) -> list:
-    """Run ``fn(*args)`` on ``world`` local CPU processes joined by gloo (what torchrun does), and
-    return every rank's return value. For tests, benchmarks and notebooks; ``fn`` must be picklable
-    (a module-level function) and its result ``torch.save``-able.
+    """Run ``fn(*args)`` on ``world`` local CPU processes joined by gloo (what torchrun does).
+
+    For tests, benchmarks and notebooks; ``fn`` must be picklable (a module-level function) and its
+    result ``torch.save``-able.
     """
     import socket
     import tempfile

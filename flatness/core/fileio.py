@@ -1,6 +1,7 @@
-"""Safe file writing: every output is written to a temporary file beside it, fsynced and renamed, so a
-crash never leaves a half-written file under the real name, and an existing file is replaced only
-in one atomic step.
+"""Safe file writing: a temporary file beside the target, fsynced and renamed.
+
+So a crash never leaves a half-written file under the real name, and an existing file is replaced
+only in one atomic step.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from flatness.core.errors import FlatnessError
 
 
 def os_error_reason(err: BaseException) -> str:
-    """A short one-line reason for an OSError, also for h5py's long multi-line ones (which carry the
-    C errno only inside their text).
+    """A short one-line reason for an OSError.
+
+    Also for h5py's long multi-line ones, which carry the C errno only inside their text.
     """
     code = getattr(err, "errno", None)
     if code:
@@ -48,9 +50,10 @@ def _fsync_dir(path: str) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: str):
-    """Yield a temporary path beside ``path`` to write the whole file to; on success it is fsynced and
-    renamed over ``path`` in one step, on any failure removed. For writers that need a file name
-    (h5py) as well as for ``atomic_write``.
+    """Yield a temporary path beside ``path`` to write the whole file to.
+
+    On success it is fsynced and renamed over ``path`` in one step, on any failure removed. For
+    writers that need a file name (h5py) as well as for ``atomic_write``.
     """
     folder = os.path.dirname(os.path.abspath(path))
     try:
@@ -98,14 +101,35 @@ def atomic_h5py(path: str):
 
 
 def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see ``atomic_write``).
+
+    Args:
+        path: the file written.
+        text: its whole content.
+    """
     atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def atomic_write_json(path: str, obj: Any) -> None:
+    """Write ``obj`` as indented JSON (keys in their order, one final newline) to ``path`` atomically.
+
+    Args:
+        path: the file written.
+        obj: any JSON-serialisable object.
+    """
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=True) + "\n")
 
 
 def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+    """The SHA-256 of a file, read in chunks so that large files need little memory.
+
+    Args:
+        path: the file hashed.
+        chunk: bytes read at a time.
+
+    Returns:
+        The hex digest.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(chunk), b""):

@@ -1,7 +1,9 @@
-"""What one batch is: ``(inputs, targets)``, with inputs a tensor, a tuple/list of tensors (passed
-as positional arguments) or a dict of tensors (passed as keyword arguments), and targets a tensor
-whose first dimension counts the examples. Every routine that runs a model on data goes through
-``forward`` and ``map_tensors``, so the three input forms work everywhere.
+"""What one batch is: ``(inputs, targets)``.
+
+Inputs are a tensor, a tuple/list of tensors (passed as positional arguments) or a dict of tensors
+(passed as keyword arguments); targets a tensor whose first dimension counts the examples. Every
+routine that runs a model on data goes through ``forward`` and ``map_tensors``, so the three input
+forms work everywhere.
 """
 
 from __future__ import annotations

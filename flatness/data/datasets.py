@@ -129,9 +129,10 @@ LAYOUTS = {
 
 
 def _present_cifar(cls):
-    """Torchvision's CIFAR, deciding that files exist by their presence instead of re-hashing 170 MB
-    of md5 on every load. The archive's md5 is still checked when it is downloaded; damaged files
-    fail when they are parsed (a FlatnessError below).
+    """Torchvision's CIFAR, deciding that files exist by their presence.
+
+    This avoids re-hashing 170 MB of md5 on every load. The archive's md5 is still checked when it
+    is downloaded; damaged files fail when they are parsed (a FlatnessError below).
     """
     import pickle
 
@@ -243,10 +244,22 @@ DATASETS: dict[str, DatasetInfo] = {
 
 
 def dataset_names():
+    """The registered dataset names, sorted."""
     return sorted(DATASETS)
 
 
 def dataset_info(name: str) -> DatasetInfo:
+    """The registry entry of dataset ``name``.
+
+    Args:
+        name: a registered dataset name.
+
+    Returns:
+        Its ``DatasetInfo``.
+
+    Raises:
+        FlatnessError: for an unknown name (the message lists the known ones).
+    """
     try:
         return DATASETS[name]
     except KeyError:

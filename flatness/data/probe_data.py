@@ -21,6 +21,8 @@ Batch = tuple[Any, torch.Tensor]  # (inputs: a tensor, or a tuple/dict of tensor
 
 DEFAULT_SAMPLES = 1000  # probe examples per measurement unless told otherwise
 DEFAULT_BATCH_SIZE = 500
+#: The default device of loaded probe data (one instance, not a call in each signature).
+CPU = torch.device("cpu")
 
 
 class ProbeData:
@@ -37,14 +39,35 @@ class ProbeData:
 
     @classmethod
     def from_tensors(cls, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> ProbeData:
+        """Probe data of the tensors (x, y), cut in order into batches of ``batch_size``.
+
+        Args:
+            x: inputs, examples along the first dimension.
+            y: targets, likewise.
+            batch_size: examples per batch (>= 1; the last batch may be smaller).
+
+        Returns:
+            The probe data (no copy of the tensors).
+        """
         if batch_size < 1:
             raise FlatnessError(f"batch size must be >= 1, got {batch_size}")
         return cls([(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
 
     @classmethod
     def from_dataset(
-        cls, dataset: Dataset, samples: int | None, batch_size: int, device: torch.device = torch.device("cpu")
+        cls, dataset: Dataset, samples: int | None, batch_size: int, device: torch.device = CPU
     ) -> ProbeData:
+        """Probe data of the first ``samples`` examples of ``dataset``, in order, batched.
+
+        Args:
+            dataset: any map-style dataset of (input, target) pairs.
+            samples: examples taken (``None``: all; >= 1 otherwise).
+            batch_size: examples per batch (>= 1).
+            device: where the batches are put.
+
+        Returns:
+            The probe data.
+        """
         if samples is not None and samples < 1:
             raise FlatnessError(f"samples must be >= 1, got {samples}")
         if batch_size < 1:
@@ -69,6 +92,7 @@ class ProbeData:
         return self.batches[0][1].device if self.batches else torch.device("cpu")
 
     def to(self, device: torch.device) -> ProbeData:
+        """The same batches on ``device`` (``n`` and sharding kept)."""
         return ProbeData([(move_to(x, device), y.to(device)) for x, y in self.batches], self.n, self.sharded)
 
     def map_inputs(self, fn) -> ProbeData:
@@ -103,7 +127,7 @@ def load_probe_data(
     split: str,
     samples: int | None,
     batch_size: int,
-    device: torch.device = torch.device("cpu"),
+    device: torch.device = CPU,
     root: str | None = None,
     download: bool = False,
 ) -> ProbeData:

@@ -25,6 +25,7 @@ class AugmentSpec:
 
     @property
     def active(self) -> bool:
+        """Whether any augmentation is applied (a padded crop or a flip)."""
         return self.padding > 0 or self.flip
 
 

@@ -1,5 +1,6 @@
-"""The probe file format: one JSON file (+ an optional sidecar ``.h5``). This module alone writes
-and reads it.
+"""The probe file format: one JSON file (+ an optional sidecar ``.h5``).
+
+This module alone writes and reads it.
 
 JSON keys (every float that is not finite is written as ``null``, never a bare NaN)::
 
@@ -55,6 +56,7 @@ ARRAY_KEYS = ("eigenvectors", "density_arrays")
 
 
 def sidecar_path(json_path: str) -> str:
+    """The ``.h5`` sidecar beside a probe JSON file (``x.json`` -> ``x.h5``; other names get ``.h5`` added)."""
     root, ext = os.path.splitext(json_path)
     return (root if ext.lower() == ".json" else json_path) + ".h5"
 
@@ -85,10 +87,21 @@ def write_probe(
     density_arrays: dict[str, np.ndarray] | None = None,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Write ``result`` to ``path`` (atomically) and, when there are vectors or density arrays, the
-    sidecar ``.h5`` beside it. ``vectors``/``density_arrays`` default to the result's
-    ``eigenvectors``/``density_arrays`` entries (which never go into the JSON). Refuses to replace an
-    existing file unless ``force``. Returns the dict as written.
+    """Write ``result`` to ``path`` (atomically), with a sidecar ``.h5`` for arrays.
+
+    The sidecar is written beside it when there are vectors or density arrays. Refuses to replace
+    an existing file unless ``force``.
+
+    Args:
+        path: the JSON file.
+        result: the probe result.
+        vectors: eigenvectors for the sidecar (default: the result's ``eigenvectors``, which never
+            go into the JSON).
+        density_arrays: density arrays for the sidecar (default: the result's ``density_arrays``).
+        force: replace an existing file.
+
+    Returns:
+        The dict as written.
     """
     if vectors is None:
         vectors = result.get("eigenvectors")
@@ -207,8 +220,10 @@ def _numbers(path: str, key: str, values) -> None:
 
 
 def read_probe_arrays(path: str) -> dict[str, np.ndarray]:
-    """The sidecar arrays of the probe file ``path``: ``eigenvectors`` (k×d), ``eigenvalues`` and
-    ``density/...`` when present. FlatnessError when there is no readable sidecar.
+    """The sidecar arrays of the probe file ``path``.
+
+    ``eigenvectors`` (k×d), ``eigenvalues`` and ``density/...`` when present. FlatnessError when
+    there is no readable sidecar.
     """
     import h5py
 

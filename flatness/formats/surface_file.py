@@ -108,8 +108,10 @@ def _read_direction(group) -> dict[str, torch.Tensor]:
 
 
 def file_layout(attrs: dict[str, Any]) -> str:
-    """The index order of a file's 2-D arrays: ``"xy"`` ([j, i]), ``"ij"`` (older flatness files) or
-    ``FOREIGN_LAYOUT`` (a file written by loss-landscape).
+    """The index order of a file's 2-D arrays.
+
+    ``"xy"`` ([j, i]), ``"ij"`` (older flatness files) or ``FOREIGN_LAYOUT`` (a file written by
+    loss-landscape).
     """
     if not attrs.get("layout") and "flatness_version" not in attrs:
         return FOREIGN_LAYOUT
@@ -190,8 +192,10 @@ def create_surface(
 def check_shapes(
     path: str, xcoordinates: np.ndarray, ycoordinates: np.ndarray | None, arrays: dict[str, np.ndarray]
 ) -> None:
-    """The one shape check of a surface file's arrays against its coordinates (issue 15: a 2-D array
-    without y coordinates, or a value array of the wrong length, was drawn or resumed anyway).
+    """The one shape check of a surface file's arrays against its coordinates.
+
+    Issue 15: a 2-D array without y coordinates, or a value array of the wrong length, was drawn or
+    resumed anyway.
 
     Args:
         path: the file, for messages.

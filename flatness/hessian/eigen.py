@@ -76,9 +76,10 @@ def _relres(hv: torch.Tensor, lam: float, v: torch.Tensor) -> float:
 
 
 def _ritz_pairs(op, S: torch.Tensor, Q: torch.Tensor, HQ: torch.Tensor | None, m: int, count: int):
-    """(eigenvalues, unit vectors, true relative residuals) of the first ``count`` Ritz pairs of the
-    basis Q[:m] (S: eigenvectors of the projected matrix). H·y comes from the stored products HQ when
-    they are kept (no HVP), else from ``count`` fresh HVPs.
+    """(eigenvalues, unit vectors, true relative residuals) of the first ``count`` Ritz pairs.
+
+    The pairs are of the basis Q[:m] (S: eigenvectors of the projected matrix). H·y comes from the
+    stored products HQ when they are kept (no HVP), else from ``count`` fresh HVPs.
     """
     Sk = S[:, :count].T.to(dtype=op.dtype, device=op.device)
     V = Sk @ Q[:m]
@@ -112,6 +113,7 @@ def power_iteration(
             for it in range(max_iter):
                 hv = op.matvec(v)
                 bar.update(1)
+                done = it + 1  # products spent on this vector; the bar skips the rest when it stops early
                 lam = dot(v, hv)
                 w = hv
                 for _ in range(2):  # deflation: stay orthogonal to the eigenvectors already found
@@ -124,7 +126,7 @@ def power_iteration(
                 if not math.isfinite(length) or length <= 0:
                     break  # H v = 0 on the complement: v is an eigenvector with λ = 0
                 v = w / length
-            bar.update(max_iter - it - 1)
+            bar.update(max_iter - done)
             found = torch.cat([found, v[None]], 0)
             products.append(hv)
     # Rayleigh-Ritz on span(found) with the true products already computed (no further HVPs): this

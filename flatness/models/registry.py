@@ -16,6 +16,8 @@ from flatness.core.errors import FlatnessError
 
 
 class MLP(nn.Module):
+    """A fully connected network: flatten, ``depth`` hidden ReLU layers of ``width``, a linear head."""
+
     def __init__(self, in_features: int, num_classes: int, width: int = 128, depth: int = 2):
         super().__init__()
         layers = [nn.Flatten()]
@@ -27,6 +29,7 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x):
+        """The logits of the batch ``x``."""
         return self.net(x)
 
 
@@ -54,10 +57,13 @@ class ConvNet(nn.Module):
         )
 
     def forward(self, x):
+        """The logits of the image batch ``x``."""
         return self.classifier(self.features(x))
 
 
 class PreActBlock(nn.Module):
+    """The pre-activation residual block (He et al. 2016): BN-ReLU-conv twice, plus the shortcut."""
+
     expansion = 1
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1):
@@ -71,6 +77,7 @@ class PreActBlock(nn.Module):
             self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
 
     def forward(self, x):
+        """The block's output: the residual branch plus the (projected when needed) input."""
         out = F.relu(self.bn1(x))
         shortcut = self.shortcut(out) if self.shortcut is not None else x
         out = self.conv1(out)
@@ -100,6 +107,7 @@ class PreActResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x):
+        """The logits of the image batch ``x``."""
         out = self.stages(self.conv1(x))
         out = F.relu(self.bn(out))
         out = F.adaptive_avg_pool2d(out, 1).flatten(1)
@@ -107,6 +115,8 @@ class PreActResNet(nn.Module):
 
 
 class WideBasic(nn.Module):
+    """The wide residual block (Zagoruyko & Komodakis 2016), with dropout between its convolutions."""
+
     def __init__(self, in_planes: int, planes: int, stride: int, dropout: float):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
@@ -119,6 +129,7 @@ class WideBasic(nn.Module):
             self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
 
     def forward(self, x):
+        """The block's output: the residual branch plus the (projected when needed) input."""
         out = F.relu(self.bn1(x))
         shortcut = self.shortcut(out) if self.shortcut is not None else x
         out = self.conv1(out)
@@ -146,6 +157,7 @@ class WideResNet(nn.Module):
         self.linear = nn.Linear(in_planes, num_classes)
 
     def forward(self, x):
+        """The logits of the image batch ``x``."""
         out = F.relu(self.bn(self.blocks(self.conv1(x))))
         return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
@@ -171,13 +183,16 @@ class VGG(nn.Module):
         self.classifier = nn.Linear(channels, num_classes)
 
     def forward(self, x):
+        """The logits of the image batch ``x``."""
         out = F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
         return self.classifier(out)
 
 
 class MLP1D(nn.Module):
-    """The MNIST-1D paper's MLP (Greydanus 2020): 40-100-100-10 with ReLU, the second hidden layer
-    added to the first (a residual step, as in the paper's code); ``width`` sets the hidden size.
+    """The MNIST-1D paper's MLP (Greydanus 2020): 40-100-100-10 with ReLU.
+
+    The second hidden layer is added to the first (a residual step, as in the paper's code);
+    ``width`` sets the hidden size.
     """
 
     def __init__(self, in_features: int, num_classes: int, width: int = 100):
@@ -188,14 +203,17 @@ class MLP1D(nn.Module):
         self.linear3 = nn.Linear(width, num_classes)
 
     def forward(self, x):
+        """The logits of the signal batch ``x``."""
         h = F.relu(self.linear1(self.flatten(x)))
         h = h + F.relu(self.linear2(h))
         return self.linear3(h)
 
 
 class Conv1D(nn.Module):
-    """The MNIST-1D paper's 1-D CNN: three strided convolutions (kernels 5, 3, 3; stride 2) with
-    ReLU and a linear classifier on the flattened features; ``width`` sets the channels (25).
+    """The MNIST-1D paper's 1-D CNN.
+
+    Three strided convolutions (kernels 5, 3, 3; stride 2) with ReLU and a linear classifier on the
+    flattened features; ``width`` sets the channels (25).
     """
 
     def __init__(self, in_channels: int, length: int, num_classes: int, width: int = 25):
@@ -215,6 +233,7 @@ class Conv1D(nn.Module):
         self.classifier = nn.Linear(width * length, num_classes)
 
     def forward(self, x):
+        """The logits of the signal batch ``x`` ([B, L] or [B, C, L])."""
         if x.dim() == 2:  # [B, L] signals without a channel dimension
             x = x.unsqueeze(1)
         return self.classifier(self.features(x).flatten(1))
@@ -231,6 +250,17 @@ MODEL_NAMES = ("mlp", "convnet", "preactresnet18", "wrn", "vgg16", "mlp1d", "con
 
 
 def canonical_model_name(name: str) -> str:
+    """The registry's name for ``name``: lower case, and ``wrn`` with its depth and width spelled out.
+
+    Args:
+        name: a model name as typed (``ConvNet``, ``wrn``, ``wrn-16-4``, ...).
+
+    Returns:
+        The canonical name (e.g. ``wrn-28-10`` for ``wrn``).
+
+    Raises:
+        FlatnessError: for an unknown name or a malformed WideResNet name.
+    """
     name = name.strip().lower()
     if name.startswith("wrn"):
         options = _wrn_options(name)
@@ -257,6 +287,18 @@ def model_spec(name: str, in_channels: int, image_size: int, num_classes: int, *
 
 
 def build_from_spec(spec: dict[str, Any]) -> nn.Module:
+    """A freshly initialised model from the description ``model_spec`` made (e.g. read from a checkpoint).
+
+    Args:
+        spec: ``name``, ``in_channels``, ``image_size`` (the length for 1-D signals), ``num_classes``
+            and ``options`` (``width``, ``depth``, ``dropout`` where the model has them).
+
+    Returns:
+        The model (random weights; torch's current seed).
+
+    Raises:
+        FlatnessError: for an unknown name or an option out of range.
+    """
     name = canonical_model_name(spec["name"])
     c, s, k = spec["in_channels"], spec["image_size"], spec["num_classes"]
     options = dict(spec.get("options") or {})
@@ -284,4 +326,16 @@ def build_from_spec(spec: dict[str, Any]) -> nn.Module:
 
 
 def build_model(name: str, in_channels: int, image_size: int, num_classes: int, **options: Any) -> nn.Module:
+    """A freshly initialised built-in model.
+
+    Args:
+        name: a name ``canonical_model_name`` accepts.
+        in_channels: input channels.
+        image_size: input height = width (the length for 1-D signals).
+        num_classes: outputs.
+        **options: model options (``width``, ``depth``, ``dropout``); ``None`` values are dropped.
+
+    Returns:
+        The model.
+    """
     return build_from_spec(model_spec(name, in_channels, image_size, num_classes, **options))

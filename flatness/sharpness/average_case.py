@@ -64,21 +64,12 @@ def average_case_sharpness(
         before = oracle.counts()
         c = oracle.theta.abs() if adaptive else torch.ones_like(oracle.theta)
         base = oracle.loss(None)
-        increases = []
         bar = progress_bar(progress, draws, f"{'adaptive_' if adaptive else ''}average_case rho={rho:g}")
-        try:
-            for k in range(draws):
-                delta = rho * c * standard_normal(oracle, draw_seed(seed, k))
-                increases.append(oracle.loss(delta) - base)
-                bar.update(1)
-        finally:
-            bar.close()
-    values = np.asarray(increases, dtype=np.float64)
-    stderr = float(values.std(ddof=1) / math.sqrt(draws)) if draws > 1 else None
+        mean, stderr = _increase_stats(oracle, rho * c, base, draws, seed, bar)
     name = "adaptive_average_case" if adaptive else "average_case"
     record = {
         "metric": name,
-        "value": float(values.mean()),
+        "value": mean,
         "stderr": stderr,
         "rho": float(rho),
         "p": None,
@@ -92,3 +83,23 @@ def average_case_sharpness(
     record.update(counts_record(oracle, before))
     record["seconds"] = time.perf_counter() - start
     return record
+
+
+def _increase_stats(
+    oracle: LossOracle, scale: torch.Tensor, base: float, draws: int, seed: int, bar
+) -> tuple[float, float | None]:
+    """(mean, standard error) of L(θ + scale ⊙ z_k) − base over the seeded draws; ``bar`` closed here.
+
+    The standard error is None for one draw (no spread to estimate).
+    """
+    increases = []
+    try:
+        for k in range(draws):
+            delta = scale * standard_normal(oracle, draw_seed(seed, k))
+            increases.append(oracle.loss(delta) - base)
+            bar.update(1)
+    finally:
+        bar.close()
+    values = np.asarray(increases, dtype=np.float64)
+    stderr = float(values.std(ddof=1) / math.sqrt(draws)) if draws > 1 else None
+    return float(values.mean()), stderr

@@ -20,6 +20,8 @@ from flatness.core.progress import progress_bar
 from flatness.sharpness.oracle import DEFAULTS, LossOracle, counts_record, generator, oracle_for
 
 
+# Reason for 8 parameters: the documented public API: the quantity (epsilon), the solver budget and
+# seed, progress, and the shared-oracle hooks of measure_sharpness (which passes SharpnessSettings').
 def keskar_sharpness(
     model: nn.Module,
     data: Any,
@@ -50,8 +52,6 @@ def keskar_sharpness(
         The record: ``metric``, ``value`` (φ in percent), ``epsilon``, ``base_loss``, ``max_loss``,
         solver information, evaluation counts and ``seconds``.
     """
-    from scipy.optimize import minimize
-
     if not (math.isfinite(epsilon) and epsilon > 0):
         raise FlatnessError(f"epsilon must be > 0 and finite, got {epsilon}")
     iterations = int(DEFAULTS["lbfgs_iterations"] if iterations is None else iterations)
@@ -60,39 +60,11 @@ def keskar_sharpness(
         oracle = oracle_for(model, data, oracle, loss_fn)
         before = oracle.counts()
         base, g0 = oracle.loss_and_grad(None)
-        theta = oracle.theta.detach().double().cpu().numpy()
-        bound = epsilon * (np.abs(theta) + 1.0)
-        x0 = np.zeros_like(theta)
-        if not torch.any(g0 != 0):
-            z = torch.rand(oracle.dim, generator=generator(seed), dtype=torch.float64).numpy()
-            x0 = (2.0 * z - 1.0) * bound * 0.5
-        best = {"value": base}
         bar = progress_bar(progress, iterations, f"keskar eps={epsilon:g}")
-
-        def fun(y: np.ndarray):
-            delta = torch.from_numpy(y).to(oracle.device, oracle.dtype)
-            value, grad = oracle.loss_and_grad(delta)
-            if value > best["value"]:
-                best["value"] = value
-            return -value, -grad.double().cpu().numpy()
-
-        try:
-            result = minimize(
-                fun,
-                x0,
-                jac=True,
-                method="L-BFGS-B",
-                bounds=np.stack([-bound, bound], axis=1),
-                options={"maxiter": iterations, "maxfun": 4 * iterations + 10},
-                callback=lambda *_: bar.update(1),
-            )
-        finally:
-            bar.close()
-        top = max(best["value"], -float(result.fun))
-    phi = 100.0 * (top - base) / (1.0 + base)
+        top, result = _maximise(oracle, base, g0, epsilon, iterations, seed, bar)
     record = {
         "metric": "keskar",
-        "value": phi,
+        "value": 100.0 * (top - base) / (1.0 + base),
         "epsilon": float(epsilon),
         "p": "inf",
         "ball": "box",
@@ -106,3 +78,42 @@ def keskar_sharpness(
     record.update(counts_record(oracle, before))
     record["seconds"] = time.perf_counter() - start
     return record
+
+
+def _maximise(oracle: LossOracle, base: float, g0: torch.Tensor, epsilon: float, iterations: int, seed: int, bar):
+    """(the largest loss L-BFGS-B evaluated in the box, scipy's result); ``bar`` is closed here.
+
+    The start is y = 0 unless the gradient there (``g0``) is exactly zero, then a seeded random point
+    inside half the box, since y = 0 would be a stationary point.
+    """
+    from scipy.optimize import minimize
+
+    theta = oracle.theta.detach().double().cpu().numpy()
+    bound = epsilon * (np.abs(theta) + 1.0)
+    x0 = np.zeros_like(theta)
+    if not torch.any(g0 != 0):
+        z = torch.rand(oracle.dim, generator=generator(seed), dtype=torch.float64).numpy()
+        x0 = (2.0 * z - 1.0) * bound * 0.5
+    # scipy may return a point other than the best it evaluated; the maximum is the best seen.
+    best = {"value": base}
+
+    def fun(y: np.ndarray):
+        delta = torch.from_numpy(y).to(oracle.device, oracle.dtype)
+        value, grad = oracle.loss_and_grad(delta)
+        if value > best["value"]:
+            best["value"] = value
+        return -value, -grad.double().cpu().numpy()
+
+    try:
+        result = minimize(
+            fun,
+            x0,
+            jac=True,
+            method="L-BFGS-B",
+            bounds=np.stack([-bound, bound], axis=1),
+            options={"maxiter": iterations, "maxfun": 4 * iterations + 10},
+            callback=lambda *_: bar.update(1),
+        )
+    finally:
+        bar.close()
+    return max(best["value"], -float(result.fun)), result

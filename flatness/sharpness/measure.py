@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch.nn as nn
 
@@ -37,7 +37,7 @@ from flatness.sharpness.oracle import BALLS, DEFAULTS, METRIC_NAMES, RHO_METRICS
 from flatness.sharpness.pac_bayes import pac_bayes_flatness
 from flatness.sharpness.worst_case import worst_case_sharpness
 
-Radii = Optional[float | Sequence[float]]
+Radii = float | Sequence[float] | None
 
 
 @dataclass

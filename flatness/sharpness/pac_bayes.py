@@ -90,8 +90,10 @@ def _mean_error_fn(oracle: LossOracle, magnitude: bool, draws: int, seed: int, b
     return mean_error
 
 
-# Reason for 12 parameters: the quantity (magnitude, target deviation), the bisection's documented
-# budget (draws, tolerance, max_steps, sigma_start), the seed, and the shared-oracle hooks.
+# Reason for 12 parameters: this is the documented public API: the quantity (magnitude, target
+# deviation), the bisection's budget (draws, tolerance, max_steps, sigma_start), the seed and the
+# shared-oracle hooks; measure_sharpness passes them from one SharpnessSettings. The body is split:
+# _options checks, _mean_error_fn and bisect_sigma search, _sigma_fields reads the bracket.
 def pac_bayes_flatness(
     model: nn.Module,
     data: Any,
@@ -133,14 +135,7 @@ def pac_bayes_flatness(
         The record: ``metric``, ``value`` (= ``flatness``), ``sigma``, ``sigma_low``, ``sigma_high``,
         ``base_error``, ``converged``, evaluation counts and ``seconds``.
     """
-    draws = int(DEFAULTS["pac_bayes_draws"] if draws is None else draws)
-    if draws < 1:
-        raise FlatnessError(f"draws must be >= 1, got {draws}")
-    target_deviation = float(DEFAULTS["target_deviation"] if target_deviation is None else target_deviation)
-    if not 0 < target_deviation < 1:
-        raise FlatnessError(f"target deviation must be in (0, 1), got {target_deviation}")
-    tolerance = float(DEFAULTS["bisection_tolerance"] if tolerance is None else tolerance)
-    max_steps = int(DEFAULTS["bisection_max_steps"] if max_steps is None else max_steps)
+    draws, target_deviation, tolerance, max_steps = _options(draws, target_deviation, tolerance, max_steps)
     if sigma_start is None:
         sigma_start = 0.05 if magnitude else 0.01
     start = time.perf_counter()
@@ -155,14 +150,12 @@ def pac_bayes_flatness(
             lo, hi, steps = bisect_sigma(lambda s: mean_error(s) <= limit, sigma_start, tolerance, max_steps)
         finally:
             bar.close()
-    converged = hi < math.inf and lo > 0 and hi - lo <= tolerance * hi
-    sigma_star = 0.5 * (lo + hi) if hi < math.inf else lo
-    flatness = (1.0 / sigma_star**2) if sigma_star > 0 else None
+    sigma = _sigma_fields(lo, hi, tolerance)
     record = {
         "metric": "pac_bayes_magnitude" if magnitude else "pac_bayes",
-        "value": flatness,
-        "sigma": sigma_star,
-        "flatness": flatness,
+        "value": sigma["flatness"],
+        "sigma": sigma["sigma"],
+        "flatness": sigma["flatness"],
         "p": None,
         "ball": None,
         "c": "sqrt(sigma^2 theta^2 + 1e-6)" if magnitude else "1",
@@ -171,10 +164,33 @@ def pac_bayes_flatness(
         "draws": draws,
         "sigma_low": lo,
         "sigma_high": hi if hi < math.inf else None,
-        "converged": bool(converged),
+        "converged": sigma["converged"],
         "solver": "bisection",
         "iterations": steps,
     }
     record.update(counts_record(oracle, before))
     record["seconds"] = time.perf_counter() - start
     return record
+
+
+def _options(
+    draws: int | None, target_deviation: float | None, tolerance: float | None, max_steps: int | None
+) -> tuple[int, float, float, int]:
+    """The checked (draws, target_deviation, tolerance, max_steps), defaults filled in."""
+    draws = int(DEFAULTS["pac_bayes_draws"] if draws is None else draws)
+    if draws < 1:
+        raise FlatnessError(f"draws must be >= 1, got {draws}")
+    target_deviation = float(DEFAULTS["target_deviation"] if target_deviation is None else target_deviation)
+    if not 0 < target_deviation < 1:
+        raise FlatnessError(f"target deviation must be in (0, 1), got {target_deviation}")
+    tolerance = float(DEFAULTS["bisection_tolerance"] if tolerance is None else tolerance)
+    max_steps = int(DEFAULTS["bisection_max_steps"] if max_steps is None else max_steps)
+    return draws, target_deviation, tolerance, max_steps
+
+
+def _sigma_fields(lo: float, hi: float, tolerance: float) -> dict[str, object]:
+    """``sigma`` (σ*), ``flatness`` (1/σ*², None at σ* = 0) and ``converged`` of the final bracket [lo, hi]."""
+    converged = hi < math.inf and lo > 0 and hi - lo <= tolerance * hi
+    sigma_star = 0.5 * (lo + hi) if hi < math.inf else lo
+    flatness = (1.0 / sigma_star**2) if sigma_star > 0 else None
+    return {"sigma": sigma_star, "flatness": flatness, "converged": bool(converged)}

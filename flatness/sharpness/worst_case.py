@@ -76,8 +76,10 @@ def _start(
     return base, eta
 
 
-# Reason for 13 parameters: the first six define the quantity (ball, p, adaptive with the radius),
-# the rest are the solver's documented knobs and the shared-oracle hooks of measure_sharpness.
+# Reason for 13 parameters: this is the documented public API. The first six define the quantity
+# (ball, p, adaptive with the radius), the rest are the solver's knobs and the shared-oracle hooks;
+# measure_sharpness passes them from one SharpnessSettings. The body is split: _solver_options checks,
+# _start picks the first point, _Ascent runs the loop, this function builds the record.
 def worst_case_sharpness(
     model: nn.Module,
     data: Any,
@@ -121,18 +123,7 @@ def worst_case_sharpness(
         The record: ``metric``, ``value`` (max loss − base loss), ``rho``, ``p``, ``ball``, ``c``,
         solver information, ``best_step``, ``delta_norm``, evaluation counts and ``seconds``.
     """
-    if not (math.isfinite(rho) and rho > 0):
-        raise FlatnessError(f"rho must be > 0 and finite, got {rho}")
-    if ball not in BALLS:
-        raise FlatnessError(f"ball must be one of {', '.join(BALLS)}, got {ball!r}")
-    p = check_p(p)
-    steps = int(DEFAULTS["ascent_steps"] if steps is None else steps)
-    if steps < 1:
-        raise FlatnessError(f"ascent steps must be >= 1, got {steps}")
-    step_size = float(DEFAULTS["step_size"] if step_size is None else step_size)
-    init = DEFAULTS["init"] if init is None else init
-    if init not in ("gradient", "random"):
-        raise FlatnessError(f"init must be gradient or random, got {init!r}")
+    p, steps, step_size, init = _solver_options(rho, ball, p, steps, step_size, init)
     start = time.perf_counter()
     with eval_mode(model):
         oracle = oracle_for(model, data, oracle, loss_fn)
@@ -140,21 +131,9 @@ def worst_case_sharpness(
         blocks = oracle.blocks(ball)
         c = oracle.theta.abs() if adaptive else torch.ones_like(oracle.theta)
         base, eta = _start(oracle, blocks, c, p, rho, init, seed)
-        best_value, best_eta, best_step = -math.inf, eta.clone(), 0
-        bar = progress_bar(progress, steps, f"{'adaptive_' if adaptive else ''}worst_case rho={rho:g}")
-        try:
-            for t in range(steps):
-                value, g = oracle.loss_and_grad(c * eta)
-                if value > best_value:
-                    best_value, best_eta, best_step = value, eta.clone(), t
-                alpha = step_size * 0.5 * (1.0 + math.cos(math.pi * t / steps))
-                eta = _project(eta + alpha * rho * _direction(g * c, blocks, p), blocks, p, rho)
-                bar.update(1)
-        finally:
-            bar.close()
-        value = oracle.loss(c * eta)
-        if value > best_value:
-            best_value, best_eta, best_step = value, eta, steps
+        label = f"{'adaptive_' if adaptive else ''}worst_case rho={rho:g}"
+        ascent = _Ascent(oracle, blocks, c, p, rho)
+        best_value, best_eta, best_step = ascent.run(eta, steps, step_size, progress_bar(progress, steps, label))
     record = {
         "metric": "adaptive_worst_case" if adaptive else "worst_case",
         "value": best_value - base,
@@ -174,3 +153,56 @@ def worst_case_sharpness(
     record.update(counts_record(oracle, before))
     record["seconds"] = time.perf_counter() - start
     return record
+
+
+def _solver_options(
+    rho: float, ball: str, p, steps: int | None, step_size: float | None, init: str | None
+) -> tuple[Any, int, float, str]:
+    """The checked (p, steps, step_size, init), defaults filled in; bad options are a FlatnessError."""
+    if not (math.isfinite(rho) and rho > 0):
+        raise FlatnessError(f"rho must be > 0 and finite, got {rho}")
+    if ball not in BALLS:
+        raise FlatnessError(f"ball must be one of {', '.join(BALLS)}, got {ball!r}")
+    p = check_p(p)
+    steps = int(DEFAULTS["ascent_steps"] if steps is None else steps)
+    if steps < 1:
+        raise FlatnessError(f"ascent steps must be >= 1, got {steps}")
+    step_size = float(DEFAULTS["step_size"] if step_size is None else step_size)
+    init = DEFAULTS["init"] if init is None else init
+    if init not in ("gradient", "random"):
+        raise FlatnessError(f"init must be gradient or random, got {init!r}")
+    return p, steps, step_size, init
+
+
+class _Ascent:
+    """The projected normalised-gradient ascent in η = δ/c over the (product of) ball(s)."""
+
+    def __init__(self, oracle: LossOracle, blocks: list[slice], c: torch.Tensor, p, rho: float):
+        self.oracle, self.blocks, self.c, self.p, self.rho = oracle, blocks, c, p, rho
+
+    def run(self, eta: torch.Tensor, steps: int, step_size: float, bar) -> tuple[float, torch.Tensor, int]:
+        """(best loss, its η, its step) over ``steps`` gradient steps from ``eta`` and the final point.
+
+        The step at t is α_t = step_size · (1 + cos(π t / steps)) / 2 of ρ; ``bar`` is closed here.
+        """
+        oracle, c = self.oracle, self.c
+        best_value, best_eta, best_step = -math.inf, eta.clone(), 0
+        try:
+            for t in range(steps):
+                value, g = oracle.loss_and_grad(c * eta)
+                if value > best_value:
+                    best_value, best_eta, best_step = value, eta.clone(), t
+                alpha = step_size * 0.5 * (1.0 + math.cos(math.pi * t / steps))
+                eta = self.step(eta, g, alpha)
+                bar.update(1)
+        finally:
+            bar.close()
+        value = oracle.loss(c * eta)
+        if value > best_value:
+            best_value, best_eta, best_step = value, eta, steps
+        return best_value, best_eta, best_step
+
+    def step(self, eta: torch.Tensor, g: torch.Tensor, alpha: float) -> torch.Tensor:
+        """η moved α ρ along the steepest-ascent direction of the gradient in η (c ⊙ g), projected back."""
+        move = eta + alpha * self.rho * _direction(g * self.c, self.blocks, self.p)
+        return _project(move, self.blocks, self.p, self.rho)

@@ -160,6 +160,14 @@ class AMP(_Wrapper):
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
+        """One AMP step: ``inner_iter`` ascent steps on the perturbation, then the base step there.
+
+        Args:
+            closure: recomputes the loss and its gradients (required: it is called 1 + inner_iter times).
+
+        Returns:
+            The loss at θ (the first closure call), for logging.
+        """
         self._need_closure(closure, "AMP")
         loss = self._call(closure)  # g0 = ∇L(θ); the loss to log
         params = self._params()
@@ -190,8 +198,10 @@ class AMP(_Wrapper):
 
 
 class SAM(_Wrapper):
-    """Sharpness-aware minimisation (Foret et al. 2021): ascend to δ = ρ g/‖g‖ (adaptive:
-    ρ T²g/‖Tg‖, T = diag(|θ|), Kwon et al. 2021), then take the base step with ∇L(θ+δ).
+    """Sharpness-aware minimisation (Foret et al. 2021).
+
+    Ascend to δ = ρ g/‖g‖ (adaptive: ρ T²g/‖Tg‖, T = diag(|θ|), Kwon et al. 2021), then take the base
+    step with ∇L(θ+δ).
     ``rho`` and ``adaptive`` are per group; the gradient norm is over all groups.
     """
 
@@ -211,6 +221,14 @@ class SAM(_Wrapper):
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
+        """One SAM step: the ascent to θ + δ, the gradient there, then the base step from θ.
+
+        Args:
+            closure: recomputes the loss and its gradients (required: it is called twice).
+
+        Returns:
+            The loss at θ (the first closure call), for logging.
+        """
         self._need_closure(closure, "SAM")
         loss = self._call(closure)
         params = self._params()
