@@ -62,16 +62,21 @@ class ConvNet(nn.Module):
 
 
 class PreActBlock(nn.Module):
-    """The pre-activation residual block (He et al. 2016): BN-ReLU-conv twice, plus the shortcut."""
+    """The pre-activation residual block (He et al. 2016): BN-ReLU-conv twice, plus the shortcut.
+
+    The wide residual block (Zagoruyko & Komodakis 2016) is the same block with dropout between the
+    convolutions and the stride on the second one (``wide=True``); parameter names are the same.
+    """
 
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, dropout: float = 0.0, wide: bool = False):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=1 if wide else stride, padding=1, bias=False)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride if wide else 1, padding=1, bias=False)
         self.shortcut = None
         if stride != 1 or in_planes != planes:
             self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
@@ -81,7 +86,7 @@ class PreActBlock(nn.Module):
         out = F.relu(self.bn1(x))
         shortcut = self.shortcut(out) if self.shortcut is not None else x
         out = self.conv1(out)
-        out = self.conv2(F.relu(self.bn2(out)))
+        out = self.conv2(F.relu(self.bn2(self.dropout(out))))
         return out + shortcut
 
 
@@ -114,29 +119,6 @@ class PreActResNet(nn.Module):
         return self.linear(out)
 
 
-class WideBasic(nn.Module):
-    """The wide residual block (Zagoruyko & Komodakis 2016), with dropout between its convolutions."""
-
-    def __init__(self, in_planes: int, planes: int, stride: int, dropout: float):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, padding=1, bias=False)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.shortcut = None
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
-
-    def forward(self, x):
-        """The block's output: the residual branch plus the (projected when needed) input."""
-        out = F.relu(self.bn1(x))
-        shortcut = self.shortcut(out) if self.shortcut is not None else x
-        out = self.conv1(out)
-        out = self.conv2(F.relu(self.bn2(self.dropout(out))))
-        return out + shortcut
-
-
 class WideResNet(nn.Module):
     """WRN-depth-k (Zagoruyko & Komodakis 2016): depth = 6n + 4."""
 
@@ -150,7 +132,7 @@ class WideResNet(nn.Module):
         layers, in_planes = [], widths[0]
         for i, planes in enumerate(widths[1:]):
             for j in range(n):
-                layers.append(WideBasic(in_planes, planes, 2 if (j == 0 and i > 0) else 1, dropout))
+                layers.append(PreActBlock(in_planes, planes, 2 if (j == 0 and i > 0) else 1, dropout, wide=True))
                 in_planes = planes
         self.blocks = nn.Sequential(*layers)
         self.bn = nn.BatchNorm2d(in_planes)
