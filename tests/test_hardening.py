@@ -1,6 +1,7 @@
 """Hardening, second round (issue 15): one test per class of fault, each failing on the code before
 its fix. The classes and these test names are listed in docs/reliability.md.
 """
+
 import contextlib
 import json
 import os
@@ -18,8 +19,7 @@ from flatness.core.errors import FlatnessError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--width", "4", "--no-progress", "--device", "cpu"]
-PROBE_FAST = ["--samples", "32", "--batch-size", "32", "--top-k", "1", "--max-iter", "3", "--device", "cpu",
-              "--quiet"]
+PROBE_FAST = ["--samples", "32", "--batch-size", "32", "--top-k", "1", "--max-iter", "3", "--device", "cpu", "--quiet"]
 
 
 def one_line_error(result, needle, code=2):
@@ -61,6 +61,7 @@ def run2(tmp_path_factory):
 
 # --------------------------------------------------------------------------- 1. own input destroyed
 
+
 def test_same_file_compares_identities_through_links(tmp_path):
     real = tmp_path / "a.pt"
     real.write_bytes(b"x")
@@ -86,6 +87,7 @@ def test_an_output_that_is_its_own_input_is_refused_force_or_not(digits_checkpoi
 
 # --------------------------------------------------------------------------- 2. locks that do not lock
 
+
 def test_train_resume_lock_holds_across_tmpdir_and_symlinks(run2, tmp_path, cli, monkeypatch):
     """A real `train --resume` under one TMPDIR; a second one under another TMPDIR, through a symlink
     to the same folder, is refused while the first runs."""
@@ -95,9 +97,12 @@ def test_train_resume_lock_holds_across_tmpdir_and_symlinks(run2, tmp_path, cli,
     (tmp_path / "tmp-a").mkdir()
     (tmp_path / "tmp-b").mkdir()
     log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen([sys.executable, "-m", "flatness.cli", "train", "--out", str(run), "--resume",
-                              "--epochs", "200", *TINY], stdout=log, stderr=subprocess.STDOUT,
-                             env=subprocess_env(TMPDIR=str(tmp_path / "tmp-a")))
+    first = subprocess.Popen(
+        [sys.executable, "-m", "flatness.cli", "train", "--out", str(run), "--resume", "--epochs", "200", *TINY],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=subprocess_env(TMPDIR=str(tmp_path / "tmp-a")),
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline and first.poll() is None:
@@ -109,8 +114,10 @@ def test_train_resume_lock_holds_across_tmpdir_and_symlinks(run2, tmp_path, cli,
         monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp-b"))
         monkeypatch.setattr(tempfile, "tempdir", None)
         assert tempfile.gettempdir() == str(tmp_path / "tmp-b")
-        one_line_error(cli(["train", "--out", tmp_path / "alias", "--resume", "--epochs", "200", *TINY]),
-                       "another flatness process is writing this run folder")
+        one_line_error(
+            cli(["train", "--out", tmp_path / "alias", "--resume", "--epochs", "200", *TINY]),
+            "another flatness process is writing this run folder",
+        )
     finally:
         first.kill()
         first.wait()
@@ -119,24 +126,35 @@ def test_train_resume_lock_holds_across_tmpdir_and_symlinks(run2, tmp_path, cli,
 
 # --------------------------------------------------------------------------- 3. work before validation
 
-@pytest.mark.parametrize("option, value, needle", [
-    ("--grid", "100000", "--grid must be at most"),
-    ("--grid", "0", "--grid must be >= 3"),
-    ("--samples", "0", "--samples must be >= 1"),
-    ("--epochs", "0", "--epochs must be >= 1"),
-    ("--seeds", str(2 ** 64), "--seeds must be a whole number"),
-])
+
+@pytest.mark.parametrize(
+    "option, value, needle",
+    [
+        ("--grid", "100000", "--grid must be at most"),
+        ("--grid", "0", "--grid must be >= 3"),
+        ("--samples", "0", "--samples must be >= 1"),
+        ("--epochs", "0", "--epochs must be >= 1"),
+        ("--seeds", str(2**64), "--seeds must be a whole number"),
+    ],
+)
 def test_experiment_checks_every_option_before_the_first_step(tmp_path, cli, option, value, needle):
     study = tmp_path / "study"
     began = time.perf_counter()
-    one_line_error(cli(["experiment", "--quick", "--no-progress", "--device", "cpu", "--out", study,
-                        option, value]), needle)
+    one_line_error(
+        cli(["experiment", "--quick", "--no-progress", "--device", "cpu", "--out", study, option, value]), needle
+    )
     assert time.perf_counter() - began < 10  # nothing trained
     assert not study.exists()
 
 
-@pytest.mark.parametrize("value, needle", [("0", "--samples must be >= 1"), ("-3", "--samples must be >= 1"),
-                                           ("some", "--samples must be a whole number >= 1 or 'all'")])
+@pytest.mark.parametrize(
+    "value, needle",
+    [
+        ("0", "--samples must be >= 1"),
+        ("-3", "--samples must be >= 1"),
+        ("some", "--samples must be a whole number >= 1 or 'all'"),
+    ],
+)
 def test_surface_samples_is_a_count_or_all_never_zero(digits_checkpoint, tmp_path, cli, value, needle):
     out = tmp_path / "s.h5"
     one_line_error(cli(["surface", digits_checkpoint, "--x=-1:1:3", "--samples", value, "--out", out]), needle)
@@ -145,10 +163,12 @@ def test_surface_samples_is_a_count_or_all_never_zero(digits_checkpoint, tmp_pat
 
 # --------------------------------------------------------------------------- 4. internal errors on input
 
+
 def test_a_seed_beyond_64_bits_is_a_one_line_error(digits_checkpoint, tmp_path, cli):
-    one_line_error(cli(["train", "--seed", 2 ** 64, *TINY, "--out", tmp_path / "r"]), "seed must be")
-    one_line_error(cli(["probe", digits_checkpoint, *PROBE_FAST, "--seed", 2 ** 64, "--out", tmp_path / "p.json"]),
-                   "--seed must be")
+    one_line_error(cli(["train", "--seed", 2**64, *TINY, "--out", tmp_path / "r"]), "seed must be")
+    one_line_error(
+        cli(["probe", digits_checkpoint, *PROBE_FAST, "--seed", 2**64, "--out", tmp_path / "p.json"]), "--seed must be"
+    )
     assert os.listdir(tmp_path) == []
 
 
@@ -161,6 +181,7 @@ def test_a_path_that_is_not_utf8_is_a_one_line_error(digits_checkpoint, tmp_path
 
 
 # --------------------------------------------------------------------------- 5. wrong results with exit 0
+
 
 def test_compare_refuses_runs_of_other_settings_and_a_copied_seed(run2, tmp_path, cli):
     copy = tmp_path / "copy"
@@ -184,12 +205,17 @@ def test_resume_with_fewer_epochs_than_done_changes_nothing(run2, tmp_path, cli)
 
 # --------------------------------------------------------------------------- 6. signals
 
+
 def test_sigterm_is_reported_like_ctrl_c(run2, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(run2, run)
-    proc = subprocess.Popen([sys.executable, "-m", "flatness.cli", "train", "--out", str(run), "--resume",
-                             "--epochs", "200", *TINY], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=subprocess_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flatness.cli", "train", "--out", str(run), "--resume", "--epochs", "200", *TINY],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=subprocess_env(),
+    )
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and len((run / "metrics.jsonl").read_text().splitlines()) < 3:
         time.sleep(0.2)
@@ -199,6 +225,45 @@ def test_sigterm_is_reported_like_ctrl_c(run2, tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, output
     assert len(lines) == 1 and lines[0].startswith("Terminated (SIGTERM).") and "--resume" in lines[0], output
     assert "Traceback" not in output
+
+
+def test_sigterm_during_a_surface_keeps_the_finished_points_and_resumes(digits_checkpoint, tmp_path):
+    out = tmp_path / "s.h5"
+    args = [
+        sys.executable,
+        "-m",
+        "flatness.cli",
+        "surface",
+        digits_checkpoint,
+        "--x=-1:1:15",
+        "--y=-1:1:15",
+        "--samples",
+        "200",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
+    env = subprocess_env(FLATNESS_SURFACE_FLUSH_SECONDS="0")  # the file is written after every point
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not out.exists():
+        time.sleep(0.1)
+    time.sleep(1.0)  # some points computed
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    lines = [ln for ln in output.splitlines() if ln.strip()]
+    assert proc.returncode == 128 + signal.SIGTERM, output
+    assert len(lines) == 1 and lines[0].startswith("Terminated (SIGTERM).") and "--resume" in lines[0], output
+    from flatness.formats.surface_file import read_surface
+
+    done = int(read_surface(str(out))["computed"].sum())
+    assert 0 < done < 15 * 15
+    resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"{15 * 15 - done} points computed (resumed)" in resumed.stdout
+    assert read_surface(str(out))["computed"].all()
 
 
 def test_sigterm_handler_is_installed_only_while_a_command_runs():
@@ -214,6 +279,7 @@ def test_sigterm_handler_is_installed_only_while_a_command_runs():
 
 
 # --------------------------------------------------------------------------- 7. links and shared outputs
+
 
 def test_two_outputs_of_one_command_that_are_one_file_are_refused(run2, tmp_path, cli):
     os.symlink(tmp_path, tmp_path / "here")
@@ -243,12 +309,14 @@ def test_check_paths_unit(tmp_path):
 
 # --------------------------------------------------------------------------- a full disk (a real small file system)
 
+
 def _mount_tmpfs(where, size):
     """Mount a tmpfs of ``size`` bytes at ``where``; returns None or the reason it cannot."""
     if os.geteuid() != 0 or not shutil.which("mount"):
         return "mounting a file system needs root and mount(8)"
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True, text=True
+    )
     return None if done.returncode == 0 else f"mount -t tmpfs refused: {done.stderr.strip()}"
 
 
@@ -308,9 +376,22 @@ def disk_inputs(run2, tmp_path_factory):
     root = tmp_path_factory.mktemp("disk-inputs")
     run = root / "run"
     shutil.copytree(run2, run)
-    for args in (["probe", run / "last.pt", *PROBE_FAST, "--out", run / "probe.json"],
-                 ["surface", run / "last.pt", "--x=-1:1:3", "--y=-1:1:3", "--samples", "16", "--device", "cpu",
-                  "--quiet", "--out", root / "s.h5"]):
+    for args in (
+        ["probe", run / "last.pt", *PROBE_FAST, "--out", run / "probe.json"],
+        [
+            "surface",
+            run / "last.pt",
+            "--x=-1:1:3",
+            "--y=-1:1:3",
+            "--samples",
+            "16",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+            root / "s.h5",
+        ],
+    ):
         result = CliRunner().invoke(main, [str(a) for a in args])
         assert result.exit_code == 0, result.output
     return {"run": str(run), "ckpt": str(run / "last.pt"), "surface": str(root / "s.h5")}
@@ -319,8 +400,19 @@ def disk_inputs(run2, tmp_path_factory):
 FULL_DISK_COMMANDS = {
     "train": lambda d, i: ["train", "--epochs", "2", *TINY, "--out", d / "run"],
     "probe": lambda d, i: ["probe", i["ckpt"], *PROBE_FAST, "--density", "--save-vectors", "--out", d / "p.json"],
-    "surface": lambda d, i: ["surface", i["ckpt"], "--x=-1:1:5", "--y=-1:1:5", "--samples", "16", "--device", "cpu",
-                             "--quiet", "--out", d / "s.h5"],
+    "surface": lambda d, i: [
+        "surface",
+        i["ckpt"],
+        "--x=-1:1:5",
+        "--y=-1:1:5",
+        "--samples",
+        "16",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out",
+        d / "s.h5",
+    ],
     "compare": lambda d, i: ["compare", i["run"], "--out", d / "cmp", "--json", d / "c.json", "--csv", d / "c.csv"],
     "plot": lambda d, i: ["plot", i["surface"], "--out", d / "figs"],
 }
@@ -335,8 +427,9 @@ def test_a_full_disk_is_a_clear_error_and_the_rerun_completes(command, small_dis
     failures = 0
     for leave in (0, 8 << 10, 48 << 10):
         fill(leave)
-        result = cli(args + (["--force"] if command != "train" else
-                             ["--resume"] if (disk / "run" / "last.pt").exists() else []))
+        result = cli(
+            args + (["--force"] if command != "train" else ["--resume"] if (disk / "run" / "last.pt").exists() else [])
+        )
         if result.exit_code != 0:
             failures += 1
             line = one_line_error(result, "")
@@ -363,8 +456,14 @@ def test_a_file_size_limit_is_a_clear_error_and_the_rerun_completes(tmp_path, cl
     def cap():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    done = subprocess.run([sys.executable, "-m", "flatness.cli", "train", "--epochs", "2", *TINY, "--out", str(run)],
-                          preexec_fn=cap, capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "flatness.cli", "train", "--epochs", "2", *TINY, "--out", str(run)],
+        preexec_fn=cap,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
     lines = [ln for ln in (done.stdout + done.stderr).splitlines() if ln.strip() and not ln.startswith("epoch ")]
     assert done.returncode == 2, done.stdout + done.stderr
     assert len(lines) == 1 and lines[0].startswith("Error: cannot write") and "File too large" in lines[0], lines
@@ -376,22 +475,28 @@ def test_a_file_size_limit_is_a_clear_error_and_the_rerun_completes(tmp_path, cl
 
 # --------------------------------------------------------------------------- wired into surface and plot
 
+
 def test_surface_refuses_its_own_input_an_overflowing_range_and_another_precision(digits_checkpoint, tmp_path, cli):
     ckpt = tmp_path / "c.pt"
     shutil.copy(digits_checkpoint, ckpt)
     fast = ["--samples", "16", "--device", "cpu", "--quiet"]
     before = stamp(str(tmp_path))
     one_line_error(cli(["surface", ckpt, "--x=-1:1:3", *fast, "--out", ckpt, "--force"]), "same file as the input")
-    one_line_error(cli(["surface", ckpt, "--x=-1e300:1e300:3", *fast, "--out", tmp_path / "o.h5"]),
-                   "MIN and MAX must lie within")
-    one_line_error(cli(["surface", ckpt, "--x=-1:1:3", *fast, "--dir", f"interp:{ckpt}", "--out", tmp_path / "i.h5"]),
-                   "an interpolation needs two checkpoints")
+    one_line_error(
+        cli(["surface", ckpt, "--x=-1e300:1e300:3", *fast, "--out", tmp_path / "o.h5"]), "MIN and MAX must lie within"
+    )
+    one_line_error(
+        cli(["surface", ckpt, "--x=-1:1:3", *fast, "--dir", f"interp:{ckpt}", "--out", tmp_path / "i.h5"]),
+        "an interpolation needs two checkpoints",
+    )
     assert stamp(str(tmp_path)) == before
     out = tmp_path / "s.h5"
     assert cli(["surface", ckpt, "--x=-1:1:3", *fast, "--out", out]).exit_code == 0
     made = stamp(str(tmp_path))
-    one_line_error(cli(["surface", ckpt, "--x=-1:1:3", *fast, "--out", out, "--resume", "--precision", "bf16"]),
-                   "another precision")
+    one_line_error(
+        cli(["surface", ckpt, "--x=-1:1:3", *fast, "--out", out, "--resume", "--precision", "bf16"]),
+        "another precision",
+    )
     assert stamp(str(tmp_path)) == made
 
 
@@ -400,8 +505,12 @@ def test_plot_refuses_bad_colour_limits_and_two_inputs_with_one_stem(digits_chec
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     for folder in ("a", "b"):
-        assert cli(["surface", digits_checkpoint, "--x=-1:1:3", "--y=-1:1:3", *fast,
-                    "--out", tmp_path / folder / "s.h5"]).exit_code == 0
+        assert (
+            cli(
+                ["surface", digits_checkpoint, "--x=-1:1:3", "--y=-1:1:3", *fast, "--out", tmp_path / folder / "s.h5"]
+            ).exit_code
+            == 0
+        )
     figs = tmp_path / "figs"
     a, b = tmp_path / "a" / "s.h5", tmp_path / "b" / "s.h5"
     one_line_error(cli(["plot", a, "--out", figs, "--vmin", "2", "--vmax", "1"]), "--vmin must be below --vmax")
@@ -430,6 +539,8 @@ def test_damaged_surface_shapes_are_refused_by_plot_and_resume(digits_checkpoint
     before = stamp(str(tmp_path))
     one_line_error(cli(["plot", short, "--out", tmp_path / "figs"]), "does not fit its coordinates")
     one_line_error(cli(["plot", flat2d, "--out", tmp_path / "figs"]), "the file has no y coordinates")
-    one_line_error(cli(["surface", digits_checkpoint, "--x=-1:1:3", *fast, "--out", short, "--resume"]),
-                   "does not fit its coordinates")
+    one_line_error(
+        cli(["surface", digits_checkpoint, "--x=-1:1:3", *fast, "--out", short, "--resume"]),
+        "does not fit its coordinates",
+    )
     assert stamp(str(tmp_path)) == before
