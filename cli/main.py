@@ -28,6 +28,7 @@ RESUME_HINTS = {
     "probe": "nothing was written; rerun the command",
     "plot": "finished figures are saved; rerun with --force to redraw all",
     "compare": "nothing was written; rerun the command",
+    "sweep": "finished cells are saved; rerun the same command (same --out) to continue",
 }
 
 
@@ -140,7 +141,7 @@ def main(debug: bool) -> None:
     """
 
 
-COMMANDS = ("train", "probe", "surface", "plot", "compare", "experiment")
+COMMANDS = ("train", "probe", "surface", "plot", "compare", "experiment", "sweep", "correlate")
 
 
 def _register() -> None:

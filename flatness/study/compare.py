@@ -245,11 +245,22 @@ def compare(records: Sequence[RunRecord], baseline: str = BASELINE) -> Dict[str,
                 direction = "better" if diff > 0 else "worse"
             row["versus"][m] = {"diff": diff, **test, "direction": direction}
         rows.append(row)
+    _add_holm(rows, others)
     runs = [{"label": r.label, "method": r.method, "seed": r.seed, "source": r.source, "probe": r.probe_path,
              "values": r.values} for r in records]
     return {"baseline": baseline if others else None, "methods": methods, "others": others, "rows": rows,
             "runs": runs, "test": "Welch's t-test (scipy.stats.ttest_ind, equal_var=False), two-sided",
-            "std": "sample standard deviation over seeds (ddof = 1)"}
+            "std": "sample standard deviation over seeds (ddof = 1)",
+            "adjustment": "Holm's step-down adjustment over the rows with a p-value, per compared method (p_holm)"}
+
+
+def _add_holm(rows: List[Dict[str, Any]], others: Sequence[str]) -> None:
+    """Each method's Holm-adjusted p-values (family: every row of that method with a p-value) as ``p_holm``."""
+    from flatness.generalization.correlation import holm
+
+    for m in others:
+        for row, adjusted in zip(rows, holm([row["versus"][m]["p"] for row in rows])):
+            row["versus"][m]["p_holm"] = adjusted
 
 
 # --------------------------------------------------------------------------- collecting inputs
@@ -451,6 +462,14 @@ def format_mean_std(cell: Dict[str, Any]) -> str:
     return f"{_g(cell['mean'])} ± {_g(std, 2)}"
 
 
+def format_p_holm(v: Dict[str, Any]) -> str:
+    """The Holm-adjusted p-value as the table shows it ("–" where there is no raw one)."""
+    p = v.get("p_holm")
+    if p is None:
+        return "–"
+    return f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}"
+
+
 def format_p(v: Dict[str, Any]) -> str:
     if v.get("p") is None:
         return f"n/a ({v.get('note') or 'undefined'})"
@@ -464,7 +483,7 @@ def markdown_table(comp: Dict[str, Any]) -> str:
     head = ["quantity", "unit"] + [f"{m.upper()} (n={max((r['methods'][m]['n'] for r in comp['rows']), default=0)})"
                                    for m in methods]
     for m in others:
-        head += [f"{m.upper()} − {base.upper()}", f"p (Welch, {m.upper()} vs {base.upper()})",
+        head += [f"{m.upper()} − {base.upper()}", f"p (Welch, {m.upper()} vs {base.upper()})", "p (Holm)",
                  f"{m.upper()} is"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in comp["rows"]:
@@ -472,7 +491,7 @@ def markdown_table(comp: Dict[str, Any]) -> str:
         cells += [format_mean_std(row["methods"][m]) for m in methods]
         for m in others:
             v = row["versus"][m]
-            cells += [_g(v["diff"]), format_p(v), v["direction"] or "–"]
+            cells += [_g(v["diff"]), format_p(v), format_p_holm(v), v["direction"] or "–"]
         lines.append("| " + " | ".join(cells) + " |")
     notes = [
         "",
@@ -480,8 +499,9 @@ def markdown_table(comp: Dict[str, Any]) -> str:
     ]
     if others:
         n = min((r["methods"][m]["n"] for r in comp["rows"] for m in methods), default=0)
-        notes.append(f"Significance: {comp['test']}, one test per row with no correction for multiple "
-                     "comparisons. " + (f"With {n} seeds per method a p-value is weak evidence either way."
+        notes.append(f"Significance: {comp['test']}, one test per row; p (Holm): the p-values adjusted for the "
+                     "number of rows tested (Holm's step-down method). " +
+                     (f"With {n} seeds per method a p-value is weak evidence either way."
                                         if 2 <= n <= 5 else "A p-value needs at least 2 seeds per method."
                                         if n < 2 else ""))
     return "\n".join(lines + notes) + "\n"
@@ -506,6 +526,8 @@ def csv_text(comp: Dict[str, Any]) -> str:
     for m in comp["others"]:
         writer.writerow([f"diff {m}-{comp['baseline']}", m, "", ""] + [_csv(row["versus"][m]["diff"]) for row in comp["rows"]])
         writer.writerow([f"welch_p {m}-{comp['baseline']}", m, "", ""] + [_csv(row["versus"][m]["p"]) for row in comp["rows"]])
+        writer.writerow([f"holm_p {m}-{comp['baseline']}", m, "", ""] +
+                        [_csv(row["versus"][m].get("p_holm")) for row in comp["rows"]])
     return buf.getvalue()
 
 

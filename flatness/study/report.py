@@ -6,7 +6,8 @@ rendered by markdown-it-py, with the images embedded as base64).
 The verdict rule (stated in the report too): for each non-baseline method, the flat-minima claim
 *held* in a run when that method's mean is lower (flatter) than the baseline's on more than half of
 the flatness measures (Hessian eigenvalues, trace, every sharpness metric and radius); the report
-lists which measures, their Welch p-values, and which of them reach p < 0.05.
+lists which measures, their Welch p-values raw and Holm-adjusted, and which of them reach an
+adjusted p < 0.05 (only adjusted significance is counted).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from urllib.parse import unquote
 from markdown_it import MarkdownIt
 
 from flatness.core.fileio import atomic_write_text
-from flatness.study.compare import _g, format_mean_std, format_p, markdown_table
+from flatness.study.compare import _g, format_mean_std, format_p, format_p_holm, markdown_table
 from flatness.version import __version__
 
 ALPHA = 0.05
@@ -36,13 +37,15 @@ def verdict(comp: Dict[str, Any], method: str = "amp") -> Dict[str, Any]:
     rows = [r for r in comp["rows"] if r["flatness"] and r["versus"][method]["diff"] is not None]
     flatter = [r for r in rows if r["versus"][method]["diff"] < 0]
     sharper = [r for r in rows if r["versus"][method]["diff"] > 0]
-    sig_flat = [r for r in flatter if (r["versus"][method]["p"] or 1.0) < ALPHA]
-    sig_sharp = [r for r in sharper if (r["versus"][method]["p"] or 1.0) < ALPHA]
+    # significance counts the Holm-adjusted p-values only: with a dozen measures some raw p < 0.05 by chance
+    sig_flat = [r for r in flatter if (r["versus"][method].get("p_holm") or 1.0) < ALPHA]
+    sig_sharp = [r for r in sharper if (r["versus"][method].get("p_holm") or 1.0) < ALPHA]
     held = bool(rows) and len(flatter) > len(rows) / 2
     M, B = method.upper(), base.upper()
 
     def listing(items):
-        return ", ".join(f"{r['label']} (p = {format_p(r['versus'][method])})" for r in items) or "none"
+        return ", ".join(f"{r['label']} (p = {format_p(r['versus'][method])}, Holm-adjusted "
+                         f"{format_p_holm(r['versus'][method])})" for r in items) or "none"
 
     s = []
     if not rows:
@@ -53,7 +56,8 @@ def verdict(comp: Dict[str, Any], method: str = "amp") -> Dict[str, Any]:
                  f"{len(flatter)} of {len(rows)} measures and sharper on {len(sharper)}.")
         s.append(f"{M} flatter on: {listing(flatter)}.")
         s.append(f"{M} sharper on: {listing(sharper)}.")
-        s.append(f"Differences significant at p < {ALPHA} (Welch's t-test): {len(sig_flat)} in {M}'s favour "
+        s.append(f"Differences significant at a Holm-adjusted p < {ALPHA} (Welch's t-test, adjusted for the "
+                 f"{len(comp['rows'])} quantities compared; raw p-values are not counted): {len(sig_flat)} in {M}'s favour "
                  f"({', '.join(r['label'] for r in sig_flat) or 'none'}), {len(sig_sharp)} against "
                  f"({', '.join(r['label'] for r in sig_sharp) or 'none'}).")
     acc = next((r for r in comp["rows"] if r["key"] == "test_acc"), None)
@@ -63,16 +67,17 @@ def verdict(comp: Dict[str, Any], method: str = "amp") -> Dict[str, Any]:
         acc_better = v["diff"] > 0
         s.append(f"**Test accuracy: {M} was {'better' if acc_better else ('worse' if v['diff'] < 0 else 'equal')}** "
                  f"— {M} {format_mean_std(acc['methods'][method])} % vs {B} {format_mean_std(acc['methods'][base])} %, "
-                 f"difference {_g(v['diff'])} percentage points, p = {format_p(v)}"
-                 + (" (not significant at 0.05)." if (v['p'] is None or v['p'] >= ALPHA) else "."))
+                 f"difference {_g(v['diff'])} percentage points, p = {format_p(v)} (Holm-adjusted {format_p_holm(v)})"
+                 + (" (not significant at 0.05 after adjustment)." if (v.get('p_holm') is None or v['p_holm'] >= ALPHA)
+                    else "."))
     n = min((r["methods"][m]["n"] for r in comp["rows"] for m in (base, method)), default=0)
     if n < 2:
         s.append("With a single seed per method no standard deviation or p-value exists: the differences above are "
                  "single observations, not evidence.")
     elif n <= 5:
         s.append(f"With {n} seeds per method these p-values are weak evidence: a real difference can easily "
-                 "show p > 0.05, and with this many measures some p < 0.05 can occur by chance (no correction "
-                 "for multiple comparisons was applied).")
+                 "show p > 0.05; the Holm adjustment guards against chance hits among this many measures, "
+                 "at the price of missing weak real ones.")
     return {"method": method, "available": True, "held": held, "flatter": [r["key"] for r in flatter],
             "sharper": [r["key"] for r in sharper], "significant_flatter": [r["key"] for r in sig_flat],
             "significant_sharper": [r["key"] for r in sig_sharp], "measures": len(rows),
@@ -163,7 +168,7 @@ def build_markdown(cfg, records, comp: Dict[str, Any], figs: Dict[str, str], ste
           f"interpolation runs θ(α) = (1−α)·θ_ERM + α·θ_other on {2 * cfg.grid - 1} points of α ∈ [−0.5, 1.5].",
           ""]
     L += ["## Results", "", "Mean ± sample standard deviation over seeds; the difference is other-method mean minus "
-          "ERM mean; p from Welch's t-test. For every flatness measure lower means flatter.", "",
+          "ERM mean; p from Welch's t-test, raw and Holm-adjusted. For every flatness measure lower means flatter.", "",
           markdown_table(comp), ""]
     L += ["### What each row measures", "", "| quantity | unit | how it was measured |", "|---|---|---|"]
     for r in comp["rows"]:
@@ -195,7 +200,7 @@ def build_markdown(cfg, records, comp: Dict[str, Any], figs: Dict[str, str], ste
     L += [f"| **total** | **{total:.1f}** | wall-clock seconds of the computing steps |", ""]
     L += ["## Caveats", "",
           f"- {len(cfg.seeds)} seed(s) per method: the spread between seeds is estimated from very few runs, so the "
-          "p-values are weak evidence; no correction for multiple comparisons was applied.",
+          "p-values are weak evidence; significance is judged on Holm-adjusted p-values (raw ones shown beside).",
           "- Plain (non-adaptive) sharpness, eigenvalues and the trace change when a ReLU layer is scaled by α and "
           "the next by 1/α, and BatchNorm makes the loss invariant to the scale of the preceding weights; weight "
           "decay differences between methods can therefore move these numbers without any change in the function. "

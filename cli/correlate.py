@@ -1,0 +1,23 @@
+"""``flatness correlate``: rank a sweep's measures against generalisation (see flatness.generalization)."""
+from __future__ import annotations
+
+import click
+
+from flatness.generalization.report import TARGETS, correlate
+
+
+@click.command("correlate")
+@click.argument("folder", type=click.Path())
+@click.option("--target", default="gap", show_default=True, help=f"What to predict: {' or '.join(TARGETS)}.")
+@click.option("--draws", type=int, default=1000, show_default=True, help="Bootstrap resamples per interval.")
+@click.option("--no-figures", is_flag=True, help="Skip the figures.")
+def command(folder, target, draws, no_figures):
+    """Kendall's τ-b, bootstrap intervals, the granulated Ψ and Holm-adjusted p-values of every measure
+    in FOLDER/cells.csv against the target; writes correlation.{json,csv,md}, figures and report.html."""
+    from flatness.core.validation import check_count
+
+    check_count(draws, "--draws", minimum=10)
+    result = correlate(folder, target.lower(), draws=draws, figures=not no_figures)
+    for sentence in result["verdict"]:
+        click.echo(sentence.replace("**", ""))
+    click.echo(f"Report: {result['files']['html']}")

@@ -1,0 +1,270 @@
+"""``correlate(DIR, target)`` behind ``flatness correlate``: rank a sweep's measures against generalisation.
+
+Every measure is ranked against the generalisation gap (or the test error), and the report says, in
+plain words, which ones predict it here.
+
+Reads ``DIR/cells.csv`` (finished cells only; ``flatness.sweep.cells`` owns the format) and writes
+``DIR/correlation.json`` (``{"target", "axes", "measures": [{"measure", "kendall_tau", "tau_ci", "psi",
+"psi_by_axis", ...}]}``), ``correlation.csv``, ``correlation.md``, ``figures/correlation-*.png`` and
+``report.html`` (the Markdown rendered by the experiment report's converter).
+
+The verdict rule (also stated in the report): a measure *predicts* the target when its τ has the
+expected sign (positive for every flatness measure and norm, negative for the margin) and its
+Holm-adjusted p-value is below 0.05; raw p-values are shown but never counted. Flatness "beats the
+norm baselines" when the best flatness measure's sign-adjusted τ and Ψ both exceed the best baseline's.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from flatness.core.errors import FlatnessError
+from flatness.core.fileio import atomic_write_json, atomic_write_text
+from flatness.generalization.baselines import BASELINES, EXPECTED_SIGN
+from flatness.generalization.correlation import CONFIDENCE, correlate_table, varied_axes
+
+TARGETS = ("gap", "test_error")
+TARGET_WORDS = {"gap": "generalisation gap (train − test accuracy, points)", "test_error": "test error (%)"}
+ALPHA = 0.05
+MIN_CELLS = 3
+FIGURES = "figures"
+
+
+def expected_sign(measure: str) -> int:
+    """+1 when a larger value should mean worse generalisation (flatness measures, norms), -1 for the margin."""
+    return EXPECTED_SIGN.get(measure, 1)
+
+
+def family(measure: str) -> str:
+    """``baseline`` for the norm/margin measures, ``flatness`` for every other one."""
+    return "baseline" if measure in BASELINES else "flatness"
+
+
+def _signed(value: float | None, measure: str) -> float | None:
+    return None if value is None else value * expected_sign(measure)
+
+
+def compute(folder: str, target: str = "gap", draws: int = 1000) -> dict[str, Any]:
+    """The correlation summary of a sweep folder (nothing written).
+
+    Args:
+        folder: the sweep's ``--out`` (holding ``cells.csv``).
+        target: ``gap`` or ``test_error``.
+        draws: bootstrap resamples per interval.
+
+    Returns:
+        The ``correlation.json`` dict, measures ranked by sign-adjusted τ (best first).
+    """
+    from flatness.sweep.cells import read_table
+
+    if target not in TARGETS:
+        raise FlatnessError(f"unknown target {target!r}; use gap or test_error")
+    rows, columns, measures = read_table(folder)
+    done = [r for r in rows if r.get("status") == "done" and r.get(target) is not None]
+    if len(done) < MIN_CELLS:
+        raise FlatnessError(f"{folder} has {len(done)} finished cell(s); correlate needs at least {MIN_CELLS}")
+    axes = varied_axes(done, columns)
+    stats = correlate_table(done, axes, measures, target, draws=draws)
+    for row in stats:
+        row["family"] = family(row["measure"])
+        row["expected_sign"] = expected_sign(row["measure"])
+        row["predicts"] = bool(row["kendall_tau"] is not None and row["p_holm"] is not None
+                               and _signed(row["kendall_tau"], row["measure"]) > 0 and row["p_holm"] < ALPHA)
+    stats.sort(key=lambda r: (r["kendall_tau"] is None, -(_signed(r["kendall_tau"], r["measure"]) or 0.0)))
+    return {"format": "flatness-correlation", "target": target, "axes": axes, "cells": len(done),
+            "cells_total": len(rows), "confidence": CONFIDENCE, "alpha": ALPHA, "bootstrap_draws": draws,
+            "measures": stats}
+
+
+# --------------------------------------------------------------------------- text
+
+def _g(v: float | None) -> str:
+    if v is None:
+        return "–"
+    return f"{v:.3g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.1e}"
+
+
+def _ci(ci: Sequence[float] | None) -> str:
+    return "–" if not ci else f"[{_g(ci[0])}, {_g(ci[1])}]"
+
+
+def _best(stats: list[dict[str, Any]], fam: str, key: str) -> dict[str, Any] | None:
+    rows = [r for r in stats if r["family"] == fam and r[key] is not None]
+    return max(rows, key=lambda r: _signed(r[key], r["measure"]), default=None)
+
+
+def verdict(summary: dict[str, Any]) -> list[str]:
+    """Plain-language sentences: which measures predict the target, and flatness against the baselines."""
+    stats, target = summary["measures"], summary["target"]
+    words = TARGET_WORDS[target]
+    good = [r for r in stats if r["predicts"]]
+    s = [f"Over {summary['cells']} finished cells, **{len(good)} of {len(stats)} measures predict the {words}** "
+         f"(rule: τ of the expected sign with a Holm-adjusted p < {ALPHA}, adjusted for the {len(stats)} measures "
+         "tested; raw p-values are not counted): " + (", ".join(f"{r['measure']} (τ = {_g(r['kendall_tau'])}, "
+                                                              f"adjusted p = {_g(r['p_holm'])})" for r in good)
+                                                    or "none") + "."]
+    wrong = [r for r in stats if r["kendall_tau"] is not None and r["p_holm"] is not None and r["p_holm"] < ALPHA
+             and not r["predicts"]]
+    if wrong:
+        s.append("Significant in the unexpected direction (flatter or smaller went with a larger "
+                 f"{target.replace('_', ' ')}): " + ", ".join(f"{r['measure']} (τ = {_g(r['kendall_tau'])})"
+                                                              for r in wrong) + ".")
+    for key, name in (("kendall_tau", "τ"), ("psi", "Ψ")):
+        flat, base = _best(stats, "flatness", key), _best(stats, "baseline", key)
+        if flat and base:
+            beats = _signed(flat[key], flat["measure"]) > _signed(base[key], base["measure"])
+            s.append(f"By {name} (sign-adjusted), the best flatness measure is {flat['measure']} ({_g(flat[key])}) "
+                     f"and the best norm/margin baseline is {base['measure']} ({_g(base[key])}): flatness "
+                     f"**{'beats' if beats else 'does not beat'}** the baselines on {name} here.")
+    if not summary["axes"]:
+        s.append("No hyperparameter varied over the finished cells, so Ψ is undefined.")
+    s.append(f"These are rank correlations over one grid on one dataset; intervals are {int(CONFIDENCE * 100)} % "
+             "percentile bootstraps (cells resampled for τ, groups for Ψ), and the adjusted τ intervals are at the "
+             "Bonferroni level 1 − 0.05/m.")
+    return s
+
+
+def markdown(summary: dict[str, Any], figures: dict[str, str], root: str) -> str:
+    """The report as Markdown (figures linked relative to ``root``)."""
+    L = [f"# Does flatness predict generalisation? Target: {TARGET_WORDS[summary['target']]}", "", "## Verdict", ""]
+    L += [f"- {x}" for x in verdict(summary)] + [""]
+    L += ["## Ranked measures", "", table_markdown(summary), ""]
+    L += ["τ: Kendall's τ-b over all finished cells (`scipy.stats.kendalltau`); p: its two-sided p-value, "
+          "raw and Holm-adjusted over the measures; Ψ: the granulated τ of Jiang et al. (2020), the mean over "
+          f"the axes {', '.join(summary['axes']) or '(none)'} of the mean τ within groups of cells that differ "
+          "only in that axis (same seed). Sign: +1 where a larger value should mean a larger gap, −1 for the "
+          "margin. Baselines: weight norm, distance from initialisation, path norm (networks without "
+          "BatchNorm or pooling only), the 10th-percentile output margin, Σ log of the layers' spectral norms.", ""]
+    L += ["## Figures", ""]
+    for key, caption in (("bars", "τ and Ψ per measure, ranked, with 95 % bootstrap intervals."),
+                         ("scatter", "Each measure against the target, one point per cell, coloured by method.")):
+        if key in figures:
+            rel = os.path.relpath(figures[key], root).replace(os.sep, "/")
+            L += [f"![{caption}]({rel})", "", f"*{caption}*", ""]
+    return "\n".join(L)
+
+
+def table_markdown(summary: dict[str, Any]) -> str:
+    """The ranked measures as a Markdown table (raw and Holm-adjusted p-values side by side)."""
+    head = ["measure", "family", "sign", "n", "τ", "τ 95 % CI", "τ CI (adjusted)", "p", "p (Holm)", "Ψ",
+            "Ψ 95 % CI", "predicts"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in summary["measures"]:
+        cells = [r["measure"].replace("|", "\\|"), r["family"], f"{r['expected_sign']:+d}", str(r["n"]),
+                 _g(r["kendall_tau"]), _ci(r["tau_ci"]), _ci(r["tau_ci_adjusted"]), _g(r["p_value"]),
+                 _g(r["p_holm"]), _g(r["psi"]), _ci(r["psi_ci"]), "yes" if r["predicts"] else "no"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(summary: dict[str, Any]) -> str:
+    """``correlation.csv``: one row per measure, intervals split into low/high columns, Ψ per axis."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    axes = summary["axes"]
+    writer.writerow(["measure", "family", "expected_sign", "n", "kendall_tau", "tau_ci_low", "tau_ci_high",
+                     "tau_ci_adjusted_low", "tau_ci_adjusted_high", "p_value", "p_holm", "psi", "psi_ci_low",
+                     "psi_ci_high", "predicts"] + [f"psi_{a}" for a in axes])
+    for r in summary["measures"]:
+        ci, adj, pci = r["tau_ci"] or [None, None], r["tau_ci_adjusted"] or [None, None], r["psi_ci"] or [None, None]
+        values = [r["measure"], r["family"], r["expected_sign"], r["n"], r["kendall_tau"], *ci, *adj,
+                  r["p_value"], r["p_holm"], r["psi"], *pci, r["predicts"]] + [r["psi_by_axis"].get(a) for a in axes]
+        writer.writerow(["" if v is None else v for v in values])
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- figures
+
+def figure_bars(summary: dict[str, Any], path: str) -> str | None:
+    """Ranked horizontal bars of τ and Ψ with their intervals."""
+    from flatness.plot.style import new_figure, save_figure
+
+    stats = [r for r in summary["measures"] if r["kendall_tau"] is not None]
+    if not stats:
+        return None
+    fig = new_figure((9, 0.35 * len(stats) + 1.8))
+    ax = fig.subplots()
+    ys = list(range(len(stats)))[::-1]
+    for offset, key, ci_key, color in ((0.18, "kendall_tau", "tau_ci", "C0"), (-0.18, "psi", "psi_ci", "C1")):
+        vals = [r[key] if r[key] is not None else 0.0 for r in stats]
+        # a percentile interval need not contain the point estimate: whiskers stop at the bar then
+        lo = [max(0.0, v - (r[ci_key] or [v, v])[0]) for v, r in zip(vals, stats)]
+        hi = [max(0.0, (r[ci_key] or [v, v])[1] - v) for v, r in zip(vals, stats)]
+        ax.barh([y + offset for y in ys], vals, height=0.34, color=color, xerr=[lo, hi], capsize=2,
+                label="Kendall τ (all cells)" if key == "kendall_tau" else "granulated Ψ")
+    ax.set_yticks(ys)
+    ax.set_yticklabels([f"{r['measure']} ({r['expected_sign']:+d})" for r in stats], fontsize=7)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_xlim(-1.05, 1.05)
+    ax.set_xlabel(f"rank correlation with the {summary['target'].replace('_', ' ')} (bars: 95 % bootstrap intervals)")
+    ax.legend(fontsize=8)
+    ax.set_title("Measures ranked by sign-adjusted τ (sign in brackets: the expected direction)", fontsize=9)
+    return save_figure(fig, path, force=True)
+
+
+def figure_scatter(folder: str, summary: dict[str, Any], path: str) -> str | None:
+    """One panel per measure: the measure against the target, coloured by method."""
+    from flatness.plot.style import new_figure, save_figure
+    from flatness.sweep.cells import read_table
+
+    rows, _, _ = read_table(folder)
+    rows = [r for r in rows if r.get("status") == "done"]
+    names = [r["measure"] for r in summary["measures"]]
+    if not names:
+        return None
+    cols = min(4, len(names))
+    nrows = (len(names) + cols - 1) // cols
+    fig = new_figure((3.2 * cols, 2.6 * nrows))
+    axes = fig.subplots(nrows, cols, squeeze=False).ravel()
+    methods = sorted({str(r.get("method") or "all") for r in rows})
+    target = summary["target"]
+    for ax, name in zip(axes, names):
+        for i, m in enumerate(methods):
+            pts = [(r.get(name), r.get(target)) for r in rows if str(r.get("method") or "all") == m]
+            pts = [(x, y) for x, y in pts if x is not None and y is not None]
+            if pts:
+                ax.scatter(*zip(*pts), s=12, color=f"C{i}", label=m.upper(), alpha=0.8)
+        ax.set_title(name, fontsize=7)
+        ax.tick_params(labelsize=6)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=6)
+    axes[0].set_ylabel(target.replace("_", " "), fontsize=7)
+    fig.suptitle(f"Each measure (x) against the {TARGET_WORDS[target]} (y); one point per cell", fontsize=9)
+    return save_figure(fig, path, force=True)
+
+
+def correlate(folder: str, target: str = "gap", draws: int = 1000, figures: bool = True) -> dict[str, Any]:
+    """Compute and write every output of ``flatness correlate``.
+
+    Args:
+        folder: the sweep folder.
+        target: ``gap`` or ``test_error``.
+        draws: bootstrap resamples per interval.
+        figures: draw the figures (and embed them in the report).
+
+    Returns:
+        The summary, with ``files`` (output paths) and ``verdict`` (the sentences).
+    """
+    from flatness.study.report import markdown_to_html
+
+    summary = compute(folder, target, draws)
+    figs: dict[str, str] = {}
+    if figures:
+        os.makedirs(os.path.join(folder, FIGURES), exist_ok=True)
+        for key, fn in (("bars", lambda p: figure_bars(summary, p)),
+                        ("scatter", lambda p: figure_scatter(folder, summary, p))):
+            written = fn(os.path.join(folder, FIGURES, f"correlation-{key}.png"))
+            if written:
+                figs[key] = written
+    md = markdown(summary, figs, folder)
+    files = {"json": os.path.join(folder, "correlation.json"), "csv": os.path.join(folder, "correlation.csv"),
+             "markdown": os.path.join(folder, "correlation.md"), "html": os.path.join(folder, "report.html"), **figs}
+    atomic_write_json(files["json"], summary)
+    atomic_write_text(files["csv"], csv_text(summary))
+    atomic_write_text(files["markdown"], md)
+    atomic_write_text(files["html"], markdown_to_html(md, folder, f"flatness correlate: {folder}"))
+    return {**summary, "files": files, "verdict": verdict(summary)}

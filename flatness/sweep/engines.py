@@ -1,0 +1,112 @@
+"""Where a sweep's cells run: ``local`` worker processes on this machine, or ``ray`` tasks.
+
+Both engines take the same list of ``CellTask``s and call ``on_done(record)`` in the parent as each
+cell finishes (in completion order); the cells themselves decide nothing about the engine, so the
+numbers are the same whichever runs them.
+
+* ``local``: with one worker the cells run in this process; with more, a pool of spawned processes
+  (spawn, not fork: a forked copy of a process that has started torch's thread pools can hang). Each
+  worker asks the kernel to kill it when the parent dies (Linux), so a killed sweep leaves no worker
+  running on.
+* ``ray``: each cell a Ray task requesting one CPU (and one GPU when the device is CUDA), on the
+  cluster at ``address`` or on a local instance of ``workers`` CPUs. Ray is an optional extra.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from flatness.core.errors import FlatnessError
+from flatness.sweep.cells import CellTask, run_cell
+
+ENGINES = ("local", "ray")
+RAY_MISSING = "--engine ray needs Ray, which is not installed: pip install 'flatness[ray]'"
+OnDone = Callable[[dict[str, Any]], None]
+
+
+def check_engine(engine: str) -> None:
+    """Refuse an unknown engine, or Ray when it is not installed (before anything starts)."""
+    if engine not in ENGINES:
+        raise FlatnessError(f"unknown engine {engine!r}; use local or ray")
+    if engine == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise FlatnessError(RAY_MISSING)
+
+
+def _die_with_parent() -> None:
+    """Worker initialiser: SIGKILL this worker when its parent dies (Linux prctl; elsewhere nothing)."""
+    import signal
+
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+
+
+def run_local(tasks: Sequence[CellTask], workers: int, on_done: OnDone) -> None:
+    """Run ``tasks`` on ``workers`` local processes (in this process when ``workers`` is 1).
+
+    Args:
+        tasks: the cells to do.
+        workers: how many at a time.
+        on_done: called with each cell's record as it finishes.
+    """
+    if workers <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            on_done(run_cell(task))
+        return
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context, initializer=_die_with_parent)
+    try:
+        pending = {pool.submit(run_cell, t) for t in tasks}
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                on_done(future.result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run_ray(tasks: Sequence[CellTask], workers: int, on_done: OnDone, address: str | None = None,
+            gpu: bool = False) -> None:
+    """Run ``tasks`` as Ray tasks.
+
+    Args:
+        tasks: the cells to do.
+        workers: CPUs of a local Ray instance (ignored when joining a cluster at ``address``).
+        on_done: called with each cell's record as it finishes.
+        address: a Ray cluster's address (None: start a local instance, or join the one ``ray.init``
+            finds by itself, e.g. through ``RAY_ADDRESS``).
+        gpu: request one GPU per cell.
+    """
+    check_engine("ray")
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        options: dict[str, Any] = {"address": address} if address else {"num_cpus": workers}
+        # The workers import flatness from the same place as this process.
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = {"PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
+               "OMP_NUM_THREADS": "1"}
+        ray.init(log_to_driver=False, include_dashboard=False, runtime_env={"env_vars": env}, **options)
+    try:
+        remote = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=0)(run_cell)
+        pending: list[Any] = [remote.remote(t) for t in tasks]
+        while pending:
+            finished, pending = ray.wait(pending, num_returns=1)
+            for ref in finished:
+                on_done(ray.get(ref))
+    finally:
+        if started_here:
+            ray.shutdown()

@@ -1,0 +1,254 @@
+"""Run a sweep: ``run_sweep(SweepSettings(...))`` behind ``flatness sweep``.
+
+Every cell of the grid (``flatness.sweep.grid``) is trained and measured in its own run folder
+(``flatness.sweep.cells``) by an engine (``flatness.sweep.engines``); ``DIR/cells.csv`` is rebuilt from
+the cell folders after every cell. A rerun skips finished cells and resumes a killed one; ``--shard
+I/N`` does cells I, I+N, I+2N, ... (0-based), so N jobs with one DIR do the whole grid between them.
+
+``DIR/sweep.json`` records what decides the results (grid, seeds, dataset, model, quick, the probe
+and training settings); a rerun or another shard with different ones is refused rather than mixing
+two sweeps in one folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from flatness.core.errors import FlatnessError
+from flatness.core.fileio import atomic_write_json
+from flatness.sweep import cells as cellmod
+from flatness.sweep.grid import Cell, expand, parse_grid, parse_seeds, varied_keys
+
+STATE = "sweep.json"
+FROZEN = ("grid", "seeds", "dataset", "model", "quick", "train", "probe")
+
+# The default study (no --grid): ERM and SAM over learning rate, batch size and weight decay, 2 seeds
+# = 72 cells of 60 epochs on a cosine schedule (train's default step schedule would cut the rate 100x
+# after 9 epochs and leave most cells under-trained). On MNIST-1D a cell takes 4-27 s on one core,
+# ~11 s on average: ~7 minutes with 2 workers on an idle 2-core CPU, sized to stay under 30 on a busy one.
+DEFAULT_GRID = "method=erm,sam lr=0.01,0.05,0.2 batch_size=32,128,512 weight_decay=0,0.0005"
+DEFAULT_SEEDS = "0,1"
+DEFAULT_EPOCHS = 60
+DEFAULT_SCHEDULE = "cosine"
+# --quick: 8 cells on 2 epochs with a cheap probe (the tests' size: well under 3 minutes).
+QUICK_GRID = "method=erm,sam lr=0.02,0.1 weight_decay=0,0.0005"
+QUICK_SEEDS = "0"
+QUICK_EPOCHS = 2
+
+
+def default_dataset() -> str:
+    """MNIST-1D (a real generalisation gap) when this flatness has it, else the offline digits."""
+    from flatness.data.datasets import dataset_names
+
+    return "mnist1d" if "mnist1d" in dataset_names() else "digits"
+
+
+def default_model(dataset: str) -> str:
+    """The dataset's own default model where it names one, else ``flatness train``'s default."""
+    from flatness.data.datasets import dataset_info
+    from flatness.training.loop import TrainConfig
+
+    return getattr(dataset_info(dataset), "default_model", None) or TrainConfig().model
+
+
+def probe_options(quick: bool) -> dict[str, Any]:
+    """What every cell's probe measures: top eigenvalues, the trace, every sharpness metric at one radius.
+
+    ``quick``: the cheapest settings that still measure every one.
+    """
+    common = {"split": "train", "seed": 0, "progress": False, "sharpness": ["all"]}
+    if quick:
+        return {**common, "samples": 256, "batch_size": 256, "top_k": 2, "max_iter": 20, "tol": 1e-3,
+                "trace": True, "trace_samples": 4,
+                "sharpness_options": {"rhos": [0.05], "epsilons": [1e-3], "draws": 2, "ascent_steps": 2,
+                                      "lbfgs_iterations": 2, "pac_bayes_draws": 2}}
+    return {**common, "samples": 1000, "batch_size": 500, "top_k": 3, "max_iter": 100, "tol": 1e-3,
+            "trace": True, "trace_samples": 20,
+            "sharpness_options": {"rhos": [0.05], "epsilons": [1e-3]}}
+
+
+@dataclass
+class SweepSettings:
+    """``flatness sweep``'s options (None: the default). ``shard`` is ``"I/N"``; ``workers`` None: the cores."""
+
+    out: str
+    grid: str | None = None
+    seeds: str | None = None
+    dataset: str | None = None
+    model: str | None = None
+    workers: int | None = None
+    engine: str = "local"
+    address: str | None = None
+    shard: str | None = None
+    quick: bool = False
+    epochs: int | None = None
+    device: str = "auto"
+    data_dir: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class SweepPlan:
+    """A checked sweep: the cells in their fixed order, this shard's share, and what is frozen."""
+
+    settings: SweepSettings
+    cells: list[Cell]
+    mine: list[Cell]
+    axes: list[str]
+    train: dict[str, Any]
+    probe: dict[str, Any]
+    frozen: dict[str, Any]
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"I/N"`` as (I, N) with 0 <= I < N; None is the whole sweep (0, 1)."""
+    if text is None:
+        return 0, 1
+    index, sep, count = str(text).partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        raise FlatnessError(f"--shard takes I/N (e.g. 0/4), got {text!r}") from None
+    if not sep or n < 1 or not 0 <= i < n:
+        raise FlatnessError(f"--shard I/N needs 0 <= I < N (shards are numbered from 0), got {text!r}")
+    return i, n
+
+
+def plan(settings: SweepSettings) -> SweepPlan:
+    """Check every option and every cell's training config before anything starts.
+
+    Args:
+        settings: the options as given.
+
+    Returns:
+        The plan; raises FlatnessError (one line) for any bad input.
+    """
+    from flatness.core.validation import check_count
+    from flatness.sweep.engines import check_engine
+    from flatness.training.loop import build_config
+
+    s = dataclasses.replace(settings)
+    check_engine(s.engine)
+    shard = parse_shard(s.shard)
+    if s.workers is not None:
+        check_count(s.workers, "--workers", maximum=4096)
+    if s.epochs is not None:
+        check_count(s.epochs, "--epochs")
+    if s.grid is not None and not s.grid.strip():
+        raise FlatnessError("the grid is empty: give KEY=V1,V2 entries, or leave --grid out for the default grid")
+    grid_text = s.grid if s.grid is not None else (QUICK_GRID if s.quick else DEFAULT_GRID)
+    grid = parse_grid(grid_text)
+    seeds = parse_seeds(s.seeds if s.seeds is not None else (QUICK_SEEDS if s.quick else DEFAULT_SEEDS))
+    cells = expand(grid, seeds)
+    dataset = s.dataset or default_dataset()
+    model = s.model or default_model(dataset)
+    train = {"dataset": dataset, "model": model, "device": s.device, "schedule": DEFAULT_SCHEDULE,
+             "epochs": s.epochs or (QUICK_EPOCHS if s.quick else DEFAULT_EPOCHS)}
+    if s.data_dir:
+        train["data_dir"] = s.data_dir
+    probe = {**probe_options(s.quick), "device": s.device}
+    if s.data_dir:
+        probe["data_dir"] = s.data_dir
+    from flatness.study.probe import ProbeSettings
+
+    ProbeSettings.from_dict(probe).validate()
+    for cell in cells:
+        build_config(cell_train_options(train, cell))  # every cell's config checked now, not mid-sweep
+    frozen = {"grid": {k: v for k, v in grid.items()}, "seeds": seeds, "dataset": dataset, "model": model,
+              "quick": s.quick, "train": train, "probe": {k: v for k, v in probe.items() if k != "device"}}
+    mine = cells[shard[0]::shard[1]]
+    return SweepPlan(s, cells, mine, varied_keys(cells), train, probe, frozen)
+
+
+def cell_train_options(train: dict[str, Any], cell: Cell) -> dict[str, Any]:
+    """The ``build_config`` values of one cell: the sweep's base options, its hyperparameters, its seed."""
+    return {**train, **cell.values, "seed": cell.seed}
+
+
+def _check_state(out: str, frozen: dict[str, Any]) -> None:
+    """Write ``sweep.json`` on the first run; refuse a rerun or shard whose results would differ."""
+    path = os.path.join(out, STATE)
+    with cellmod.waiting_lock(path, "sweep state", timeout=600):
+        now = json.loads(json.dumps(frozen))
+        if os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    stored = json.load(handle).get("frozen", {})
+            except (OSError, ValueError):
+                stored = {}
+            for key in FROZEN:
+                if key in stored and stored[key] != now.get(key):
+                    raise FlatnessError(f"{out} holds a sweep made with other {key} settings ({stored[key]!r}, now "
+                                        f"{now.get(key)!r}); rerun with the same options to resume it, or choose "
+                                        "another --out")
+            return
+        atomic_write_json(path, {"format": "flatness-sweep", "frozen": now})
+
+
+def task_for(p: SweepPlan, cell: Cell) -> cellmod.CellTask:
+    """What a worker needs to do ``cell`` of plan ``p``."""
+    return cellmod.CellTask(out=p.settings.out, name=cell.name, train=cell_train_options(p.train, cell),
+                            probe=p.probe, extra={"params": {k: v for k, v in cell.params if k in p.axes}})
+
+
+def rebuild_table(p: SweepPlan) -> str:
+    """``cells.csv`` from every finished cell folder, in the grid's order (all shards' cells)."""
+    records = []
+    for cell in p.cells:
+        record = cellmod.read_outcome(os.path.join(p.settings.out, cellmod.CELLS, cell.name))
+        if record is not None:
+            records.append(record)
+    return cellmod.write_table(p.settings.out, records, p.axes)
+
+
+def run_sweep(settings: SweepSettings, echo=print) -> dict[str, Any]:
+    """Run (or resume) a sweep's cells (this shard's share) and write ``DIR/cells.csv``.
+
+    Args:
+        settings: the options.
+        echo: where one-line messages go (None: nowhere).
+
+    Returns:
+        {out, table, cells (all), ran (this call's cells), done, failed, seconds}.
+    """
+    from flatness.core.paths import check_paths
+    from flatness.core.progress import progress_bar
+    from flatness.sweep import engines
+
+    p = plan(settings)
+    out = p.settings.out
+    check_paths({}, {"--out": out}, folders=["--out"])
+    if os.path.isfile(out):
+        raise FlatnessError(f"--out {out} is a file; name a folder")
+    os.makedirs(os.path.join(out, cellmod.CELLS), exist_ok=True)
+    _check_state(out, p.frozen)
+    began = time.time()
+    todo = [c for c in p.mine if cellmod.read_outcome(os.path.join(out, cellmod.CELLS, c.name)) is None]
+    if echo and len(todo) < len(p.mine):
+        echo(f"{len(p.mine) - len(todo)} of {len(p.mine)} cells already finished; running the other {len(todo)}")
+    workers = p.settings.workers or os.cpu_count() or 1
+    counts = {"done": 0, "failed": 0}
+    bar = progress_bar(p.settings.progress, len(todo), "sweep", unit="cell", leave=True)
+
+    def on_done(record: dict[str, Any]) -> None:
+        counts["failed" if record.get("status") == "failed" else "done"] += 1
+        if record.get("status") == "failed" and echo:
+            bar.write(f"cell {record.get('cell')} failed: {record.get('error')}")
+        rebuild_table(p)
+        bar.update(1)
+
+    tasks = [task_for(p, c) for c in todo]
+    try:
+        if p.settings.engine == "ray":
+            engines.run_ray(tasks, workers, on_done, p.settings.address, gpu=p.settings.device.startswith("cuda"))
+        else:
+            engines.run_local(tasks, workers, on_done)
+    finally:
+        bar.close()
+    table = rebuild_table(p)
+    return {"out": out, "table": table, "cells": len(p.cells), "ran": len(todo), "done": counts["done"],
+            "failed": counts["failed"], "seconds": time.time() - began}

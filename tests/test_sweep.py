@@ -1,0 +1,184 @@
+"""``flatness sweep``: grid expansion, bad input, and the same cells.csv whichever way the cells ran
+(two local workers, one worker killed by SIGKILL and rerun, two shards into one folder, Ray)."""
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from flatness.cli.main import main
+from flatness.core.errors import FlatnessError
+from flatness.sweep.cells import CELLS, MEASURES, read_table
+from flatness.sweep.grid import expand, parse_grid, varied_keys
+from flatness.sweep.run import SweepSettings, plan, run_sweep
+
+# 4 tiny cells on digits: ERM and SAM at two learning rates, one seed, 2 epochs, the quick probe.
+TINY = ["--quick", "--dataset", "digits", "--grid", "method=erm,sam lr=0.02,0.1", "--seeds", "0"]
+
+
+def sweep_cmd(out, *extra):
+    entry = "from flatness.cli.main import main; main()"
+    return [sys.executable, "-c", entry, "sweep", "--out", str(out), "--no-progress", *TINY, *extra]
+
+
+def run_cli(out, *extra):
+    subprocess.run(sweep_cmd(out, *extra), check=True, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted sweep, on two local worker processes."""
+    out = tmp_path_factory.mktemp("sweep") / "reference"
+    run_cli(out, "--workers", "2")
+    return (out / "cells.csv").read_text()
+
+
+def test_grid_expansion_applies_method_keys_to_their_method_only():
+    grid = parse_grid("method=erm,amp,sam lr=0.1,0.2 epsilon=0.01,0.02 rho=0.05")
+    cells = expand(grid, [0, 1])
+    names = [c.name for c in cells]
+    erm = [c for c in cells if c.values["method"] == "erm"]
+    amp = [c for c in cells if c.values["method"] == "amp"]
+    sam = [c for c in cells if c.values["method"] == "sam"]
+    assert (len(erm), len(amp), len(sam)) == (2 * 2, 2 * 2 * 2, 2 * 2)  # no ERM cell per ε
+    assert all("epsilon" not in c.values and "rho" not in c.values for c in erm)
+    assert all("rho" not in c.values for c in amp) and all("epsilon" not in c.values for c in sam)
+    assert len(set(names)) == len(names) == 16
+    assert names[0] == "method-erm_lr-0.1_seed-0" and names[1] == "method-erm_lr-0.1_seed-1"
+    assert varied_keys(cells) == ["method", "lr", "epsilon"]  # rho has one value: not a column
+    assert parse_grid("batch_size=32,64 nesterov=false")["nesterov"] == [False]
+
+
+@pytest.mark.parametrize("grid, message", [
+    ("colour=red", "unknown grid key 'colour'"),
+    ("lr=fast", "grid key lr takes numbers, got 'fast'"),
+    ("batch_size=3.5", "grid key batch_size takes integers"),
+    ("   ", "the grid is empty"),
+    ("lr=", "grid key lr has no values"),
+    ("rho=0.1", "applies only to sam cells"),
+    ("method=erm,newton", "unknown method 'newton'"),
+    ("lr=-1", "lr must be a positive number"),
+])
+def test_bad_grid_is_one_line_and_starts_nothing(tmp_path, grid, message):
+    out = tmp_path / "sweep"
+    result = CliRunner().invoke(main, ["sweep", "--out", str(out), "--quick", "--dataset", "digits", "--grid", grid])
+    assert result.exit_code != 0
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--shard", "3/2"], "--shard I/N needs 0 <= I < N"),
+    (["--shard", "two"], "--shard takes I/N"),
+    (["--engine", "spark"], "unknown engine 'spark'"),
+    (["--seeds", "0,0"], "--seeds repeats a value"),
+    (["--workers", "0"], "--workers"),
+])
+def test_bad_options_are_one_line_and_start_nothing(tmp_path, option, message):
+    out = tmp_path / "sweep"
+    result = CliRunner().invoke(main, ["sweep", "--out", str(out), *TINY, *option])
+    assert result.exit_code != 0 and message in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_ray_engine_without_ray_says_how_to_install(tmp_path, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    out = tmp_path / "sweep"
+    result = CliRunner().invoke(main, ["sweep", "--out", str(out), *TINY, "--engine", "ray"])
+    assert result.exit_code != 0 and "pip install 'flatness[ray]'" in result.output
+    assert not out.exists()
+
+
+def test_reference_table_has_the_issue_columns(reference, tmp_path):
+    (tmp_path / "cells.csv").write_text(reference)
+    rows, axes, measures = read_table(str(tmp_path))
+    assert axes == ["method", "lr"]
+    assert len(rows) == 4 and all(r["status"] == "done" for r in rows)
+    head = reference.splitlines()[0].split(",")
+    assert head[:8] == ["cell", "method", "lr", "seed", "train_acc", "test_acc", "gap", "test_error"]
+    for r in rows:
+        assert r["gap"] == pytest.approx(r["train_acc"] - r["test_acc"])
+        assert r["test_error"] == pytest.approx(100 - r["test_acc"])
+    assert {"lambda_1", "trace", "weight_norm", "distance_from_init", "margin_p10",
+            "log_spectral_product"} <= set(measures)
+    assert any(m.startswith("sharp:worst_case") for m in measures)
+
+
+def test_sigkill_then_rerun_equals_uninterrupted(reference, tmp_path):
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(sweep_cmd(out, "--workers", "1"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    try:
+        # kill in the middle: one cell finished and the next one trained part way
+        while time.time() < deadline and proc.poll() is None:
+            cells = out / CELLS
+            done = list(cells.glob(f"*/{MEASURES}")) if cells.is_dir() else []
+            started = [p for p in cells.glob("*/last.pt")] if cells.is_dir() else []
+            if len(done) >= 1 and len(started) >= 2:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the sweep ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (out / "cells.csv").exists() or (out / "cells.csv").read_text() != reference
+    run_cli(out, "--workers", "1")
+    assert (out / "cells.csv").read_text() == reference
+
+
+def test_two_shards_into_one_folder_equal_one_run(reference, tmp_path):
+    out = tmp_path / "shared"
+    procs = [subprocess.Popen(sweep_cmd(out, "--workers", "1", "--shard", f"{i}/2"), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    assert (out / "cells.csv").read_text() == reference
+
+
+def test_finished_cells_are_never_redone(reference, tmp_path):
+    out = tmp_path / "again"
+    settings = SweepSettings(out=str(out), grid="method=erm,sam lr=0.02,0.1", seeds="0", dataset="digits",
+                             quick=True, workers=1, progress=False)
+    first = run_sweep(settings, echo=None)
+    stamps = {p: p.stat().st_mtime_ns for p in (out / CELLS).glob(f"*/{MEASURES}")}
+    second = run_sweep(settings, echo=None)
+    assert (first["ran"], second["ran"]) == (4, 0)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert (out / "cells.csv").read_text() == reference
+    with pytest.raises(FlatnessError, match="other grid settings"):
+        run_sweep(SweepSettings(out=str(out), grid="method=erm lr=0.02", seeds="0", dataset="digits", quick=True,
+                                progress=False), echo=None)
+
+
+def test_failed_cell_is_recorded_and_others_go_on(tmp_path):
+    # batch_size 4096 exceeds digits' 1437 training examples: that cell fails when it trains, the other runs
+    out = tmp_path / "failing"
+    result = run_sweep(SweepSettings(out=str(out), grid="batch_size=64,4096", seeds="0", dataset="digits",
+                                     quick=True, workers=1, progress=False), echo=None)
+    assert (result["done"], result["failed"]) == (1, 1)
+    rows, _, _ = read_table(str(out))
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(failed) == 1 and "exceeds" in failed[0]["error"] and failed[0]["gap"] is None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is an optional extra")
+def test_ray_on_a_local_instance_gives_the_same_cells(reference, tmp_path):
+    out = tmp_path / "ray"
+    run_sweep(SweepSettings(out=str(out), grid="method=erm,sam lr=0.02,0.1", seeds="0", dataset="digits",
+                            quick=True, workers=2, engine="ray", progress=False), echo=None)
+    assert (out / "cells.csv").read_text() == reference
+
+
+def test_plan_checks_every_cell_before_starting(tmp_path):
+    p = plan(SweepSettings(out=str(tmp_path / "x"), quick=True, dataset="digits"))
+    assert len(p.cells) >= 8 and p.mine == p.cells
+    assert not (tmp_path / "x").exists()
