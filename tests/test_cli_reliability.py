@@ -3,7 +3,7 @@ places, a full disk and held locks with one `Error: ...` line, a non-zero exit, 
 user's files untouched (sha256 + mtime). The table of cases is docs/reliability.md; every row there is
 one entry of CASES (same number and test name), checked by test_docs_table_lists_every_case.
 
-SIGKILL / SIGINT / two real processes: tests/test_reliability_crash.py.
+SIGKILL / SIGINT / two real processes: tests/test_cli_crash.py.
 """
 import contextlib
 import errno
