@@ -9,13 +9,15 @@ the flatness measures (Hessian eigenvalues, trace, every sharpness metric and ra
 lists which measures, their Welch p-values raw and Holm-adjusted, and which of them reach an
 adjusted p < 0.05 (only adjusted significance is counted).
 """
+
 from __future__ import annotations
 
 import base64
 import datetime as _dt
 import html
 import os
-from typing import Any, Dict, List, Sequence
+from collections.abc import Sequence
+from typing import Any
 from urllib.parse import unquote
 
 from markdown_it import MarkdownIt
@@ -29,7 +31,8 @@ ALPHA = 0.05
 
 # --------------------------------------------------------------------------- verdict
 
-def verdict(comp: Dict[str, Any], method: str = "amp") -> Dict[str, Any]:
+
+def verdict(comp: dict[str, Any], method: str = "amp") -> dict[str, Any]:
     """What the numbers say about ``method`` versus the baseline, as data and as sentences."""
     base = comp.get("baseline")
     if not base or method not in comp.get("others", []):
@@ -44,47 +47,75 @@ def verdict(comp: Dict[str, Any], method: str = "amp") -> Dict[str, Any]:
     M, B = method.upper(), base.upper()
 
     def listing(items):
-        return ", ".join(f"{r['label']} (p = {format_p(r['versus'][method])}, Holm-adjusted "
-                         f"{format_p_holm(r['versus'][method])})" for r in items) or "none"
+        return (
+            ", ".join(
+                f"{r['label']} (p = {format_p(r['versus'][method])}, Holm-adjusted "
+                f"{format_p_holm(r['versus'][method])})"
+                for r in items
+            )
+            or "none"
+        )
 
     s = []
     if not rows:
         s.append(f"No flatness measure was available for both {M} and {B}; the flat-minima claim could not be tested.")
     else:
-        s.append(f"**The flat-minima claim {'held' if held else 'did not hold'} in this run** (rule: {M} flatter, "
-                 f"i.e. a lower mean than {B}, on more than half of the flatness measures): {M} was flatter on "
-                 f"{len(flatter)} of {len(rows)} measures and sharper on {len(sharper)}.")
+        s.append(
+            f"**The flat-minima claim {'held' if held else 'did not hold'} in this run** (rule: {M} flatter, "
+            f"i.e. a lower mean than {B}, on more than half of the flatness measures): {M} was flatter on "
+            f"{len(flatter)} of {len(rows)} measures and sharper on {len(sharper)}."
+        )
         s.append(f"{M} flatter on: {listing(flatter)}.")
         s.append(f"{M} sharper on: {listing(sharper)}.")
-        s.append(f"Differences significant at a Holm-adjusted p < {ALPHA} (Welch's t-test, adjusted for the "
-                 f"{len(comp['rows'])} quantities compared; raw p-values are not counted): {len(sig_flat)} in {M}'s favour "
-                 f"({', '.join(r['label'] for r in sig_flat) or 'none'}), {len(sig_sharp)} against "
-                 f"({', '.join(r['label'] for r in sig_sharp) or 'none'}).")
+        s.append(
+            f"Differences significant at a Holm-adjusted p < {ALPHA} (Welch's t-test, adjusted for the "
+            f"{len(comp['rows'])} quantities compared; raw p-values are not counted): {len(sig_flat)} in {M}'s favour "
+            f"({', '.join(r['label'] for r in sig_flat) or 'none'}), {len(sig_sharp)} against "
+            f"({', '.join(r['label'] for r in sig_sharp) or 'none'})."
+        )
     acc = next((r for r in comp["rows"] if r["key"] == "test_acc"), None)
     acc_better = None
     if acc and acc["versus"][method]["diff"] is not None:
         v = acc["versus"][method]
         acc_better = v["diff"] > 0
-        s.append(f"**Test accuracy: {M} was {'better' if acc_better else ('worse' if v['diff'] < 0 else 'equal')}** "
-                 f"— {M} {format_mean_std(acc['methods'][method])} % vs {B} {format_mean_std(acc['methods'][base])} %, "
-                 f"difference {_g(v['diff'])} percentage points, p = {format_p(v)} (Holm-adjusted {format_p_holm(v)})"
-                 + (" (not significant at 0.05 after adjustment)." if (v.get('p_holm') is None or v['p_holm'] >= ALPHA)
-                    else "."))
+        s.append(
+            f"**Test accuracy: {M} was {'better' if acc_better else ('worse' if v['diff'] < 0 else 'equal')}** "
+            f"— {M} {format_mean_std(acc['methods'][method])} % vs {B} {format_mean_std(acc['methods'][base])} %, "
+            f"difference {_g(v['diff'])} percentage points, p = {format_p(v)} (Holm-adjusted {format_p_holm(v)})"
+            + (
+                " (not significant at 0.05 after adjustment)."
+                if (v.get("p_holm") is None or v["p_holm"] >= ALPHA)
+                else "."
+            )
+        )
     n = min((r["methods"][m]["n"] for r in comp["rows"] for m in (base, method)), default=0)
     if n < 2:
-        s.append("With a single seed per method no standard deviation or p-value exists: the differences above are "
-                 "single observations, not evidence.")
+        s.append(
+            "With a single seed per method no standard deviation or p-value exists: the differences above are "
+            "single observations, not evidence."
+        )
     elif n <= 5:
-        s.append(f"With {n} seeds per method these p-values are weak evidence: a real difference can easily "
-                 "show p > 0.05; the Holm adjustment guards against chance hits among this many measures, "
-                 "at the price of missing weak real ones.")
-    return {"method": method, "available": True, "held": held, "flatter": [r["key"] for r in flatter],
-            "sharper": [r["key"] for r in sharper], "significant_flatter": [r["key"] for r in sig_flat],
-            "significant_sharper": [r["key"] for r in sig_sharp], "measures": len(rows),
-            "test_acc_better": acc_better, "sentences": s}
+        s.append(
+            f"With {n} seeds per method these p-values are weak evidence: a real difference can easily "
+            "show p > 0.05; the Holm adjustment guards against chance hits among this many measures, "
+            "at the price of missing weak real ones."
+        )
+    return {
+        "method": method,
+        "available": True,
+        "held": held,
+        "flatter": [r["key"] for r in flatter],
+        "sharper": [r["key"] for r in sharper],
+        "significant_flatter": [r["key"] for r in sig_flat],
+        "significant_sharper": [r["key"] for r in sig_sharp],
+        "measures": len(rows),
+        "test_acc_better": acc_better,
+        "sentences": s,
+    }
 
 
 # --------------------------------------------------------------------------- Markdown
+
 
 def _rel(path: str, root: str) -> str:
     return os.path.relpath(path, root).replace(os.sep, "/")
@@ -95,14 +126,20 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|")
 
 
-def _figure_md(figs: Dict[str, str], key: str, root: str, caption: str) -> List[str]:
+def _figure_md(figs: dict[str, str], key: str, root: str, caption: str) -> list[str]:
     if key not in figs:
         return []
     return [f"![{caption}]({_rel(figs[key], root)})", "", f"*{caption}*", ""]
 
 
-def build_markdown(cfg, records, comp: Dict[str, Any], figs: Dict[str, str], steps: Sequence[Dict[str, Any]],
-                   verdicts: List[Dict[str, Any]]) -> str:
+def build_markdown(
+    cfg,
+    records,
+    comp: dict[str, Any],
+    figs: dict[str, str],
+    steps: Sequence[dict[str, Any]],
+    verdicts: list[dict[str, Any]],
+) -> str:
     """The report as Markdown (figures as links relative to ``cfg.out``).
 
     Args:
@@ -116,7 +153,26 @@ def build_markdown(cfg, records, comp: Dict[str, Any], figs: Dict[str, str], ste
     Returns:
         The Markdown text.
     """
-    root = cfg.out
+    now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    lines = [
+        f"# Does AMP find flatter minima? {cfg.dataset} / {cfg.model}",
+        "",
+        f"Generated {now} by flatness {__version__} (`flatness experiment`). Output folder: `{cfg.out}`.",
+        "",
+    ]
+    lines += ["## Verdict", ""]
+    for v in verdicts:
+        lines += [f"- {s}" for s in v["sentences"]] + [""]
+    lines += _setup_section(cfg, records)
+    lines += _results_section(comp)
+    lines += _figures_section(cfg, figs)
+    lines += _cost_section(steps)
+    lines += _caveats_section(cfg)
+    return "\n".join(lines)
+
+
+def _setup_section(cfg, records) -> list[str]:
+    """How the runs were trained, probed and sliced, from the runs' own records."""
     first = next((r for r in records if r.config), None)
     tc = first.config if first else {}
     amp_cfg = next((r.config for r in records if r.method == "amp" and r.config), {})
@@ -125,91 +181,144 @@ def build_markdown(cfg, records, comp: Dict[str, Any], figs: Dict[str, str], ste
     pdata = probe.get("data") or {}
     hess = probe.get("hessian") or {}
     trace = probe.get("trace") or {}
-    now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    L: List[str] = []
-    L += [f"# Does AMP find flatter minima? {cfg.dataset} / {cfg.model}", "",
-          f"Generated {now} by flatness {__version__} (`flatness experiment`). Output folder: `{cfg.out}`.", ""]
-    L += ["## Verdict", ""]
-    for v in verdicts:
-        L += [f"- {s}" for s in v["sentences"]] + [""]
-    L += ["## Setup", "",
-          f"- Data: **{cfg.dataset}**; model **{cfg.model}**; methods {', '.join(m.upper() for m in cfg.methods)}; "
-          f"seeds {', '.join(str(s) for s in cfg.seeds)} (one training run per method and seed)" +
-          (" — **quick mode** (tiny settings for testing; the numbers mean little)" if cfg.quick else "") + ".",
-          f"- Training: {tc.get('epochs', '?')} epochs, batch {tc.get('batch_size', '?')}, SGD lr {tc.get('lr', '?')} "
-          f"(momentum {tc.get('momentum', '?')}, Nesterov {tc.get('nesterov', '?')}, weight decay "
-          f"{tc.get('weight_decay', '?')}), schedule {tc.get('schedule', '?')} with milestones "
-          f"{tc.get('milestones', '?')}, augmentation {tc.get('augment', '?')}"
-          + (f", recipe {cfg.recipe}" if cfg.recipe else "") + ".",
-          ]
+    L = [
+        "## Setup",
+        "",
+        f"- Data: **{cfg.dataset}**; model **{cfg.model}**; methods {', '.join(m.upper() for m in cfg.methods)}; "
+        f"seeds {', '.join(str(s) for s in cfg.seeds)} (one training run per method and seed)"
+        + (" — **quick mode** (tiny settings for testing; the numbers mean little)" if cfg.quick else "")
+        + ".",
+        f"- Training: {tc.get('epochs', '?')} epochs, batch {tc.get('batch_size', '?')}, SGD lr {tc.get('lr', '?')} "
+        f"(momentum {tc.get('momentum', '?')}, Nesterov {tc.get('nesterov', '?')}, weight decay "
+        f"{tc.get('weight_decay', '?')}), schedule {tc.get('schedule', '?')} with milestones "
+        f"{tc.get('milestones', '?')}, augmentation {tc.get('augment', '?')}"
+        + (f", recipe {cfg.recipe}" if cfg.recipe else "")
+        + ".",
+    ]
     if amp_cfg:
-        L.append(f"- AMP: ε = {amp_cfg.get('epsilon')} ({amp_cfg.get('ball')} ball), inner_lr {amp_cfg.get('inner_lr')}, "
-                 f"inner_iter {amp_cfg.get('inner_iter')} (cost: {1 + int(amp_cfg.get('inner_iter') or 1)} "
-                 "forward-backward passes per step).")
+        L.append(
+            f"- AMP: ε = {amp_cfg.get('epsilon')} ({amp_cfg.get('ball')} ball), inner_lr {amp_cfg.get('inner_lr')}, "
+            f"inner_iter {amp_cfg.get('inner_iter')} (cost: {1 + int(amp_cfg.get('inner_iter') or 1)} "
+            "forward-backward passes per step)."
+        )
     if sam_cfg:
         L.append(f"- SAM: ρ = {sam_cfg.get('rho')}, adaptive {sam_cfg.get('adaptive')}.")
-    L += [f"- Probe (every final checkpoint): {pdata.get('dataset', cfg.dataset)} **{pdata.get('split', 'train')}** "
-          f"split, the first {pdata.get('samples', cfg.samples)} examples in dataset order, batches of "
-          f"{pdata.get('batch_size', cfg.batch_size)}, model in eval mode (BatchNorm running statistics), no augmentation.",
-          f"- Hessian: top-{len(hess.get('eigenvalues') or []) or cfg.probe.get('top_k')} eigenvalues of the probe "
-          f"loss by {hess.get('method', cfg.probe.get('eig_method'))} (exact Hessian-vector products); trace by "
-          f"Hutchinson ({(trace or {}).get('hvps', cfg.probe.get('trace_samples'))} Rademacher vectors, ± standard error in "
-          "the probe files); spectral density by stochastic Lanczos quadrature (for the plotted seed "
-          f"{cfg.seeds[0]} only). Eigenvalues and trace are in units of "
-          "the loss (nats) per squared unit of weight.",
-          "- Sharpness (same probe data; docs/metrics.md): keskar = ε-sharpness in % of (1 + L); worst_case / "
-          "adaptive_worst_case = max loss increase in the ball of radius ρ (plain, or scaled by |θ|), in nats; "
-          "average_case / adaptive_average_case = mean loss increase under Gaussian noise of scale ρ, in nats; "
-          "pac_bayes(_magnitude) = 1/σ\\*² where σ\\* is the largest noise level raising the error by ≤ 0.1.",
-          f"- Surfaces: seed {cfg.seeds[0]} of every method, the same random-direction seed for all, Gaussian "
-          "directions filter-normalised (each filter scaled to the checkpoint's filter norm; biases and BatchNorm "
-          f"ignored); 1D: {2 * cfg.grid - 1} points on [−1, 1]; 2D: {cfg.grid} × {cfg.grid} on [−1, 1]²; loss and "
-          f"accuracy on the first {cfg.samples} training examples and on the test split (eval mode). The "
-          f"interpolation runs θ(α) = (1−α)·θ_ERM + α·θ_other on {2 * cfg.grid - 1} points of α ∈ [−0.5, 1.5].",
-          ""]
-    L += ["## Results", "", "Mean ± sample standard deviation over seeds; the difference is other-method mean minus "
-          "ERM mean; p from Welch's t-test, raw and Holm-adjusted. For every flatness measure lower means flatter.", "",
-          markdown_table(comp), ""]
+    L += [
+        f"- Probe (every final checkpoint): {pdata.get('dataset', cfg.dataset)} **{pdata.get('split', 'train')}** "
+        f"split, the first {pdata.get('samples', cfg.samples)} examples in dataset order, batches of "
+        f"{pdata.get('batch_size', cfg.batch_size)}, model in eval mode (BatchNorm running statistics), no augmentation.",
+        f"- Hessian: top-{len(hess.get('eigenvalues') or []) or cfg.probe.get('top_k')} eigenvalues of the probe "
+        f"loss by {hess.get('method', cfg.probe.get('eig_method'))} (exact Hessian-vector products); trace by "
+        f"Hutchinson ({(trace or {}).get('hvps', cfg.probe.get('trace_samples'))} Rademacher vectors, ± standard error in "
+        "the probe files); spectral density by stochastic Lanczos quadrature (for the plotted seed "
+        f"{cfg.seeds[0]} only). Eigenvalues and trace are in units of "
+        "the loss (nats) per squared unit of weight.",
+        "- Sharpness (same probe data; docs/metrics.md): keskar = ε-sharpness in % of (1 + L); worst_case / "
+        "adaptive_worst_case = max loss increase in the ball of radius ρ (plain, or scaled by |θ|), in nats; "
+        "average_case / adaptive_average_case = mean loss increase under Gaussian noise of scale ρ, in nats; "
+        "pac_bayes(_magnitude) = 1/σ\\*² where σ\\* is the largest noise level raising the error by ≤ 0.1.",
+        f"- Surfaces: seed {cfg.seeds[0]} of every method, the same random-direction seed for all, Gaussian "
+        "directions filter-normalised (each filter scaled to the checkpoint's filter norm; biases and BatchNorm "
+        f"ignored); 1D: {2 * cfg.grid - 1} points on [−1, 1]; 2D: {cfg.grid} × {cfg.grid} on [−1, 1]²; loss and "
+        f"accuracy on the first {cfg.samples} training examples and on the test split (eval mode). The "
+        f"interpolation runs θ(α) = (1−α)·θ_ERM + α·θ_other on {2 * cfg.grid - 1} points of α ∈ [−0.5, 1.5].",
+        "",
+    ]
+    return L
+
+
+def _results_section(comp: dict[str, Any]) -> list[str]:
+    """The comparison table and what each of its rows measures."""
+    L = [
+        "## Results",
+        "",
+        "Mean ± sample standard deviation over seeds; the difference is other-method mean minus "
+        "ERM mean; p from Welch's t-test, raw and Holm-adjusted. For every flatness measure lower means flatter.",
+        "",
+        markdown_table(comp),
+        "",
+    ]
     L += ["### What each row measures", "", "| quantity | unit | how it was measured |", "|---|---|---|"]
     for r in comp["rows"]:
         L.append("| " + " | ".join(_cell(c) for c in (r["label"], r["unit"] or "–", r["how"])) + " |")
     L += ["", "Per-run values: `comparison.csv` (one row per run, one column per quantity) and `comparison.json`.", ""]
-    L += ["## Figures", ""]
-    L += _figure_md(figs, "training", root, "Training curves, mean over seeds (band: ±1 std). Train loss/accuracy are "
-                    "running means during each epoch; test values are on the full test split after each epoch.")
-    L += _figure_md(figs, "spectra", root, "Hessian spectral density (log scale) of one seed per method; dotted "
-                    "lines: its top eigenvalues.")
+    return L
+
+
+def _figures_section(cfg, figs: dict[str, str]) -> list[str]:
+    """Every figure with its caption, in reading order."""
+    root = cfg.out
+    L = ["## Figures", ""]
+    L += _figure_md(
+        figs,
+        "training",
+        root,
+        "Training curves, mean over seeds (band: ±1 std). Train loss/accuracy are "
+        "running means during each epoch; test values are on the full test split after each epoch.",
+    )
+    L += _figure_md(
+        figs,
+        "spectra",
+        root,
+        "Hessian spectral density (log scale) of one seed per method; dotted lines: its top eigenvalues.",
+    )
     L += _figure_md(figs, "spectra-all", root, "Hessian spectral densities and top eigenvalues of every run.")
-    L += _figure_md(figs, "slices-1d", root, "1D loss and accuracy along a random filter-normalised direction "
-                    "(solid: train probe data, dashed: test split). A wider, lower valley is flatter.")
+    L += _figure_md(
+        figs,
+        "slices-1d",
+        root,
+        "1D loss and accuracy along a random filter-normalised direction "
+        "(solid: train probe data, dashed: test split). A wider, lower valley is flatter.",
+    )
     L += _figure_md(figs, "contours-2d", root, "2D train loss around each checkpoint, shared colour scale.")
     for m in cfg.methods:
-        L += _figure_md(figs, f"contour-{m}", root, f"{m.upper()} seed {cfg.seeds[0]}: 2D train-loss contours "
-                        "(levels labelled).")
+        L += _figure_md(
+            figs, f"contour-{m}", root, f"{m.upper()} seed {cfg.seeds[0]}: 2D train-loss contours (levels labelled)."
+        )
     for m in cfg.methods:
         L += _figure_md(figs, f"3d-{m}", root, f"{m.upper()} seed {cfg.seeds[0]}: the 2D surface in 3D.")
-    L += _figure_md(figs, "interp", root, "Linear interpolation from the ERM checkpoint (α = 0) to the other "
-                    "method's checkpoint (α = 1), same seed. A barrier between them means separate basins.")
-    L += ["## Cost", "", "| step | seconds | |", "|---|---|---|"]
+    L += _figure_md(
+        figs,
+        "interp",
+        root,
+        "Linear interpolation from the ERM checkpoint (α = 0) to the other "
+        "method's checkpoint (α = 1), same seed. A barrier between them means separate basins.",
+    )
+    return L
+
+
+def _cost_section(steps: Sequence[dict[str, Any]]) -> list[str]:
+    """Seconds of every computing step that ran (this invocation or an earlier one)."""
+    L = ["## Cost", "", "| step | seconds | |", "|---|---|---|"]
     total = 0.0
     for s in steps:
         if s.get("skipped"):
             continue
         total += float(s.get("seconds") or 0)
-        L.append(f"| {s['step']} | {float(s.get('seconds') or 0):.1f} | {'earlier invocation' if s.get('earlier') else ''} |")
+        L.append(
+            f"| {s['step']} | {float(s.get('seconds') or 0):.1f} | {'earlier invocation' if s.get('earlier') else ''} |"
+        )
     L += [f"| **total** | **{total:.1f}** | wall-clock seconds of the computing steps |", ""]
-    L += ["## Caveats", "",
-          f"- {len(cfg.seeds)} seed(s) per method: the spread between seeds is estimated from very few runs, so the "
-          "p-values are weak evidence; significance is judged on Holm-adjusted p-values (raw ones shown beside).",
-          "- Plain (non-adaptive) sharpness, eigenvalues and the trace change when a ReLU layer is scaled by α and "
-          "the next by 1/α, and BatchNorm makes the loss invariant to the scale of the preceding weights; weight "
-          "decay differences between methods can therefore move these numbers without any change in the function. "
-          "The adaptive metrics are invariant to such rescaling: compare both.",
-          "- The surfaces are one random 1D/2D slice of a high-dimensional landscape of one seed; they illustrate, "
-          "they do not measure.",
-          "- AMP trains on worst_case sharpness at ρ = its ε with its ball; being flatter there is partly by construction.",
-          ""]
-    return "\n".join(L)
+    return L
+
+
+def _caveats_section(cfg) -> list[str]:
+    """What the numbers cannot say."""
+    return [
+        "## Caveats",
+        "",
+        f"- {len(cfg.seeds)} seed(s) per method: the spread between seeds is estimated from very few runs, so the "
+        "p-values are weak evidence; significance is judged on Holm-adjusted p-values (raw ones shown beside).",
+        "- Plain (non-adaptive) sharpness, eigenvalues and the trace change when a ReLU layer is scaled by α and "
+        "the next by 1/α, and BatchNorm makes the loss invariant to the scale of the preceding weights; weight "
+        "decay differences between methods can therefore move these numbers without any change in the function. "
+        "The adaptive metrics are invariant to such rescaling: compare both.",
+        "- The surfaces are one random 1D/2D slice of a high-dimensional landscape of one seed; they illustrate, "
+        "they do not measure.",
+        "- AMP trains on worst_case sharpness at ρ = its ε with its ball; being flatter there is partly by "
+        "construction.",
+        "",
+    ]
 
 
 # --------------------------------------------------------------------------- HTML
@@ -229,7 +338,8 @@ def _image_source(src: str, root: str) -> str:
     with open(path, "rb") as handle:
         data = base64.b64encode(handle.read()).decode("ascii")
     mime = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}.get(
-        src.rsplit(".", 1)[-1].lower(), "image/png")
+        src.rsplit(".", 1)[-1].lower(), "image/png"
+    )
     return f"data:{mime};base64,{data}"
 
 
@@ -256,13 +366,17 @@ def markdown_to_html(md: str, root: str, title: str, embed: bool = True) -> str:
         return default_image(tokens, idx, options, env)
 
     renderer.add_render_rule("image", image)
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n" + renderer.render(md) +
-            "</body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n"
+        + renderer.render(md)
+        + "</body></html>\n"
+    )
 
 
-def write_report(cfg, records, comp: Dict[str, Any], figs: Dict[str, str],
-                 steps: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+def write_report(
+    cfg, records, comp: dict[str, Any], figs: dict[str, str], steps: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
     """Write ``REPORT.md`` and ``report.html`` into ``cfg.out``; return their paths and the verdicts."""
     verdicts = [verdict(comp, m) for m in comp.get("others", [])]
     md = build_markdown(cfg, records, comp, figs, steps, verdicts)
