@@ -6,6 +6,7 @@ import os
 
 import click
 
+from flatness.cli.source_options import model_source, source_options
 from flatness.core.errors import FlatnessError
 from flatness.core.paths import check_input, check_name, check_paths
 from flatness.core.validation import check_count, check_number, check_seed
@@ -70,7 +71,8 @@ def _fmt(x, spec=".4g"):
 @click.option("--data-dir", default=None, help="Dataset folder (default ./data).")
 @click.option("--out", default=None, metavar="FILE.json",
               help="Output file (default: CHECKPOINT's name with .probe-SPLIT.json).")
-@click.option("--force", is_flag=True, help="Overwrite existing output files.")
+@click.option("--force", is_flag=True, help="Overwrite existing output files; also use a --model or --dataset "
+                                            "callable other than the one the run was trained with.")
 @click.option("--save-vectors", is_flag=True, help="Also write the eigenvectors to a sidecar .h5.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
               help="Precision of the Hessian and sharpness computations. float64 is for the rare model "
@@ -80,10 +82,15 @@ def _fmt(x, spec=".4g"):
               help="Restrict the Hessian (eigenvalues, trace, density) to the parameters whose names match, "
                    "e.g. 'layer4.*' or 'features.0.weight': per-layer spectra. Default: all parameters.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@source_options
 def command(checkpoint, split, samples, batch_size, top_k, eig_method, tol, max_iter, trace, trace_samples,
             trace_method, density, density_steps, density_vectors, sharpness, rho, epsilon, ball, draws, ascent_steps,
-            seed, device, data_dir, out, force, save_vectors, dtype, params, quiet):
-    """Measure CHECKPOINT: loss, accuracy, top Hessian eigenvalues, optional trace, density, sharpness."""
+            seed, device, data_dir, out, force, save_vectors, dtype, params, quiet, **model_options):
+    """Measure CHECKPOINT: loss, accuracy, top Hessian eigenvalues, optional trace, density, sharpness.
+
+    CHECKPOINT: a flatness checkpoint or run folder; a plain state_dict (torch.save) or .safetensors file
+    with --model; or a .pt2 program (torch.export.save) with --dataset.
+    """
     from flatness.core import distributed
     from flatness.core.devices import resolve_device
     from flatness.formats.probe_file import sidecar_path, write_probe
@@ -126,7 +133,7 @@ def command(checkpoint, split, samples, batch_size, top_k, eig_method, tol, max_
 
     distributed.init_from_env(resolve_device(device))  # under torchrun: join the ranks (probe data sharded)
     settings.progress = settings.progress and distributed.is_main()
-    result = run_probe(checkpoint, settings)
+    result = run_probe(checkpoint, settings, model_source(**model_options, force=force))
     if not distributed.is_main():
         return  # rank 0 writes and reports
     _report(out, write_probe(out, result, force=force), split, tol)
@@ -135,7 +142,8 @@ def command(checkpoint, split, samples, batch_size, top_k, eig_method, tol, max_
 def _report(out: str, written, split: str, tol: float) -> None:
     """A few lines summarising the probe file just written."""
     ck = written["checkpoint"]
-    click.echo(f"{ck['model']} on {ck['dataset']} ({ck['method']}, epoch {ck['epoch']}), "
+    run = f" ({ck['method']}, epoch {ck['epoch']})" if ck.get("method") is not None else ""  # not for foreign files
+    click.echo(f"{ck['model']} on {ck['dataset']}{run}, "
                f"{written['data']['samples']} {split} examples, {written['num_params']} parameters")
     click.echo(f"  loss {_fmt(written['loss'])}, accuracy {100 * written['accuracy']:.2f}%, "
                f"weight norm {_fmt(written['weight_norm'])}, distance from init {_fmt(written['distance_from_init'])}")

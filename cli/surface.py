@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from flatness.cli.source_options import model_source, source_options
 from flatness.data.probe_data import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
 
 
@@ -32,7 +33,8 @@ from flatness.data.probe_data import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
 @click.option("--download", is_flag=True, help="Download the dataset if it is missing.")
 @click.option("--out", default=None, metavar="FILE.h5", help="Output file (default: beside the checkpoint).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted surface: compute only the missing points.")
-@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file; also use a --model or --dataset "
+                                            "callable other than the one the run was trained with.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="bf16 evaluates under bfloat16 autocast: about 2x faster on recent GPUs, ~3 significant "
                    "digits of loss (fine for pictures, not for tiny differences near the minimum).")
@@ -40,10 +42,14 @@ from flatness.data.probe_data import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
               help="Run conv nets in NHWC memory layout: same values up to rounding (~1e-6), often much "
                    "faster on CPUs (the default digits convnet: about 27% less time per point).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@source_options
 # click passes every option as a parameter; the function only builds SurfaceSettings from them.
 def command(checkpoint, x, y, direction, norm, ignore, orthogonal, split, samples, batch_size, bn, seed, device,
-            data_dir, download, out, resume, force, precision, channels_last, quiet):
+            data_dir, download, out, resume, force, precision, channels_last, quiet, **model_options):
     """Loss and accuracy on a grid around CHECKPOINT (loss-landscape compatible HDF5).
+
+    CHECKPOINT: a flatness checkpoint or run folder; a plain state_dict (torch.save) or .safetensors file
+    with --model; or a .pt2 program (torch.export.save) with --dataset.
 
     Under `torchrun --nproc_per_node=N -m flatness.cli surface ...` the grid points are shared out
     among the N processes (gloo on CPU, NCCL on GPU) and rank 0 writes the file; --resume works with
@@ -59,7 +65,8 @@ def command(checkpoint, x, y, direction, norm, ignore, orthogonal, split, sample
                                split=split, samples=parse_samples(samples), batch_size=batch_size, bn=bn,
                                seed=seed, device=device, resume=resume, force=force,
                                progress=not quiet and distributed.is_main(), data_dir=data_dir,
-                               download=download, precision=precision, channels_last=channels_last)
+                               download=download, precision=precision, channels_last=channels_last,
+                               source=model_source(**model_options, force=force, download=download))
     summary = compute_surface(checkpoint, out, settings)
     if not distributed.is_main():
         return

@@ -16,11 +16,24 @@ def _ms(values) -> str:
 
 @click.command("train")
 @click.option("--dataset", type=str, default=None,
-              help=f"Dataset: digits (offline, bundled), cifar10, cifar100, svhn, gtsrb, mnist, fashion-mnist. "
+              help=f"Dataset: digits (offline, bundled), mnist1d (offline, generated), cifar10, cifar100, svhn, "
+                   f"gtsrb, mnist, fashion-mnist; or your own: FILE.npz (x_train, y_train, x_test, y_test), "
+                   f"package.module:callable or FILE.py:callable returning (train_dataset, test_dataset), "
+                   f"imagefolder:DIR (DIR/train, DIR/test). "
                    f"[default: {D.dataset}; the AMP paper: cifar10/cifar100/svhn]")
 @click.option("--model", type=str, default=None,
-              help=f"Model: mlp, convnet, preactresnet18, wrn-DEPTH-WIDEN (e.g. wrn-28-10), vgg16. "
-                   f"[default: {D.model}; the paper: preactresnet18, wrn-28-10, vgg16]")
+              help=f"Model: mlp, convnet, preactresnet18, wrn-DEPTH-WIDEN (e.g. wrn-28-10), vgg16, mlp1d, conv1d; "
+                   f"or "
+                   f"your own: package.module:callable or FILE.py:callable returning an nn.Module (with "
+                   f"--model-args), torchvision:NAME. [default: the dataset's (mnist1d: mlp1d), else {D.model}; "
+                   f"the paper: preactresnet18, wrn-28-10, vgg16]")
+@click.option("--model-args", type=str, default=None, metavar="JSON",
+              help="Keyword arguments of a --model callable or torchvision model, as a JSON object, "
+                   "e.g. '{\"width\": 64}'. Recorded in the run.")
+@click.option("--image-size", type=int, default=None, help="imagefolder data: resize images to this square size.")
+@click.option("--normalize", is_flag=True, default=None,
+              help="Your own data: standardise each channel with the training split's mean and std (recorded in "
+                   "the run). Without it the data is used exactly as given.")
 @click.option("--width", type=int, default=None, help="Width of convnet (first conv channels, default 16) or mlp "
                                                       "(hidden units, default 128); other models ignore it.")
 @click.option("--depth", type=int, default=None, help="Hidden layers of mlp (default 2); other models ignore it.")
@@ -64,7 +77,8 @@ def _ms(values) -> str:
                    "none. [default: off; paper: on]")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Where datasets live: <data-dir>/<dataset>/... [default: ./data]")
-@click.option("--download", is_flag=True, default=False, help="Download a missing dataset (needs the internet).")
+@click.option("--download", is_flag=True, default=False,
+              help="Download a missing dataset, or torchvision weights named in --model-args (needs the internet).")
 @click.option("--out", type=click.Path(), default=None,
               help="Run folder (config.json, init.pt, last.pt, epoch-NNN.pt, metrics.jsonl). An existing non-empty "
                    "folder is refused unless --resume. [default: checkpoints/<dataset>-<model>-<method>-s<seed>]")
@@ -76,7 +90,8 @@ def _ms(values) -> str:
                    "--save-every, --device, --data-dir, --download must match the stored run).")
 @click.option("--recipe", type=str, default=None,
               help="Start from a named preset; options given explicitly override it: amp-paper (the AMP paper's "
-                   "CIFAR/SVHN recipe), amp-paper-vgg (eps 0.1, inner-lr 0.2), digits-default (the defaults).")
+                   "CIFAR/SVHN recipe), amp-paper-vgg (eps 0.1, inner-lr 0.2), digits-default (the defaults), "
+                   "mnist1d-default (used by --dataset mnist1d unless another is named).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
               help="bf16: bfloat16 autocast for the forward/backward passes (weights, optimizer and checkpoints stay "
                    "fp32); the GPU fast path. [default: fp32]")
@@ -111,6 +126,10 @@ def command(out, resume, recipe, progress, nproc, compile_, **options):
     if out is not None:  # before resume_config reads the folder
         check_paths({}, {"--out": out}, folders=["--out"])
     explicit = {k: v for k, v in options.items() if v is not None}
+    if "model_args" in explicit:  # a JSON object, checked (one line) before anything is trained
+        from flatness.models.references import parse_model_args
+
+        explicit["model_args"] = parse_model_args(explicit["model_args"])
     if not explicit.get("download"):
         explicit.pop("download", None)
     if resume:

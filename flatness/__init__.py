@@ -25,6 +25,7 @@ from flatness.formats.weights import load_exported_program, load_weights_into
 from flatness.hessian import HessianOperator, estimate_trace, lanczos, power_iteration, slq
 from flatness.landscape.compute import SurfaceSettings, compute_surface
 from flatness.landscape.surface import loss_surface
+from flatness.models.loading import ModelSource, load_target
 from flatness.models.references import resolve_model_reference
 from flatness.models.registry import build_model
 from flatness.study.experiment import run_experiment
@@ -39,6 +40,7 @@ __all__ = [
     "SAM",
     "FlatnessError",
     "HessianOperator",
+    "ModelSource",
     "ProbeData",
     "ProbeSettings",
     "SharpnessSettings",
@@ -56,6 +58,7 @@ __all__ = [
     "lanczos",
     "load_checkpoint",
     "load_exported_program",
+    "load_target",
     "load_probe_data",
     "load_user_dataset",
     "load_weights_into",

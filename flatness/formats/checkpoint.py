@@ -42,6 +42,19 @@ METRICS = "metrics.jsonl"
 SNAPSHOT_RE = re.compile(r"^epoch-(\d{3,})\.pt$")
 
 
+class ForeignCheckpointError(FlatnessError):
+    """A file that torch reads safely but that holds no flatness checkpoint (a plain state_dict, say).
+
+    The loaders catch it to try the foreign weight formats instead.
+    """
+
+
+def user_model_reference(spec: Dict[str, Any]) -> Optional[str]:
+    """The ``--model`` reference a checkpoint's model was built from (None for a built-in model)."""
+    ref = spec.get("reference") if isinstance(spec, dict) else None
+    return ref if isinstance(ref, str) else None
+
+
 def snapshot_name(epoch: int) -> str:
     return f"epoch-{epoch:03d}.pt"
 
@@ -92,8 +105,14 @@ def save_checkpoint(path: str, model: nn.Module, *, model_spec: Dict[str, Any], 
                     epoch: int, step: int = 0, metrics: Optional[List[Dict[str, Any]]] = None,
                     optimizer_state: Optional[Dict[str, Any]] = None,
                     scheduler_state: Optional[Dict[str, Any]] = None,
-                    rng: Optional[Dict[str, Any]] = None, extra: Optional[Dict[str, Any]] = None) -> None:
-    """Write a checkpoint atomically. Tensors are moved to the CPU so any machine can read it."""
+                    rng: Optional[Dict[str, Any]] = None, extra: Optional[Dict[str, Any]] = None,
+                    sources: Optional[Dict[str, Any]] = None) -> None:
+    """Write a checkpoint atomically. Tensors are moved to the CPU so any machine can read it.
+
+    ``sources`` (plain data) records where a user's model and data came from: ``{"model": {"reference",
+    "args", "sha256"}, "dataset": {"reference", "sha256", "normalize", ...}}``; it names code, it never
+    holds any, and nothing reading the checkpoint runs what it names (``flatness.models.loading``).
+    """
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -108,6 +127,7 @@ def save_checkpoint(path: str, model: nn.Module, *, model_spec: Dict[str, Any], 
         "scheduler_state": scheduler_state,
         "rng": rng,
         "extra": extra or {},
+        "sources": sources or {},
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -139,8 +159,8 @@ def read_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
         raise FlatnessError(f"{path} is not a readable checkpoint (truncated or corrupt?): "
                             f"{type(err).__name__}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise FlatnessError(f"{path} is not a flatness checkpoint (no '{FORMAT}' marker); "
-                            "it may come from another tool")
+        raise ForeignCheckpointError(f"{path} is not a flatness checkpoint (no '{FORMAT}' marker); a plain "
+                                     "state_dict or .safetensors file needs --model, a .pt2 program nothing")
     version = payload.get("format_version", 0)
     if isinstance(version, bool) or not isinstance(version, int):
         raise FlatnessError(f"{path} is a damaged flatness checkpoint: 'format_version' is not a number")
@@ -191,6 +211,11 @@ def load_checkpoint(path: str, device: Any = "cpu", require_finite: bool = True)
     ``model_spec`` and ``path``; a run folder may be given for its ``last.pt``.
     """
     payload = read_checkpoint(path)
+    reference = user_model_reference(payload["model_spec"])
+    if reference is not None:
+        raise FlatnessError(f"{payload['path']} holds a model built by {reference}: a checkpoint never makes "
+                            f"flatness run code, so pass --model {reference} (in Python: "
+                            "flatness.models.loading.load_target)")
     try:
         model = build_from_spec(payload["model_spec"])
         model.load_state_dict(payload["model_state"])

@@ -87,6 +87,9 @@ class SurfaceSettings:
     download: bool = False
     precision: str = "fp32"
     channels_last: bool = False
+    # --model/--model-args/--dataset of the command line (flatness.models.loading.ModelSource); None:
+    # the model and dataset the checkpoint records
+    source: Any = None
 
     def check(self) -> tuple[tuple[float, float, int], tuple[float, float, int] | None, str, str | None]:
         """Check every option before anything is touched.
@@ -147,16 +150,15 @@ class _Job:
         ``in_layout``: in the model's memory format (the Hessian of eigen directions has always used
         the plain layout).
         """
-        from flatness.data.probe_data import load_probe_data
-
         s = self.settings
         if "train" in self.data:
             return self.data["train"]
-        data = load_probe_data(self.wanted["dataset"], "train", s.samples, s.batch_size,
-                               device=self.data_device, root=s.data_dir, download=s.download)
+        data = self.target.probe_data("train", s.samples, s.batch_size, self.data_device, root=s.data_dir,
+                                      download=s.download)
         return data.channels_last() if s.channels_last and in_layout else data
 
     data_device: Any = None
+    target: Any = None  # the loaded flatness.models.loading.Target (its data)
 
 
 def compute_surface(checkpoint: str, out: str | None = None, settings: SurfaceSettings | None = None,
@@ -210,7 +212,7 @@ def compute_surface(checkpoint: str, out: str | None = None, settings: SurfaceSe
 def _prepare(checkpoint: str, out: str | None, s: SurfaceSettings, data: dict[str, Any] | None) -> _Job:
     """Check the options, load the model and the data, and decide the output file (nothing written)."""
     from flatness.core.devices import resolve_device
-    from flatness.formats.checkpoint import load_checkpoint
+    from flatness.models.loading import load_target
 
     xs, ys, kind, source = s.check()
     sources = [source] if kind in ("interp", "pca") and source else []
@@ -219,7 +221,8 @@ def _prepare(checkpoint: str, out: str | None, s: SurfaceSettings, data: dict[st
     if kind == "interp" and file_id(source) is not None and same_file(source, checkpoint):
         raise FlatnessError(f"--dir interp:{source} is CHECKPOINT itself: an interpolation needs two checkpoints")
     dev = distributed.local_device(resolve_device(s.device))
-    model, info = load_checkpoint(checkpoint, device=dev)
+    target = load_target(checkpoint, s.source, device=dev, root=s.data_dir)
+    model, info = target.model, target.info
     if s.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ckpt_path = info["path"]
@@ -238,7 +241,7 @@ def _prepare(checkpoint: str, out: str | None, s: SurfaceSettings, data: dict[st
     wanted, match_keys, payload_b = _provenance(s, info, kind, source, xs, ys)
     job = _Job(s, kind, source, model, out, splits, wanted, match_keys, payload_b, {}, None,
                grid_coordinates(*xs), grid_coordinates(*ys) if ys is not None else None,
-               bool(s.resume and exists), data_device=dev)
+               bool(s.resume and exists), data_device=dev, target=target)
     job.data = _probe_sets(job, data)
     if s.bn == "recalibrate" and batchnorm_layers(model):
         job.recal_batches = job.load_train()
@@ -247,12 +250,10 @@ def _prepare(checkpoint: str, out: str | None, s: SurfaceSettings, data: dict[st
 
 def _probe_sets(job: _Job, data: dict[str, Any] | None) -> dict[str, Any]:
     """The probe data of every split (loaded before any file is created: a missing dataset changes nothing)."""
-    from flatness.data.probe_data import load_probe_data
-
     s = job.settings
     if data is None:
-        data = {sp: load_probe_data(job.wanted["dataset"], sp, s.samples, s.batch_size, device=job.data_device,
-                                    root=s.data_dir, download=s.download) for sp in job.splits}
+        data = {sp: job.target.probe_data(sp, s.samples, s.batch_size, job.data_device, root=s.data_dir,
+                                          download=s.download) for sp in job.splits}
     elif set(data) != set(job.splits):
         raise FlatnessError(f"data must hold exactly the splits {job.splits}, got {sorted(data)}")
     return {sp: (d.channels_last() if s.channels_last else d) for sp, d in data.items()}

@@ -11,12 +11,13 @@ give. A recorded ``module:callable`` or ``file.py:callable`` must be named again
 recorded, or a factory file whose sha256 changed, is refused unless ``source.force``. torchvision
 model names, npz files and image folders are data, not code, and may come from the record.
 """
+
 from __future__ import annotations
 
 import copy
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -41,11 +42,11 @@ class ModelSource:
     one, or one whose file changed since training.
     """
 
-    model: Optional[str] = None
+    model: str | None = None
     model_args: Any = None
-    dataset: Optional[str] = None
-    image_size: Optional[int] = None
-    normalize: Optional[bool] = None
+    dataset: str | None = None
+    image_size: int | None = None
+    normalize: bool | None = None
     download: bool = False
     force: bool = False
 
@@ -59,13 +60,20 @@ class Target:
     """
 
     model: nn.Module
-    info: Dict[str, Any]
-    image_size: Optional[int] = None
+    info: dict[str, Any]
+    image_size: int | None = None
     normalize: bool = False
-    sources: Dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, Any] = field(default_factory=dict)
 
-    def probe_data(self, split: str, samples: Optional[int], batch_size: int, device: torch.device,
-                   root: Optional[str] = None, download: bool = False) -> ProbeData:
+    def probe_data(
+        self,
+        split: str,
+        samples: int | None,
+        batch_size: int,
+        device: torch.device,
+        root: str | None = None,
+        download: bool = False,
+    ) -> ProbeData:
         """The first ``samples`` examples of ``split`` (None: all), checked against the model.
 
         Args:
@@ -87,18 +95,22 @@ class Target:
         return ProbeData.from_dataset(dataset, samples, batch_size, device)
 
 
-def is_user_dataset(name: Optional[str]) -> bool:
+def is_user_dataset(name: str | None) -> bool:
     """True for a dataset that is not built in (an npz, an image folder or a factory reference)."""
     return bool(name) and name not in DATASETS
 
 
-def is_code_reference(ref: Optional[str]) -> bool:
+def is_code_reference(ref: str | None) -> bool:
     """True for a reference that runs the user's code (``module:callable``, ``file.py:callable``)."""
-    return bool(ref) and is_reference(ref) and not ref.startswith(TORCHVISION_PREFIX) and \
-        not ref.startswith("imagefolder:")
+    return (
+        bool(ref)
+        and is_reference(ref)
+        and not ref.startswith(TORCHVISION_PREFIX)
+        and not ref.startswith("imagefolder:")
+    )
 
 
-def default_model_for(dataset: Optional[str]) -> Optional[str]:
+def default_model_for(dataset: str | None) -> str | None:
     """The built-in model a run on ``dataset`` uses when none is named (None: the general default)."""
     info = DATASETS.get(dataset) if dataset else None
     return info.default_model if info is not None else None
@@ -108,14 +120,24 @@ def check_dataset_reference(name: str) -> None:
     """FlatnessError unless ``name`` is a built-in dataset or has the form of a user dataset."""
     if name in DATASETS or name.endswith(".npz") or is_reference(name):
         return
-    raise FlatnessError(f"unknown dataset {name!r}; choose a built-in one ({', '.join(sorted(DATASETS))}), "
-                        "file.npz, package.module:callable, file.py:callable or imagefolder:DIR")
+    raise FlatnessError(
+        f"unknown dataset {name!r}; choose a built-in one ({', '.join(sorted(DATASETS))}), "
+        "file.npz, package.module:callable, file.py:callable or imagefolder:DIR"
+    )
 
 
 # --------------------------------------------------------------------------- data
 
-def split_dataset(name: str, split: str, root: Optional[str] = None, download: bool = False,
-                  image_size: Optional[int] = None, normalize: bool = False, augment: bool = False) -> Dataset:
+
+def split_dataset(
+    name: str,
+    split: str,
+    root: str | None = None,
+    download: bool = False,
+    image_size: int | None = None,
+    normalize: bool = False,
+    augment: bool = False,
+) -> Dataset:
     """One split of a built-in or user dataset, without augmentation unless asked (built-ins only)."""
     if not is_user_dataset(name):
         return get_dataset(name, split, root=root, augment=augment, download=download)
@@ -125,8 +147,9 @@ def split_dataset(name: str, split: str, root: Optional[str] = None, download: b
     return data.train if split == "train" else data.test
 
 
-def training_data(dataset: str, root: Optional[str], augment: bool, download: bool, image_size: Optional[int],
-                  normalize: bool) -> Tuple[Dataset, Dataset, Dict[str, Any]]:
+def training_data(
+    dataset: str, root: str | None, augment: bool, download: bool, image_size: int | None, normalize: bool
+) -> tuple[Dataset, Dataset, dict[str, Any]]:
     """The train and test splits of a run's dataset and a JSON-safe record of where they came from.
 
     Args:
@@ -142,8 +165,9 @@ def training_data(dataset: str, root: Optional[str], augment: bool, download: bo
     """
     if not is_user_dataset(dataset):
         if normalize or image_size:
-            raise FlatnessError(f"--normalize and --image-size apply to your own data; {dataset} is prepared "
-                                "by flatness already")
+            raise FlatnessError(
+                f"--normalize and --image-size apply to your own data; {dataset} is prepared by flatness already"
+            )
         train = get_dataset(dataset, "train", root=root, augment=augment, download=download)
         test = get_dataset(dataset, "test", root=root, augment=False, download=download)
         return train, test, {"reference": dataset}
@@ -155,7 +179,7 @@ def training_data(dataset: str, root: Optional[str], augment: bool, download: bo
     return data.train, data.test, data.record
 
 
-def infer_shape(dataset: Dataset) -> Tuple[int, int, int]:
+def infer_shape(dataset: Dataset) -> tuple[int, int, int]:
     """``(in_channels, image_size, num_classes)`` of a user dataset, for a built-in model on it.
 
     Args:
@@ -167,8 +191,10 @@ def infer_shape(dataset: Dataset) -> Tuple[int, int, int]:
     """
     x, _ = dataset[0]
     if not torch.is_tensor(x) or x.dim() not in (1, 2, 3):
-        raise FlatnessError("a built-in model needs examples that are one tensor [C, H, W], [C, L] or [L]; "
-                            "use --model module:callable for other inputs")
+        raise FlatnessError(
+            "a built-in model needs examples that are one tensor [C, H, W], [C, L] or [L]; "
+            "use --model module:callable for other inputs"
+        )
     channels = 1 if x.dim() == 1 else int(x.shape[0])
     tensors = getattr(dataset, "tensors", None)
     if tensors is not None and len(tensors) == 2:
@@ -184,8 +210,10 @@ def infer_shape(dataset: Dataset) -> Tuple[int, int, int]:
 
 # --------------------------------------------------------------------------- models
 
-def build_user_model(ref: str, model_args: Any, download: bool, shape: Optional[Tuple[int, int, int]] = None
-                     ) -> Tuple[nn.Module, Dict[str, Any]]:
+
+def build_user_model(
+    ref: str, model_args: Any, download: bool, shape: tuple[int, int, int] | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
     """The model a ``--model`` reference names, with its record (reference, args, sha256).
 
     Args:
@@ -203,8 +231,9 @@ def build_user_model(ref: str, model_args: Any, download: bool, shape: Optional[
     return resolve_model_reference(ref, args, download=download)
 
 
-def check_recorded(kind: str, recorded: Optional[Dict[str, Any]], given: Optional[str], force: bool,
-                   where: str) -> Optional[str]:
+def check_recorded(
+    kind: str, recorded: dict[str, Any] | None, given: str | None, force: bool, where: str
+) -> str | None:
     """The reference to use for a checkpoint's model or dataset, refusing what the record forbids.
 
     Args:
@@ -220,8 +249,10 @@ def check_recorded(kind: str, recorded: Optional[Dict[str, Any]], given: Optiona
     ref = (recorded or {}).get("reference")
     if given is None:
         if is_code_reference(ref):
-            raise FlatnessError(f"{where} was trained with --{kind} {ref}: pass --{kind} {ref} to run it again "
-                                "(a checkpoint never makes flatness run the code it names)")
+            raise FlatnessError(
+                f"{where} was trained with --{kind} {ref}: pass --{kind} {ref} to run it again "
+                "(a checkpoint never makes flatness run the code it names)"
+            )
         return ref
     if is_code_reference(ref) and given != ref and not force:
         raise FlatnessError(f"{where} was trained with --{kind} {ref}, not {given}; pass --force to use {given}")
@@ -229,8 +260,9 @@ def check_recorded(kind: str, recorded: Optional[Dict[str, Any]], given: Optiona
     if given == ref and is_code_reference(ref) and recorded_sha and not force:
         path = ref.rpartition(":")[0]
         if os.path.isfile(path) and sha256_file(path) != recorded_sha:
-            raise FlatnessError(f"{path} changed since {where} was trained (sha256 differs); pass --force to "
-                                "use it anyway")
+            raise FlatnessError(
+                f"{path} changed since {where} was trained (sha256 differs); pass --force to use it anyway"
+            )
     return given
 
 
@@ -238,14 +270,24 @@ def _static_program(model: nn.Module) -> bool:
     return getattr(model, "static_batch_size", None) is not None
 
 
-def _foreign_info(path: str, kind: str, model: str, dataset: Optional[str]) -> Dict[str, Any]:
+def _foreign_info(path: str, kind: str, model: str, dataset: str | None) -> dict[str, Any]:
     if not dataset:
         raise FlatnessError(f"{path} is {kind} and records no dataset: pass --dataset")
-    return {"path": path, "dataset": dataset, "model": model, "method": None, "epoch": None, "step": 0,
-            "config": {}, "metrics": [], "model_spec": None, "format": kind}
+    return {
+        "path": path,
+        "dataset": dataset,
+        "model": model,
+        "method": None,
+        "epoch": None,
+        "step": 0,
+        "config": {},
+        "metrics": [],
+        "model_spec": None,
+        "format": kind,
+    }
 
 
-def _shape_for(model_ref: str, dataset: Optional[str], source: ModelSource, root: Optional[str]):
+def _shape_for(model_ref: str, dataset: str | None, source: ModelSource, root: str | None):
     """The built-in model's shape from its dataset (a built-in dataset's info, or the user data)."""
     if is_reference(model_ref) or not dataset:
         return None
@@ -255,54 +297,70 @@ def _shape_for(model_ref: str, dataset: Optional[str], source: ModelSource, root
     return infer_shape(split_dataset(dataset, "train", root, False, source.image_size, bool(source.normalize)))
 
 
-def _load_flatness(payload: Dict[str, Any], source: ModelSource, root: Optional[str]) -> Target:
+def _load_flatness(payload: dict[str, Any], source: ModelSource, root: str | None) -> Target:
     from flatness.formats.checkpoint import user_model_reference
     from flatness.models.registry import build_from_spec
 
     path, spec, config = payload["path"], payload["model_spec"], payload["config"]
     records = payload.get("sources") or {}
+    reference = user_model_reference(spec)
+    model_record = records.get("model") or {"reference": reference}
+    ref = check_recorded("model", model_record, source.model, source.force, path) if reference else None
     dataset_record = records.get("dataset") or {"reference": config.get("dataset")}
     dataset = check_recorded("dataset", dataset_record, source.dataset, source.force, path)
-    reference = user_model_reference(spec)
     if reference is None and source.model is not None and source.model != spec.get("name") and not source.force:
-        raise FlatnessError(f"{path} holds the built-in model {spec.get('name')}, not {source.model}; "
-                            "leave out --model, or pass --force to load its weights into that one")
+        raise FlatnessError(
+            f"{path} holds the built-in model {spec.get('name')}, not {source.model}; "
+            "leave out --model, or pass --force to load its weights into that one"
+        )
     if reference is None and source.model is None:
         model = build_from_spec(spec)
     else:
-        ref = check_recorded("model", records.get("model") or {"reference": reference}, source.model,
-                             source.force, path)
-        args = source.model_args if source.model_args is not None else (records.get("model") or {}).get("args")
-        model, _ = build_user_model(ref, args, source.download,
-                                    _shape_for(ref, config.get("dataset"), source, root))
+        ref = ref or source.model
+        args = source.model_args if source.model_args is not None else model_record.get("args")
+        model, _ = build_user_model(ref, args, source.download, _shape_for(ref, config.get("dataset"), source, root))
     _load_state(model, payload["model_state"], path)
     same_data = dataset == config.get("dataset")
-    image_size = source.image_size if source.image_size is not None else (config.get("image_size") if same_data
-                                                                          else None)
+    image_size = (
+        source.image_size if source.image_size is not None else (config.get("image_size") if same_data else None)
+    )
     normalize = source.normalize if source.normalize is not None else bool(same_data and config.get("normalize"))
-    info = {"path": path, "dataset": dataset, "model": reference or spec.get("name"), "method": config.get("method"),
-            "epoch": payload["epoch"], "step": payload.get("step", 0), "config": config,
-            "metrics": payload.get("metrics", []), "model_spec": spec, "format": "flatness"}
+    info = {
+        "path": path,
+        "dataset": dataset,
+        "model": reference or spec.get("name"),
+        "method": config.get("method"),
+        "epoch": payload["epoch"],
+        "step": payload.get("step", 0),
+        "config": config,
+        "metrics": payload.get("metrics", []),
+        "model_spec": spec,
+        "format": "flatness",
+    }
     return Target(model, info, image_size, bool(normalize), records)
 
 
-def _load_state(model: nn.Module, state: Dict[str, torch.Tensor], path: str) -> None:
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
         parts = ([f"{len(missing)} missing keys (first: {missing[0]!r})"] if missing else []) + (
-            [f"{len(unexpected)} unexpected keys (first: {unexpected[0]!r})"] if unexpected else [])
+            [f"{len(unexpected)} unexpected keys (first: {unexpected[0]!r})"] if unexpected else []
+        )
         raise FlatnessError(f"the weights in {path} do not fit the model: {'; '.join(parts)}")
     for key, tensor in expected.items():
         if tuple(state[key].shape) != tuple(tensor.shape):
-            raise FlatnessError(f"the weights in {path} do not fit the model: {key!r} has shape "
-                                f"{tuple(state[key].shape)} in the file but {tuple(tensor.shape)} in the model")
+            raise FlatnessError(
+                f"the weights in {path} do not fit the model: {key!r} has shape "
+                f"{tuple(state[key].shape)} in the file but {tuple(tensor.shape)} in the model"
+            )
     model.load_state_dict(state)
 
 
-def load_target(checkpoint: str, source: Optional[ModelSource] = None, device: Any = "cpu",
-                root: Optional[str] = None) -> Target:
+def load_target(
+    checkpoint: str, source: ModelSource | None = None, device: Any = "cpu", root: str | None = None
+) -> Target:
     """The model stored in (or named beside) ``checkpoint``, in eval mode on ``device``, and its dataset.
 
     Args:
@@ -328,8 +386,12 @@ def load_target(checkpoint: str, source: Optional[ModelSource] = None, device: A
         if source.model is not None:
             raise FlatnessError(f"{checkpoint} is a .pt2 program that holds its own model: leave out --model")
         model = load_exported_program(checkpoint)
-        target = Target(model, _foreign_info(checkpoint, "a .pt2 program", f"pt2:{os.path.basename(checkpoint)}",
-                                             source.dataset), source.image_size, bool(source.normalize))
+        target = Target(
+            model,
+            _foreign_info(checkpoint, "a .pt2 program", f"pt2:{os.path.basename(checkpoint)}", source.dataset),
+            source.image_size,
+            bool(source.normalize),
+        )
     elif checkpoint.endswith(".safetensors") and not os.path.isdir(checkpoint):
         target = _load_foreign(checkpoint, source, root)
     else:
@@ -346,20 +408,22 @@ def load_target(checkpoint: str, source: Optional[ModelSource] = None, device: A
     return target
 
 
-def _load_foreign(path: str, source: ModelSource, root: Optional[str]) -> Target:
+def _load_foreign(path: str, source: ModelSource, root: str | None) -> Target:
     from flatness.formats.weights import load_weights_into
 
     if source.model is None:
-        raise FlatnessError(f"{path} is {STATE_DICT_HINT}: pass --model (and --model-args) to say which model "
-                            "its weights belong to")
+        raise FlatnessError(
+            f"{path} is {STATE_DICT_HINT}: pass --model (and --model-args) to say which model its weights belong to"
+        )
     info = _foreign_info(path, STATE_DICT_HINT, source.model, source.dataset)
-    model, record = build_user_model(source.model, source.model_args, source.download,
-                                     _shape_for(source.model, source.dataset, source, root))
+    model, record = build_user_model(
+        source.model, source.model_args, source.download, _shape_for(source.model, source.dataset, source, root)
+    )
     load_weights_into(model, path)
     return Target(model, info, source.image_size, bool(source.normalize), {"model": record})
 
 
-def init_distance(model: nn.Module, checkpoint_path: str) -> Optional[float]:
+def init_distance(model: nn.Module, checkpoint_path: str) -> float | None:
     """‖θ − θ_init‖ to the ``init.pt`` beside a flatness checkpoint, for any model (None without one).
 
     Args:
@@ -384,3 +448,40 @@ def init_distance(model: nn.Module, checkpoint_path: str) -> Optional[float]:
         return distance(model, init_model)
     except FlatnessError:
         return None  # an unreadable or foreign init.pt only loses this one number
+
+
+def named_source(
+    model: str | None, model_args: Any, dataset: str | None, normalize: bool | None = None
+) -> ModelSource | None:
+    """The ``ModelSource`` with which a study measures the runs it trained from these options.
+
+    Args:
+        model: the study's ``--model``.
+        model_args: its ``--model-args``.
+        dataset: its ``--dataset``.
+        normalize: its ``--normalize``.
+
+    Returns:
+        A source naming the user's model and data again (the study's own command line named them), or
+        None when both are built in.
+    """
+    user_model = bool(model) and is_reference(model)
+    if not user_model and not is_user_dataset(dataset):
+        return None
+    return ModelSource(
+        model=model if user_model else None,
+        model_args=model_args if user_model else None,
+        dataset=dataset if is_user_dataset(dataset) else None,
+        normalize=normalize,
+    )
+
+
+def folder_label(ref: str) -> str:
+    """A folder-safe short name of a model or dataset: a built-in name as is, else the callable's or file's name."""
+    if ref in DATASETS or not (is_reference(ref) or os.sep in ref or "/" in ref or "." in ref):
+        return ref
+    if ref.startswith("imagefolder:"):
+        ref = ref[len("imagefolder:") :]
+    elif ":" in ref:
+        return ref.rpartition(":")[2].replace(".", "-") or "custom"
+    return os.path.splitext(os.path.basename(ref.rstrip("/\\")))[0].replace(".", "-") or "custom"

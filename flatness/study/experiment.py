@@ -55,7 +55,7 @@ FROZEN = ("dataset", "model", "recipe", "epochs", "samples", "grid", "quick", "b
 class ExperimentConfig:
     out: Optional[str] = None
     dataset: str = "digits"
-    model: str = "convnet"
+    model: Optional[str] = None  # None: the dataset's own model (mnist1d: mlp1d), else convnet
     methods: Tuple[str, ...] = ("erm", "amp")
     seeds: Tuple[int, ...] = (0, 1, 2)
     recipe: Optional[str] = None
@@ -99,8 +99,11 @@ class ExperimentConfig:
             c.train_overrides = {"batch_size": 128, **c.train_overrides}
         c.samples = DEFAULT_SAMPLES if c.samples is None else c.samples
         c.grid = DEFAULT_GRID if c.grid is None else c.grid
+        from flatness.models.loading import default_model_for, folder_label
+
+        c.model = c.model or default_model_for(c.dataset) or "convnet"
         if c.out is None:
-            c.out = os.path.join("checkpoints", f"experiment-{c.dataset}-{c.model}")
+            c.out = os.path.join("checkpoints", f"experiment-{folder_label(c.dataset)}-{folder_label(c.model)}")
         c.probe = {**probe_settings(c.quick), **c.probe}
         return c
 
@@ -269,9 +272,17 @@ def step_probe(cfg: ExperimentConfig, method: str, seed: int, progress: bool, ec
     settings = ProbeSettings.from_dict({**opts, "split": "train", "samples": cfg.samples,
                                         "batch_size": cfg.batch_size, "seed": 0, "device": cfg.device,
                                         "progress": progress})
-    result = run_probe(os.path.join(folder, "last.pt"), settings)
+    result = run_probe(os.path.join(folder, "last.pt"), settings, study_source(cfg))
     write_probe(out, result, force=True)  # no probe.json: a sidecar here is an orphan of a killed probe
     return {"step": f"probe {method} s{seed}", "skipped": False, "seconds": time.perf_counter() - began}
+
+
+def study_source(cfg: ExperimentConfig):
+    """The user's model and data as this study's command line named them (None for built-ins)."""
+    from flatness.models.loading import named_source
+
+    overrides = cfg.train_overrides
+    return named_source(cfg.model, overrides.get("model_args"), cfg.dataset, overrides.get("normalize"))
 
 
 def surface_seed(cfg: ExperimentConfig) -> int:
@@ -303,7 +314,7 @@ def step_surfaces(cfg: ExperimentConfig, progress: bool, echo) -> List[Dict[str,
         began = time.perf_counter()
         summary = compute_surface(ckpt, out=out, norm="filter", ignore="biasbn", split="both", samples=cfg.samples,
                                   batch_size=cfg.batch_size, bn="eval", seed=SURFACE_SEED, device=cfg.device,
-                                  resume=True, progress=progress, data_dir=cfg.data_dir, **kw)
+                                  resume=True, progress=progress, data_dir=cfg.data_dir, source=study_source(cfg), **kw)
         did = bool(summary.get("computed_now"))
         if did:
             _log(f"[surface] {name}: {summary.get('computed_now')} points", echo)

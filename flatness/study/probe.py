@@ -26,10 +26,9 @@ from flatness.core.devices import resolve_device
 from flatness.core.errors import FlatnessError
 from flatness.core.evaluation import LossFn, evaluate, model_device
 from flatness.core.fileio import sha256_file
-from flatness.core.params import distance, num_params, select_params, weight_norm
+from flatness.core.params import num_params, select_params, weight_norm
 from flatness.data.convert import as_probe_data
-from flatness.data.probe_data import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES, load_probe_data
-from flatness.formats.checkpoint import INIT, load_checkpoint
+from flatness.data.probe_data import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
 from flatness.hessian import (
     DEFAULT_BACKEND,
     HessianOperator,
@@ -39,6 +38,7 @@ from flatness.hessian import (
     slq,
     top_eigen,
 )
+from flatness.models.loading import ModelSource, init_distance, load_target
 from flatness.sharpness.measure import SharpnessSettings, measure_sharpness, validate
 from flatness.version import __version__
 
@@ -267,30 +267,25 @@ def distance_from_init(model: torch.nn.Module, checkpoint_path: str) -> Optional
     """‖θ − θ_init‖ when the run folder beside the checkpoint has ``init.pt`` (else None).
 
     Args:
-        model: the checkpoint's model.
+        model: the checkpoint's model (any architecture: init.pt's weights are loaded into a copy).
         checkpoint_path: the checkpoint's file.
 
     Returns:
         The distance, 0.0 for ``init.pt`` itself, None without a readable ``init.pt``.
     """
-    init_path = os.path.join(os.path.dirname(os.path.abspath(checkpoint_path)), INIT)
-    if not os.path.isfile(init_path):
-        return None
-    if os.path.abspath(init_path) == os.path.abspath(checkpoint_path):
-        return 0.0
-    try:
-        init_model, _ = load_checkpoint(init_path)
-        return distance(model, init_model)
-    except FlatnessError:
-        return None  # an unreadable or foreign init.pt only loses this one number
+    return init_distance(model, checkpoint_path)
 
 
-def run_probe(checkpoint: str, settings: Optional[ProbeSettings] = None) -> Dict[str, Any]:
+def run_probe(checkpoint: str, settings: Optional[ProbeSettings] = None,
+              source: Optional[ModelSource] = None) -> Dict[str, Any]:
     """Measure one checkpoint on its dataset's probe data.
 
     Args:
-        checkpoint: a flatness checkpoint file.
+        checkpoint: a flatness checkpoint file or run folder, a ``.pt2`` program, or a plain
+            state_dict / ``.safetensors`` file (with ``source.model``).
         settings: what to measure (``ProbeSettings()`` by default).
+        source: the command line's ``--model``/``--model-args``/``--dataset`` (``flatness.models.loading``);
+            None: everything as the checkpoint records it.
 
     Returns:
         The probe dict (see ``flatness.formats.probe_file``); with ``save_vectors`` it also holds
@@ -300,8 +295,10 @@ def run_probe(checkpoint: str, settings: Optional[ProbeSettings] = None) -> Dict
     s = settings or ProbeSettings()
     s.validate()  # before the checkpoint and data are loaded
     dev = distributed.local_device(resolve_device(s.device))
-    model, info = load_checkpoint(checkpoint, device=dev)
-    data = load_probe_data(info["dataset"], s.split, s.samples, s.batch_size, device=dev, root=s.data_dir)
+    target = load_target(checkpoint, source, device=dev, root=s.data_dir)
+    model, info = target.model, target.info
+    data = target.probe_data(s.split, s.samples, s.batch_size, dev, root=s.data_dir,
+                             download=bool(source and source.download))
     if s.dtype == "float64":
         # For ill-conditioned nets whose float32 HVPs are themselves inexact (a PreActResNet-18 with
         # stale BatchNorm statistics: 0.5% off); a trained net's are ~1e-6 off and float32 reaches

@@ -45,6 +45,8 @@ from flatness.data.probe_data import ProbeData
 from flatness.core.progress import progress_bar
 from flatness.core.fileio import atomic_write_json, atomic_write_text
 from flatness.models.registry import build_from_spec, canonical_model_name, model_spec
+from flatness.data.user_data import check_model_fits
+from flatness.models.loading import is_user_dataset
 
 METHODS = ("erm", "amp", "sam")
 SCHEDULES = ("step", "cosine", "constant")
@@ -95,6 +97,12 @@ class TrainConfig:
     # Multi-process training (torchrun): AMP/SAM perturbations from each rank's own shard, not the
     # global batch (cheaper: no all-reduce on the perturbation passes; a different method, documented).
     local_perturbation: bool = False
+    # A user's model and data (flatness.models.loading): keyword arguments of a --model factory (a JSON
+    # object), the size imagefolder images are resized to, and standardising user data by its training
+    # split's statistics. Built-in datasets are prepared by flatness and take neither.
+    model_args: Optional[Dict[str, Any]] = None
+    image_size: Optional[int] = None
+    normalize: bool = False
 
     def to_dict(self) -> Dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -113,8 +121,19 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check every value (one-line FlatnessError) and canonicalise names; returns self."""
-        dataset_info(self.dataset)
-        self.model = canonical_model_name(self.model)
+        from flatness.models.loading import check_dataset_reference
+        from flatness.models.references import is_reference, parse_model_args
+
+        check_dataset_reference(self.dataset)
+        if not is_reference(self.model):
+            self.model = canonical_model_name(self.model)
+        if self.model_args is not None:
+            if not is_reference(self.model):
+                raise FlatnessError("--model-args applies to --model module:callable, file.py:callable or "
+                                    "torchvision:NAME; built-in models take --width/--depth")
+            self.model_args = parse_model_args(self.model_args)
+        if self.image_size is not None:
+            _integer("image_size", self.image_size, 1)
         _choice("method", self.method, METHODS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("ball", self.ball, ("tensor", "global"))
@@ -181,18 +200,27 @@ def _milestones(value) -> List[int]:
 
 def build_config(explicit: Dict[str, Any], recipe: Optional[str] = None) -> TrainConfig:
     """TrainConfig defaults < the recipe's values < ``explicit`` values (what the user typed)."""
-    from flatness.training.recipes import recipe_values
+    from flatness.models.loading import default_model_for
+    from flatness.training.recipes import DATASET_RECIPES, recipe_values
 
     values = TrainConfig().to_dict()
+    # A dataset with its own recipe (mnist1d) starts from it, and from its own model, unless told otherwise.
+    recipe = recipe or DATASET_RECIPES.get(explicit.get("dataset"))
     if recipe:
         values.update(recipe_values(recipe))
         values["recipe"] = recipe
     values.update({k: v for k, v in explicit.items() if k != "recipe"})
+    if "model" not in explicit and not (recipe and "model" in recipe_values(recipe)):
+        values["model"] = default_model_for(values["dataset"]) or values["model"]
     return TrainConfig.from_dict(values).validate()
 
 
 def default_out_dir(config: TrainConfig) -> str:
-    return os.path.join("checkpoints", f"{config.dataset}-{canonical_model_name(config.model)}-"
+    from flatness.models.loading import folder_label
+    from flatness.models.references import is_reference
+
+    model = config.model if is_reference(config.model) else canonical_model_name(config.model)
+    return os.path.join("checkpoints", f"{folder_label(config.dataset)}-{folder_label(model)}-"
                                        f"{config.method}-s{config.seed}")
 
 
@@ -216,8 +244,15 @@ def stored_config(out_dir: str) -> TrainConfig:
 def resume_config(out_dir: str, explicit: Dict[str, Any]) -> TrainConfig:
     """The stored config of ``out_dir`` with the explicitly given values applied (train() then
     refuses any that may not change on resume)."""
+    from flatness.models.loading import is_code_reference
+
     values = stored_config(out_dir).to_dict()
     values["download"] = False  # a stored file never decides where to download (write) to: only the user
+    # A run folder never makes flatness run the code it names: the command line must name it again.
+    for key in ("model", "dataset"):
+        if is_code_reference(values.get(key)) and key not in explicit:
+            raise FlatnessError(f"{out_dir} was trained with --{key} {values[key]}: pass --{key} {values[key]} "
+                                "again to resume it (a run folder never makes flatness run the code it names)")
     values.update({k: v for k, v in explicit.items() if k != "recipe" or v is not None})
     return TrainConfig.from_dict(values).validate()
 
@@ -363,7 +398,9 @@ class EpochBatches:
 def keep_data_on_device(config: "TrainConfig", device: torch.device, train_set) -> bool:
     """The CUDA fast path's data decision: the whole (un-augmented) training set lives on the GPU
     when asked, or ("auto") when it takes under a quarter of the free GPU memory. Never on the CPU."""
-    if config.data_on_device == "no" or device.type != "cuda":
+    from flatness.models.loading import is_user_dataset
+
+    if config.data_on_device == "no" or device.type != "cuda" or is_user_dataset(config.dataset):
         return False
     if config.data_on_device == "yes":
         return True
@@ -402,15 +439,49 @@ def build_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, **base)
 
 
-def _model_spec(config: TrainConfig) -> Dict[str, Any]:
-    info = dataset_info(config.dataset)
+def _model_spec(config: TrainConfig, train_set) -> Dict[str, Any]:
+    from flatness.models.loading import infer_shape, is_user_dataset
+
+    if is_user_dataset(config.dataset):
+        shape = infer_shape(train_set)
+    else:
+        info = dataset_info(config.dataset)
+        shape = (info.in_channels, info.image_size, info.num_classes)
     name = canonical_model_name(config.model)
     options = {}
-    if name in ("convnet", "mlp") and config.width is not None:
+    if name in ("convnet", "mlp", "mlp1d", "conv1d") and config.width is not None:
         options["width"] = config.width
     if name == "mlp" and config.depth is not None:
         options["depth"] = config.depth
-    return model_spec(name, info.in_channels, info.image_size, info.num_classes, **options)
+    return model_spec(name, *shape, **options)
+
+
+def _build_model(config: TrainConfig, train_set, stored: Optional[Dict[str, Any]]) -> Tuple[nn.Module, Dict, Dict]:
+    """The run's initial model (drawn from ``seed``), its spec, and the record of a user's model.
+
+    Args:
+        config: the run's config.
+        train_set: the training split (a built-in model's shape on user data comes from it).
+        stored: the resumed checkpoint's payload, or None for a new run.
+
+    Returns:
+        ``(model, model_spec, model record)``; the record is empty for a built-in model.
+    """
+    from flatness.models.loading import build_user_model, is_code_reference
+    from flatness.models.references import is_reference
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        if not is_reference(config.model):
+            spec = _model_spec(config, train_set)
+            return build_from_spec(spec), spec, {}
+        model, record = build_user_model(config.model, config.model_args, config.download)
+    recorded = ((stored or {}).get("sources") or {}).get("model") or {}
+    if is_code_reference(config.model) and recorded.get("sha256") and recorded["sha256"] != record["sha256"]:
+        raise FlatnessError(f"{config.model.rpartition(':')[0]} changed since this run was trained (sha256 "
+                            "differs): resuming would mix two models; restore the file or start a new --out")
+    spec = {"name": config.model, "reference": config.model, "args": record["args"], "sha256": record["sha256"]}
+    return model, spec, record
 
 
 # --------------------------------------------------------------------------- the loop
@@ -494,21 +565,16 @@ def _train_locked(config: TrainConfig, out_dir: str, resume: bool, progress: boo
     device = distributed.local_device(device)
     flags = device_flags(device)
     root = config.data_dir
-    if main_rank:  # rank 0 downloads; the others wait, then read the same files
-        train_set = get_dataset(config.dataset, "train", root=root, augment=config.augment, download=config.download)
-    distributed.barrier()
-    if not main_rank:
-        train_set = get_dataset(config.dataset, "train", root=root, augment=config.augment)
-    test_set = get_dataset(config.dataset, "test", root=root, augment=False, download=config.download and main_rank)
+    train_set, test_set, data_record = _datasets(config, main_rank)
     if config.batch_size > len(train_set):
         raise FlatnessError(f"batch size {config.batch_size} exceeds the {len(train_set)} training examples")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = flags.cudnn_benchmark
 
-    spec = _model_spec(config)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        model = build_from_spec(spec)
+    model, spec, model_record = _build_model(config, train_set, state)
+    if model_record or is_user_dataset(config.dataset):
+        check_model_fits(model, train_set)
+    sources = {"model": model_record or None, "dataset": data_record}
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -524,7 +590,7 @@ def _train_locked(config: TrainConfig, out_dir: str, resume: bool, progress: boo
         ckpt.save_checkpoint(path, model, model_spec=spec, config=config_dict, epoch=epoch, step=step,
                              metrics=metrics, optimizer_state=optimizer.state_dict() if full else None,
                              scheduler_state={"schedule": config.schedule, "epoch": epoch} if full else None,
-                             rng=ckpt.capture_rng() if full else None, extra=extra)
+                             rng=ckpt.capture_rng() if full else None, extra=extra, sources=sources)
 
     if keep_data_on_device(config, device, train_set):
         from flatness.data.tensor_data import AUGMENTATIONS, AugmentSpec
@@ -582,6 +648,22 @@ def _train_locked(config: TrainConfig, out_dir: str, resume: bool, progress: boo
     finally:
         torch.set_num_threads(threads_before)
     return out_dir
+
+
+def _datasets(config: TrainConfig, main_rank: bool):
+    """The run's train and test splits and the dataset's record.
+
+    Under torchrun rank 0 downloads first and the others then read the same files.
+    """
+    from flatness.models.loading import training_data
+
+    args = (config.data_dir, config.augment)
+    if main_rank:
+        found = training_data(config.dataset, *args, config.download, config.image_size, config.normalize)
+    distributed.barrier()
+    if not main_rank:
+        found = training_data(config.dataset, *args, False, config.image_size, config.normalize)
+    return found
 
 
 def _forward_module(model: nn.Module, config: "TrainConfig", device: torch.device) -> nn.Module:

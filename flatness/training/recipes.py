@@ -42,6 +42,18 @@ RECIPES: Dict[str, Dict[str, Any]] = {
         "description": "the AMP paper's VGG16 recipe: as amp-paper with model vgg16, eps 0.1, inner_lr 0.2",
         "values": dict(_AMP_PAPER, model="vgg16", epsilon=0.1, inner_lr=0.2),
     },
+    # MNIST-1D (Greydanus 2020) with the paper's MLP, from a small sweep (plain SGD momentum 0.9, batch 100,
+    # cosine to 0, no weight decay; lr 0.1; AMP eps 0.5, inner_lr 1). Through `flatness train` over seeds
+    # 0-2: test accuracy ERM 68.1 +- 1.1 % vs AMP 70.5 +- 0.7 %, train accuracy 100 % for both; ~20 s a
+    # run on one CPU thread, so `flatness experiment --dataset mnist1d` fits in a few minutes.
+    "mnist1d-default": {
+        "description": "MNIST-1D with the paper's MLP (mlp1d, 40-100-100-10): SGD lr 0.1 momentum 0.9 (no "
+                       "Nesterov), no weight decay, batch 100, 100 epochs, cosine schedule, AMP eps 0.5 "
+                       "inner_lr 1 (ERM ~68 %, AMP ~70.5 % test accuracy)",
+        "values": {"dataset": "mnist1d", "model": "mlp1d", "epochs": 100, "batch_size": 100, "lr": 0.1,
+                   "momentum": 0.9, "nesterov": False, "weight_decay": 0.0, "schedule": "cosine",
+                   "milestones": [], "epsilon": 0.5, "inner_lr": 1.0, "inner_iter": 1, "ball": "tensor"},
+    },
     "digits-default": {
         "description": "the offline default (what `flatness train` does with no options): digits, convnet, "
                        "see TrainConfig for the values",
@@ -69,6 +81,11 @@ for _model in ("preactresnet18", "wrn-28-10"):
             "description": f"the AMP paper's recipe with {_model} on {_dataset} ({_reported})",
             "values": dict(_AMP_PAPER, model=_model, dataset=_dataset),
         }
+
+
+# The recipe a run on a dataset starts from when none is named (a dataset absent here: TrainConfig's
+# defaults, tuned for digits).
+DATASET_RECIPES: Dict[str, str] = {"mnist1d": "mnist1d-default"}
 
 
 def recipe_names():

@@ -1,0 +1,64 @@
+"""The model and data options that probe, surface and experiment share with train (one definition)."""
+
+from __future__ import annotations
+
+import click
+
+MODEL_HELP = (
+    "The model, when CHECKPOINT does not say it all: a built-in name, package.module:callable or "
+    "FILE.py:callable returning an nn.Module, or torchvision:NAME. Needed for a plain state_dict or "
+    ".safetensors file, and for a run trained with a callable (named again: a checkpoint never makes "
+    "flatness run code); a .pt2 program needs none."
+)
+DATASET_HELP = (
+    "Measure on this dataset instead of the one CHECKPOINT records (needed where it records none): a "
+    "built-in name, FILE.npz, package.module:callable, FILE.py:callable or imagefolder:DIR."
+)
+
+
+def source_options(function):
+    """Add --model, --model-args, --dataset, --image-size and --normalize to a click command."""
+    options = [
+        click.option(
+            "--model", "model", default=None, metavar="NAME|MODULE:CALLABLE|FILE.py:CALLABLE", help=MODEL_HELP
+        ),
+        click.option(
+            "--model-args",
+            default=None,
+            metavar="JSON",
+            help="Keyword arguments of a --model callable, as a JSON object (default: those the run records).",
+        ),
+        click.option(
+            "--dataset",
+            "dataset",
+            default=None,
+            metavar="NAME|FILE.npz|MODULE:CALLABLE|imagefolder:DIR",
+            help=DATASET_HELP,
+        ),
+        click.option("--image-size", type=int, default=None, help="imagefolder data: resize images to this size."),
+        click.option(
+            "--normalize/--no-normalize",
+            default=None,
+            help="Your own data: standardise with the training split's statistics (default: as the run was trained).",
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def model_source(model, model_args, dataset, image_size, normalize, force, download=False):
+    """The ``ModelSource`` for these options (None when none is given: the checkpoint says everything)."""
+    from flatness.models.loading import ModelSource
+
+    if model is None and model_args is None and dataset is None and image_size is None and normalize is None:
+        return None
+    return ModelSource(
+        model=model,
+        model_args=model_args,
+        dataset=dataset,
+        image_size=image_size,
+        normalize=normalize,
+        download=download,
+        force=force,
+    )
