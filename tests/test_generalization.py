@@ -198,3 +198,23 @@ def test_comparison_adds_holm_adjusted_p_values_beside_the_raw_ones():
     assert adjusted["trace"] == pytest.approx(expected[welch_trace])
     assert adjusted["lambda_1"] == pytest.approx(max(2 * small, large))
     assert "p (Holm)" in markdown_table(comp)
+
+
+def test_holm_families_flatness_measures_test_accuracy_alone_and_the_rest():
+    from flatness.study.compare import RunRecord, compare, holm_family
+
+    def values(s, shift):
+        return {"trace": 10.0 + s - shift, "lambda_1": 5.0 + 0.1 * s, "test_acc": 90.0 + s + shift,
+                "train_acc": 99.0 + 0.1 * s + 0.01 * shift, "train_loss": 0.1 + 0.01 * s + 0.001 * shift}
+
+    records = [RunRecord(source=f"{m}{s}", method=m, seed=s, values=values(s, 3.0 if m == "amp" else 0.0))
+               for m in ("erm", "amp") for s in range(3)]
+    comp = compare(records)
+    by = {r["key"]: r for r in comp["rows"]}
+    assert {holm_family(by[k]) for k in ("trace", "lambda_1")} == {"flatness"}
+    assert holm_family(by["test_acc"]) == "generalisation"
+    # the one pre-specified generalisation test is a family of one: adjusted equals raw
+    assert by["test_acc"]["versus"]["amp"]["p_holm"] == pytest.approx(by["test_acc"]["versus"]["amp"]["p"])
+    # the flatness measures are adjusted among themselves only (two of them here)
+    flat = sorted(by[k]["versus"]["amp"]["p"] for k in ("trace", "lambda_1"))
+    assert min(by[k]["versus"]["amp"]["p_holm"] for k in ("trace", "lambda_1")) == pytest.approx(min(1, 2 * flat[0]))

@@ -251,16 +251,30 @@ def compare(records: Sequence[RunRecord], baseline: str = BASELINE) -> Dict[str,
     return {"baseline": baseline if others else None, "methods": methods, "others": others, "rows": rows,
             "runs": runs, "test": "Welch's t-test (scipy.stats.ttest_ind, equal_var=False), two-sided",
             "std": "sample standard deviation over seeds (ddof = 1)",
-            "adjustment": "Holm's step-down adjustment over the rows with a p-value, per compared method (p_holm)"}
+            "adjustment": HOLM_FAMILIES}
+
+
+HOLM_FAMILIES = ("Holm's step-down adjustment (p_holm), per compared method, within three families: the flatness "
+                 "measures (the question 'is it flatter?'); test accuracy alone (the one pre-specified endpoint of "
+                 "'does it generalise better?', so its adjusted p equals the raw one); every other row (descriptive)")
+
+
+def holm_family(row: Dict[str, Any]) -> str:
+    """Which family of tests a comparison row belongs to (``HOLM_FAMILIES``)."""
+    if row["flatness"]:
+        return "flatness"
+    return "generalisation" if row["key"] == "test_acc" else "descriptive"
 
 
 def _add_holm(rows: List[Dict[str, Any]], others: Sequence[str]) -> None:
-    """Each method's Holm-adjusted p-values (family: every row of that method with a p-value) as ``p_holm``."""
+    """Each method's Holm-adjusted p-values as ``p_holm``, adjusted within each row's family."""
     from flatness.generalization.correlation import holm
 
-    for m in others:
-        for row, adjusted in zip(rows, holm([row["versus"][m]["p"] for row in rows])):
-            row["versus"][m]["p_holm"] = adjusted
+    for family in ("flatness", "generalisation", "descriptive"):
+        members = [row for row in rows if holm_family(row) == family]
+        for m in others:
+            for row, adjusted in zip(members, holm([row["versus"][m]["p"] for row in members])):
+                row["versus"][m]["p_holm"] = adjusted
 
 
 # --------------------------------------------------------------------------- collecting inputs

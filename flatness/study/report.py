@@ -68,8 +68,8 @@ def verdict(comp: dict[str, Any], method: str = "amp") -> dict[str, Any]:
         s.append(f"{M} flatter on: {listing(flatter)}.")
         s.append(f"{M} sharper on: {listing(sharper)}.")
         s.append(
-            f"Differences significant at a Holm-adjusted p < {ALPHA} (Welch's t-test, adjusted for the "
-            f"{len(comp['rows'])} quantities compared; raw p-values are not counted): {len(sig_flat)} in {M}'s favour "
+            f"Differences significant at a Holm-adjusted p < {ALPHA} (Welch's t-test, adjusted over the "
+            f"{len(rows)} flatness measures; raw p-values are not counted): {len(sig_flat)} in {M}'s favour "
             f"({', '.join(r['label'] for r in sig_flat) or 'none'}), {len(sig_sharp)} against "
             f"({', '.join(r['label'] for r in sig_sharp) or 'none'})."
         )
@@ -81,7 +81,8 @@ def verdict(comp: dict[str, Any], method: str = "amp") -> dict[str, Any]:
         s.append(
             f"**Test accuracy: {M} was {'better' if acc_better else ('worse' if v['diff'] < 0 else 'equal')}** "
             f"— {M} {format_mean_std(acc['methods'][method])} % vs {B} {format_mean_std(acc['methods'][base])} %, "
-            f"difference {_g(v['diff'])} percentage points, p = {format_p(v)} (Holm-adjusted {format_p_holm(v)})"
+            f"difference {_g(v['diff'])} percentage points, p = {format_p(v)} (the one pre-specified "
+            f"generalisation test, so Holm-adjusted p = raw p = {format_p_holm(v)})"
             + (
                 " (not significant at 0.05 after adjustment)."
                 if (v.get("p_holm") is None or v["p_holm"] >= ALPHA)
