@@ -15,7 +15,7 @@ MAX_THREADS = 4096  # torch.set_num_threads overflows on absurd values; no machi
                    "folder resumes: finished steps are skipped.")
 @click.option("--methods", default="erm,amp", show_default=True, help="Methods to train and compare (erm,amp[,sam]).")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Seeds, one run per method and seed.")
-@click.option("--dataset", default="digits", show_default=True,
+@click.option("--dataset", default="mnist1d", show_default=True,
               help="A built-in dataset (digits, mnist1d, ...) or your own: FILE.npz, package.module:callable, "
                    "FILE.py:callable, imagefolder:DIR (see `flatness train --help`).")
 @click.option("--model", default=None,
@@ -47,8 +47,10 @@ def command(out, methods, seeds, dataset, model, model_args, normalize, recipe, 
     trace, spectral density, every sharpness metric), compute 1D/2D surfaces and the ERM→AMP
     interpolation, draw the figures, compare the methods and write REPORT.md and report.html.
 
-    With no options it runs the offline default (digits, convnet) in about 3 minutes on a 2-core CPU;
-    --dataset mnist1d runs MNIST-1D with its recipe (mnist1d-default) and model (mlp1d).
+    With no options it runs the offline default, MNIST-1D (generated offline) with its recipe
+    (mnist1d-default) and model (mlp1d), in about 2 minutes on a 2-core CPU: there AMP generalises
+    better than ERM, so both halves of the question can be answered. --dataset digits runs the
+    earlier default (digits, convnet; about 4 minutes), where both reach ~99 % test accuracy.
     """
     import torch
 

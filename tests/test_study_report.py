@@ -95,7 +95,7 @@ def quick_report(tmp_path_factory):
 
 def test_report_opens_in_headless_chromium_with_every_figure_decoded(browser, quick_report):
     state, errors = open_page(browser, quick_report)
-    assert state["ready"] == "complete" and state["title"].startswith("flatness report: digits / convnet")
+    assert state["ready"] == "complete" and state["title"].startswith("flatness report: mnist1d / mlp1d")
     assert errors == []
     assert state["tables"] >= 3  # results, what each row measures, cost
     assert len(state["images"]) >= 7, state["images"]
