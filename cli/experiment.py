@@ -1,6 +1,8 @@
 """``flatness experiment``: the whole ERM-versus-AMP study (train, probe, surfaces, plots, report)."""
 from __future__ import annotations
 
+import os
+
 import click
 
 from flatness.core.validation import check_count
@@ -40,9 +42,16 @@ MAX_THREADS = 4096  # torch.set_num_threads overflows on absurd values; no machi
 @click.option("--threads", type=int, default=None,
               help="CPU threads for PyTorch. Default: 1 for digits on the CPU (the tiny default model gains "
                    "nothing from more, and loses a lot on a busy machine), else PyTorch's choice.")
+@click.option("--workers", type=int, default=None,
+              help="Steps run at once (train+probe per run, then the surfaces), each in its own process. "
+                   "Default: the number of CPU cores on the CPU, 1 on a GPU. The same numbers for any value "
+                   "(at the same --threads).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where the steps run: local processes, or Ray tasks (pip install 'flatness[ray]').")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+# click passes every option as a parameter; the function only builds ExperimentConfig from them.
 def command(out, methods, seeds, dataset, model, model_args, normalize, recipe, epochs, device, samples, grid, data_dir,
-            download, quick, threads, no_progress):
+            download, quick, threads, workers, engine, no_progress):
     """Train ERM and AMP over several seeds, probe every final checkpoint (top-5 Hessian eigenvalues,
     trace, spectral density, every sharpness metric), compute 1D/2D surfaces and the ERM→AMP
     interpolation, draw the figures, compare the methods and write REPORT.md and report.html.
@@ -66,21 +75,25 @@ def command(out, methods, seeds, dataset, model, model_args, normalize, recipe, 
     small = dataset in ("digits", "mnist1d")  # tiny default models: one thread is fastest (see --threads)
     if threads is None and small and device in ("cpu", "auto") and not torch.cuda.is_available():
         threads = 1
+    if workers is None:
+        on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        workers = 1 if on_gpu else max(1, os.cpu_count() or 1)
+    if threads is None and workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)  # the workers share the cores, no oversubscription
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    cfg = ExperimentConfig(out=out, dataset=dataset, model=model, methods=methods, seeds=seeds, recipe=recipe,
+                           epochs=epochs, device=device, samples=samples, grid=grid, data_dir=data_dir,
+                           download=download, quick=quick, train_overrides=overrides, workers=workers,
+                           engine=engine, threads=threads)
     try:
-        _run(out, methods, seeds, dataset, model, recipe, epochs, device, samples, grid, data_dir, download, quick,
-             no_progress, overrides)
+        _run(cfg, no_progress)
     finally:
         torch.set_num_threads(before)
 
 
-def _run(out, methods, seeds, dataset, model, recipe, epochs, device, samples, grid, data_dir, download, quick,
-         no_progress, overrides):
-    cfg = ExperimentConfig(out=out, dataset=dataset, model=model, methods=methods, seeds=seeds, recipe=recipe,
-                           epochs=epochs, device=device, samples=samples, grid=grid, data_dir=data_dir,
-                           download=download, quick=quick, train_overrides=overrides)
+def _run(cfg, no_progress):
     result = run_experiment(cfg, progress=not no_progress, echo=lambda m: click.echo(m, err=True))
     for v in result["verdict"]:
         for sentence in v["sentences"]:

@@ -70,6 +70,11 @@ class ExperimentConfig:
     batch_size: int = 500  # probe/surface evaluation batch
     train_overrides: Dict[str, Any] = field(default_factory=dict)
     probe: Dict[str, Any] = field(default_factory=dict)
+    # How the independent steps run (not results: every step is seeded and single-threaded in a
+    # worker, so any number of workers gives the same numbers): 1 = in this process, in order.
+    workers: int = 1
+    engine: str = "local"
+    threads: Optional[int] = None  # torch threads in each worker process (None: PyTorch's choice)
 
     def resolved(self) -> "ExperimentConfig":
         c = dataclasses.replace(self)
@@ -93,6 +98,10 @@ class ExperimentConfig:
             check_count(c.samples, "--samples")
         if c.grid is not None:
             check_grid(c.grid)
+        check_count(c.workers, "--workers")
+        from flatness.sweep.engines import check_engine
+
+        check_engine(c.engine)
         if c.quick:
             c.epochs = 1 if c.epochs is None else c.epochs
             c.samples = 128 if c.samples is None else c.samples
@@ -303,12 +312,10 @@ def surface_seed(cfg: ExperimentConfig) -> int:
     return cfg.seeds[0]
 
 
-def step_surfaces(cfg: ExperimentConfig, progress: bool, echo) -> List[Dict[str, Any]]:
-    from flatness.landscape.compute import compute_surface
-
+def surface_jobs(cfg: ExperimentConfig) -> List[Tuple[str, str, str, Dict[str, Any]]]:
+    """Every surface of the study as (step name, checkpoint, output file, grid/direction options)."""
     seed = surface_seed(cfg)
     g = cfg.grid
-    steps = []
     jobs = []
     for method in cfg.methods:
         ckpt = os.path.join(run_dir(cfg, method, seed), "last.pt")
@@ -317,23 +324,87 @@ def step_surfaces(cfg: ExperimentConfig, progress: bool, echo) -> List[Dict[str,
         jobs.append((f"surface 2D {method} s{seed}", ckpt, os.path.join(run_dir(cfg, method, seed), SURFACE_2D),
                      dict(x=(-1.0, 1.0, g), y=(-1.0, 1.0, g), direction="random")))
     base = os.path.join(run_dir(cfg, "erm", seed), "last.pt")
-    os.makedirs(os.path.join(cfg.out, SURFACES), exist_ok=True)
     for other in cfg.methods:
         if other == "erm":
             continue
         target = os.path.join(run_dir(cfg, other, seed), "last.pt")
         jobs.append((f"surface interp erm→{other} s{seed}", base, interp_path(cfg, other),
                      dict(x=(-0.5, 1.5, 2 * g - 1), direction=f"interp:{target}")))
-    for name, ckpt, out, kw in jobs:
-        began = time.perf_counter()
-        summary = compute_surface(ckpt, out=out, norm="filter", ignore="biasbn", split="both", samples=cfg.samples,
-                                  batch_size=cfg.batch_size, bn="eval", seed=SURFACE_SEED, device=cfg.device,
-                                  resume=True, progress=progress, data_dir=cfg.data_dir, source=study_source(cfg), **kw)
-        did = bool(summary.get("computed_now"))
-        if did:
-            _log(f"[surface] {name}: {summary.get('computed_now')} points", echo)
-        steps.append({"step": name, "skipped": not did, "seconds": time.perf_counter() - began})
-    return steps
+    return jobs
+
+
+def step_surface(cfg: ExperimentConfig, job, progress: bool, echo) -> Dict[str, Any]:
+    """Compute (or finish) one surface of ``surface_jobs``."""
+    from flatness.landscape.compute import compute_surface
+
+    name, ckpt, out, kw = job
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    began = time.perf_counter()
+    summary = compute_surface(ckpt, out=out, norm="filter", ignore="biasbn", split="both", samples=cfg.samples,
+                              batch_size=cfg.batch_size, bn="eval", seed=SURFACE_SEED, device=cfg.device,
+                              resume=True, progress=progress, data_dir=cfg.data_dir, source=study_source(cfg), **kw)
+    did = bool(summary.get("computed_now"))
+    if did:
+        _log(f"[surface] {name}: {summary.get('computed_now')} points", echo)
+    return {"step": name, "skipped": not did, "seconds": time.perf_counter() - began}
+
+
+def step_surfaces(cfg: ExperimentConfig, progress: bool, echo) -> List[Dict[str, Any]]:
+    """Every surface of the study, one after the other."""
+    return [step_surface(cfg, job, progress, echo) for job in surface_jobs(cfg)]
+
+
+@dataclass(frozen=True)
+class StudyTask:
+    """One independent piece of the study for a worker: a run (train, then probe) or one surface."""
+
+    cfg: ExperimentConfig
+    kind: str  # "run" or "surface"
+    method: str = ""
+    seed: int = 0
+    job: int = 0  # index into surface_jobs(cfg)
+    verbose: bool = True
+
+
+def run_study_task(task: StudyTask) -> List[Dict[str, Any]]:
+    """Do one ``StudyTask`` (in a worker process or in this one); returns its step records."""
+    import torch
+
+    if task.cfg.threads:
+        torch.set_num_threads(task.cfg.threads)
+    echo = (lambda line: print(line, flush=True)) if task.verbose else None
+    if task.kind == "run":
+        return [step_train(task.cfg, task.method, task.seed, False, echo),
+                step_probe(task.cfg, task.method, task.seed, False, echo)]
+    return [step_surface(task.cfg, surface_jobs(task.cfg)[task.job], False, echo)]
+
+
+def _run_steps_on_engine(cfg: ExperimentConfig, record, echo) -> None:
+    """Runs first (train and probe per method and seed), then the surfaces, each phase on the engine."""
+    from flatness.sweep.engines import run_local, run_ray
+
+    _prepare_data(cfg)  # generated or unpacked once here, not by every worker at the same time
+    phases = [[StudyTask(cfg, "run", m, s, verbose=echo is not None) for m in cfg.methods for s in cfg.seeds],
+              [StudyTask(cfg, "surface", job=j, verbose=echo is not None) for j in range(len(surface_jobs(cfg)))]]
+    os.makedirs(os.path.join(cfg.out, RUNS), exist_ok=True)
+
+    def done(steps):
+        for entry in steps:
+            record(entry)
+
+    for tasks in phases:
+        if cfg.engine == "ray":
+            run_ray(tasks, cfg.workers, done, gpu=str(cfg.device).startswith("cuda"), fn=run_study_task)
+        else:
+            run_local(tasks, cfg.workers, done, fn=run_study_task)
+
+
+def _prepare_data(cfg: ExperimentConfig) -> None:
+    """Materialise a built-in dataset (e.g. generate MNIST-1D's cache) before workers start."""
+    from flatness.data.datasets import dataset_names, get_dataset
+
+    if cfg.dataset in dataset_names():
+        get_dataset(cfg.dataset, "train", root=cfg.data_dir, augment=False, download=cfg.download)
 
 
 def interp_path(cfg: ExperimentConfig, other: str) -> str:
@@ -420,14 +491,17 @@ def _run_locked(cfg: ExperimentConfig, started: float, progress: bool, echo) -> 
         steps.append(dict(entry, at=time.time()))
         _write_state(cfg, steps, started)
 
-    for method in cfg.methods:
-        for seed in cfg.seeds:
-            record(step_train(cfg, method, seed, progress, echo))
-    for method in cfg.methods:
-        for seed in cfg.seeds:
-            record(step_probe(cfg, method, seed, progress, echo))
-    for entry in step_surfaces(cfg, progress, echo):
-        record(entry)
+    if cfg.workers > 1 or cfg.engine == "ray":
+        _run_steps_on_engine(cfg, record, echo)
+    else:
+        for method in cfg.methods:
+            for seed in cfg.seeds:
+                record(step_train(cfg, method, seed, progress, echo))
+        for method in cfg.methods:
+            for seed in cfg.seeds:
+                record(step_probe(cfg, method, seed, progress, echo))
+        for entry in step_surfaces(cfg, progress, echo):
+            record(entry)
 
     records = [load_run_dir(run_dir(cfg, m, s)) for m in cfg.methods for s in cfg.seeds]
     from flatness.study.compare import record_values

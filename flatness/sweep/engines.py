@@ -1,8 +1,9 @@
 """Where a sweep's cells run: ``local`` worker processes on this machine, or ``ray`` tasks.
 
-Both engines take the same list of ``CellTask``s and call ``on_done(record)`` in the parent as each
-cell finishes (in completion order); the cells themselves decide nothing about the engine, so the
-numbers are the same whichever runs them.
+Both engines take a list of tasks (a sweep's ``CellTask``s, or any picklable task with a module-level
+function, e.g. the experiment's steps) and call ``on_done(result)`` in the parent as each task
+finishes (in completion order); the tasks themselves decide nothing about the engine, so the numbers
+are the same whichever runs them.
 
 * ``local``: with one worker the cells run in this process; with more, a pool of spawned processes
   (spawn, not fork: a forked copy of a process that has started torch's thread pools can hang). Each
@@ -18,11 +19,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from flatness.core.errors import FlatnessError
-from flatness.sweep.cells import CellTask, run_cell
+from flatness.sweep.cells import run_cell
 
 ENGINES = ("local", "ray")
 RAY_MISSING = "--engine ray needs Ray, which is not installed: pip install 'flatness[ray]'"
-OnDone = Callable[[dict[str, Any]], None]
+OnDone = Callable[[Any], None]
+TaskFn = Callable[[Any], Any]
 
 
 def check_engine(engine: str) -> None:
@@ -50,17 +52,18 @@ def _die_with_parent() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
 
 
-def run_local(tasks: Sequence[CellTask], workers: int, on_done: OnDone) -> None:
-    """Run ``tasks`` on ``workers`` local processes (in this process when ``workers`` is 1).
+def run_local(tasks: Sequence[Any], workers: int, on_done: OnDone, fn: TaskFn = run_cell) -> None:
+    """Run ``fn(task)`` for every task on ``workers`` local processes (in this process when ``workers`` is 1).
 
     Args:
-        tasks: the cells to do.
+        tasks: the tasks (picklable; sweep cells by default).
         workers: how many at a time.
-        on_done: called with each cell's record as it finishes.
+        on_done: called with each task's result as it finishes.
+        fn: a module-level function (workers import it by name), ``run_cell`` by default.
     """
     if workers <= 1 or len(tasks) <= 1:
         for task in tasks:
-            on_done(run_cell(task))
+            on_done(fn(task))
         return
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -68,7 +71,7 @@ def run_local(tasks: Sequence[CellTask], workers: int, on_done: OnDone) -> None:
     context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context, initializer=_die_with_parent)
     try:
-        pending = {pool.submit(run_cell, t) for t in tasks}
+        pending = {pool.submit(fn, t) for t in tasks}
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
@@ -77,17 +80,18 @@ def run_local(tasks: Sequence[CellTask], workers: int, on_done: OnDone) -> None:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def run_ray(tasks: Sequence[CellTask], workers: int, on_done: OnDone, address: str | None = None,
-            gpu: bool = False) -> None:
-    """Run ``tasks`` as Ray tasks.
+def run_ray(tasks: Sequence[Any], workers: int, on_done: OnDone, address: str | None = None,
+            gpu: bool = False, fn: TaskFn = run_cell) -> None:
+    """Run ``fn(task)`` for every task as Ray tasks.
 
     Args:
-        tasks: the cells to do.
+        tasks: the tasks (sweep cells by default).
         workers: CPUs of a local Ray instance (ignored when joining a cluster at ``address``).
-        on_done: called with each cell's record as it finishes.
+        on_done: called with each task's result as it finishes.
         address: a Ray cluster's address (None: start a local instance, or join the one ``ray.init``
             finds by itself, e.g. through ``RAY_ADDRESS``).
         gpu: request one GPU per cell.
+        fn: a module-level function, ``run_cell`` by default.
     """
     check_engine("ray")
     import ray
@@ -101,7 +105,7 @@ def run_ray(tasks: Sequence[CellTask], workers: int, on_done: OnDone, address: s
                "OMP_NUM_THREADS": "1"}
         ray.init(log_to_driver=False, include_dashboard=False, runtime_env={"env_vars": env}, **options)
     try:
-        remote = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=0)(run_cell)
+        remote = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=0)(fn)
         pending: list[Any] = [remote.remote(t) for t in tasks]
         while pending:
             finished, pending = ray.wait(pending, num_returns=1)
