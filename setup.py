@@ -39,8 +39,10 @@ setup(
     # ruff: the lint/format gate scripts/test.sh runs (pinned: its rules and format move between releases;
     # keep .pre-commit-config.yaml's rev equal); selenium drives headless chromium in the report test; ray so
     # that CI runs the sweep's Ray engine on a local instance.
-    extras_require={"test": ["pytest>=7", "hypothesis", "ruff==0.17.6", "selenium>=4.11", "ray"],
-                    "safetensors": ["safetensors"],
-                    "ray": ["ray"]},  # flatness sweep --engine ray
+    extras_require={
+        "test": ["pytest>=7", "hypothesis", "ruff==0.17.6", "selenium>=4.11", "ray"],
+        "safetensors": ["safetensors"],
+        "ray": ["ray"],
+    },  # flatness sweep --engine ray
     entry_points={"console_scripts": ["flatness=flatness.cli.main:main"]},
 )

@@ -6,6 +6,7 @@ The same cells every time (a fresh folder per engine), so the ratios compare eng
     python benchmarks/sweep.py            # 8 quick cells on digits (about a minute per engine)
     python benchmarks/sweep.py --full     # 16 MNIST-1D cells of the default sweep's size
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,10 @@ FULL = dict(grid="method=erm,sam lr=0.05,0.2 batch_size=32,128", seeds="0,1")
 def cells_per_minute(options, workers: int, engine: str) -> float:
     with tempfile.TemporaryDirectory() as root:
         began = time.perf_counter()
-        result = run_sweep(SweepSettings(out=os.path.join(root, "sweep"), workers=workers, engine=engine,
-                                         progress=False, **options), echo=None)
+        result = run_sweep(
+            SweepSettings(out=os.path.join(root, "sweep"), workers=workers, engine=engine, progress=False, **options),
+            echo=None,
+        )
         seconds = time.perf_counter() - began
     return 60.0 * result["ran"] / seconds
 

@@ -1,4 +1,5 @@
 """``flatness correlate``: rank a sweep's measures against generalisation (see flatness.generalization)."""
+
 from __future__ import annotations
 
 import click

@@ -1,4 +1,5 @@
 """``flatness experiment``: the whole ERM-versus-AMP study (train, probe, surfaces, plots, report)."""
+
 from __future__ import annotations
 
 import os
@@ -12,46 +13,103 @@ MAX_THREADS = 4096  # torch.set_num_threads overflows on absurd values; no machi
 
 
 @click.command("experiment")
-@click.option("--out", default=None, type=click.Path(file_okay=False),
-              help="Study folder (default: checkpoints/experiment-<dataset>-<model>). Rerunning with the same "
-                   "folder resumes: finished steps are skipped.")
+@click.option(
+    "--out",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Study folder (default: checkpoints/experiment-<dataset>-<model>). Rerunning with the same "
+    "folder resumes: finished steps are skipped.",
+)
 @click.option("--methods", default="erm,amp", show_default=True, help="Methods to train and compare (erm,amp[,sam]).")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Seeds, one run per method and seed.")
-@click.option("--dataset", default="mnist1d", show_default=True,
-              help="A built-in dataset (digits, mnist1d, ...) or your own: FILE.npz, package.module:callable, "
-                   "FILE.py:callable, imagefolder:DIR (see `flatness train --help`).")
-@click.option("--model", default=None,
-              help="A built-in model, package.module:callable, FILE.py:callable or torchvision:NAME. "
-                   "[default: the dataset's own (mnist1d: mlp1d), else convnet]")
-@click.option("--model-args", default=None, metavar="JSON",
-              help="Keyword arguments of a --model callable (JSON object).")
-@click.option("--normalize", is_flag=True, default=False,
-              help="Your own data: standardise it with the training split's statistics.")
-@click.option("--recipe", default=None, help="Training recipe (see `flatness train --help`); its epochs apply "
-                                             "unless --epochs is given.")
-@click.option("--epochs", type=int, default=None,
-              help="Training epochs (default: the recipe's, else `flatness train`'s default).")
+@click.option(
+    "--dataset",
+    default="mnist1d",
+    show_default=True,
+    help="A built-in dataset (digits, mnist1d, ...) or your own: FILE.npz, package.module:callable, "
+    "FILE.py:callable, imagefolder:DIR (see `flatness train --help`).",
+)
+@click.option(
+    "--model",
+    default=None,
+    help="A built-in model, package.module:callable, FILE.py:callable or torchvision:NAME. "
+    "[default: the dataset's own (mnist1d: mlp1d), else convnet]",
+)
+@click.option(
+    "--model-args", default=None, metavar="JSON", help="Keyword arguments of a --model callable (JSON object)."
+)
+@click.option(
+    "--normalize",
+    is_flag=True,
+    default=False,
+    help="Your own data: standardise it with the training split's statistics.",
+)
+@click.option(
+    "--recipe",
+    default=None,
+    help="Training recipe (see `flatness train --help`); its epochs apply unless --epochs is given.",
+)
+@click.option(
+    "--epochs", type=int, default=None, help="Training epochs (default: the recipe's, else `flatness train`'s default)."
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--samples", type=int, default=None,
-              help=f"Probe/surface examples from the training split (default {DEFAULT_SAMPLES}).")
-@click.option("--grid", type=int, default=None,
-              help=f"Surface resolution N: 2D N×N, 1D 2N−1 points (default {DEFAULT_GRID}).")
+@click.option(
+    "--samples",
+    type=int,
+    default=None,
+    help=f"Probe/surface examples from the training split (default {DEFAULT_SAMPLES}).",
+)
+@click.option(
+    "--grid", type=int, default=None, help=f"Surface resolution N: 2D N×N, 1D 2N−1 points (default {DEFAULT_GRID})."
+)
 @click.option("--data-dir", default=None, type=click.Path(), help="Dataset root for torchvision datasets.")
 @click.option("--download", is_flag=True, help="Allow downloading the dataset.")
 @click.option("--quick", is_flag=True, help="Tiny settings (1 epoch, 128 samples, 5×5 grid, cheap probes) for tests.")
-@click.option("--threads", type=int, default=None,
-              help="CPU threads for PyTorch. Default: 1 for digits on the CPU (the tiny default model gains "
-                   "nothing from more, and loses a lot on a busy machine), else PyTorch's choice.")
-@click.option("--workers", type=int, default=None,
-              help="Steps run at once (train+probe per run, then the surfaces), each in its own process. "
-                   "Default: the number of CPU cores on the CPU, 1 on a GPU. The same numbers for any value "
-                   "(at the same --threads).")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="Where the steps run: local processes, or Ray tasks (pip install 'flatness[ray]').")
+@click.option(
+    "--threads",
+    type=int,
+    default=None,
+    help="CPU threads for PyTorch. Default: 1 for digits on the CPU (the tiny default model gains "
+    "nothing from more, and loses a lot on a busy machine), else PyTorch's choice.",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="Steps run at once (train+probe per run, then the surfaces), each in its own process. "
+    "Default: the number of CPU cores on the CPU, 1 on a GPU. The same numbers for any value "
+    "(at the same --threads).",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where the steps run: local processes, or Ray tasks (pip install 'flatness[ray]').",
+)
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 # click passes every option as a parameter; the function only builds ExperimentConfig from them.
-def command(out, methods, seeds, dataset, model, model_args, normalize, recipe, epochs, device, samples, grid, data_dir,
-            download, quick, threads, workers, engine, no_progress):
+def command(
+    out,
+    methods,
+    seeds,
+    dataset,
+    model,
+    model_args,
+    normalize,
+    recipe,
+    epochs,
+    device,
+    samples,
+    grid,
+    data_dir,
+    download,
+    quick,
+    threads,
+    workers,
+    engine,
+    no_progress,
+):
     """Train ERM and AMP over several seeds, probe every final checkpoint (top-5 Hessian eigenvalues,
     trace, spectral density, every sharpness metric), compute 1D/2D surfaces and the ERM→AMP
     interpolation, draw the figures, compare the methods and write REPORT.md and report.html.
@@ -83,10 +141,25 @@ def command(out, methods, seeds, dataset, model, model_args, normalize, recipe, 
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    cfg = ExperimentConfig(out=out, dataset=dataset, model=model, methods=methods, seeds=seeds, recipe=recipe,
-                           epochs=epochs, device=device, samples=samples, grid=grid, data_dir=data_dir,
-                           download=download, quick=quick, train_overrides=overrides, workers=workers,
-                           engine=engine, threads=threads)
+    cfg = ExperimentConfig(
+        out=out,
+        dataset=dataset,
+        model=model,
+        methods=methods,
+        seeds=seeds,
+        recipe=recipe,
+        epochs=epochs,
+        device=device,
+        samples=samples,
+        grid=grid,
+        data_dir=data_dir,
+        download=download,
+        quick=quick,
+        train_overrides=overrides,
+        workers=workers,
+        engine=engine,
+        threads=threads,
+    )
     try:
         _run(cfg, no_progress)
     finally:

@@ -3,13 +3,13 @@
 Errors a user can cause (``FlatnessError``, bad files, full disks, Ctrl-C) print one line and exit
 non-zero; ``flatness --debug CMD`` shows the full traceback instead.
 """
+
 from __future__ import annotations
 
 import contextlib
 import errno
 import os
 import signal
-import sys
 import threading
 
 import click
@@ -104,8 +104,11 @@ class FlatnessGroup(click.Group):
         except Exception as err:  # a bug: one line by default, the traceback with --debug
             if _debug(ctx):
                 raise
-            click.echo(f"Internal error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} "
-                       "(rerun with `flatness --debug ...` for the traceback, and please report it)", err=True)
+            click.echo(
+                f"Internal error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} "
+                "(rerun with `flatness --debug ...` for the traceback, and please report it)",
+                err=True,
+            )
             ctx.exit(EXIT_INTERNAL)
 
 

@@ -1,4 +1,5 @@
 """``flatness plot FILE...``: figures of surfaces (.h5) and Hessian spectra (probe .json)."""
+
 from __future__ import annotations
 
 import click
@@ -9,25 +10,52 @@ from flatness.plot.style import FORMATS
 
 @click.command("plot")
 @click.argument("files", nargs=-1, type=click.Path())
-@click.option("--kind", "kinds", default="all", show_default=True, metavar="LIST",
-              help="2D pictures to draw: comma-separated from contour, contourf, heatmap, 3d, or all.")
-@click.option("--value", type=click.Choice(["train_loss", "test_loss", "train_acc", "test_acc"]), default=None,
-              help="Quantity of a 2D surface to draw (default: train_loss, else test_loss).")
-@click.option("--log/--linear", "log", default=None,
-              help="Log scale for the loss (1D: the loss axis; 2D: colours and levels). Default: linear in 1D; "
-                   "in 2D log when the loss spans more than a factor of 20.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="png", show_default=True,
-              help="Figure file format.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Folder for the figures (default: beside each input).")
+@click.option(
+    "--kind",
+    "kinds",
+    default="all",
+    show_default=True,
+    metavar="LIST",
+    help="2D pictures to draw: comma-separated from contour, contourf, heatmap, 3d, or all.",
+)
+@click.option(
+    "--value",
+    type=click.Choice(["train_loss", "test_loss", "train_acc", "test_acc"]),
+    default=None,
+    help="Quantity of a 2D surface to draw (default: train_loss, else test_loss).",
+)
+@click.option(
+    "--log/--linear",
+    "log",
+    default=None,
+    help="Log scale for the loss (1D: the loss axis; 2D: colours and levels). Default: linear in 1D; "
+    "in 2D log when the loss spans more than a factor of 20.",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(FORMATS), default="png", show_default=True, help="Figure file format."
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder for the figures (default: beside each input).",
+)
 @click.option("--vmin", type=float, default=None, help="Lower colour limit of 2D pictures (shared by all files).")
-@click.option("--vmax", type=float, default=None,
-              help="Upper colour limit of 2D pictures. Without --vmin/--vmax, several 2D files share the "
-                   "common min and max over all of them.")
+@click.option(
+    "--vmax",
+    type=float,
+    default=None,
+    help="Upper colour limit of 2D pictures. Without --vmin/--vmax, several 2D files share the "
+    "common min and max over all of them.",
+)
 @click.option("--vtp", is_flag=True, help="Also export each surface as ParaView XML PolyData (.vtp).")
-@click.option("--force", is_flag=True,
-              help="Replace figures that exist already (without it, nothing is overwritten and the command "
-                   "stops before drawing).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace figures that exist already (without it, nothing is overwritten and the command "
+    "stops before drawing).",
+)
 def command(files, kinds, value, log, fmt, out_dir, vmin, vmax, vtp, force):
     """Draw surfaces and spectra.
 
@@ -37,8 +65,9 @@ def command(files, kinds, value, log, fmt, out_dir, vmin, vmax, vtp, force):
     a probe .json gives the Hessian spectral density on a log scale with the top eigenvalues marked.
     Output names: STEM-1d, STEM-contour, STEM-contourf, STEM-heatmap, STEM-3d, STEM-spectrum (.FMT).
     """
-    settings = PlotSettings(out_dir=out_dir, kinds=kinds, fmt=fmt, log=log, vmin=vmin, vmax=vmax, vtp=vtp,
-                            value=value, force=force)
+    settings = PlotSettings(
+        out_dir=out_dir, kinds=kinds, fmt=fmt, log=log, vmin=vmin, vmax=vmax, vtp=vtp, value=value, force=force
+    )
     written = plot_files(list(files), settings)
     for path in written:
         click.echo(path)

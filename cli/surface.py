@@ -1,4 +1,5 @@
 """``flatness surface CKPT --x=MIN:MAX:N [--y=MIN:MAX:N] ...``: a 1D/2D loss surface as HDF5."""
+
 from __future__ import annotations
 
 import click
@@ -9,43 +10,108 @@ from flatness.data.probe_data import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
 
 @click.command("surface")
 @click.argument("checkpoint", type=click.Path(dir_okay=True))
-@click.option("--x", "x", default="-1:1:21", show_default=True, metavar="MIN:MAX:N",
-              help="Grid along the first direction: N points from MIN to MAX.")
+@click.option(
+    "--x",
+    "x",
+    default="-1:1:21",
+    show_default=True,
+    metavar="MIN:MAX:N",
+    help="Grid along the first direction: N points from MIN to MAX.",
+)
 @click.option("--y", "y", default=None, metavar="MIN:MAX:N", help="Grid along a second direction (2D surface).")
-@click.option("--dir", "direction", default="random", show_default=True,
-              metavar="random|eigen|interp:CKPT_B|pca:RUN_DIR",
-              help="Directions: filter-normalised random ones, the top Hessian eigenvectors, the line to "
-                   "checkpoint B (A at 0, B at 1), or a run's trajectory PCA.")
-@click.option("--norm", type=click.Choice(["filter", "layer", "none"]), default="filter", show_default=True,
-              help="Normalisation of random directions.")
-@click.option("--ignore", type=click.Choice(["biasbn", "none"]), default="biasbn", show_default=True,
-              help="Random directions: zero biases and BatchNorm parameters (biasbn) or copy them from the weights.")
+@click.option(
+    "--dir",
+    "direction",
+    default="random",
+    show_default=True,
+    metavar="random|eigen|interp:CKPT_B|pca:RUN_DIR",
+    help="Directions: filter-normalised random ones, the top Hessian eigenvectors, the line to "
+    "checkpoint B (A at 0, B at 1), or a run's trajectory PCA.",
+)
+@click.option(
+    "--norm",
+    type=click.Choice(["filter", "layer", "none"]),
+    default="filter",
+    show_default=True,
+    help="Normalisation of random directions.",
+)
+@click.option(
+    "--ignore",
+    type=click.Choice(["biasbn", "none"]),
+    default="biasbn",
+    show_default=True,
+    help="Random directions: zero biases and BatchNorm parameters (biasbn) or copy them from the weights.",
+)
 @click.option("--orthogonal", is_flag=True, help="Make the second random direction orthogonal to the first.")
 @click.option("--split", type=click.Choice(["train", "test", "both"]), default="train", show_default=True)
-@click.option("--samples", default=str(DEFAULT_SAMPLES), show_default=True, metavar="N|all",
-              help="Probe examples: the first N of the split, or all of it.")
+@click.option(
+    "--samples",
+    default=str(DEFAULT_SAMPLES),
+    show_default=True,
+    metavar="N|all",
+    help="Probe examples: the first N of the split, or all of it.",
+)
 @click.option("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, show_default=True)
-@click.option("--bn", type=click.Choice(["eval", "recalibrate"]), default="eval", show_default=True,
-              help="BatchNorm statistics: as stored, or re-estimated on training data at every point.")
+@click.option(
+    "--bn",
+    type=click.Choice(["eval", "recalibrate"]),
+    default="eval",
+    show_default=True,
+    help="BatchNorm statistics: as stored, or re-estimated on training data at every point.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random directions.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--data-dir", default=None, help="Dataset folder (default ./data).")
 @click.option("--download", is_flag=True, help="Download the dataset if it is missing.")
 @click.option("--out", default=None, metavar="FILE.h5", help="Output file (default: beside the checkpoint).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted surface: compute only the missing points.")
-@click.option("--force", is_flag=True, help="Overwrite an existing output file; also use a --model or --dataset "
-                                            "callable other than the one the run was trained with.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-              help="bf16 evaluates under bfloat16 autocast: about 2x faster on recent GPUs, ~3 significant "
-                   "digits of loss (fine for pictures, not for tiny differences near the minimum).")
-@click.option("--channels-last", is_flag=True,
-              help="Run conv nets in NHWC memory layout: same values up to rounding (~1e-6), often much "
-                   "faster on CPUs (the default digits convnet: about 27% less time per point).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Overwrite an existing output file; also use a --model or --dataset "
+    "callable other than the one the run was trained with.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16"]),
+    default="fp32",
+    show_default=True,
+    help="bf16 evaluates under bfloat16 autocast: about 2x faster on recent GPUs, ~3 significant "
+    "digits of loss (fine for pictures, not for tiny differences near the minimum).",
+)
+@click.option(
+    "--channels-last",
+    is_flag=True,
+    help="Run conv nets in NHWC memory layout: same values up to rounding (~1e-6), often much "
+    "faster on CPUs (the default digits convnet: about 27% less time per point).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @source_options
 # click passes every option as a parameter; the function only builds SurfaceSettings from them.
-def command(checkpoint, x, y, direction, norm, ignore, orthogonal, split, samples, batch_size, bn, seed, device,
-            data_dir, download, out, resume, force, precision, channels_last, quiet, **model_options):
+def command(
+    checkpoint,
+    x,
+    y,
+    direction,
+    norm,
+    ignore,
+    orthogonal,
+    split,
+    samples,
+    batch_size,
+    bn,
+    seed,
+    device,
+    data_dir,
+    download,
+    out,
+    resume,
+    force,
+    precision,
+    channels_last,
+    quiet,
+    **model_options,
+):
     """Loss and accuracy on a grid around CHECKPOINT (loss-landscape compatible HDF5).
 
     CHECKPOINT: a flatness checkpoint or run folder; a plain state_dict (torch.save) or .safetensors file
@@ -61,20 +127,38 @@ def command(checkpoint, x, y, direction, norm, ignore, orthogonal, split, sample
     from flatness.landscape.compute import SurfaceSettings, compute_surface
 
     distributed.init_from_env(resolve_device(device))
-    settings = SurfaceSettings(x=x, y=y, direction=direction, norm=norm, ignore=ignore, orthogonal=orthogonal,
-                               split=split, samples=parse_samples(samples), batch_size=batch_size, bn=bn,
-                               seed=seed, device=device, resume=resume, force=force,
-                               progress=not quiet and distributed.is_main(), data_dir=data_dir,
-                               download=download, precision=precision, channels_last=channels_last,
-                               source=model_source(**model_options, force=force, download=download))
+    settings = SurfaceSettings(
+        x=x,
+        y=y,
+        direction=direction,
+        norm=norm,
+        ignore=ignore,
+        orthogonal=orthogonal,
+        split=split,
+        samples=parse_samples(samples),
+        batch_size=batch_size,
+        bn=bn,
+        seed=seed,
+        device=device,
+        resume=resume,
+        force=force,
+        progress=not quiet and distributed.is_main(),
+        data_dir=data_dir,
+        download=download,
+        precision=precision,
+        channels_last=channels_last,
+        source=model_source(**model_options, force=force, download=download),
+    )
     summary = compute_surface(checkpoint, out, settings)
     if not distributed.is_main():
         return
     shape = "x".join(str(s) for s in reversed(summary["shape"]))  # x points by y points
     rate = summary["points_per_second"]
-    click.echo(f"surface {shape} ({summary['direction']}, bn {summary['bn']}): {summary['computed_now']} points "
-               f"computed{' (resumed)' if summary['resumed'] else ''}"
-               f"{f', {rate:.1f} points/s' if rate else ''}, {summary['seconds']:.1f} s of grid time in all")
+    click.echo(
+        f"surface {shape} ({summary['direction']}, bn {summary['bn']}): {summary['computed_now']} points "
+        f"computed{' (resumed)' if summary['resumed'] else ''}"
+        f"{f', {rate:.1f} points/s' if rate else ''}, {summary['seconds']:.1f} s of grid time in all"
+    )
     if summary["centre"]:
         for split_name, (loss, acc) in summary["centre"].items():
             click.echo(f"  centre {split_name}: loss {loss:.4f}, accuracy {acc:.2f}%")

@@ -1,4 +1,5 @@
 """``flatness sweep``: train and measure every cell of a hyperparameter grid (see flatness.sweep.run)."""
+
 from __future__ import annotations
 
 import click
@@ -7,36 +8,63 @@ from flatness.sweep.run import DEFAULT_GRID, DEFAULT_SEEDS, QUICK_GRID, SweepSet
 
 
 @click.command("sweep")
-@click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Sweep folder: one run folder per cell under cells/, and cells.csv. Rerun to resume.")
-@click.option("--grid", default=None,
-              help=f"Space-separated KEY=V1,V2 entries over training options (default: \"{DEFAULT_GRID}\"; "
-                   f"--quick: \"{QUICK_GRID}\"). epsilon/inner_lr/inner_iter/ball apply to AMP cells only, "
-                   "rho/adaptive to SAM cells only.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Sweep folder: one run folder per cell under cells/, and cells.csv. Rerun to resume.",
+)
+@click.option(
+    "--grid",
+    default=None,
+    help=f'Space-separated KEY=V1,V2 entries over training options (default: "{DEFAULT_GRID}"; '
+    f'--quick: "{QUICK_GRID}"). epsilon/inner_lr/inner_iter/ball apply to AMP cells only, '
+    "rho/adaptive to SAM cells only.",
+)
 @click.option("--seeds", default=None, help=f"Seeds, comma-separated (default {DEFAULT_SEEDS}; --quick: 0).")
 @click.option("--dataset", default=None, help="Dataset (default: mnist1d where available, else digits).")
 @click.option("--model", default=None, help="Model (default: the dataset's own, else convnet).")
 @click.option("--epochs", type=int, default=None, help="Epochs per cell (default 60; --quick: 2).")
-@click.option("--workers", type=int, default=None, help="Cells at a time (default: the number of cores; one "
-                                                        "thread each).")
+@click.option(
+    "--workers", type=int, default=None, help="Cells at a time (default: the number of cores; one thread each)."
+)
 @click.option("--engine", default="local", show_default=True, help="local (processes here) or ray.")
 @click.option("--address", default=None, help="Ray cluster address (--engine ray; default: a local instance).")
-@click.option("--shard", default=None, help="I/N: run only cells I, I+N, ... (0-based), e.g. a Slurm array task; "
-                                            "shards may share --out.")
+@click.option(
+    "--shard",
+    default=None,
+    help="I/N: run only cells I, I+N, ... (0-based), e.g. a Slurm array task; shards may share --out.",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--data-dir", default=None, type=click.Path(), help="Dataset root.")
 @click.option("--quick", is_flag=True, help="8 tiny cells (2 epochs, cheap probes) for tests: well under 3 minutes.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def command(out, grid, seeds, dataset, model, epochs, workers, engine, address, shard, device, data_dir, quick,
-            no_progress):
+def command(
+    out, grid, seeds, dataset, model, epochs, workers, engine, address, shard, device, data_dir, quick, no_progress
+):
     """Train every cell of a grid (one normal run folder each), probe it (top Hessian eigenvalues, trace,
     every sharpness metric) and measure the norm/margin baselines; write OUT/cells.csv.
 
     Then `flatness correlate OUT` ranks the measures against the generalisation gap.
     """
-    settings = SweepSettings(out=out, grid=grid, seeds=seeds, dataset=dataset, model=model, workers=workers,
-                             engine=engine.lower(), address=address, shard=shard, quick=quick, epochs=epochs,
-                             device=device, data_dir=data_dir, progress=not no_progress)
+    settings = SweepSettings(
+        out=out,
+        grid=grid,
+        seeds=seeds,
+        dataset=dataset,
+        model=model,
+        workers=workers,
+        engine=engine.lower(),
+        address=address,
+        shard=shard,
+        quick=quick,
+        epochs=epochs,
+        device=device,
+        data_dir=data_dir,
+        progress=not no_progress,
+    )
     result = run_sweep(settings, echo=lambda m: click.echo(m, err=True))
-    click.echo(f"{result['ran']} cell(s) run now ({result['done']} done, {result['failed']} failed) of "
-               f"{result['cells']} in the grid, {result['seconds']:.0f} s; table: {result['table']}")
+    click.echo(
+        f"{result['ran']} cell(s) run now ({result['done']} done, {result['failed']} failed) of "
+        f"{result['cells']} in the grid, {result['seconds']:.0f} s; table: {result['table']}"
+    )

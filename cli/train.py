@@ -1,5 +1,6 @@
 """``flatness train``: train a model with ERM, AMP or SAM into a run folder (thin layer over
 ``flatness.training.loop.train``)."""
+
 from __future__ import annotations
 
 import click
@@ -15,98 +16,212 @@ def _ms(values) -> str:
 
 
 @click.command("train")
-@click.option("--dataset", type=str, default=None,
-              help=f"Dataset: digits (offline, bundled), mnist1d (offline, generated), cifar10, cifar100, svhn, "
-                   f"gtsrb, mnist, fashion-mnist; or your own: FILE.npz (x_train, y_train, x_test, y_test), "
-                   f"package.module:callable or FILE.py:callable returning (train_dataset, test_dataset), "
-                   f"imagefolder:DIR (DIR/train, DIR/test). "
-                   f"[default: {D.dataset}; the AMP paper: cifar10/cifar100/svhn]")
-@click.option("--model", type=str, default=None,
-              help=f"Model: mlp, convnet, preactresnet18, wrn-DEPTH-WIDEN (e.g. wrn-28-10), vgg16, mlp1d, conv1d; "
-                   f"or "
-                   f"your own: package.module:callable or FILE.py:callable returning an nn.Module (with "
-                   f"--model-args), torchvision:NAME. [default: the dataset's (mnist1d: mlp1d), else {D.model}; "
-                   f"the paper: preactresnet18, wrn-28-10, vgg16]")
-@click.option("--model-args", type=str, default=None, metavar="JSON",
-              help="Keyword arguments of a --model callable or torchvision model, as a JSON object, "
-                   "e.g. '{\"width\": 64}'. Recorded in the run.")
+@click.option(
+    "--dataset",
+    type=str,
+    default=None,
+    help=f"Dataset: digits (offline, bundled), mnist1d (offline, generated), cifar10, cifar100, svhn, "
+    f"gtsrb, mnist, fashion-mnist; or your own: FILE.npz (x_train, y_train, x_test, y_test), "
+    f"package.module:callable or FILE.py:callable returning (train_dataset, test_dataset), "
+    f"imagefolder:DIR (DIR/train, DIR/test). "
+    f"[default: {D.dataset}; the AMP paper: cifar10/cifar100/svhn]",
+)
+@click.option(
+    "--model",
+    type=str,
+    default=None,
+    help=f"Model: mlp, convnet, preactresnet18, wrn-DEPTH-WIDEN (e.g. wrn-28-10), vgg16, mlp1d, conv1d; "
+    f"or "
+    f"your own: package.module:callable or FILE.py:callable returning an nn.Module (with "
+    f"--model-args), torchvision:NAME. [default: the dataset's (mnist1d: mlp1d), else {D.model}; "
+    f"the paper: preactresnet18, wrn-28-10, vgg16]",
+)
+@click.option(
+    "--model-args",
+    type=str,
+    default=None,
+    metavar="JSON",
+    help="Keyword arguments of a --model callable or torchvision model, as a JSON object, "
+    "e.g. '{\"width\": 64}'. Recorded in the run.",
+)
 @click.option("--image-size", type=int, default=None, help="imagefolder data: resize images to this square size.")
-@click.option("--normalize", is_flag=True, default=None,
-              help="Your own data: standardise each channel with the training split's mean and std (recorded in "
-                   "the run). Without it the data is used exactly as given.")
-@click.option("--width", type=int, default=None, help="Width of convnet (first conv channels, default 16) or mlp "
-                                                      "(hidden units, default 128); other models ignore it.")
+@click.option(
+    "--normalize",
+    is_flag=True,
+    default=None,
+    help="Your own data: standardise each channel with the training split's mean and std (recorded in "
+    "the run). Without it the data is used exactly as given.",
+)
+@click.option(
+    "--width",
+    type=int,
+    default=None,
+    help="Width of convnet (first conv channels, default 16) or mlp "
+    "(hidden units, default 128); other models ignore it.",
+)
 @click.option("--depth", type=int, default=None, help="Hidden layers of mlp (default 2); other models ignore it.")
-@click.option("--method", type=str, default=None,
-              help=f"Training objective: erm (plain loss), amp (adversarial model perturbation, "
-                   f"1+inner-iter passes per step), sam (sharpness-aware minimisation, 2 passes). [default: {D.method}]")
-@click.option("--epochs", type=int, default=None, help=f"Passes over the training set. [default: {D.epochs}; paper: 200]")
+@click.option(
+    "--method",
+    type=str,
+    default=None,
+    help=f"Training objective: erm (plain loss), amp (adversarial model perturbation, "
+    f"1+inner-iter passes per step), sam (sharpness-aware minimisation, 2 passes). [default: {D.method}]",
+)
+@click.option(
+    "--epochs", type=int, default=None, help=f"Passes over the training set. [default: {D.epochs}; paper: 200]"
+)
 @click.option("--batch-size", type=int, default=None, help=f"Examples per step. [default: {D.batch_size}; paper: 50]")
 @click.option("--lr", type=float, default=None, help=f"Initial learning rate of SGD. [default: {D.lr}; paper: 0.1]")
 @click.option("--momentum", type=float, default=None, help=f"SGD momentum. [default: {D.momentum}; paper: 0.9]")
-@click.option("--nesterov/--no-nesterov", default=None,
-              help=f"Nesterov momentum. [default: {'on' if D.nesterov else 'off'}; paper: on]")
-@click.option("--weight-decay", type=float, default=None,
-              help=f"L2 weight decay (SGD's, coupled). [default: {D.weight_decay}; paper: 1e-4]")
-@click.option("--schedule", type=str, default=None,
-              help=f"Learning-rate schedule per epoch: step (x0.1 at each milestone), cosine (to 0 at the last "
-                   f"epoch), constant. [default: {D.schedule}; paper: step]")
-@click.option("--milestones", type=str, default=None,
-              help=f"Comma-separated epochs after which the step schedule multiplies lr by 0.1. "
-                   f"[default: {_ms(D.milestones)}; paper: 100,150]")
-@click.option("--grad-clip", type=float, default=None,
-              help="Clip the global L2 norm of the gradient used by the optimizer's (base) step to this value; "
-                   "AMP/SAM's perturbation uses unclipped gradients. [default: no clipping; paper: 50]")
-@click.option("--seed", type=int, default=None, help=f"Seed of the initial weights and the data order. [default: {D.seed}]")
+@click.option(
+    "--nesterov/--no-nesterov",
+    default=None,
+    help=f"Nesterov momentum. [default: {'on' if D.nesterov else 'off'}; paper: on]",
+)
+@click.option(
+    "--weight-decay",
+    type=float,
+    default=None,
+    help=f"L2 weight decay (SGD's, coupled). [default: {D.weight_decay}; paper: 1e-4]",
+)
+@click.option(
+    "--schedule",
+    type=str,
+    default=None,
+    help=f"Learning-rate schedule per epoch: step (x0.1 at each milestone), cosine (to 0 at the last "
+    f"epoch), constant. [default: {D.schedule}; paper: step]",
+)
+@click.option(
+    "--milestones",
+    type=str,
+    default=None,
+    help=f"Comma-separated epochs after which the step schedule multiplies lr by 0.1. "
+    f"[default: {_ms(D.milestones)}; paper: 100,150]",
+)
+@click.option(
+    "--grad-clip",
+    type=float,
+    default=None,
+    help="Clip the global L2 norm of the gradient used by the optimizer's (base) step to this value; "
+    "AMP/SAM's perturbation uses unclipped gradients. [default: no clipping; paper: 50]",
+)
+@click.option(
+    "--seed", type=int, default=None, help=f"Seed of the initial weights and the data order. [default: {D.seed}]"
+)
 @click.option("--device", type=str, default=None, help="auto (CUDA when present), cpu, cuda or cuda:N. [default: auto]")
-@click.option("--epsilon", type=float, default=None,
-              help=f"AMP: L2 radius of the perturbation ball. [default: {D.epsilon} (tuned for digits); paper: 0.5, "
-                   f"VGG16: 0.1]")
-@click.option("--inner-lr", type=float, default=None,
-              help=f"AMP: step size of the inner ascent on the perturbation. [default: {D.inner_lr}; paper: 1, VGG16: 0.2]")
-@click.option("--inner-iter", type=int, default=None,
-              help=f"AMP: inner ascent steps per training step. [default: {D.inner_iter}; paper: 1]")
-@click.option("--ball", type=str, default=None,
-              help=f"AMP: tensor (each parameter tensor in its own L2 ball of radius epsilon, as the published code) "
-                   f"or global (one L2 ball over all parameters, as the paper writes it). [default: {D.ball}]")
+@click.option(
+    "--epsilon",
+    type=float,
+    default=None,
+    help=f"AMP: L2 radius of the perturbation ball. [default: {D.epsilon} (tuned for digits); paper: 0.5, VGG16: 0.1]",
+)
+@click.option(
+    "--inner-lr",
+    type=float,
+    default=None,
+    help=f"AMP: step size of the inner ascent on the perturbation. [default: {D.inner_lr}; paper: 1, VGG16: 0.2]",
+)
+@click.option(
+    "--inner-iter",
+    type=int,
+    default=None,
+    help=f"AMP: inner ascent steps per training step. [default: {D.inner_iter}; paper: 1]",
+)
+@click.option(
+    "--ball",
+    type=str,
+    default=None,
+    help=f"AMP: tensor (each parameter tensor in its own L2 ball of radius epsilon, as the published code) "
+    f"or global (one L2 ball over all parameters, as the paper writes it). [default: {D.ball}]",
+)
 @click.option("--rho", type=float, default=None, help=f"SAM: radius of the ascent step. [default: {D.rho}]")
-@click.option("--adaptive/--no-adaptive", default=None,
-              help="SAM: adaptive (ASAM) scaling of the ascent by |theta|. [default: off]")
-@click.option("--augment/--no-augment", default=None,
-              help="Training augmentation: random crop (+ horizontal flip on CIFAR / Fashion-MNIST). digits has "
-                   "none. [default: off; paper: on]")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help="Where datasets live: <data-dir>/<dataset>/... [default: ./data]")
-@click.option("--download", is_flag=True, default=False,
-              help="Download a missing dataset, or torchvision weights named in --model-args (needs the internet).")
-@click.option("--out", type=click.Path(), default=None,
-              help="Run folder (config.json, init.pt, last.pt, epoch-NNN.pt, metrics.jsonl). An existing non-empty "
-                   "folder is refused unless --resume. [default: checkpoints/<dataset>-<model>-<method>-s<seed>]")
-@click.option("--save-every", type=int, default=None,
-              help="Also keep epoch-NNN.pt every K epochs (and epoch-000.pt = init), e.g. for PCA trajectories; "
-                   "0 = none. [default: 0]")
-@click.option("--resume", is_flag=True, default=False,
-              help="Continue the run in --out from its last finished epoch (options other than --epochs, "
-                   "--save-every, --device, --data-dir, --download must match the stored run).")
-@click.option("--recipe", type=str, default=None,
-              help="Start from a named preset; options given explicitly override it: amp-paper (the AMP paper's "
-                   "CIFAR/SVHN recipe), amp-paper-vgg (eps 0.1, inner-lr 0.2), digits-default (the defaults), "
-                   "mnist1d-default (used by --dataset mnist1d unless another is named).")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
-              help="bf16: bfloat16 autocast for the forward/backward passes (weights, optimizer and checkpoints stay "
-                   "fp32); the GPU fast path. [default: fp32]")
-@click.option("--channels-last/--no-channels-last", default=None,
-              help="NHWC memory layout for conv nets (faster with tensor cores). [default: off]")
+@click.option(
+    "--adaptive/--no-adaptive",
+    default=None,
+    help="SAM: adaptive (ASAM) scaling of the ascent by |theta|. [default: off]",
+)
+@click.option(
+    "--augment/--no-augment",
+    default=None,
+    help="Training augmentation: random crop (+ horizontal flip on CIFAR / Fashion-MNIST). digits has "
+    "none. [default: off; paper: on]",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where datasets live: <data-dir>/<dataset>/... [default: ./data]",
+)
+@click.option(
+    "--download",
+    is_flag=True,
+    default=False,
+    help="Download a missing dataset, or torchvision weights named in --model-args (needs the internet).",
+)
+@click.option(
+    "--out",
+    type=click.Path(),
+    default=None,
+    help="Run folder (config.json, init.pt, last.pt, epoch-NNN.pt, metrics.jsonl). An existing non-empty "
+    "folder is refused unless --resume. [default: checkpoints/<dataset>-<model>-<method>-s<seed>]",
+)
+@click.option(
+    "--save-every",
+    type=int,
+    default=None,
+    help="Also keep epoch-NNN.pt every K epochs (and epoch-000.pt = init), e.g. for PCA trajectories; "
+    "0 = none. [default: 0]",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    default=False,
+    help="Continue the run in --out from its last finished epoch (options other than --epochs, "
+    "--save-every, --device, --data-dir, --download must match the stored run).",
+)
+@click.option(
+    "--recipe",
+    type=str,
+    default=None,
+    help="Start from a named preset; options given explicitly override it: amp-paper (the AMP paper's "
+    "CIFAR/SVHN recipe), amp-paper-vgg (eps 0.1, inner-lr 0.2), digits-default (the defaults), "
+    "mnist1d-default (used by --dataset mnist1d unless another is named).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16"]),
+    default=None,
+    help="bf16: bfloat16 autocast for the forward/backward passes (weights, optimizer and checkpoints stay "
+    "fp32); the GPU fast path. [default: fp32]",
+)
+@click.option(
+    "--channels-last/--no-channels-last",
+    default=None,
+    help="NHWC memory layout for conv nets (faster with tensor cores). [default: off]",
+)
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model. [default: off]")
-@click.option("--data-on-device", type=click.Choice(["auto", "yes", "no"]), default=None,
-              help="Keep the whole training set on the GPU and augment it there (auto: when it takes under a "
-                   "quarter of free GPU memory; never on the CPU). [default: auto]")
-@click.option("--local-perturbation", is_flag=True, default=None,
-              help="Multi-process runs: build AMP/SAM's perturbation from each rank's own share of the batch "
-                   "(cheaper; a different method) instead of the global batch's all-reduced gradient.")
-@click.option("--nproc", type=click.IntRange(min=1, max=MAX_PROCESSES), default=1, show_default=True,
-              help="Train on N processes (one per GPU, or N CPU processes with gloo) by relaunching this command "
-                   "under torchrun; the global batch (--batch-size) is split across them.")
+@click.option(
+    "--data-on-device",
+    type=click.Choice(["auto", "yes", "no"]),
+    default=None,
+    help="Keep the whole training set on the GPU and augment it there (auto: when it takes under a "
+    "quarter of free GPU memory; never on the CPU). [default: auto]",
+)
+@click.option(
+    "--local-perturbation",
+    is_flag=True,
+    default=None,
+    help="Multi-process runs: build AMP/SAM's perturbation from each rank's own share of the batch "
+    "(cheaper; a different method) instead of the global batch's all-reduced gradient.",
+)
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1, max=MAX_PROCESSES),
+    default=1,
+    show_default=True,
+    help="Train on N processes (one per GPU, or N CPU processes with gloo) by relaunching this command "
+    "under torchrun; the global batch (--batch-size) is split across them.",
+)
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar per epoch. [default: on]")
 def command(out, resume, recipe, progress, nproc, compile_, **options):
     """Train a model with ERM, AMP or SAM and save its checkpoints into a run folder.
@@ -161,6 +276,14 @@ def _relaunch_under_torchrun(nproc: int) -> int:
             continue
         args.append(arg)
     # sys.argv[1:] starts at the subcommand (or a global option such as --debug before it)
-    command_line = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                    "-m", "flatness.cli", *args]
+    command_line = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "flatness.cli",
+        *args,
+    ]
     return subprocess.call(command_line)

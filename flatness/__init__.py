@@ -28,8 +28,8 @@ from flatness.landscape.surface import loss_surface
 from flatness.models.loading import ModelSource, load_target
 from flatness.models.references import resolve_model_reference
 from flatness.models.registry import build_model
-from flatness.study.experiment import run_experiment
 from flatness.sharpness.measure import SharpnessSettings, measure_sharpness
+from flatness.study.experiment import run_experiment
 from flatness.study.probe import ProbeSettings, measure, run_probe
 from flatness.training.loop import TrainConfig, train
 from flatness.training.optim import AMP, SAM

@@ -1,4 +1,5 @@
 """Shared test fixtures. Each test module keeps its own special fixtures; only what several share is here."""
+
 import os
 
 import pytest
@@ -6,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from flatness.formats.checkpoint import save_checkpoint
 from flatness.data.datasets import dataset_info
-from flatness.models.registry import build_from_spec, model_spec
 from flatness.data.probe_data import load_probe_data
+from flatness.formats.checkpoint import save_checkpoint
+from flatness.models.registry import build_from_spec, model_spec
 
 # Every test model is tiny: one intra-op thread is fastest, and on a busy 2-core machine two OpenMP
 # threads spin against other processes and run many times slower. Subprocesses get OMP_NUM_THREADS=1.

@@ -1,4 +1,5 @@
 """Run a function on N gloo ranks (CPU processes), the way torchrun would, and collect results."""
+
 from flatness.core.distributed import spawn_local
 
 

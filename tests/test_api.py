@@ -1,6 +1,7 @@
 """Every measurement is a function of (model, data, loss): a model defined only here, on data given as a
 DataLoader (uneven last batch), a list of batches and an (x, y) pair, checked against ground truth
 computed independently (one big batch; dense Hessians from torch.autograd.functional.hessian)."""
+
 import importlib
 import math
 import pkgutil
@@ -58,7 +59,7 @@ def _xy(seed=1, inputs=5, classes=3):
 def _forms(x, y):
     return {
         "loader": DataLoader(TensorDataset(x, y), batch_size=5, shuffle=False),
-        "batches": [(x[i:i + 7], y[i:i + 7]) for i in range(0, N, 7)],
+        "batches": [(x[i : i + 7], y[i : i + 7]) for i in range(0, N, 7)],
         "pair": (x, y),
     }
 
@@ -76,7 +77,7 @@ def _dense_hessian(model, loss_of_outputs):
         params, start = {}, 0
         for name, shape in zip(names, shapes):
             size = math.prod(shape)
-            params[name] = flat[start:start + size].view(shape)
+            params[name] = flat[start : start + size].view(shape)
             start += size
         return loss_of_outputs(lambda *args, **kwargs: functional_call(model, params, args, kwargs))
 
@@ -124,8 +125,10 @@ def test_mse_regression(form):
     torch.testing.assert_close(op.to_dense(), H, rtol=1e-9, atol=1e-11)
     # torch 2.x cannot run F.mse_loss under torch.func's forward-over-reverse ("ZeroTensors are
     # immutable"), so that backend gets the same loss written out
-    for backend, loss_fn in (("double-backward", F.mse_loss),
-                             ("forward-over-reverse", lambda out, target: ((out - target) ** 2).mean())):
+    for backend, loss_fn in (
+        ("double-backward", F.mse_loss),
+        ("forward-over-reverse", lambda out, target: ((out - target) ** 2).mean()),
+    ):
         v = torch.randn(op.dim, generator=g, dtype=torch.float64)
         out = flatness.HessianOperator(model, data, loss_fn, backend=backend).matvec(v)
         torch.testing.assert_close(out, H @ v, rtol=1e-9, atol=1e-11)
@@ -134,8 +137,9 @@ def test_mse_regression(form):
         assert loss == pytest.approx(float(F.mse_loss(model(x), y)), rel=1e-12)
     assert acc is None
     settings = flatness.SharpnessSettings(ball="global", ascent_steps=3, draws=3, lbfgs_iterations=3)
-    records = flatness.measure_sharpness(model, data, "keskar,worst_case,average_case", rho=0.05, epsilon=1e-3,
-                                         loss_fn=F.mse_loss, settings=settings)
+    records = flatness.measure_sharpness(
+        model, data, "keskar,worst_case,average_case", rho=0.05, epsilon=1e-3, loss_fn=F.mse_loss, settings=settings
+    )
     assert [r["metric"] for r in records] == ["keskar", "worst_case", "average_case"]
     assert all(math.isfinite(r["value"]) for r in records)
     assert all(r["base_loss"] == pytest.approx(loss, rel=1e-10) for r in records)
@@ -146,17 +150,40 @@ def test_measure_returns_the_probe_keys():
     model = _model()
     x, y = _xy()
     data = _forms(x, y)["loader"]
-    settings = flatness.ProbeSettings(tol=1e-8, trace_samples=6, density_steps=6, density_vectors=1, progress=False,
-                                      sharpness_options={"rhos": [0.05], "ascent_steps": 2, "draws": 2,
-                                                         "pac_bayes_draws": 2, "epsilons": [1e-3],
-                                                         "lbfgs_iterations": 2})
-    result = flatness.measure(model, data, top_k=2, trace=True, density=True, sharpness="worst_case",
-                              settings=settings)
-    assert set(result) == {"loss", "accuracy", "num_params", "hessian_params", "hessian_dim", "weight_norm",
-                           "hessian", "trace", "density", "sharpness", "density_arrays", "sharpness_seconds"}
+    settings = flatness.ProbeSettings(
+        tol=1e-8,
+        trace_samples=6,
+        density_steps=6,
+        density_vectors=1,
+        progress=False,
+        sharpness_options={
+            "rhos": [0.05],
+            "ascent_steps": 2,
+            "draws": 2,
+            "pac_bayes_draws": 2,
+            "epsilons": [1e-3],
+            "lbfgs_iterations": 2,
+        },
+    )
+    result = flatness.measure(model, data, top_k=2, trace=True, density=True, sharpness="worst_case", settings=settings)
+    assert set(result) == {
+        "loss",
+        "accuracy",
+        "num_params",
+        "hessian_params",
+        "hessian_dim",
+        "weight_norm",
+        "hessian",
+        "trace",
+        "density",
+        "sharpness",
+        "density_arrays",
+        "sharpness_seconds",
+    }
     H = _dense_hessian(model, lambda f: F.cross_entropy(f(x), y))
-    np.testing.assert_allclose(result["hessian"]["eigenvalues"], torch.linalg.eigvalsh(H).flip(0)[:2].numpy(),
-                               rtol=1e-7)
+    np.testing.assert_allclose(
+        result["hessian"]["eigenvalues"], torch.linalg.eigvalsh(H).flip(0)[:2].numpy(), rtol=1e-7
+    )
     assert result["loss"] == flatness.evaluate(model, data)[0]
     assert result["num_params"] == result["hessian_dim"] == H.shape[0]
     assert [r["metric"] for r in result["sharpness"]] == ["worst_case"]
@@ -166,9 +193,13 @@ def test_measure_returns_the_probe_keys():
 
 def test_data_of_no_accepted_form_is_a_flatness_error():
     model = _model()
-    for call in (lambda: flatness.evaluate(model, 42), lambda: flatness.HessianOperator(model, 42),
-                 lambda: flatness.measure_sharpness(model, 42, "worst_case"), lambda: flatness.measure(model, 42),
-                 lambda: flatness.as_probe_data("not data")):
+    for call in (
+        lambda: flatness.evaluate(model, 42),
+        lambda: flatness.HessianOperator(model, 42),
+        lambda: flatness.measure_sharpness(model, 42, "worst_case"),
+        lambda: flatness.measure(model, 42),
+        lambda: flatness.as_probe_data("not data"),
+    ):
         with pytest.raises(FlatnessError, match="cannot measure on data of type") as info:
             call()
         assert "\n" not in str(info.value)
@@ -184,9 +215,9 @@ def test_tuple_and_dict_inputs(form):
     inputs = (a, b) if form == "tuple" else {"a": a, "b": b}
     datas = [(inputs, y)]  # an (x, y) pair
     if form == "tuple":
-        datas.append([((a[i:i + 5], b[i:i + 5]), y[i:i + 5]) for i in range(0, N, 5)])
+        datas.append([((a[i : i + 5], b[i : i + 5]), y[i : i + 5]) for i in range(0, N, 5)])
     else:
-        datas.append([({"a": a[i:i + 5], "b": b[i:i + 5]}, y[i:i + 5]) for i in range(0, N, 5)])
+        datas.append([({"a": a[i : i + 5], "b": b[i : i + 5]}, y[i : i + 5]) for i in range(0, N, 5)])
     with torch.no_grad():
         ref = float(F.cross_entropy(model(a, b), y))
     H = _dense_hessian(model, lambda f: F.cross_entropy(f(a, b), y))
@@ -195,12 +226,14 @@ def test_tuple_and_dict_inputs(form):
         for backend in ("double-backward", "forward-over-reverse"):
             op = flatness.HessianOperator(model, data, backend=backend)
             torch.testing.assert_close(op.to_dense(), H, rtol=1e-9, atol=1e-11)
-        records = flatness.measure_sharpness(model, data, "average_case", rho=0.01,
-                                             settings=flatness.SharpnessSettings(draws=2))
+        records = flatness.measure_sharpness(
+            model, data, "average_case", rho=0.01, settings=flatness.SharpnessSettings(draws=2)
+        )
         assert records[0]["base_loss"] == pytest.approx(ref, rel=1e-10)
 
 
 # --------------------------------------------------------------------------- the exports
+
 
 def _import_every_submodule():
     for info in pkgutil.walk_packages(flatness.__path__, "flatness."):
@@ -228,10 +261,12 @@ def test_every_exported_function_called_twice(tmp_path, digits_mlp_checkpoint):
         "evaluate": lambda: flatness.evaluate(model, data),
         "measure": lambda: flatness.measure(model, data, top_k=1, settings=settings)["loss"],
         "measure_sharpness": lambda: flatness.measure_sharpness(
-            model, data, "average_case", rho=0.01, settings=flatness.SharpnessSettings(draws=2))[0]["value"],
+            model, data, "average_case", rho=0.01, settings=flatness.SharpnessSettings(draws=2)
+        )[0]["value"],
         "lanczos": lambda: flatness.lanczos(flatness.HessianOperator(model, data), k=1).eigenvalues,
-        "power_iteration": lambda: flatness.power_iteration(flatness.HessianOperator(model, data), k=1,
-                                                            tol=1e-3).eigenvalues,
+        "power_iteration": lambda: (
+            flatness.power_iteration(flatness.HessianOperator(model, data), k=1, tol=1e-3).eigenvalues
+        ),
         "estimate_trace": lambda: flatness.estimate_trace(flatness.HessianOperator(model, data), 4).estimate,
         "slq": lambda: flatness.slq(flatness.HessianOperator(model, data), steps=3, vectors=1).nodes.tolist(),
         "dataset_info": lambda: flatness.dataset_info("digits").num_classes,

@@ -7,6 +7,7 @@ Processes run `python -m flatness.cli` with OMP_NUM_THREADS=1. Random delays com
 generators; a kill that comes too late (the process already finished) is not counted and another
 attempt is made.
 """
+
 import json
 import os
 import random
@@ -29,7 +30,6 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 KILLS = 5
 
 
-
 def cli(args):
     from flatness.cli.main import main
 
@@ -38,8 +38,9 @@ def cli(args):
 
 def spawn(args, log, env=None):
     handle = open(log, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "flatness.cli", *map(str, args)], env=env or ENV,
-                            stdout=handle, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flatness.cli", *map(str, args)], env=env or ENV, stdout=handle, stderr=subprocess.STDOUT
+    )
     proc.log_handle = handle
     return proc
 
@@ -98,8 +99,24 @@ TRAIN = dict(width=8, batch_size=64, epochs=40, milestones=[20], seed=3, save_ev
 
 
 def train_args(out):
-    return ["train", "--width", 8, "--batch-size", 64, "--epochs", 40, "--milestones", 20, "--seed", 3,
-            "--save-every", 4, "--out", out, "--no-progress"]
+    return [
+        "train",
+        "--width",
+        8,
+        "--batch-size",
+        64,
+        "--epochs",
+        40,
+        "--milestones",
+        20,
+        "--seed",
+        3,
+        "--save-every",
+        4,
+        "--out",
+        out,
+        "--no-progress",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +127,9 @@ def straight(tmp_path_factory):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return train(TrainConfig(**TRAIN), str(tmp_path_factory.mktemp("straight") / "run"), progress=False,
-                     verbose=False)
+        return train(
+            TrainConfig(**TRAIN), str(tmp_path_factory.mktemp("straight") / "run"), progress=False, verbose=False
+        )
     finally:
         torch.set_num_threads(before)
 
@@ -210,9 +228,9 @@ def test_two_train_processes_one_folder(tmp_path):
 
 # --------------------------------------------------------------------------- surface
 
+
 def surface_args(ckpt, out):
-    return ["surface", ckpt, "--x=-1:1:9", "--y=-1:1:9", "--samples", "all", "--device", "cpu", "--quiet",
-            "--out", out]
+    return ["surface", ckpt, "--x=-1:1:9", "--y=-1:1:9", "--samples", "all", "--device", "cpu", "--quiet", "--out", out]
 
 
 SURFACE_ENV = dict(ENV, FLATNESS_SURFACE_FLUSH_SECONDS="0")  # write the file after every point
@@ -225,8 +243,12 @@ def checkpoint(tmp_path_factory):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        run = train(TrainConfig(width=8, batch_size=64, epochs=2, seed=0),
-                    str(tmp_path_factory.mktemp("surfckpt") / "run"), progress=False, verbose=False)
+        run = train(
+            TrainConfig(width=8, batch_size=64, epochs=2, seed=0),
+            str(tmp_path_factory.mktemp("surfckpt") / "run"),
+            progress=False,
+            verbose=False,
+        )
     finally:
         torch.set_num_threads(before)
     return os.path.join(run, "last.pt")
@@ -308,6 +330,7 @@ def test_sigint_surface_then_resume(checkpoint, surface_reference, tmp_path):
 
 
 # --------------------------------------------------------------------------- experiment
+
 
 def check_study(study):
     """Every file of the study that exists under its real name reads as valid."""

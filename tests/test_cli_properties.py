@@ -10,6 +10,7 @@ is under test is that every value is checked before the first step; a success th
 passed every check. Probe, surface, compare and plot run for real on tiny inputs. The examples per
 command are printed at the end (`pytest -s`) and recorded in docs/reliability.md.
 """
+
 import collections
 import contextlib
 import os
@@ -22,17 +23,49 @@ from conftest import quick_digits_checkpoint
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-NUMBERS = ["0", "-1", "-0.5", "nan", "inf", "-inf", "1e400", str(2 ** 64), "1e-320", "abc", "", "3"]
+NUMBERS = ["0", "-1", "-0.5", "nan", "inf", "-inf", "1e400", str(2**64), "1e-320", "abc", "", "3"]
 PATH_KINDS = ["missing-folder", "folder", "input", "loop", "dangling", "not-utf8", "fresh"]
 EXAMPLES = collections.Counter()
 OUTCOMES = collections.Counter()  # exit code -> examples
-FAST = dict(deadline=None, database=None, derandomize=True,
-            suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FAST = dict(
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
-TRAIN_NUMERIC = ["--epochs", "--batch-size", "--lr", "--momentum", "--weight-decay", "--grad-clip", "--seed",
-                 "--epsilon", "--inner-lr", "--inner-iter", "--rho", "--width", "--depth", "--save-every", "--nproc"]
-PROBE_NUMERIC = ["--samples", "--batch-size", "--top-k", "--tol", "--max-iter", "--trace-samples",
-                 "--density-steps", "--density-vectors", "--draws", "--ascent-steps", "--seed", "--rho", "--epsilon"]
+TRAIN_NUMERIC = [
+    "--epochs",
+    "--batch-size",
+    "--lr",
+    "--momentum",
+    "--weight-decay",
+    "--grad-clip",
+    "--seed",
+    "--epsilon",
+    "--inner-lr",
+    "--inner-iter",
+    "--rho",
+    "--width",
+    "--depth",
+    "--save-every",
+    "--nproc",
+]
+PROBE_NUMERIC = [
+    "--samples",
+    "--batch-size",
+    "--top-k",
+    "--tol",
+    "--max-iter",
+    "--trace-samples",
+    "--density-steps",
+    "--density-vectors",
+    "--draws",
+    "--ascent-steps",
+    "--seed",
+    "--rho",
+    "--epsilon",
+]
 SURFACE_NUMERIC = ["--samples", "--batch-size", "--seed", "--x", "--y"]
 PLOT_NUMERIC = ["--vmin", "--vmax"]
 EXPERIMENT_NUMERIC = ["--epochs", "--samples", "--grid", "--threads", "--seeds"]
@@ -62,16 +95,49 @@ def ws(tmp_path_factory):
     (run / "config.json").write_text('{"method": "erm", "seed": 0, "dataset": "digits", "model": "mlp"}\n')
     (run / "metrics.jsonl").write_text('{"epoch": 1, "test_acc": 0.5, "test_loss": 1.0}\n')
     runner = CliRunner()
-    for args in (["probe", ckpt, "--samples", "16", "--batch-size", "16", "--top-k", "1", "--max-iter", "3",
-                  "--device", "cpu", "--quiet", "--out", run / "probe.json"],
-                 ["surface", ckpt, "--x=-1:1:3", "--samples", "16", "--device", "cpu", "--quiet",
-                  "--out", root / "s1.h5"],
-                 ["surface", ckpt, "--x=-1:1:3", "--y=-1:1:3", "--samples", "16", "--device", "cpu", "--quiet",
-                  "--out", root / "s2.h5"]):
+    for args in (
+        [
+            "probe",
+            ckpt,
+            "--samples",
+            "16",
+            "--batch-size",
+            "16",
+            "--top-k",
+            "1",
+            "--max-iter",
+            "3",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+            run / "probe.json",
+        ],
+        ["surface", ckpt, "--x=-1:1:3", "--samples", "16", "--device", "cpu", "--quiet", "--out", root / "s1.h5"],
+        [
+            "surface",
+            ckpt,
+            "--x=-1:1:3",
+            "--y=-1:1:3",
+            "--samples",
+            "16",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+            root / "s2.h5",
+        ],
+    ):
         result = runner.invoke(main, [str(a) for a in args])
         assert result.exit_code == 0, result.output
-    yield {"root": str(root), "run": str(run), "ckpt": ckpt, "probe": str(run / "probe.json"),
-           "s1": str(root / "s1.h5"), "s2": str(root / "s2.h5")}
+    yield {
+        "root": str(root),
+        "run": str(run),
+        "ckpt": ckpt,
+        "probe": str(run / "probe.json"),
+        "s1": str(root / "s1.h5"),
+        "s2": str(root / "s2.h5"),
+    }
     print("\nHypothesis examples per command:", dict(EXAMPLES), "outcomes (exit code: examples):", dict(OUTCOMES))
 
 
@@ -141,15 +207,20 @@ def experiment_stub(cfg, started, progress, echo):
 
 # --------------------------------------------------------------------------- numbers
 
+
 @settings(max_examples=30, **FAST)
 @given(option=st.sampled_from(TRAIN_NUMERIC), value=st.sampled_from(NUMBERS))
 def test_train_numbers(ws, option, value):
     EXAMPLES["train"] += 1
     before = stamp(ws["root"])
-    with scratch_dir(ws) as scratch, mock.patch("flatness.training.loop._train_locked", train_stub), \
-            mock.patch("flatness.cli.train._relaunch_under_torchrun", lambda nproc: 0):  # --nproc 3: no torchrun
-        result = invoke(["train", "--no-progress", "--device", "cpu", "--out", os.path.join(scratch, "r"),
-                         option, value])
+    with (
+        scratch_dir(ws) as scratch,
+        mock.patch("flatness.training.loop._train_locked", train_stub),
+        mock.patch("flatness.cli.train._relaunch_under_torchrun", lambda nproc: 0),
+    ):  # --nproc 3: no torchrun
+        result = invoke(
+            ["train", "--no-progress", "--device", "cpu", "--out", os.path.join(scratch, "r"), option, value]
+        )
     check_outcome(result, ws, before)
 
 
@@ -161,8 +232,18 @@ def test_probe_numbers(ws, option, value):
     base = {"--samples": "16", "--batch-size": "16", "--top-k": "1", "--max-iter": "3"}
     base[option] = value
     with scratch_dir(ws) as scratch:
-        result = invoke(["probe", ws["ckpt"], "--device", "cpu", "--quiet", "--out", os.path.join(scratch, "p.json"),
-                         *[a for kv in base.items() for a in kv]])
+        result = invoke(
+            [
+                "probe",
+                ws["ckpt"],
+                "--device",
+                "cpu",
+                "--quiet",
+                "--out",
+                os.path.join(scratch, "p.json"),
+                *[a for kv in base.items() for a in kv],
+            ]
+        )
     check_outcome(result, ws, before)
 
 
@@ -173,13 +254,34 @@ def test_surface_numbers(ws, option, value):
     before = stamp(ws["root"])
     base = {"--samples": "16", "--batch-size": "16", "--x": "-1:1:3"}
     if option in ("--x", "--y"):
-        value = {"0": "-1:1:0", "-1": "1:-1:3", "-0.5": "-1:1:2.5", "nan": "nan:1:3", "inf": "-1:inf:3",
-                 "-inf": "-inf:1:3", "1e400": "-1e400:1:3", str(2 ** 64): f"-1:1:{2 ** 64}",
-                 "1e-320": "0:1e-320:3", "abc": "a:b:c", "": "", "3": "-1e300:1e300:3"}[value]
+        value = {
+            "0": "-1:1:0",
+            "-1": "1:-1:3",
+            "-0.5": "-1:1:2.5",
+            "nan": "nan:1:3",
+            "inf": "-1:inf:3",
+            "-inf": "-inf:1:3",
+            "1e400": "-1e400:1:3",
+            str(2**64): f"-1:1:{2**64}",
+            "1e-320": "0:1e-320:3",
+            "abc": "a:b:c",
+            "": "",
+            "3": "-1e300:1e300:3",
+        }[value]
     base[option] = value
     with scratch_dir(ws) as scratch:
-        result = invoke(["surface", ws["ckpt"], "--device", "cpu", "--quiet", "--out", os.path.join(scratch, "s.h5"),
-                         *[a for kv in base.items() for a in kv]])
+        result = invoke(
+            [
+                "surface",
+                ws["ckpt"],
+                "--device",
+                "cpu",
+                "--quiet",
+                "--out",
+                os.path.join(scratch, "s.h5"),
+                *[a for kv in base.items() for a in kv],
+            ]
+        )
     check_outcome(result, ws, before)
 
 
@@ -199,8 +301,19 @@ def test_experiment_numbers(ws, option, value):
     EXAMPLES["experiment"] += 1
     before = stamp(ws["root"])
     with scratch_dir(ws) as scratch, mock.patch("flatness.study.experiment._run_locked", experiment_stub):
-        result = invoke(["experiment", "--quick", "--no-progress", "--device", "cpu",
-                         "--out", os.path.join(scratch, "study"), option, value])
+        result = invoke(
+            [
+                "experiment",
+                "--quick",
+                "--no-progress",
+                "--device",
+                "cpu",
+                "--out",
+                os.path.join(scratch, "study"),
+                option,
+                value,
+            ]
+        )
     check_outcome(result, ws, before)
 
 
@@ -208,18 +321,47 @@ def test_experiment_numbers(ws, option, value):
 
 COMMAND_PATHS = {
     # command -> (arguments with {OPT} placeholders, the options that take a hostile path)
-    "train": (["train", "--no-progress", "--device", "cpu", "--out", "{--out}", "--data-dir", "{--data-dir}"],
-              ["--out", "--data-dir"]),
-    "probe": (["probe", "{CHECKPOINT}", "--samples", "16", "--batch-size", "16", "--top-k", "1", "--max-iter", "3",
-               "--device", "cpu", "--quiet", "--out", "{--out}"], ["CHECKPOINT", "--out"]),
-    "surface": (["surface", "{CHECKPOINT}", "--x=-1:1:3", "--samples", "16", "--device", "cpu", "--quiet",
-                 "--out", "{--out}"], ["CHECKPOINT", "--out"]),
+    "train": (
+        ["train", "--no-progress", "--device", "cpu", "--out", "{--out}", "--data-dir", "{--data-dir}"],
+        ["--out", "--data-dir"],
+    ),
+    "probe": (
+        [
+            "probe",
+            "{CHECKPOINT}",
+            "--samples",
+            "16",
+            "--batch-size",
+            "16",
+            "--top-k",
+            "1",
+            "--max-iter",
+            "3",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+            "{--out}",
+        ],
+        ["CHECKPOINT", "--out"],
+    ),
+    "surface": (
+        ["surface", "{CHECKPOINT}", "--x=-1:1:3", "--samples", "16", "--device", "cpu", "--quiet", "--out", "{--out}"],
+        ["CHECKPOINT", "--out"],
+    ),
     "compare": (["compare", "{RUN}", "--json", "{--json}", "--csv", "{--csv}"], ["RUN", "--json", "--csv"]),
     "plot": (["plot", "{FILE}", "--kind", "heatmap", "--out", "{--out}"], ["FILE", "--out"]),
     "experiment": (["experiment", "--quick", "--no-progress", "--out", "{--out}"], ["--out"]),
 }
-DEFAULTS = {"--out": "out", "--data-dir": None, "CHECKPOINT": "{ckpt}", "RUN": "{run}", "--json": "c.json",
-            "--csv": "c.csv", "FILE": "{s2}"}
+DEFAULTS = {
+    "--out": "out",
+    "--data-dir": None,
+    "CHECKPOINT": "{ckpt}",
+    "RUN": "{run}",
+    "--json": "c.json",
+    "--csv": "c.csv",
+    "FILE": "{s2}",
+}
 FOLDER_OUTPUTS = {("train", "--out"), ("plot", "--out"), ("experiment", "--out")}
 
 
@@ -230,9 +372,11 @@ def test_paths(ws, command, which, kind):
     template, options = COMMAND_PATHS[command]
     option = options[which % len(options)]
     before = stamp(ws["root"])
-    with scratch_dir(ws) as scratch, \
-            mock.patch("flatness.training.loop._train_locked", train_stub), \
-            mock.patch("flatness.study.experiment._run_locked", experiment_stub):
+    with (
+        scratch_dir(ws) as scratch,
+        mock.patch("flatness.training.loop._train_locked", train_stub),
+        mock.patch("flatness.study.experiment._run_locked", experiment_stub),
+    ):
         values = {}
         for opt in options:
             default = DEFAULTS[opt]

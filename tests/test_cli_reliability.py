@@ -5,6 +5,7 @@ one entry of CASES (same number and test name), checked by test_docs_table_lists
 
 SIGKILL / SIGINT / two real processes: tests/test_cli_crash.py.
 """
+
 import contextlib
 import errno
 import hashlib
@@ -14,25 +15,23 @@ import re
 import shutil
 import subprocess
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
 import flatness
 from flatness.core import locking
-from flatness.formats.checkpoint import save_checkpoint
 from flatness.core.errors import FlatnessError
+from flatness.formats.checkpoint import save_checkpoint
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DOC = os.path.join(HERE, os.pardir, "docs", "reliability.md")
-PROBE_FAST = ["--samples", "32", "--batch-size", "32", "--top-k", "1", "--max-iter", "3", "--device", "cpu",
-              "--quiet"]
+PROBE_FAST = ["--samples", "32", "--batch-size", "32", "--top-k", "1", "--max-iter", "3", "--device", "cpu", "--quiet"]
 SURF_FAST = ["--samples", "32", "--batch-size", "32", "--device", "cpu", "--quiet"]
 
 
-
 # --------------------------------------------------------------------------- hostile files
+
 
 class RunsCode:
     """Unpickling this runs `touch MARKER`: what a malicious checkpoint does with plain pickle."""
@@ -45,8 +44,15 @@ class RunsCode:
 
 
 def crafted_payload(marker):
-    return {"format": "flatness-checkpoint", "format_version": 1, "model_spec": {"name": "mlp"},
-            "model_state": {}, "config": {"dataset": "digits"}, "epoch": 1, "hook": RunsCode(marker)}
+    return {
+        "format": "flatness-checkpoint",
+        "format_version": 1,
+        "model_spec": {"name": "mlp"},
+        "model_state": {},
+        "config": {"dataset": "digits"},
+        "epoch": 1,
+        "hook": RunsCode(marker),
+    }
 
 
 def write_crafted(path, marker, kind="zip"):
@@ -70,8 +76,13 @@ def foreign_state_dict():
 
         return torchvision.models.squeezenet1_1(num_classes=10).state_dict()
     except Exception:  # torchvision missing: a state_dict shaped like torchvision's ResNet stem
-        return {"conv1.weight": torch.randn(64, 3, 7, 7), "bn1.weight": torch.ones(64),
-                "bn1.running_mean": torch.zeros(64), "fc.weight": torch.randn(10, 512), "fc.bias": torch.zeros(10)}
+        return {
+            "conv1.weight": torch.randn(64, 3, 7, 7),
+            "bn1.weight": torch.ones(64),
+            "bn1.running_mean": torch.zeros(64),
+            "fc.weight": torch.randn(10, 512),
+            "fc.bias": torch.zeros(10),
+        }
 
 
 def stamp_tree(root):
@@ -94,19 +105,45 @@ def ws(tmp_path_factory):
     from flatness.training.loop import TrainConfig, train
 
     root = tmp_path_factory.mktemp("ws")
-    p = {k: str(root / v) for k, v in {
-        "run": "run", "good": "good.pt", "trunc": "trunc.pt", "empty": "empty.pt", "garbage": "garbage.pt",
-        "foreign": "foreign_state_dict.pt", "module": "pickled_module.pt", "evil_zip": "evil_zip.pt",
-        "evil_legacy": "evil_legacy.pt", "evil_raw": "evil_raw.pt", "nan": "nan.pt", "inf": "inf.pt",
-        "evil_run": "evil_run", "pca_evil": "pca_evil", "surf": "surf.h5", "surf2d": "surf2d.h5",
-        "corrupt_h5": "corrupt.h5", "probe": "probe.json", "bad_json": "bad.json", "trunc_json": "trunc.json",
-        "types_json": "types.json", "sidecar_json": "sidecar.json", "figs": "figs", "afile": "afile.txt",
-        "busy": "busy", "study": "study", "other": "other.pt", "marker": "MARKER"}.items()}
+    p = {
+        k: str(root / v)
+        for k, v in {
+            "run": "run",
+            "good": "good.pt",
+            "trunc": "trunc.pt",
+            "empty": "empty.pt",
+            "garbage": "garbage.pt",
+            "foreign": "foreign_state_dict.pt",
+            "module": "pickled_module.pt",
+            "evil_zip": "evil_zip.pt",
+            "evil_legacy": "evil_legacy.pt",
+            "evil_raw": "evil_raw.pt",
+            "nan": "nan.pt",
+            "inf": "inf.pt",
+            "evil_run": "evil_run",
+            "pca_evil": "pca_evil",
+            "surf": "surf.h5",
+            "surf2d": "surf2d.h5",
+            "corrupt_h5": "corrupt.h5",
+            "probe": "probe.json",
+            "bad_json": "bad.json",
+            "trunc_json": "trunc.json",
+            "types_json": "types.json",
+            "sidecar_json": "sidecar.json",
+            "figs": "figs",
+            "afile": "afile.txt",
+            "busy": "busy",
+            "study": "study",
+            "other": "other.pt",
+            "marker": "MARKER",
+        }.items()
+    }
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train(TrainConfig(width=8, batch_size=64, epochs=2, save_every=1, seed=1), p["run"], progress=False,
-              verbose=False)
+        train(
+            TrainConfig(width=8, batch_size=64, epochs=2, save_every=1, seed=1), p["run"], progress=False, verbose=False
+        )
         shutil.copy(os.path.join(p["run"], "last.pt"), p["good"])
         shutil.copy(os.path.join(p["run"], "epoch-001.pt"), p["other"])
         data = open(p["good"], "rb").read()
@@ -131,10 +168,12 @@ def ws(tmp_path_factory):
         shutil.copytree(p["run"], p["pca_evil"])
         write_crafted(os.path.join(p["pca_evil"], "epoch-001.pt"), p["marker"])
         runner = CliRunner()
-        for args in (["surface", p["good"], "--x=-1:1:3", "--out", p["surf"], *SURF_FAST],
-                     ["surface", p["good"], "--x=-1:1:3", "--y=-1:1:3", "--out", p["surf2d"], *SURF_FAST],
-                     ["probe", p["good"], "--out", p["probe"], *PROBE_FAST],
-                     ["plot", p["surf"], "--out", p["figs"]]):
+        for args in (
+            ["surface", p["good"], "--x=-1:1:3", "--out", p["surf"], *SURF_FAST],
+            ["surface", p["good"], "--x=-1:1:3", "--y=-1:1:3", "--out", p["surf2d"], *SURF_FAST],
+            ["probe", p["good"], "--out", p["probe"], *PROBE_FAST],
+            ["plot", p["surf"], "--out", p["figs"]],
+        ):
             result = runner.invoke(main, args, catch_exceptions=False)
             assert result.exit_code == 0, result.output
     finally:
@@ -153,16 +192,18 @@ def ws(tmp_path_factory):
     os.makedirs(p["busy"])
     open(os.path.join(p["busy"], "notes.txt"), "w").write("mine")
     os.makedirs(p["study"])
-    json.dump({"config": {"grid": 9, "quick": True}, "steps": []}, open(os.path.join(p["study"], "experiment.json"), "w"))
+    json.dump(
+        {"config": {"grid": 9, "quick": True}, "steps": []}, open(os.path.join(p["study"], "experiment.json"), "w")
+    )
     p["root"] = str(root)
     return p
 
 
 # --------------------------------------------------------------------------- the table
 
+
 def C(num, command, args, expect, code=2, test=None, creates=False, input_desc=None):
-    return dict(num=num, command=command, args=args, expect=expect, code=code, creates=creates,
-                input=input_desc)
+    return dict(num=num, command=command, args=args, expect=expect, code=code, creates=creates, input=input_desc)
 
 
 T, P, S = "train", "probe", "surface"
@@ -181,8 +222,14 @@ CASES = [
     C(10, T, ["--out", "{run}", "--resume", "--lr", "0.5"], "cannot change lr"),
     C(11, T, ["--out", "{evil_run}", "--resume"], "refusing to load"),
     C(12, T, ["--out", "/proc/flatness-run"], "Error:"),
-    C(13, T, ["--out", "{new}/div", "--lr", "1e6", "--epochs", "2"], "training diverged: the loss is",
-      code=3, creates=True),
+    C(
+        13,
+        T,
+        ["--out", "{new}/div", "--lr", "1e6", "--epochs", "2"],
+        "training diverged: the loss is",
+        code=3,
+        creates=True,
+    ),
     # probe: checkpoints
     C(14, P, ["{new}/missing.pt"], "checkpoint not found"),
     C(15, P, ["{empty}"], "is empty, not a checkpoint"),
@@ -248,8 +295,12 @@ CASES = [
     # later additions (numbers continue after the rows checked by their own tests)
     C(87, P, ["{good}", "--params", "layer9.*"], "matches no trainable parameter"),
 ]
-FIXED = {T: ["--no-progress", "--width", "8", "--epochs", "1"], P: PROBE_FAST, S: SURF_FAST,
-         "experiment": ["--no-progress", "--device", "cpu"]}
+FIXED = {
+    T: ["--no-progress", "--width", "8", "--epochs", "1"],
+    P: PROBE_FAST,
+    S: SURF_FAST,
+    "experiment": ["--no-progress", "--device", "cpu"],
+}
 OUT_DEFAULT = {T: "{new}/run", P: "{new}/p.json", S: "{new}/s.h5"}
 
 
@@ -324,11 +375,15 @@ def test_docs_table_lists_every_case():
         assert rows[n][2].split("[")[0] in globals() or rows[n][2].split("[")[0] in CRASH_TESTS, rows[n]
 
 
-CRASH_TESTS = {"test_sigint_train_then_resume", "test_sigint_surface_then_resume",
-               "test_two_train_processes_one_folder"}
+CRASH_TESTS = {
+    "test_sigint_train_then_resume",
+    "test_sigint_surface_then_resume",
+    "test_two_train_processes_one_folder",
+}
 
 
 # --------------------------------------------------------------------------- --debug, the library, hostile files
+
 
 def test_debug_shows_the_traceback_instead(ws):
     result = invoke(["probe", ws["evil_zip"], *PROBE_FAST, "--out", ws["root"] + "/nowhere.json"], debug=True)
@@ -351,11 +406,30 @@ def test_crafted_payload_of_plain_data_with_wrong_types_is_refused(tmp_path):
     """weights_only lets plain data through: a checkpoint whose fields have the wrong types is a one-line error."""
     from flatness.formats.checkpoint import read_checkpoint
 
-    for bad in ({"format_version": "1"}, {"model_spec": "mlp"}, {"model_state": [1, 2]}, {"epoch": "3"},
-                {"config": None}, {"model_spec": {"name": "mlp", "in_channels": 1, "image_size": 8,
-                                                  "num_classes": 10, "options": {"width": "wide"}}}):
-        payload = {"format": "flatness-checkpoint", "format_version": 1, "model_spec": {"name": "mlp"},
-                   "model_state": {}, "config": {}, "epoch": 1}
+    for bad in (
+        {"format_version": "1"},
+        {"model_spec": "mlp"},
+        {"model_state": [1, 2]},
+        {"epoch": "3"},
+        {"config": None},
+        {
+            "model_spec": {
+                "name": "mlp",
+                "in_channels": 1,
+                "image_size": 8,
+                "num_classes": 10,
+                "options": {"width": "wide"},
+            }
+        },
+    ):
+        payload = {
+            "format": "flatness-checkpoint",
+            "format_version": 1,
+            "model_spec": {"name": "mlp"},
+            "model_state": {},
+            "config": {},
+            "epoch": 1,
+        }
         payload.update(bad)
         path = str(tmp_path / "plain.pt")
         torch.save(payload, path)
@@ -390,6 +464,7 @@ def test_stored_paths_are_never_followed_for_writing(ws, tmp_path):
 
 # --------------------------------------------------------------------------- unwritable places, full disk
 
+
 def test_permission_denied_keeps_the_old_file(ws, tmp_path, monkeypatch):
     """EACCES when the finished file is renamed into place (tests run as root, where chmod does not stop
     writes): one line, the old file byte-identical, no temporary file left."""
@@ -411,8 +486,12 @@ def test_permission_denied_keeps_the_old_file(ws, tmp_path, monkeypatch):
 def tiny_disk(path, size="64k"):
     """A tmpfs of ``size`` at ``path``; yields False where mounting is not allowed."""
     os.makedirs(path, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                             capture_output=True).returncode == 0
+    mounted = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
     try:
         yield mounted
     finally:
@@ -454,14 +533,21 @@ def test_full_disk(ws, tmp_path, monkeypatch):
                     os.write(fd, b"\0" * 512)
             os.close(fd)
         before = stamp_tree(str(disk))
-        line = assert_one_line_error(invoke(["probe", ws["good"], *PROBE_FAST, "--out", str(old), "--force"]),
-                                     "cannot write", 2)
+        line = assert_one_line_error(
+            invoke(["probe", ws["good"], *PROBE_FAST, "--out", str(old), "--force"]), "cannot write", 2
+        )
         assert "No space left on device" in line
-        line = assert_one_line_error(invoke(["train", "--no-progress", "--width", "8", "--epochs", "1",
-                                             "--out", str(disk / "run")]), "No space left on device", 2)
+        line = assert_one_line_error(
+            invoke(["train", "--no-progress", "--width", "8", "--epochs", "1", "--out", str(disk / "run")]),
+            "No space left on device",
+            2,
+        )
         if mounted:
-            assert_one_line_error(invoke(["surface", ws["good"], "--x=-1:1:3", *SURF_FAST,
-                                          "--out", str(disk / "s.h5")]), "No space left on device", 2)
+            assert_one_line_error(
+                invoke(["surface", ws["good"], "--x=-1:1:3", *SURF_FAST, "--out", str(disk / "s.h5")]),
+                "No space left on device",
+                2,
+            )
         after = stamp_tree(str(disk))
         assert after["p.json"] == before["p.json"]
         assert not [n for n in after if n.endswith(".tmp")]  # no half-written temporary left behind
@@ -471,20 +557,33 @@ def test_full_disk(ws, tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------- locks (in-process holder)
 
+
 @pytest.mark.parametrize("what", ["train", "train-resume", "surface", "probe", "experiment"])
 def test_a_held_lock_refuses_the_second_writer_at_once(ws, tmp_path, what):
     """flock locks belong to an open file: holding one here is exactly what a second process sees."""
     run = tmp_path / "run"
     shutil.copytree(ws["run"], run)
-    out = {"train": tmp_path / "fresh", "train-resume": run, "surface": tmp_path / "s.h5",
-           "probe": tmp_path / "p.json", "experiment": tmp_path / "study"}[what]
-    args = {"train": ["train", "--no-progress", "--out", out],
-            "train-resume": ["train", "--no-progress", "--out", out, "--resume", "--epochs", "3"],
-            "surface": ["surface", ws["good"], "--x=-1:1:3", *SURF_FAST, "--out", out],
-            "probe": ["probe", ws["good"], *PROBE_FAST, "--out", out],
-            "experiment": ["experiment", "--quick", "--no-progress", "--out", out]}[what]
-    what_name = {"train": "run folder", "train-resume": "run folder", "surface": "surface file",
-                 "probe": "probe file", "experiment": "study folder"}[what]
+    out = {
+        "train": tmp_path / "fresh",
+        "train-resume": run,
+        "surface": tmp_path / "s.h5",
+        "probe": tmp_path / "p.json",
+        "experiment": tmp_path / "study",
+    }[what]
+    args = {
+        "train": ["train", "--no-progress", "--out", out],
+        "train-resume": ["train", "--no-progress", "--out", out, "--resume", "--epochs", "3"],
+        "surface": ["surface", ws["good"], "--x=-1:1:3", *SURF_FAST, "--out", out],
+        "probe": ["probe", ws["good"], *PROBE_FAST, "--out", out],
+        "experiment": ["experiment", "--quick", "--no-progress", "--out", out],
+    }[what]
+    what_name = {
+        "train": "run folder",
+        "train-resume": "run folder",
+        "surface": "surface file",
+        "probe": "probe file",
+        "experiment": "study folder",
+    }[what]
     before = stamp_tree(str(tmp_path))
     with locking.exclusive(str(out), what_name):
         assert_one_line_error(invoke(args), f"another flatness process is writing this {what_name}", 2)
@@ -497,19 +596,40 @@ def test_a_held_lock_refuses_the_second_writer_at_once(ws, tmp_path, what):
 
 # --------------------------------------------------------------------------- numerical guards
 
+
 def test_surface_of_a_nan_interpolation_end_and_nan_snapshot_is_refused(ws, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(ws["run"], run)
     shutil.copy(ws["nan"], run / "epoch-001.pt")
-    assert_one_line_error(invoke(["surface", ws["good"], "--x=-1:1:3", "--y=-1:1:3", *SURF_FAST,
-                                  "--out", tmp_path / "s.h5", "--dir", f"pca:{run}"]), "not finite", 2)
+    assert_one_line_error(
+        invoke(
+            [
+                "surface",
+                ws["good"],
+                "--x=-1:1:3",
+                "--y=-1:1:3",
+                *SURF_FAST,
+                "--out",
+                tmp_path / "s.h5",
+                "--dir",
+                f"pca:{run}",
+            ]
+        ),
+        "not finite",
+        2,
+    )
     assert not (tmp_path / "s.h5").exists()
 
 
 def test_diverging_amp_run_stops_cleanly_and_resume_is_refused_by_the_same_guard(tmp_path):
     out = tmp_path / "div"
-    line = assert_one_line_error(invoke(["train", "--no-progress", "--width", "8", "--epochs", "2", "--method", "amp",
-                                         "--lr", "1e6", "--out", out]), "training diverged", 3)
+    line = assert_one_line_error(
+        invoke(
+            ["train", "--no-progress", "--width", "8", "--epochs", "2", "--method", "amp", "--lr", "1e6", "--out", out]
+        ),
+        "training diverged",
+        3,
+    )
     assert re.search(r"at epoch 1, step \d+ of \d+", line) and "last good checkpoint is kept" in line
     model, info = flatness.load_checkpoint(str(out))
     assert info["epoch"] == 0 and all(torch.isfinite(p).all() for p in model.parameters())

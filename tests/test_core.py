@@ -1,15 +1,16 @@
 """The skeleton's shared pieces: flat parameter vectors, probe data weighting, checkpoint format."""
+
 import pickle
 
 import pytest
 import torch
 
-from flatness.formats.checkpoint import load_checkpoint, read_checkpoint
 from flatness.core.errors import FlatnessError
 from flatness.core.evaluation import evaluate
-from flatness.models.registry import build_model
 from flatness.core.params import get_flat_params, named_trainable, perturbed, set_flat_params_, unflatten
 from flatness.data.probe_data import ProbeData, load_probe_data
+from flatness.formats.checkpoint import load_checkpoint, read_checkpoint
+from flatness.models.registry import build_model
 
 
 def test_flat_vector_round_trip_and_perturbation_restores_bitwise():
@@ -64,6 +65,7 @@ def test_checkpoint_round_trip_with_weights_only(digits_checkpoint):
 class _Evil:
     def __reduce__(self):
         import os
+
         return (os.system, ("touch /tmp/flatness-pwned",))
 
 
@@ -74,6 +76,7 @@ def test_checkpoint_with_code_is_refused_and_never_runs(tmp_path):
     with pytest.raises(FlatnessError, match="refusing|not a readable"):
         read_checkpoint(str(path))
     import os
+
     assert not os.path.exists("/tmp/flatness-pwned")
 
 
@@ -132,8 +135,10 @@ def test_exclusive_lock_refuses_a_second_holder_and_is_released(tmp_path):
     target = str(tmp_path / "out.h5")
     # issue 15: the lock lives beside the file (every process sees it, whatever its TMPDIR) and goes with it
     assert os.path.dirname(lock_path_for(target)) == os.path.realpath(str(tmp_path))
-    holder = ("import sys, time; from flatness.core.locking import exclusive\n"
-              "with exclusive(sys.argv[1]):\n    print('held', flush=True); time.sleep(30)\n")
+    holder = (
+        "import sys, time; from flatness.core.locking import exclusive\n"
+        "with exclusive(sys.argv[1]):\n    print('held', flush=True); time.sleep(30)\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", holder, target], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "held"

@@ -4,6 +4,7 @@ Checked by behaviour, not by the call: a child process counts its minor page fau
 forward passes of a small conv net, once with malloc left alone (the opt-out variable) and once
 after `resolve_device("cpu")`, which is where every command turns the setting on.
 """
+
 import json
 import os
 import platform
@@ -41,8 +42,10 @@ def run_child(allocator_env):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                    reason="the allocator setting is glibc-only; elsewhere it is a documented no-op")
+@pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+    reason="the allocator setting is glibc-only; elsewhere it is a documented no-op",
+)
 def test_cpu_device_keeps_freed_memory_and_stops_page_faults():
     default = run_child("default")
     tuned = run_child(None)

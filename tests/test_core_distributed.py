@@ -1,13 +1,14 @@
 """torch.distributed with 2 gloo CPU ranks gives the single-process results."""
+
 import pytest
 import torch
-
 from dist_harness import run_ranks
+
 from flatness.core import distributed
-from flatness.formats.checkpoint import load_checkpoint
 from flatness.core.evaluation import evaluate, full_gradient
 from flatness.core.params import named_trainable
 from flatness.data.probe_data import load_probe_data
+from flatness.formats.checkpoint import load_checkpoint
 
 
 def _sharded_eval(checkpoint):
@@ -16,8 +17,14 @@ def _sharded_eval(checkpoint):
     loss, acc = evaluate(model, data)
     params = [p for _, p in named_trainable(model)]
     gloss, grads = full_gradient(model, data, params)
-    return {"loss": loss, "acc": acc, "gloss": gloss, "grads": [g.detach() for g in grads],
-            "rank": distributed.rank(), "world": distributed.world_size()}
+    return {
+        "loss": loss,
+        "acc": acc,
+        "gloss": gloss,
+        "grads": [g.detach() for g in grads],
+        "rank": distributed.rank(),
+        "world": distributed.world_size(),
+    }
 
 
 def test_single_process_helpers_are_no_ops():
@@ -47,18 +54,27 @@ def test_sharded_loss_accuracy_and_gradient_equal_single_process(digits_checkpoi
 def _distributed_surface(checkpoint, out):
     from flatness.landscape.compute import compute_surface
 
-    summary = compute_surface(checkpoint, out, x=(-1, 1, 5), y=(-1, 1, 4), samples=120, batch_size=50,
-                              device="cpu", progress=False)
+    summary = compute_surface(
+        checkpoint, out, x=(-1, 1, 5), y=(-1, 1, 4), samples=120, batch_size=50, device="cpu", progress=False
+    )
     return {"computed_now": summary["computed_now"], "rank": distributed.rank()}
 
 
 def test_distributed_surface_equals_single_process(digits_checkpoint, tmp_path):
-    from flatness.landscape.compute import compute_surface
     from flatness.formats.surface_file import read_surface
+    from flatness.landscape.compute import compute_surface
 
     single = tmp_path / "single.h5"
-    compute_surface(digits_checkpoint, str(single), x=(-1, 1, 5), y=(-1, 1, 4), samples=120, batch_size=50,
-                    device="cpu", progress=False)
+    compute_surface(
+        digits_checkpoint,
+        str(single),
+        x=(-1, 1, 5),
+        y=(-1, 1, 4),
+        samples=120,
+        batch_size=50,
+        device="cpu",
+        progress=False,
+    )
     multi = tmp_path / "multi.h5"
     results = run_ranks(_distributed_surface, 2, digits_checkpoint, str(multi))
     assert sorted(r["computed_now"] for r in results) == [10, 10]  # 20 points split evenly over 2 ranks
@@ -71,8 +87,19 @@ def test_distributed_surface_equals_single_process(digits_checkpoint, tmp_path):
 def _train(out_dir, method, epochs, resume, local_perturbation=False):
     from flatness.training.loop import TrainConfig, train
 
-    config = TrainConfig(model="mlp", width=32, depth=1, method=method, epochs=epochs, batch_size=50, seed=0,
-                         device="cpu", epsilon=0.05, milestones=[], local_perturbation=local_perturbation)
+    config = TrainConfig(
+        model="mlp",
+        width=32,
+        depth=1,
+        method=method,
+        epochs=epochs,
+        batch_size=50,
+        seed=0,
+        device="cpu",
+        epsilon=0.05,
+        milestones=[],
+        local_perturbation=local_perturbation,
+    )
     train(config, out_dir, resume=resume, progress=False, verbose=False)
     return distributed.world_size()
 
@@ -134,18 +161,55 @@ def test_probe_and_surface_commands_under_torchrun_match_one_process(digits_chec
     from flatness.formats.surface_file import read_surface
 
     def run(args, nproc):
-        launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-                    if nproc > 1 else [sys.executable])
+        launcher = (
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+            if nproc > 1
+            else [sys.executable]
+        )
         env = dict(os.environ, OMP_NUM_THREADS="1")
-        done = subprocess.run(launcher + ["-m", "flatness.cli"] + args, env=env, capture_output=True, text=True,
-                              timeout=300)
+        done = subprocess.run(
+            launcher + ["-m", "flatness.cli"] + args, env=env, capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 0, done.stderr[-2000:]
 
     for nproc in (1, 2):
-        run(["probe", digits_checkpoint, "--samples", "150", "--batch-size", "40", "--top-k", "2", "--trace",
-             "--trace-samples", "4", "--device", "cpu", "--quiet", "--out", str(tmp_path / f"p{nproc}.json")], nproc)
-        run(["surface", digits_checkpoint, "--x=-1:1:3", "--y=-1:1:3", "--samples", "100", "--device", "cpu",
-             "--quiet", "--out", str(tmp_path / f"s{nproc}.h5")], nproc)
+        run(
+            [
+                "probe",
+                digits_checkpoint,
+                "--samples",
+                "150",
+                "--batch-size",
+                "40",
+                "--top-k",
+                "2",
+                "--trace",
+                "--trace-samples",
+                "4",
+                "--device",
+                "cpu",
+                "--quiet",
+                "--out",
+                str(tmp_path / f"p{nproc}.json"),
+            ],
+            nproc,
+        )
+        run(
+            [
+                "surface",
+                digits_checkpoint,
+                "--x=-1:1:3",
+                "--y=-1:1:3",
+                "--samples",
+                "100",
+                "--device",
+                "cpu",
+                "--quiet",
+                "--out",
+                str(tmp_path / f"s{nproc}.h5"),
+            ],
+            nproc,
+        )
     one, two = (json.load(open(tmp_path / f"p{n}.json")) for n in (1, 2))
     assert one["loss"] == pytest.approx(two["loss"], rel=1e-5)
     assert two["hessian"]["eigenvalues"] == pytest.approx(one["hessian"]["eigenvalues"], rel=1e-3)

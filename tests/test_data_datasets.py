@@ -5,6 +5,7 @@ the md5 of CIFAR and SVHN files, which no fake copy can pass; flatness decides t
 their presence (the archive md5 is still checked on download), so the fakes load through the same
 parsing code as the real files.
 """
+
 import csv
 import os
 import pickle
@@ -15,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from flatness.data.datasets import dataset_info, get_dataset
 from flatness.core.errors import FlatnessError
+from flatness.data.datasets import dataset_info, get_dataset
 
 RNG = np.random.default_rng(0)
 
@@ -30,14 +31,18 @@ def _pickle(path, obj):
 def fake_cifar10(root):
     base = os.path.join(root, "cifar10", "cifar-10-batches-py")
     images, labels = {}, {}
-    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
+    for _i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
         data = RNG.integers(0, 256, (2, 3072), dtype=np.uint8)
         lab = [int(x) for x in RNG.integers(0, 10, 2)]
-        _pickle(os.path.join(base, name), {"batch_label": name, "data": data, "labels": lab,
-                                           "filenames": [f"{name}-{j}.png" for j in range(2)]})
+        _pickle(
+            os.path.join(base, name),
+            {"batch_label": name, "data": data, "labels": lab, "filenames": [f"{name}-{j}.png" for j in range(2)]},
+        )
         images[name], labels[name] = data, lab
-    _pickle(os.path.join(base, "batches.meta"), {"label_names": [f"c{k}" for k in range(10)],
-                                                 "num_cases_per_batch": 2, "num_vis": 3072})
+    _pickle(
+        os.path.join(base, "batches.meta"),
+        {"label_names": [f"c{k}" for k in range(10)], "num_cases_per_batch": 2, "num_vis": 3072},
+    )
     train = np.concatenate([images[f"data_batch_{k}"] for k in range(1, 6)]).reshape(-1, 3, 32, 32)
     train_y = sum((labels[f"data_batch_{k}"] for k in range(1, 6)), [])
     test = images["test_batch"].reshape(-1, 3, 32, 32)
@@ -50,12 +55,21 @@ def fake_cifar100(root):
     for name, n in (("train", 4), ("test", 3)):
         data = RNG.integers(0, 256, (n, 3072), dtype=np.uint8)
         fine = [int(x) for x in RNG.integers(0, 100, n)]
-        _pickle(os.path.join(base, name), {"filenames": [f"{j}.png" for j in range(n)], "batch_label": name,
-                                           "fine_labels": fine, "coarse_labels": [f // 5 for f in fine],
-                                           "data": data})
+        _pickle(
+            os.path.join(base, name),
+            {
+                "filenames": [f"{j}.png" for j in range(n)],
+                "batch_label": name,
+                "fine_labels": fine,
+                "coarse_labels": [f // 5 for f in fine],
+                "data": data,
+            },
+        )
         out[name] = (data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), fine)
-    _pickle(os.path.join(base, "meta"), {"fine_label_names": [f"f{k}" for k in range(100)],
-                                         "coarse_label_names": [f"c{k}" for k in range(20)]})
+    _pickle(
+        os.path.join(base, "meta"),
+        {"fine_label_names": [f"f{k}" for k in range(100)], "coarse_label_names": [f"c{k}" for k in range(20)]},
+    )
     return out
 
 
@@ -120,12 +134,19 @@ def fake_gtsrb(root):
             test_y.append(cls)
     # a smaller, odd-sized image (real GTSRB images vary in size): it must come out 32x32 too
     Image.fromarray(RNG.integers(0, 256, (17, 23, 3), dtype=np.uint8)).save(
-        os.path.join(base, "GTSRB", "Training", "00007", "00001_00000.ppm"))
+        os.path.join(base, "GTSRB", "Training", "00007", "00001_00000.ppm")
+    )
     return {"train": (np.stack(train_x), train_y), "test": (np.stack(test_x), test_y)}
 
 
-FAKES = {"cifar10": fake_cifar10, "cifar100": fake_cifar100, "svhn": fake_svhn, "gtsrb": fake_gtsrb,
-         "mnist": fake_mnist, "fashion-mnist": lambda r: fake_mnist(r, "fashion-mnist", "FashionMNIST")}
+FAKES = {
+    "cifar10": fake_cifar10,
+    "cifar100": fake_cifar100,
+    "svhn": fake_svhn,
+    "gtsrb": fake_gtsrb,
+    "mnist": fake_mnist,
+    "fashion-mnist": lambda r: fake_mnist(r, "fashion-mnist", "FashionMNIST"),
+}
 
 
 @pytest.mark.parametrize("name", sorted(FAKES))
@@ -167,9 +188,17 @@ def test_fake_copy_loads(tmp_path, name):
     assert torch.isfinite(x).all()
 
 
-@pytest.mark.parametrize("name, hint", [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python"),
-                                        ("svhn", "train_32x32.mat"), ("gtsrb", "GTSRB"),
-                                        ("mnist", "MNIST/raw"), ("fashion-mnist", "FashionMNIST/raw")])
+@pytest.mark.parametrize(
+    "name, hint",
+    [
+        ("cifar10", "cifar-10-batches-py"),
+        ("cifar100", "cifar-100-python"),
+        ("svhn", "train_32x32.mat"),
+        ("gtsrb", "GTSRB"),
+        ("mnist", "MNIST/raw"),
+        ("fashion-mnist", "FashionMNIST/raw"),
+    ],
+)
 def test_missing_dataset_says_where_files_go(tmp_path, name, hint):
     with pytest.raises(FlatnessError) as err:
         get_dataset(name, "train", root=str(tmp_path))

@@ -1,4 +1,5 @@
 """On-device augmentation equals torchvision's crop and flip, checked against an independent loop."""
+
 import torch
 
 from flatness.data.tensor_data import AugmentSpec, augment_batch
@@ -13,9 +14,9 @@ def _reference(x, spec, offsets, flips, fill):
         if p:
             c, h, w = img.shape
             padded = fill.view(c, 1, 1).expand(c, h + 2 * p, w + 2 * p).clone()
-            padded[:, p:p + h, p:p + w] = img
+            padded[:, p : p + h, p : p + w] = img
             i, j = int(offsets[0, k]), int(offsets[1, k])
-            img = padded[:, i:i + h, j:j + w]
+            img = padded[:, i : i + h, j : j + w]
         if spec.flip and flips[k]:
             img = img.flip(2)
         out.append(img)
@@ -41,8 +42,14 @@ def test_no_augmentation_is_identity_and_device_batches_are_reproducible():
 
     x, y = torch.randn(10, 1, 4, 4), torch.arange(10)
     assert augment_batch(x, AugmentSpec(), torch.Generator()) is x
-    loader = EpochBatches(TensorImageDataset(x, y), 3, device_flags(torch.device("cpu")),
-                          device=torch.device("cpu"), on_device=True, augment=AugmentSpec(1, True))
+    loader = EpochBatches(
+        TensorImageDataset(x, y),
+        3,
+        device_flags(torch.device("cpu")),
+        device=torch.device("cpu"),
+        on_device=True,
+        augment=AugmentSpec(1, True),
+    )
     assert len(loader) == 3  # 3 + 3 + 3 + 1: the singleton last batch is dropped
     first = list(loader.epoch(torch.Generator().manual_seed(0)))
     again = list(loader.epoch(torch.Generator().manual_seed(0)))

@@ -1,5 +1,6 @@
 """Kendall τ-b, the granulated Ψ, Holm's adjustment and ``flatness correlate`` on synthetic cell
 tables whose answers are known by construction or worked out by hand."""
+
 import itertools
 import json
 import math
@@ -142,10 +143,19 @@ def _write_sweep(folder, n_cells, target_fn, status="done"):
     for i in range(n_cells):
         a, seed = i % 3 + 1, i // 3
         gap = target_fn(a, seed)
-        records.append({"cell": f"c{i}", "params": {"method": "erm" if i % 2 else "sam", "a": a}, "seed": seed,
-                        "train_acc": 90.0, "test_acc": 90.0 - gap, "gap": gap, "test_error": 10.0 + gap,
-                        "status": status, "measures": {"lambda_1": gap * 2, "weight_norm": -gap,
-                                                       "margin_p10": -gap}})
+        records.append(
+            {
+                "cell": f"c{i}",
+                "params": {"method": "erm" if i % 2 else "sam", "a": a},
+                "seed": seed,
+                "train_acc": 90.0,
+                "test_acc": 90.0 - gap,
+                "gap": gap,
+                "test_error": 10.0 + gap,
+                "status": status,
+                "measures": {"lambda_1": gap * 2, "weight_norm": -gap, "margin_p10": -gap},
+            }
+        )
     os.makedirs(folder, exist_ok=True)
     write_table(str(folder), records, ["method", "a"])
 
@@ -185,8 +195,11 @@ def test_comparison_adds_holm_adjusted_p_values_beside_the_raw_ones():
 
     erm = [{"trace": 10.0 + s, "lambda_1": 5.0 + 0.1 * s} for s in range(3)]
     amp = [{"trace": 4.0 + s, "lambda_1": 5.05 + 0.1 * s} for s in range(3)]
-    records = [RunRecord(source=f"{m}{s}", method=m, seed=s, values=v)
-               for m, vals in (("erm", erm), ("amp", amp)) for s, v in enumerate(vals)]
+    records = [
+        RunRecord(source=f"{m}{s}", method=m, seed=s, values=v)
+        for m, vals in (("erm", erm), ("amp", amp))
+        for s, v in enumerate(vals)
+    ]
     comp = compare(records)
     raw = {r["key"]: r["versus"]["amp"]["p"] for r in comp["rows"]}
     welch_trace = stats.ttest_ind([4, 5, 6], [10, 11, 12], equal_var=False).pvalue
@@ -204,11 +217,19 @@ def test_holm_families_flatness_measures_test_accuracy_alone_and_the_rest():
     from flatness.study.compare import RunRecord, compare, holm_family
 
     def values(s, shift):
-        return {"trace": 10.0 + s - shift, "lambda_1": 5.0 + 0.1 * s, "test_acc": 90.0 + s + shift,
-                "train_acc": 99.0 + 0.1 * s + 0.01 * shift, "train_loss": 0.1 + 0.01 * s + 0.001 * shift}
+        return {
+            "trace": 10.0 + s - shift,
+            "lambda_1": 5.0 + 0.1 * s,
+            "test_acc": 90.0 + s + shift,
+            "train_acc": 99.0 + 0.1 * s + 0.01 * shift,
+            "train_loss": 0.1 + 0.01 * s + 0.001 * shift,
+        }
 
-    records = [RunRecord(source=f"{m}{s}", method=m, seed=s, values=values(s, 3.0 if m == "amp" else 0.0))
-               for m in ("erm", "amp") for s in range(3)]
+    records = [
+        RunRecord(source=f"{m}{s}", method=m, seed=s, values=values(s, 3.0 if m == "amp" else 0.0))
+        for m in ("erm", "amp")
+        for s in range(3)
+    ]
     comp = compare(records)
     by = {r["key"]: r for r in comp["rows"]}
     assert {holm_family(by[k]) for k in ("trace", "lambda_1")} == {"flatness"}

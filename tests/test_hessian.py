@@ -1,4 +1,5 @@
 """HessianOperator, eigen solvers, trace and SLQ against a dense float64 Hessian on tiny models."""
+
 import math
 
 import numpy as np
@@ -8,10 +9,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from flatness.hessian import (HessianOperator, density_on_grid, default_grid, hutchinson, hutchpp, lanczos,
-                              power_iteration, slq)
 from flatness.data.probe_data import ProbeData
-
+from flatness.hessian import (
+    HessianOperator,
+    default_grid,
+    density_on_grid,
+    hutchinson,
+    hutchpp,
+    lanczos,
+    power_iteration,
+    slq,
+)
 
 
 class TinyCNN(nn.Module):
@@ -54,7 +62,7 @@ def _dense(model, xy, names=None):
         params, offset = {}, 0
         for (n, _), s in zip(pairs, shapes):
             k = math.prod(s)
-            params[n] = flat[offset:offset + k].view(s)
+            params[n] = flat[offset : offset + k].view(s)
             offset += k
         return F.cross_entropy(functional_call(model, params, (x,), strict=False), y)
 
@@ -234,8 +242,8 @@ def test_slq_moments(setup):
     # Each vector's quadrature gives zᵀHz and ‖Hz‖² (unit z), whose expectations are tr(H)/d and
     # tr(H²)/d: the averages must agree within 4 standard errors of the mean over vectors.
     for power, target in ((1, t1), (2, t2)):
-        per_vector = (res.weights * res.nodes ** power).sum(1) * res.vectors
-        mean = float((weights * nodes ** power).sum())
+        per_vector = (res.weights * res.nodes**power).sum(1) * res.vectors
+        mean = float((weights * nodes**power).sum())
         assert abs(mean - per_vector.mean()) < 1e-12
         stderr = per_vector.std(ddof=1) / math.sqrt(res.vectors)
         assert abs(mean - target) <= 4 * stderr + 1e-12

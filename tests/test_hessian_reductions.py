@@ -4,6 +4,7 @@ Ground truth: float64 sums of the same float32 numbers, and a diagonal operator 
 known exactly. With d in the millions, plain float32 norms and dot products are off by ~1e-4
 relative on a CPU, which used to stall float32 Lanczos residuals near 1e-3 on PreActResNet-18.
 """
+
 import math
 
 import pytest
@@ -76,8 +77,8 @@ class Diagonal:
 
 def test_float32_lanczos_on_millions_of_parameters_converges_tightly():
     g = torch.Generator().manual_seed(1)
-    values = torch.rand(D, generator=g) * 0.5         # a bulk in [0, 0.5) ...
-    top = torch.tensor([10.0, 7.0, 5.0, 4.0, 3.0])    # ... and five outliers, like a trained net's Hessian
+    values = torch.rand(D, generator=g) * 0.5  # a bulk in [0, 0.5) ...
+    top = torch.tensor([10.0, 7.0, 5.0, 4.0, 3.0])  # ... and five outliers, like a trained net's Hessian
     values[:5] = top
     op = Diagonal(values)
     # float32 storage of the vectors bounds residuals near 1e-6 (smaller eigenvalues, relative to

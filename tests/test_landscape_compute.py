@@ -1,4 +1,5 @@
 """Loss surfaces: directions (random/filter, interp, pca, eigen), the grid, the HDF5 file, resume, CLI."""
+
 import copy
 import os
 import signal
@@ -30,8 +31,7 @@ from flatness.landscape.grid import coarse_to_fine_order, parse_grid
 from flatness.landscape.weights import recalibrate_bn
 
 SAMPLES = 120  # small probe data keeps every surface here well under a second
-BATCH = 50     # uneven last batch (50, 50, 20) on purpose
-
+BATCH = 50  # uneven last batch (50, 50, 20) on purpose
 
 
 def _surface(ckpt, out, **kw):
@@ -48,6 +48,7 @@ def _stamp(path):
 
 
 # --------------------------------------------------------------------------- directions
+
 
 def test_filter_normalised_direction_has_each_filters_norm_and_biasbn_zero(digits_checkpoint):
     model, _ = load_checkpoint(digits_checkpoint)
@@ -95,6 +96,7 @@ def test_coarse_to_fine_order_visits_every_point_once_coarse_first():
 
 
 # --------------------------------------------------------------------------- the grid and the file
+
 
 def test_surface_centre_is_evaluate_exactly_and_points_match_a_hand_recomputation(digits_checkpoint, tmp_path):
     out = tmp_path / "s.h5"
@@ -156,8 +158,10 @@ def test_interpolation_hits_both_checkpoints_exactly_bn_buffers_included(digits_
         assert s[f"{sp}_loss"][1] == la and s[f"{sp}_acc"][1] == 100.0 * aa
         assert s[f"{sp}_loss"][3] == lb and s[f"{sp}_acc"][3] == 100.0 * ab
     direct = interp_direction(model_a, model_b.state_dict())
-    assert torch.equal(direct["features.1.running_var"],
-                       model_b.state_dict()["features.1.running_var"] - model_a.state_dict()["features.1.running_var"])
+    assert torch.equal(
+        direct["features.1.running_var"],
+        model_b.state_dict()["features.1.running_var"] - model_a.state_dict()["features.1.running_var"],
+    )
 
 
 def test_pca_of_a_straight_trajectory_is_that_line(digits_mlp_checkpoint, tmp_path):
@@ -219,6 +223,7 @@ def test_eigen_directions_are_top_hessian_eigenvectors(digits_mlp_checkpoint, tm
 
 # --------------------------------------------------------------------------- BatchNorm recalibration
 
+
 def test_bn_recalibration_changes_only_bn_stats_and_matches_a_manual_recomputation(digits_checkpoint, tmp_path):
     model, _ = load_checkpoint(digits_checkpoint)
     data = load_probe_data("digits", "train", SAMPLES, BATCH)
@@ -264,8 +269,7 @@ def test_channels_last_gives_the_same_surface_up_to_rounding(digits_checkpoint, 
     """NHWC layout is a speed option: every value matches the default layout, recalibrated BN included."""
     plain, fast = tmp_path / "plain.h5", tmp_path / "fast.h5"
     for path, flag in ((plain, False), (fast, True)):
-        _surface(digits_checkpoint, path, x="-1:1:3", y="-1:1:3", split="both", bn="recalibrate",
-                 channels_last=flag)
+        _surface(digits_checkpoint, path, x="-1:1:3", y="-1:1:3", split="both", bn="recalibrate", channels_last=flag)
     a, b = read_surface(str(plain)), read_surface(str(fast))
     assert a["attrs"]["memory_format"] == "contiguous" and b["attrs"]["memory_format"] == "channels_last"
     for key in ("train_loss", "test_loss"):
@@ -279,13 +283,31 @@ def test_channels_last_gives_the_same_surface_up_to_rounding(digits_checkpoint, 
 
 # --------------------------------------------------------------------------- resume after SIGKILL
 
+
 def test_sigkill_then_resume_gives_the_uninterrupted_values(digits_checkpoint, tmp_path, cli):
-    args = [digits_checkpoint, "--x=-1:1:5", "--y=-1:1:4", "--samples", SAMPLES, "--batch-size", BATCH,
-            "--device", "cpu", "--quiet", "--split", "both"]
+    args = [
+        digits_checkpoint,
+        "--x=-1:1:5",
+        "--y=-1:1:4",
+        "--samples",
+        SAMPLES,
+        "--batch-size",
+        BATCH,
+        "--device",
+        "cpu",
+        "--quiet",
+        "--split",
+        "both",
+    ]
     killed = tmp_path / "killed.h5"
     env = dict(os.environ, **{ENV_FLUSH: "0", ENV_KILL: "7", "OMP_NUM_THREADS": "1"})
-    proc = subprocess.run([sys.executable, "-m", "flatness.cli", "surface", *map(str, args), "--out", str(killed)],
-                          env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flatness.cli", "surface", *map(str, args), "--out", str(killed)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     partial = read_surface(str(killed))
     assert partial["computed"].sum() == 6  # the 7th point was in flight
@@ -308,7 +330,10 @@ def test_sigkill_then_resume_gives_the_uninterrupted_values(digits_checkpoint, t
 
 # --------------------------------------------------------------------------- bad input
 
-def test_bad_input_is_one_line_error_and_leaves_files_untouched(digits_checkpoint, digits_mlp_checkpoint, tmp_path, cli):
+
+def test_bad_input_is_one_line_error_and_leaves_files_untouched(
+    digits_checkpoint, digits_mlp_checkpoint, tmp_path, cli
+):
     base = ["--samples", 60, "--batch-size", 60, "--device", "cpu", "--quiet"]
     existing = tmp_path / "existing.h5"
     assert cli(["surface", digits_checkpoint, "--x=-1:1:3", "--out", existing, *base]).exit_code == 0
@@ -318,7 +343,9 @@ def test_bad_input_is_one_line_error_and_leaves_files_untouched(digits_checkpoin
     run.mkdir()
     model, info = load_checkpoint(digits_checkpoint)
     for e in (1, 2):
-        save_checkpoint(str(run / f"epoch-{e:03d}.pt"), model, model_spec=info["model_spec"], config=info["config"], epoch=e)
+        save_checkpoint(
+            str(run / f"epoch-{e:03d}.pt"), model, model_spec=info["model_spec"], config=info["config"], epoch=e
+        )
     other_ckpt = quick_digits_checkpoint(tmp_path / "other.pt", seed=2, steps=5)
     stamps = {p: _stamp(p) for p in (existing, corrupt, digits_checkpoint, other_ckpt)}
     new_out = tmp_path / "new.h5"

@@ -4,6 +4,7 @@ Ground truths: closed forms (a linear model's MSE is a quadratic in (a, b); a li
 cross-entropy is a mean log-sum-exp of logits linear in (a, b)), ``flatness.evaluate`` at the centre,
 and the values of a freshly computed file for the old-layout reader and resume.
 """
+
 import h5py
 import numpy as np
 import pytest
@@ -61,8 +62,9 @@ def test_linear_mse_surface_is_the_closed_form_quadratic_at_j_i():
 
 def test_1d_surface_with_a_flat_direction_and_a_grid_spec():
     model, x, y, u, _ = linear_problem(seed=1)
-    out = flatness.loss_surface(model, [(x[:25], y[:25]), (x[25:], y[25:])], "-1:1:5", directions=u.reshape(-1),
-                                loss_fn=mse)
+    out = flatness.loss_surface(
+        model, [(x[:25], y[:25]), (x[25:], y[25:])], "-1:1:5", directions=u.reshape(-1), loss_fn=mse
+    )
     assert out["loss"].shape == (5,) and out["ycoordinates"] is None
     r = (x @ model.weight.detach().T - y).numpy().ravel()
     p = (x @ u.T).numpy().ravel()
@@ -88,12 +90,26 @@ def test_centre_equals_evaluate_and_bn_state_is_restored(digits_checkpoint):
 
 def test_loss_surface_and_compute_surface_give_identical_numbers(digits_checkpoint, tmp_path):
     out = tmp_path / "s.h5"
-    compute_surface(digits_checkpoint, str(out), x=(-1, 1, 5), y=(-0.5, 0.5, 3), samples=SAMPLES,
-                    batch_size=BATCH, device="cpu", progress=False, seed=4)
+    compute_surface(
+        digits_checkpoint,
+        str(out),
+        x=(-1, 1, 5),
+        y=(-0.5, 0.5, 3),
+        samples=SAMPLES,
+        batch_size=BATCH,
+        device="cpu",
+        progress=False,
+        seed=4,
+    )
     s = read_surface(str(out))
     model, _ = load_checkpoint(digits_checkpoint)
-    mem = flatness.loss_surface(model, load_probe_data("digits", "train", SAMPLES, BATCH), s["xcoordinates"],
-                                s["ycoordinates"], directions=read_directions(str(out)))
+    mem = flatness.loss_surface(
+        model,
+        load_probe_data("digits", "train", SAMPLES, BATCH),
+        s["xcoordinates"],
+        s["ycoordinates"],
+        directions=read_directions(str(out)),
+    )
     assert s["attrs"]["layout"] == "xy" and s["train_loss"].shape == (3, 5)
     np.testing.assert_array_equal(s["train_loss"], mem["loss"])
     np.testing.assert_array_equal(s["train_acc"], 100.0 * mem["accuracy"])
@@ -104,8 +120,17 @@ def test_file_values_are_the_closed_form_of_a_linear_classifier_at_j_i(tmp_path)
     logits z = z0 + a·zu + b·zv: a closed form in (a, b), evaluated here in float64."""
     ckpt = quick_digits_checkpoint(tmp_path / "linear.pt", model_name="mlp", steps=20, width=4, depth=0)
     out = tmp_path / "linear.h5"
-    compute_surface(ckpt, str(out), x=(-1, 2, 7), y=(-0.5, 0.5, 3), samples=SAMPLES, batch_size=BATCH,
-                    device="cpu", progress=False, seed=1)
+    compute_surface(
+        ckpt,
+        str(out),
+        x=(-1, 2, 7),
+        y=(-0.5, 0.5, 3),
+        samples=SAMPLES,
+        batch_size=BATCH,
+        device="cpu",
+        progress=False,
+        seed=1,
+    )
     s = read_surface(str(out))
     dx, dy = read_directions(str(out))
     model, _ = load_checkpoint(ckpt)
@@ -158,15 +183,18 @@ def test_old_ij_file_reads_transposed_and_resumes_in_its_own_layout(digits_mlp_c
     np.testing.assert_array_equal(read_surface(str(old))["train_loss"], ref["train_loss"])
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(xs="1:2"), "MIN:MAX:N"),
-    (dict(xs=np.zeros((2, 2))), "1-D"),
-    (dict(xs=(-1, 1, 3), directions="eigen"), "random"),
-    (dict(xs=(-1, 1, 3), ys=(-1, 1, 3), directions=[{"weight": torch.zeros(1, 5)}]), "2 direction"),
-    (dict(xs=(-1, 1, 3), directions=torch.zeros(7)), "1-D tensor of 5"),
-    (dict(xs=(-1, 1, 3), directions={"nope": torch.zeros(1)}), "nope"),
-    (dict(xs=(-1, 1, 3), orthogonal=True), "orthogonal"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(xs="1:2"), "MIN:MAX:N"),
+        (dict(xs=np.zeros((2, 2))), "1-D"),
+        (dict(xs=(-1, 1, 3), directions="eigen"), "random"),
+        (dict(xs=(-1, 1, 3), ys=(-1, 1, 3), directions=[{"weight": torch.zeros(1, 5)}]), "2 direction"),
+        (dict(xs=(-1, 1, 3), directions=torch.zeros(7)), "1-D tensor of 5"),
+        (dict(xs=(-1, 1, 3), directions={"nope": torch.zeros(1)}), "nope"),
+        (dict(xs=(-1, 1, 3), orthogonal=True), "orthogonal"),
+    ],
+)
 def test_bad_arguments_are_flatness_errors(kwargs, message):
     model, x, y, _, _ = linear_problem()
     with pytest.raises(FlatnessError, match=message):
@@ -180,10 +208,10 @@ def test_a_file_written_by_loss_landscape_reads_in_meshgrid_order(tmp_path):
     # np.meshgrid(x, y) order; its files carry no flatness attributes.
     x, y = np.linspace(-1, 1, 4), np.linspace(0, 2, 3)
     xm, ym = np.meshgrid(x, y)
-    truth = xm ** 2 + 10 * ym  # asymmetric, so a transpose or a wrong reshape shows
+    truth = xm**2 + 10 * ym  # asymmetric, so a transpose or a wrong reshape shows
     buffer = -np.ones((len(x), len(y)))
     for k, (a, b) in enumerate(zip(xm.ravel(), ym.ravel())):
-        buffer.ravel()[k] = a ** 2 + 10 * b
+        buffer.ravel()[k] = a**2 + 10 * b
     path = tmp_path / "ll.h5"
     with h5py.File(path, "w") as f:
         f["xcoordinates"], f["ycoordinates"] = x, y

@@ -1,4 +1,5 @@
 """flatness plot: figures of every kind from synthetic surface files and probe JSONs, VTP export, bad input."""
+
 import json
 import os
 import xml.etree.ElementTree as ET
@@ -24,9 +25,9 @@ def make_surface(path, two_d=True, scale=1.0, nx=9, ny=7, pca=False, fraction_ac
             y = np.linspace(-1, 1, ny)
             f["ycoordinates"] = y
             X, Y = np.meshgrid(x, y, indexing="ij")
-            loss = 0.01 + scale * (3 * X ** 2 + Y ** 2)
+            loss = 0.01 + scale * (3 * X**2 + Y**2)
         else:
-            loss = 0.01 + scale * 3 * x ** 2
+            loss = 0.01 + scale * 3 * x**2
         acc = np.clip(1 - 0.1 * loss, 0, 1) * (1 if fraction_acc else 100)
         f["train_loss"], f["train_acc"] = loss, acc
         f["test_loss"], f["test_acc"] = loss + 0.1, acc * 0.97
@@ -50,17 +51,33 @@ def make_surface(path, two_d=True, scale=1.0, nx=9, ny=7, pca=False, fraction_ac
 
 def make_probe(path, method="amp", seed=0, eig=(40.0, 30.0, 20.0, 10.0, 5.0), density=True, **extra):
     grid = np.linspace(-5, 50, 200)
-    probe = {"format": "flatness-probe", "flatness_version": "0.1.0", "weight_norm": 10.0,
-             "distance_from_init": 3.0, "sidecar": None,
-             "checkpoint": {"path": "/r/last.pt", "method": method, "seed": seed, "dataset": "digits", "epoch": 3},
-             "data": {"dataset": "digits", "split": "train", "samples": 100, "batch_size": 50},
-             "loss": 0.05, "accuracy": 0.99, "num_params": 1000,
-             "hessian": {"method": "lanczos", "eigenvalues": list(eig), "residuals": [0.0] * len(eig), "hvps": 10,
-                         "seconds": 1.0},
-             "trace": {"estimate": 100.0, "stderr": 5.0, "hvps": 10}}
+    probe = {
+        "format": "flatness-probe",
+        "flatness_version": "0.1.0",
+        "weight_norm": 10.0,
+        "distance_from_init": 3.0,
+        "sidecar": None,
+        "checkpoint": {"path": "/r/last.pt", "method": method, "seed": seed, "dataset": "digits", "epoch": 3},
+        "data": {"dataset": "digits", "split": "train", "samples": 100, "batch_size": 50},
+        "loss": 0.05,
+        "accuracy": 0.99,
+        "num_params": 1000,
+        "hessian": {
+            "method": "lanczos",
+            "eigenvalues": list(eig),
+            "residuals": [0.0] * len(eig),
+            "hvps": 10,
+            "seconds": 1.0,
+        },
+        "trace": {"estimate": 100.0, "stderr": 5.0, "hvps": 10},
+    }
     if density:
-        probe["density"] = {"grid": grid.tolist(), "values": np.exp(-(grid / 3) ** 2).tolist(),
-                            "nodes": [], "weights": []}
+        probe["density"] = {
+            "grid": grid.tolist(),
+            "values": np.exp(-((grid / 3) ** 2)).tolist(),
+            "nodes": [],
+            "weights": [],
+        }
     probe.update(extra)
     with open(path, "w") as f:
         json.dump(probe, f)
@@ -82,8 +99,16 @@ def test_every_kind_in_every_format(tmp_path, fmt):
     out = tmp_path / "figs"
     written = plot_files([s2, s1, pr], out_dir=str(out), fmt=fmt)
     names = sorted(os.path.basename(p) for p in written)
-    assert names == sorted([f"one-1d.{fmt}", f"two-contour.{fmt}", f"two-contourf.{fmt}", f"two-heatmap.{fmt}",
-                            f"two-3d.{fmt}", f"probe-spectrum.{fmt}"])
+    assert names == sorted(
+        [
+            f"one-1d.{fmt}",
+            f"two-contour.{fmt}",
+            f"two-contourf.{fmt}",
+            f"two-heatmap.{fmt}",
+            f"two-3d.{fmt}",
+            f"probe-spectrum.{fmt}",
+        ]
+    )
     for p in written:
         check_file(p, fmt)
 
@@ -138,13 +163,16 @@ def test_probe_without_density_still_plots_eigenvalues(tmp_path):
     check_file(plot_files([pr])[0], "png")
 
 
-@pytest.mark.parametrize("args,message", [
-    ([], "no input"),
-    (["missing.h5"], "not found"),
-    (["notes.txt"], "unknown file type"),
-    (["bad.json"], "not"),
-    (["bad.h5"], "not"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        ([], "no input"),
+        (["missing.h5"], "not found"),
+        (["notes.txt"], "unknown file type"),
+        (["bad.json"], "not"),
+        (["bad.h5"], "not"),
+    ],
+)
 def test_bad_inputs_are_one_line_errors(tmp_path, cli, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.txt").write_text("hello")
@@ -199,7 +227,7 @@ def test_2d_pictures_put_the_minimum_at_its_x_y(tmp_path, layout):
     values = np.asarray(mesh.get_array()).reshape(6, 13)
     corners = mesh.get_coordinates()  # (ny + 1, nx + 1, 2) cell corners around each (x_i, y_j)
     j, i = np.unravel_index(np.argmin(values), values.shape)
-    assert np.allclose(corners[j:j + 2, i:i + 2].reshape(-1, 2).mean(axis=0), (0.5, -0.5))
+    assert np.allclose(corners[j : j + 2, i : i + 2].reshape(-1, 2).mean(axis=0), (0.5, -0.5))
     root = ET.parse(write_vtp(surf, str(tmp_path / "s.vtp"))).getroot()
     pts = np.array(root.find("PolyData/Piece/Points/DataArray").text.split(), float).reshape(-1, 3)
     assert np.allclose(pts[np.argmin(pts[:, 2]), :2], (0.5, -0.5))

@@ -1,4 +1,5 @@
 """README's "Your own model" example runs as printed: the promise made to a new user is executable."""
+
 from __future__ import annotations
 
 import os
@@ -18,10 +19,10 @@ def section_code(text: str, heading: str) -> str:
     start = text.find(heading + "\n")
     if start < 0:
         raise AssertionError(f"README.md has no section {heading!r}")
-    body = text[start + len(heading) + 1:]
+    body = text[start + len(heading) + 1 :]
     following = re.search(r"^## ", body, flags=re.MULTILINE)
     if following:
-        body = body[:following.start()]
+        body = body[: following.start()]
     block = re.search(r"^```python\n(.*?)^```\s*$", body, flags=re.MULTILINE | re.DOTALL)
     if block is None:
         raise AssertionError(f"README.md's section {heading!r} has no ```python block")
@@ -42,8 +43,9 @@ def test_readme_own_model_example_runs(tmp_path):
     script.write_text(code, encoding="utf-8")
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     # Run outside the checkout, as a user would, with the project's interpreter.
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, f"README example failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
     assert "nan" not in proc.stdout.lower(), proc.stdout
 

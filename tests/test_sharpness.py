@@ -1,8 +1,8 @@
 """Sharpness metrics (flatness.sharpness): closed forms, Dinh rescaling, PAC-Bayes bisection, real data."""
+
 import dataclasses
 import json
 import math
-import os
 
 import numpy as np
 import pytest
@@ -12,15 +12,14 @@ from scipy.optimize import brentq
 from scipy.stats import norm
 
 import flatness.sharpness as S
-from flatness.formats.checkpoint import load_checkpoint
 from flatness.core.errors import FlatnessError
 from flatness.core.params import flatten
 from flatness.data.probe_data import ProbeData, load_probe_data
+from flatness.formats.checkpoint import load_checkpoint
 from flatness.sharpness.oracle import draw_seed, standard_normal
 
-
-
 # --------------------------------------------------------------------------- quadratic toys
+
 
 class Params(nn.Module):
     """Only parameters; its output is the flat parameter vector, so loss_fn(outputs, _) is a closed form."""
@@ -58,9 +57,10 @@ def test_worst_case_global_ball_is_half_rho2_lambda_max():
     model = Params(np.zeros(6))
     for rho in (0.1, 1.0):
         for init in ("gradient", "random"):  # zero gradient at θ=0: "gradient" falls back to random
-            r = S.worst_case_sharpness(model, dummy_data(), rho, ball="global", p=2, steps=60, init=init,
-                                       loss_fn=quadratic_loss(A))
-            assert r["value"] == pytest.approx(0.5 * rho ** 2 * 5.0, rel=1e-4)
+            r = S.worst_case_sharpness(
+                model, dummy_data(), rho, ball="global", p=2, steps=60, init=init, loss_fn=quadratic_loss(A)
+            )
+            assert r["value"] == pytest.approx(0.5 * rho**2 * 5.0, rel=1e-4)
             assert r["delta_norm"] == pytest.approx(rho, rel=1e-9)
             assert r["gradient_evals"] >= 60 and r["solver"]
 
@@ -73,17 +73,18 @@ def test_worst_case_tensor_ball_is_sum_of_block_maxima():
     model = Params(np.zeros(3), np.zeros((2, 2)))
     rho = 0.5
     tensor = S.worst_case_sharpness(model, dummy_data(), rho, ball="tensor", steps=60, loss_fn=quadratic_loss(A))
-    assert tensor["value"] == pytest.approx(0.5 * rho ** 2 * (3.0 + 0.7), rel=1e-4)
+    assert tensor["value"] == pytest.approx(0.5 * rho**2 * (3.0 + 0.7), rel=1e-4)
     glob = S.worst_case_sharpness(model, dummy_data(), rho, ball="global", steps=60, loss_fn=quadratic_loss(A))
-    assert glob["value"] == pytest.approx(0.5 * rho ** 2 * 3.0, rel=1e-4)
+    assert glob["value"] == pytest.approx(0.5 * rho**2 * 3.0, rel=1e-4)
 
 
 def test_worst_case_linf_ball_on_diagonal_quadratic_is_the_corner():
     a = np.array([2.0, 1.0, 0.5, 0.1])
     model = Params(np.zeros(4))
-    r = S.worst_case_sharpness(model, dummy_data(), 0.3, ball="global", p="inf", steps=10,
-                               loss_fn=quadratic_loss(np.diag(a)))
-    assert r["value"] == pytest.approx(0.5 * 0.3 ** 2 * a.sum(), rel=1e-9)
+    r = S.worst_case_sharpness(
+        model, dummy_data(), 0.3, ball="global", p="inf", steps=10, loss_fn=quadratic_loss(np.diag(a))
+    )
+    assert r["value"] == pytest.approx(0.5 * 0.3**2 * a.sum(), rel=1e-9)
     assert r["p"] == "inf"
 
 
@@ -92,9 +93,9 @@ def test_average_case_is_half_rho2_trace():
     model = Params(np.zeros(5))
     rho = 0.2
     r = S.average_case_sharpness(model, dummy_data(), rho, draws=400, seed=3, loss_fn=quadratic_loss(A))
-    exact = 0.5 * rho ** 2 * np.trace(A)
+    exact = 0.5 * rho**2 * np.trace(A)
     # the standard error is right: var(0.5 ρ² zᵀAz) = 0.5 ρ⁴ tr(A²)
-    expected_se = math.sqrt(0.5 * rho ** 4 * np.trace(A @ A) / 400)
+    expected_se = math.sqrt(0.5 * rho**4 * np.trace(A @ A) / 400)
     assert r["stderr"] == pytest.approx(expected_se, rel=0.25)
     assert abs(r["value"] - exact) < 4 * r["stderr"]
     assert r["draws"] == 400 and r["loss_evals"] == 401
@@ -102,8 +103,8 @@ def test_average_case_is_half_rho2_trace():
 
 def test_keskar_on_separable_quadratic_matches_closed_form():
     theta = np.array([1.0, -2.0, 0.5, 3.0, -0.2, 0.0])
-    a = np.array([2.0, 1.0, 4.0, -1.0, -3.0, 0.5])      # convex and concave coordinates
-    m = np.array([0.9, -2.5, 2.0, 3.05, -0.9, 0.3])      # minima / maxima of each coordinate
+    a = np.array([2.0, 1.0, 4.0, -1.0, -3.0, 0.5])  # convex and concave coordinates
+    m = np.array([0.9, -2.5, 2.0, 3.05, -0.9, 0.3])  # minima / maxima of each coordinate
     eps = 0.1
     bound = eps * (np.abs(theta) + 1)
 
@@ -115,9 +116,12 @@ def test_keskar_on_separable_quadratic_matches_closed_form():
     for i in range(len(theta)):
         if a[i] > 0:  # convex: the endpoint farther from m
             best_y[i] = bound[i] if theta[i] >= m[i] else -bound[i]
-        else:         # concave: m clipped into the box
+        else:  # concave: m clipped into the box
             best_y[i] = np.clip(m[i] - theta[i], -bound[i], bound[i])
-    f = lambda y: 0.5 * np.sum(a * (theta + y - m) ** 2)
+
+    def f(y):
+        return 0.5 * np.sum(a * (theta + y - m) ** 2)
+
     base = f(np.zeros_like(theta))
     exact = 100 * (f(best_y) - base) / (1 + base)
     model = Params(theta)
@@ -129,6 +133,7 @@ def test_keskar_on_separable_quadratic_matches_closed_form():
 
 
 # --------------------------------------------------------------------------- Dinh rescaling
+
 
 @pytest.fixture(scope="module")
 def small_digits():
@@ -157,8 +162,12 @@ def test_dinh_rescaling_leaves_adaptive_metrics_unchanged(digits_mlp_checkpoint,
     x = small_digits.batches[0][0]
     with torch.no_grad():  # the function really is unchanged
         assert torch.allclose(a(x), b(x), rtol=1e-4, atol=1e-5)
-    for ball, p, init in (("global", 2, "gradient"), ("global", 2, "random"), ("tensor", 2, "random"),
-                          ("global", "inf", "random")):
+    for ball, p, init in (
+        ("global", 2, "gradient"),
+        ("global", 2, "random"),
+        ("tensor", 2, "random"),
+        ("global", "inf", "random"),
+    ):
         rho = 0.5 if p == 2 else 0.05
         kw = dict(ball=ball, p=p, adaptive=True, steps=6, init=init, seed=7)
         ra = S.worst_case_sharpness(a, small_digits, rho, **kw)
@@ -181,6 +190,7 @@ def test_dinh_rescaling_leaves_adaptive_metrics_unchanged(digits_mlp_checkpoint,
 
 
 # --------------------------------------------------------------------------- PAC-Bayes bisection
+
 
 class TwoClassLinear(nn.Module):
     """logits = [-z, z] with z = x·w: class 1 is right iff x·w > 0."""
@@ -218,30 +228,36 @@ def test_pac_bayes_bisection_recovers_closed_form_sigma():
 
 # --------------------------------------------------------------------------- monotone in the radius, validation
 
+
 def test_worst_case_grows_with_radius(digits_checkpoint, small_digits):
     model, _ = load_checkpoint(digits_checkpoint)
-    values = [S.worst_case_sharpness(model, small_digits, rho, ball="tensor", steps=5)["value"]
-              for rho in (0.01, 0.05, 0.2)]
+    values = [
+        S.worst_case_sharpness(model, small_digits, rho, ball="tensor", steps=5)["value"] for rho in (0.01, 0.05, 0.2)
+    ]
     assert 0 < values[0] < values[1] < values[2]
-    adaptive = [S.worst_case_sharpness(model, small_digits, rho, adaptive=True, steps=5)["value"]
-                for rho in (0.05, 0.2)]
+    adaptive = [
+        S.worst_case_sharpness(model, small_digits, rho, adaptive=True, steps=5)["value"] for rho in (0.05, 0.2)
+    ]
     assert 0 < adaptive[0] < adaptive[1]
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(metrics="sharpest"), "unknown sharpness metric"),
-    (dict(metrics="worst_case,nope"), "unknown sharpness metric"),
-    (dict(metrics=""), "no sharpness metric"),
-    (dict(metrics="all", rhos=[0.1, 0.0]), "rho must be > 0"),
-    (dict(metrics="all", rhos=[-1]), "rho must be > 0"),
-    (dict(metrics="all", rhos=[float("nan")]), "rho must be > 0"),
-    (dict(metrics="keskar", epsilons=[0]), "epsilon must be > 0"),
-    (dict(metrics="worst_case", rhos=[]), "at least one rho"),
-    (dict(metrics="all", draws=0), "draws must be"),
-    (dict(metrics="all", ascent_steps=0), "ascent steps must be"),
-    (dict(metrics="all", ball="sphere"), "ball must be"),
-    (dict(metrics="all", p=3), "p must be 2 or inf"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(metrics="sharpest"), "unknown sharpness metric"),
+        (dict(metrics="worst_case,nope"), "unknown sharpness metric"),
+        (dict(metrics=""), "no sharpness metric"),
+        (dict(metrics="all", rhos=[0.1, 0.0]), "rho must be > 0"),
+        (dict(metrics="all", rhos=[-1]), "rho must be > 0"),
+        (dict(metrics="all", rhos=[float("nan")]), "rho must be > 0"),
+        (dict(metrics="keskar", epsilons=[0]), "epsilon must be > 0"),
+        (dict(metrics="worst_case", rhos=[]), "at least one rho"),
+        (dict(metrics="all", draws=0), "draws must be"),
+        (dict(metrics="all", ascent_steps=0), "ascent steps must be"),
+        (dict(metrics="all", ball="sphere"), "ball must be"),
+        (dict(metrics="all", p=3), "p must be 2 or inf"),
+    ],
+)
 def test_validate_rejects_bad_input(kwargs, match):
     with pytest.raises(FlatnessError, match=match) as info:
         S.validate(**kwargs)
@@ -296,6 +312,7 @@ def test_weight_norm_and_distance_from_init():
 
 # --------------------------------------------------------------------------- the real checkpoint, all metrics
 
+
 def _strip(records):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
 
@@ -304,15 +321,17 @@ def test_measure_sharpness_all_on_digits_checkpoint(digits_checkpoint, small_dig
     model, _ = load_checkpoint(digits_checkpoint)
     model.train()  # measure_sharpness must measure in eval mode and give the mode back
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    settings = S.SharpnessSettings(ball="tensor", draws=6, ascent_steps=5, seed=3, progress=False,
-                                   lbfgs_iterations=5, pac_bayes_draws=4)
+    settings = S.SharpnessSettings(
+        ball="tensor", draws=6, ascent_steps=5, seed=3, progress=False, lbfgs_iterations=5, pac_bayes_draws=4
+    )
     kw = dict(rho=[0.05, 0.5], epsilon=[1e-3], settings=settings)
     records = S.measure_sharpness(model, small_digits, S.METRIC_NAMES, **kw)
     assert model.training
     after = model.state_dict()
     assert all(torch.equal(state[k], after[k]) for k in state)  # weights and BN buffers, bit for bit
-    assert [r["metric"] for r in records] == ["keskar"] + ["worst_case"] * 2 + ["adaptive_worst_case"] * 2 + \
-        ["average_case"] * 2 + ["adaptive_average_case"] * 2 + ["pac_bayes", "pac_bayes_magnitude"]
+    assert [r["metric"] for r in records] == ["keskar"] + ["worst_case"] * 2 + ["adaptive_worst_case"] * 2 + [
+        "average_case"
+    ] * 2 + ["adaptive_average_case"] * 2 + ["pac_bayes", "pac_bayes_magnitude"]
     for r in records:
         assert math.isfinite(r["value"]) and r["seconds"] >= 0
         for key in ("p", "ball", "c", "solver", "iterations", "loss_evals", "gradient_evals", "error_evals"):
@@ -331,12 +350,19 @@ def test_measure_sharpness_all_on_digits_checkpoint(digits_checkpoint, small_dig
     model.eval()
     again = S.measure_sharpness(model, small_digits, "all", **kw)
     assert _strip(again) == _strip(records)  # reproducible under the seed
-    other = S.measure_sharpness(model, small_digits, "average_case", rho=kw["rho"], epsilon=kw["epsilon"],
-                                settings=dataclasses.replace(settings, seed=4))
+    other = S.measure_sharpness(
+        model,
+        small_digits,
+        "average_case",
+        rho=kw["rho"],
+        epsilon=kw["epsilon"],
+        settings=dataclasses.replace(settings, seed=4),
+    )
     assert other[0]["value"] != records[5]["value"]
 
 
 # --------------------------------------------------------------------------- the probe CLI
+
 
 def _has_probe_cli():
     import importlib.util
@@ -347,13 +373,35 @@ def _has_probe_cli():
 @pytest.mark.skipif(not _has_probe_cli(), reason="flatness probe command not there yet")
 def test_probe_cli_writes_sharpness(cli, digits_checkpoint, tmp_path):
     out = tmp_path / "probe.json"
-    result = cli(["probe", digits_checkpoint, "--sharpness", "all", "--samples", 200, "--top-k", 1,
-                  "--draws", 4, "--ascent-steps", 3, "--rho", "0.05,0.1", "--epsilon", "1e-3", "--quiet",
-                  "--out", out])
+    result = cli(
+        [
+            "probe",
+            digits_checkpoint,
+            "--sharpness",
+            "all",
+            "--samples",
+            200,
+            "--top-k",
+            1,
+            "--draws",
+            4,
+            "--ascent-steps",
+            3,
+            "--rho",
+            "0.05,0.1",
+            "--epsilon",
+            "1e-3",
+            "--quiet",
+            "--out",
+            out,
+        ]
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())["sharpness"]
-    assert [r["metric"] for r in rows] == ["keskar"] + [m for m in S.RHO_METRICS for _ in (0.05, 0.1)] + \
-        ["pac_bayes", "pac_bayes_magnitude"]
+    assert [r["metric"] for r in rows] == ["keskar"] + [m for m in S.RHO_METRICS for _ in (0.05, 0.1)] + [
+        "pac_bayes",
+        "pac_bayes_magnitude",
+    ]
     for r in rows:
         assert math.isfinite(r["value"])
         if r["metric"] in S.RHO_METRICS:
@@ -365,14 +413,17 @@ def test_probe_cli_writes_sharpness(cli, digits_checkpoint, tmp_path):
 
 
 @pytest.mark.skipif(not _has_probe_cli(), reason="flatness probe command not there yet")
-@pytest.mark.parametrize("args, match", [
-    (["--sharpness", "all", "--rho", "0"], "rho"),
-    (["--sharpness", "all", "--rho", "-0.1"], "rho"),
-    (["--sharpness", "keskar", "--epsilon", "0"], "epsilon"),
-    (["--sharpness", "flatest"], "unknown sharpness metric"),
-    (["--sharpness", "worst_case", "--ascent-steps", "0"], "ascent steps"),
-    (["--sharpness", "average_case", "--draws", "0"], "draws"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--sharpness", "all", "--rho", "0"], "rho"),
+        (["--sharpness", "all", "--rho", "-0.1"], "rho"),
+        (["--sharpness", "keskar", "--epsilon", "0"], "epsilon"),
+        (["--sharpness", "flatest"], "unknown sharpness metric"),
+        (["--sharpness", "worst_case", "--ascent-steps", "0"], "ascent steps"),
+        (["--sharpness", "average_case", "--draws", "0"], "draws"),
+    ],
+)
 def test_probe_cli_rejects_bad_sharpness_options(cli, digits_checkpoint, tmp_path, args, match):
     out = tmp_path / "bad.json"
     result = cli(["probe", digits_checkpoint, "--samples", 50, "--top-k", 0, "--quiet", "--out", out] + args)
@@ -393,8 +444,7 @@ def test_pac_bayes_reports_the_midpoint_that_meets_the_target():
     def error_fn(outputs, targets):
         return (outputs.double() ** 2).mean()
 
-    r = S.pac_bayes_flatness(model, dummy_data(), draws=draws, tolerance=tol, max_steps=60, seed=0,
-                             error_fn=error_fn)
+    r = S.pac_bayes_flatness(model, dummy_data(), draws=draws, tolerance=tol, max_steps=60, seed=0, error_fn=error_fn)
     lo, hi, sigma = r["sigma_low"], r["sigma_high"], r["sigma"]
     assert r["converged"] and r["base_error"] == 0.0
     assert lo < sigma < hi and sigma == pytest.approx(0.5 * (lo + hi), rel=1e-12)
@@ -407,4 +457,4 @@ def test_pac_bayes_reports_the_midpoint_that_meets_the_target():
     exact = math.sqrt(0.1 / c)
     assert lo <= exact <= hi
     assert abs(sigma - exact) <= 0.5 * tol * hi
-    assert r["flatness"] == pytest.approx(1 / sigma ** 2)
+    assert r["flatness"] == pytest.approx(1 / sigma**2)

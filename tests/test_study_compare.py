@@ -1,4 +1,5 @@
 """flatness compare: grouping, mean/std, Welch's t-test against scipy, single seed, outputs, bad input."""
+
 import csv
 import json
 import os
@@ -6,21 +7,20 @@ import os
 import numpy as np
 import pytest
 from scipy import stats
-
-from flatness.study.compare import collect_runs, compare, compare_inputs, csv_text, markdown_table, mean_std, welch
-from flatness.core.errors import FlatnessError
-
 from test_plot import make_probe, make_surface
+
+from flatness.study.compare import collect_runs, compare, markdown_table, mean_std, welch
 
 ERM = {"lam": [10.0, 12.0, 14.5], "trace": [100.0, 130.0, 90.0], "wc": [0.30, 0.35, 0.28], "acc": [0.95, 0.96, 0.94]}
 AMP = {"lam": [6.0, 7.5, 6.2], "trace": [60.0, 80.0, 75.0], "wc": [0.10, 0.12, 0.09], "acc": [0.96, 0.965, 0.97]}
 
 
 def sharp(wc, keskar):
-    return [{"metric": "worst_case", "value": wc, "rho": 0.05, "p": 2, "ball": "tensor", "c": "1", "seconds": 1.0},
-            {"metric": "keskar", "value": keskar, "epsilon": 1e-3, "p": None, "ball": None, "c": None, "seconds": 1.0},
-            {"metric": "pac_bayes", "value": 12.0, "sigma": 0.29, "flatness": 12.0, "p": None, "c": "1",
-             "seconds": 1.0}]
+    return [
+        {"metric": "worst_case", "value": wc, "rho": 0.05, "p": 2, "ball": "tensor", "c": "1", "seconds": 1.0},
+        {"metric": "keskar", "value": keskar, "epsilon": 1e-3, "p": None, "ball": None, "c": None, "seconds": 1.0},
+        {"metric": "pac_bayes", "value": 12.0, "sigma": 0.29, "flatness": 12.0, "p": None, "c": "1", "seconds": 1.0},
+    ]
 
 
 def make_run(folder, method, seed, lam, trace, wc, acc, epochs=3, surfaces=False):
@@ -29,10 +29,28 @@ def make_run(folder, method, seed, lam, trace, wc, acc, epochs=3, surfaces=False
         json.dump({"method": method, "seed": seed, "dataset": "digits", "model": "convnet", "epochs": epochs}, f)
     with open(os.path.join(folder, "metrics.jsonl"), "w") as f:
         for e in range(1, epochs + 1):
-            f.write(json.dumps({"epoch": e, "lr": 0.05, "train_loss": 1.0 / e, "train_acc": 0.9 + 0.03 * e,
-                                "test_loss": 1.2 / e, "test_acc": acc - 0.01 * (epochs - e), "seconds": 1.0}) + "\n")
-    make_probe(os.path.join(folder, "probe.json"), method=method, seed=seed, eig=[lam, lam / 2, lam / 3, lam / 4, lam / 5],
-               trace={"estimate": trace, "stderr": 1.0, "hvps": 10}, sharpness=sharp(wc, 10 * wc))
+            f.write(
+                json.dumps(
+                    {
+                        "epoch": e,
+                        "lr": 0.05,
+                        "train_loss": 1.0 / e,
+                        "train_acc": 0.9 + 0.03 * e,
+                        "test_loss": 1.2 / e,
+                        "test_acc": acc - 0.01 * (epochs - e),
+                        "seconds": 1.0,
+                    }
+                )
+                + "\n"
+            )
+    make_probe(
+        os.path.join(folder, "probe.json"),
+        method=method,
+        seed=seed,
+        eig=[lam, lam / 2, lam / 3, lam / 4, lam / 5],
+        trace={"estimate": trace, "stderr": 1.0, "hvps": 10},
+        sharpness=sharp(wc, 10 * wc),
+    )
     if surfaces:
         make_surface(os.path.join(folder, "surface-1d.h5"), two_d=False)
         make_surface(os.path.join(folder, "surface-2d.h5"))
@@ -44,8 +62,18 @@ def study(tmp_path):
     runs = []
     for method, vals in (("erm", ERM), ("amp", AMP)):
         for s in range(3):
-            runs.append(make_run(str(tmp_path / f"{method}-s{s}"), method, s, vals["lam"][s], vals["trace"][s],
-                                 vals["wc"][s], vals["acc"][s], surfaces=(s == 0)))
+            runs.append(
+                make_run(
+                    str(tmp_path / f"{method}-s{s}"),
+                    method,
+                    s,
+                    vals["lam"][s],
+                    vals["trace"][s],
+                    vals["wc"][s],
+                    vals["acc"][s],
+                    surfaces=(s == 0),
+                )
+            )
     return runs
 
 
@@ -67,7 +95,9 @@ def test_mean_std_and_welch_match_scipy(study):
     assert lam["versus"]["amp"]["diff"] == pytest.approx(np.mean(AMP["lam"]) - np.mean(ERM["lam"]))
     assert lam["versus"]["amp"]["direction"] == "flatter"
     tr = row(comp, "trace")
-    assert tr["versus"]["amp"]["p"] == pytest.approx(stats.ttest_ind(AMP["trace"], ERM["trace"], equal_var=False).pvalue)
+    assert tr["versus"]["amp"]["p"] == pytest.approx(
+        stats.ttest_ind(AMP["trace"], ERM["trace"], equal_var=False).pvalue
+    )
     wc = row(comp, "sharp:worst_case ρ=0.05 p=2")
     assert wc["methods"]["amp"]["mean"] == pytest.approx(np.mean(AMP["wc"]))
     assert row(comp, "sharp:keskar ε=0.001")["unit"] == "%"
@@ -107,8 +137,13 @@ def test_outputs_markdown_json_csv_and_figures(study, tmp_path, cli):
     result = cli(["compare", *study, "--out", out, "--json", tmp_path / "c.json", "--csv", tmp_path / "c.csv"])
     assert result.exit_code == 0, result.output
     assert "| quantity" in result.output
-    for name in ("comparison.md", "compare-training.png", "compare-spectra.png", "compare-slices-1d.png",
-                 "compare-contours-2d.png"):
+    for name in (
+        "comparison.md",
+        "compare-training.png",
+        "compare-spectra.png",
+        "compare-slices-1d.png",
+        "compare-contours-2d.png",
+    ):
         assert (out / name).is_file() and (out / name).stat().st_size > 500, name
     data = json.loads((tmp_path / "c.json").read_text())
     assert len(data["runs"]) == 6
@@ -121,16 +156,24 @@ def test_outputs_markdown_json_csv_and_figures(study, tmp_path, cli):
     assert cli(["compare", *study, "--out", out, "--force"]).exit_code == 0
 
 
-@pytest.mark.parametrize("setup,message", [
-    ("none", "no inputs"),
-    ("missing", "not found"),
-    ("txt", "unknown input type"),
-    ("emptydir", "not a run folder"),
-    ("badjson", "not"),
-])
+@pytest.mark.parametrize(
+    "setup,message",
+    [
+        ("none", "no inputs"),
+        ("missing", "not found"),
+        ("txt", "unknown input type"),
+        ("emptydir", "not a run folder"),
+        ("badjson", "not"),
+    ],
+)
 def test_bad_inputs(tmp_path, cli, setup, message):
-    args = {"none": [], "missing": [tmp_path / "nope"], "txt": [tmp_path / "x.txt"],
-            "emptydir": [tmp_path / "empty"], "badjson": [tmp_path / "b.json"]}[setup]
+    args = {
+        "none": [],
+        "missing": [tmp_path / "nope"],
+        "txt": [tmp_path / "x.txt"],
+        "emptydir": [tmp_path / "empty"],
+        "badjson": [tmp_path / "b.json"],
+    }[setup]
     (tmp_path / "x.txt").write_text("x")
     (tmp_path / "empty").mkdir()
     (tmp_path / "b.json").write_text("{")

@@ -1,5 +1,6 @@
 """flatness experiment --quick end to end with the real modules: report, figures, and a rerun that skips
 every finished step (no training, no probing, no surface point computed again)."""
+
 import json
 import os
 import time
@@ -15,8 +16,11 @@ def quick_study(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("exp") / "study"
     began = time.perf_counter()
-    result = CliRunner().invoke(main, ["experiment", "--quick", "--seeds", "0,1", "--out", str(out),
-                                       "--device", "cpu", "--no-progress"], catch_exceptions=False)
+    result = CliRunner().invoke(
+        main,
+        ["experiment", "--quick", "--seeds", "0,1", "--out", str(out), "--device", "cpu", "--no-progress"],
+        catch_exceptions=False,
+    )
     return out, result, time.perf_counter() - began
 
 
@@ -27,11 +31,18 @@ def test_quick_experiment_writes_report_html_and_figures(quick_study):
     assert "flat-minima claim" in report and "Test accuracy" in report and "Welch" in report
     for line in report.splitlines():
         if line.startswith("!["):
-            target = line[line.index("](") + 2:-1]
+            target = line[line.index("](") + 2 : -1]
             assert not os.path.isabs(target) and (out / target).is_file(), target
     figures = sorted(p.name for p in (out / "figures").iterdir())
-    for name in ("compare-training.png", "compare-spectra.png", "compare-slices-1d.png", "compare-contours-2d.png",
-                 "interpolation.png", "erm-s0-contour.png", "amp-s0-contour.png"):
+    for name in (
+        "compare-training.png",
+        "compare-spectra.png",
+        "compare-slices-1d.png",
+        "compare-contours-2d.png",
+        "interpolation.png",
+        "erm-s0-contour.png",
+        "amp-s0-contour.png",
+    ):
         assert name in figures and (out / "figures" / name).stat().st_size > 2000, name
     html = (out / "report.html").read_text()
     assert html.startswith("<!DOCTYPE html>") and html.count("data:image/png;base64,") >= 7 and "<table>" in html
@@ -45,14 +56,18 @@ def test_quick_experiment_writes_report_html_and_figures(quick_study):
     assert (out / "runs" / "erm-s0" / "surface-2d.h5").is_file()
     assert (out / "surfaces" / "interp-erm-amp-s0.h5").is_file()
     print(f"quick experiment: {seconds:.1f} s")
-    print("\n".join(f"{s['step']}: {s['seconds']:.1f}" for s in json.loads((out / "experiment.json").read_text())["steps"]))
+    print(
+        "\n".join(
+            f"{s['step']}: {s['seconds']:.1f}" for s in json.loads((out / "experiment.json").read_text())["steps"]
+        )
+    )
 
 
 def test_rerun_skips_finished_steps_and_redoes_only_what_is_missing(quick_study, monkeypatch, cli):
     out, first, _ = quick_study
     assert first.exit_code == 0, first.output
-    import flatness.study.probe
     import flatness.landscape.compute
+    import flatness.study.probe
     import flatness.training.loop
 
     def no_training(*a, **k):
@@ -93,8 +108,11 @@ def test_changed_settings_and_bad_options_are_refused(quick_study, cli):
     out, first, _ = quick_study
     result = cli(["experiment", "--quick", "--seeds", "0,1", "--out", out, "--grid", "7", "--no-progress"])
     assert result.exit_code != 0 and "grid" in result.output and "Traceback" not in result.output
-    for args, message in ((["--methods", "amp"], "erm"), (["--seeds", "a,b"], "seeds"),
-                          (["--methods", "erm,xyz"], "unknown method")):
+    for args, message in (
+        (["--methods", "amp"], "erm"),
+        (["--seeds", "a,b"], "seeds"),
+        (["--methods", "erm,xyz"], "unknown method"),
+    ):
         result = cli(["experiment", "--quick", "--out", out.parent / "other", *args])
         lines = [l for l in result.output.strip().splitlines() if l]
         assert result.exit_code != 0 and len(lines) == 1 and message in lines[0], result.output

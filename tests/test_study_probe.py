@@ -1,20 +1,18 @@
 """run_probe, the probe JSON format and `flatness probe` on the digits fixtures."""
+
 import json
-import math
 import os
 import sys
 
-import h5py
 import numpy as np
 import pytest
 import torch
 
 from flatness.core.errors import FlatnessError
-from flatness.study.probe import ProbeSettings, run_probe
 from flatness.formats.probe_file import read_probe, read_probe_arrays, write_probe
+from flatness.study.probe import ProbeSettings, run_probe
 
 FAST = ["--samples", 60, "--batch-size", 25, "--top-k", 2, "--tol", 1e-3, "--quiet"]
-
 
 
 def _one_line_error(result):
@@ -26,13 +24,42 @@ def _one_line_error(result):
 
 def test_cli_probe_writes_json_and_sidecar(cli, digits_checkpoint, tmp_path):
     out = tmp_path / "p.json"
-    res = cli(["probe", digits_checkpoint, *FAST, "--trace", "--trace-samples", 6, "--density",
-               "--density-steps", 8, "--density-vectors", 2, "--save-vectors", "--out", out])
+    res = cli(
+        [
+            "probe",
+            digits_checkpoint,
+            *FAST,
+            "--trace",
+            "--trace-samples",
+            6,
+            "--density",
+            "--density-steps",
+            8,
+            "--density-vectors",
+            2,
+            "--save-vectors",
+            "--out",
+            out,
+        ]
+    )
     assert res.exit_code == 0, res.output
     assert "top-2 eigenvalues" in res.output and "wrote" in res.output
     data = read_probe(str(out))
-    for key in ("flatness_version", "checkpoint", "data", "loss", "accuracy", "num_params", "weight_norm",
-                "distance_from_init", "hessian", "trace", "density", "sharpness", "sidecar"):
+    for key in (
+        "flatness_version",
+        "checkpoint",
+        "data",
+        "loss",
+        "accuracy",
+        "num_params",
+        "weight_norm",
+        "distance_from_init",
+        "hessian",
+        "trace",
+        "density",
+        "sharpness",
+        "sidecar",
+    ):
         assert key in data
     assert set(data["checkpoint"]) >= {"path", "sha256", "dataset", "model", "method", "epoch", "seed"}
     assert data["data"] == {"dataset": "digits", "split": "train", "samples": 60, "batch_size": 25}
@@ -62,7 +89,9 @@ def test_run_probe_reproducible_and_eigenvalues_match_direct(digits_checkpoint):
     a, b = run_probe(digits_checkpoint, ProbeSettings(**kw)), run_probe(digits_checkpoint, ProbeSettings(**kw))
     assert a["hessian"]["eigenvalues"] == b["hessian"]["eigenvalues"] and a["loss"] == b["loss"]
     p = run_probe(digits_checkpoint, ProbeSettings(eig_method="power", max_iter=400, **{**kw, "top_k": 1, "tol": 1e-3}))
-    assert abs(p["hessian"]["eigenvalues"][0] - a["hessian"]["eigenvalues"][0]) <= 2e-3 * abs(a["hessian"]["eigenvalues"][0])
+    assert abs(p["hessian"]["eigenvalues"][0] - a["hessian"]["eigenvalues"][0]) <= 2e-3 * abs(
+        a["hessian"]["eigenvalues"][0]
+    )
     assert p["hessian"]["method"] == "power"
 
 
@@ -76,7 +105,9 @@ def test_distance_from_init(tmp_path):
     last = quick_digits_checkpoint(run / "last.pt", model_name="mlp", steps=5, width=8, depth=1)
     result = run_probe(last, ProbeSettings(samples=30, batch_size=30, top_k=1, tol=1e-3, progress=False))
     assert result["distance_from_init"] > 0
-    assert run_probe(str(run / "init.pt"), ProbeSettings(samples=30, top_k=0, progress=False))["distance_from_init"] == 0.0
+    assert (
+        run_probe(str(run / "init.pt"), ProbeSettings(samples=30, top_k=0, progress=False))["distance_from_init"] == 0.0
+    )
 
 
 def test_sharpness_hook(monkeypatch, digits_mlp_checkpoint):
@@ -91,8 +122,14 @@ def test_sharpness_hook(monkeypatch, digits_mlp_checkpoint):
         return [{"metric": m, "value": 0.5} for m in metrics]
 
     monkeypatch.setattr(probe, "measure_sharpness", fake)
-    settings = ProbeSettings(samples=40, top_k=0, sharpness="all", seed=3, progress=False,
-                             sharpness_options={"rhos": [0.05], "ball": "global", "draws": None})
+    settings = ProbeSettings(
+        samples=40,
+        top_k=0,
+        sharpness="all",
+        seed=3,
+        progress=False,
+        sharpness_options={"rhos": [0.05], "ball": "global", "draws": None},
+    )
     result = run_probe(digits_mlp_checkpoint, settings)
     assert result["sharpness"] == [{"metric": m, "value": 0.5} for m in METRIC_NAMES]
     assert calls["metrics"] == METRIC_NAMES and calls["n"] == 40 and not calls["training"]
@@ -101,19 +138,28 @@ def test_sharpness_hook(monkeypatch, digits_mlp_checkpoint):
     with pytest.raises(FlatnessError, match="unknown sharpness metric"):
         run_probe(digits_mlp_checkpoint, ProbeSettings(samples=40, top_k=0, sharpness="bogus", progress=False))
     with pytest.raises(FlatnessError, match="rho"):
-        run_probe(digits_mlp_checkpoint, ProbeSettings(samples=40, top_k=0, sharpness="worst_case",
-                                                       sharpness_options={"rhos": [-1.0]}, progress=False))
+        run_probe(
+            digits_mlp_checkpoint,
+            ProbeSettings(
+                samples=40, top_k=0, sharpness="worst_case", sharpness_options={"rhos": [-1.0]}, progress=False
+            ),
+        )
     with pytest.raises(FlatnessError, match="unknown sharpness option"):
-        run_probe(digits_mlp_checkpoint, ProbeSettings(samples=40, top_k=0, sharpness="worst_case",
-                                                       sharpness_options={"rho": [1.0]}, progress=False))
+        run_probe(
+            digits_mlp_checkpoint,
+            ProbeSettings(
+                samples=40, top_k=0, sharpness="worst_case", sharpness_options={"rho": [1.0]}, progress=False
+            ),
+        )
 
 
 def test_cli_sharpness_options_validated(cli, digits_mlp_checkpoint, tmp_path):
     out = tmp_path / "s.json"
     _one_line_error(cli(["probe", digits_mlp_checkpoint, *FAST, "--out", out, "--sharpness", "nonsense"]))
     _one_line_error(cli(["probe", digits_mlp_checkpoint, *FAST, "--out", out, "--sharpness", "all", "--rho", "0"]))
-    _one_line_error(cli(["probe", digits_mlp_checkpoint, *FAST, "--out", out, "--sharpness", "all",
-                         "--epsilon", "abc"]))
+    _one_line_error(
+        cli(["probe", digits_mlp_checkpoint, *FAST, "--out", out, "--sharpness", "all", "--epsilon", "abc"])
+    )
     assert not out.exists()
 
 
@@ -127,18 +173,27 @@ def test_cli_bad_inputs(cli, digits_mlp_checkpoint, tmp_path):
     _one_line_error(cli(["probe", tmp_path / "text.pt", "--out", out]))
     torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
     _one_line_error(cli(["probe", tmp_path / "foreign.pt", "--out", out]))
-    assert "exceeds" in _one_line_error(cli(["probe", digits_mlp_checkpoint, "--top-k", 10 ** 7, "--samples", 20,
-                                             "--out", out]))
+    assert "exceeds" in _one_line_error(
+        cli(["probe", digits_mlp_checkpoint, "--top-k", 10**7, "--samples", 20, "--out", out])
+    )
     _one_line_error(cli(["probe", digits_mlp_checkpoint, "--samples", 0, "--out", out]))
     assert "split" in _one_line_error(cli(["probe", digits_mlp_checkpoint, "--split", "valid", "--out", out]))
     assert not out.exists()
 
 
 def test_write_probe_nonfinite_and_read_errors(tmp_path):
-    result = {"flatness_version": "0", "checkpoint": {}, "data": {}, "loss": float("nan"), "accuracy": 0.1,
-              "num_params": 3, "weight_norm": float("inf"), "distance_from_init": None,
-              "hessian": {"eigenvalues": [1.0, float("nan")], "residuals": [np.float32(1e-5), None]},
-              "sidecar": None}
+    result = {
+        "flatness_version": "0",
+        "checkpoint": {},
+        "data": {},
+        "loss": float("nan"),
+        "accuracy": 0.1,
+        "num_params": 3,
+        "weight_norm": float("inf"),
+        "distance_from_init": None,
+        "hessian": {"eigenvalues": [1.0, float("nan")], "residuals": [np.float32(1e-5), None]},
+        "sidecar": None,
+    }
     path = tmp_path / "r.json"
     write_probe(str(path), result)
     text = path.read_text()
@@ -164,8 +219,21 @@ def test_float64_probe_agrees_with_float32_and_records_its_dtype(cli, digits_che
     outs = {}
     for dtype in ("float32", "float64"):
         out = tmp_path / f"{dtype}.json"
-        result = cli(["probe", digits_checkpoint, *FAST, "--dtype", dtype, "--sharpness", "worst_case",
-                      "--rho", "0.05", "--out", out])
+        result = cli(
+            [
+                "probe",
+                digits_checkpoint,
+                *FAST,
+                "--dtype",
+                dtype,
+                "--sharpness",
+                "worst_case",
+                "--rho",
+                "0.05",
+                "--out",
+                out,
+            ]
+        )
         assert result.exit_code == 0, result.output
         outs[dtype] = read_probe(str(out))
         assert outs[dtype]["dtype"] == dtype
@@ -179,9 +247,9 @@ def test_params_block_gives_that_blocks_spectrum(cli, digits_checkpoint, tmp_pat
     """--params restricts the Hessian to a block: its top eigenvalue is the block operator's (computed
     here independently on the same data), and by eigenvalue interlacing it cannot exceed the full
     Hessian's top eigenvalue."""
+    from flatness.data.probe_data import load_probe_data
     from flatness.formats.checkpoint import load_checkpoint
     from flatness.hessian import HessianOperator, lanczos
-    from flatness.data.probe_data import load_probe_data
 
     kw = dict(samples=60, batch_size=25, top_k=1, tol=1e-6, max_iter=200, progress=False, device="cpu")
     full = run_probe(digits_checkpoint, ProbeSettings(**kw))

@@ -1,5 +1,6 @@
 """``flatness sweep``: grid expansion, bad input, and the same cells.csv whichever way the cells ran
 (two local workers, one worker killed by SIGKILL and rerun, two shards into one folder, Ray)."""
+
 import importlib.util
 import os
 import signal
@@ -53,16 +54,19 @@ def test_grid_expansion_applies_method_keys_to_their_method_only():
     assert parse_grid("batch_size=32,64 nesterov=false")["nesterov"] == [False]
 
 
-@pytest.mark.parametrize("grid, message", [
-    ("colour=red", "unknown grid key 'colour'"),
-    ("lr=fast", "grid key lr takes numbers, got 'fast'"),
-    ("batch_size=3.5", "grid key batch_size takes integers"),
-    ("   ", "the grid is empty"),
-    ("lr=", "grid key lr has no values"),
-    ("rho=0.1", "applies only to sam cells"),
-    ("method=erm,newton", "unknown method 'newton'"),
-    ("lr=-1", "lr must be a positive number"),
-])
+@pytest.mark.parametrize(
+    "grid, message",
+    [
+        ("colour=red", "unknown grid key 'colour'"),
+        ("lr=fast", "grid key lr takes numbers, got 'fast'"),
+        ("batch_size=3.5", "grid key batch_size takes integers"),
+        ("   ", "the grid is empty"),
+        ("lr=", "grid key lr has no values"),
+        ("rho=0.1", "applies only to sam cells"),
+        ("method=erm,newton", "unknown method 'newton'"),
+        ("lr=-1", "lr must be a positive number"),
+    ],
+)
 def test_bad_grid_is_one_line_and_starts_nothing(tmp_path, grid, message):
     out = tmp_path / "sweep"
     result = CliRunner().invoke(main, ["sweep", "--out", str(out), "--quick", "--dataset", "digits", "--grid", grid])
@@ -71,13 +75,16 @@ def test_bad_grid_is_one_line_and_starts_nothing(tmp_path, grid, message):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("option, message", [
-    (["--shard", "3/2"], "--shard I/N needs 0 <= I < N"),
-    (["--shard", "two"], "--shard takes I/N"),
-    (["--engine", "spark"], "unknown engine 'spark'"),
-    (["--seeds", "0,0"], "--seeds repeats a value"),
-    (["--workers", "0"], "--workers"),
-])
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--shard", "3/2"], "--shard I/N needs 0 <= I < N"),
+        (["--shard", "two"], "--shard takes I/N"),
+        (["--engine", "spark"], "unknown engine 'spark'"),
+        (["--seeds", "0,0"], "--seeds repeats a value"),
+        (["--workers", "0"], "--workers"),
+    ],
+)
 def test_bad_options_are_one_line_and_start_nothing(tmp_path, option, message):
     out = tmp_path / "sweep"
     result = CliRunner().invoke(main, ["sweep", "--out", str(out), *TINY, *option])
@@ -105,8 +112,9 @@ def test_reference_table_has_the_issue_columns(reference, tmp_path):
     for r in rows:
         assert r["gap"] == pytest.approx(r["train_acc"] - r["test_acc"])
         assert r["test_error"] == pytest.approx(100 - r["test_acc"])
-    assert {"lambda_1", "trace", "weight_norm", "distance_from_init", "margin_p10",
-            "log_spectral_product"} <= set(measures)
+    assert {"lambda_1", "trace", "weight_norm", "distance_from_init", "margin_p10", "log_spectral_product"} <= set(
+        measures
+    )
     assert any(m.startswith("sharp:worst_case") for m in measures)
 
 
@@ -136,8 +144,15 @@ def test_sigkill_then_rerun_equals_uninterrupted(reference, tmp_path):
 
 def test_two_shards_into_one_folder_equal_one_run(reference, tmp_path):
     out = tmp_path / "shared"
-    procs = [subprocess.Popen(sweep_cmd(out, "--workers", "1", "--shard", f"{i}/2"), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            sweep_cmd(out, "--workers", "1", "--shard", f"{i}/2"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
@@ -146,8 +161,15 @@ def test_two_shards_into_one_folder_equal_one_run(reference, tmp_path):
 
 def test_finished_cells_are_never_redone(reference, tmp_path):
     out = tmp_path / "again"
-    settings = SweepSettings(out=str(out), grid="method=erm,sam lr=0.02,0.1", seeds="0", dataset="digits",
-                             quick=True, workers=1, progress=False)
+    settings = SweepSettings(
+        out=str(out),
+        grid="method=erm,sam lr=0.02,0.1",
+        seeds="0",
+        dataset="digits",
+        quick=True,
+        workers=1,
+        progress=False,
+    )
     first = run_sweep(settings, echo=None)
     stamps = {p: p.stat().st_mtime_ns for p in (out / CELLS).glob(f"*/{MEASURES}")}
     second = run_sweep(settings, echo=None)
@@ -155,15 +177,23 @@ def test_finished_cells_are_never_redone(reference, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert (out / "cells.csv").read_text() == reference
     with pytest.raises(FlatnessError, match="other grid settings"):
-        run_sweep(SweepSettings(out=str(out), grid="method=erm lr=0.02", seeds="0", dataset="digits", quick=True,
-                                progress=False), echo=None)
+        run_sweep(
+            SweepSettings(
+                out=str(out), grid="method=erm lr=0.02", seeds="0", dataset="digits", quick=True, progress=False
+            ),
+            echo=None,
+        )
 
 
 def test_failed_cell_is_recorded_and_others_go_on(tmp_path):
     # batch_size 4096 exceeds digits' 1437 training examples: that cell fails when it trains, the other runs
     out = tmp_path / "failing"
-    result = run_sweep(SweepSettings(out=str(out), grid="batch_size=64,4096", seeds="0", dataset="digits",
-                                     quick=True, workers=1, progress=False), echo=None)
+    result = run_sweep(
+        SweepSettings(
+            out=str(out), grid="batch_size=64,4096", seeds="0", dataset="digits", quick=True, workers=1, progress=False
+        ),
+        echo=None,
+    )
     assert (result["done"], result["failed"]) == (1, 1)
     rows, _, _ = read_table(str(out))
     failed = [r for r in rows if r["status"] == "failed"]
@@ -173,8 +203,19 @@ def test_failed_cell_is_recorded_and_others_go_on(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is an optional extra")
 def test_ray_on_a_local_instance_gives_the_same_cells(reference, tmp_path):
     out = tmp_path / "ray"
-    run_sweep(SweepSettings(out=str(out), grid="method=erm,sam lr=0.02,0.1", seeds="0", dataset="digits",
-                            quick=True, workers=2, engine="ray", progress=False), echo=None)
+    run_sweep(
+        SweepSettings(
+            out=str(out),
+            grid="method=erm,sam lr=0.02,0.1",
+            seeds="0",
+            dataset="digits",
+            quick=True,
+            workers=2,
+            engine="ray",
+            progress=False,
+        ),
+        echo=None,
+    )
     assert (out / "cells.csv").read_text() == reference
 
 

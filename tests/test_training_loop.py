@@ -1,7 +1,8 @@
 """Training loop: bitwise resume (also after SIGKILL), run folder contents, divergence, bad input."""
+
 import json
-import pathlib
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -11,11 +12,10 @@ import pytest
 import torch
 
 import flatness
-from flatness.formats import checkpoint as ckpt
 from flatness.core.errors import DivergedError, FlatnessError
-from flatness.training.loop import (EpochBatches, TrainConfig, build_config, device_flags, lr_at, to_device, train)
 from flatness.data.datasets import TensorImageDataset, get_dataset
-
+from flatness.formats import checkpoint as ckpt
+from flatness.training.loop import EpochBatches, TrainConfig, build_config, device_flags, lr_at, to_device, train
 
 SMALL = dict(width=8, batch_size=64, schedule="step", milestones=[3], seed=1)
 
@@ -61,11 +61,26 @@ def test_resume_refuses_changed_options(tmp_path):
 
 def test_sigkill_mid_epoch_then_resume_is_bitwise(tmp_path, cli):
     run = tmp_path / "killed"
-    args = ["train", "--width", "8", "--batch-size", "16", "--epochs", "4", "--milestones", "3", "--seed", "2",
-            "--out", str(run), "--no-progress"]
+    args = [
+        "train",
+        "--width",
+        "8",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "4",
+        "--milestones",
+        "3",
+        "--seed",
+        "2",
+        "--out",
+        str(run),
+        "--no-progress",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
-    proc = subprocess.Popen([sys.executable, "-m", "flatness.cli", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flatness.cli", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     metrics = run / ckpt.METRICS
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -82,8 +97,12 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise(tmp_path, cli):
     assert 1 <= done < 4
     result = cli(args + ["--resume"])
     assert result.exit_code == 0, result.output
-    straight = train(TrainConfig(width=8, batch_size=16, epochs=4, milestones=[3], seed=2), str(tmp_path / "s"),
-                     progress=False, verbose=False)
+    straight = train(
+        TrainConfig(width=8, batch_size=16, epochs=4, milestones=[3], seed=2),
+        str(tmp_path / "s"),
+        progress=False,
+        verbose=False,
+    )
     assert_same_state(run / ckpt.LAST, os.path.join(straight, ckpt.LAST))
 
 
@@ -127,19 +146,22 @@ def _error_line(result):
     return errors[0]
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--dataset", "nope"], "unknown dataset"),
-    (["--model", "nope"], "unknown model"),
-    (["--method", "nope"], "unknown method"),
-    (["--method", "amp", "--epsilon", "0"], "epsilon"),
-    (["--method", "amp", "--epsilon", "-1"], "epsilon"),
-    (["--inner-iter", "0"], "inner_iter"),
-    (["--epochs", "0"], "epochs"),
-    (["--schedule", "linear"], "schedule"),
-    (["--milestones", "a,b"], "milestones"),
-    (["--recipe", "nope"], "unknown recipe"),
-    (["--dataset", "cifar10", "--data-dir", "{tmp}/nodata"], "--download"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--dataset", "nope"], "unknown dataset"),
+        (["--model", "nope"], "unknown model"),
+        (["--method", "nope"], "unknown method"),
+        (["--method", "amp", "--epsilon", "0"], "epsilon"),
+        (["--method", "amp", "--epsilon", "-1"], "epsilon"),
+        (["--inner-iter", "0"], "inner_iter"),
+        (["--epochs", "0"], "epochs"),
+        (["--schedule", "linear"], "schedule"),
+        (["--milestones", "a,b"], "milestones"),
+        (["--recipe", "nope"], "unknown recipe"),
+        (["--dataset", "cifar10", "--data-dir", "{tmp}/nodata"], "--download"),
+    ],
+)
 def test_bad_input(tmp_path, cli, args, needle):
     out = tmp_path / "out"
     result = cli(["train", "--no-progress", "--out", out] + [a.format(tmp=tmp_path) for a in args])
@@ -165,17 +187,50 @@ def test_bad_out_and_resume(tmp_path, cli):
 
 def test_help_mentions_every_option(cli):
     text = cli(["train", "--help"]).output
-    for opt in ("--dataset", "--model", "--width", "--depth", "--method", "--epochs", "--batch-size", "--lr",
-                "--momentum", "--nesterov", "--weight-decay", "--schedule", "--milestones", "--grad-clip", "--seed",
-                "--device", "--epsilon", "--inner-lr", "--inner-iter", "--ball", "--rho", "--adaptive", "--augment",
-                "--data-dir", "--download", "--out", "--save-every", "--resume", "--recipe"):
+    for opt in (
+        "--dataset",
+        "--model",
+        "--width",
+        "--depth",
+        "--method",
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--momentum",
+        "--nesterov",
+        "--weight-decay",
+        "--schedule",
+        "--milestones",
+        "--grad-clip",
+        "--seed",
+        "--device",
+        "--epsilon",
+        "--inner-lr",
+        "--inner-iter",
+        "--ball",
+        "--rho",
+        "--adaptive",
+        "--augment",
+        "--data-dir",
+        "--download",
+        "--out",
+        "--save-every",
+        "--resume",
+        "--recipe",
+    ):
         assert opt in text
 
 
 def test_recipes_and_overrides():
     paper = build_config({}, "amp-paper")
-    assert (paper.lr, paper.momentum, paper.nesterov, paper.weight_decay, paper.batch_size, paper.epochs) == \
-        (0.1, 0.9, True, 1e-4, 50, 200)
+    assert (paper.lr, paper.momentum, paper.nesterov, paper.weight_decay, paper.batch_size, paper.epochs) == (
+        0.1,
+        0.9,
+        True,
+        1e-4,
+        50,
+        200,
+    )
     assert paper.milestones == [100, 150] and paper.grad_clip == 50
     assert (paper.epsilon, paper.inner_lr, paper.inner_iter, paper.ball, paper.augment) == (0.5, 1.0, 1, "tensor", True)
     vgg = build_config({"epochs": 3}, "amp-paper-vgg")
@@ -208,9 +263,11 @@ def test_dataloader_path_and_device_path_match_fast_path():
     dev_b = EpochBatches(slow, 100, flags, device=torch.device("cpu"), on_device=True)
     assert (slow_b.mode, fast_b.mode, dev_b.mode) == ("loader", "tensor", "device")
     assert len(fast_b) == len(slow_b) == len(dev_b) == 15
-    for (xa, ya, na), (xb, yb, nb), (xc, yc, nc) in zip(fast_b.epoch(torch.Generator().manual_seed(0)),
-                                                        slow_b.epoch(torch.Generator().manual_seed(0)),
-                                                        dev_b.epoch(torch.Generator().manual_seed(0))):
+    for (xa, ya, na), (xb, yb, nb), (xc, yc, nc) in zip(
+        fast_b.epoch(torch.Generator().manual_seed(0)),
+        slow_b.epoch(torch.Generator().manual_seed(0)),
+        dev_b.epoch(torch.Generator().manual_seed(0)),
+    ):
         assert torch.equal(xa, xb) and torch.equal(ya, yb) and na == nb == ya.shape[0]
         assert torch.equal(xa, xc) and torch.equal(ya, yc) and nc == na
 
@@ -222,25 +279,27 @@ def test_rank_shares_partition_each_global_batch():
     parts = [list(batches.epoch(torch.Generator().manual_seed(1), rank=r, world=3)) for r in range(3)]
     for k, (x, y, n) in enumerate(whole):
         assert all(p[k][2] == n for p in parts)  # every rank knows the global batch size
-        assert torch.equal(torch.cat([p[k][0] for p in parts]), x) and torch.equal(torch.cat([p[k][1] for p in parts]), y)
+        assert torch.equal(torch.cat([p[k][0] for p in parts]), x) and torch.equal(
+            torch.cat([p[k][1] for p in parts]), y
+        )
 
 
 def test_cuda_fast_path_decisions_without_a_gpu(monkeypatch):
     """The choices the CUDA path makes, checked with torch.device('cuda') objects on a CPU machine."""
-    from flatness.training.loop import TrainConfig, cpu_threads_for, device_flags, keep_data_on_device
     from flatness.models.registry import build_model
+    from flatness.training.loop import TrainConfig, cpu_threads_for, device_flags, keep_data_on_device
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     flags = device_flags(cuda, cpu_count=8)
     assert flags.pin_memory and flags.non_blocking and flags.num_workers == 4
     assert not device_flags(cpu).pin_memory and device_flags(cpu).num_workers == 0
     data = get_dataset("digits", "train")
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * 2 ** 20, 16 * 2 ** 30))
-    assert keep_data_on_device(TrainConfig(), cuda, data)            # 0.4 MB of digits < 10 MB / 4
-    assert not keep_data_on_device(TrainConfig(), cpu, data)         # never on the CPU
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * 2**20, 16 * 2**30))
+    assert keep_data_on_device(TrainConfig(), cuda, data)  # 0.4 MB of digits < 10 MB / 4
+    assert not keep_data_on_device(TrainConfig(), cpu, data)  # never on the CPU
     assert not keep_data_on_device(TrainConfig(data_on_device="no"), cuda, data)
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 ** 20, 16 * 2 ** 30))
-    assert not keep_data_on_device(TrainConfig(), cuda, data)        # does not fit in a quarter of 1 MB
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**20, 16 * 2**30))
+    assert not keep_data_on_device(TrainConfig(), cuda, data)  # does not fit in a quarter of 1 MB
     assert keep_data_on_device(TrainConfig(data_on_device="yes"), cuda, data)
     small, big = build_model("convnet", 1, 8, 10), build_model("preactresnet18", 3, 32, 10)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
@@ -256,8 +315,9 @@ def test_fast_path_options_run_on_the_cpu_and_change_what_they_should(tmp_path, 
     import flatness.training.loop as training_module
 
     plain = train(small(epochs=1), str(tmp_path / "fp32"), progress=False, verbose=False)
-    fast = train(small(epochs=1, precision="bf16", channels_last=True), str(tmp_path / "bf16"), progress=False,
-                 verbose=False)
+    fast = train(
+        small(epochs=1, precision="bf16", channels_last=True), str(tmp_path / "bf16"), progress=False, verbose=False
+    )
     a, b = weights(os.path.join(plain, ckpt.LAST)), weights(os.path.join(fast, ckpt.LAST))
     assert all(v.dtype == a["model_state"][k].dtype for k, v in b["model_state"].items())  # weights stay fp32
     assert any(not torch.equal(a["model_state"][k], b["model_state"][k]) for k in a["model_state"])
@@ -266,4 +326,7 @@ def test_fast_path_options_run_on_the_cpu_and_change_what_they_should(tmp_path, 
     monkeypatch.setattr(torch, "compile", lambda module: compiled.append(module) or module)
     train(small(epochs=1, compile=True), str(tmp_path / "compiled"), progress=False, verbose=False)
     assert len(compiled) == 1 and isinstance(compiled[0], torch.nn.Module)
-    assert training_module._forward_module(torch.nn.Linear(2, 2), small(), torch.device("cpu")).__class__ is torch.nn.Linear
+    assert (
+        training_module._forward_module(torch.nn.Linear(2, 2), small(), torch.device("cpu")).__class__
+        is torch.nn.Linear
+    )

@@ -1,4 +1,5 @@
 """AMP and SAM against independent, hand-written references (plain tensor ops, float64)."""
+
 import copy
 
 import pytest
@@ -69,6 +70,7 @@ def closure_for(model, opt, x, y, counter=None):
         loss = F.cross_entropy(model(x), y)
         loss.backward()
         return loss
+
     return closure
 
 
@@ -78,8 +80,17 @@ def closure_for(model, opt, x, y, counter=None):
 def test_amp_matches_reference(ball, inner_iter, eps):
     model, x, y = make_problem()
     params = [p.detach().clone() for p in model.parameters()]
-    opt = AMP(model.parameters(), epsilon=eps, inner_lr=0.7, inner_iter=inner_iter, ball=ball,
-              lr=LR, momentum=MOM, nesterov=True, weight_decay=WD)
+    opt = AMP(
+        model.parameters(),
+        epsilon=eps,
+        inner_lr=0.7,
+        inner_iter=inner_iter,
+        ball=ball,
+        lr=LR,
+        momentum=MOM,
+        nesterov=True,
+        weight_decay=WD,
+    )
     bufs = [None] * len(params)
     for _ in range(3):  # several steps: momentum buffers matter too
         calls = [0]
@@ -126,8 +137,9 @@ def test_sam_matches_definition(adaptive):
             torch.testing.assert_close(p.detach(), q, rtol=1e-9, atol=1e-11)
 
 
-@pytest.mark.parametrize("make", [lambda ps: AMP(ps, lr=0.1, momentum=0.9, epsilon=0.1),
-                                  lambda ps: SAM(ps, lr=0.1, momentum=0.9, rho=0.1)])
+@pytest.mark.parametrize(
+    "make", [lambda ps: AMP(ps, lr=0.1, momentum=0.9, epsilon=0.1), lambda ps: SAM(ps, lr=0.1, momentum=0.9, rho=0.1)]
+)
 def test_scheduler_and_state_dict_round_trip(make):
     model, x, y = make_problem(3)
     opt = make(model.parameters())
@@ -163,7 +175,7 @@ def test_grad_clip_applies_to_base_step_only():
     opt = AMP(model.parameters(), epsilon=0.5, inner_lr=1.0, lr=LR, grad_clip=clip)
     opt.step(closure_for(model, opt, x, y))
     g, _ = ref_amp_step(params, x, y, 0.5, 1.0, 1, "tensor")  # δ built from unclipped gradients
-    total = float(torch.sqrt(sum((gi ** 2).sum() for gi in g)))
+    total = float(torch.sqrt(sum((gi**2).sum() for gi in g)))
     expected = [p - LR * gi * (clip / (total + 1e-6)) for p, gi in zip(params, g)]
     for p, q in zip(model.parameters(), expected):
         torch.testing.assert_close(p.detach(), q, rtol=1e-8, atol=1e-12)
@@ -181,8 +193,18 @@ def test_grad_reduce_called_on_perturbation_gradients():
     assert seen == [4]
 
 
-@pytest.mark.parametrize("kwargs", [dict(epsilon=0), dict(epsilon=-1), dict(inner_iter=0), dict(inner_iter=1.5),
-                                    dict(inner_lr=0), dict(ball="box"), dict(grad_clip=0)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(epsilon=0),
+        dict(epsilon=-1),
+        dict(inner_iter=0),
+        dict(inner_iter=1.5),
+        dict(inner_lr=0),
+        dict(ball="box"),
+        dict(grad_clip=0),
+    ],
+)
 def test_amp_bad_args(kwargs):
     model, _, _ = make_problem()
     with pytest.raises(FlatnessError):

@@ -12,6 +12,7 @@ A ``.pt`` file is a dict of tensors and plain Python data only, so ``torch.load(
 weights_only=True)`` reads it and no code in it can ever run. It is written atomically (temporary
 file, fsync, rename): a crash leaves either the old file or the new one, never half of one.
 """
+
 from __future__ import annotations
 
 import io
@@ -21,7 +22,7 @@ import random
 import re
 import warnings
 import zipfile
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ class ForeignCheckpointError(FlatnessError):
     """
 
 
-def user_model_reference(spec: Dict[str, Any]) -> Optional[str]:
+def user_model_reference(spec: dict[str, Any]) -> str | None:
     """The ``--model`` reference a checkpoint's model was built from (None for a built-in model)."""
     ref = spec.get("reference") if isinstance(spec, dict) else None
     return ref if isinstance(ref, str) else None
@@ -59,7 +60,7 @@ def snapshot_name(epoch: int) -> str:
     return f"epoch-{epoch:03d}.pt"
 
 
-def list_snapshots(run_dir: str) -> List[Tuple[int, str]]:
+def list_snapshots(run_dir: str) -> list[tuple[int, str]]:
     """(epoch, path) of every ``epoch-NNN.pt`` in ``run_dir``, sorted by epoch."""
     found = []
     for name in os.listdir(run_dir):
@@ -71,13 +72,18 @@ def list_snapshots(run_dir: str) -> List[Tuple[int, str]]:
 
 # --------------------------------------------------------------------------- RNG state as plain data
 
-def capture_rng() -> Dict[str, Any]:
+
+def capture_rng() -> dict[str, Any]:
     """Every RNG a training run draws from, as tensors and plain data (weights_only-safe)."""
     np_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
         "python": random.getstate(),
     }
     if torch.cuda.is_available():
@@ -85,11 +91,12 @@ def capture_rng() -> Dict[str, Any]:
     return state
 
 
-def restore_rng(state: Dict[str, Any]) -> None:
+def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     nps = state["numpy"]
-    np.random.set_state(("MT19937", nps["keys"].numpy().astype(np.uint32), nps["pos"], nps["has_gauss"],
-                         nps["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", nps["keys"].numpy().astype(np.uint32), nps["pos"], nps["has_gauss"], nps["cached_gaussian"])
+    )
     random.setstate(_as_tuple(state["python"]))
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -101,12 +108,22 @@ def _as_tuple(obj):
 
 # --------------------------------------------------------------------------- writing
 
-def save_checkpoint(path: str, model: nn.Module, *, model_spec: Dict[str, Any], config: Dict[str, Any],
-                    epoch: int, step: int = 0, metrics: Optional[List[Dict[str, Any]]] = None,
-                    optimizer_state: Optional[Dict[str, Any]] = None,
-                    scheduler_state: Optional[Dict[str, Any]] = None,
-                    rng: Optional[Dict[str, Any]] = None, extra: Optional[Dict[str, Any]] = None,
-                    sources: Optional[Dict[str, Any]] = None) -> None:
+
+def save_checkpoint(
+    path: str,
+    model: nn.Module,
+    *,
+    model_spec: dict[str, Any],
+    config: dict[str, Any],
+    epoch: int,
+    step: int = 0,
+    metrics: list[dict[str, Any]] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
+    scheduler_state: dict[str, Any] | None = None,
+    rng: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    sources: dict[str, Any] | None = None,
+) -> None:
     """Write a checkpoint atomically. Tensors are moved to the CPU so any machine can read it.
 
     ``sources`` (plain data) records where a user's model and data came from: ``{"model": {"reference",
@@ -136,7 +153,8 @@ def save_checkpoint(path: str, model: nn.Module, *, model_spec: Dict[str, Any], 
 
 # --------------------------------------------------------------------------- reading
 
-def read_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
+
+def read_checkpoint(path: str, map_location: Any = "cpu") -> dict[str, Any]:
     """The checkpoint's dict, read with ``weights_only=True``; any problem is a one-line FlatnessError."""
     if not os.path.exists(path):
         raise FlatnessError(f"checkpoint not found: {path}")
@@ -154,13 +172,25 @@ def read_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
             payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         raise FlatnessError(_unsafe_message(path, str(err))) from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, AttributeError, KeyError,
-            IndexError, TypeError) as err:
-        raise FlatnessError(f"{path} is not a readable checkpoint (truncated or corrupt?): "
-                            f"{type(err).__name__}") from None
+    except (
+        RuntimeError,
+        EOFError,
+        ValueError,
+        zipfile.BadZipFile,
+        OSError,
+        AttributeError,
+        KeyError,
+        IndexError,
+        TypeError,
+    ) as err:
+        raise FlatnessError(
+            f"{path} is not a readable checkpoint (truncated or corrupt?): {type(err).__name__}"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ForeignCheckpointError(f"{path} is not a flatness checkpoint (no '{FORMAT}' marker); a plain "
-                                     "state_dict or .safetensors file needs --model, a .pt2 program nothing")
+        raise ForeignCheckpointError(
+            f"{path} is not a flatness checkpoint (no '{FORMAT}' marker); a plain "
+            "state_dict or .safetensors file needs --model, a .pt2 program nothing"
+        )
     version = payload.get("format_version", 0)
     if isinstance(version, bool) or not isinstance(version, int):
         raise FlatnessError(f"{path} is a damaged flatness checkpoint: 'format_version' is not a number")
@@ -182,29 +212,36 @@ _GLOBAL_RE = re.compile(r"GLOBAL ([A-Za-z_][\w.]*)")
 
 def _unsafe_message(path: str, text: str) -> str:
     """One line for a file torch's weights_only unpickler refused: name the object it wanted, never
-    suggest loading it unsafely (torch's own message does)."""
+    suggest loading it unsafely (torch's own message does).
+    """
     found = _GLOBAL_RE.search(text)
     if found:
-        return (f"refusing to load {path}: it asks to run or build '{found.group(1)}' when unpickled, and a "
-                "checkpoint may hold only tensors and plain data (it may be malicious or from another tool); "
-                "nothing in it was run")
-    return (f"{path} is not a readable checkpoint: the safe unpickler (weights_only) rejected it as corrupt "
-            "or not a checkpoint; nothing in it was run")
+        return (
+            f"refusing to load {path}: it asks to run or build '{found.group(1)}' when unpickled, and a "
+            "checkpoint may hold only tensors and plain data (it may be malicious or from another tool); "
+            "nothing in it was run"
+        )
+    return (
+        f"{path} is not a readable checkpoint: the safe unpickler (weights_only) rejected it as corrupt "
+        "or not a checkpoint; nothing in it was run"
+    )
 
 
-def check_state_finite(state: Dict[str, Any], path: str) -> None:
+def check_state_finite(state: dict[str, Any], path: str) -> None:
     """FlatnessError when a stored ``model_state`` holds NaN or Inf (for states used without a model)."""
     for name, tensor in state.items():
         if torch.is_tensor(tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise FlatnessError(f"{path}: weights are not finite (NaN or Inf in '{name}'); "
-                                "the run diverged before this checkpoint was written")
+            raise FlatnessError(
+                f"{path}: weights are not finite (NaN or Inf in '{name}'); "
+                "the run diverged before this checkpoint was written"
+            )
 
 
 def check_finite(model: nn.Module, path: str) -> None:
     check_state_finite(model.state_dict(), path)
 
 
-def load_checkpoint(path: str, device: Any = "cpu", require_finite: bool = True) -> Tuple[nn.Module, Dict[str, Any]]:
+def load_checkpoint(path: str, device: Any = "cpu", require_finite: bool = True) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model stored in ``path`` and return ``(model, info)``; the model is in eval mode.
 
     ``info`` has ``dataset``, ``model``, ``method``, ``epoch``, ``step``, ``config``, ``metrics``,
@@ -213,9 +250,11 @@ def load_checkpoint(path: str, device: Any = "cpu", require_finite: bool = True)
     payload = read_checkpoint(path)
     reference = user_model_reference(payload["model_spec"])
     if reference is not None:
-        raise FlatnessError(f"{payload['path']} holds a model built by {reference}: a checkpoint never makes "
-                            f"flatness run code, so pass --model {reference} (in Python: "
-                            "flatness.models.loading.load_target)")
+        raise FlatnessError(
+            f"{payload['path']} holds a model built by {reference}: a checkpoint never makes "
+            f"flatness run code, so pass --model {reference} (in Python: "
+            "flatness.models.loading.load_target)"
+        )
     try:
         model = build_from_spec(payload["model_spec"])
         model.load_state_dict(payload["model_state"])

@@ -14,6 +14,7 @@ except the margin (``EXPECTED_SIGN``):
 * ``log_spectral_product``: Σ over weight layers of log σ_max(W), a convolution's kernel taken as the
   matrix (out channels) × (in channels · kernel size), the usual proxy for its operator norm.
 """
+
 from __future__ import annotations
 
 import copy
@@ -31,8 +32,7 @@ from flatness.data.convert import as_probe_data
 MARGIN_PERCENTILE = 10
 BASELINES = ("weight_norm", "distance_from_init", "path_norm", "margin_p10", "log_spectral_product")
 #: +1: a larger value should mean a larger generalisation gap; -1: a smaller one (a wider margin is better).
-EXPECTED_SIGN = {"weight_norm": 1, "distance_from_init": 1, "path_norm": 1, "margin_p10": -1,
-                 "log_spectral_product": 1}
+EXPECTED_SIGN = {"weight_norm": 1, "distance_from_init": 1, "path_norm": 1, "margin_p10": -1, "log_spectral_product": 1}
 _PATH_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ReLU, nn.Flatten, nn.Identity, nn.Dropout)
 _WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 

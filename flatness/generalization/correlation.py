@@ -15,6 +15,7 @@ The statistics of Jiang et al. (ICLR 2020, "Fantastic Generalization Measures"):
 A cell table here is a list of dicts (one per cell) with the axes, ``seed``, the target and each
 measure as keys; missing values are None and leave that cell out of that measure's statistics.
 """
+
 from __future__ import annotations
 
 import math
@@ -98,8 +99,13 @@ def _percentile_interval(values: Sequence[float], confidence: float) -> list[flo
     return [float(np.percentile(arr, tail)), float(np.percentile(arr, 100 - tail))]
 
 
-def bootstrap_tau(x: Sequence[float], y: Sequence[float], draws: int = BOOTSTRAP_DRAWS, seed: int = BOOTSTRAP_SEED,
-                  confidences: Sequence[float] = (CONFIDENCE,)) -> list[list[float] | None]:
+def bootstrap_tau(
+    x: Sequence[float],
+    y: Sequence[float],
+    draws: int = BOOTSTRAP_DRAWS,
+    seed: int = BOOTSTRAP_SEED,
+    confidences: Sequence[float] = (CONFIDENCE,),
+) -> list[list[float] | None]:
     """Percentile bootstrap intervals of τ-b: the cells resampled with replacement ``draws`` times.
 
     Args:
@@ -139,8 +145,9 @@ class AxisGroups:
         return float(np.mean(self.taus)) if self.taus else None
 
 
-def axis_groups(cells: Sequence[dict[str, Any]], axes: Sequence[str], axis: str, measure: str,
-                target: str) -> AxisGroups:
+def axis_groups(
+    cells: Sequence[dict[str, Any]], axes: Sequence[str], axis: str, measure: str, target: str
+) -> AxisGroups:
     """τ within each group of cells that agree on every axis but ``axis`` and on the seed.
 
     Args:
@@ -168,8 +175,9 @@ def axis_groups(cells: Sequence[dict[str, Any]], axes: Sequence[str], axis: str,
     return AxisGroups(axis, taus)
 
 
-def granulated_psi(cells: Sequence[dict[str, Any]], axes: Sequence[str], measure: str,
-                   target: str) -> tuple[float | None, dict[str, float | None]]:
+def granulated_psi(
+    cells: Sequence[dict[str, Any]], axes: Sequence[str], measure: str, target: str
+) -> tuple[float | None, dict[str, float | None]]:
     """Ψ of Jiang et al.: the mean over axes of the mean within-group τ.
 
     Args:
@@ -186,9 +194,15 @@ def granulated_psi(cells: Sequence[dict[str, Any]], axes: Sequence[str], measure
     return (float(np.mean(used)) if used else None), by_axis
 
 
-def bootstrap_psi(cells: Sequence[dict[str, Any]], axes: Sequence[str], measure: str, target: str,
-                  draws: int = BOOTSTRAP_DRAWS, seed: int = BOOTSTRAP_SEED,
-                  confidence: float = CONFIDENCE) -> list[float] | None:
+def bootstrap_psi(
+    cells: Sequence[dict[str, Any]],
+    axes: Sequence[str],
+    measure: str,
+    target: str,
+    draws: int = BOOTSTRAP_DRAWS,
+    seed: int = BOOTSTRAP_SEED,
+    confidence: float = CONFIDENCE,
+) -> list[float] | None:
     """Percentile bootstrap interval of Ψ: each axis's group τ values resampled with replacement.
 
     Args:
@@ -219,8 +233,14 @@ def varied_axes(cells: Sequence[dict[str, Any]], candidates: Sequence[str]) -> l
     return [a for a in candidates if a != "seed" and len({repr(c.get(a)) for c in cells}) >= 2]
 
 
-def correlate_table(cells: Sequence[dict[str, Any]], axes: Sequence[str], measures: Sequence[str], target: str,
-                    draws: int = BOOTSTRAP_DRAWS, seed: int = BOOTSTRAP_SEED) -> list[dict[str, Any]]:
+def correlate_table(
+    cells: Sequence[dict[str, Any]],
+    axes: Sequence[str],
+    measures: Sequence[str],
+    target: str,
+    draws: int = BOOTSTRAP_DRAWS,
+    seed: int = BOOTSTRAP_SEED,
+) -> list[dict[str, Any]]:
     """Every statistic of every measure against ``target``.
 
     Args:
@@ -242,15 +262,27 @@ def correlate_table(cells: Sequence[dict[str, Any]], axes: Sequence[str], measur
         xs, ys, _ = _pairs(cells, measure, target)
         tau, p = kendall_tau(xs, ys)
         psi, by_axis = granulated_psi(cells, axes, measure, target)
-        rows.append({"measure": measure, "n": len(xs), "kendall_tau": tau, "p_value": p, "psi": psi,
-                     "psi_by_axis": by_axis, "_xy": (xs, ys)})
+        rows.append(
+            {
+                "measure": measure,
+                "n": len(xs),
+                "kendall_tau": tau,
+                "p_value": p,
+                "psi": psi,
+                "psi_by_axis": by_axis,
+                "_xy": (xs, ys),
+            }
+        )
     tested = sum(1 for r in rows if r["p_value"] is not None)
     adjusted_level = 1 - (1 - CONFIDENCE) / max(1, tested)
     for row, p_adj in zip(rows, holm([r["p_value"] for r in rows])):
         xs, ys = row.pop("_xy")
         row["p_holm"] = p_adj
-        ci, ci_adj = (bootstrap_tau(xs, ys, draws, seed, (CONFIDENCE, adjusted_level))
-                      if row["kendall_tau"] is not None else (None, None))
+        ci, ci_adj = (
+            bootstrap_tau(xs, ys, draws, seed, (CONFIDENCE, adjusted_level))
+            if row["kendall_tau"] is not None
+            else (None, None)
+        )
         row["tau_ci"], row["tau_ci_adjusted"] = ci, ci_adj
         row["psi_ci"] = bootstrap_psi(cells, axes, row["measure"], target, draws, seed)
     return rows

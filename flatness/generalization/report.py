@@ -13,6 +13,7 @@ expected sign (positive for every flatness measure and norm, negative for the ma
 Holm-adjusted p-value is below 0.05; raw p-values are shown but never counted. Flatness "beats the
 norm baselines" when the best flatness measure's sign-adjusted τ and Ψ both exceed the best baseline's.
 """
+
 from __future__ import annotations
 
 import csv
@@ -71,15 +72,28 @@ def compute(folder: str, target: str = "gap", draws: int = 1000) -> dict[str, An
     for row in stats:
         row["family"] = family(row["measure"])
         row["expected_sign"] = expected_sign(row["measure"])
-        row["predicts"] = bool(row["kendall_tau"] is not None and row["p_holm"] is not None
-                               and _signed(row["kendall_tau"], row["measure"]) > 0 and row["p_holm"] < ALPHA)
+        row["predicts"] = bool(
+            row["kendall_tau"] is not None
+            and row["p_holm"] is not None
+            and _signed(row["kendall_tau"], row["measure"]) > 0
+            and row["p_holm"] < ALPHA
+        )
     stats.sort(key=lambda r: (r["kendall_tau"] is None, -(_signed(r["kendall_tau"], r["measure"]) or 0.0)))
-    return {"format": "flatness-correlation", "target": target, "axes": axes, "cells": len(done),
-            "cells_total": len(rows), "confidence": CONFIDENCE, "alpha": ALPHA, "bootstrap_draws": draws,
-            "measures": stats}
+    return {
+        "format": "flatness-correlation",
+        "target": target,
+        "axes": axes,
+        "cells": len(done),
+        "cells_total": len(rows),
+        "confidence": CONFIDENCE,
+        "alpha": ALPHA,
+        "bootstrap_draws": draws,
+        "measures": stats,
+    }
 
 
 # --------------------------------------------------------------------------- text
+
 
 def _g(v: float | None) -> str:
     if v is None:
@@ -101,29 +115,44 @@ def verdict(summary: dict[str, Any]) -> list[str]:
     stats, target = summary["measures"], summary["target"]
     words = TARGET_WORDS[target]
     good = [r for r in stats if r["predicts"]]
-    s = [f"Over {summary['cells']} finished cells, **{len(good)} of {len(stats)} measures predict the {words}** "
-         f"(rule: τ of the expected sign with a Holm-adjusted p < {ALPHA}, adjusted for the {len(stats)} measures "
-         "tested; raw p-values are not counted): " + (", ".join(f"{r['measure']} (τ = {_g(r['kendall_tau'])}, "
-                                                              f"adjusted p = {_g(r['p_holm'])})" for r in good)
-                                                    or "none") + "."]
-    wrong = [r for r in stats if r["kendall_tau"] is not None and r["p_holm"] is not None and r["p_holm"] < ALPHA
-             and not r["predicts"]]
+    s = [
+        f"Over {summary['cells']} finished cells, **{len(good)} of {len(stats)} measures predict the {words}** "
+        f"(rule: τ of the expected sign with a Holm-adjusted p < {ALPHA}, adjusted for the {len(stats)} measures "
+        "tested; raw p-values are not counted): "
+        + (
+            ", ".join(f"{r['measure']} (τ = {_g(r['kendall_tau'])}, adjusted p = {_g(r['p_holm'])})" for r in good)
+            or "none"
+        )
+        + "."
+    ]
+    wrong = [
+        r
+        for r in stats
+        if r["kendall_tau"] is not None and r["p_holm"] is not None and r["p_holm"] < ALPHA and not r["predicts"]
+    ]
     if wrong:
-        s.append("Significant in the unexpected direction (flatter or smaller went with a larger "
-                 f"{target.replace('_', ' ')}): " + ", ".join(f"{r['measure']} (τ = {_g(r['kendall_tau'])})"
-                                                              for r in wrong) + ".")
+        s.append(
+            "Significant in the unexpected direction (flatter or smaller went with a larger "
+            f"{target.replace('_', ' ')}): "
+            + ", ".join(f"{r['measure']} (τ = {_g(r['kendall_tau'])})" for r in wrong)
+            + "."
+        )
     for key, name in (("kendall_tau", "τ"), ("psi", "Ψ")):
         flat, base = _best(stats, "flatness", key), _best(stats, "baseline", key)
         if flat and base:
             beats = _signed(flat[key], flat["measure"]) > _signed(base[key], base["measure"])
-            s.append(f"By {name} (sign-adjusted), the best flatness measure is {flat['measure']} ({_g(flat[key])}) "
-                     f"and the best norm/margin baseline is {base['measure']} ({_g(base[key])}): flatness "
-                     f"**{'beats' if beats else 'does not beat'}** the baselines on {name} here.")
+            s.append(
+                f"By {name} (sign-adjusted), the best flatness measure is {flat['measure']} ({_g(flat[key])}) "
+                f"and the best norm/margin baseline is {base['measure']} ({_g(base[key])}): flatness "
+                f"**{'beats' if beats else 'does not beat'}** the baselines on {name} here."
+            )
     if not summary["axes"]:
         s.append("No hyperparameter varied over the finished cells, so Ψ is undefined.")
-    s.append(f"These are rank correlations over one grid on one dataset; intervals are {int(CONFIDENCE * 100)} % "
-             "percentile bootstraps (cells resampled for τ, groups for Ψ), and the adjusted τ intervals are at the "
-             "Bonferroni level 1 − 0.05/m.")
+    s.append(
+        f"These are rank correlations over one grid on one dataset; intervals are {int(CONFIDENCE * 100)} % "
+        "percentile bootstraps (cells resampled for τ, groups for Ψ), and the adjusted τ intervals are at the "
+        "Bonferroni level 1 − 0.05/m."
+    )
     return s
 
 
@@ -132,15 +161,20 @@ def markdown(summary: dict[str, Any], figures: dict[str, str], root: str) -> str
     L = [f"# Does flatness predict generalisation? Target: {TARGET_WORDS[summary['target']]}", "", "## Verdict", ""]
     L += [f"- {x}" for x in verdict(summary)] + [""]
     L += ["## Ranked measures", "", table_markdown(summary), ""]
-    L += ["τ: Kendall's τ-b over all finished cells (`scipy.stats.kendalltau`); p: its two-sided p-value, "
-          "raw and Holm-adjusted over the measures; Ψ: the granulated τ of Jiang et al. (2020), the mean over "
-          f"the axes {', '.join(summary['axes']) or '(none)'} of the mean τ within groups of cells that differ "
-          "only in that axis (same seed). Sign: +1 where a larger value should mean a larger gap, −1 for the "
-          "margin. Baselines: weight norm, distance from initialisation, path norm (networks without "
-          "BatchNorm or pooling only), the 10th-percentile output margin, Σ log of the layers' spectral norms.", ""]
+    L += [
+        "τ: Kendall's τ-b over all finished cells (`scipy.stats.kendalltau`); p: its two-sided p-value, "
+        "raw and Holm-adjusted over the measures; Ψ: the granulated τ of Jiang et al. (2020), the mean over "
+        f"the axes {', '.join(summary['axes']) or '(none)'} of the mean τ within groups of cells that differ "
+        "only in that axis (same seed). Sign: +1 where a larger value should mean a larger gap, −1 for the "
+        "margin. Baselines: weight norm, distance from initialisation, path norm (networks without "
+        "BatchNorm or pooling only), the 10th-percentile output margin, Σ log of the layers' spectral norms.",
+        "",
+    ]
     L += ["## Figures", ""]
-    for key, caption in (("bars", "τ and Ψ per measure, ranked, with 95 % bootstrap intervals."),
-                         ("scatter", "Each measure against the target, one point per cell, coloured by method.")):
+    for key, caption in (
+        ("bars", "τ and Ψ per measure, ranked, with 95 % bootstrap intervals."),
+        ("scatter", "Each measure against the target, one point per cell, coloured by method."),
+    ):
         if key in figures:
             rel = os.path.relpath(figures[key], root).replace(os.sep, "/")
             L += [f"![{caption}]({rel})", "", f"*{caption}*", ""]
@@ -149,13 +183,36 @@ def markdown(summary: dict[str, Any], figures: dict[str, str], root: str) -> str
 
 def table_markdown(summary: dict[str, Any]) -> str:
     """The ranked measures as a Markdown table (raw and Holm-adjusted p-values side by side)."""
-    head = ["measure", "family", "sign", "n", "τ", "τ 95 % CI", "τ CI (adjusted)", "p", "p (Holm)", "Ψ",
-            "Ψ 95 % CI", "predicts"]
+    head = [
+        "measure",
+        "family",
+        "sign",
+        "n",
+        "τ",
+        "τ 95 % CI",
+        "τ CI (adjusted)",
+        "p",
+        "p (Holm)",
+        "Ψ",
+        "Ψ 95 % CI",
+        "predicts",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary["measures"]:
-        cells = [r["measure"].replace("|", "\\|"), r["family"], f"{r['expected_sign']:+d}", str(r["n"]),
-                 _g(r["kendall_tau"]), _ci(r["tau_ci"]), _ci(r["tau_ci_adjusted"]), _g(r["p_value"]),
-                 _g(r["p_holm"]), _g(r["psi"]), _ci(r["psi_ci"]), "yes" if r["predicts"] else "no"]
+        cells = [
+            r["measure"].replace("|", "\\|"),
+            r["family"],
+            f"{r['expected_sign']:+d}",
+            str(r["n"]),
+            _g(r["kendall_tau"]),
+            _ci(r["tau_ci"]),
+            _ci(r["tau_ci_adjusted"]),
+            _g(r["p_value"]),
+            _g(r["p_holm"]),
+            _g(r["psi"]),
+            _ci(r["psi_ci"]),
+            "yes" if r["predicts"] else "no",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -165,18 +222,48 @@ def csv_text(summary: dict[str, Any]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     axes = summary["axes"]
-    writer.writerow(["measure", "family", "expected_sign", "n", "kendall_tau", "tau_ci_low", "tau_ci_high",
-                     "tau_ci_adjusted_low", "tau_ci_adjusted_high", "p_value", "p_holm", "psi", "psi_ci_low",
-                     "psi_ci_high", "predicts"] + [f"psi_{a}" for a in axes])
+    writer.writerow(
+        [
+            "measure",
+            "family",
+            "expected_sign",
+            "n",
+            "kendall_tau",
+            "tau_ci_low",
+            "tau_ci_high",
+            "tau_ci_adjusted_low",
+            "tau_ci_adjusted_high",
+            "p_value",
+            "p_holm",
+            "psi",
+            "psi_ci_low",
+            "psi_ci_high",
+            "predicts",
+        ]
+        + [f"psi_{a}" for a in axes]
+    )
     for r in summary["measures"]:
         ci, adj, pci = r["tau_ci"] or [None, None], r["tau_ci_adjusted"] or [None, None], r["psi_ci"] or [None, None]
-        values = [r["measure"], r["family"], r["expected_sign"], r["n"], r["kendall_tau"], *ci, *adj,
-                  r["p_value"], r["p_holm"], r["psi"], *pci, r["predicts"]] + [r["psi_by_axis"].get(a) for a in axes]
+        values = [
+            r["measure"],
+            r["family"],
+            r["expected_sign"],
+            r["n"],
+            r["kendall_tau"],
+            *ci,
+            *adj,
+            r["p_value"],
+            r["p_holm"],
+            r["psi"],
+            *pci,
+            r["predicts"],
+        ] + [r["psi_by_axis"].get(a) for a in axes]
         writer.writerow(["" if v is None else v for v in values])
     return buf.getvalue()
 
 
 # --------------------------------------------------------------------------- figures
+
 
 def figure_bars(summary: dict[str, Any], path: str) -> str | None:
     """Ranked horizontal bars of τ and Ψ with their intervals."""
@@ -193,8 +280,15 @@ def figure_bars(summary: dict[str, Any], path: str) -> str | None:
         # a percentile interval need not contain the point estimate: whiskers stop at the bar then
         lo = [max(0.0, v - (r[ci_key] or [v, v])[0]) for v, r in zip(vals, stats)]
         hi = [max(0.0, (r[ci_key] or [v, v])[1] - v) for v, r in zip(vals, stats)]
-        ax.barh([y + offset for y in ys], vals, height=0.34, color=color, xerr=[lo, hi], capsize=2,
-                label="Kendall τ (all cells)" if key == "kendall_tau" else "granulated Ψ")
+        ax.barh(
+            [y + offset for y in ys],
+            vals,
+            height=0.34,
+            color=color,
+            xerr=[lo, hi],
+            capsize=2,
+            label="Kendall τ (all cells)" if key == "kendall_tau" else "granulated Ψ",
+        )
     ax.set_yticks(ys)
     ax.set_yticklabels([f"{r['measure']} ({r['expected_sign']:+d})" for r in stats], fontsize=7)
     ax.axvline(0, color="k", lw=0.8)
@@ -229,7 +323,7 @@ def figure_scatter(folder: str, summary: dict[str, Any], path: str) -> str | Non
                 ax.scatter(*zip(*pts), s=12, color=f"C{i}", label=m.upper(), alpha=0.8)
         ax.set_title(name, fontsize=7)
         ax.tick_params(labelsize=6)
-    for ax in axes[len(names):]:
+    for ax in axes[len(names) :]:
         ax.set_visible(False)
     axes[0].legend(fontsize=6)
     axes[0].set_ylabel(target.replace("_", " "), fontsize=7)
@@ -255,14 +349,21 @@ def correlate(folder: str, target: str = "gap", draws: int = 1000, figures: bool
     figs: dict[str, str] = {}
     if figures:
         os.makedirs(os.path.join(folder, FIGURES), exist_ok=True)
-        for key, fn in (("bars", lambda p: figure_bars(summary, p)),
-                        ("scatter", lambda p: figure_scatter(folder, summary, p))):
+        for key, fn in (
+            ("bars", lambda p: figure_bars(summary, p)),
+            ("scatter", lambda p: figure_scatter(folder, summary, p)),
+        ):
             written = fn(os.path.join(folder, FIGURES, f"correlation-{key}.png"))
             if written:
                 figs[key] = written
     md = markdown(summary, figs, folder)
-    files = {"json": os.path.join(folder, "correlation.json"), "csv": os.path.join(folder, "correlation.csv"),
-             "markdown": os.path.join(folder, "correlation.md"), "html": os.path.join(folder, "report.html"), **figs}
+    files = {
+        "json": os.path.join(folder, "correlation.json"),
+        "csv": os.path.join(folder, "correlation.csv"),
+        "markdown": os.path.join(folder, "correlation.md"),
+        "html": os.path.join(folder, "report.html"),
+        **figs,
+    }
     atomic_write_json(files["json"], summary)
     atomic_write_text(files["csv"], csv_text(summary))
     atomic_write_text(files["markdown"], md)

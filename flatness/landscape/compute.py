@@ -11,6 +11,7 @@ BatchNorm (``bn``): ``"eval"`` uses the running statistics as stored (or, for an
 interpolated); ``"recalibrate"`` re-estimates them at every point on the training probe data
 (``flatness.landscape.weights.recalibrate_bn``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -53,9 +54,28 @@ FLUSH_SECONDS = 1.0
 ENV_FLUSH = "FLATNESS_SURFACE_FLUSH_SECONDS"
 ENV_KILL = "FLATNESS_TEST_SURFACE_KILL_AFTER"
 # the attributes that must agree for --resume to continue a file
-MATCH_KEYS = ("checkpoint_sha256", "dims", "x_min", "x_max", "x_num", "y_min", "y_max", "y_num", "direction",
-              "direction_source_sha256", "norm", "ignore", "orthogonal", "seed", "dataset", "split", "samples",
-              "batch_size", "bn", "precision")
+MATCH_KEYS = (
+    "checkpoint_sha256",
+    "dims",
+    "x_min",
+    "x_max",
+    "x_num",
+    "y_min",
+    "y_max",
+    "y_num",
+    "direction",
+    "direction_source_sha256",
+    "norm",
+    "ignore",
+    "orthogonal",
+    "seed",
+    "dataset",
+    "split",
+    "samples",
+    "batch_size",
+    "bn",
+    "precision",
+)
 
 
 @dataclass
@@ -102,9 +122,13 @@ class SurfaceSettings:
         if ys is not None and xs[2] * ys[2] > MAX_GRID_POINTS:
             raise FlatnessError(f"the grid has {xs[2] * ys[2]} points; at most {MAX_GRID_POINTS} are allowed")
         kind, source = parse_direction(self.direction)
-        for option, value, choices in (("norm", self.norm, NORMS), ("ignore", self.ignore, IGNORES),
-                                       ("split", self.split, SPLIT_CHOICES), ("bn", self.bn, BN_MODES),
-                                       ("precision", self.precision, PRECISIONS)):
+        for option, value, choices in (
+            ("norm", self.norm, NORMS),
+            ("ignore", self.ignore, IGNORES),
+            ("split", self.split, SPLIT_CHOICES),
+            ("bn", self.bn, BN_MODES),
+            ("precision", self.precision, PRECISIONS),
+        ):
             if value not in choices:
                 raise FlatnessError(f"unknown --{option} {value!r}; choose one of: {', '.join(choices)}")
         if self.samples is not None:
@@ -153,16 +177,23 @@ class _Job:
         s = self.settings
         if "train" in self.data:
             return self.data["train"]
-        data = self.target.probe_data("train", s.samples, s.batch_size, self.data_device, root=s.data_dir,
-                                      download=s.download)
+        data = self.target.probe_data(
+            "train", s.samples, s.batch_size, self.data_device, root=s.data_dir, download=s.download
+        )
         return data.channels_last() if s.channels_last and in_layout else data
 
     data_device: Any = None
     target: Any = None  # the loaded flatness.models.loading.Target (its data)
 
 
-def compute_surface(checkpoint: str, out: str | None = None, settings: SurfaceSettings | None = None,
-                    *, data: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]:
+def compute_surface(
+    checkpoint: str,
+    out: str | None = None,
+    settings: SurfaceSettings | None = None,
+    *,
+    data: dict[str, Any] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
     """Compute (or continue) a 1D/2D loss surface of ``checkpoint`` and write it to ``out`` (HDF5).
 
     Under ``torchrun`` the grid points are split across ranks (each point is computed whole by one
@@ -184,7 +215,7 @@ def compute_surface(checkpoint: str, out: str | None = None, settings: SurfaceSe
     settings = dataclasses.replace(settings or SurfaceSettings(), **options)
     job = _prepare(checkpoint, out, settings, data)
     main_rank = distributed.is_main()
-    with (locking.exclusive(job.out, "surface file") if main_rank else contextlib.nullcontext()):
+    with locking.exclusive(job.out, "surface file") if main_rank else contextlib.nullcontext():
         error = None
         state = (None, None, None, None, 0.0)
         if main_rank:
@@ -239,9 +270,24 @@ def _prepare(checkpoint: str, out: str | None, s: SurfaceSettings, data: dict[st
         raise FlatnessError(f"{ckpt_path} does not say which dataset it was trained on")
     splits = ["train", "test"] if s.split == "both" else [s.split]
     wanted, match_keys, payload_b = _provenance(s, info, kind, source, xs, ys)
-    job = _Job(s, kind, source, model, out, splits, wanted, match_keys, payload_b, {}, None,
-               grid_coordinates(*xs), grid_coordinates(*ys) if ys is not None else None,
-               bool(s.resume and exists), data_device=dev, target=target)
+    job = _Job(
+        s,
+        kind,
+        source,
+        model,
+        out,
+        splits,
+        wanted,
+        match_keys,
+        payload_b,
+        {},
+        None,
+        grid_coordinates(*xs),
+        grid_coordinates(*ys) if ys is not None else None,
+        bool(s.resume and exists),
+        data_device=dev,
+        target=target,
+    )
     job.data = _probe_sets(job, data)
     if s.bn == "recalibrate" and batchnorm_layers(model):
         job.recal_batches = job.load_train()
@@ -252,15 +298,25 @@ def _probe_sets(job: _Job, data: dict[str, Any] | None) -> dict[str, Any]:
     """The probe data of every split (loaded before any file is created: a missing dataset changes nothing)."""
     s = job.settings
     if data is None:
-        data = {sp: job.target.probe_data(sp, s.samples, s.batch_size, job.data_device, root=s.data_dir,
-                                          download=s.download) for sp in job.splits}
+        data = {
+            sp: job.target.probe_data(
+                sp, s.samples, s.batch_size, job.data_device, root=s.data_dir, download=s.download
+            )
+            for sp in job.splits
+        }
     elif set(data) != set(job.splits):
         raise FlatnessError(f"data must hold exactly the splits {job.splits}, got {sorted(data)}")
     return {sp: (d.channels_last() if s.channels_last else d) for sp, d in data.items()}
 
 
-def _provenance(s: SurfaceSettings, info: dict[str, Any], kind: str, source: str | None,
-                xs: tuple[float, float, int], ys: tuple[float, float, int] | None):
+def _provenance(
+    s: SurfaceSettings,
+    info: dict[str, Any],
+    kind: str,
+    source: str | None,
+    xs: tuple[float, float, int],
+    ys: tuple[float, float, int] | None,
+):
     """The file's attributes for this request, the keys a resume must match, and B's checkpoint."""
     from flatness.core.fileio import sha256_file
     from flatness.formats.checkpoint import check_state_finite, read_checkpoint
@@ -285,7 +341,9 @@ def _provenance(s: SurfaceSettings, info: dict[str, Any], kind: str, source: str
         "precision": s.precision,  # a resume key (issue 15): one file never mixes fp32 and bf16 points
         "seed": int(s.seed),
         "dims": 1 if ys is None else 2,
-        "x_min": xs[0], "x_max": xs[1], "x_num": xs[2],
+        "x_min": xs[0],
+        "x_max": xs[1],
+        "x_num": xs[2],
     }
     if ys is not None:
         wanted.update({"y_min": ys[0], "y_max": ys[1], "y_num": ys[2]})
@@ -306,8 +364,11 @@ def _make_directions(job: _Job):
     if job.kind == "random":
         from flatness.landscape.directions import random_directions
 
-        return random_directions(job.model, count, norm=s.norm, ignore=s.ignore, seed=s.seed,
-                                 orthogonal=s.orthogonal), {}, None
+        return (
+            random_directions(job.model, count, norm=s.norm, ignore=s.ignore, seed=s.seed, orthogonal=s.orthogonal),
+            {},
+            None,
+        )
     if job.kind == "interp":
         from flatness.landscape.directions import interp_direction
 
@@ -316,8 +377,12 @@ def _make_directions(job: _Job):
         from flatness.landscape.directions import pca_directions
 
         result = pca_directions(job.source)
-        pca = {"explained_variance_ratio": result.explained_variance_ratio, "coordinates": result.coordinates,
-               "epochs": result.epochs, "reference": os.path.abspath(result.reference)}
+        pca = {
+            "explained_variance_ratio": result.explained_variance_ratio,
+            "coordinates": result.coordinates,
+            "epochs": result.epochs,
+            "reference": os.path.abspath(result.reference),
+        }
         return result.directions[:count], {"explained_variance_ratio": list(result.explained_variance_ratio)}, pca
     from flatness.landscape.directions import eigen_directions
 
@@ -339,8 +404,9 @@ def _open_surface_file(job: _Job):
             surface_io.check_matches(handle.attrs, job.wanted, out, job.match_keys)
             missing = [k for sp in job.splits for k in (f"{sp}_loss", f"{sp}_acc") if k not in handle.values]
             if missing or len(handle.directions) != (1 if job.ycoords is None else 2):
-                raise FlatnessError(f"{out} is incomplete (no {missing[0] if missing else 'directions'}); "
-                                    "use --force to start over")
+                raise FlatnessError(
+                    f"{out} is incomplete (no {missing[0] if missing else 'directions'}); use --force to start over"
+                )
         except BaseException:
             handle.close()
             raise
@@ -349,8 +415,15 @@ def _open_surface_file(job: _Job):
         directions, extra_attrs, pca = _make_directions(job)
         attrs = dict(job.wanted)
         attrs.update(extra_attrs)
-        surface_io.create_surface(out, xcoordinates=job.xcoords, ycoordinates=job.ycoords, splits=job.splits,
-                                  directions=directions, attrs=attrs, pca=pca)
+        surface_io.create_surface(
+            out,
+            xcoordinates=job.xcoords,
+            ycoordinates=job.ycoords,
+            splits=job.splits,
+            directions=directions,
+            attrs=attrs,
+            pca=pca,
+        )
         handle = surface_io.SurfaceFile(out)
         seconds_before = 0.0
     handle.make_writable()
@@ -360,21 +433,30 @@ def _open_surface_file(job: _Job):
     return handle, handle.directions, values, computed, seconds_before
 
 
-def _run_grid(job: _Job, setter: WeightSetter, handle, values: dict[str, np.ndarray], computed: np.ndarray,
-              seconds_before: float) -> dict[str, Any]:
+def _run_grid(
+    job: _Job, setter: WeightSetter, handle, values: dict[str, np.ndarray], computed: np.ndarray, seconds_before: float
+) -> dict[str, Any]:
     """Evaluate every point not yet computed (this rank's share), flushing the file as it goes."""
     nx, ny = len(job.xcoords), 1 if job.ycoords is None else len(job.ycoords)
     todo = [(i, j) for i, j in coarse_to_fine_order(nx, ny) if not computed[j, i]]
     flush_every = float(os.environ.get(ENV_FLUSH, FLUSH_SECONDS))
     kill_after = int(os.environ.get(ENV_KILL, "0") or 0)
     rank, world = distributed.rank(), distributed.world_size()
-    evaluate_point = PointEvaluator(job.model, setter, [job.data[sp] for sp in job.splits],
-                                    recalibration=job.recal_batches, precision=job.settings.precision)
+    evaluate_point = PointEvaluator(
+        job.model,
+        setter,
+        [job.data[sp] for sp in job.splits],
+        recalibration=job.recal_batches,
+        precision=job.settings.precision,
+    )
 
     def save(elapsed: float) -> None:
         if handle is not None:  # rank 0 writes; the other ranks only compute
-            handle.write({k: v.reshape(job.shape) for k, v in values.items()},
-                         computed.reshape(job.shape).astype(np.uint8), seconds_before + elapsed)
+            handle.write(
+                {k: v.reshape(job.shape) for k, v in values.items()},
+                computed.reshape(job.shape).astype(np.uint8),
+                seconds_before + elapsed,
+            )
 
     bar = None
     if job.settings.progress and todo and rank == 0:
@@ -390,7 +472,7 @@ def _run_grid(job: _Job, setter: WeightSetter, handle, values: dict[str, np.ndar
         # the slower rank.) Single-process runs take chunks of one point.
         chunk = world * SYNC_ROUNDS if world > 1 else 1
         for first in range(0, len(todo), chunk):
-            chunk_points = todo[first:first + chunk]
+            chunk_points = todo[first : first + chunk]
             rows, done_now = _chunk_rows(job, evaluate_point, chunk_points, done_now, kill_after)
             for (i, j), numbers in zip(chunk_points, rows.tolist(), strict=True):
                 for k, sp in enumerate(job.splits):
@@ -416,8 +498,9 @@ def _run_grid(job: _Job, setter: WeightSetter, handle, values: dict[str, np.ndar
     return _summary(job, values, computed, seconds_before, elapsed, cpu_elapsed, done_now)
 
 
-def _chunk_rows(job: _Job, evaluate_point: PointEvaluator, chunk_points: list[tuple[int, int]], done_now: int,
-                kill_after: int) -> tuple[torch.Tensor, int]:
+def _chunk_rows(
+    job: _Job, evaluate_point: PointEvaluator, chunk_points: list[tuple[int, int]], done_now: int, kill_after: int
+) -> tuple[torch.Tensor, int]:
     """This rank's points of a chunk, then one all-reduce: every rank gets every row.
 
     Returns:
@@ -429,8 +512,9 @@ def _chunk_rows(job: _Job, evaluate_point: PointEvaluator, chunk_points: list[tu
     for k in range(rank, len(chunk_points), world):
         i, j = chunk_points[k]
         coefficients = [float(job.xcoords[i])] + ([] if job.ycoords is None else [float(job.ycoords[j])])
-        numbers = [v for loss, acc in evaluate_point(coefficients)
-                   for v in (loss, np.nan if acc is None else 100.0 * acc)]
+        numbers = [
+            v for loss, acc in evaluate_point(coefficients) for v in (loss, np.nan if acc is None else 100.0 * acc)
+        ]
         rows[k] = torch.tensor(numbers, dtype=torch.float64)
         done_now += 1
         if kill_after and done_now >= kill_after:  # test hook: die with this point in flight
@@ -458,8 +542,10 @@ def _summary(job: _Job, values, computed, seconds_before, elapsed, cpu_elapsed, 
     ci = np.flatnonzero(job.xcoords == 0.0)
     cj = np.array([0]) if job.ycoords is None else np.flatnonzero(job.ycoords == 0.0)
     if ci.size and cj.size and computed[cj[0], ci[0]]:
-        summary["centre"] = {sp: (float(values[f"{sp}_loss"][cj[0], ci[0]]),
-                                  float(values[f"{sp}_acc"][cj[0], ci[0]])) for sp in job.splits}
+        summary["centre"] = {
+            sp: (float(values[f"{sp}_loss"][cj[0], ci[0]]), float(values[f"{sp}_acc"][cj[0], ci[0]]))
+            for sp in job.splits
+        }
     for sp in job.splits:
         finite = values[f"{sp}_loss"][np.isfinite(values[f"{sp}_loss"])]
         summary["min_loss"][sp] = float(finite.min()) if finite.size else None

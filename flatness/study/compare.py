@@ -17,6 +17,7 @@ Definitions used in the table (see also ``QUANTITIES``):
 
 For every flatness quantity, lower means flatter.
 """
+
 from __future__ import annotations
 
 import csv
@@ -25,8 +26,9 @@ import io
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -45,14 +47,14 @@ class RunRecord:
 
     source: str
     method: str
-    seed: Optional[int] = None
-    run_dir: Optional[str] = None
-    config: Dict[str, Any] = field(default_factory=dict)
-    epochs: List[Dict[str, Any]] = field(default_factory=list)
-    probe: Optional[Dict[str, Any]] = None
-    probe_path: Optional[str] = None
-    surfaces: List[str] = field(default_factory=list)
-    values: Dict[str, float] = field(default_factory=dict)
+    seed: int | None = None
+    run_dir: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    probe: dict[str, Any] | None = None
+    probe_path: str | None = None
+    surfaces: list[str] = field(default_factory=list)
+    values: dict[str, float] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -60,6 +62,7 @@ class RunRecord:
 
 
 # --------------------------------------------------------------------------- quantities
+
 
 @dataclass
 class Quantity:
@@ -73,19 +76,35 @@ class Quantity:
 
 BASE_QUANTITIES = [
     Quantity("test_acc", "test accuracy", "%", "last epoch of training, full test split", "higher"),
-    Quantity("train_acc", "train accuracy (logged)", "%",
-             "last epoch's running mean during training (train mode, weights changing)", "higher"),
-    Quantity("probe_acc", "train accuracy (probe)", "%",
-             "final weights, eval mode, on the training probe data", "higher"),
-    Quantity("gap_acc", "generalisation gap (accuracy)", "pp",
-             "train accuracy (probe, eval mode; else the logged one) − test accuracy", "lower"),
-    Quantity("gap_loss", "generalisation gap (loss)", "nats",
-             "test loss − train loss (probe, eval mode; else the logged one)", "lower"),
+    Quantity(
+        "train_acc",
+        "train accuracy (logged)",
+        "%",
+        "last epoch's running mean during training (train mode, weights changing)",
+        "higher",
+    ),
+    Quantity(
+        "probe_acc", "train accuracy (probe)", "%", "final weights, eval mode, on the training probe data", "higher"
+    ),
+    Quantity(
+        "gap_acc",
+        "generalisation gap (accuracy)",
+        "pp",
+        "train accuracy (probe, eval mode; else the logged one) − test accuracy",
+        "lower",
+    ),
+    Quantity(
+        "gap_loss",
+        "generalisation gap (loss)",
+        "nats",
+        "test loss − train loss (probe, eval mode; else the logged one)",
+        "lower",
+    ),
     Quantity("probe_loss", "train loss (probe)", "nats", "mean cross-entropy on the probe data, eval mode", "lower"),
 ]
 
 
-def _num(value) -> Optional[float]:
+def _num(value) -> float | None:
     try:
         out = float(value)
     except (TypeError, ValueError):
@@ -97,7 +116,7 @@ def _fmt_radius(v) -> str:
     return f"{float(v):g}" if _num(v) is not None else str(v)
 
 
-def sharpness_key(entry: Dict[str, Any]) -> str:
+def sharpness_key(entry: dict[str, Any]) -> str:
     """One name per metric and radius, e.g. ``worst_l2 ρ=0.05`` or ``adaptive_worst ρ=0.5 p=inf``."""
     name = str(entry.get("metric", "sharpness"))
     parts = [name]
@@ -110,7 +129,7 @@ def sharpness_key(entry: Dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def sharpness_unit(metric: str) -> Tuple[str, str]:
+def sharpness_unit(metric: str) -> tuple[str, str]:
     m = metric.lower()
     if "pac" in m:
         return "1/σ²", "PAC-Bayes flatness 1/σ*² (bisection on σ with Monte-Carlo draws)"
@@ -123,9 +142,9 @@ def sharpness_unit(metric: str) -> Tuple[str, str]:
     return "nats", "max of L(θ+δ) − L(θ) over the ball, projected gradient ascent"
 
 
-def record_values(rec: RunRecord) -> Dict[str, float]:
+def record_values(rec: RunRecord) -> dict[str, float]:
     """Every number of one run, by quantity key (missing quantities are left out)."""
-    out: Dict[str, float] = {}
+    out: dict[str, float] = {}
     last = rec.epochs[-1] if rec.epochs else {}
     p = rec.probe or {}
     for key in ("test_acc", "train_acc"):
@@ -163,7 +182,7 @@ def record_values(rec: RunRecord) -> Dict[str, float]:
     return out
 
 
-def quantities_for(records: Sequence[RunRecord]) -> List[Quantity]:
+def quantities_for(records: Sequence[RunRecord]) -> list[Quantity]:
     """The table's rows, in a fixed order, for the quantities any record has."""
     present = set()
     for r in records:
@@ -171,11 +190,18 @@ def quantities_for(records: Sequence[RunRecord]) -> List[Quantity]:
     out = [q for q in BASE_QUANTITIES if q.key in present]
     for i in range(1, 6):
         if f"lambda_{i}" in present:
-            out.append(Quantity(f"lambda_{i}", "λmax" if i == 1 else f"λ{i}", "",
-                                f"Hessian eigenvalue #{i} of the probe loss", "lower", True))
+            out.append(
+                Quantity(
+                    f"lambda_{i}",
+                    "λmax" if i == 1 else f"λ{i}",
+                    "",
+                    f"Hessian eigenvalue #{i} of the probe loss",
+                    "lower",
+                    True,
+                )
+            )
     if "trace" in present:
-        out.append(Quantity("trace", "Hessian trace", "", "Hutchinson estimate over Rademacher vectors",
-                            "lower", True))
+        out.append(Quantity("trace", "Hessian trace", "", "Hutchinson estimate over Rademacher vectors", "lower", True))
     sharp = []
     for r in records:
         for entry in (r.probe or {}).get("sharpness") or []:
@@ -188,7 +214,8 @@ def quantities_for(records: Sequence[RunRecord]) -> List[Quantity]:
 
 # --------------------------------------------------------------------------- statistics
 
-def mean_std(values: Sequence[float]) -> Tuple[Optional[float], Optional[float], int]:
+
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None, int]:
     """(mean, sample std with ddof=1 or None when n < 2, n)."""
     arr = np.asarray([v for v in values if v is not None and math.isfinite(v)], float)
     if arr.size == 0:
@@ -196,7 +223,7 @@ def mean_std(values: Sequence[float]) -> Tuple[Optional[float], Optional[float],
     return float(arr.mean()), (float(arr.std(ddof=1)) if arr.size > 1 else None), int(arr.size)
 
 
-def welch(a: Sequence[float], b: Sequence[float]) -> Dict[str, Any]:
+def welch(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
     """Welch's t-test of mean(b) vs mean(a): {t, p, note}; p is None when it is undefined."""
     a = [v for v in a if v is not None and math.isfinite(v)]
     b = [v for v in b if v is not None and math.isfinite(v)]
@@ -216,17 +243,27 @@ def welch(a: Sequence[float], b: Sequence[float]) -> Dict[str, Any]:
     return {"t": t if math.isfinite(t) else None, "p": p if math.isfinite(p) else None, "note": ""}
 
 
-def compare(records: Sequence[RunRecord], baseline: str = BASELINE) -> Dict[str, Any]:
+def compare(records: Sequence[RunRecord], baseline: str = BASELINE) -> dict[str, Any]:
     """The summary: per quantity, per method mean/std/n/values, and each method minus the baseline."""
     if not records:
         raise FlatnessError("nothing to compare: no runs or probes found in the inputs")
-    methods = sorted({r.method for r in records}, key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER
-                                                                 else len(METHOD_ORDER), m))
+    methods = sorted(
+        {r.method for r in records},
+        key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m),
+    )
     others = [m for m in methods if m != baseline] if baseline in methods else []
     rows = []
     for q in quantities_for(records):
-        row: Dict[str, Any] = {"key": q.key, "label": q.label, "unit": q.unit, "how": q.how, "better": q.better,
-                               "flatness": q.flatness, "methods": {}, "versus": {}}
+        row: dict[str, Any] = {
+            "key": q.key,
+            "label": q.label,
+            "unit": q.unit,
+            "how": q.how,
+            "better": q.better,
+            "flatness": q.flatness,
+            "methods": {},
+            "versus": {},
+        }
         for m in methods:
             vals = [r.values.get(q.key) for r in records if r.method == m]
             vals = [v for v in vals if v is not None]
@@ -239,34 +276,52 @@ def compare(records: Sequence[RunRecord], baseline: str = BASELINE) -> Dict[str,
             if diff is None or diff == 0:
                 direction = None
             elif q.better == "lower":
-                direction = (("flatter" if q.flatness else "better") if diff < 0 else
-                             ("sharper" if q.flatness else "worse"))
+                direction = (
+                    ("flatter" if q.flatness else "better") if diff < 0 else ("sharper" if q.flatness else "worse")
+                )
             else:
                 direction = "better" if diff > 0 else "worse"
             row["versus"][m] = {"diff": diff, **test, "direction": direction}
         rows.append(row)
     _add_holm(rows, others)
-    runs = [{"label": r.label, "method": r.method, "seed": r.seed, "source": r.source, "probe": r.probe_path,
-             "values": r.values} for r in records]
-    return {"baseline": baseline if others else None, "methods": methods, "others": others, "rows": rows,
-            "runs": runs, "test": "Welch's t-test (scipy.stats.ttest_ind, equal_var=False), two-sided",
-            "std": "sample standard deviation over seeds (ddof = 1)",
-            "adjustment": HOLM_FAMILIES}
+    runs = [
+        {
+            "label": r.label,
+            "method": r.method,
+            "seed": r.seed,
+            "source": r.source,
+            "probe": r.probe_path,
+            "values": r.values,
+        }
+        for r in records
+    ]
+    return {
+        "baseline": baseline if others else None,
+        "methods": methods,
+        "others": others,
+        "rows": rows,
+        "runs": runs,
+        "test": "Welch's t-test (scipy.stats.ttest_ind, equal_var=False), two-sided",
+        "std": "sample standard deviation over seeds (ddof = 1)",
+        "adjustment": HOLM_FAMILIES,
+    }
 
 
-HOLM_FAMILIES = ("Holm's step-down adjustment (p_holm), per compared method, within three families: the flatness "
-                 "measures (the question 'is it flatter?'); test accuracy alone (the one pre-specified endpoint of "
-                 "'does it generalise better?', so its adjusted p equals the raw one); every other row (descriptive)")
+HOLM_FAMILIES = (
+    "Holm's step-down adjustment (p_holm), per compared method, within three families: the flatness "
+    "measures (the question 'is it flatter?'); test accuracy alone (the one pre-specified endpoint of "
+    "'does it generalise better?', so its adjusted p equals the raw one); every other row (descriptive)"
+)
 
 
-def holm_family(row: Dict[str, Any]) -> str:
+def holm_family(row: dict[str, Any]) -> str:
     """Which family of tests a comparison row belongs to (``HOLM_FAMILIES``)."""
     if row["flatness"]:
         return "flatness"
     return "generalisation" if row["key"] == "test_acc" else "descriptive"
 
 
-def _add_holm(rows: List[Dict[str, Any]], others: Sequence[str]) -> None:
+def _add_holm(rows: list[dict[str, Any]], others: Sequence[str]) -> None:
     """Each method's Holm-adjusted p-values as ``p_holm``, adjusted within each row's family."""
     from flatness.generalization.correlation import holm
 
@@ -279,7 +334,8 @@ def _add_holm(rows: List[Dict[str, Any]], others: Sequence[str]) -> None:
 
 # --------------------------------------------------------------------------- collecting inputs
 
-def _read_jsonl(path: str) -> List[Dict[str, Any]]:
+
+def _read_jsonl(path: str) -> list[dict[str, Any]]:
     out = []
     try:
         with open(path, encoding="utf-8") as handle:
@@ -294,13 +350,13 @@ def _read_jsonl(path: str) -> List[Dict[str, Any]]:
     except OSError as err:
         raise FlatnessError(f"cannot read {path}: {err.strerror or err}") from None
     # resumed runs may repeat an epoch: keep the last line for each
-    by_epoch: Dict[Any, Dict[str, Any]] = {}
+    by_epoch: dict[Any, dict[str, Any]] = {}
     for row in out:
         by_epoch[row.get("epoch", len(by_epoch))] = row
     return [by_epoch[k] for k in sorted(by_epoch, key=lambda e: (e is None, e))]
 
 
-def _read_json(path: str) -> Dict[str, Any]:
+def _read_json(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
@@ -308,7 +364,7 @@ def _read_json(path: str) -> Dict[str, Any]:
         raise FlatnessError(f"{path} is not readable JSON ({type(err).__name__})") from None
 
 
-def _load_probe(path: str) -> Dict[str, Any]:
+def _load_probe(path: str) -> dict[str, Any]:
     from flatness.plot.loading import load_probe
 
     return load_probe(path)
@@ -323,7 +379,7 @@ def _is_probe_json(path: str) -> bool:
     return isinstance(obj, dict) and "hessian" in obj and "checkpoint" in obj
 
 
-def _find_probe(run_dir: str) -> Optional[str]:
+def _find_probe(run_dir: str) -> str | None:
     for name in PROBE_NAMES:
         path = os.path.join(run_dir, name)
         if os.path.isfile(path):
@@ -334,7 +390,7 @@ def _find_probe(run_dir: str) -> Optional[str]:
     return None
 
 
-def _find_surfaces(run_dir: str) -> List[str]:
+def _find_surfaces(run_dir: str) -> list[str]:
     out = []
     for path in sorted(glob.glob(os.path.join(run_dir, "*.h5"))):
         try:
@@ -361,10 +417,17 @@ def load_run_dir(path: str) -> RunRecord:
     config = _read_json(config_path) if os.path.isfile(config_path) else {}
     probe = _load_probe(probe_path) if probe_path else None
     ck = (probe or {}).get("checkpoint") or {}
-    rec = RunRecord(source=path, method=_method(config.get("method") or ck.get("method")),
-                    seed=config.get("seed", ck.get("seed")), run_dir=path, config=config,
-                    epochs=_read_jsonl(metrics_path) if os.path.isfile(metrics_path) else [],
-                    probe=probe, probe_path=probe_path, surfaces=_find_surfaces(path))
+    rec = RunRecord(
+        source=path,
+        method=_method(config.get("method") or ck.get("method")),
+        seed=config.get("seed", ck.get("seed")),
+        run_dir=path,
+        config=config,
+        epochs=_read_jsonl(metrics_path) if os.path.isfile(metrics_path) else [],
+        probe=probe,
+        probe_path=probe_path,
+        surfaces=_find_surfaces(path),
+    )
     return rec
 
 
@@ -378,22 +441,29 @@ def load_probe_file(path: str) -> RunRecord:
             run_dir = candidate
             break
     config = {}
-    epochs: List[Dict[str, Any]] = []
+    epochs: list[dict[str, Any]] = []
     if run_dir:
         if os.path.isfile(os.path.join(run_dir, "config.json")):
             config = _read_json(os.path.join(run_dir, "config.json"))
         epochs = _read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
-    return RunRecord(source=path, method=_method(ck.get("method") or config.get("method")),
-                     seed=ck.get("seed", config.get("seed")), run_dir=run_dir, config=config, epochs=epochs,
-                     probe=probe, probe_path=path)
+    return RunRecord(
+        source=path,
+        method=_method(ck.get("method") or config.get("method")),
+        seed=ck.get("seed", config.get("seed")),
+        run_dir=run_dir,
+        config=config,
+        epochs=epochs,
+        probe=probe,
+        probe_path=path,
+    )
 
 
-def collect_runs(inputs: Sequence[str]) -> Tuple[List[RunRecord], List[str]]:
+def collect_runs(inputs: Sequence[str]) -> tuple[list[RunRecord], list[str]]:
     """(records, extra surface files) from run folders, probe JSONs and surface .h5 files."""
     if not inputs:
         raise FlatnessError("no inputs: name run folders or probe JSON files")
-    records: List[RunRecord] = []
-    surfaces: List[str] = []
+    records: list[RunRecord] = []
+    surfaces: list[str] = []
     for path in inputs:
         if not os.path.exists(path):
             raise FlatnessError(f"not found: {path}")
@@ -406,8 +476,10 @@ def collect_runs(inputs: Sequence[str]) -> Tuple[List[RunRecord], List[str]]:
             elif ext in (".h5", ".hdf5"):
                 surfaces.append(path)
             else:
-                raise FlatnessError(f"{path}: unknown input type '{ext or '(none)'}'; expected a run folder, "
-                                    "a probe .json or a surface .h5")
+                raise FlatnessError(
+                    f"{path}: unknown input type '{ext or '(none)'}'; expected a run folder, "
+                    "a probe .json or a surface .h5"
+                )
     seen = set()
     for r in records:
         key = (r.method, r.seed, r.run_dir or r.source)
@@ -423,8 +495,17 @@ def collect_runs(inputs: Sequence[str]) -> Tuple[List[RunRecord], List[str]]:
 
 # Training options that may differ between seeds of one method without changing what is measured
 # (where the run was computed and stored, not how it was trained).
-POOLABLE_DIFFERENCES = ("seed", "device", "data_dir", "download", "save_every", "compile", "data_on_device",
-                        "channels_last", "recipe")
+POOLABLE_DIFFERENCES = (
+    "seed",
+    "device",
+    "data_dir",
+    "download",
+    "save_every",
+    "compile",
+    "data_on_device",
+    "channels_last",
+    "recipe",
+)
 
 
 def check_poolable(records: Sequence[RunRecord]) -> None:
@@ -438,28 +519,33 @@ def check_poolable(records: Sequence[RunRecord]) -> None:
     Returns:
         None; raises FlatnessError naming the two inputs.
     """
-    first: Dict[str, RunRecord] = {}
-    by_seed: Dict[Tuple[str, Any], RunRecord] = {}
+    first: dict[str, RunRecord] = {}
+    by_seed: dict[tuple[str, Any], RunRecord] = {}
     for r in records:
         if r.seed is not None:
             twin = by_seed.setdefault((r.method, r.seed), r)
             if twin is not r:
-                raise FlatnessError(f"{twin.source} and {r.source} are both {r.label}: one seed counts once "
-                                    "(a copied run is not a second seed); give each seed's run once")
+                raise FlatnessError(
+                    f"{twin.source} and {r.source} are both {r.label}: one seed counts once "
+                    "(a copied run is not a second seed); give each seed's run once"
+                )
         if not r.config:
             continue
         ref = first.setdefault(r.method, r)
         keys = sorted((set(ref.config) | set(r.config)) - set(POOLABLE_DIFFERENCES))
         for k in keys:
             if ref.config.get(k) != r.config.get(k):
-                raise FlatnessError(f"{ref.source} and {r.source} are both {r.method.upper()} runs but differ in "
-                                    f"{k} ({ref.config.get(k)!r} vs {r.config.get(k)!r}); only seeds of one "
-                                    "setting can be pooled: compare them in separate calls")
+                raise FlatnessError(
+                    f"{ref.source} and {r.source} are both {r.method.upper()} runs but differ in "
+                    f"{k} ({ref.config.get(k)!r} vs {r.config.get(k)!r}); only seeds of one "
+                    "setting can be pooled: compare them in separate calls"
+                )
 
 
 # --------------------------------------------------------------------------- tables
 
-def _g(v: Optional[float], digits: int = 4) -> str:
+
+def _g(v: float | None, digits: int = 4) -> str:
     if v is None:
         return "–"
     if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
@@ -467,7 +553,7 @@ def _g(v: Optional[float], digits: int = 4) -> str:
     return f"{v:.{digits}g}"
 
 
-def format_mean_std(cell: Dict[str, Any]) -> str:
+def format_mean_std(cell: dict[str, Any]) -> str:
     if cell["n"] == 0:
         return "–"
     if cell["std"] is None:
@@ -476,7 +562,7 @@ def format_mean_std(cell: Dict[str, Any]) -> str:
     return f"{_g(cell['mean'])} ± {_g(std, 2)}"
 
 
-def format_p_holm(v: Dict[str, Any]) -> str:
+def format_p_holm(v: dict[str, Any]) -> str:
     """The Holm-adjusted p-value as the table shows it ("–" where there is no raw one)."""
     p = v.get("p_holm")
     if p is None:
@@ -484,21 +570,26 @@ def format_p_holm(v: Dict[str, Any]) -> str:
     return f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}"
 
 
-def format_p(v: Dict[str, Any]) -> str:
+def format_p(v: dict[str, Any]) -> str:
     if v.get("p") is None:
         return f"n/a ({v.get('note') or 'undefined'})"
     p = v["p"]
     return f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}"
 
 
-def markdown_table(comp: Dict[str, Any]) -> str:
+def markdown_table(comp: dict[str, Any]) -> str:
     """The summary as Markdown: one row per quantity, methods as columns, each method vs the baseline."""
     methods, others, base = comp["methods"], comp["others"], comp["baseline"]
-    head = ["quantity", "unit"] + [f"{m.upper()} (n={max((r['methods'][m]['n'] for r in comp['rows']), default=0)})"
-                                   for m in methods]
+    head = ["quantity", "unit"] + [
+        f"{m.upper()} (n={max((r['methods'][m]['n'] for r in comp['rows']), default=0)})" for m in methods
+    ]
     for m in others:
-        head += [f"{m.upper()} − {base.upper()}", f"p (Welch, {m.upper()} vs {base.upper()})", "p (Holm)",
-                 f"{m.upper()} is"]
+        head += [
+            f"{m.upper()} − {base.upper()}",
+            f"p (Welch, {m.upper()} vs {base.upper()})",
+            "p (Holm)",
+            f"{m.upper()} is",
+        ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in comp["rows"]:
         cells = [row["label"] + (" ↓" if row["better"] == "lower" else " ↑"), row["unit"] or "–"]
@@ -513,35 +604,48 @@ def markdown_table(comp: Dict[str, Any]) -> str:
     ]
     if others:
         n = min((r["methods"][m]["n"] for r in comp["rows"] for m in methods), default=0)
-        notes.append(f"Significance: {comp['test']}, one test per row; p (Holm): the p-values adjusted for the "
-                     "number of rows tested (Holm's step-down method). " +
-                     (f"With {n} seeds per method a p-value is weak evidence either way."
-                                        if 2 <= n <= 5 else "A p-value needs at least 2 seeds per method."
-                                        if n < 2 else ""))
+        notes.append(
+            f"Significance: {comp['test']}, one test per row; p (Holm): the p-values adjusted for the "
+            "number of rows tested (Holm's step-down method). "
+            + (
+                f"With {n} seeds per method a p-value is weak evidence either way."
+                if 2 <= n <= 5
+                else "A p-value needs at least 2 seeds per method."
+                if n < 2
+                else ""
+            )
+        )
     return "\n".join(lines + notes) + "\n"
 
 
-def per_run_columns(comp: Dict[str, Any]) -> List[Tuple[str, str]]:
+def per_run_columns(comp: dict[str, Any]) -> list[tuple[str, str]]:
     return [(row["key"], row["label"] + (f" ({row['unit']})" if row["unit"] else "")) for row in comp["rows"]]
 
 
-def csv_text(comp: Dict[str, Any]) -> str:
+def csv_text(comp: dict[str, Any]) -> str:
     """One row per run, then mean and std per method; one column per quantity (metric + radius)."""
     cols = per_run_columns(comp)
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["row", "method", "seed", "source"] + [label for _, label in cols])
     for run in comp["runs"]:
-        writer.writerow(["run", run["method"], run["seed"], run["source"]] +
-                        [_csv(run["values"].get(k)) for k, _ in cols])
+        writer.writerow(
+            ["run", run["method"], run["seed"], run["source"]] + [_csv(run["values"].get(k)) for k, _ in cols]
+        )
     for m in comp["methods"]:
         for stat in ("mean", "std", "n"):
             writer.writerow([stat, m, "", ""] + [_csv(row["methods"][m][stat]) for row in comp["rows"]])
     for m in comp["others"]:
-        writer.writerow([f"diff {m}-{comp['baseline']}", m, "", ""] + [_csv(row["versus"][m]["diff"]) for row in comp["rows"]])
-        writer.writerow([f"welch_p {m}-{comp['baseline']}", m, "", ""] + [_csv(row["versus"][m]["p"]) for row in comp["rows"]])
-        writer.writerow([f"holm_p {m}-{comp['baseline']}", m, "", ""] +
-                        [_csv(row["versus"][m].get("p_holm")) for row in comp["rows"]])
+        writer.writerow(
+            [f"diff {m}-{comp['baseline']}", m, "", ""] + [_csv(row["versus"][m]["diff"]) for row in comp["rows"]]
+        )
+        writer.writerow(
+            [f"welch_p {m}-{comp['baseline']}", m, "", ""] + [_csv(row["versus"][m]["p"]) for row in comp["rows"]]
+        )
+        writer.writerow(
+            [f"holm_p {m}-{comp['baseline']}", m, "", ""]
+            + [_csv(row["versus"][m].get("p_holm")) for row in comp["rows"]]
+        )
     return buf.getvalue()
 
 
@@ -551,7 +655,8 @@ def _csv(v) -> str:
 
 # --------------------------------------------------------------------------- figures
 
-def _mean_curves(records: Sequence[RunRecord], key: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+
+def _mean_curves(records: Sequence[RunRecord], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     series = [[(_num(e.get("epoch")), _num(e.get(key))) for e in r.epochs] for r in records]
     series = [[(ep, v) for ep, v in s if ep is not None and v is not None] for s in series]
     series = [s for s in series if s]
@@ -564,11 +669,12 @@ def _mean_curves(records: Sequence[RunRecord], key: str) -> Tuple[np.ndarray, np
     return epochs, vals.mean(axis=0), std
 
 
-def figure_training(records: Sequence[RunRecord], path: str, force: bool = False) -> Optional[str]:
+def figure_training(records: Sequence[RunRecord], path: str, force: bool = False) -> str | None:
     from flatness.plot.style import new_figure, save_figure
 
-    methods = sorted({r.method for r in records if r.epochs}, key=lambda m: METHOD_ORDER.index(m)
-                     if m in METHOD_ORDER else 9)
+    methods = sorted(
+        {r.method for r in records if r.epochs}, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 9
+    )
     if not methods:
         return None
     fig = new_figure((11, 4.2))
@@ -576,8 +682,12 @@ def figure_training(records: Sequence[RunRecord], path: str, force: bool = False
     for i, m in enumerate(methods):
         group = [r for r in records if r.method == m and r.epochs]
         color = f"C{i}"
-        for key, ax, style, scale in (("train_loss", ax_loss, "-", 1), ("test_loss", ax_loss, "--", 1),
-                                      ("train_acc", ax_acc, "-", 100), ("test_acc", ax_acc, "--", 100)):
+        for key, ax, style, scale in (
+            ("train_loss", ax_loss, "-", 1),
+            ("test_loss", ax_loss, "--", 1),
+            ("train_acc", ax_acc, "-", 100),
+            ("test_acc", ax_acc, "--", 100),
+        ):
             ep, mean, std = _mean_curves(group, key)
             if ep.size:
                 ax.plot(ep, scale * mean, style, color=color, label=f"{m.upper()} {key.split('_')[0]} (n={len(group)})")
@@ -592,12 +702,14 @@ def figure_training(records: Sequence[RunRecord], path: str, force: bool = False
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("Training curves: mean over seeds, band = ±1 std (train: as logged during the epoch; "
-                 "test: full test split)", fontsize=9)
+    fig.suptitle(
+        "Training curves: mean over seeds, band = ±1 std (train: as logged during the epoch; test: full test split)",
+        fontsize=9,
+    )
     return save_figure(fig, path, force)
 
 
-def figure_spectra(records: Sequence[RunRecord], path: str, force: bool = False) -> Optional[str]:
+def figure_spectra(records: Sequence[RunRecord], path: str, force: bool = False) -> str | None:
     from flatness.plot.spectra import plot_spectrum
 
     chosen = []
@@ -626,7 +738,7 @@ def _surface_groups(records: Sequence[RunRecord], extra: Sequence[str]):
     return one_d, two_d
 
 
-def figure_slices(records: Sequence[RunRecord], path: str, force: bool = False, log: bool = False) -> Optional[str]:
+def figure_slices(records: Sequence[RunRecord], path: str, force: bool = False, log: bool = False) -> str | None:
     from flatness.plot.curves import plot_1d
 
     one_d, _ = _surface_groups(records, [])
@@ -635,13 +747,15 @@ def figure_slices(records: Sequence[RunRecord], path: str, force: bool = False, 
     methods = [m for m in METHOD_ORDER if m in one_d] + [m for m in one_d if m not in METHOD_ORDER]
     surfs = [one_d[m][1] for m in methods]
     labels = [one_d[m][0].label for m in methods]
-    attrs = surfs[0].get("attrs") or {}
-    title = ("1D loss along a random filter-normalised direction (same direction seed for every checkpoint); "
-             "solid: train probe data, dashed: test split\n" + " vs ".join(labels))
+    surfs[0].get("attrs") or {}
+    title = (
+        "1D loss along a random filter-normalised direction (same direction seed for every checkpoint); "
+        "solid: train probe data, dashed: test split\n" + " vs ".join(labels)
+    )
     return plot_1d(surfs, path, log=log, force=force, labels=labels, title=title)
 
 
-def figure_contours(records: Sequence[RunRecord], path: str, force: bool = False) -> Optional[str]:
+def figure_contours(records: Sequence[RunRecord], path: str, force: bool = False) -> str | None:
     from flatness.plot.maps import draw_2d
     from flatness.plot.style import common_limits, new_figure, pick_value, save_figure, use_log
 
@@ -665,22 +779,35 @@ def figure_contours(records: Sequence[RunRecord], path: str, force: bool = False
 
     from flatness.plot.style import contour_levels, value_name
 
-    cb = fig.colorbar(mappable, ax=list(axes), ticks=contour_levels(lo, hi, logscale)[::3] if logscale else None,
-                      format=FormatStrFormatter("%.3g"))
+    cb = fig.colorbar(
+        mappable,
+        ax=list(axes),
+        ticks=contour_levels(lo, hi, logscale)[::3] if logscale else None,
+        format=FormatStrFormatter("%.3g"),
+    )
     cb.set_label(value_name(value) + (" — log scale" if logscale else "") + "; shared colour limits")
-    attrs = surfs[0].get("attrs") or {}
-    fig.suptitle(f"2D {value_name(value)} around each trained checkpoint (random filter-normalised directions, "
-                 "train probe data); red star = trained weights", fontsize=10)
+    surfs[0].get("attrs") or {}
+    fig.suptitle(
+        f"2D {value_name(value)} around each trained checkpoint (random filter-normalised directions, "
+        "train probe data); red star = trained weights",
+        fontsize=10,
+    )
     return save_figure(fig, path, force)
 
 
-def compare_figures(records: Sequence[RunRecord], out_dir: str, fmt: str = "png", force: bool = False,
-                    prefix: str = "compare") -> Dict[str, str]:
+def compare_figures(
+    records: Sequence[RunRecord], out_dir: str, fmt: str = "png", force: bool = False, prefix: str = "compare"
+) -> dict[str, str]:
     """The figure grid: training curves, spectra overlaid, 1D slices on common axes, 2D contours side by
-    side. Returns {name: path} for those the inputs allow."""
+    side. Returns {name: path} for those the inputs allow.
+    """
     out = {}
-    for name, fn in (("training", figure_training), ("spectra", figure_spectra), ("slices-1d", figure_slices),
-                     ("contours-2d", figure_contours)):
+    for name, fn in (
+        ("training", figure_training),
+        ("spectra", figure_spectra),
+        ("slices-1d", figure_slices),
+        ("contours-2d", figure_contours),
+    ):
         path = os.path.join(out_dir, f"{prefix}-{name}.{fmt}")
         written = fn(records, path, force=force)
         if written:
@@ -690,13 +817,24 @@ def compare_figures(records: Sequence[RunRecord], out_dir: str, fmt: str = "png"
 
 # --------------------------------------------------------------------------- the command's driver
 
-def compare_inputs(inputs: Sequence[str], out_dir: Optional[str] = None, json_path: Optional[str] = None,
-                   csv_path: Optional[str] = None, figures: bool = True, fmt: str = "png",
-                   force: bool = False, baseline: str = BASELINE) -> Dict[str, Any]:
+
+def compare_inputs(
+    inputs: Sequence[str],
+    out_dir: str | None = None,
+    json_path: str | None = None,
+    csv_path: str | None = None,
+    figures: bool = True,
+    fmt: str = "png",
+    force: bool = False,
+    baseline: str = BASELINE,
+) -> dict[str, Any]:
     """Collect, summarise, and write what was asked: returns the summary with ``markdown`` and ``files``."""
-    outputs = {"--out": out_dir, "--json": json_path, "--csv": csv_path,
-               "--out's comparison.md": os.path.join(out_dir, "comparison.md") if out_dir and os.path.isdir(out_dir)
-               else None}
+    outputs = {
+        "--out": out_dir,
+        "--json": json_path,
+        "--csv": csv_path,
+        "--out's comparison.md": os.path.join(out_dir, "comparison.md") if out_dir and os.path.isdir(out_dir) else None,
+    }
     check_paths({"input": list(inputs)}, outputs, folders=["--out"])
     records, _extra = collect_runs(inputs)
     comp = compare(records, baseline=baseline)
@@ -709,7 +847,7 @@ def compare_inputs(inputs: Sequence[str], out_dir: Optional[str] = None, json_pa
         for p in targets:
             if os.path.exists(p):
                 raise FlatnessError(f"{p} exists; pass --force to replace it")
-    files: Dict[str, str] = {}
+    files: dict[str, str] = {}
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         atomic_write_text(targets[0], "# Comparison\n\n" + md)

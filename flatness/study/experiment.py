@@ -17,14 +17,16 @@ Steps, each idempotent (a rerun skips what is finished; a killed run, rerun, com
 ``OUT/experiment.json`` records the settings; a rerun with settings that would change finished results
 (dataset, model, epochs, samples, grid, ...) is refused rather than mixing two studies in one folder.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 from flatness.core.errors import FlatnessError
 from flatness.core.fileio import atomic_write_json
@@ -47,36 +49,35 @@ DEFAULT_GRID = 21
 SURFACE_SEED = 0  # the seed of the random directions, the same for every method
 
 # Settings that change finished results: a rerun must keep them.
-FROZEN = ("dataset", "model", "recipe", "epochs", "samples", "grid", "quick", "batch_size", "probe",
-          "train_overrides")
+FROZEN = ("dataset", "model", "recipe", "epochs", "samples", "grid", "quick", "batch_size", "probe", "train_overrides")
 
 
 @dataclass
 class ExperimentConfig:
-    out: Optional[str] = None
+    out: str | None = None
     # MNIST-1D: the offline study where AMP and ERM differ in test accuracy (digits saturates at ~99 %)
     dataset: str = "mnist1d"
-    model: Optional[str] = None  # None: the dataset's own model (mnist1d: mlp1d), else convnet
-    methods: Tuple[str, ...] = ("erm", "amp")
-    seeds: Tuple[int, ...] = (0, 1, 2)
-    recipe: Optional[str] = None
-    epochs: Optional[int] = None
+    model: str | None = None  # None: the dataset's own model (mnist1d: mlp1d), else convnet
+    methods: tuple[str, ...] = ("erm", "amp")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    recipe: str | None = None
+    epochs: int | None = None
     device: str = "auto"
-    samples: Optional[int] = None
-    grid: Optional[int] = None
-    data_dir: Optional[str] = None
+    samples: int | None = None
+    grid: int | None = None
+    data_dir: str | None = None
     download: bool = False
     quick: bool = False
     batch_size: int = 500  # probe/surface evaluation batch
-    train_overrides: Dict[str, Any] = field(default_factory=dict)
-    probe: Dict[str, Any] = field(default_factory=dict)
+    train_overrides: dict[str, Any] = field(default_factory=dict)
+    probe: dict[str, Any] = field(default_factory=dict)
     # How the independent steps run (not results: every step is seeded and single-threaded in a
     # worker, so any number of workers gives the same numbers): 1 = in this process, in order.
     workers: int = 1
     engine: str = "local"
-    threads: Optional[int] = None  # torch threads in each worker process (None: PyTorch's choice)
+    threads: int | None = None  # torch threads in each worker process (None: PyTorch's choice)
 
-    def resolved(self) -> "ExperimentConfig":
+    def resolved(self) -> ExperimentConfig:
         c = dataclasses.replace(self)
         c.methods = tuple(_parse_list(c.methods, str, "methods"))
         c.seeds = tuple(_parse_list(c.seeds, int, "seeds"))
@@ -117,7 +118,7 @@ class ExperimentConfig:
         c.probe = {**probe_settings(c.quick), **c.probe}
         return c
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["methods"], d["seeds"] = list(self.methods), list(self.seeds)
         return d
@@ -137,12 +138,12 @@ def check_grid(grid: Any) -> int:
 
     check_count(grid, "--grid", minimum=3)
     if 2 * grid - 1 > MAX_AXIS_POINTS or grid * grid > MAX_GRID_POINTS:
-        largest = min((MAX_AXIS_POINTS + 1) // 2, int(MAX_GRID_POINTS ** 0.5))
+        largest = min((MAX_AXIS_POINTS + 1) // 2, int(MAX_GRID_POINTS**0.5))
         raise FlatnessError(f"--grid must be at most {largest} (the surfaces' size limit), got {grid}")
     return int(grid)
 
 
-def _parse_list(value, kind, name) -> List[Any]:
+def _parse_list(value, kind, name) -> list[Any]:
     if isinstance(value, str):
         value = [v for v in value.split(",") if v.strip()]
     try:
@@ -156,27 +157,54 @@ def _parse_list(value, kind, name) -> List[Any]:
     return out
 
 
-def probe_settings(quick: bool) -> Dict[str, Any]:
+def probe_settings(quick: bool) -> dict[str, Any]:
     """What every probe of the study measures (the probe's own defaults where not said here). The
-    spectral density (the costliest part) is computed only for the seed whose spectra are plotted."""
+    spectral density (the costliest part) is computed only for the seed whose spectra are plotted.
+    """
     if quick:
-        return {"top_k": 2, "eig_method": "lanczos", "max_iter": 20, "tol": 1e-3, "trace": True,
-                "trace_samples": 4, "density": True, "density_steps": 10, "density_vectors": 1,
-                "sharpness": ["all"],
-                "sharpness_options": {"rhos": [0.05], "epsilons": [1e-3], "draws": 2, "ascent_steps": 2,
-                                      "lbfgs_iterations": 2, "pac_bayes_draws": 2}}
-    return {"top_k": 5, "eig_method": "lanczos", "max_iter": 200, "tol": 1e-3, "trace": True, "trace_samples": 30,
-            "density": True, "density_steps": 40, "density_vectors": 2, "sharpness": ["all"],
-            "sharpness_options": {}}
+        return {
+            "top_k": 2,
+            "eig_method": "lanczos",
+            "max_iter": 20,
+            "tol": 1e-3,
+            "trace": True,
+            "trace_samples": 4,
+            "density": True,
+            "density_steps": 10,
+            "density_vectors": 1,
+            "sharpness": ["all"],
+            "sharpness_options": {
+                "rhos": [0.05],
+                "epsilons": [1e-3],
+                "draws": 2,
+                "ascent_steps": 2,
+                "lbfgs_iterations": 2,
+                "pac_bayes_draws": 2,
+            },
+        }
+    return {
+        "top_k": 5,
+        "eig_method": "lanczos",
+        "max_iter": 200,
+        "tol": 1e-3,
+        "trace": True,
+        "trace_samples": 30,
+        "density": True,
+        "density_steps": 40,
+        "density_vectors": 2,
+        "sharpness": ["all"],
+        "sharpness_options": {},
+    }
 
 
 # --------------------------------------------------------------------------- small helpers
+
 
 def run_dir(cfg: ExperimentConfig, method: str, seed: int) -> str:
     return os.path.join(cfg.out, RUNS, f"{method}-s{seed}")
 
 
-def _log(msg: str, echo: Optional[Callable[[str], None]]) -> None:
+def _log(msg: str, echo: Callable[[str], None] | None) -> None:
     if echo:
         echo(msg)
 
@@ -207,23 +235,36 @@ def _check_state(cfg: ExperimentConfig) -> None:
     now = json.loads(json.dumps(cfg.to_dict()))
     for key in FROZEN:
         if key in stored and stored[key] != now.get(key):
-            raise FlatnessError(f"{cfg.out} holds a study made with {key}={stored[key]!r} (now {now.get(key)!r}); "
-                                "rerun with the same settings to resume it, or choose another --out")
+            raise FlatnessError(
+                f"{cfg.out} holds a study made with {key}={stored[key]!r} (now {now.get(key)!r}); "
+                "rerun with the same settings to resume it, or choose another --out"
+            )
 
 
-def _write_state(cfg: ExperimentConfig, steps: List[Dict[str, Any]], started: float) -> None:
-    atomic_write_json(os.path.join(cfg.out, STATE), {
-        "config": cfg.to_dict(), "steps": steps, "seconds_this_run": time.time() - started,
-    })
+def _write_state(cfg: ExperimentConfig, steps: list[dict[str, Any]], started: float) -> None:
+    atomic_write_json(
+        os.path.join(cfg.out, STATE),
+        {
+            "config": cfg.to_dict(),
+            "steps": steps,
+            "seconds_this_run": time.time() - started,
+        },
+    )
 
 
 # --------------------------------------------------------------------------- the steps
 
+
 def train_config_for(cfg: ExperimentConfig, method: str, seed: int):
     from flatness.training.loop import build_config
 
-    explicit: Dict[str, Any] = {"dataset": cfg.dataset, "model": cfg.model, "method": method, "seed": seed,
-                                "device": cfg.device}
+    explicit: dict[str, Any] = {
+        "dataset": cfg.dataset,
+        "model": cfg.model,
+        "method": method,
+        "seed": seed,
+        "device": cfg.device,
+    }
     if cfg.data_dir:
         explicit["data_dir"] = cfg.data_dir
     if cfg.download:
@@ -234,7 +275,7 @@ def train_config_for(cfg: ExperimentConfig, method: str, seed: int):
     return build_config(explicit, recipe=cfg.recipe)
 
 
-def step_train(cfg: ExperimentConfig, method: str, seed: int, progress: bool, echo) -> Dict[str, Any]:
+def step_train(cfg: ExperimentConfig, method: str, seed: int, progress: bool, echo) -> dict[str, Any]:
     from flatness.training.loop import train
 
     folder = run_dir(cfg, method, seed)
@@ -248,8 +289,11 @@ def step_train(cfg: ExperimentConfig, method: str, seed: int, progress: bool, ec
     if not resume and os.path.isdir(folder) and os.listdir(folder):
         _clear_unstarted_run(folder)
     os.makedirs(os.path.dirname(folder), exist_ok=True)
-    _log(f"[train] {method.upper()} seed {seed}: {config.epochs} epochs" + (f" (resuming after epoch {done})"
-                                                                            if resume else ""), echo)
+    _log(
+        f"[train] {method.upper()} seed {seed}: {config.epochs} epochs"
+        + (f" (resuming after epoch {done})" if resume else ""),
+        echo,
+    )
     train(config, out_dir=folder, resume=resume, progress=progress, verbose=False)
     return {"step": f"train {method} s{seed}", "skipped": False, "seconds": time.perf_counter() - began}
 
@@ -265,7 +309,7 @@ def _clear_unstarted_run(folder: str) -> None:
         os.unlink(os.path.join(folder, n))
 
 
-def step_probe(cfg: ExperimentConfig, method: str, seed: int, progress: bool, echo) -> Dict[str, Any]:
+def step_probe(cfg: ExperimentConfig, method: str, seed: int, progress: bool, echo) -> dict[str, Any]:
     from flatness.formats.probe_file import write_probe
     from flatness.study.probe import ProbeSettings, run_probe
 
@@ -280,17 +324,26 @@ def step_probe(cfg: ExperimentConfig, method: str, seed: int, progress: bool, ec
     opts["sharpness_options"] = with_training_radius(cfg, opts.get("sharpness_options") or {})
     if cfg.data_dir:
         opts["data_dir"] = cfg.data_dir
-    settings = ProbeSettings.from_dict({**opts, "split": "train", "samples": cfg.samples,
-                                        "batch_size": cfg.batch_size, "seed": 0, "device": cfg.device,
-                                        "progress": progress})
+    settings = ProbeSettings.from_dict(
+        {
+            **opts,
+            "split": "train",
+            "samples": cfg.samples,
+            "batch_size": cfg.batch_size,
+            "seed": 0,
+            "device": cfg.device,
+            "progress": progress,
+        }
+    )
     result = run_probe(os.path.join(folder, "last.pt"), settings, study_source(cfg))
     write_probe(out, result, force=True)  # no probe.json: a sidecar here is an orphan of a killed probe
     return {"step": f"probe {method} s{seed}", "skipped": False, "seconds": time.perf_counter() - began}
 
 
-def with_training_radius(cfg: ExperimentConfig, options: Dict[str, Any]) -> Dict[str, Any]:
+def with_training_radius(cfg: ExperimentConfig, options: dict[str, Any]) -> dict[str, Any]:
     """The sharpness options with AMP's own ε among the radii (when the study trains AMP and leaves the
-    radii to the defaults): worst_case at that ρ is the very quantity AMP minimises."""
+    radii to the defaults): worst_case at that ρ is the very quantity AMP minimises.
+    """
     from flatness.sharpness.oracle import DEFAULTS
 
     if "amp" not in cfg.methods or "rhos" in options:
@@ -312,44 +365,76 @@ def surface_seed(cfg: ExperimentConfig) -> int:
     return cfg.seeds[0]
 
 
-def surface_jobs(cfg: ExperimentConfig) -> List[Tuple[str, str, str, Dict[str, Any]]]:
+def surface_jobs(cfg: ExperimentConfig) -> list[tuple[str, str, str, dict[str, Any]]]:
     """Every surface of the study as (step name, checkpoint, output file, grid/direction options)."""
     seed = surface_seed(cfg)
     g = cfg.grid
     jobs = []
     for method in cfg.methods:
         ckpt = os.path.join(run_dir(cfg, method, seed), "last.pt")
-        jobs.append((f"surface 1D {method} s{seed}", ckpt, os.path.join(run_dir(cfg, method, seed), SURFACE_1D),
-                     dict(x=(-1.0, 1.0, 2 * g - 1), direction="random")))
-        jobs.append((f"surface 2D {method} s{seed}", ckpt, os.path.join(run_dir(cfg, method, seed), SURFACE_2D),
-                     dict(x=(-1.0, 1.0, g), y=(-1.0, 1.0, g), direction="random")))
+        jobs.append(
+            (
+                f"surface 1D {method} s{seed}",
+                ckpt,
+                os.path.join(run_dir(cfg, method, seed), SURFACE_1D),
+                dict(x=(-1.0, 1.0, 2 * g - 1), direction="random"),
+            )
+        )
+        jobs.append(
+            (
+                f"surface 2D {method} s{seed}",
+                ckpt,
+                os.path.join(run_dir(cfg, method, seed), SURFACE_2D),
+                dict(x=(-1.0, 1.0, g), y=(-1.0, 1.0, g), direction="random"),
+            )
+        )
     base = os.path.join(run_dir(cfg, "erm", seed), "last.pt")
     for other in cfg.methods:
         if other == "erm":
             continue
         target = os.path.join(run_dir(cfg, other, seed), "last.pt")
-        jobs.append((f"surface interp erm→{other} s{seed}", base, interp_path(cfg, other),
-                     dict(x=(-0.5, 1.5, 2 * g - 1), direction=f"interp:{target}")))
+        jobs.append(
+            (
+                f"surface interp erm→{other} s{seed}",
+                base,
+                interp_path(cfg, other),
+                dict(x=(-0.5, 1.5, 2 * g - 1), direction=f"interp:{target}"),
+            )
+        )
     return jobs
 
 
-def step_surface(cfg: ExperimentConfig, job, progress: bool, echo) -> Dict[str, Any]:
+def step_surface(cfg: ExperimentConfig, job, progress: bool, echo) -> dict[str, Any]:
     """Compute (or finish) one surface of ``surface_jobs``."""
     from flatness.landscape.compute import compute_surface
 
     name, ckpt, out, kw = job
     os.makedirs(os.path.dirname(out), exist_ok=True)
     began = time.perf_counter()
-    summary = compute_surface(ckpt, out=out, norm="filter", ignore="biasbn", split="both", samples=cfg.samples,
-                              batch_size=cfg.batch_size, bn="eval", seed=SURFACE_SEED, device=cfg.device,
-                              resume=True, progress=progress, data_dir=cfg.data_dir, source=study_source(cfg), **kw)
+    summary = compute_surface(
+        ckpt,
+        out=out,
+        norm="filter",
+        ignore="biasbn",
+        split="both",
+        samples=cfg.samples,
+        batch_size=cfg.batch_size,
+        bn="eval",
+        seed=SURFACE_SEED,
+        device=cfg.device,
+        resume=True,
+        progress=progress,
+        data_dir=cfg.data_dir,
+        source=study_source(cfg),
+        **kw,
+    )
     did = bool(summary.get("computed_now"))
     if did:
         _log(f"[surface] {name}: {summary.get('computed_now')} points", echo)
     return {"step": name, "skipped": not did, "seconds": time.perf_counter() - began}
 
 
-def step_surfaces(cfg: ExperimentConfig, progress: bool, echo) -> List[Dict[str, Any]]:
+def step_surfaces(cfg: ExperimentConfig, progress: bool, echo) -> list[dict[str, Any]]:
     """Every surface of the study, one after the other."""
     return [step_surface(cfg, job, progress, echo) for job in surface_jobs(cfg)]
 
@@ -366,7 +451,7 @@ class StudyTask:
     verbose: bool = True
 
 
-def run_study_task(task: StudyTask) -> List[Dict[str, Any]]:
+def run_study_task(task: StudyTask) -> list[dict[str, Any]]:
     """Do one ``StudyTask`` (in a worker process or in this one); returns its step records."""
     import torch
 
@@ -374,8 +459,10 @@ def run_study_task(task: StudyTask) -> List[Dict[str, Any]]:
         torch.set_num_threads(task.cfg.threads)
     echo = (lambda line: print(line, flush=True)) if task.verbose else None
     if task.kind == "run":
-        return [step_train(task.cfg, task.method, task.seed, False, echo),
-                step_probe(task.cfg, task.method, task.seed, False, echo)]
+        return [
+            step_train(task.cfg, task.method, task.seed, False, echo),
+            step_probe(task.cfg, task.method, task.seed, False, echo),
+        ]
     return [step_surface(task.cfg, surface_jobs(task.cfg)[task.job], False, echo)]
 
 
@@ -384,8 +471,10 @@ def _run_steps_on_engine(cfg: ExperimentConfig, record, echo) -> None:
     from flatness.sweep.engines import run_local, run_ray
 
     _prepare_data(cfg)  # generated or unpacked once here, not by every worker at the same time
-    phases = [[StudyTask(cfg, "run", m, s, verbose=echo is not None) for m in cfg.methods for s in cfg.seeds],
-              [StudyTask(cfg, "surface", job=j, verbose=echo is not None) for j in range(len(surface_jobs(cfg)))]]
+    phases = [
+        [StudyTask(cfg, "run", m, s, verbose=echo is not None) for m in cfg.methods for s in cfg.seeds],
+        [StudyTask(cfg, "surface", job=j, verbose=echo is not None) for j in range(len(surface_jobs(cfg)))],
+    ]
     os.makedirs(os.path.join(cfg.out, RUNS), exist_ok=True)
 
     def done(steps):
@@ -411,14 +500,14 @@ def interp_path(cfg: ExperimentConfig, other: str) -> str:
     return os.path.join(cfg.out, SURFACES, f"interp-erm-{other}-s{surface_seed(cfg)}.h5")
 
 
-def step_figures(cfg: ExperimentConfig, records, comp) -> Dict[str, str]:
+def step_figures(cfg: ExperimentConfig, records, comp) -> dict[str, str]:
     """Every figure the report shows, rebuilt from the files (cheap; derived outputs of this folder)."""
-    from flatness.study.compare import compare_figures
     from flatness.plot.curves import plot_1d
     from flatness.plot.loading import load_surface
     from flatness.plot.maps import plot_2d
     from flatness.plot.spectra import plot_spectrum
     from flatness.plot.style import common_limits, pick_value
+    from flatness.study.compare import compare_figures
 
     fig_dir = os.path.join(cfg.out, FIGURES)
     os.makedirs(fig_dir, exist_ok=True)
@@ -434,18 +523,23 @@ def step_figures(cfg: ExperimentConfig, records, comp) -> Dict[str, str]:
         limits = common_limits(list(two_d.values()), value)
         for method, surf in two_d.items():
             for kind in ("contour", "3d"):
-                figs[f"{kind}-{method}"] = plot_2d(surf, os.path.join(fig_dir, f"{method}-s{seed}-{kind}.png"), kind,
-                                                   value, force=True, limits=limits)
+                figs[f"{kind}-{method}"] = plot_2d(
+                    surf, os.path.join(fig_dir, f"{method}-s{seed}-{kind}.png"), kind, value, force=True, limits=limits
+                )
     interps = []
     for other in cfg.methods:
         if other != "erm" and os.path.isfile(interp_path(cfg, other)):
             interps.append((other, load_surface(interp_path(cfg, other))))
     if interps:
         labels = [f"ERM (α=0) → {o.upper()} (α=1), seed {seed}" for o, _ in interps]
-        figs["interp"] = plot_1d([s for _, s in interps], os.path.join(fig_dir, "interpolation.png"), force=True,
-                                 labels=labels, log=True,
-                                 title=f"Linear interpolation θ(α) = (1−α)·θ_ERM + α·θ_other, seed {seed} "
-                                       "(loss on a log scale)")
+        figs["interp"] = plot_1d(
+            [s for _, s in interps],
+            os.path.join(fig_dir, "interpolation.png"),
+            force=True,
+            labels=labels,
+            log=True,
+            title=f"Linear interpolation θ(α) = (1−α)·θ_ERM + α·θ_other, seed {seed} (loss on a log scale)",
+        )
     probes = [r.probe for r in sorted(records, key=lambda r: (r.method, r.seed)) if r.probe]
     if probes:
         figs["spectra-all"] = plot_spectrum(probes, os.path.join(fig_dir, "spectra-all-seeds.png"), force=True)
@@ -454,14 +548,11 @@ def step_figures(cfg: ExperimentConfig, records, comp) -> Dict[str, str]:
 
 # --------------------------------------------------------------------------- the driver
 
-def run_experiment(config: ExperimentConfig, progress: bool = True,
-                   echo: Optional[Callable[[str], None]] = print) -> Dict[str, Any]:
+
+def run_experiment(
+    config: ExperimentConfig, progress: bool = True, echo: Callable[[str], None] | None = print
+) -> dict[str, Any]:
     """Run (or resume) the whole study; returns {out, report, html, steps, verdict, seconds}."""
-    import torch
-
-    from flatness.study.compare import compare, load_run_dir
-    from flatness.study.report import write_report
-
     cfg = config.resolved()
     started = time.time()
     check_paths({}, {"--out": cfg.out}, folders=["--out"])
@@ -476,7 +567,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True,
         return _run_locked(cfg, started, progress, echo)
 
 
-def _run_locked(cfg: ExperimentConfig, started: float, progress: bool, echo) -> Dict[str, Any]:
+def _run_locked(cfg: ExperimentConfig, started: float, progress: bool, echo) -> dict[str, Any]:
     from flatness.study.compare import compare, load_run_dir
     from flatness.study.report import write_report
 
@@ -484,7 +575,7 @@ def _run_locked(cfg: ExperimentConfig, started: float, progress: bool, echo) -> 
     # check every training config before the first step, so a bad option fails at once
     for m in cfg.methods:
         train_config_for(cfg, m, cfg.seeds[0])
-    steps: List[Dict[str, Any]] = _previous_steps(cfg)
+    steps: list[dict[str, Any]] = _previous_steps(cfg)
     _write_state(cfg, steps, started)
 
     def record(entry):
@@ -511,8 +602,8 @@ def _run_locked(cfg: ExperimentConfig, started: float, progress: bool, echo) -> 
     comp = compare(records)
     began = time.perf_counter()
     figures = step_figures(cfg, records, comp)
-    from flatness.study.compare import csv_text, markdown_table
     from flatness.core.fileio import atomic_write_text
+    from flatness.study.compare import csv_text, markdown_table
 
     atomic_write_text(os.path.join(cfg.out, "comparison.md"), "# Comparison\n\n" + markdown_table(comp))
     atomic_write_json(os.path.join(cfg.out, "comparison.json"), comp)
@@ -520,11 +611,18 @@ def _run_locked(cfg: ExperimentConfig, started: float, progress: bool, echo) -> 
     record({"step": "figures and comparison", "skipped": False, "seconds": time.perf_counter() - began})
     report = write_report(cfg, records, comp, figures, steps)
     _write_state(cfg, steps, started)
-    return {"out": cfg.out, "report": report["markdown"], "html": report["html"], "steps": steps,
-            "verdict": report["verdict"], "seconds": time.time() - started, "figures": figures}
+    return {
+        "out": cfg.out,
+        "report": report["markdown"],
+        "html": report["html"],
+        "steps": steps,
+        "verdict": report["verdict"],
+        "seconds": time.time() - started,
+        "figures": figures,
+    }
 
 
-def _previous_steps(cfg: ExperimentConfig) -> List[Dict[str, Any]]:
+def _previous_steps(cfg: ExperimentConfig) -> list[dict[str, Any]]:
     """Steps done by earlier invocations (kept, so the report can tell what each step cost)."""
     path = os.path.join(cfg.out, STATE)
     try:

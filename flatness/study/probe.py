@@ -9,14 +9,16 @@ in eval mode (docs/metrics.md). ``run_probe`` adds the checkpoint's identity, th
 run's initial weights. The dict's layout is the probe JSON format, written and read only by
 ``flatness.formats.probe_file``.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -44,7 +46,7 @@ from flatness.version import __version__
 
 DEFAULT_EIG_METHOD = "lanczos"  # benchmarks/README.md: 5-20x fewer HVPs than power iteration at tol 1e-4
 DEFAULT_TOL = 1e-4
-DEFAULT_MAX_ITER = 1000     # lanczos: total HVPs; power: HVPs per eigenvalue
+DEFAULT_MAX_ITER = 1000  # lanczos: total HVPs; power: HVPs per eigenvalue
 DEFAULT_TRACE_SAMPLES = 100
 DEFAULT_DENSITY_STEPS = 80
 DEFAULT_DENSITY_VECTORS = 5
@@ -54,8 +56,7 @@ EIG_METHODS = ("lanczos", "power")
 TRACE_METHODS = ("hutchinson", "hutch++")
 DTYPES = ("float32", "float64")
 #: What ``ProbeSettings.sharpness_options`` may hold (``None`` values mean "the default").
-SHARPNESS_OPTIONS = ("rhos", "epsilons", "ball", "p", "draws", "ascent_steps", "lbfgs_iterations",
-                     "pac_bayes_draws")
+SHARPNESS_OPTIONS = ("rhos", "epsilons", "ball", "p", "draws", "ascent_steps", "lbfgs_iterations", "pac_bayes_draws")
 
 
 @dataclass
@@ -85,19 +86,19 @@ class ProbeSettings:
     density: bool = False
     density_steps: int = DEFAULT_DENSITY_STEPS
     density_vectors: int = DEFAULT_DENSITY_VECTORS
-    sharpness: Optional[Union[str, Sequence[str]]] = None
-    sharpness_options: Optional[Dict[str, Any]] = None
+    sharpness: str | Sequence[str] | None = None
+    sharpness_options: dict[str, Any] | None = None
     seed: int = 0
     device: str = "auto"
     dtype: str = "float32"
-    hvp_backend: Optional[str] = None
-    params: Optional[Union[str, Sequence[str]]] = None
+    hvp_backend: str | None = None
+    params: str | Sequence[str] | None = None
     save_vectors: bool = False
-    data_dir: Optional[str] = None
+    data_dir: str | None = None
     progress: bool = True
 
     @classmethod
-    def from_dict(cls, options: Dict[str, Any]) -> "ProbeSettings":
+    def from_dict(cls, options: dict[str, Any]) -> ProbeSettings:
         """Settings from a plain dict (a study's frozen probe options); unknown keys are an error."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(options) - names)
@@ -105,7 +106,7 @@ class ProbeSettings:
             raise FlatnessError(f"unknown probe option {unknown[0]!r}; known: {', '.join(sorted(names))}")
         return cls(**options)
 
-    def validate(self) -> Optional[Tuple[str, ...]]:
+    def validate(self) -> tuple[str, ...] | None:
         """Check every option before any work (one-line ``FlatnessError``s).
 
         Returns:
@@ -138,7 +139,7 @@ class ProbeSettings:
             return None
         return validate(self.sharpness, rho, epsilon, sharp.ball, sharp.draws, sharp.ascent_steps, sharp.p)
 
-    def sharpness_settings(self) -> Tuple[Optional[Tuple[float, ...]], Optional[Tuple[float, ...]], SharpnessSettings]:
+    def sharpness_settings(self) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None, SharpnessSettings]:
         """(rho, epsilon, SharpnessSettings) from ``sharpness_options``.
 
         Radii are checked even when no sharpness metric is asked for (a typo is never silently
@@ -153,7 +154,7 @@ class ProbeSettings:
         return rho, epsilon, SharpnessSettings(seed=self.seed, progress=self.progress, **options)
 
 
-def _radii_option(values: Union[str, Sequence[float]], label: str) -> Tuple[float, ...]:
+def _radii_option(values: str | Sequence[float], label: str) -> tuple[float, ...]:
     """Radii given as typed on the command line ("0.05,0.1") or as numbers, each finite and > 0."""
     if not isinstance(values, str):
         for value in values:
@@ -176,9 +177,16 @@ def _radii_option(values: Union[str, Sequence[float]], label: str) -> Tuple[floa
     return tuple(out)
 
 
-def measure(model: nn.Module, data: Any, top_k: Optional[int] = None, trace: Optional[bool] = None,
-            density: Optional[bool] = None, sharpness: Optional[Union[str, Sequence[str]]] = None,
-            loss_fn: Optional[LossFn] = None, settings: Optional[ProbeSettings] = None) -> Dict[str, Any]:
+def measure(
+    model: nn.Module,
+    data: Any,
+    top_k: int | None = None,
+    trace: bool | None = None,
+    density: bool | None = None,
+    sharpness: str | Sequence[str] | None = None,
+    loss_fn: LossFn | None = None,
+    settings: ProbeSettings | None = None,
+) -> dict[str, Any]:
     """The probe measurements of a model in memory, all on the same data, in eval mode.
 
     Loss, accuracy, weight norm, Hessian spectrum, trace, density and sharpness.
@@ -211,14 +219,22 @@ def measure(model: nn.Module, data: Any, top_k: Optional[int] = None, trace: Opt
     block = select_params(model, s.params) if s.params is not None else None
     op = HessianOperator(model, shard, loss_fn, params=block, backend=s.hvp_backend or DEFAULT_BACKEND)
     if s.top_k > op.dim:
-        raise FlatnessError(f"top-k {s.top_k} exceeds the number of parameters "
-                            f"({op.dim}{' in the --params block' if block else ''})")
+        raise FlatnessError(
+            f"top-k {s.top_k} exceeds the number of parameters ({op.dim}{' in the --params block' if block else ''})"
+        )
     loss, acc = evaluate(model, shard, loss_fn)
-    result: Dict[str, Any] = {
-        "loss": _finite_or_none(loss), "accuracy": acc, "num_params": num_params(model),
+    result: dict[str, Any] = {
+        "loss": _finite_or_none(loss),
+        "accuracy": acc,
+        "num_params": num_params(model),
         # the Hessian's block: null = all trainable parameters, else their names in vector order
-        "hessian_params": block, "hessian_dim": op.dim, "weight_norm": _finite_or_none(weight_norm(model)),
-        "hessian": None, "trace": None, "density": None, "sharpness": None,
+        "hessian_params": block,
+        "hessian_dim": op.dim,
+        "weight_norm": _finite_or_none(weight_norm(model)),
+        "hessian": None,
+        "trace": None,
+        "density": None,
+        "sharpness": None,
     }
     result.update(_spectrum(op, s))
     if sharp_names is not None:
@@ -229,9 +245,9 @@ def measure(model: nn.Module, data: Any, top_k: Optional[int] = None, trace: Opt
     return result
 
 
-def _spectrum(op: HessianOperator, s: ProbeSettings) -> Dict[str, Any]:
+def _spectrum(op: HessianOperator, s: ProbeSettings) -> dict[str, Any]:
     """The Hessian parts of the probe dict: top eigenpairs, trace and density, as asked."""
-    out: Dict[str, Any] = {}
+    out: dict[str, Any] = {}
     if s.top_k > 0:
         eig = top_eigen(op, s.top_k, s.eig_method, tol=s.tol, max_iter=s.max_iter, seed=s.seed, progress=s.progress)
         hess = eig.summary()
@@ -243,27 +259,41 @@ def _spectrum(op: HessianOperator, s: ProbeSettings) -> Dict[str, Any]:
     op.release()
     if s.trace:
         tr = estimate_trace(op, s.trace_samples, s.trace_method, seed=s.seed, progress=s.progress)
-        out["trace"] = {"estimate": tr.estimate, "stderr": tr.stderr, "hvps": tr.hvps, "samples": tr.samples,
-                        "method": tr.method, "seconds": tr.seconds}
+        out["trace"] = {
+            "estimate": tr.estimate,
+            "stderr": tr.stderr,
+            "hvps": tr.hvps,
+            "samples": tr.samples,
+            "method": tr.method,
+            "seconds": tr.seconds,
+        }
         op.release()
     if s.density:
         dens = slq(op, steps=s.density_steps, vectors=s.density_vectors, seed=s.seed, progress=s.progress)
         nodes, weights = dens.flat()
         grid, sigma = default_grid(nodes, points=DENSITY_GRID_POINTS)
         values = density_on_grid(nodes, weights, grid, sigma)
-        out["density"] = {"nodes": nodes.tolist(), "weights": weights.tolist(), "grid": grid.tolist(),
-                          "values": values.tolist(), "sigma": sigma, "steps": dens.steps,
-                          "vectors": dens.vectors, "hvps": dens.hvps, "seconds": dens.seconds}
+        out["density"] = {
+            "nodes": nodes.tolist(),
+            "weights": weights.tolist(),
+            "grid": grid.tolist(),
+            "values": values.tolist(),
+            "sigma": sigma,
+            "steps": dens.steps,
+            "vectors": dens.vectors,
+            "hvps": dens.hvps,
+            "seconds": dens.seconds,
+        }
         out["density_arrays"] = {"nodes": dens.nodes, "weights": dens.weights, "grid": grid, "values": values}
         op.release()
     return out
 
 
-def _finite_or_none(x: float) -> Optional[float]:
+def _finite_or_none(x: float) -> float | None:
     return float(x) if x is not None and math.isfinite(x) else None
 
 
-def distance_from_init(model: torch.nn.Module, checkpoint_path: str) -> Optional[float]:
+def distance_from_init(model: torch.nn.Module, checkpoint_path: str) -> float | None:
     """‖θ − θ_init‖ when the run folder beside the checkpoint has ``init.pt`` (else None).
 
     Args:
@@ -276,8 +306,9 @@ def distance_from_init(model: torch.nn.Module, checkpoint_path: str) -> Optional
     return init_distance(model, checkpoint_path)
 
 
-def run_probe(checkpoint: str, settings: Optional[ProbeSettings] = None,
-              source: Optional[ModelSource] = None) -> Dict[str, Any]:
+def run_probe(
+    checkpoint: str, settings: ProbeSettings | None = None, source: ModelSource | None = None
+) -> dict[str, Any]:
     """Measure one checkpoint on its dataset's probe data.
 
     Args:
@@ -297,8 +328,9 @@ def run_probe(checkpoint: str, settings: Optional[ProbeSettings] = None,
     dev = distributed.local_device(resolve_device(s.device))
     target = load_target(checkpoint, source, device=dev, root=s.data_dir)
     model, info = target.model, target.info
-    data = target.probe_data(s.split, s.samples, s.batch_size, dev, root=s.data_dir,
-                             download=bool(source and source.download))
+    data = target.probe_data(
+        s.split, s.samples, s.batch_size, dev, root=s.data_dir, download=bool(source and source.download)
+    )
     if s.dtype == "float64":
         # For ill-conditioned nets whose float32 HVPs are themselves inexact (a PreActResNet-18 with
         # stale BatchNorm statistics: 0.5% off); a trained net's are ~1e-6 off and float32 reaches
@@ -306,7 +338,7 @@ def run_probe(checkpoint: str, settings: Optional[ProbeSettings] = None,
         model.double()
         data = data.map_inputs(lambda x: x.double() if x.is_floating_point() else x)
     measured = measure(model, data, settings=s)
-    result: Dict[str, Any] = {
+    result: dict[str, Any] = {
         "format": "flatness-probe",
         "flatness_version": __version__,
         "checkpoint": {

@@ -18,6 +18,7 @@ probe and the measures from the start (both seeded), so the rerun's numbers equa
 ``train_acc``, ``test_acc``, ``gap`` (train − test accuracy, in points), ``test_error`` (in %), one
 column per measure, then ``status`` (done or failed) and ``error``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -138,9 +139,14 @@ def run_cell(task: CellTask) -> dict[str, Any]:
             record = _measure_cell(task)
         except Exception as err:  # a cell's failure is its row's, never the sweep's
             text = " ".join(str(err).split()) or type(err).__name__
-            record = {"cell": task.name, "params": task.extra.get("params", {}), "seed": task.train.get("seed"),
-                      "status": "failed", "error": f"{type(err).__name__}: {text}"[:500],
-                      "traceback": traceback.format_exc()[-4000:]}
+            record = {
+                "cell": task.name,
+                "params": task.extra.get("params", {}),
+                "seed": task.train.get("seed"),
+                "status": "failed",
+                "error": f"{type(err).__name__}: {text}"[:500],
+                "traceback": traceback.format_exc()[-4000:],
+            }
             os.makedirs(task.folder, exist_ok=True)
             atomic_write_json(os.path.join(task.folder, FAILED), record)
             return record
@@ -170,8 +176,14 @@ def _measure_cell(task: CellTask) -> dict[str, Any]:
     outcome = _accuracies(model, config)
     measures = _probe_measures(folder)
     measures.update(_baselines(model, init_model, info["dataset"], task.probe))
-    return {"cell": task.name, "params": task.extra.get("params", {}), "seed": config.seed, "status": "done",
-            **outcome, "measures": measures}
+    return {
+        "cell": task.name,
+        "params": task.extra.get("params", {}),
+        "seed": config.seed,
+        "status": "done",
+        **outcome,
+        "measures": measures,
+    }
 
 
 def _accuracies(model, config) -> dict[str, float]:
@@ -185,8 +197,12 @@ def _accuracies(model, config) -> dict[str, float]:
         dataset = get_dataset(config.dataset, split, root=config.data_dir)
         data = ProbeData.from_dataset(dataset, None, DEFAULT_BATCH_SIZE)
         accs[split] = 100.0 * evaluate(model, data)[1]
-    return {"train_acc": accs["train"], "test_acc": accs["test"], "gap": accs["train"] - accs["test"],
-            "test_error": 100.0 - accs["test"]}
+    return {
+        "train_acc": accs["train"],
+        "test_acc": accs["test"],
+        "gap": accs["train"] - accs["test"],
+        "test_error": 100.0 - accs["test"],
+    }
 
 
 def _probe_measures(folder: str) -> dict[str, float]:
@@ -201,12 +217,18 @@ def _baselines(model, init_model, dataset: str, probe: dict[str, Any]) -> dict[s
     from flatness.data.probe_data import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES, load_probe_data
     from flatness.generalization.baselines import baseline_measures
 
-    data = load_probe_data(dataset, "train", probe.get("samples", DEFAULT_SAMPLES),
-                           probe.get("batch_size", DEFAULT_BATCH_SIZE), root=probe.get("data_dir"))
+    data = load_probe_data(
+        dataset,
+        "train",
+        probe.get("samples", DEFAULT_SAMPLES),
+        probe.get("batch_size", DEFAULT_BATCH_SIZE),
+        root=probe.get("data_dir"),
+    )
     return baseline_measures(model, init_model, data)
 
 
 # --------------------------------------------------------------------------- the table
+
 
 def _cell_text(value: Any) -> str:
     if value is None:
@@ -280,7 +302,7 @@ def read_table(path: str) -> tuple[list[dict[str, Any]], list[str], list[str]]:
         raise FlatnessError(f"{path} is not a flatness cells table (no cell/seed/status columns)")
     head = rows[0]
     seed_at, last_outcome = head.index("seed"), head.index(OUTCOMES[-1])
-    axes, measures = head[1:seed_at], head[last_outcome + 1:-2]
+    axes, measures = head[1:seed_at], head[last_outcome + 1 : -2]
     out = []
     for raw in rows[1:]:
         row = {k: _parse(v) for k, v in zip(head, raw)}

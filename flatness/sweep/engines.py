@@ -12,6 +12,7 @@ are the same whichever runs them.
 * ``ray``: each cell a Ray task requesting one CPU (and one GPU when the device is CUDA), on the
   cluster at ``address`` or on a local instance of ``workers`` CPUs. Ray is an optional extra.
 """
+
 from __future__ import annotations
 
 import os
@@ -80,8 +81,14 @@ def run_local(tasks: Sequence[Any], workers: int, on_done: OnDone, fn: TaskFn = 
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def run_ray(tasks: Sequence[Any], workers: int, on_done: OnDone, address: str | None = None,
-            gpu: bool = False, fn: TaskFn = run_cell) -> None:
+def run_ray(
+    tasks: Sequence[Any],
+    workers: int,
+    on_done: OnDone,
+    address: str | None = None,
+    gpu: bool = False,
+    fn: TaskFn = run_cell,
+) -> None:
     """Run ``fn(task)`` for every task as Ray tasks.
 
     Args:
@@ -101,8 +108,10 @@ def run_ray(tasks: Sequence[Any], workers: int, on_done: OnDone, address: str | 
         options: dict[str, Any] = {"address": address} if address else {"num_cpus": workers}
         # The workers import flatness from the same place as this process.
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = {"PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
-               "OMP_NUM_THREADS": "1"}
+        env = {
+            "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
+            "OMP_NUM_THREADS": "1",
+        }
         ray.init(log_to_driver=False, include_dashboard=False, runtime_env={"env_vars": env}, **options)
     try:
         remote = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=0)(fn)

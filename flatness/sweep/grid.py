@@ -6,6 +6,7 @@ so ERM is not trained once per ε. The cells are the Cartesian product, per meth
 apply to it, times the seeds; their order is fixed (methods as given, then keys in the grid's order,
 values as given, the seed last), so every process that expands one grid gets the same list.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -19,13 +20,27 @@ from flatness.core.validation import check_seed
 
 #: The grid keys and how their values are read.
 GRID_KEYS: dict[str, type] = {
-    "method": str, "lr": float, "batch_size": int, "epochs": int, "weight_decay": float, "momentum": float,
-    "nesterov": bool, "schedule": str, "grad_clip": float, "width": int, "depth": int, "augment": bool,
-    "epsilon": float, "inner_lr": float, "inner_iter": int, "ball": str, "rho": float, "adaptive": bool,
+    "method": str,
+    "lr": float,
+    "batch_size": int,
+    "epochs": int,
+    "weight_decay": float,
+    "momentum": float,
+    "nesterov": bool,
+    "schedule": str,
+    "grad_clip": float,
+    "width": int,
+    "depth": int,
+    "augment": bool,
+    "epsilon": float,
+    "inner_lr": float,
+    "inner_iter": int,
+    "ball": str,
+    "rho": float,
+    "adaptive": bool,
 }
 #: Keys read by one method only.
-METHOD_KEYS = {"epsilon": "amp", "inner_lr": "amp", "inner_iter": "amp", "ball": "amp", "rho": "sam",
-               "adaptive": "sam"}
+METHOD_KEYS = {"epsilon": "amp", "inner_lr": "amp", "inner_iter": "amp", "ball": "amp", "rho": "sam", "adaptive": "sam"}
 _TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
 
 

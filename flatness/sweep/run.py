@@ -9,6 +9,7 @@ I/N`` does cells I, I+N, I+2N, ... (0-based), so N jobs with one DIR do the whol
 and training settings); a rerun or another shard with different ones is refused rather than mixing
 two sweeps in one folder.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,13 +63,35 @@ def probe_options(quick: bool) -> dict[str, Any]:
     """
     common = {"split": "train", "seed": 0, "progress": False, "sharpness": ["all"]}
     if quick:
-        return {**common, "samples": 256, "batch_size": 256, "top_k": 2, "max_iter": 20, "tol": 1e-3,
-                "trace": True, "trace_samples": 4,
-                "sharpness_options": {"rhos": [0.05], "epsilons": [1e-3], "draws": 2, "ascent_steps": 2,
-                                      "lbfgs_iterations": 2, "pac_bayes_draws": 2}}
-    return {**common, "samples": 1000, "batch_size": 500, "top_k": 3, "max_iter": 100, "tol": 1e-3,
-            "trace": True, "trace_samples": 20,
-            "sharpness_options": {"rhos": [0.05], "epsilons": [1e-3]}}
+        return {
+            **common,
+            "samples": 256,
+            "batch_size": 256,
+            "top_k": 2,
+            "max_iter": 20,
+            "tol": 1e-3,
+            "trace": True,
+            "trace_samples": 4,
+            "sharpness_options": {
+                "rhos": [0.05],
+                "epsilons": [1e-3],
+                "draws": 2,
+                "ascent_steps": 2,
+                "lbfgs_iterations": 2,
+                "pac_bayes_draws": 2,
+            },
+        }
+    return {
+        **common,
+        "samples": 1000,
+        "batch_size": 500,
+        "top_k": 3,
+        "max_iter": 100,
+        "tol": 1e-3,
+        "trace": True,
+        "trace_samples": 20,
+        "sharpness_options": {"rhos": [0.05], "epsilons": [1e-3]},
+    }
 
 
 @dataclass
@@ -146,8 +169,13 @@ def plan(settings: SweepSettings) -> SweepPlan:
     cells = expand(grid, seeds)
     dataset = s.dataset or default_dataset()
     model = s.model or default_model(dataset)
-    train = {"dataset": dataset, "model": model, "device": s.device, "schedule": DEFAULT_SCHEDULE,
-             "epochs": s.epochs or (QUICK_EPOCHS if s.quick else DEFAULT_EPOCHS)}
+    train = {
+        "dataset": dataset,
+        "model": model,
+        "device": s.device,
+        "schedule": DEFAULT_SCHEDULE,
+        "epochs": s.epochs or (QUICK_EPOCHS if s.quick else DEFAULT_EPOCHS),
+    }
     if s.data_dir:
         train["data_dir"] = s.data_dir
     probe = {**probe_options(s.quick), "device": s.device}
@@ -158,9 +186,16 @@ def plan(settings: SweepSettings) -> SweepPlan:
     ProbeSettings.from_dict(probe).validate()
     for cell in cells:
         build_config(cell_train_options(train, cell))  # every cell's config checked now, not mid-sweep
-    frozen = {"grid": {k: v for k, v in grid.items()}, "seeds": seeds, "dataset": dataset, "model": model,
-              "quick": s.quick, "train": train, "probe": {k: v for k, v in probe.items() if k != "device"}}
-    mine = cells[shard[0]::shard[1]]
+    frozen = {
+        "grid": {k: v for k, v in grid.items()},
+        "seeds": seeds,
+        "dataset": dataset,
+        "model": model,
+        "quick": s.quick,
+        "train": train,
+        "probe": {k: v for k, v in probe.items() if k != "device"},
+    }
+    mine = cells[shard[0] :: shard[1]]
     return SweepPlan(s, cells, mine, varied_keys(cells), train, probe, frozen)
 
 
@@ -182,17 +217,24 @@ def _check_state(out: str, frozen: dict[str, Any]) -> None:
                 stored = {}
             for key in FROZEN:
                 if key in stored and stored[key] != now.get(key):
-                    raise FlatnessError(f"{out} holds a sweep made with other {key} settings ({stored[key]!r}, now "
-                                        f"{now.get(key)!r}); rerun with the same options to resume it, or choose "
-                                        "another --out")
+                    raise FlatnessError(
+                        f"{out} holds a sweep made with other {key} settings ({stored[key]!r}, now "
+                        f"{now.get(key)!r}); rerun with the same options to resume it, or choose "
+                        "another --out"
+                    )
             return
         atomic_write_json(path, {"format": "flatness-sweep", "frozen": now})
 
 
 def task_for(p: SweepPlan, cell: Cell) -> cellmod.CellTask:
     """What a worker needs to do ``cell`` of plan ``p``."""
-    return cellmod.CellTask(out=p.settings.out, name=cell.name, train=cell_train_options(p.train, cell),
-                            probe=p.probe, extra={"params": {k: v for k, v in cell.params if k in p.axes}})
+    return cellmod.CellTask(
+        out=p.settings.out,
+        name=cell.name,
+        train=cell_train_options(p.train, cell),
+        probe=p.probe,
+        extra={"params": {k: v for k, v in cell.params if k in p.axes}},
+    )
 
 
 def rebuild_table(p: SweepPlan) -> str:
@@ -250,5 +292,12 @@ def run_sweep(settings: SweepSettings, echo=print) -> dict[str, Any]:
     finally:
         bar.close()
     table = rebuild_table(p)
-    return {"out": out, "table": table, "cells": len(p.cells), "ran": len(todo), "done": counts["done"],
-            "failed": counts["failed"], "seconds": time.time() - began}
+    return {
+        "out": out,
+        "table": table,
+        "cells": len(p.cells),
+        "ran": len(todo),
+        "done": counts["done"],
+        "failed": counts["failed"],
+        "seconds": time.time() - began,
+    }

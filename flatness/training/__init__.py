@@ -1,2 +1,3 @@
 """Training: the AMP and SAM optimizers (drop-in ``step(closure)``), the training loop with its
-config and resumable run folders, and named recipes of the published setups."""
+config and resumable run folders, and named recipes of the published setups.
+"""

@@ -18,6 +18,7 @@ Reproducibility and resume
   loop clips after the backward; for AMP/SAM the optimizer does it (``flatness.training.optim``), so the
   perturbation is built from plain gradients as docs/metrics.md defines.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,34 +27,44 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from flatness.formats import checkpoint as ckpt
 from flatness.core import distributed, locking
-from flatness.core.paths import check_name, check_paths
-from flatness.core.validation import check_count, check_seed
-from flatness.data.datasets import TensorImageDataset, dataset_info, get_dataset
 from flatness.core.devices import resolve_device
 from flatness.core.errors import DivergedError, FlatnessError
 from flatness.core.evaluation import evaluate
-from flatness.data.probe_data import ProbeData
-from flatness.core.progress import progress_bar
 from flatness.core.fileio import atomic_write_json, atomic_write_text
-from flatness.models.registry import build_from_spec, canonical_model_name, model_spec
+from flatness.core.paths import check_name, check_paths
+from flatness.core.progress import progress_bar
+from flatness.core.validation import check_count, check_seed
+from flatness.data.datasets import TensorImageDataset, dataset_info, get_dataset
+from flatness.data.probe_data import ProbeData
 from flatness.data.user_data import check_model_fits
+from flatness.formats import checkpoint as ckpt
 from flatness.models.loading import is_user_dataset
+from flatness.models.registry import build_from_spec, canonical_model_name, model_spec
 
 METHODS = ("erm", "amp", "sam")
 SCHEDULES = ("step", "cosine", "constant")
 GAMMA = 0.1  # the step schedule's factor at each milestone
 # What may differ between a run and its resumption; everything else must match the stored config.
-RESUMABLE_CHANGES = ("epochs", "save_every", "device", "data_dir", "download", "precision", "channels_last",
-                     "compile", "data_on_device")
+RESUMABLE_CHANGES = (
+    "epochs",
+    "save_every",
+    "device",
+    "data_dir",
+    "download",
+    "precision",
+    "channels_last",
+    "compile",
+    "data_on_device",
+)
 PRECISIONS = ("fp32", "bf16")
 DATA_ON_DEVICE = ("auto", "yes", "no")
 
@@ -64,8 +75,8 @@ class TrainConfig:
 
     dataset: str = "digits"
     model: str = "convnet"
-    width: Optional[int] = None
-    depth: Optional[int] = None
+    width: int | None = None
+    depth: int | None = None
     method: str = "erm"
     epochs: int = 12
     batch_size: int = 32
@@ -74,8 +85,8 @@ class TrainConfig:
     nesterov: bool = True
     weight_decay: float = 5e-4
     schedule: str = "step"
-    milestones: List[int] = field(default_factory=lambda: [6, 9])
-    grad_clip: Optional[float] = None
+    milestones: list[int] = field(default_factory=lambda: [6, 9])
+    grad_clip: float | None = None
     seed: int = 0
     device: str = "auto"
     epsilon: float = 0.02
@@ -85,32 +96,32 @@ class TrainConfig:
     rho: float = 0.05
     adaptive: bool = False
     augment: bool = False
-    data_dir: Optional[str] = None
+    data_dir: str | None = None
     download: bool = False
     save_every: int = 0
-    recipe: Optional[str] = None
+    recipe: str | None = None
     # Speed settings (the CUDA fast path); they change no result on the CPU and may change on resume.
-    precision: str = "fp32"          # "bf16": bfloat16 autocast for forward/backward (weights stay fp32)
-    channels_last: bool = False      # NHWC memory layout for conv nets (faster on tensor cores)
-    compile: bool = False            # torch.compile the model
-    data_on_device: str = "auto"     # "auto": keep the dataset on the GPU when it fits; "yes" / "no"
+    precision: str = "fp32"  # "bf16": bfloat16 autocast for forward/backward (weights stay fp32)
+    channels_last: bool = False  # NHWC memory layout for conv nets (faster on tensor cores)
+    compile: bool = False  # torch.compile the model
+    data_on_device: str = "auto"  # "auto": keep the dataset on the GPU when it fits; "yes" / "no"
     # Multi-process training (torchrun): AMP/SAM perturbations from each rank's own shard, not the
     # global batch (cheaper: no all-reduce on the perturbation passes; a different method, documented).
     local_perturbation: bool = False
     # A user's model and data (flatness.models.loading): keyword arguments of a --model factory (a JSON
     # object), the size imagefolder images are resized to, and standardising user data by its training
     # split's statistics. Built-in datasets are prepared by flatness and take neither.
-    model_args: Optional[Dict[str, Any]] = None
-    image_size: Optional[int] = None
+    model_args: dict[str, Any] | None = None
+    image_size: int | None = None
     normalize: bool = False
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["milestones"] = list(out["milestones"])
         return out
 
     @classmethod
-    def from_dict(cls, values: Dict[str, Any], strict: bool = True) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any], strict: bool = True) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown and strict:
@@ -119,7 +130,7 @@ class TrainConfig:
         config.milestones = _milestones(config.milestones)
         return config
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Check every value (one-line FlatnessError) and canonicalise names; returns self."""
         from flatness.models.loading import check_dataset_reference
         from flatness.models.references import is_reference, parse_model_args
@@ -129,8 +140,10 @@ class TrainConfig:
             self.model = canonical_model_name(self.model)
         if self.model_args is not None:
             if not is_reference(self.model):
-                raise FlatnessError("--model-args applies to --model module:callable, file.py:callable or "
-                                    "torchvision:NAME; built-in models take --width/--depth")
+                raise FlatnessError(
+                    "--model-args applies to --model module:callable, file.py:callable or "
+                    "torchvision:NAME; built-in models take --width/--depth"
+                )
             self.model_args = parse_model_args(self.model_args)
         if self.image_size is not None:
             _integer("image_size", self.image_size, 1)
@@ -179,7 +192,7 @@ def _number(name, value, positive):
         raise FlatnessError(f"{name} must be a {'positive' if positive else 'non-negative'} number, got {value!r}")
 
 
-def _milestones(value) -> List[int]:
+def _milestones(value) -> list[int]:
     if value is None:
         return []
     if isinstance(value, str):
@@ -198,7 +211,8 @@ def _milestones(value) -> List[int]:
 
 # --------------------------------------------------------------------------- building a config
 
-def build_config(explicit: Dict[str, Any], recipe: Optional[str] = None) -> TrainConfig:
+
+def build_config(explicit: dict[str, Any], recipe: str | None = None) -> TrainConfig:
     """TrainConfig defaults < the recipe's values < ``explicit`` values (what the user typed)."""
     from flatness.models.loading import default_model_for
     from flatness.training.recipes import DATASET_RECIPES, recipe_values
@@ -220,13 +234,15 @@ def default_out_dir(config: TrainConfig) -> str:
     from flatness.models.references import is_reference
 
     model = config.model if is_reference(config.model) else canonical_model_name(config.model)
-    return os.path.join("checkpoints", f"{folder_label(config.dataset)}-{folder_label(model)}-"
-                                       f"{config.method}-s{config.seed}")
+    return os.path.join(
+        "checkpoints", f"{folder_label(config.dataset)}-{folder_label(model)}-{config.method}-s{config.seed}"
+    )
 
 
 def stored_config(out_dir: str) -> TrainConfig:
     """The configuration of the run in ``out_dir`` (from its last.pt), for resuming it; a run stopped
-    before its first last.pt gives its config.json (resuming it starts it over)."""
+    before its first last.pt gives its config.json (resuming it starts it over).
+    """
     last = _resumable(out_dir)
     if last is None:
         try:
@@ -235,15 +251,18 @@ def stored_config(out_dir: str) -> TrainConfig:
         except (OSError, ValueError):
             values = None
         if not isinstance(values, dict):
-            raise FlatnessError(f"nothing to resume in {out_dir} (it was stopped before its first checkpoint); "
-                                "run the same command without --resume to start it over")
+            raise FlatnessError(
+                f"nothing to resume in {out_dir} (it was stopped before its first checkpoint); "
+                "run the same command without --resume to start it over"
+            )
         return TrainConfig.from_dict(values, strict=False)
     return TrainConfig.from_dict(ckpt.read_checkpoint(last)["config"], strict=False)
 
 
-def resume_config(out_dir: str, explicit: Dict[str, Any]) -> TrainConfig:
+def resume_config(out_dir: str, explicit: dict[str, Any]) -> TrainConfig:
     """The stored config of ``out_dir`` with the explicitly given values applied (train() then
-    refuses any that may not change on resume)."""
+    refuses any that may not change on resume).
+    """
     from flatness.models.loading import is_code_reference
 
     values = stored_config(out_dir).to_dict()
@@ -251,13 +270,15 @@ def resume_config(out_dir: str, explicit: Dict[str, Any]) -> TrainConfig:
     # A run folder never makes flatness run the code it names: the command line must name it again.
     for key in ("model", "dataset"):
         if is_code_reference(values.get(key)) and key not in explicit:
-            raise FlatnessError(f"{out_dir} was trained with --{key} {values[key]}: pass --{key} {values[key]} "
-                                "again to resume it (a run folder never makes flatness run the code it names)")
+            raise FlatnessError(
+                f"{out_dir} was trained with --{key} {values[key]}: pass --{key} {values[key]} "
+                "again to resume it (a run folder never makes flatness run the code it names)"
+            )
     values.update({k: v for k, v in explicit.items() if k != "recipe" or v is not None})
     return TrainConfig.from_dict(values).validate()
 
 
-def _resumable(out_dir: str) -> Optional[str]:
+def _resumable(out_dir: str) -> str | None:
     """``out_dir``'s last.pt; None for a run stopped before its first last.pt (it starts over)."""
     if os.path.isfile(out_dir):
         raise FlatnessError(f"--out {out_dir} is a file, not a run folder")
@@ -274,14 +295,18 @@ _FIRST_FILES = (ckpt.CONFIG, ckpt.INIT, ckpt.snapshot_name(0), ckpt.METRICS)
 
 def _own_temp(name: str) -> bool:
     """A temporary file of flatness.core.fileio's atomic writes (``.NAME.XXXX.tmp``) left by a killed run."""
-    return name.startswith(".") and name.endswith(".tmp") and any(
-        name.startswith(f".{f}.") for f in _FIRST_FILES + (ckpt.LAST,)) or bool(
-        name.startswith(".epoch-") and name.endswith(".tmp"))
+    return (
+        name.startswith(".")
+        and name.endswith(".tmp")
+        and any(name.startswith(f".{f}.") for f in _FIRST_FILES + (ckpt.LAST,))
+        or bool(name.startswith(".epoch-") and name.endswith(".tmp"))
+    )
 
 
 def _unstarted(out_dir: str) -> bool:
     """A run folder whose first ``train`` was stopped before it wrote last.pt: only the files train
-    writes first (config.json, init.pt, epoch-000.pt, metrics.jsonl, their temporaries) are there."""
+    writes first (config.json, init.pt, epoch-000.pt, metrics.jsonl, their temporaries) are there.
+    """
     if not os.path.isdir(out_dir) or os.path.exists(os.path.join(out_dir, ckpt.LAST)):
         return False
     return all(n in _FIRST_FILES or _own_temp(n) for n in os.listdir(out_dir))
@@ -298,9 +323,11 @@ def _remove_own_temps(out_dir: str) -> None:
 
 # --------------------------------------------------------------------------- schedule, devices
 
+
 def lr_at(config: TrainConfig, epoch: int) -> float:
     """The learning rate used during ``epoch`` (1-based); milestone m means lr x0.1 from epoch m+1
-    on (as torch's MultiStepLR stepped once per epoch)."""
+    on (as torch's MultiStepLR stepped once per epoch).
+    """
     done = epoch - 1
     if config.schedule == "step":
         return config.lr * GAMMA ** sum(1 for m in config.milestones if done >= m)
@@ -320,14 +347,19 @@ class DeviceFlags:
     autocast: bool  # mixed precision is never used: measurements need full-precision weights
 
 
-def device_flags(device: torch.device, cpu_count: Optional[int] = None) -> DeviceFlags:
+def device_flags(device: torch.device, cpu_count: int | None = None) -> DeviceFlags:
     cuda = torch.device(device).type == "cuda"
     cpus = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
-    return DeviceFlags(pin_memory=cuda, non_blocking=cuda, num_workers=min(4, max(0, cpus - 1)) if cuda else 0,
-                       cudnn_benchmark=False, autocast=False)
+    return DeviceFlags(
+        pin_memory=cuda,
+        non_blocking=cuda,
+        num_workers=min(4, max(0, cpus - 1)) if cuda else 0,
+        cudnn_benchmark=False,
+        autocast=False,
+    )
 
 
-def to_device(batch: Tuple[torch.Tensor, torch.Tensor], device: torch.device, flags: DeviceFlags):
+def to_device(batch: tuple[torch.Tensor, torch.Tensor], device: torch.device, flags: DeviceFlags):
     x, y = batch
     return x.to(device, non_blocking=flags.non_blocking), y.to(device, non_blocking=flags.non_blocking)
 
@@ -345,8 +377,16 @@ class EpochBatches:
     the all-reduced gradient the mean over the global batch exactly, even for uneven shares.
     """
 
-    def __init__(self, dataset, batch_size: int, flags: DeviceFlags, device: Optional[torch.device] = None,
-                 on_device: bool = False, augment=None, pad_value=None):
+    def __init__(
+        self,
+        dataset,
+        batch_size: int,
+        flags: DeviceFlags,
+        device: torch.device | None = None,
+        on_device: bool = False,
+        augment=None,
+        pad_value=None,
+    ):
         self.dataset = dataset
         self.batch_size = batch_size
         self.flags = flags
@@ -367,10 +407,11 @@ class EpochBatches:
     def __len__(self) -> int:
         return self.steps
 
-    def epoch(self, generator: torch.Generator, rank: int = 0, world: int = 1
-              ) -> Iterator[Tuple[torch.Tensor, torch.Tensor, int]]:
+    def epoch(
+        self, generator: torch.Generator, rank: int = 0, world: int = 1
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
         perm = torch.randperm(len(self.dataset), generator=generator)
-        chunks = [perm[i * self.batch_size:(i + 1) * self.batch_size] for i in range(self.steps)]
+        chunks = [perm[i * self.batch_size : (i + 1) * self.batch_size] for i in range(self.steps)]
         share = (lambda t: t.tensor_split(world)[rank]) if world > 1 else (lambda t: t)
         if self.mode == "device":
             from flatness.data.tensor_data import AugmentSpec, augment_batch
@@ -389,15 +430,20 @@ class EpochBatches:
                 yield self.images[part], self.labels[part], int(idx.numel())
             return
         sizes = [int(c.numel()) for c in chunks]
-        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=[share(c).tolist() for c in chunks],
-                                             num_workers=self.flags.num_workers, pin_memory=self.flags.pin_memory)
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=[share(c).tolist() for c in chunks],
+            num_workers=self.flags.num_workers,
+            pin_memory=self.flags.pin_memory,
+        )
         for (x, y), size in zip(loader, sizes):
             yield x, y, size
 
 
-def keep_data_on_device(config: "TrainConfig", device: torch.device, train_set) -> bool:
+def keep_data_on_device(config: TrainConfig, device: torch.device, train_set) -> bool:
     """The CUDA fast path's data decision: the whole (un-augmented) training set lives on the GPU
-    when asked, or ("auto") when it takes under a quarter of the free GPU memory. Never on the CPU."""
+    when asked, or ("auto") when it takes under a quarter of the free GPU memory. Never on the CPU.
+    """
     from flatness.models.loading import is_user_dataset
 
     if config.data_on_device == "no" or device.type != "cuda" or is_user_dataset(config.dataset):
@@ -414,11 +460,12 @@ SMALL_MODEL_PARAMS = 2_000_000
 EVAL_BATCH_SIZE = 500
 
 
-def cpu_threads_for(model: nn.Module, device: torch.device) -> Optional[int]:
+def cpu_threads_for(model: nn.Module, device: torch.device) -> int | None:
     """Intra-op threads to train ``model`` with: 1 for a small model on the CPU (its ops are too small
     to gain from a second thread, and on a busy machine OpenMP's spin-waiting made a 2-thread run of
     the digits convnet use ~8x the CPU time of a 1-thread run); None = leave torch's setting. An
-    explicit OMP_NUM_THREADS in the environment always wins."""
+    explicit OMP_NUM_THREADS in the environment always wins.
+    """
     if torch.device(device).type != "cpu" or os.environ.get("OMP_NUM_THREADS"):
         return None
     if sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS:
@@ -429,17 +476,23 @@ def cpu_threads_for(model: nn.Module, device: torch.device) -> Optional[int]:
 def build_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
     from flatness.training.optim import AMP, SAM
 
-    base = dict(lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
-                weight_decay=config.weight_decay)
+    base = dict(lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay)
     if config.method == "amp":
-        return AMP(params, epsilon=config.epsilon, inner_lr=config.inner_lr, inner_iter=config.inner_iter,
-                   ball=config.ball, grad_clip=config.grad_clip, **base)
+        return AMP(
+            params,
+            epsilon=config.epsilon,
+            inner_lr=config.inner_lr,
+            inner_iter=config.inner_iter,
+            ball=config.ball,
+            grad_clip=config.grad_clip,
+            **base,
+        )
     if config.method == "sam":
         return SAM(params, rho=config.rho, adaptive=config.adaptive, grad_clip=config.grad_clip, **base)
     return torch.optim.SGD(params, **base)
 
 
-def _model_spec(config: TrainConfig, train_set) -> Dict[str, Any]:
+def _model_spec(config: TrainConfig, train_set) -> dict[str, Any]:
     from flatness.models.loading import infer_shape, is_user_dataset
 
     if is_user_dataset(config.dataset):
@@ -456,7 +509,7 @@ def _model_spec(config: TrainConfig, train_set) -> Dict[str, Any]:
     return model_spec(name, *shape, **options)
 
 
-def _build_model(config: TrainConfig, train_set, stored: Optional[Dict[str, Any]]) -> Tuple[nn.Module, Dict, Dict]:
+def _build_model(config: TrainConfig, train_set, stored: dict[str, Any] | None) -> tuple[nn.Module, dict, dict]:
     """The run's initial model (drawn from ``seed``), its spec, and the record of a user's model.
 
     Args:
@@ -478,13 +531,16 @@ def _build_model(config: TrainConfig, train_set, stored: Optional[Dict[str, Any]
         model, record = build_user_model(config.model, config.model_args, config.download)
     recorded = ((stored or {}).get("sources") or {}).get("model") or {}
     if is_code_reference(config.model) and recorded.get("sha256") and recorded["sha256"] != record["sha256"]:
-        raise FlatnessError(f"{config.model.rpartition(':')[0]} changed since this run was trained (sha256 "
-                            "differs): resuming would mix two models; restore the file or start a new --out")
+        raise FlatnessError(
+            f"{config.model.rpartition(':')[0]} changed since this run was trained (sha256 "
+            "differs): resuming would mix two models; restore the file or start a new --out"
+        )
     spec = {"name": config.model, "reference": config.model, "args": record["args"], "sha256": record["sha256"]}
     return model, spec, record
 
 
 # --------------------------------------------------------------------------- the loop
+
 
 def _check_out(out_dir: str, resume: bool) -> None:
     if os.path.isfile(out_dir):
@@ -492,22 +548,24 @@ def _check_out(out_dir: str, resume: bool) -> None:
     if resume:
         _resumable(out_dir)
     elif os.path.isdir(out_dir) and os.listdir(out_dir) and not _unstarted(out_dir):
-        raise FlatnessError(f"{out_dir} already exists and is not empty; pass --resume to continue that run, "
-                            "or choose another --out")
+        raise FlatnessError(
+            f"{out_dir} already exists and is not empty; pass --resume to continue that run, or choose another --out"
+        )
 
 
-def _write_metrics(out_dir: str, metrics: List[Dict[str, Any]]) -> None:
+def _write_metrics(out_dir: str, metrics: list[dict[str, Any]]) -> None:
     atomic_write_text(os.path.join(out_dir, ckpt.METRICS), "".join(json.dumps(m) + "\n" for m in metrics))
 
 
-def train(config: TrainConfig, out_dir: Optional[str] = None, resume: bool = False, progress: bool = True,
-          verbose: bool = True) -> str:
+def train(
+    config: TrainConfig, out_dir: str | None = None, resume: bool = False, progress: bool = True, verbose: bool = True
+) -> str:
     """Train per ``config`` into ``out_dir`` (default ``checkpoints/<dataset>-<model>-<method>-s<seed>``)
     and return ``out_dir``. ``resume=True`` continues the run stored there from its last finished
     epoch (``config`` may then differ from the stored one only in epochs, save_every, device,
     data_dir and download). Raises FlatnessError for bad input (nothing on disk touched) and
-    DivergedError when the loss stops being finite (the last good checkpoint is kept)."""
-
+    DivergedError when the loss stops being finite (the last good checkpoint is kept).
+    """
     config = TrainConfig.from_dict(config.to_dict()).validate()
     out_dir = out_dir or default_out_dir(config)
     check_paths({}, {"--out": out_dir}, folders=["--out"])
@@ -516,11 +574,11 @@ def train(config: TrainConfig, out_dir: Optional[str] = None, resume: bool = Fal
     # One writer per run folder: a second train (or resume) of it refuses at once. Under torchrun only
     # rank 0 writes, so only rank 0 locks (the launcher stops the other ranks when it fails).
     main_rank = not distributed.launched_by_torchrun() or int(os.environ.get("RANK", "0")) == 0
-    with (locking.exclusive(out_dir, "run folder") if main_rank else contextlib.nullcontext()):
+    with locking.exclusive(out_dir, "run folder") if main_rank else contextlib.nullcontext():
         return _train_locked(config, out_dir, resume, progress, verbose, main_rank)
 
 
-def _resumed(out_dir: str, config: TrainConfig) -> Tuple[Dict[str, Any], TrainConfig]:
+def _resumed(out_dir: str, config: TrainConfig) -> tuple[dict[str, Any], TrainConfig]:
     """The stored state of the run in ``out_dir`` and the config to go on with.
 
     Args:
@@ -537,20 +595,25 @@ def _resumed(out_dir: str, config: TrainConfig) -> Tuple[Dict[str, Any], TrainCo
     changed = [k for k in stored if k not in RESUMABLE_CHANGES and k != "recipe" and stored[k] != given[k]]
     if changed:
         k = changed[0]
-        raise FlatnessError(f"cannot change {k} when resuming {out_dir} (the run has {k}={stored[k]!r}, "
-                            f"given {given[k]!r}); drop the option or start a new run with another --out")
+        raise FlatnessError(
+            f"cannot change {k} when resuming {out_dir} (the run has {k}={stored[k]!r}, "
+            f"given {given[k]!r}); drop the option or start a new run with another --out"
+        )
     stored.update({k: given[k] for k in RESUMABLE_CHANGES})
     config = TrainConfig.from_dict(stored).validate()
     finished = int(state["epoch"])
     if config.epochs < finished:  # fewer epochs than done: neither shrink the record nor its config
-        raise FlatnessError(f"{out_dir} has already trained {finished} epochs; --epochs {config.epochs} "
-                            f"would not undo them: give --epochs {finished} or more to continue, or choose "
-                            "another --out for a shorter run")
+        raise FlatnessError(
+            f"{out_dir} has already trained {finished} epochs; --epochs {config.epochs} "
+            f"would not undo them: give --epochs {finished} or more to continue, or choose "
+            "another --out for a shorter run"
+        )
     return state, config
 
 
-def _train_locked(config: TrainConfig, out_dir: str, resume: bool, progress: bool, verbose: bool,
-                  main_rank: bool) -> str:
+def _train_locked(
+    config: TrainConfig, out_dir: str, resume: bool, progress: bool, verbose: bool, main_rank: bool
+) -> str:
     _check_out(out_dir, resume)
     if resume and _resumable(out_dir) is None:
         resume = False  # stopped before its first checkpoint: start it over
@@ -587,10 +650,20 @@ def _train_locked(config: TrainConfig, out_dir: str, resume: bool, progress: boo
         if not main_rank:  # rank 0 alone writes; every rank holds the same state
             return
         extra = {"shuffle_rng": shuffle.get_state()} if full else None
-        ckpt.save_checkpoint(path, model, model_spec=spec, config=config_dict, epoch=epoch, step=step,
-                             metrics=metrics, optimizer_state=optimizer.state_dict() if full else None,
-                             scheduler_state={"schedule": config.schedule, "epoch": epoch} if full else None,
-                             rng=ckpt.capture_rng() if full else None, extra=extra, sources=sources)
+        ckpt.save_checkpoint(
+            path,
+            model,
+            model_spec=spec,
+            config=config_dict,
+            epoch=epoch,
+            step=step,
+            metrics=metrics,
+            optimizer_state=optimizer.state_dict() if full else None,
+            scheduler_state={"schedule": config.schedule, "epoch": epoch} if full else None,
+            rng=ckpt.capture_rng() if full else None,
+            extra=extra,
+            sources=sources,
+        )
 
     if keep_data_on_device(config, device, train_set):
         from flatness.data.tensor_data import AUGMENTATIONS, AugmentSpec
@@ -598,8 +671,15 @@ def _train_locked(config: TrainConfig, out_dir: str, resume: bool, progress: boo
         info = dataset_info(config.dataset)
         plain = get_dataset(config.dataset, "train", root=root, augment=False)
         spec_aug = AUGMENTATIONS.get(config.dataset, AugmentSpec()) if config.augment else AugmentSpec()
-        batches = EpochBatches(plain, config.batch_size, flags, device=device, on_device=True, augment=spec_aug,
-                               pad_value=[-m / s for m, s in zip(info.mean, info.std)])
+        batches = EpochBatches(
+            plain,
+            config.batch_size,
+            flags,
+            device=device,
+            on_device=True,
+            augment=spec_aug,
+            pad_value=[-m / s for m, s in zip(info.mean, info.std)],
+        )
     else:
         batches = EpochBatches(train_set, config.batch_size, flags)
     # The test split, decoded once and kept on the compute device; every epoch's test loss and
@@ -609,7 +689,7 @@ def _train_locked(config: TrainConfig, out_dir: str, resume: bool, progress: boo
         if main_rank:
             os.makedirs(out_dir, exist_ok=True)
         torch.manual_seed(config.seed)  # the global RNG drives augmentation (and dropout)
-        metrics: List[Dict[str, Any]] = []
+        metrics: list[dict[str, Any]] = []
         if main_rank:
             atomic_write_json(os.path.join(out_dir, ckpt.CONFIG), config_dict)
         save(os.path.join(out_dir, ckpt.INIT), 0, 0, metrics, full=False)
@@ -643,8 +723,23 @@ def _train_locked(config: TrainConfig, out_dir: str, resume: bool, progress: boo
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        _loop(config, model, optimizer, batches, shuffle, test_data, device, flags, metrics, save, out_dir,
-              start, step, progress and main_rank, verbose and main_rank)
+        _loop(
+            config,
+            model,
+            optimizer,
+            batches,
+            shuffle,
+            test_data,
+            device,
+            flags,
+            metrics,
+            save,
+            out_dir,
+            start,
+            step,
+            progress and main_rank,
+            verbose and main_rank,
+        )
     finally:
         torch.set_num_threads(threads_before)
     return out_dir
@@ -666,10 +761,11 @@ def _datasets(config: TrainConfig, main_rank: bool):
     return found
 
 
-def _forward_module(model: nn.Module, config: "TrainConfig", device: torch.device) -> nn.Module:
+def _forward_module(model: nn.Module, config: TrainConfig, device: torch.device) -> nn.Module:
     """What the training step calls: the model itself, wrapped in DDP under torchrun (gradients
     all-reduced in buckets during the backward) and compiled when asked. Parameters stay shared, so
-    the optimizer and the checkpoint keep working on ``model``."""
+    the optimizer and the checkpoint keep working on ``model``.
+    """
     net = model
     if distributed.is_distributed():
         from torch.nn.parallel import DistributedDataParallel
@@ -680,13 +776,31 @@ def _forward_module(model: nn.Module, config: "TrainConfig", device: torch.devic
     return net
 
 
-def _loop(config, model, optimizer, batches, shuffle, test_data, device, flags, metrics, save, out_dir, start,
-          step, progress, verbose) -> None:
+def _loop(
+    config,
+    model,
+    optimizer,
+    batches,
+    shuffle,
+    test_data,
+    device,
+    flags,
+    metrics,
+    save,
+    out_dir,
+    start,
+    step,
+    progress,
+    verbose,
+) -> None:
     last_path = os.path.join(out_dir, ckpt.LAST)
     rank, world = distributed.rank(), distributed.world_size()
     net = _forward_module(model, config, device)
-    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if config.precision == "bf16"
-                else contextlib.nullcontext())
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        if config.precision == "bf16"
+        else contextlib.nullcontext()
+    )
     # Which closure calls build the perturbation (AMP: the first inner_iter, SAM: the first); with
     # --local-perturbation those skip DDP's all-reduce, so each rank perturbs by its own shard.
     passes = {"erm": 1, "amp": config.inner_iter + 1, "sam": 2}[config.method]
@@ -704,7 +818,7 @@ def _loop(config, model, optimizer, batches, shuffle, test_data, device, flags, 
                 x, y = to_device((bx, by), device, flags)
                 if config.channels_last and x.dim() == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
-                logits_at_theta: List[torch.Tensor] = []
+                logits_at_theta: list[torch.Tensor] = []
                 # DDP averages gradients over ranks; scaling each rank's mean by its share makes the
                 # average the exact mean over the global batch (also when shares are uneven).
                 scale = y.shape[0] * world / global_size
@@ -713,8 +827,8 @@ def _loop(config, model, optimizer, batches, shuffle, test_data, device, flags, 
                 def closure():
                     calls[0] += 1
                     optimizer.zero_grad(set_to_none=True)
-                    local = (world > 1 and config.local_perturbation and calls[0] < passes)
-                    with (net.no_sync() if local else contextlib.nullcontext()):
+                    local = world > 1 and config.local_perturbation and calls[0] < passes
+                    with net.no_sync() if local else contextlib.nullcontext():
                         with autocast:
                             logits = net(x)
                         loss = F.cross_entropy(logits.float(), y)
@@ -741,7 +855,8 @@ def _loop(config, model, optimizer, batches, shuffle, test_data, device, flags, 
                 if not math.isfinite(value):
                     raise DivergedError(
                         f"training diverged: the loss is {value} at epoch {epoch}, step {i} of {len(batches)} "
-                        f"(lr {lr:g}); the last good checkpoint is kept: {last_path} (epoch {epoch - 1})")
+                        f"(lr {lr:g}); the last good checkpoint is kept: {last_path} (epoch {epoch - 1})"
+                    )
                 loss_sum += value * y.shape[0]
                 correct += int((logits_at_theta[0].argmax(1) == y).sum())
                 seen += int(y.shape[0])
@@ -756,17 +871,29 @@ def _loop(config, model, optimizer, batches, shuffle, test_data, device, flags, 
             loss_sum, correct, seen = totals[0].cpu(), int(totals[1]), int(totals[2])
         test_loss, test_acc = evaluate(model, test_data)
         if not math.isfinite(test_loss):
-            raise DivergedError(f"training diverged: the test loss is {test_loss} after epoch {epoch} "
-                                f"(step {step}); the last good checkpoint is kept: {last_path} (epoch {epoch - 1})")
+            raise DivergedError(
+                f"training diverged: the test loss is {test_loss} after epoch {epoch} "
+                f"(step {step}); the last good checkpoint is kept: {last_path} (epoch {epoch - 1})"
+            )
         seconds = time.perf_counter() - began
-        record = {"epoch": epoch, "lr": lr, "train_loss": float(loss_sum) / seen, "train_acc": correct / seen,
-                  "test_loss": test_loss, "test_acc": test_acc, "seconds": round(seconds, 3)}
+        record = {
+            "epoch": epoch,
+            "lr": lr,
+            "train_loss": float(loss_sum) / seen,
+            "train_acc": correct / seen,
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "seconds": round(seconds, 3),
+        }
         metrics.append(record)
         if config.save_every and epoch % config.save_every == 0:
             save(os.path.join(out_dir, ckpt.snapshot_name(epoch)), epoch, step, metrics, full=False)
         save(last_path, epoch, step, metrics, full=True)
         _write_metrics(out_dir, metrics)
         if verbose:
-            print(f"epoch {epoch:3d}/{config.epochs}  lr {lr:.4g}  train loss {record['train_loss']:.4f} "
-                  f"acc {record['train_acc']:.4f}  test loss {test_loss:.4f} acc {test_acc:.4f}  "
-                  f"{seconds:.1f}s", flush=True)
+            print(
+                f"epoch {epoch:3d}/{config.epochs}  lr {lr:.4g}  train loss {record['train_loss']:.4f} "
+                f"acc {record['train_acc']:.4f}  test loss {test_loss:.4f} acc {test_acc:.4f}  "
+                f"{seconds:.1f}s",
+                flush=True,
+            )

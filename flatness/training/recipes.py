@@ -3,15 +3,16 @@
 A recipe is a set of TrainConfig values; options given explicitly on the command line (or
 explicitly to ``training.build_config``) override it, and TrainConfig's defaults fill the rest.
 """
+
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 from flatness.core.errors import FlatnessError
 
 # The published AMP setup (Zheng et al., CVPR 2021, and its reference code) for PreActResNet18 /
 # WRN-28-10 on CIFAR/SVHN. ERM baselines of the paper use the same recipe with --method erm.
-_AMP_PAPER: Dict[str, Any] = {
+_AMP_PAPER: dict[str, Any] = {
     "dataset": "cifar10",
     "model": "preactresnet18",
     "method": "amp",
@@ -31,11 +32,11 @@ _AMP_PAPER: Dict[str, Any] = {
     "augment": True,
 }
 
-RECIPES: Dict[str, Dict[str, Any]] = {
+RECIPES: dict[str, dict[str, Any]] = {
     "amp-paper": {
         "description": "the AMP paper's CIFAR/SVHN recipe: PreActResNet18, SGD lr 0.1 Nesterov 0.9, wd 1e-4, "
-                       "batch 50, 200 epochs, lr x0.1 at 100 and 150, grad clip 50, AMP eps 0.5 inner_lr 1 "
-                       "inner_iter 1 (per-tensor ball), augmentation on",
+        "batch 50, 200 epochs, lr x0.1 at 100 and 150, grad clip 50, AMP eps 0.5 inner_lr 1 "
+        "inner_iter 1 (per-tensor ball), augmentation on",
         "values": dict(_AMP_PAPER),
     },
     "amp-paper-vgg": {
@@ -48,15 +49,28 @@ RECIPES: Dict[str, Dict[str, Any]] = {
     # run on one CPU thread, so `flatness experiment --dataset mnist1d` fits in a few minutes.
     "mnist1d-default": {
         "description": "MNIST-1D with the paper's MLP (mlp1d, 40-100-100-10): SGD lr 0.1 momentum 0.9 (no "
-                       "Nesterov), no weight decay, batch 100, 100 epochs, cosine schedule, AMP eps 0.5 "
-                       "inner_lr 1 (ERM ~68 %, AMP ~70.5 % test accuracy)",
-        "values": {"dataset": "mnist1d", "model": "mlp1d", "epochs": 100, "batch_size": 100, "lr": 0.1,
-                   "momentum": 0.9, "nesterov": False, "weight_decay": 0.0, "schedule": "cosine",
-                   "milestones": [], "epsilon": 0.5, "inner_lr": 1.0, "inner_iter": 1, "ball": "tensor"},
+        "Nesterov), no weight decay, batch 100, 100 epochs, cosine schedule, AMP eps 0.5 "
+        "inner_lr 1 (ERM ~68 %, AMP ~70.5 % test accuracy)",
+        "values": {
+            "dataset": "mnist1d",
+            "model": "mlp1d",
+            "epochs": 100,
+            "batch_size": 100,
+            "lr": 0.1,
+            "momentum": 0.9,
+            "nesterov": False,
+            "weight_decay": 0.0,
+            "schedule": "cosine",
+            "milestones": [],
+            "epsilon": 0.5,
+            "inner_lr": 1.0,
+            "inner_iter": 1,
+            "ball": "tensor",
+        },
     },
     "digits-default": {
         "description": "the offline default (what `flatness train` does with no options): digits, convnet, "
-                       "see TrainConfig for the values",
+        "see TrainConfig for the values",
         "values": {},  # filled below from TrainConfig's defaults, so the two can never disagree
     },
 }
@@ -85,14 +99,14 @@ for _model in ("preactresnet18", "wrn-28-10"):
 
 # The recipe a run on a dataset starts from when none is named (a dataset absent here: TrainConfig's
 # defaults, tuned for digits).
-DATASET_RECIPES: Dict[str, str] = {"mnist1d": "mnist1d-default"}
+DATASET_RECIPES: dict[str, str] = {"mnist1d": "mnist1d-default"}
 
 
 def recipe_names():
     return sorted(RECIPES)
 
 
-def recipe_values(name: str) -> Dict[str, Any]:
+def recipe_values(name: str) -> dict[str, Any]:
     """The values of recipe ``name`` (a copy)."""
     if name not in RECIPES:
         raise FlatnessError(f"unknown recipe {name!r}; choose one of: {', '.join(recipe_names())}")
