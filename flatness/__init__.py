@@ -68,6 +68,7 @@ __all__ = [
     "power_iteration",
     "read_probe",
     "read_surface",
+    "resolve_device",
     "resolve_model_reference",
     "run_experiment",
     "run_probe",

@@ -169,7 +169,7 @@ def test_sigkill_train_at_random_moments_then_resume_is_bitwise(tmp_path, straig
         before = mtime(run / "last.pt")
         proc = spawn(args, tmp_path / f"train{attempts}.log")
         if rng.random() < 0.7:  # most kills once this process has written a checkpoint, the others anywhere
-            wait_for(proc, lambda: mtime(run / "last.pt") != before)
+            wait_for(proc, lambda before=before: mtime(run / "last.pt") != before)
             delay = rng.uniform(0.0, 0.6)
         else:
             delay = rng.uniform(0.2, 4.0)
@@ -288,7 +288,7 @@ def test_sigkill_surface_at_random_moments_then_resume_is_identical(checkpoint, 
         before = mtime(out)
         proc = spawn(args, tmp_path / f"surface{attempts}.log", env=SURFACE_ENV)
         if rng.random() < 0.8:  # most kills once this process has written points, the others anywhere
-            wait_for(proc, lambda: mtime(out) != before)
+            wait_for(proc, lambda before=before: mtime(out) != before)
             delay = rng.uniform(0.0, 0.7)
         else:
             delay = rng.uniform(0.5, 5.0)

@@ -181,7 +181,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, cli, monkeypatch, args, messag
     result = cli(["plot", *args])
     assert result.exit_code != 0
     assert "Traceback" not in result.output
-    lines = [l for l in result.output.strip().splitlines() if l]
+    lines = [line for line in result.output.strip().splitlines() if line]
     assert len(lines) == 1 and message in lines[0], result.output
 
 

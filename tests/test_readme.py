@@ -30,7 +30,11 @@ def section_code(text: str, heading: str) -> str:
 
 
 def test_section_code_finds_only_its_own_block():
-    text = "## A\n```python\nprint(1)\n```\n## Your own model\ntext\n```python\nprint(2)\n```\n## B\n```python\nprint(3)\n```\n"
+    text = (
+        "## A\n```python\nprint(1)\n```\n"
+        "## Your own model\ntext\n```python\nprint(2)\n```\n"
+        "## B\n```python\nprint(3)\n```\n"
+    )
     assert section_code(text, SECTION) == "print(2)\n"
     with pytest.raises(AssertionError):
         section_code("## Your own model\nno code here\n## B\n```python\nprint(3)\n```\n", SECTION)

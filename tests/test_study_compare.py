@@ -179,5 +179,5 @@ def test_bad_inputs(tmp_path, cli, setup, message):
     (tmp_path / "b.json").write_text("{")
     result = cli(["compare", *args])
     assert result.exit_code != 0 and "Traceback" not in result.output
-    lines = [l for l in result.output.strip().splitlines() if l]
+    lines = [line for line in result.output.strip().splitlines() if line]
     assert len(lines) == 1 and message in lines[0], result.output

@@ -114,5 +114,5 @@ def test_changed_settings_and_bad_options_are_refused(quick_study, cli):
         (["--methods", "erm,xyz"], "unknown method"),
     ):
         result = cli(["experiment", "--quick", "--out", out.parent / "other", *args])
-        lines = [l for l in result.output.strip().splitlines() if l]
+        lines = [line for line in result.output.strip().splitlines() if line]
         assert result.exit_code != 0 and len(lines) == 1 and message in lines[0], result.output

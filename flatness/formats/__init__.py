@@ -1,3 +1,5 @@
-"""File formats, one owner each: checkpoints and run folders (``checkpoint``), probe JSON
-(``probe_file``), loss-surface HDF5 (``surface_file``). Nothing else reads or writes them.
+"""File formats, one owner each; nothing else reads or writes them.
+
+Checkpoints and run folders (``checkpoint``), probe JSON (``probe_file``), loss-surface HDF5
+(``surface_file``).
 """

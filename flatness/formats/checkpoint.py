@@ -57,6 +57,7 @@ def user_model_reference(spec: dict[str, Any]) -> str | None:
 
 
 def snapshot_name(epoch: int) -> str:
+    """The file name of an epoch's snapshot, ``epoch-NNN.pt`` (zero-padded so names sort by epoch)."""
     return f"epoch-{epoch:03d}.pt"
 
 
@@ -92,6 +93,13 @@ def capture_rng() -> dict[str, Any]:
 
 
 def restore_rng(state: dict[str, Any]) -> None:
+    """Put back every RNG state that ``capture_rng`` took, so a resumed run draws what it would have.
+
+    CUDA states are restored only when as many devices are visible as when they were captured.
+
+    Args:
+        state: the dict from ``capture_rng`` (as stored in a checkpoint).
+    """
     torch.set_rng_state(state["torch"])
     nps = state["numpy"]
     np.random.set_state(
@@ -211,8 +219,9 @@ _GLOBAL_RE = re.compile(r"GLOBAL ([A-Za-z_][\w.]*)")
 
 
 def _unsafe_message(path: str, text: str) -> str:
-    """One line for a file torch's weights_only unpickler refused: name the object it wanted, never
-    suggest loading it unsafely (torch's own message does).
+    """One line for a file torch's weights_only unpickler refused.
+
+    It names the object the file wanted and never suggests loading it unsafely (torch's own message does).
     """
     found = _GLOBAL_RE.search(text)
     if found:
@@ -238,6 +247,12 @@ def check_state_finite(state: dict[str, Any], path: str) -> None:
 
 
 def check_finite(model: nn.Module, path: str) -> None:
+    """Refuse a model whose weights hold NaN or Inf (a diverged run), naming the checkpoint.
+
+    Args:
+        model: the rebuilt model.
+        path: the checkpoint it came from, for the message.
+    """
     check_state_finite(model.state_dict(), path)
 
 

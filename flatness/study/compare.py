@@ -58,6 +58,7 @@ class RunRecord:
 
     @property
     def label(self) -> str:
+        """The run as tables and legends name it, e.g. ``AMP seed 1`` (just ``AMP`` without a seed)."""
         return f"{self.method.upper()}" + (f" seed {self.seed}" if self.seed is not None else "")
 
 
@@ -66,6 +67,12 @@ class RunRecord:
 
 @dataclass
 class Quantity:
+    """One row of the comparison table: what is measured, in which unit, how, and which way is better.
+
+    ``better`` says which direction of a difference counts as an improvement; ``flatness`` marks the
+    flatness/sharpness measures, whose improvements are reported as "flatter" and adjusted together.
+    """
+
     key: str
     label: str
     unit: str
@@ -130,6 +137,14 @@ def sharpness_key(entry: dict[str, Any]) -> str:
 
 
 def sharpness_unit(metric: str) -> tuple[str, str]:
+    """The unit and a one-line definition of a sharpness metric, for the table's rows and notes.
+
+    Args:
+        metric: the metric's name as the probe JSON stores it (matched by substrings, any case).
+
+    Returns:
+        ``(unit, how)``: e.g. ``("nats", "max of L(θ+δ) − L(θ) over the ball, ...")``.
+    """
     m = metric.lower()
     if "pac" in m:
         return "1/σ²", "PAC-Bayes flatness 1/σ*² (bisection on σ with Monte-Carlo draws)"
@@ -409,6 +424,14 @@ def _method(value) -> str:
 
 
 def load_run_dir(path: str) -> RunRecord:
+    """Read one run folder: its config, training log, probe JSON and surface files, whichever exist.
+
+    Args:
+        path: a folder with ``config.json`` (a training run) or at least one probe JSON.
+
+    Returns:
+        The run's record (``values`` not yet filled: ``record_values`` does that).
+    """
     config_path = os.path.join(path, "config.json")
     metrics_path = os.path.join(path, "metrics.jsonl")
     probe_path = _find_probe(path)
@@ -432,6 +455,17 @@ def load_run_dir(path: str) -> RunRecord:
 
 
 def load_probe_file(path: str) -> RunRecord:
+    """Read one probe JSON as a run, with its training log when the run folder can be found.
+
+    The run folder is the checkpoint's folder as the probe recorded it, else the probe's own folder,
+    whichever holds a ``metrics.jsonl``; without one the record has no epochs (no test accuracy).
+
+    Args:
+        path: the probe JSON file.
+
+    Returns:
+        The run's record (``values`` not yet filled).
+    """
     probe = _load_probe(path)
     ck = probe.get("checkpoint") or {}
     run_dir = None
@@ -509,9 +543,10 @@ POOLABLE_DIFFERENCES = (
 
 
 def check_poolable(records: Sequence[RunRecord]) -> None:
-    """Refuse inputs that would be pooled wrongly as seeds of one method: runs trained with other
-    settings (2 against 4 epochs are not two seeds of one method), and one seed given twice (a copied
-    run folder would count as a second seed, with a std of 0).
+    """Refuse inputs that would be pooled wrongly as seeds of one method.
+
+    Two cases: runs trained with other settings (2 against 4 epochs are not two seeds of one method),
+    and one seed given twice (a copied run folder would count as a second seed, with a std of 0).
 
     Args:
         records: the runs, as collected.
@@ -554,6 +589,14 @@ def _g(v: float | None, digits: int = 4) -> str:
 
 
 def format_mean_std(cell: dict[str, Any]) -> str:
+    """One table cell: ``mean ± std`` (a std at rounding level shows as 0), or why there is no std.
+
+    Args:
+        cell: a method's entry of a comparison row (``mean``, ``std``, ``n``).
+
+    Returns:
+        The cell's text ("–" when the method has no value for the row).
+    """
     if cell["n"] == 0:
         return "–"
     if cell["std"] is None:
@@ -571,6 +614,14 @@ def format_p_holm(v: dict[str, Any]) -> str:
 
 
 def format_p(v: dict[str, Any]) -> str:
+    """The raw Welch p-value as the table shows it, or ``n/a`` with the reason it is undefined.
+
+    Args:
+        v: a method-versus-baseline entry of a comparison row (``p``, ``note``).
+
+    Returns:
+        The cell's text.
+    """
     if v.get("p") is None:
         return f"n/a ({v.get('note') or 'undefined'})"
     p = v["p"]
@@ -619,6 +670,14 @@ def markdown_table(comp: dict[str, Any]) -> str:
 
 
 def per_run_columns(comp: dict[str, Any]) -> list[tuple[str, str]]:
+    """The CSV's quantity columns: ``(key, header)`` per table row, the header carrying the unit.
+
+    Args:
+        comp: the summary from ``compare``.
+
+    Returns:
+        One ``(quantity key, column header)`` pair per row, in the table's order.
+    """
     return [(row["key"], row["label"] + (f" ({row['unit']})" if row["unit"] else "")) for row in comp["rows"]]
 
 
@@ -670,6 +729,16 @@ def _mean_curves(records: Sequence[RunRecord], key: str) -> tuple[np.ndarray, np
 
 
 def figure_training(records: Sequence[RunRecord], path: str, force: bool = False) -> str | None:
+    """Loss and accuracy per epoch, mean ± 1 std over seeds, one colour per method.
+
+    Args:
+        records: the runs; those without a training log are left out.
+        path: the image file to write.
+        force: replace an existing file.
+
+    Returns:
+        The path written, or None when no run has a training log.
+    """
     from flatness.plot.style import new_figure, save_figure
 
     methods = sorted(
@@ -710,6 +779,16 @@ def figure_training(records: Sequence[RunRecord], path: str, force: bool = False
 
 
 def figure_spectra(records: Sequence[RunRecord], path: str, force: bool = False) -> str | None:
+    """The Hessian spectra overlaid, one probe per method: its lowest seed with a density, else its lowest seed.
+
+    Args:
+        records: the runs; those without a probe are left out.
+        path: the image file to write.
+        force: replace an existing file.
+
+    Returns:
+        The path written, or None when no run has a probe.
+    """
     from flatness.plot.spectra import plot_spectrum
 
     chosen = []
@@ -739,6 +818,17 @@ def _surface_groups(records: Sequence[RunRecord], extra: Sequence[str]):
 
 
 def figure_slices(records: Sequence[RunRecord], path: str, force: bool = False, log: bool = False) -> str | None:
+    """The 1D random-direction slices of one run per method on common axes.
+
+    Args:
+        records: the runs; their 1D surface files along random directions are used.
+        path: the image file to write.
+        force: replace an existing file.
+        log: draw the loss on a log scale.
+
+    Returns:
+        The path written, or None when no run has such a surface.
+    """
     from flatness.plot.curves import plot_1d
 
     one_d, _ = _surface_groups(records, [])
@@ -756,6 +846,16 @@ def figure_slices(records: Sequence[RunRecord], path: str, force: bool = False, 
 
 
 def figure_contours(records: Sequence[RunRecord], path: str, force: bool = False) -> str | None:
+    """The 2D random-direction surfaces of one run per method side by side, with shared colour limits.
+
+    Args:
+        records: the runs; their 2D surface files along random directions are used.
+        path: the image file to write.
+        force: replace an existing file.
+
+    Returns:
+        The path written, or None when no run has such a surface.
+    """
     from flatness.plot.maps import draw_2d
     from flatness.plot.style import common_limits, new_figure, pick_value, save_figure, use_log
 
@@ -798,8 +898,19 @@ def figure_contours(records: Sequence[RunRecord], path: str, force: bool = False
 def compare_figures(
     records: Sequence[RunRecord], out_dir: str, fmt: str = "png", force: bool = False, prefix: str = "compare"
 ) -> dict[str, str]:
-    """The figure grid: training curves, spectra overlaid, 1D slices on common axes, 2D contours side by
-    side. Returns {name: path} for those the inputs allow.
+    """Write every comparison figure the inputs allow.
+
+    The figures: training curves, spectra overlaid, 1D slices on common axes, 2D contours side by side.
+
+    Args:
+        records: the runs.
+        out_dir: the folder the figures go to, as ``<prefix>-<name>.<fmt>``.
+        fmt: the image format (file extension).
+        force: replace existing files.
+        prefix: the start of each file name.
+
+    Returns:
+        ``{name: path}`` of the figures written.
     """
     out = {}
     for name, fn in (

@@ -54,6 +54,11 @@ FROZEN = ("dataset", "model", "recipe", "epochs", "samples", "grid", "quick", "b
 
 @dataclass
 class ExperimentConfig:
+    """The settings of one study; ``None`` fields get their defaults in ``resolved()``.
+
+    Kept as given (not resolved) so that a rerun can tell a default from an explicit value.
+    """
+
     out: str | None = None
     # MNIST-1D: the offline study where AMP and ERM differ in test accuracy (digits saturates at ~99 %)
     dataset: str = "mnist1d"
@@ -78,6 +83,11 @@ class ExperimentConfig:
     threads: int | None = None  # torch threads in each worker process (None: PyTorch's choice)
 
     def resolved(self) -> ExperimentConfig:
+        """A validated copy with every default filled in (lists parsed, ``--quick`` applied).
+
+        Returns:
+            The resolved config; raises FlatnessError on the first invalid setting.
+        """
         c = dataclasses.replace(self)
         c.methods = tuple(_parse_list(c.methods, str, "methods"))
         c.seeds = tuple(_parse_list(c.seeds, int, "seeds"))
@@ -119,14 +129,17 @@ class ExperimentConfig:
         return c
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON-ready plain data (tuples as lists), as ``experiment.json`` stores them."""
         d = dataclasses.asdict(self)
         d["methods"], d["seeds"] = list(self.methods), list(self.seeds)
         return d
 
 
 def check_grid(grid: Any) -> int:
-    """The study's surface resolution N: the 2D surface has N*N points and the 1D ones 2N-1, all within
-    the surface module's limits (checked here, before any run is trained, not when the surfaces start).
+    """Check the study's surface resolution N against the surface module's limits.
+
+    The 2D surface has N*N points and the 1D ones 2N-1; checked here, before any run is trained, not
+    when the surfaces start.
 
     Args:
         grid: N as given.
@@ -158,8 +171,15 @@ def _parse_list(value, kind, name) -> list[Any]:
 
 
 def probe_settings(quick: bool) -> dict[str, Any]:
-    """What every probe of the study measures (the probe's own defaults where not said here). The
-    spectral density (the costliest part) is computed only for the seed whose spectra are plotted.
+    """What every probe of the study measures (the probe's own defaults where not said here).
+
+    The spectral density (the costliest part) is computed only for the seed whose spectra are plotted.
+
+    Args:
+        quick: the ``--quick`` smoke-test budget instead of the full one.
+
+    Returns:
+        The probe settings as a dict (``ProbeSettings.from_dict`` fields).
     """
     if quick:
         return {
@@ -201,6 +221,16 @@ def probe_settings(quick: bool) -> dict[str, Any]:
 
 
 def run_dir(cfg: ExperimentConfig, method: str, seed: int) -> str:
+    """The folder of one (method, seed) run: ``OUT/runs/<method>-s<seed>``.
+
+    Args:
+        cfg: the resolved study settings.
+        method: erm, amp or sam.
+        seed: the training seed.
+
+    Returns:
+        The folder's path.
+    """
     return os.path.join(cfg.out, RUNS, f"{method}-s{seed}")
 
 
@@ -256,6 +286,16 @@ def _write_state(cfg: ExperimentConfig, steps: list[dict[str, Any]], started: fl
 
 
 def train_config_for(cfg: ExperimentConfig, method: str, seed: int):
+    """The training config of one run, built as ``flatness train`` would from the study's settings.
+
+    Args:
+        cfg: the resolved study settings.
+        method: erm, amp or sam.
+        seed: the training seed.
+
+    Returns:
+        The run's ``TrainConfig``; raises FlatnessError on an invalid option.
+    """
     from flatness.training.loop import build_config
 
     explicit: dict[str, Any] = {
@@ -276,6 +316,18 @@ def train_config_for(cfg: ExperimentConfig, method: str, seed: int):
 
 
 def step_train(cfg: ExperimentConfig, method: str, seed: int, progress: bool, echo) -> dict[str, Any]:
+    """Train one run, resuming a partial one and skipping a finished one.
+
+    Args:
+        cfg: the resolved study settings.
+        method: erm, amp or sam.
+        seed: the training seed.
+        progress: show progress bars.
+        echo: called with one line per step started (None: quiet).
+
+    Returns:
+        The step record: ``{step, skipped, seconds}``.
+    """
     from flatness.training.loop import train
 
     folder = run_dir(cfg, method, seed)
@@ -310,6 +362,18 @@ def _clear_unstarted_run(folder: str) -> None:
 
 
 def step_probe(cfg: ExperimentConfig, method: str, seed: int, progress: bool, echo) -> dict[str, Any]:
+    """Probe one run's final checkpoint into its ``probe.json``, unless that file already exists.
+
+    Args:
+        cfg: the resolved study settings.
+        method: erm, amp or sam.
+        seed: the training seed.
+        progress: show progress bars.
+        echo: called with one line per step started (None: quiet).
+
+    Returns:
+        The step record: ``{step, skipped, seconds}``.
+    """
     from flatness.formats.probe_file import write_probe
     from flatness.study.probe import ProbeSettings, run_probe
 
@@ -341,8 +405,17 @@ def step_probe(cfg: ExperimentConfig, method: str, seed: int, progress: bool, ec
 
 
 def with_training_radius(cfg: ExperimentConfig, options: dict[str, Any]) -> dict[str, Any]:
-    """The sharpness options with AMP's own ε among the radii (when the study trains AMP and leaves the
-    radii to the defaults): worst_case at that ρ is the very quantity AMP minimises.
+    """The sharpness options with AMP's own ε among the radii.
+
+    Added only when the study trains AMP and leaves the radii to the defaults: worst_case at that ρ is
+    the very quantity AMP minimises.
+
+    Args:
+        cfg: the resolved study settings.
+        options: the sharpness options as given.
+
+    Returns:
+        The options, with ``rhos`` extended when needed (the input is not modified).
     """
     from flatness.sharpness.oracle import DEFAULTS
 
@@ -362,6 +435,7 @@ def study_source(cfg: ExperimentConfig):
 
 
 def surface_seed(cfg: ExperimentConfig) -> int:
+    """The one seed whose runs get surfaces and the density (the first seed), alike for every method."""
     return cfg.seeds[0]
 
 
@@ -497,6 +571,15 @@ def _prepare_data(cfg: ExperimentConfig) -> None:
 
 
 def interp_path(cfg: ExperimentConfig, other: str) -> str:
+    """The file of the ERM→``other`` interpolation surface: ``OUT/surfaces/interp-erm-<other>-s<seed>.h5``.
+
+    Args:
+        cfg: the resolved study settings.
+        other: the method interpolated towards.
+
+    Returns:
+        The file's path.
+    """
     return os.path.join(cfg.out, SURFACES, f"interp-erm-{other}-s{surface_seed(cfg)}.h5")
 
 

@@ -103,6 +103,7 @@ DATASET_RECIPES: dict[str, str] = {"mnist1d": "mnist1d-default"}
 
 
 def recipe_names():
+    """Every recipe's name, sorted (the accepted values of ``--recipe``)."""
     return sorted(RECIPES)
 
 
@@ -119,7 +120,3 @@ def recipe_values(name: str) -> dict[str, Any]:
     values = dict(RECIPES[name]["values"])
     values["milestones"] = list(values.get("milestones", []))
     return values
-
-
-def describe() -> str:
-    return "; ".join(f"{name}: {RECIPES[name]['description']}" for name in recipe_names())
