@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -116,12 +117,22 @@ class TrainConfig:
     normalize: bool = False
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON-ready values (what config.json and every checkpoint store)."""
         out = dataclasses.asdict(self)
         out["milestones"] = list(out["milestones"])
         return out
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], strict: bool = True) -> TrainConfig:
+        """A config from stored or typed values (not yet validated: call ``validate``).
+
+        Args:
+            values: option name -> value; missing options keep their defaults.
+            strict: refuse unknown names (False for a stored config written by another version).
+
+        Returns:
+            The config, with ``milestones`` parsed.
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown and strict:
@@ -230,6 +241,7 @@ def build_config(explicit: dict[str, Any], recipe: str | None = None) -> TrainCo
 
 
 def default_out_dir(config: TrainConfig) -> str:
+    """The run folder used when no --out is given: ``checkpoints/<dataset>-<model>-<method>-s<seed>``."""
     from flatness.models.loading import folder_label
     from flatness.models.references import is_reference
 
@@ -240,8 +252,10 @@ def default_out_dir(config: TrainConfig) -> str:
 
 
 def stored_config(out_dir: str) -> TrainConfig:
-    """The configuration of the run in ``out_dir`` (from its last.pt), for resuming it; a run stopped
-    before its first last.pt gives its config.json (resuming it starts it over).
+    """The configuration of the run in ``out_dir``, for resuming it.
+
+    It comes from last.pt; a run stopped before its first last.pt gives its config.json (resuming it
+    starts it over).
     """
     last = _resumable(out_dir)
     if last is None:
@@ -260,8 +274,16 @@ def stored_config(out_dir: str) -> TrainConfig:
 
 
 def resume_config(out_dir: str, explicit: dict[str, Any]) -> TrainConfig:
-    """The stored config of ``out_dir`` with the explicitly given values applied (train() then
-    refuses any that may not change on resume).
+    """The stored config of ``out_dir`` with the explicitly given values applied.
+
+    ``train`` then refuses any value that may not change on resume.
+
+    Args:
+        out_dir: the run folder to resume.
+        explicit: the options the user typed.
+
+    Returns:
+        The validated config.
     """
     from flatness.models.loading import is_code_reference
 
@@ -304,8 +326,10 @@ def _own_temp(name: str) -> bool:
 
 
 def _unstarted(out_dir: str) -> bool:
-    """A run folder whose first ``train`` was stopped before it wrote last.pt: only the files train
-    writes first (config.json, init.pt, epoch-000.pt, metrics.jsonl, their temporaries) are there.
+    """Whether ``out_dir`` is a run whose first ``train`` was stopped before it wrote last.pt.
+
+    Only the files train writes first (config.json, init.pt, epoch-000.pt, metrics.jsonl, their
+    temporaries) are there.
     """
     if not os.path.isdir(out_dir) or os.path.exists(os.path.join(out_dir, ckpt.LAST)):
         return False
@@ -325,8 +349,17 @@ def _remove_own_temps(out_dir: str) -> None:
 
 
 def lr_at(config: TrainConfig, epoch: int) -> float:
-    """The learning rate used during ``epoch`` (1-based); milestone m means lr x0.1 from epoch m+1
-    on (as torch's MultiStepLR stepped once per epoch).
+    """The learning rate used during ``epoch`` (1-based).
+
+    A closed form of the epoch, so a resumed run needs no scheduler state. Milestone m means lr x0.1
+    from epoch m+1 on (as torch's MultiStepLR stepped once per epoch).
+
+    Args:
+        config: the run's config (schedule, lr, milestones, epochs).
+        epoch: the epoch, from 1.
+
+    Returns:
+        The learning rate.
     """
     done = epoch - 1
     if config.schedule == "step":
@@ -348,6 +381,15 @@ class DeviceFlags:
 
 
 def device_flags(device: torch.device, cpu_count: int | None = None) -> DeviceFlags:
+    """How training data moves to ``device``.
+
+    Args:
+        device: the compute device.
+        cpu_count: CPUs to size the loader workers by (default: this machine's).
+
+    Returns:
+        The flags: pinned memory, asynchronous copies and loader workers on CUDA only.
+    """
     cuda = torch.device(device).type == "cuda"
     cpus = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
     return DeviceFlags(
@@ -360,6 +402,16 @@ def device_flags(device: torch.device, cpu_count: int | None = None) -> DeviceFl
 
 
 def to_device(batch: tuple[torch.Tensor, torch.Tensor], device: torch.device, flags: DeviceFlags):
+    """Move an ``(x, y)`` batch to ``device``.
+
+    Args:
+        batch: inputs and targets.
+        device: the compute device.
+        flags: ``device_flags(device)`` (asynchronous copies on CUDA).
+
+    Returns:
+        ``(x, y)`` on ``device``.
+    """
     x, y = batch
     return x.to(device, non_blocking=flags.non_blocking), y.to(device, non_blocking=flags.non_blocking)
 
@@ -410,6 +462,16 @@ class EpochBatches:
     def epoch(
         self, generator: torch.Generator, rank: int = 0, world: int = 1
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """The batches of one epoch, in the order of a fresh permutation drawn from ``generator``.
+
+        Args:
+            generator: the run's data-order generator (advanced by the draw).
+            rank: this process's rank under torchrun.
+            world: the number of processes.
+
+        Returns:
+            An iterator of ``(x, y, global_batch_size)``: this rank's share of each global batch.
+        """
         perm = torch.randperm(len(self.dataset), generator=generator)
         chunks = [perm[i * self.batch_size : (i + 1) * self.batch_size] for i in range(self.steps)]
         share = (lambda t: t.tensor_split(world)[rank]) if world > 1 else (lambda t: t)
@@ -441,8 +503,18 @@ class EpochBatches:
 
 
 def keep_data_on_device(config: TrainConfig, device: torch.device, train_set) -> bool:
-    """The CUDA fast path's data decision: the whole (un-augmented) training set lives on the GPU
-    when asked, or ("auto") when it takes under a quarter of the free GPU memory. Never on the CPU.
+    """The CUDA fast path's data decision: whether the whole training set lives on the GPU.
+
+    It does when asked ("yes"), or ("auto") when the un-augmented set takes under a quarter of the
+    free GPU memory; never on the CPU, never for a user's dataset.
+
+    Args:
+        config: the run's config (``data_on_device``, ``dataset``).
+        device: the compute device.
+        train_set: the training split (its size decides "auto").
+
+    Returns:
+        True to keep the data on the device.
     """
     from flatness.models.loading import is_user_dataset
 
@@ -461,10 +533,18 @@ EVAL_BATCH_SIZE = 500
 
 
 def cpu_threads_for(model: nn.Module, device: torch.device) -> int | None:
-    """Intra-op threads to train ``model`` with: 1 for a small model on the CPU (its ops are too small
-    to gain from a second thread, and on a busy machine OpenMP's spin-waiting made a 2-thread run of
-    the digits convnet use ~8x the CPU time of a 1-thread run); None = leave torch's setting. An
-    explicit OMP_NUM_THREADS in the environment always wins.
+    """Intra-op threads to train ``model`` with.
+
+    1 for a small model on the CPU: its ops are too small to gain from a second thread, and on a
+    busy machine OpenMP's spin-waiting made a 2-thread run of the digits convnet use ~8x the CPU
+    time of a 1-thread run. An explicit OMP_NUM_THREADS in the environment always wins.
+
+    Args:
+        model: the model to train.
+        device: the compute device.
+
+    Returns:
+        The thread count, or None to leave torch's setting.
     """
     if torch.device(device).type != "cpu" or os.environ.get("OMP_NUM_THREADS"):
         return None
@@ -474,6 +554,15 @@ def cpu_threads_for(model: nn.Module, device: torch.device) -> int | None:
 
 
 def build_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+    """The run's optimizer: SGD for ERM, AMP or SAM wrapped around the same SGD settings.
+
+    Args:
+        config: the run's config (method, SGD settings, AMP/SAM radii, grad_clip).
+        params: the parameters to train.
+
+    Returns:
+        The optimizer; AMP and SAM need ``step(closure)``.
+    """
     from flatness.training.optim import AMP, SAM
 
     base = dict(lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay)
@@ -560,11 +649,21 @@ def _write_metrics(out_dir: str, metrics: list[dict[str, Any]]) -> None:
 def train(
     config: TrainConfig, out_dir: str | None = None, resume: bool = False, progress: bool = True, verbose: bool = True
 ) -> str:
-    """Train per ``config`` into ``out_dir`` (default ``checkpoints/<dataset>-<model>-<method>-s<seed>``)
-    and return ``out_dir``. ``resume=True`` continues the run stored there from its last finished
-    epoch (``config`` may then differ from the stored one only in epochs, save_every, device,
-    data_dir and download). Raises FlatnessError for bad input (nothing on disk touched) and
-    DivergedError when the loss stops being finite (the last good checkpoint is kept).
+    """Train per ``config`` into the run folder ``out_dir``.
+
+    Raises FlatnessError for bad input (nothing on disk touched) and DivergedError when the loss
+    stops being finite (the last good checkpoint is kept).
+
+    Args:
+        config: the run's options.
+        out_dir: the run folder (default ``checkpoints/<dataset>-<model>-<method>-s<seed>``).
+        resume: continue the run stored there from its last finished epoch (``config`` may then
+            differ from the stored one only in ``RESUMABLE_CHANGES``).
+        progress: show a progress bar per epoch.
+        verbose: print a line per epoch.
+
+    Returns:
+        ``out_dir``.
     """
     config = TrainConfig.from_dict(config.to_dict()).validate()
     out_dir = out_dir or default_out_dir(config)
@@ -611,23 +710,102 @@ def _resumed(out_dir: str, config: TrainConfig) -> tuple[dict[str, Any], TrainCo
     return state, config
 
 
+@dataclass
+class _Run:
+    """The pieces of one training run that every epoch uses, built once by ``_train_locked``.
+
+    Grouped so that the epoch loop and its helpers take one argument instead of fifteen; ``metrics``
+    and ``step`` are the run's mutable record (the finished epochs and the optimizer steps taken).
+    """
+
+    config: TrainConfig
+    out_dir: str
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    batches: EpochBatches
+    shuffle: torch.Generator  # the data order's generator, stored in every full checkpoint
+    test_data: ProbeData
+    device: torch.device
+    flags: DeviceFlags
+    spec: dict[str, Any]
+    sources: dict[str, Any]
+    main_rank: bool
+    progress: bool = True
+    verbose: bool = True
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    step: int = 0
+    config_dict: dict[str, Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.config_dict = self.config.to_dict()
+
+    @property
+    def last_path(self) -> str:
+        """The run's ``last.pt`` (the last good checkpoint that a divergence message points to)."""
+        return os.path.join(self.out_dir, ckpt.LAST)
+
+
 def _train_locked(
     config: TrainConfig, out_dir: str, resume: bool, progress: bool, verbose: bool, main_rank: bool
 ) -> str:
+    """Train into ``out_dir`` with its lock held (``train``'s body); returns ``out_dir``.
+
+    Args:
+        config: the validated config asked for.
+        out_dir: the run folder.
+        resume: continue the run stored in ``out_dir``.
+        progress: show a progress bar per epoch (rank 0 only).
+        verbose: print a line per epoch (rank 0 only).
+        main_rank: this process writes the run folder (not a non-zero torchrun rank).
+
+    Returns:
+        ``out_dir``.
+    """
+    state, config = _prepare_folder(config, out_dir, resume, main_rank)
+    run = _build_run(config, out_dir, state, main_rank)
+    run.progress, run.verbose = progress and main_rank, verbose and main_rank
+    start = _start_run(run) if state is None else _restore_run(run, state)
+    threads_before = torch.get_num_threads()
+    threads = cpu_threads_for(run.model, run.device)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        _loop(run, start)
+    finally:
+        torch.set_num_threads(threads_before)
+    return out_dir
+
+
+def _prepare_folder(
+    config: TrainConfig, out_dir: str, resume: bool, main_rank: bool
+) -> tuple[dict[str, Any] | None, TrainConfig]:
+    """Check ``out_dir`` for a new run or a resume, and clear a killed run's temporaries.
+
+    Returns:
+        ``(the last.pt payload or None for a new run, the config to train with)``.
+    """
     _check_out(out_dir, resume)
     if resume and _resumable(out_dir) is None:
         resume = False  # stopped before its first checkpoint: start it over
     if main_rank:
         _remove_own_temps(out_dir)
-    state = None
-    if resume:
-        state, config = _resumed(out_dir, config)
+    if not resume:
+        return None, config
+    return _resumed(out_dir, config)
 
+
+def _build_run(config: TrainConfig, out_dir: str, state: dict[str, Any] | None, main_rank: bool) -> _Run:
+    """Device, data, model, optimizer and data order of a run.
+
+    The order of these steps is fixed: it decides which random numbers each one draws.
+
+    Returns:
+        The run, with the initial weights (a resumed run's are restored later by ``_restore_run``).
+    """
     device = resolve_device(config.device)
     distributed.init_from_env(device)
     device = distributed.local_device(device)
     flags = device_flags(device)
-    root = config.data_dir
     train_set, test_set, data_record = _datasets(config, main_rank)
     if config.batch_size > len(train_set):
         raise FlatnessError(f"batch size {config.batch_size} exceeds the {len(train_set)} training examples")
@@ -637,112 +815,115 @@ def _train_locked(
     model, spec, model_record = _build_model(config, train_set, state)
     if model_record or is_user_dataset(config.dataset):
         check_model_fits(model, train_set)
-    sources = {"model": model_record or None, "dataset": data_record}
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(config, model.parameters())
     shuffle = torch.Generator()
     shuffle.manual_seed(config.seed)
-    config_dict = config.to_dict()
-
-    def save(path: str, epoch: int, step: int, metrics, full: bool) -> None:
-        if not main_rank:  # rank 0 alone writes; every rank holds the same state
-            return
-        extra = {"shuffle_rng": shuffle.get_state()} if full else None
-        ckpt.save_checkpoint(
-            path,
-            model,
-            model_spec=spec,
-            config=config_dict,
-            epoch=epoch,
-            step=step,
-            metrics=metrics,
-            optimizer_state=optimizer.state_dict() if full else None,
-            scheduler_state={"schedule": config.schedule, "epoch": epoch} if full else None,
-            rng=ckpt.capture_rng() if full else None,
-            extra=extra,
-            sources=sources,
-        )
-
-    if keep_data_on_device(config, device, train_set):
-        from flatness.data.tensor_data import AUGMENTATIONS, AugmentSpec
-
-        info = dataset_info(config.dataset)
-        plain = get_dataset(config.dataset, "train", root=root, augment=False)
-        spec_aug = AUGMENTATIONS.get(config.dataset, AugmentSpec()) if config.augment else AugmentSpec()
-        batches = EpochBatches(
-            plain,
-            config.batch_size,
-            flags,
-            device=device,
-            on_device=True,
-            augment=spec_aug,
-            pad_value=[-m / s for m, s in zip(info.mean, info.std)],
-        )
-    else:
-        batches = EpochBatches(train_set, config.batch_size, flags)
+    batches = _epoch_batches(config, train_set, device, flags)
     # The test split, decoded once and kept on the compute device; every epoch's test loss and
     # accuracy come from the same exact-mean evaluate() that probes and surfaces use.
     test_data = ProbeData.from_dataset(test_set, None, EVAL_BATCH_SIZE, device)
-    if state is None:
-        if main_rank:
-            os.makedirs(out_dir, exist_ok=True)
-        torch.manual_seed(config.seed)  # the global RNG drives augmentation (and dropout)
-        metrics: list[dict[str, Any]] = []
-        if main_rank:
-            atomic_write_json(os.path.join(out_dir, ckpt.CONFIG), config_dict)
-        save(os.path.join(out_dir, ckpt.INIT), 0, 0, metrics, full=False)
-        if config.save_every:
-            save(os.path.join(out_dir, ckpt.snapshot_name(0)), 0, 0, metrics, full=False)
-        save(os.path.join(out_dir, ckpt.LAST), 0, 0, metrics, full=True)
-        if main_rank:
-            _write_metrics(out_dir, metrics)
-        start, step = 1, 0
-    else:
-        try:
-            model.load_state_dict(state["model_state"])
-        except RuntimeError:
-            raise FlatnessError(f"{state['path']}: the stored weights do not fit the model") from None
-        if state.get("optimizer_state"):
-            optimizer.load_state_dict(state["optimizer_state"])
-        if state.get("rng"):
-            ckpt.restore_rng(state["rng"])
-        if (state.get("extra") or {}).get("shuffle_rng") is not None:
-            shuffle.set_state(state["extra"]["shuffle_rng"])
-        metrics = list(state.get("metrics") or [])
-        start, step = int(state["epoch"]) + 1, int(state.get("step", 0))
-        if main_rank:
-            atomic_write_json(os.path.join(out_dir, ckpt.CONFIG), config_dict)
-            _write_metrics(out_dir, metrics)  # repairs a metrics.jsonl a crash left behind
-        if start > config.epochs and verbose and main_rank:
-            print(f"{out_dir}: already trained for {start - 1} epochs (asked {config.epochs}); nothing to do")
+    sources = {"model": model_record or None, "dataset": data_record}
+    return _Run(config, out_dir, model, optimizer, batches, shuffle, test_data, device, flags, spec, sources, main_rank)
 
-    threads_before = torch.get_num_threads()
-    threads = cpu_threads_for(model, device)
-    if threads is not None:
-        torch.set_num_threads(threads)
+
+def _epoch_batches(config: TrainConfig, train_set, device: torch.device, flags: DeviceFlags) -> EpochBatches:
+    """The training batches.
+
+    From a copy of the un-augmented set on the GPU (augmented there) when ``keep_data_on_device``
+    says so, else from ``train_set`` as it is.
+    """
+    if not keep_data_on_device(config, device, train_set):
+        return EpochBatches(train_set, config.batch_size, flags)
+    from flatness.data.tensor_data import AUGMENTATIONS, AugmentSpec
+
+    info = dataset_info(config.dataset)
+    plain = get_dataset(config.dataset, "train", root=config.data_dir, augment=False)
+    spec_aug = AUGMENTATIONS.get(config.dataset, AugmentSpec()) if config.augment else AugmentSpec()
+    return EpochBatches(
+        plain,
+        config.batch_size,
+        flags,
+        device=device,
+        on_device=True,
+        augment=spec_aug,
+        pad_value=[-m / s for m, s in zip(info.mean, info.std)],
+    )
+
+
+def _save(run: _Run, path: str, epoch: int, full: bool) -> None:
+    """Write a checkpoint of ``run`` at ``epoch`` to ``path``.
+
+    Rank 0 alone writes; every rank holds the same state. ``full`` adds what a resume needs:
+    optimizer, schedule, RNG and data order.
+    """
+    if not run.main_rank:
+        return
+    ckpt.save_checkpoint(
+        path,
+        run.model,
+        model_spec=run.spec,
+        config=run.config_dict,
+        epoch=epoch,
+        step=run.step,
+        metrics=run.metrics,
+        optimizer_state=run.optimizer.state_dict() if full else None,
+        scheduler_state={"schedule": run.config.schedule, "epoch": epoch} if full else None,
+        rng=ckpt.capture_rng() if full else None,
+        extra={"shuffle_rng": run.shuffle.get_state()} if full else None,
+        sources=run.sources,
+    )
+
+
+def _start_run(run: _Run) -> int:
+    """Seed the global RNG and write a new run's first files.
+
+    Those are config.json, init.pt, epoch-000.pt, last.pt at epoch 0 and an empty metrics.jsonl.
+
+    Returns:
+        The first epoch to train (1).
+    """
+    if run.main_rank:
+        os.makedirs(run.out_dir, exist_ok=True)
+    torch.manual_seed(run.config.seed)  # the global RNG drives augmentation (and dropout)
+    run.metrics, run.step = [], 0
+    if run.main_rank:
+        atomic_write_json(os.path.join(run.out_dir, ckpt.CONFIG), run.config_dict)
+    _save(run, os.path.join(run.out_dir, ckpt.INIT), 0, full=False)
+    if run.config.save_every:
+        _save(run, os.path.join(run.out_dir, ckpt.snapshot_name(0)), 0, full=False)
+    _save(run, run.last_path, 0, full=True)
+    if run.main_rank:
+        _write_metrics(run.out_dir, run.metrics)
+    return 1
+
+
+def _restore_run(run: _Run, state: dict[str, Any]) -> int:
+    """Put a resumed run back where its last.pt left it: weights, optimizer, RNGs, data order, metrics.
+
+    Returns:
+        The first epoch still to train (past ``config.epochs`` when there is nothing to do).
+    """
     try:
-        _loop(
-            config,
-            model,
-            optimizer,
-            batches,
-            shuffle,
-            test_data,
-            device,
-            flags,
-            metrics,
-            save,
-            out_dir,
-            start,
-            step,
-            progress and main_rank,
-            verbose and main_rank,
-        )
-    finally:
-        torch.set_num_threads(threads_before)
-    return out_dir
+        run.model.load_state_dict(state["model_state"])
+    except RuntimeError:
+        raise FlatnessError(f"{state['path']}: the stored weights do not fit the model") from None
+    if state.get("optimizer_state"):
+        run.optimizer.load_state_dict(state["optimizer_state"])
+    if state.get("rng"):
+        ckpt.restore_rng(state["rng"])
+    if (state.get("extra") or {}).get("shuffle_rng") is not None:
+        run.shuffle.set_state(state["extra"]["shuffle_rng"])
+    run.metrics = list(state.get("metrics") or [])
+    start, run.step = int(state["epoch"]) + 1, int(state.get("step", 0))
+    if run.main_rank:
+        atomic_write_json(os.path.join(run.out_dir, ckpt.CONFIG), run.config_dict)
+        _write_metrics(run.out_dir, run.metrics)  # repairs a metrics.jsonl a crash left behind
+    if start > run.config.epochs and run.verbose:
+        print(f"{run.out_dir}: already trained for {start - 1} epochs (asked {run.config.epochs}); nothing to do")
+    return start
 
 
 def _datasets(config: TrainConfig, main_rank: bool):
@@ -762,9 +943,10 @@ def _datasets(config: TrainConfig, main_rank: bool):
 
 
 def _forward_module(model: nn.Module, config: TrainConfig, device: torch.device) -> nn.Module:
-    """What the training step calls: the model itself, wrapped in DDP under torchrun (gradients
-    all-reduced in buckets during the backward) and compiled when asked. Parameters stay shared, so
-    the optimizer and the checkpoint keep working on ``model``.
+    """What the training step calls: the model, wrapped in DDP under torchrun and compiled when asked.
+
+    DDP all-reduces the gradients in buckets during the backward. Parameters stay shared, so the
+    optimizer and the checkpoint keep working on ``model``.
     """
     net = model
     if distributed.is_distributed():
@@ -776,124 +958,183 @@ def _forward_module(model: nn.Module, config: TrainConfig, device: torch.device)
     return net
 
 
-def _loop(
-    config,
-    model,
-    optimizer,
-    batches,
-    shuffle,
-    test_data,
-    device,
-    flags,
-    metrics,
-    save,
-    out_dir,
-    start,
-    step,
-    progress,
-    verbose,
-) -> None:
-    last_path = os.path.join(out_dir, ckpt.LAST)
-    rank, world = distributed.rank(), distributed.world_size()
-    net = _forward_module(model, config, device)
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-        if config.precision == "bf16"
-        else contextlib.nullcontext()
+@dataclass(frozen=True)
+class _Engine:
+    """What every training step runs on, fixed for the whole run.
+
+    ``net`` is the module the step calls (DDP-wrapped / compiled, sharing ``model``'s parameters);
+    ``passes`` is the number of closure calls per step, of which all but the last build the
+    perturbation (AMP: the first inner_iter, SAM: the first); with --local-perturbation those skip
+    DDP's all-reduce, so each rank perturbs by its own shard.
+    """
+
+    net: nn.Module
+    autocast: Any  # a reusable context manager: bf16 autocast, or a no-op
+    rank: int
+    world: int
+    passes: int
+
+
+@dataclass
+class _StepRecord:
+    """What the closure calls of one step have seen.
+
+    How many ran, and the logits at theta (the first call's, before any perturbation) that the
+    step's training accuracy comes from.
+    """
+
+    calls: int = 0
+    logits: torch.Tensor | None = None
+
+
+def _loop(run: _Run, start: int) -> None:
+    """Train the epochs ``start`` .. ``config.epochs``, checkpointing and logging after each one."""
+    config, device = run.config, run.device
+    engine = _Engine(
+        net=_forward_module(run.model, config, device),
+        autocast=(
+            torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+            if config.precision == "bf16"
+            else contextlib.nullcontext()
+        ),
+        rank=distributed.rank(),
+        world=distributed.world_size(),
+        passes={"erm": 1, "amp": config.inner_iter + 1, "sam": 2}[config.method],
     )
-    # Which closure calls build the perturbation (AMP: the first inner_iter, SAM: the first); with
-    # --local-perturbation those skip DDP's all-reduce, so each rank perturbs by its own shard.
-    passes = {"erm": 1, "amp": config.inner_iter + 1, "sam": 2}[config.method]
     for epoch in range(start, config.epochs + 1):
         began = time.perf_counter()
         lr = lr_at(config, epoch)
-        for group in optimizer.param_groups:
+        for group in run.optimizer.param_groups:
             group["lr"] = lr
-        model.train()
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        correct, seen = 0, 0
-        bar = progress_bar(progress, len(batches), f"epoch {epoch}/{config.epochs}", unit="batch")
-        try:
-            for i, (bx, by, global_size) in enumerate(batches.epoch(shuffle, rank, world), 1):
-                x, y = to_device((bx, by), device, flags)
-                if config.channels_last and x.dim() == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                logits_at_theta: list[torch.Tensor] = []
-                # DDP averages gradients over ranks; scaling each rank's mean by its share makes the
-                # average the exact mean over the global batch (also when shares are uneven).
-                scale = y.shape[0] * world / global_size
-                calls = [0]
+        totals = _train_epoch(run, engine, epoch, lr)
+        _finish_epoch(run, epoch, lr, totals, began)
 
-                def closure():
-                    calls[0] += 1
-                    optimizer.zero_grad(set_to_none=True)
-                    local = world > 1 and config.local_perturbation and calls[0] < passes
-                    with net.no_sync() if local else contextlib.nullcontext():
-                        with autocast:
-                            logits = net(x)
-                        loss = F.cross_entropy(logits.float(), y)
-                        (loss * scale if world > 1 else loss).backward()
-                    if not logits_at_theta:
-                        logits_at_theta.append(logits.detach())
-                    return loss
 
-                if config.method == "erm":
-                    loss = closure()
-                    if torch.isfinite(loss) and config.grad_clip is not None:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                    if torch.isfinite(loss):
-                        optimizer.step()
-                else:
-                    loss = optimizer.step(closure)
-                step += 1
-                value = float(loss.detach())
-                if world > 1:  # every rank must stop together when any rank's loss is not finite
-                    flag = torch.tensor([0.0 if math.isfinite(value) else 1.0], device=device)
-                    distributed.all_reduce_sum_(flag)
-                    if flag.item() > 0 and math.isfinite(value):
-                        value = float("nan")
-                if not math.isfinite(value):
-                    raise DivergedError(
-                        f"training diverged: the loss is {value} at epoch {epoch}, step {i} of {len(batches)} "
-                        f"(lr {lr:g}); the last good checkpoint is kept: {last_path} (epoch {epoch - 1})"
-                    )
-                loss_sum += value * y.shape[0]
-                correct += int((logits_at_theta[0].argmax(1) == y).sum())
-                seen += int(y.shape[0])
-                bar.update(1)
-                if i % 10 == 0:
-                    bar.set_postfix(loss=f"{value:.4f}")
-        finally:
-            bar.close()
-        if world > 1:  # the epoch's training loss and accuracy over the global batches
-            totals = torch.tensor([float(loss_sum), correct, seen], dtype=torch.float64, device=device)
-            distributed.all_reduce_sum_(totals)
-            loss_sum, correct, seen = totals[0].cpu(), int(totals[1]), int(totals[2])
-        test_loss, test_acc = evaluate(model, test_data)
-        if not math.isfinite(test_loss):
-            raise DivergedError(
-                f"training diverged: the test loss is {test_loss} after epoch {epoch} "
-                f"(step {step}); the last good checkpoint is kept: {last_path} (epoch {epoch - 1})"
-            )
-        seconds = time.perf_counter() - began
-        record = {
-            "epoch": epoch,
-            "lr": lr,
-            "train_loss": float(loss_sum) / seen,
-            "train_acc": correct / seen,
-            "test_loss": test_loss,
-            "test_acc": test_acc,
-            "seconds": round(seconds, 3),
-        }
-        metrics.append(record)
-        if config.save_every and epoch % config.save_every == 0:
-            save(os.path.join(out_dir, ckpt.snapshot_name(epoch)), epoch, step, metrics, full=False)
-        save(last_path, epoch, step, metrics, full=True)
-        _write_metrics(out_dir, metrics)
-        if verbose:
-            print(
-                f"epoch {epoch:3d}/{config.epochs}  lr {lr:.4g}  train loss {record['train_loss']:.4f} "
-                f"acc {record['train_acc']:.4f}  test loss {test_loss:.4f} acc {test_acc:.4f}  "
-                f"{seconds:.1f}s",
-                flush=True,
-            )
+def _train_epoch(run: _Run, engine: _Engine, epoch: int, lr: float) -> tuple[torch.Tensor, int, int]:
+    """One pass over the training batches.
+
+    Returns:
+        ``(summed training loss as a float64 tensor, correct predictions, examples)`` over the global
+        batches; raises DivergedError at the first step whose loss is not finite (on any rank).
+    """
+    run.model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    correct, seen = 0, 0
+    bar = progress_bar(run.progress, len(run.batches), f"epoch {epoch}/{run.config.epochs}", unit="batch")
+    try:
+        for i, (bx, by, global_size) in enumerate(run.batches.epoch(run.shuffle, engine.rank, engine.world), 1):
+            value, logits, y = _train_step(run, engine, bx, by, global_size)
+            if not math.isfinite(value):
+                raise DivergedError(
+                    f"training diverged: the loss is {value} at epoch {epoch}, step {i} of {len(run.batches)} "
+                    f"(lr {lr:g}); the last good checkpoint is kept: {run.last_path} (epoch {epoch - 1})"
+                )
+            loss_sum += value * y.shape[0]
+            correct += int((logits.argmax(1) == y).sum())
+            seen += int(y.shape[0])
+            bar.update(1)
+            if i % 10 == 0:
+                bar.set_postfix(loss=f"{value:.4f}")
+    finally:
+        bar.close()
+    if engine.world > 1:  # the epoch's training loss and accuracy over the global batches
+        totals = torch.tensor([float(loss_sum), correct, seen], dtype=torch.float64, device=run.device)
+        distributed.all_reduce_sum_(totals)
+        loss_sum, correct, seen = totals[0].cpu(), int(totals[1]), int(totals[2])
+    return loss_sum, correct, seen
+
+
+def _train_step(
+    run: _Run, engine: _Engine, bx: torch.Tensor, by: torch.Tensor, global_size: int
+) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """One optimizer step on the batch ``(bx, by)`` (this rank's share of ``global_size`` examples).
+
+    Returns:
+        ``(the loss at theta, NaN on every rank when any rank's is not finite; the logits at theta;
+        the targets on the device)``.
+    """
+    config = run.config
+    x, y = to_device((bx, by), run.device, run.flags)
+    if config.channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    # DDP averages gradients over ranks; scaling each rank's mean by its share makes the average the
+    # exact mean over the global batch (also when shares are uneven).
+    scale = y.shape[0] * engine.world / global_size
+    record = _StepRecord()
+    # Bound now, not closed over the loop's variables: AMP/SAM call it 1 + inner_iter / 2 times
+    # within this step, always on this step's batch.
+    closure = functools.partial(_forward_backward, run, engine, record, x, y, scale)
+    if config.method == "erm":
+        loss = closure()
+        if torch.isfinite(loss) and config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
+        if torch.isfinite(loss):
+            run.optimizer.step()
+    else:
+        loss = run.optimizer.step(closure)
+    run.step += 1
+    value = float(loss.detach())
+    if engine.world > 1:  # every rank must stop together when any rank's loss is not finite
+        flag = torch.tensor([0.0 if math.isfinite(value) else 1.0], device=run.device)
+        distributed.all_reduce_sum_(flag)
+        if flag.item() > 0 and math.isfinite(value):
+            value = float("nan")
+    return value, record.logits, y
+
+
+def _forward_backward(
+    run: _Run, engine: _Engine, record: _StepRecord, x: torch.Tensor, y: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """The optimizer's closure: zero the gradients, forward, cross-entropy, backward.
+
+    Returns:
+        The batch's mean loss (unscaled); the first call's logits go to ``record``.
+    """
+    record.calls += 1
+    run.optimizer.zero_grad(set_to_none=True)
+    local = engine.world > 1 and run.config.local_perturbation and record.calls < engine.passes
+    with engine.net.no_sync() if local else contextlib.nullcontext():
+        with engine.autocast:
+            logits = engine.net(x)
+        loss = F.cross_entropy(logits.float(), y)
+        (loss * scale if engine.world > 1 else loss).backward()
+    if record.logits is None:
+        record.logits = logits.detach()
+    return loss
+
+
+def _finish_epoch(run: _Run, epoch: int, lr: float, totals: tuple[torch.Tensor, int, int], began: float) -> None:
+    """Evaluate on the test split, record the epoch's metrics, checkpoint, and print its line.
+
+    Raises DivergedError (before anything is written) when the test loss is not finite.
+    """
+    loss_sum, correct, seen = totals
+    test_loss, test_acc = evaluate(run.model, run.test_data)
+    if not math.isfinite(test_loss):
+        raise DivergedError(
+            f"training diverged: the test loss is {test_loss} after epoch {epoch} "
+            f"(step {run.step}); the last good checkpoint is kept: {run.last_path} (epoch {epoch - 1})"
+        )
+    seconds = time.perf_counter() - began
+    record = {
+        "epoch": epoch,
+        "lr": lr,
+        "train_loss": float(loss_sum) / seen,
+        "train_acc": correct / seen,
+        "test_loss": test_loss,
+        "test_acc": test_acc,
+        "seconds": round(seconds, 3),
+    }
+    run.metrics.append(record)
+    config = run.config
+    if config.save_every and epoch % config.save_every == 0:
+        _save(run, os.path.join(run.out_dir, ckpt.snapshot_name(epoch)), epoch, full=False)
+    _save(run, run.last_path, epoch, full=True)
+    _write_metrics(run.out_dir, run.metrics)
+    if run.verbose:
+        print(
+            f"epoch {epoch:3d}/{config.epochs}  lr {lr:.4g}  train loss {record['train_loss']:.4f} "
+            f"acc {record['train_acc']:.4f}  test loss {test_loss:.4f} acc {test_acc:.4f}  "
+            f"{seconds:.1f}s",
+            flush=True,
+        )
