@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from flatness.generalization.report import TARGETS, correlate
+from flatness.sweep.correlate import TARGETS, correlate
 
 
 @click.command("correlate")

@@ -49,7 +49,7 @@ def source_options(function):
 
 def model_source(model, model_args, dataset, image_size, normalize, force, download=False):
     """The ``ModelSource`` for these options (None when none is given: the checkpoint says everything)."""
-    from flatness.models.loading import ModelSource
+    from flatness.sources.loading import ModelSource
 
     if model is None and model_args is None and dataset is None and image_size is None and normalize is None:
         return None

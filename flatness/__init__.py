@@ -25,10 +25,10 @@ from flatness.formats.weights import load_exported_program, load_weights_into
 from flatness.hessian import HessianOperator, estimate_trace, lanczos, power_iteration, slq
 from flatness.landscape.compute import SurfaceSettings, compute_surface
 from flatness.landscape.surface import loss_surface
-from flatness.models.loading import ModelSource, load_target
 from flatness.models.references import resolve_model_reference
 from flatness.models.registry import build_model
 from flatness.sharpness.measure import SharpnessSettings, measure_sharpness
+from flatness.sources.loading import ModelSource, load_target
 from flatness.study.experiment import run_experiment
 from flatness.study.probe import ProbeSettings, measure, run_probe
 from flatness.training.loop import TrainConfig, train

@@ -646,7 +646,10 @@ def test_experiment_refuses_a_crafted_checkpoint_in_its_study(ws, tmp_path):
         write_crafted(str(run / "last.pt"), ws["marker"])
         (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1}) + "\n")
     before = stamp_tree(str(study))
-    result = invoke(["experiment", "--quick", "--seeds", "0", "--device", "cpu", "--no-progress", "--out", study])
+    # --workers 1: the runs are probed in order, so the first refusal is erm-s0's
+    result = invoke(
+        ["experiment", "--quick", "--seeds", "0", "--device", "cpu", "--no-progress", "--workers", "1", "--out", study]
+    )
     assert result.exit_code == 2 and "Traceback" not in result.output
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("Error: ")]  # after the study's progress lines ([probe] ...)

@@ -18,8 +18,8 @@ from flatness.generalization.correlation import (
     holm,
     kendall_tau,
 )
-from flatness.generalization.report import compute, correlate
 from flatness.sweep.cells import read_table, write_table
+from flatness.sweep.correlate import compute, correlate
 
 
 def tau_b_loop(x, y):

@@ -18,10 +18,50 @@ def quick_study(tmp_path_factory):
     began = time.perf_counter()
     result = CliRunner().invoke(
         main,
-        ["experiment", "--quick", "--seeds", "0,1", "--out", str(out), "--device", "cpu", "--no-progress"],
+        # two worker processes (the engine path), compared with one process below
+        [
+            "experiment",
+            "--quick",
+            "--seeds",
+            "0,1",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--workers",
+            "2",
+        ],
         catch_exceptions=False,
     )
     return out, result, time.perf_counter() - began
+
+
+def test_the_same_numbers_with_two_workers_as_in_one_process(quick_study, tmp_path, cli):
+    out, first, _ = quick_study
+    assert first.exit_code == 0, first.output
+    alone = tmp_path / "alone"
+    result = cli(
+        [
+            "experiment",
+            "--quick",
+            "--seeds",
+            "0,1",
+            "--out",
+            alone,
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--workers",
+            "1",
+        ]
+    )
+    assert result.exit_code == 0, result.output
+    a, b = (json.loads((folder / "comparison.json").read_text()) for folder in (out, alone))
+    assert [r["key"] for r in a["rows"]] == [r["key"] for r in b["rows"]]
+    for ra, rb in zip(a["rows"], b["rows"]):
+        assert ra["methods"] == rb["methods"] and ra["versus"] == rb["versus"], ra["key"]
+    assert [r["values"] for r in a["runs"]] == [r["values"] for r in b["runs"]]
 
 
 def test_quick_experiment_writes_report_html_and_figures(quick_study):
@@ -93,7 +133,10 @@ def test_rerun_skips_finished_steps_and_redoes_only_what_is_missing(quick_study,
     monkeypatch.setattr(flatness.landscape.compute, "compute_surface", counting_surface)
     os.unlink(out / "runs" / "amp-s1" / "probe.json")  # as if killed before this probe finished
     began = time.perf_counter()
-    result = cli(["experiment", "--quick", "--seeds", "0,1", "--out", out, "--device", "cpu", "--no-progress"])
+    # --workers 1: the steps run in this process, where the counting patches above apply
+    result = cli(
+        ["experiment", "--quick", "--seeds", "0,1", "--out", out, "--device", "cpu", "--no-progress", "--workers", "1"]
+    )
     assert result.exit_code == 0, result.output
     assert [os.path.basename(os.path.dirname(p)) for p in probed] == ["amp-s1"]
     assert computed and all(n == 0 for n in computed)

@@ -16,6 +16,7 @@ file, fsync, rename): a crash leaves either the old file or the new one, never h
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import random
@@ -136,7 +137,7 @@ def save_checkpoint(
 
     ``sources`` (plain data) records where a user's model and data came from: ``{"model": {"reference",
     "args", "sha256"}, "dataset": {"reference", "sha256", "normalize", ...}}``; it names code, it never
-    holds any, and nothing reading the checkpoint runs what it names (``flatness.models.loading``).
+    holds any, and nothing reading the checkpoint runs what it names (``flatness.sources.loading``).
     """
     payload = {
         "format": FORMAT,
@@ -268,7 +269,7 @@ def load_checkpoint(path: str, device: Any = "cpu", require_finite: bool = True)
         raise FlatnessError(
             f"{payload['path']} holds a model built by {reference}: a checkpoint never makes "
             f"flatness run code, so pass --model {reference} (in Python: "
-            "flatness.models.loading.load_target)"
+            "flatness.sources.loading.load_target)"
         )
     try:
         model = build_from_spec(payload["model_spec"])
@@ -293,3 +294,73 @@ def load_checkpoint(path: str, device: Any = "cpu", require_finite: bool = True)
         "flatness_version": payload.get("flatness_version"),
     }
     return model, info
+
+
+def read_metrics(run_dir: str) -> list[dict[str, Any]]:
+    """A run folder's ``metrics.jsonl``: one record per finished epoch, in epoch order.
+
+    A line cut short by a crash is skipped, and an epoch logged twice (a resumed run) keeps its last
+    record. A folder without the file has no finished epoch.
+
+    Args:
+        run_dir: the run folder.
+
+    Returns:
+        The epoch records (empty when there are none).
+    """
+    path = os.path.join(run_dir, METRICS)
+    if not os.path.isfile(path):
+        return []
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    continue  # a line cut by a crash
+    except OSError as err:
+        raise FlatnessError(f"cannot read {path}: {err.strerror or err}") from None
+    by_epoch: dict[Any, dict[str, Any]] = {}
+    for row in rows:
+        if isinstance(row, dict):
+            by_epoch[row.get("epoch", len(by_epoch))] = row
+    return [by_epoch[k] for k in sorted(by_epoch, key=lambda e: (e is None, e))]
+
+
+def finished_epochs(run_dir: str) -> int:
+    """The last epoch a run folder's ``metrics.jsonl`` records as finished (0 when none).
+
+    Args:
+        run_dir: the run folder.
+
+    Returns:
+        The epoch number.
+    """
+    epochs = [row.get("epoch") for row in read_metrics(run_dir)]
+    return max((int(e) for e in epochs if isinstance(e, (int, float)) and not isinstance(e, bool)), default=0)
+
+
+def read_run_config(run_dir: str) -> dict[str, Any]:
+    """A run folder's ``config.json`` (the run's full configuration); ``{}`` when the file is missing.
+
+    Args:
+        run_dir: the run folder.
+
+    Returns:
+        The configuration as plain data.
+    """
+    path = os.path.join(run_dir, CONFIG)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config = json.load(handle)
+    except (OSError, ValueError) as err:
+        raise FlatnessError(f"{path} is not readable JSON ({type(err).__name__})") from None
+    if not isinstance(config, dict):
+        raise FlatnessError(f"{path} is not a run configuration (not a JSON object)")
+    return config

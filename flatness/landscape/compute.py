@@ -107,7 +107,7 @@ class SurfaceSettings:
     download: bool = False
     precision: str = "fp32"
     channels_last: bool = False
-    # --model/--model-args/--dataset of the command line (flatness.models.loading.ModelSource); None:
+    # --model/--model-args/--dataset of the command line (flatness.sources.loading.ModelSource); None:
     # the model and dataset the checkpoint records
     source: Any = None
 
@@ -183,7 +183,7 @@ class _Job:
         return data.channels_last() if s.channels_last and in_layout else data
 
     data_device: Any = None
-    target: Any = None  # the loaded flatness.models.loading.Target (its data)
+    target: Any = None  # the loaded flatness.sources.loading.Target (its data)
 
 
 def compute_surface(
@@ -243,7 +243,7 @@ def compute_surface(
 def _prepare(checkpoint: str, out: str | None, s: SurfaceSettings, data: dict[str, Any] | None) -> _Job:
     """Check the options, load the model and the data, and decide the output file (nothing written)."""
     from flatness.core.devices import resolve_device
-    from flatness.models.loading import load_target
+    from flatness.sources.loading import load_target
 
     xs, ys, kind, source = s.check()
     sources = [source] if kind in ("interp", "pca") and source else []

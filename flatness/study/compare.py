@@ -35,6 +35,7 @@ import numpy as np
 from flatness.core.errors import FlatnessError
 from flatness.core.fileio import atomic_write_json, atomic_write_text
 from flatness.core.paths import check_paths
+from flatness.formats.checkpoint import CONFIG, METRICS, read_metrics, read_run_config
 
 BASELINE = "erm"
 METHOD_ORDER = ("erm", "amp", "sam")
@@ -350,35 +351,6 @@ def _add_holm(rows: list[dict[str, Any]], others: Sequence[str]) -> None:
 # --------------------------------------------------------------------------- collecting inputs
 
 
-def _read_jsonl(path: str) -> list[dict[str, Any]]:
-    out = []
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    continue  # a line cut by a crash: skip it
-    except OSError as err:
-        raise FlatnessError(f"cannot read {path}: {err.strerror or err}") from None
-    # resumed runs may repeat an epoch: keep the last line for each
-    by_epoch: dict[Any, dict[str, Any]] = {}
-    for row in out:
-        by_epoch[row.get("epoch", len(by_epoch))] = row
-    return [by_epoch[k] for k in sorted(by_epoch, key=lambda e: (e is None, e))]
-
-
-def _read_json(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError) as err:
-        raise FlatnessError(f"{path} is not readable JSON ({type(err).__name__})") from None
-
-
 def _load_probe(path: str) -> dict[str, Any]:
     from flatness.plot.loading import load_probe
 
@@ -400,7 +372,7 @@ def _find_probe(run_dir: str) -> str | None:
         if os.path.isfile(path):
             return path
     for path in sorted(glob.glob(os.path.join(run_dir, "*.json"))):
-        if os.path.basename(path) != "config.json" and _is_probe_json(path):
+        if os.path.basename(path) != CONFIG and _is_probe_json(path):
             return path
     return None
 
@@ -432,12 +404,10 @@ def load_run_dir(path: str) -> RunRecord:
     Returns:
         The run's record (``values`` not yet filled: ``record_values`` does that).
     """
-    config_path = os.path.join(path, "config.json")
-    metrics_path = os.path.join(path, "metrics.jsonl")
     probe_path = _find_probe(path)
-    if not os.path.isfile(config_path) and probe_path is None:
-        raise FlatnessError(f"{path} is not a run folder (no config.json) and holds no probe JSON")
-    config = _read_json(config_path) if os.path.isfile(config_path) else {}
+    if not os.path.isfile(os.path.join(path, CONFIG)) and probe_path is None:
+        raise FlatnessError(f"{path} is not a run folder (no {CONFIG}) and holds no probe JSON")
+    config = read_run_config(path)
     probe = _load_probe(probe_path) if probe_path else None
     ck = (probe or {}).get("checkpoint") or {}
     rec = RunRecord(
@@ -446,7 +416,7 @@ def load_run_dir(path: str) -> RunRecord:
         seed=config.get("seed", ck.get("seed")),
         run_dir=path,
         config=config,
-        epochs=_read_jsonl(metrics_path) if os.path.isfile(metrics_path) else [],
+        epochs=read_metrics(path),
         probe=probe,
         probe_path=probe_path,
         surfaces=_find_surfaces(path),
@@ -471,15 +441,11 @@ def load_probe_file(path: str) -> RunRecord:
     run_dir = None
     ck_path = ck.get("path")
     for candidate in ([os.path.dirname(str(ck_path))] if ck_path else []) + [os.path.dirname(os.path.abspath(path))]:
-        if candidate and os.path.isfile(os.path.join(candidate, "metrics.jsonl")):
+        if candidate and os.path.isfile(os.path.join(candidate, METRICS)):
             run_dir = candidate
             break
-    config = {}
-    epochs: list[dict[str, Any]] = []
-    if run_dir:
-        if os.path.isfile(os.path.join(run_dir, "config.json")):
-            config = _read_json(os.path.join(run_dir, "config.json"))
-        epochs = _read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+    config = read_run_config(run_dir) if run_dir else {}
+    epochs = read_metrics(run_dir) if run_dir else []
     return RunRecord(
         source=path,
         method=_method(ck.get("method") or config.get("method")),

@@ -32,6 +32,7 @@ from flatness.core.errors import FlatnessError
 from flatness.core.fileio import atomic_write_json
 from flatness.core.paths import check_name, check_paths
 from flatness.core.validation import check_count, check_seed
+from flatness.formats.checkpoint import CONFIG, INIT, METRICS, finished_epochs, snapshot_name
 
 RUNS = "runs"
 FIGURES = "figures"
@@ -110,7 +111,7 @@ class ExperimentConfig:
         if c.grid is not None:
             check_grid(c.grid)
         check_count(c.workers, "--workers")
-        from flatness.sweep.engines import check_engine
+        from flatness.core.engines import check_engine
 
         check_engine(c.engine)
         if c.quick:
@@ -120,7 +121,7 @@ class ExperimentConfig:
             c.train_overrides = {"batch_size": 128, **c.train_overrides}
         c.samples = DEFAULT_SAMPLES if c.samples is None else c.samples
         c.grid = DEFAULT_GRID if c.grid is None else c.grid
-        from flatness.models.loading import default_model_for, folder_label
+        from flatness.sources.loading import default_model_for, folder_label
 
         c.model = c.model or default_model_for(c.dataset) or "convnet"
         if c.out is None:
@@ -239,20 +240,6 @@ def _log(msg: str, echo: Callable[[str], None] | None) -> None:
         echo(msg)
 
 
-def _finished_epochs(folder: str) -> int:
-    path = os.path.join(folder, "metrics.jsonl")
-    last = 0
-    if not os.path.isfile(path):
-        return 0
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                last = max(last, int(json.loads(line).get("epoch", 0)))
-            except (ValueError, TypeError, AttributeError):
-                continue
-    return last
-
-
 def _check_state(cfg: ExperimentConfig) -> None:
     path = os.path.join(cfg.out, STATE)
     if not os.path.isfile(path):
@@ -332,7 +319,7 @@ def step_train(cfg: ExperimentConfig, method: str, seed: int, progress: bool, ec
 
     folder = run_dir(cfg, method, seed)
     config = train_config_for(cfg, method, seed)
-    done = _finished_epochs(folder)
+    done = finished_epochs(folder)
     last = os.path.join(folder, "last.pt")
     if os.path.isfile(last) and done >= config.epochs:
         return {"step": f"train {method} s{seed}", "skipped": True, "seconds": 0.0}
@@ -352,7 +339,7 @@ def step_train(cfg: ExperimentConfig, method: str, seed: int, progress: bool, ec
 
 def _clear_unstarted_run(folder: str) -> None:
     """A run killed before its first last.pt: only the files train() writes first can be there."""
-    allowed = {"config.json", "init.pt", "metrics.jsonl", "epoch-000.pt"}
+    allowed = {CONFIG, INIT, METRICS, snapshot_name(0)}
     names = os.listdir(folder)
     strangers = [n for n in names if n not in allowed and not (n.startswith(".") and n.endswith(".tmp"))]
     if strangers:
@@ -428,7 +415,7 @@ def with_training_radius(cfg: ExperimentConfig, options: dict[str, Any]) -> dict
 
 def study_source(cfg: ExperimentConfig):
     """The user's model and data as this study's command line named them (None for built-ins)."""
-    from flatness.models.loading import named_source
+    from flatness.sources.loading import named_source
 
     overrides = cfg.train_overrides
     return named_source(cfg.model, overrides.get("model_args"), cfg.dataset, overrides.get("normalize"))
@@ -542,7 +529,7 @@ def run_study_task(task: StudyTask) -> list[dict[str, Any]]:
 
 def _run_steps_on_engine(cfg: ExperimentConfig, record, echo) -> None:
     """Runs first (train and probe per method and seed), then the surfaces, each phase on the engine."""
-    from flatness.sweep.engines import run_local, run_ray
+    from flatness.core.engines import run_local, run_ray
 
     _prepare_data(cfg)  # generated or unpacked once here, not by every worker at the same time
     phases = [

@@ -40,8 +40,8 @@ from flatness.hessian import (
     slq,
     top_eigen,
 )
-from flatness.models.loading import ModelSource, init_distance, load_target
 from flatness.sharpness.measure import SharpnessSettings, measure_sharpness, validate
+from flatness.sources.loading import ModelSource, init_distance, load_target
 from flatness.version import __version__
 
 DEFAULT_EIG_METHOD = "lanczos"  # benchmarks/README.md: 5-20x fewer HVPs than power iteration at tol 1e-4
@@ -315,7 +315,7 @@ def run_probe(
         checkpoint: a flatness checkpoint file or run folder, a ``.pt2`` program, or a plain
             state_dict / ``.safetensors`` file (with ``source.model``).
         settings: what to measure (``ProbeSettings()`` by default).
-        source: the command line's ``--model``/``--model-args``/``--dataset`` (``flatness.models.loading``);
+        source: the command line's ``--model``/``--model-args``/``--dataset`` (``flatness.sources.loading``);
             None: everything as the checkpoint records it.
 
     Returns:

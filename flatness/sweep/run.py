@@ -1,7 +1,7 @@
 """Run a sweep: ``run_sweep(SweepSettings(...))`` behind ``flatness sweep``.
 
 Every cell of the grid (``flatness.sweep.grid``) is trained and measured in its own run folder
-(``flatness.sweep.cells``) by an engine (``flatness.sweep.engines``); ``DIR/cells.csv`` is rebuilt from
+(``flatness.sweep.cells``) by an engine (``flatness.core.engines``); ``DIR/cells.csv`` is rebuilt from
 the cell folders after every cell. A rerun skips finished cells and resumes a killed one; ``--shard
 I/N`` does cells I, I+N, I+2N, ... (0-based), so N jobs with one DIR do the whole grid between them.
 
@@ -150,8 +150,8 @@ def plan(settings: SweepSettings) -> SweepPlan:
     Returns:
         The plan; raises FlatnessError (one line) for any bad input.
     """
+    from flatness.core.engines import check_engine
     from flatness.core.validation import check_count
-    from flatness.sweep.engines import check_engine
     from flatness.training.loop import build_config
 
     s = dataclasses.replace(settings)
@@ -257,9 +257,10 @@ def run_sweep(settings: SweepSettings, echo=print) -> dict[str, Any]:
     Returns:
         {out, table, cells (all), ran (this call's cells), done, failed, seconds}.
     """
+    from flatness.core import engines
     from flatness.core.paths import check_paths
     from flatness.core.progress import progress_bar
-    from flatness.sweep import engines
+    from flatness.sweep.cells import run_cell
 
     p = plan(settings)
     out = p.settings.out
@@ -286,9 +287,11 @@ def run_sweep(settings: SweepSettings, echo=print) -> dict[str, Any]:
     tasks = [task_for(p, c) for c in todo]
     try:
         if p.settings.engine == "ray":
-            engines.run_ray(tasks, workers, on_done, p.settings.address, gpu=p.settings.device.startswith("cuda"))
+            engines.run_ray(
+                tasks, workers, on_done, run_cell, p.settings.address, gpu=p.settings.device.startswith("cuda")
+            )
         else:
-            engines.run_local(tasks, workers, on_done)
+            engines.run_local(tasks, workers, on_done, fn=run_cell)
     finally:
         bar.close()
     table = rebuild_table(p)

@@ -48,8 +48,8 @@ from flatness.data.datasets import TensorImageDataset, dataset_info, get_dataset
 from flatness.data.probe_data import ProbeData
 from flatness.data.user_data import check_model_fits
 from flatness.formats import checkpoint as ckpt
-from flatness.models.loading import is_user_dataset
 from flatness.models.registry import build_from_spec, canonical_model_name, model_spec
+from flatness.sources.loading import is_user_dataset
 
 METHODS = ("erm", "amp", "sam")
 SCHEDULES = ("step", "cosine", "constant")
@@ -109,7 +109,7 @@ class TrainConfig:
     # Multi-process training (torchrun): AMP/SAM perturbations from each rank's own shard, not the
     # global batch (cheaper: no all-reduce on the perturbation passes; a different method, documented).
     local_perturbation: bool = False
-    # A user's model and data (flatness.models.loading): keyword arguments of a --model factory (a JSON
+    # A user's model and data (flatness.sources.loading): keyword arguments of a --model factory (a JSON
     # object), the size imagefolder images are resized to, and standardising user data by its training
     # split's statistics. Built-in datasets are prepared by flatness and take neither.
     model_args: dict[str, Any] | None = None
@@ -143,8 +143,8 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Check every value (one-line FlatnessError) and canonicalise names; returns self."""
-        from flatness.models.loading import check_dataset_reference
         from flatness.models.references import is_reference, parse_model_args
+        from flatness.sources.loading import check_dataset_reference
 
         check_dataset_reference(self.dataset)
         if not is_reference(self.model):
@@ -225,7 +225,7 @@ def _milestones(value) -> list[int]:
 
 def build_config(explicit: dict[str, Any], recipe: str | None = None) -> TrainConfig:
     """TrainConfig defaults < the recipe's values < ``explicit`` values (what the user typed)."""
-    from flatness.models.loading import default_model_for
+    from flatness.sources.loading import default_model_for
     from flatness.training.recipes import DATASET_RECIPES, recipe_values
 
     values = TrainConfig().to_dict()
@@ -242,8 +242,8 @@ def build_config(explicit: dict[str, Any], recipe: str | None = None) -> TrainCo
 
 def default_out_dir(config: TrainConfig) -> str:
     """The run folder used when no --out is given: ``checkpoints/<dataset>-<model>-<method>-s<seed>``."""
-    from flatness.models.loading import folder_label
     from flatness.models.references import is_reference
+    from flatness.sources.loading import folder_label
 
     model = config.model if is_reference(config.model) else canonical_model_name(config.model)
     return os.path.join(
@@ -285,7 +285,7 @@ def resume_config(out_dir: str, explicit: dict[str, Any]) -> TrainConfig:
     Returns:
         The validated config.
     """
-    from flatness.models.loading import is_code_reference
+    from flatness.sources.loading import is_code_reference
 
     values = stored_config(out_dir).to_dict()
     values["download"] = False  # a stored file never decides where to download (write) to: only the user
@@ -516,7 +516,7 @@ def keep_data_on_device(config: TrainConfig, device: torch.device, train_set) ->
     Returns:
         True to keep the data on the device.
     """
-    from flatness.models.loading import is_user_dataset
+    from flatness.sources.loading import is_user_dataset
 
     if config.data_on_device == "no" or device.type != "cuda" or is_user_dataset(config.dataset):
         return False
@@ -582,7 +582,7 @@ def build_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
 
 
 def _model_spec(config: TrainConfig, train_set) -> dict[str, Any]:
-    from flatness.models.loading import infer_shape, is_user_dataset
+    from flatness.sources.loading import infer_shape, is_user_dataset
 
     if is_user_dataset(config.dataset):
         shape = infer_shape(train_set)
@@ -609,8 +609,8 @@ def _build_model(config: TrainConfig, train_set, stored: dict[str, Any] | None) 
     Returns:
         ``(model, model_spec, model record)``; the record is empty for a built-in model.
     """
-    from flatness.models.loading import build_user_model, is_code_reference
     from flatness.models.references import is_reference
+    from flatness.sources.loading import build_user_model, is_code_reference
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
@@ -931,7 +931,7 @@ def _datasets(config: TrainConfig, main_rank: bool):
 
     Under torchrun rank 0 downloads first and the others then read the same files.
     """
-    from flatness.models.loading import training_data
+    from flatness.sources.loading import training_data
 
     args = (config.data_dir, config.augment)
     if main_rank:

@@ -1,4 +1,4 @@
-"""Where a sweep's cells run: ``local`` worker processes on this machine, or ``ray`` tasks.
+"""Where independent tasks run: ``local`` worker processes on this machine, or ``ray`` tasks.
 
 Both engines take a list of tasks (a sweep's ``CellTask``s, or any picklable task with a module-level
 function, e.g. the experiment's steps) and call ``on_done(result)`` in the parent as each task
@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from flatness.core.errors import FlatnessError
-from flatness.sweep.cells import run_cell
 
 ENGINES = ("local", "ray")
 RAY_MISSING = "--engine ray needs Ray, which is not installed: pip install 'flatness[ray]'"
@@ -53,14 +52,15 @@ def _die_with_parent() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
 
 
-def run_local(tasks: Sequence[Any], workers: int, on_done: OnDone, fn: TaskFn = run_cell) -> None:
+def run_local(tasks: Sequence[Any], workers: int, on_done: OnDone, fn: TaskFn) -> None:
     """Run ``fn(task)`` for every task on ``workers`` local processes (in this process when ``workers`` is 1).
 
     Args:
-        tasks: the tasks (picklable; sweep cells by default).
+        tasks: the tasks (picklable).
         workers: how many at a time.
         on_done: called with each task's result as it finishes.
-        fn: a module-level function (workers import it by name), ``run_cell`` by default.
+        fn: a module-level function (workers import it by name): a sweep's ``run_cell``, the experiment's
+            ``run_study_task``.
     """
     if workers <= 1 or len(tasks) <= 1:
         for task in tasks:
@@ -85,20 +85,20 @@ def run_ray(
     tasks: Sequence[Any],
     workers: int,
     on_done: OnDone,
+    fn: TaskFn,
     address: str | None = None,
     gpu: bool = False,
-    fn: TaskFn = run_cell,
 ) -> None:
     """Run ``fn(task)`` for every task as Ray tasks.
 
     Args:
-        tasks: the tasks (sweep cells by default).
+        tasks: the tasks.
         workers: CPUs of a local Ray instance (ignored when joining a cluster at ``address``).
         on_done: called with each task's result as it finishes.
+        fn: a module-level function.
         address: a Ray cluster's address (None: start a local instance, or join the one ``ray.init``
             finds by itself, e.g. through ``RAY_ADDRESS``).
-        gpu: request one GPU per cell.
-        fn: a module-level function, ``run_cell`` by default.
+        gpu: request one GPU per task.
     """
     check_engine("ray")
     import ray
