@@ -33,6 +33,7 @@ from flatness.core.fileio import atomic_write_json
 from flatness.core.paths import check_name, check_paths
 from flatness.core.validation import check_count, check_seed
 from flatness.formats.checkpoint import CONFIG, INIT, METRICS, finished_epochs, snapshot_name
+from flatness.study.probe import QUICK_SHARPNESS
 
 RUNS = "runs"
 FIGURES = "figures"
@@ -194,14 +195,7 @@ def probe_settings(quick: bool) -> dict[str, Any]:
             "density_steps": 10,
             "density_vectors": 1,
             "sharpness": ["all"],
-            "sharpness_options": {
-                "rhos": [0.05],
-                "epsilons": [1e-3],
-                "draws": 2,
-                "ascent_steps": 2,
-                "lbfgs_iterations": 2,
-                "pac_bayes_draws": 2,
-            },
+            "sharpness_options": dict(QUICK_SHARPNESS),
         }
     return {
         "top_k": 5,

@@ -59,6 +59,18 @@ DTYPES = ("float32", "float64")
 SHARPNESS_OPTIONS = ("rhos", "epsilons", "ball", "p", "draws", "ascent_steps", "lbfgs_iterations", "pac_bayes_draws")
 
 
+# The cheapest sharpness budget that still runs every metric (the --quick smoke tests of experiment
+# and sweep): one radius, two draws, two ascent steps.
+QUICK_SHARPNESS = {
+    "rhos": [0.05],
+    "epsilons": [1e-3],
+    "draws": 2,
+    "ascent_steps": 2,
+    "lbfgs_iterations": 2,
+    "pac_bayes_draws": 2,
+}
+
+
 @dataclass
 class ProbeSettings:
     """What a probe measures and how (``flatness probe``'s options; the defaults are its defaults).

@@ -21,6 +21,7 @@ from typing import Any
 
 from flatness.core.errors import FlatnessError
 from flatness.core.fileio import atomic_write_json
+from flatness.study.probe import QUICK_SHARPNESS
 from flatness.sweep import cells as cellmod
 from flatness.sweep.grid import Cell, expand, parse_grid, parse_seeds, varied_keys
 
@@ -72,14 +73,7 @@ def probe_options(quick: bool) -> dict[str, Any]:
             "tol": 1e-3,
             "trace": True,
             "trace_samples": 4,
-            "sharpness_options": {
-                "rhos": [0.05],
-                "epsilons": [1e-3],
-                "draws": 2,
-                "ascent_steps": 2,
-                "lbfgs_iterations": 2,
-                "pac_bayes_draws": 2,
-            },
+            "sharpness_options": dict(QUICK_SHARPNESS),
         }
     return {
         **common,
