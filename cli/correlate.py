@@ -11,14 +11,22 @@ from flatness.sweep.correlate import TARGETS, correlate
 @click.argument("folder", type=click.Path())
 @click.option("--target", default="gap", show_default=True, help=f"What to predict: {' or '.join(TARGETS)}.")
 @click.option("--draws", type=int, default=1000, show_default=True, help="Bootstrap resamples per interval.")
+@click.option(
+    "--min-train-acc",
+    type=float,
+    default=None,
+    metavar="PCT",
+    help="Only the cells that fit their training set to at least PCT % (e.g. 99): underfit cells have small "
+    "gaps and small norms for the same reason, which can make any measure look predictive.",
+)
 @click.option("--no-figures", is_flag=True, help="Skip the figures.")
-def command(folder, target, draws, no_figures):
+def command(folder, target, draws, min_train_acc, no_figures):
     """Kendall's τ-b, bootstrap intervals, the granulated Ψ and Holm-adjusted p-values of every measure
     in FOLDER/cells.csv against the target; writes correlation.{json,csv,md}, figures and report.html."""
     from flatness.core.validation import check_count
 
     check_count(draws, "--draws", minimum=10)
-    result = correlate(folder, target.lower(), draws=draws, figures=not no_figures)
+    result = correlate(folder, target.lower(), draws=draws, figures=not no_figures, min_train_acc=min_train_acc)
     for sentence in result["verdict"]:
         click.echo(sentence.replace("**", ""))
     click.echo(f"Report: {result['files']['html']}")

@@ -239,3 +239,29 @@ def test_holm_families_flatness_measures_test_accuracy_alone_and_the_rest():
     # the flatness measures are adjusted among themselves only (two of them here)
     flat = sorted(by[k]["versus"]["amp"]["p"] for k in ("trace", "lambda_1"))
     assert min(by[k]["versus"]["amp"]["p_holm"] for k in ("trace", "lambda_1")) == pytest.approx(min(1, 2 * flat[0]))
+
+
+def test_min_train_acc_keeps_only_the_cells_that_fit(tmp_path):
+    _write_sweep(tmp_path, 12, lambda a, s: a + 0.1 * s)
+    rows, axes, _ = read_table(str(tmp_path))
+    # the cells of a = 1 did not fit their training set (train accuracy 60 %)
+    records = [
+        {
+            "cell": r["cell"],
+            "params": {"method": r["method"], "a": r["a"]},
+            "seed": r["seed"],
+            "train_acc": 60.0 if str(r["a"]) == "1" else 100.0,
+            "test_acc": r["test_acc"],
+            "gap": r["gap"],
+            "test_error": r["test_error"],
+            "status": "done",
+            "measures": {"lambda_1": r["lambda_1"], "weight_norm": r["weight_norm"], "margin_p10": r["margin_p10"]},
+        }
+        for r in rows
+    ]
+    write_table(str(tmp_path), records, axes)
+    assert compute(str(tmp_path), draws=50)["cells"] == 12
+    kept = compute(str(tmp_path), draws=50, min_train_acc=99)
+    assert kept["cells"] == 8 and kept["min_train_acc"] == 99
+    with pytest.raises(FlatnessError, match="percentage"):
+        compute(str(tmp_path), min_train_acc=101)

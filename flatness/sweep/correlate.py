@@ -48,13 +48,17 @@ def _signed(value: float | None, measure: str) -> float | None:
     return None if value is None else value * expected_sign(measure)
 
 
-def compute(folder: str, target: str = "gap", draws: int = 1000) -> dict[str, Any]:
+def compute(folder: str, target: str = "gap", draws: int = 1000, min_train_acc: float | None = None) -> dict[str, Any]:
     """The correlation summary of a sweep folder (nothing written).
 
     Args:
         folder: the sweep's ``--out`` (holding ``cells.csv``).
         target: ``gap`` or ``test_error``.
         draws: bootstrap resamples per interval.
+        min_train_acc: keep only the cells whose train accuracy (%) is at least this. Models that
+            do not fit their training set have small gaps and small norms for the same reason
+            (underfitting), which can make any measure look predictive; Jiang et al. (2020) compare
+            only models trained to the same low training loss.
 
     Returns:
         The ``correlation.json`` dict, measures ranked by sign-adjusted τ (best first).
@@ -65,8 +69,13 @@ def compute(folder: str, target: str = "gap", draws: int = 1000) -> dict[str, An
         raise FlatnessError(f"unknown target {target!r}; use gap or test_error")
     rows, columns, measures = read_table(folder)
     done = [r for r in rows if r.get("status") == "done" and r.get(target) is not None]
+    if min_train_acc is not None:
+        if not 0 <= min_train_acc <= 100:
+            raise FlatnessError(f"--min-train-acc is a percentage from 0 to 100, got {min_train_acc}")
+        done = [r for r in done if r.get("train_acc") is not None and float(r["train_acc"]) >= min_train_acc]
     if len(done) < MIN_CELLS:
-        raise FlatnessError(f"{folder} has {len(done)} finished cell(s); correlate needs at least {MIN_CELLS}")
+        kept = "" if min_train_acc is None else f" with train accuracy >= {min_train_acc:g} %"
+        raise FlatnessError(f"{folder} has {len(done)} finished cell(s){kept}; correlate needs at least {MIN_CELLS}")
     axes = varied_axes(done, columns)
     stats = correlate_table(done, axes, measures, target, draws=draws)
     for row in stats:
@@ -85,6 +94,7 @@ def compute(folder: str, target: str = "gap", draws: int = 1000) -> dict[str, An
         "axes": axes,
         "cells": len(done),
         "cells_total": len(rows),
+        "min_train_acc": min_train_acc,
         "confidence": CONFIDENCE,
         "alpha": ALPHA,
         "bootstrap_draws": draws,
@@ -115,8 +125,10 @@ def verdict(summary: dict[str, Any]) -> list[str]:
     stats, target = summary["measures"], summary["target"]
     words = TARGET_WORDS[target]
     good = [r for r in stats if r["predicts"]]
+    kept = summary.get("min_train_acc")
+    which = "finished cells" if kept is None else f"finished cells with train accuracy >= {kept:g} %"
     s = [
-        f"Over {summary['cells']} finished cells, **{len(good)} of {len(stats)} measures predict the {words}** "
+        f"Over {summary['cells']} {which}, **{len(good)} of {len(stats)} measures predict the {words}** "
         f"(rule: τ of the expected sign with a Holm-adjusted p < {ALPHA}, adjusted for the {len(stats)} measures "
         "tested; raw p-values are not counted): "
         + (
@@ -331,7 +343,9 @@ def figure_scatter(folder: str, summary: dict[str, Any], path: str) -> str | Non
     return save_figure(fig, path, force=True)
 
 
-def correlate(folder: str, target: str = "gap", draws: int = 1000, figures: bool = True) -> dict[str, Any]:
+def correlate(
+    folder: str, target: str = "gap", draws: int = 1000, figures: bool = True, min_train_acc: float | None = None
+) -> dict[str, Any]:
     """Compute and write every output of ``flatness correlate``.
 
     Args:
@@ -339,13 +353,14 @@ def correlate(folder: str, target: str = "gap", draws: int = 1000, figures: bool
         target: ``gap`` or ``test_error``.
         draws: bootstrap resamples per interval.
         figures: draw the figures (and embed them in the report).
+        min_train_acc: keep only cells with at least this train accuracy (%), as in ``compute``.
 
     Returns:
         The summary, with ``files`` (output paths) and ``verdict`` (the sentences).
     """
     from flatness.study.report import markdown_to_html
 
-    summary = compute(folder, target, draws)
+    summary = compute(folder, target, draws, min_train_acc)
     figs: dict[str, str] = {}
     if figures:
         os.makedirs(os.path.join(folder, FIGURES), exist_ok=True)
