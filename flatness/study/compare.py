@@ -694,6 +694,11 @@ def _mean_curves(records: Sequence[RunRecord], key: str) -> tuple[np.ndarray, np
     return epochs, vals.mean(axis=0), std
 
 
+def in_method_order(methods) -> list[str]:
+    """Method names in the report's order (ERM, AMP, SAM, then any others as given)."""
+    return [m for m in METHOD_ORDER if m in methods] + [m for m in methods if m not in METHOD_ORDER]
+
+
 def figure_training(records: Sequence[RunRecord], path: str, force: bool = False) -> str | None:
     """Loss and accuracy per epoch, mean ± 1 std over seeds, one colour per method.
 
@@ -800,10 +805,9 @@ def figure_slices(records: Sequence[RunRecord], path: str, force: bool = False, 
     one_d, _ = _surface_groups(records, [])
     if not one_d:
         return None
-    methods = [m for m in METHOD_ORDER if m in one_d] + [m for m in one_d if m not in METHOD_ORDER]
+    methods = in_method_order(one_d)
     surfs = [one_d[m][1] for m in methods]
     labels = [one_d[m][0].label for m in methods]
-    surfs[0].get("attrs") or {}
     title = (
         "1D loss along a random filter-normalised direction (same direction seed for every checkpoint); "
         "solid: train probe data, dashed: test split\n" + " vs ".join(labels)
@@ -828,7 +832,7 @@ def figure_contours(records: Sequence[RunRecord], path: str, force: bool = False
     _, two_d = _surface_groups(records, [])
     if not two_d:
         return None
-    methods = [m for m in METHOD_ORDER if m in two_d] + [m for m in two_d if m not in METHOD_ORDER]
+    methods = in_method_order(two_d)
     surfs = [two_d[m][1] for m in methods]
     value = pick_value(surfs[0], None)
     lo, hi = common_limits(surfs, value)
@@ -852,7 +856,6 @@ def figure_contours(records: Sequence[RunRecord], path: str, force: bool = False
         format=FormatStrFormatter("%.3g"),
     )
     cb.set_label(value_name(value) + (" — log scale" if logscale else "") + "; shared colour limits")
-    surfs[0].get("attrs") or {}
     fig.suptitle(
         f"2D {value_name(value)} around each trained checkpoint (random filter-normalised directions, "
         "train probe data); red star = trained weights",
