@@ -36,10 +36,21 @@ def cli(args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
+def default_sigint():
+    """In the child before Python starts: SIGINT back to its default action. A shell starts background
+    jobs (`cmd &`) with SIGINT ignored, children inherit that, and Python then installs no Ctrl-C
+    handler at all, so a test run from such a job would see its SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def spawn(args, log, env=None):
     handle = open(log, "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flatness.cli", *map(str, args)], env=env or ENV, stdout=handle, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "flatness.cli", *map(str, args)],
+        env=env or ENV,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        preexec_fn=default_sigint,
     )
     proc.log_handle = handle
     return proc
@@ -192,29 +203,13 @@ def test_sigkill_train_at_random_moments_then_resume_is_bitwise(tmp_path, straig
     print("train kills left last.pt at epochs", seen)
 
 
-def interrupted_run(start, tries=3):
-    """Run ``start(attempt)`` (which spawns a process, sends it SIGINT mid-run and returns the process,
-    its log file and its output) until the signal lands while the process is still working: on a starved
-    machine the child can finish all its work between the test's check and its signal (exit 0), which
-    says nothing about interruption, so that attempt is made again in a fresh place."""
-    for attempt in range(tries):
-        proc, log_path, output = start(attempt)
-        log = open(log_path).read()
-        if proc.returncode != 0:
-            return proc, log, output
-    raise AssertionError(f"the process finished before SIGINT in all {tries} tries: {log}")
-
-
 def test_sigint_train_then_resume(tmp_path, straight):
-    def start(attempt):
-        run = tmp_path / f"run{attempt}"
-        proc = spawn(train_args(run), tmp_path / f"train{attempt}.log")
-        assert wait_for(proc, lambda: (run / "epoch-004.pt").exists())
-        time.sleep(0.15)
-        kill_after(proc, 0.0, signal.SIGINT)  # not sent when the run already finished: tried again
-        return proc, tmp_path / f"train{attempt}.log", run
-
-    proc, log, run = interrupted_run(start)
+    run = tmp_path / "run"
+    proc = spawn(train_args(run), tmp_path / "train.log")
+    assert wait_for(proc, lambda: (run / "epoch-004.pt").exists())
+    time.sleep(0.15)
+    assert kill_after(proc, 0.0, signal.SIGINT)
+    log = open(tmp_path / "train.log").read()
     assert proc.returncode == 130, log
     assert "Traceback" not in log
     lines = [ln for ln in log.splitlines() if not ln.startswith("epoch ")]
@@ -324,21 +319,20 @@ def test_sigkill_surface_at_random_moments_then_resume_is_identical(checkpoint, 
     print("surface kills left computed points:", done)
 
 
-def test_sigint_surface_then_resume(checkpoint, surface_reference, tmp_path):
+def test_sigint_surface_then_resume(checkpoint, surface_reference, tmp_path, monkeypatch):
     """Also two processes on one surface file: while the first writes, a second refuses at once."""
+    import flatness.core.locking
 
-    def start(attempt):
-        out = tmp_path / f"s{attempt}.h5"
-        proc = spawn(surface_args(checkpoint, out), tmp_path / f"surface{attempt}.log", env=SURFACE_ENV)
-        assert wait_for(proc, lambda: out.exists())
-        second = cli(surface_args(checkpoint, out) + ["--resume"])
-        if proc.poll() is None:  # the refusal is only asked of a second process while the first writes
-            assert second.exit_code == 2 and second.output.count("\n") == 1, second.output
-            assert "another flatness process is writing this surface file" in second.output
-        kill_after(proc, 0.3, signal.SIGINT)  # not sent when the surface already finished: tried again
-        return proc, tmp_path / f"surface{attempt}.log", out
-
-    proc, log, out = interrupted_run(start)
+    # refuse without the grace period (meant for locks of just-killed processes), while the first writes
+    monkeypatch.setattr(flatness.core.locking, "BUSY_GRACE_SECONDS", 0.0)
+    out = tmp_path / "s.h5"
+    proc = spawn(surface_args(checkpoint, out), tmp_path / "surface.log", env=SURFACE_ENV)
+    assert wait_for(proc, lambda: out.exists())
+    second = cli(surface_args(checkpoint, out) + ["--resume"])
+    assert second.exit_code == 2 and second.output.count("\n") == 1, second.output
+    assert "another flatness process is writing this surface file" in second.output
+    assert kill_after(proc, 0.3, signal.SIGINT)
+    log = open(tmp_path / "surface.log").read()
     assert proc.returncode == 130, log
     lines = [ln for ln in log.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("Interrupted."), log

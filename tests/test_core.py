@@ -151,3 +151,28 @@ def test_exclusive_lock_refuses_a_second_holder_and_is_released(tmp_path):
     with exclusive(target):
         pass
     assert os.listdir(tmp_path) == []
+
+
+def test_a_lock_of_a_process_that_dies_within_the_grace_period_is_taken(tmp_path):
+    """A rerun right after a kill: the dying process (or its workers) still holds the lock for a moment."""
+    import subprocess
+    import sys
+    import time
+
+    from flatness.core.locking import BUSY_GRACE_SECONDS, exclusive
+
+    target = str(tmp_path / "out.h5")
+    holder = (
+        "import sys, time; from flatness.core.locking import exclusive\n"
+        "with exclusive(sys.argv[1]):\n    print('held', flush=True); time.sleep(float(sys.argv[2]))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", holder, target, "0.5"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        began = time.monotonic()
+        with exclusive(target):  # the holder lets go after 0.5 s, inside the grace period
+            waited = time.monotonic() - began
+        assert 0.1 < waited < BUSY_GRACE_SECONDS
+    finally:
+        proc.kill()
+        proc.wait()

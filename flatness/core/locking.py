@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 
 from flatness.core.errors import FlatnessError
@@ -56,20 +57,39 @@ def _same(fd: int, path: str) -> bool:
     return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
+# A process that was just killed (and the worker processes it had started, which the kernel kills
+# with it) releases its locks within milliseconds; a live writer holds its lock for its whole run. So
+# a busy lock is retried this long before it counts as another writer: a rerun right after a kill then
+# starts instead of failing on the dying processes' locks.
+BUSY_GRACE_SECONDS = 2.0
+
+
+def _flock_within_grace(fd: int) -> bool:
+    """Take the exclusive flock, waiting up to ``BUSY_GRACE_SECONDS``; False when it stays busy."""
+    deadline = time.monotonic() + BUSY_GRACE_SECONDS
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+
 def _open_locked(target: str, folder: bool, path: str, what: str) -> int:
-    """Open ``target`` and flock it without waiting; retries while the name moved under us."""
+    """Open ``target`` and flock it (within the grace period); retries while the name moved under us."""
     for _ in range(100):
         try:
             fd = os.open(target, os.O_RDONLY if folder else os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:  # the place cannot take the lock file, so it cannot take the output either
             raise FlatnessError(f"cannot write {path}: {err.strerror or err}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise FlatnessError(
-                f"another flatness process is writing this {what} ({path}); wait for it to finish or stop it first"
-            ) from None
+            if not _flock_within_grace(fd):
+                os.close(fd)
+                raise FlatnessError(
+                    f"another flatness process is writing this {what} ({path}); wait for it to finish or stop it first"
+                )
         except OSError as err:  # a file system without flock: the lock cannot hold, say so
             os.close(fd)
             raise FlatnessError(f"cannot lock {path}: {err.strerror or err}") from None
