@@ -37,12 +37,12 @@ setup(
         "mnist1d",  # MNIST-1D's own generator (the dataset is generated offline, never downloaded)
     ],
     # ruff: the lint/format gate scripts/test.sh runs (pinned: its rules and format move between releases;
-    # keep .pre-commit-config.yaml's rev equal); selenium drives headless chromium in the report test; ray so
-    # that CI runs the sweep's Ray engine on a local instance.
+    # keep .pre-commit-config.yaml's rev equal); selenium drives headless chromium in the report test; ray and
+    # safetensors so that CI tests the optional Ray engine and .safetensors weights instead of skipping them.
     extras_require={
-        "test": ["pytest>=7", "hypothesis", "ruff==0.17.6", "selenium>=4.11", "ray"],
-        "safetensors": ["safetensors"],
-        "ray": ["ray"],
-    },  # flatness sweep --engine ray
+        "test": ["pytest>=7", "hypothesis", "ruff==0.17.6", "selenium>=4.11", "ray", "safetensors"],
+        "safetensors": ["safetensors"],  # loading .safetensors weights
+        "ray": ["ray"],  # flatness sweep/experiment --engine ray
+    },
     entry_points={"console_scripts": ["flatness=flatness.cli.main:main"]},
 )

@@ -224,6 +224,15 @@ def test_train_numbers(ws, option, value):
     check_outcome(result, ws, before)
 
 
+def measure_command(ws, command, out_name, options):
+    """Run ``probe``/``surface`` on the workspace checkpoint with ``options``, writing into a scratch folder."""
+    with scratch_dir(ws) as scratch:
+        return invoke(
+            [command, ws["ckpt"], "--device", "cpu", "--quiet", "--out", os.path.join(scratch, out_name)]
+            + [a for kv in options.items() for a in kv]
+        )
+
+
 @settings(max_examples=24, **FAST)
 @given(option=st.sampled_from(PROBE_NUMERIC), value=st.sampled_from(NUMBERS))
 def test_probe_numbers(ws, option, value):
@@ -231,20 +240,7 @@ def test_probe_numbers(ws, option, value):
     before = stamp(ws["root"])
     base = {"--samples": "16", "--batch-size": "16", "--top-k": "1", "--max-iter": "3"}
     base[option] = value
-    with scratch_dir(ws) as scratch:
-        result = invoke(
-            [
-                "probe",
-                ws["ckpt"],
-                "--device",
-                "cpu",
-                "--quiet",
-                "--out",
-                os.path.join(scratch, "p.json"),
-                *[a for kv in base.items() for a in kv],
-            ]
-        )
-    check_outcome(result, ws, before)
+    check_outcome(measure_command(ws, "probe", "p.json", base), ws, before)
 
 
 @settings(max_examples=16, **FAST)
@@ -269,20 +265,7 @@ def test_surface_numbers(ws, option, value):
             "3": "-1e300:1e300:3",
         }[value]
     base[option] = value
-    with scratch_dir(ws) as scratch:
-        result = invoke(
-            [
-                "surface",
-                ws["ckpt"],
-                "--device",
-                "cpu",
-                "--quiet",
-                "--out",
-                os.path.join(scratch, "s.h5"),
-                *[a for kv in base.items() for a in kv],
-            ]
-        )
-    check_outcome(result, ws, before)
+    check_outcome(measure_command(ws, "surface", "s.h5", base), ws, before)
 
 
 @settings(max_examples=12, **FAST)
