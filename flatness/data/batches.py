@@ -49,11 +49,3 @@ def is_inputs(obj: Any) -> bool:
     if isinstance(obj, (tuple, list)):
         return bool(obj) and all(isinstance(v, torch.Tensor) for v in obj)
     return False
-
-
-def first_tensor(obj: Any) -> torch.Tensor:
-    """The first tensor of a batch part (its device is the batch's device)."""
-    if isinstance(obj, torch.Tensor):
-        return obj
-    values = obj.values() if isinstance(obj, dict) else obj
-    return next(iter(values))
