@@ -117,8 +117,8 @@ def _fmt(x, spec=".4g"):
 @click.option(
     "--force",
     is_flag=True,
-    help="Overwrite existing output files; also use a --model or --dataset "
-    "callable other than the one the run was trained with.",
+    help="Overwrite existing output files (only that: another --model or --dataset than the run "
+    "recorded needs --allow-source-change).",
 )
 @click.option("--save-vectors", is_flag=True, help="Also write the eigenvectors to a sidecar .h5.")
 @click.option(
@@ -241,7 +241,7 @@ def command(
 
     distributed.init_from_env(resolve_device(device))  # under torchrun: join the ranks (probe data sharded)
     settings.progress = settings.progress and distributed.is_main()
-    result = run_probe(checkpoint, settings, model_source(**model_options, force=force))
+    result = run_probe(checkpoint, settings, model_source(**model_options))
     if not distributed.is_main():
         return  # rank 0 writes and reports
     _report(out, write_probe(out, result, force=force), split, tol)

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import click
 
+from flatness.sources.loading import ALLOW_SOURCE_CHANGE_FLAG
+
 MODEL_HELP = (
     "The model, when CHECKPOINT does not say it all: a built-in name, package.module:callable or "
     "FILE.py:callable returning an nn.Module, or torchvision:NAME. Needed for a plain state_dict or "
     ".safetensors file, and for a run trained with a callable (named again: a checkpoint never makes "
     "flatness run code); a .pt2 program needs none."
+)
+ALLOW_SOURCE_CHANGE_HELP = (
+    "Accept a --model or --dataset callable other than the one the run was trained with, a factory file "
+    "that changed since (its sha256 differs), or another --model for a built-in model's weights. "
+    "(--force only overwrites outputs.)"
 )
 DATASET_HELP = (
     "Measure on this dataset instead of the one CHECKPOINT records (needed where it records none): a "
@@ -17,7 +24,7 @@ DATASET_HELP = (
 
 
 def source_options(function):
-    """Add --model, --model-args, --dataset, --image-size and --normalize to a click command."""
+    """Add --model, --model-args, --dataset, --image-size, --normalize and --allow-source-change to a command."""
     options = [
         click.option(
             "--model", "model", default=None, metavar="NAME|MODULE:CALLABLE|FILE.py:CALLABLE", help=MODEL_HELP
@@ -26,7 +33,8 @@ def source_options(function):
             "--model-args",
             default=None,
             metavar="JSON",
-            help="Keyword arguments of a --model callable, as a JSON object (default: those the run records).",
+            help="Keyword arguments of a --model callable or torchvision:NAME, as a JSON object (default: those "
+            "the run records). Not for a built-in model, which its checkpoint rebuilds as trained.",
         ),
         click.option(
             "--dataset",
@@ -41,14 +49,24 @@ def source_options(function):
             default=None,
             help="Your own data: standardise with the training split's statistics (default: as the run was trained).",
         ),
+        click.option(ALLOW_SOURCE_CHANGE_FLAG, "allow_source_change", is_flag=True, help=ALLOW_SOURCE_CHANGE_HELP),
     ]
     for option in reversed(options):
         function = option(function)
     return function
 
 
-def model_source(model, model_args, dataset, image_size, normalize, force, download=False):
-    """The ``ModelSource`` for these options (None when none is given: the checkpoint says everything)."""
+def model_source(model, model_args, dataset, image_size, normalize, allow_source_change, download=False):
+    """The ``ModelSource`` for these options (None when none is given: the checkpoint says everything).
+
+    Args:
+        model, model_args, dataset, image_size, normalize, allow_source_change: the options
+            ``source_options`` added, as click passes them.
+        download: the command's --download, where it has one.
+
+    Returns:
+        A ``ModelSource`` or None.
+    """
     from flatness.sources.loading import ModelSource
 
     if model is None and model_args is None and dataset is None and image_size is None and normalize is None:
@@ -60,5 +78,5 @@ def model_source(model, model_args, dataset, image_size, normalize, force, downl
         image_size=image_size,
         normalize=normalize,
         download=download,
-        force=force,
+        allow_source_change=allow_source_change,
     )

@@ -68,8 +68,8 @@ from flatness.data.probe_data import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
 @click.option(
     "--force",
     is_flag=True,
-    help="Overwrite an existing output file; also use a --model or --dataset "
-    "callable other than the one the run was trained with.",
+    help="Overwrite an existing output file (only that: another --model or --dataset than the run "
+    "recorded needs --allow-source-change, which --resume accepts too).",
 )
 @click.option(
     "--precision",
@@ -147,7 +147,7 @@ def command(
         download=download,
         precision=precision,
         channels_last=channels_last,
-        source=model_source(**model_options, force=force, download=download),
+        source=model_source(**model_options, download=download),
     )
     summary = compute_surface(checkpoint, out, settings)
     if not distributed.is_main():

@@ -179,16 +179,29 @@ def test_recorded_code_must_be_named_again(cli, user, tmp_path):
     named = ["--model", model, "--dataset", callable_data]
     other = tmp_path / "other.py"
     shutil.copy(user["file"], other)
-    line = one_line_error(probe(cli, run, out, "--model", f"{other}:make", "--dataset", callable_data))
-    assert "--force" in line and not out.exists()
-    assert probe(cli, run, out, "--model", f"{other}:make", "--dataset", callable_data, "--force").exit_code == 0
-    # a factory file that changed since training is refused unless --force
+    # Another factory than recorded needs --allow-source-change; --force only overwrites outputs, so
+    # it gets the same refusal, which names the flag that does accept it.
+    for extra in ([], ["--force"]):
+        line = one_line_error(probe(cli, run, out, "--model", f"{other}:make", "--dataset", callable_data, *extra))
+        assert "pass --allow-source-change" in line and not out.exists()
+    allowed = ["--model", f"{other}:make", "--dataset", callable_data, "--allow-source-change"]
+    assert probe(cli, run, out, *allowed).exit_code == 0
+    assert "--force" in one_line_error(probe(cli, run, out, *allowed))  # an existing output still needs --force
+    # a factory file that changed since training is refused unless --allow-source-change
     with open(user["file"], "a") as handle:
         handle.write("\n# edited\n")
     out.unlink()
-    line = one_line_error(probe(cli, run, out, *named))
-    assert "changed" in line and not out.exists()
-    assert probe(cli, run, out, *named, "--force").exit_code == 0
+    for extra in ([], ["--force"]):
+        line = one_line_error(probe(cli, run, out, *named, *extra))
+        assert "changed" in line and "pass --allow-source-change" in line and not out.exists()
+    assert probe(cli, run, out, *named, "--allow-source-change").exit_code == 0
+    # surface: the same refusal under --force; --allow-source-change also goes with --resume
+    h5 = tmp_path / "s.h5"
+    surface = ["surface", run, *named, "--x=-1:1:3", "--out", h5, "--quiet"]
+    assert "pass --allow-source-change" in one_line_error(cli(surface + ["--force"]))
+    assert cli(surface + ["--allow-source-change"]).exit_code == 0
+    result = cli(surface + ["--allow-source-change", "--resume"])
+    assert result.exit_code == 0 and "0 points computed (resumed)" in result.output, result.output
     # resuming the training with the changed file would mix two models: refused
     line = one_line_error(cli(["train", *named, *TRAIN, "--epochs", "2", "--out", run, "--resume"]))
     assert "changed" in line and weights(run / "last.pt")["epoch"] == 1
@@ -280,6 +293,168 @@ def test_torchvision_resnet18_probes_tiny_fake_images(cli, tmp_path):
     written = json.loads(out.read_text())
     assert written["num_params"] == sum(p.numel() for p in resnet18(num_classes=10).parameters())
     assert written["data"]["samples"] == 4 and np.isfinite(written["hessian"]["eigenvalues"][0])
+
+
+def eager_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Ground truth: the mean cross-entropy of the eager model (eval mode) on all of ``x`` at once."""
+    model.eval()
+    with torch.no_grad():
+        return float(F.cross_entropy(model(x), y))
+
+
+def test_safetensors_state_dict_with_model(cli, user, tmp_path):
+    from safetensors.torch import save_file
+
+    from flatness.models.references import resolve_model_reference
+
+    torch.manual_seed(1)
+    net, _ = resolve_model_reference(user["model"], {"width": 7})
+    save_file(net.state_dict(), str(tmp_path / "net.safetensors"))
+    out = tmp_path / "st.json"
+    named = ["--model", user["model"], "--model-args", '{"width": 7}', "--dataset", user["npz"]]
+    result = probe(cli, tmp_path / "net.safetensors", out, *named)
+    assert result.exit_code == 0, result.output
+    written = json.loads(out.read_text())
+    assert written["loss"] == pytest.approx(eager_loss(net, user["x"], user["y"]), rel=1e-6)
+    assert written["hessian"]["eigenvalues"][0] == pytest.approx(
+        dense_top_eigenvalue(net, user["x"], user["y"]), rel=1e-4
+    )
+    line = one_line_error(probe(cli, tmp_path / "net.safetensors", tmp_path / "no.json", "--dataset", user["npz"]))
+    assert "pass --model" in line
+
+
+class _MakesItsOwnMatrix(nn.Module):
+    """A tensor the graph creates itself (torch.eye) keeps its export dtype: no float64 run."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.linear(x @ torch.eye(4))
+
+
+def test_static_batch_pt2_runs_in_chunks_and_in_float64(cli, user, tmp_path):
+    from flatness.models.references import resolve_model_reference
+
+    torch.manual_seed(2)
+    net, _ = resolve_model_reference(user["model"], {"width": 7})
+    static = tmp_path / "static.pt2"
+    torch.export.save(torch.export.export(net, (user["x"][:4],)), str(static))  # batch size fixed at 4
+    x, y = user["x"], user["y"]
+    # probe batches of 16 run as 4 chunks of 4; the loss, its Hessian and the float64 run see all 48 examples
+    out = tmp_path / "static.json"
+    result = probe(cli, static, out, "--dataset", user["npz"], "--batch-size", "16")
+    assert result.exit_code == 0, result.output
+    written = json.loads(out.read_text())
+    assert written["data"]["samples"] == 48
+    assert written["loss"] == pytest.approx(eager_loss(net, x, y), rel=1e-6)
+    assert written["hessian"]["eigenvalues"][0] == pytest.approx(dense_top_eigenvalue(net, x, y), rel=1e-4)
+    out64 = tmp_path / "static64.json"
+    result = probe(cli, static, out64, "--dataset", user["npz"], "--batch-size", "16", "--dtype", "float64")
+    assert result.exit_code == 0, result.output
+    written = json.loads(out64.read_text())
+    # the loss is summed in float32 by design (core.evaluation); the Hessian in float64 meets the dense
+    # one to ~1e-13, where float32 HVPs are ~1e-6 off
+    assert written["dtype"] == "float64" and written["loss"] == pytest.approx(eager_loss(net, x, y), rel=1e-6)
+    assert written["hessian"]["eigenvalues"][0] == pytest.approx(dense_top_eigenvalue(net, x, y), rel=1e-10)
+    # a batch that is no multiple of the exported one, and a program that cannot run in float64: one line each
+    line = one_line_error(probe(cli, static, tmp_path / "b.json", "--dataset", user["npz"], "--batch-size", "10"))
+    assert "multiple of 4" in line
+    fixed = tmp_path / "eye.pt2"
+    torch.export.save(torch.export.export(_MakesItsOwnMatrix(), (x[:4],)), str(fixed))
+    line = one_line_error(probe(cli, fixed, tmp_path / "e.json", "--dataset", user["npz"], "--dtype", "float64"))
+    assert "exported for torch.float32 inputs" in line and not (tmp_path / "e.json").exists()
+
+
+def test_model_args_apply_to_a_model_they_can_change(cli, user, digits_mlp_checkpoint, tmp_path):
+    """--model-args without --model on a built-in checkpoint was silently ignored: now a one-line refusal."""
+    ckpt = digits_mlp_checkpoint  # mlp, width 16, depth 1
+    out = tmp_path / "p.json"
+    for named in ([], ["--model", "mlp"]):
+        line = one_line_error(probe(cli, ckpt, out, *named, "--model-args", '{"width": 8}'))
+        assert "leave out --model-args" in line and '"width": 16' in line and not out.exists()
+    # the recorded built-in named again (any spelling) is the recorded model, its recorded options included
+    assert probe(cli, ckpt, out, "--model", "MLP").exit_code == 0
+    assert probe(cli, ckpt, tmp_path / "plain.json").exit_code == 0
+    assert json.loads(out.read_text())["loss"] == json.loads((tmp_path / "plain.json").read_text())["loss"]
+    # another model for its weights needs --allow-source-change; --force only overwrites
+    line = one_line_error(probe(cli, ckpt, out, "--model", "convnet", "--force"))
+    assert "pass --allow-source-change" in line
+    # a .pt2 holds its own model: model args have nothing to apply to
+    torch.export.save(torch.export.export(nn.Linear(4, 3), (torch.randn(2, 4),)), str(tmp_path / "lin.pt2"))
+    line = one_line_error(
+        probe(cli, tmp_path / "lin.pt2", tmp_path / "l.json", "--dataset", user["npz"], "--model-args", "{}")
+    )
+    assert "leave out --model and --model-args" in line
+
+
+def write_image_folder(root, size: int, classes=("cat", "dog"), per_class=(6, 2)) -> str:
+    """Tiny random RGB PNGs in ``root/{train,test}/<class>/``; returns ``imagefolder:root``."""
+    from PIL import Image
+
+    gen = np.random.default_rng(4)
+    for split, count in zip(("train", "test"), per_class):
+        for label, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for index in range(count):
+                pixels = gen.integers(0, 256, size=(size, size, 3), dtype=np.uint8) // (1 + label)
+                Image.fromarray(pixels).save(folder / f"{index}.png")
+    return f"imagefolder:{root}"
+
+
+def read_image_folder(root, split: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ground truth without torchvision: PIL's bilinear resize, values in [0, 1], classes in sorted order."""
+    from PIL import Image
+
+    xs, ys = [], []
+    for label, name in enumerate(sorted(os.listdir(root / split))):
+        for file in sorted(os.listdir(root / split / name)):
+            image = Image.open(root / split / name / file).convert("RGB").resize((size, size), Image.BILINEAR)
+            xs.append(torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1))
+            ys.append(label)
+    return torch.stack(xs), torch.tensor(ys)
+
+
+IMAGE_TRAIN = ["--method", "erm", "--epochs", "1", "--batch-size", "4", "--lr", "0.05", "--seed", "0", "--no-progress"]
+
+
+def test_imagefolder_train_then_probe_uses_the_recorded_image_size(cli, tmp_path):
+    from flatness.models.registry import build_from_spec
+
+    dataset = write_image_folder(tmp_path / "images", size=12)
+    run = tmp_path / "run"
+    result = cli(["train", "--dataset", dataset, "--image-size", "8", *IMAGE_TRAIN, "--out", run])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "p.json"
+    assert probe(cli, run, out, "--top-k", "0").exit_code == 0  # image size and dataset from the record
+    written = json.loads(out.read_text())
+    stored = weights(run / "last.pt")
+    model = build_from_spec(stored["model_spec"])
+    model.load_state_dict(stored["model_state"])
+    x, y = read_image_folder(tmp_path / "images", "train", 8)
+    assert written["data"]["samples"] == 12 and written["checkpoint"]["dataset"] == dataset
+    assert written["loss"] == pytest.approx(eager_loss(model, x, y), rel=1e-5)
+
+
+def test_torchvision_model_trains_on_an_imagefolder(cli, tmp_path):
+    from torchvision.models import resnet18
+
+    dataset = write_image_folder(tmp_path / "images", size=16)
+    run = tmp_path / "run"
+    model = ["--model", "torchvision:resnet18", "--model-args", '{"num_classes": 2}']
+    result = cli(["train", *model, "--dataset", dataset, "--image-size", "16", *IMAGE_TRAIN, "--out", run])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "p.json"
+    assert probe(cli, run, out, "--top-k", "0").exit_code == 0  # a torchvision name is data: from the record
+    net = resnet18(num_classes=2)  # weights=None: nothing downloaded
+    net.load_state_dict(weights(run / "last.pt")["model_state"])
+    x, y = read_image_folder(tmp_path / "images", "train", 16)
+    assert json.loads(out.read_text())["loss"] == pytest.approx(eager_loss(net, x, y), rel=1e-5)
+    # --model-args without --model apply to the recorded torchvision model (here: 3 classes do not fit)
+    line = one_line_error(probe(cli, run, tmp_path / "q.json", "--model-args", '{"num_classes": 3}'))
+    assert "do not fit" in line and "fc.weight" in line
 
 
 # --------------------------------------------------------------------------- hostile .pt2

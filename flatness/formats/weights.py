@@ -229,16 +229,23 @@ def check_pt2_archive(path: str) -> None:
             _check_pickle(read(name), name, path)
 
 
-def _static_batch_size(program) -> int | None:
-    """The batch size a program was exported with, or None where dimension 0 is dynamic."""
+def _first_input(program):
+    """The example value (a fake tensor: shape and dtype) of the program's first tensor input, or None."""
     user_inputs = set(program.graph_signature.user_inputs)
     for node in program.graph.nodes:
         if node.op == "placeholder" and node.name in user_inputs:
             value = node.meta.get("val")
-            shape = getattr(value, "shape", None)
-            if shape is not None and len(shape) > 0:
-                return int(shape[0]) if isinstance(shape[0], int) else None
+            if getattr(value, "shape", None) is not None:
+                return value
     return None
+
+
+def _static_batch_size(program) -> int | None:
+    """The batch size a program was exported with, or None where dimension 0 is dynamic."""
+    value = _first_input(program)
+    if value is None or len(value.shape) == 0:
+        return None
+    return int(value.shape[0]) if isinstance(value.shape[0], int) else None
 
 
 class ExportedModule(nn.Module):
@@ -246,13 +253,17 @@ class ExportedModule(nn.Module):
 
     ``static_batch_size`` is the batch size a program was exported with (None when dynamic); a batch
     whose size is a multiple of it runs chunk by chunk and the outputs are concatenated, so any
-    loss (and its double backward) sees the whole batch.
+    loss (and its double backward) sees the whole batch. ``input_dtype`` is the dtype of the
+    example input it was exported with: ``.double()`` converts its parameters and buffers, but a
+    tensor the graph creates itself keeps that dtype, so such a program fails on float64 inputs
+    (a FlatnessError saying so).
     """
 
-    def __init__(self, module: nn.Module, static_batch_size: int | None):
+    def __init__(self, module: nn.Module, static_batch_size: int | None, input_dtype: torch.dtype | None = None):
         super().__init__()
         self.program = module
         self.static_batch_size = static_batch_size
+        self.input_dtype = input_dtype
         # An exported graph is fixed in the mode it was exported in and refuses .train()/.eval();
         # marking its modules as not training lets eval_mode and train() pass over them.
         for sub in module.modules():
@@ -265,6 +276,18 @@ class ExportedModule(nn.Module):
 
     def forward(self, x, *rest):
         """The program's outputs for the batch ``x`` (and any further positional inputs)."""
+        try:
+            return self._run(x, *rest)
+        except RuntimeError as err:
+            dtype = getattr(x, "dtype", None)
+            if self.input_dtype is None or dtype is None or dtype == self.input_dtype:
+                raise
+            raise FlatnessError(
+                f"this .pt2 program was exported for {self.input_dtype} inputs and does not run on {dtype} "
+                f"ones ({_first_line(err)}): leave out --dtype float64, or export the model in float64"
+            ) from None
+
+    def _run(self, x, *rest):
         size = self.static_batch_size
         if size is None or x.shape[0] == size:
             return self.program(x, *rest)
@@ -299,4 +322,5 @@ def load_exported_program(path: str) -> ExportedModule:
     module = program.module()
     for param in module.parameters():
         param.requires_grad_(True)
-    return ExportedModule(module, _static_batch_size(program))
+    example = _first_input(program)
+    return ExportedModule(module, _static_batch_size(program), getattr(example, "dtype", None))

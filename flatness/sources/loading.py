@@ -8,13 +8,15 @@ train`` the two splits of a built-in or user dataset.
 Security: a checkpoint or run folder only ever *names* code (the model or dataset factory it was
 trained with); nothing here imports or runs a reference that the caller's ``ModelSource`` did not
 give. A recorded ``module:callable`` or ``file.py:callable`` must be named again; another one than
-recorded, or a factory file whose sha256 changed, is refused unless ``source.force``. torchvision
+recorded, or a factory file whose sha256 changed, is refused unless ``source.allow_source_change``
+(``--allow-source-change``, a flag of its own: ``--force`` only ever overwrites outputs). torchvision
 model names, npz files and image folders are data, not code, and may come from the record.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +32,8 @@ from flatness.data.probe_data import ProbeData
 from flatness.models.references import TORCHVISION_PREFIX, is_reference, parse_model_args, resolve_model_reference
 
 PT2_SUFFIX = ".pt2"
+# The command-line flag that sets ModelSource.allow_source_change, named in every refusal it lifts.
+ALLOW_SOURCE_CHANGE_FLAG = "--allow-source-change"
 STATE_DICT_HINT = "a plain state_dict or .safetensors file"
 
 
@@ -38,8 +42,10 @@ class ModelSource:
     """The model and data options of one command line (``--model``, ``--model-args``, ``--dataset``, ...).
 
     ``model``/``dataset`` None: what the checkpoint records (built-ins and data files only; recorded
-    code must be named again). ``force``: accept a model or dataset factory other than the recorded
-    one, or one whose file changed since training.
+    code must be named again). ``model_args`` apply to the model named or recorded as a reference;
+    a built-in model is rebuilt from the options its checkpoint records, so they are refused there.
+    ``allow_source_change``: accept a model or dataset factory other than the recorded one, one whose
+    file changed since training, or another model for a built-in model's weights.
     """
 
     model: str | None = None
@@ -48,7 +54,7 @@ class ModelSource:
     image_size: int | None = None
     normalize: bool | None = None
     download: bool = False
-    force: bool = False
+    allow_source_change: bool = False
 
 
 @dataclass
@@ -232,7 +238,7 @@ def build_user_model(
 
 
 def check_recorded(
-    kind: str, recorded: dict[str, Any] | None, given: str | None, force: bool, where: str
+    kind: str, recorded: dict[str, Any] | None, given: str | None, allow_change: bool, where: str
 ) -> str | None:
     """The reference to use for a checkpoint's model or dataset, refusing what the record forbids.
 
@@ -240,7 +246,7 @@ def check_recorded(
         kind: "model" or "dataset" (the flag is ``--<kind>``).
         recorded: the checkpoint's record (``reference``, ``sha256``) or None.
         given: what the command line named, or None.
-        force: accept another reference, or a changed factory file.
+        allow_change: accept another reference, or a changed factory file (``--allow-source-change``).
         where: the checkpoint's path, for messages.
 
     Returns:
@@ -254,14 +260,17 @@ def check_recorded(
                 "(a checkpoint never makes flatness run the code it names)"
             )
         return ref
-    if is_code_reference(ref) and given != ref and not force:
-        raise FlatnessError(f"{where} was trained with --{kind} {ref}, not {given}; pass --force to use {given}")
+    if is_code_reference(ref) and given != ref and not allow_change:
+        raise FlatnessError(
+            f"{where} was trained with --{kind} {ref}, not {given}; pass {ALLOW_SOURCE_CHANGE_FLAG} to use {given}"
+        )
     recorded_sha = (recorded or {}).get("sha256")
-    if given == ref and is_code_reference(ref) and recorded_sha and not force:
+    if given == ref and is_code_reference(ref) and recorded_sha and not allow_change:
         path = ref.rpartition(":")[0]
         if os.path.isfile(path) and sha256_file(path) != recorded_sha:
             raise FlatnessError(
-                f"{path} changed since {where} was trained (sha256 differs); pass --force to use it anyway"
+                f"{path} changed since {where} was trained (sha256 differs); "
+                f"pass {ALLOW_SOURCE_CHANGE_FLAG} to use it anyway"
             )
     return given
 
@@ -297,6 +306,39 @@ def _shape_for(model_ref: str, dataset: str | None, source: ModelSource, root: s
     return infer_shape(split_dataset(dataset, "train", root, False, source.image_size, bool(source.normalize)))
 
 
+def _checked_model_reference(
+    spec: dict[str, Any], model_record: dict[str, Any], source: ModelSource, path: str
+) -> str | None:
+    """The reference to build a flatness checkpoint's model from, or None for its recorded built-in spec.
+
+    A built-in model is rebuilt from its spec: the options it records are the ones its weights were
+    trained with, so ``--model-args`` cannot change them (a width would not fit the weights, and an
+    option that fits would silently measure another model than the one trained).
+    """
+    from flatness.formats.checkpoint import user_model_reference
+    from flatness.models.registry import canonical_model_name
+
+    reference = user_model_reference(spec)
+    if reference is not None:
+        return check_recorded("model", model_record, source.model, source.allow_source_change, path)
+    name = spec.get("name")
+    if source.model is None or (not is_reference(source.model) and canonical_model_name(source.model) == name):
+        if source.model_args is not None:
+            options = json.dumps(spec.get("options") or {}, sort_keys=True)
+            raise FlatnessError(
+                f"{path} holds the built-in model {name}, rebuilt with the options it was trained with "
+                f"({options}), which its weights fix: leave out --model-args (it is for a --model callable "
+                "or torchvision:NAME)"
+            )
+        return None
+    if not source.allow_source_change:
+        raise FlatnessError(
+            f"{path} holds the built-in model {name}, not {source.model}; leave out --model, "
+            f"or pass {ALLOW_SOURCE_CHANGE_FLAG} to load its weights into that one"
+        )
+    return source.model
+
+
 def _load_flatness(payload: dict[str, Any], source: ModelSource, root: str | None) -> Target:
     from flatness.formats.checkpoint import user_model_reference
     from flatness.models.registry import build_from_spec
@@ -305,18 +347,13 @@ def _load_flatness(payload: dict[str, Any], source: ModelSource, root: str | Non
     records = payload.get("sources") or {}
     reference = user_model_reference(spec)
     model_record = records.get("model") or {"reference": reference}
-    ref = check_recorded("model", model_record, source.model, source.force, path) if reference else None
+    # Every refusal comes before any code runs: the model's reference, then the dataset's.
+    ref = _checked_model_reference(spec, model_record, source, path)
     dataset_record = records.get("dataset") or {"reference": config.get("dataset")}
-    dataset = check_recorded("dataset", dataset_record, source.dataset, source.force, path)
-    if reference is None and source.model is not None and source.model != spec.get("name") and not source.force:
-        raise FlatnessError(
-            f"{path} holds the built-in model {spec.get('name')}, not {source.model}; "
-            "leave out --model, or pass --force to load its weights into that one"
-        )
-    if reference is None and source.model is None:
+    dataset = check_recorded("dataset", dataset_record, source.dataset, source.allow_source_change, path)
+    if ref is None:
         model = build_from_spec(spec)
     else:
-        ref = ref or source.model
         args = source.model_args if source.model_args is not None else model_record.get("args")
         model, _ = build_user_model(ref, args, source.download, _shape_for(ref, config.get("dataset"), source, root))
     _load_state(model, payload["model_state"], path)
@@ -383,8 +420,10 @@ def load_target(
     if checkpoint.endswith(PT2_SUFFIX) and not os.path.isdir(checkpoint):
         from flatness.formats.weights import load_exported_program
 
-        if source.model is not None:
-            raise FlatnessError(f"{checkpoint} is a .pt2 program that holds its own model: leave out --model")
+        if source.model is not None or source.model_args is not None:
+            raise FlatnessError(
+                f"{checkpoint} is a .pt2 program that holds its own model: leave out --model and --model-args"
+            )
         model = load_exported_program(checkpoint)
         target = Target(
             model,
