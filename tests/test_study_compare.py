@@ -181,3 +181,29 @@ def test_bad_inputs(tmp_path, cli, setup, message):
     assert result.exit_code != 0 and "Traceback" not in result.output
     lines = [line for line in result.output.strip().splitlines() if line]
     assert len(lines) == 1 and message in lines[0], result.output
+
+
+def test_direction_words_and_method_order_of_the_split_modules():
+    import flatness.study.compare as compare_module
+    from flatness.study.quantities import Quantity
+    from flatness.study.runs import sorted_methods
+    from flatness.study.significance import direction
+
+    flat = Quantity("trace", "trace", "", "", "lower", True)
+    loss = Quantity("gap_loss", "gap", "nats", "", "lower")
+    acc = Quantity("test_acc", "acc", "%", "", "higher")
+    assert [direction(flat, -1.0), direction(flat, 1.0), direction(flat, 0.0), direction(flat, None)] == [
+        "flatter",
+        "sharper",
+        None,
+        None,
+    ]
+    assert [direction(loss, -1.0), direction(loss, 1.0), direction(acc, 1.0), direction(acc, -1.0)] == [
+        "better",
+        "worse",
+        "better",
+        "worse",
+    ]
+    assert sorted_methods(["zeta", "sam", "erm", "alpha", "amp", "erm"]) == ["erm", "amp", "sam", "alpha", "zeta"]
+    # every name compare.py re-exports from the modules it was split into still resolves
+    assert all(hasattr(compare_module, name) for name in compare_module.__all__)

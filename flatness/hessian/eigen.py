@@ -163,6 +163,7 @@ class KrylovBasis:
 
     def __init__(self, op, size: int, store: bool):
         self.op = op
+        self.size = size
         self.Q = torch.empty(size, op.dim, dtype=op.dtype, device=op.device)
         self.HQ = torch.empty(size, op.dim, dtype=op.dtype, device=op.device) if store else None
         self.T = torch.zeros(size, size, dtype=torch.float64)
@@ -214,6 +215,46 @@ class KrylovBasis:
         return _ritz_pairs(self.op, S, self.Q, self.HQ, self.m, k)
 
 
+class _BestPairs:
+    """The best Ritz pairs checked so far with true HVPs, and whether checking still pays.
+
+    ``estimate_tol`` is the bound the cheap residual estimates must reach before the next true check;
+    it is tightened when the estimates prove optimistic (rounding in low precision). ``stalled`` counts
+    the failed checks in a row without a 2x better true residual: the rounding floor of the HVPs.
+    """
+
+    def __init__(self, tol: float):
+        self.pairs = None  # (eigenvalues, unit vectors, true relative residuals)
+        self.stalled = 0
+        self.estimate_tol = tol
+
+    def offer(self, pairs: tuple) -> None:
+        """Keep ``pairs`` if their worst true residual is no worse than the best so far."""
+        improved = self.pairs is None or max(pairs[2]) <= 0.5 * max(self.pairs[2])
+        self.stalled = 0 if improved else self.stalled + 1
+        if self.pairs is None or max(pairs[2]) <= max(self.pairs[2]):
+            self.pairs = pairs
+
+
+def _check_lanczos(op, k: int, which: str, tol: float, max_iter: int, check: str) -> None:
+    if which not in ("largest", "smallest"):
+        raise ValueError(f"which must be 'largest' or 'smallest', got {which!r}")
+    if check not in ("auto", "stored", "hvp"):
+        raise ValueError(f"check must be auto, stored or hvp, got {check!r}")
+    _check(op, k, tol, max_iter)
+
+
+def _empty_basis(op, k: int, max_basis: int | None, check: str) -> KrylovBasis:
+    """The Krylov basis of ``lanczos``, empty: its size, and whether it stores the products H q_j."""
+    if max_basis is None:
+        max_basis = max(3 * k + 30, 60)
+    max_basis = int(min(max(max_basis, k + 2), op.dim))
+    store = check == "stored" or (check == "auto" and max_basis * op.dim <= 2**28)
+    return KrylovBasis(op, max_basis, store)
+
+
+# lanczos keeps scipy's eigsh-like keyword options (9 with the operator): it is public API
+# (``flatness.lanczos``), called by keyword through ``top_eigen(**options)``, by the eigen directions and by users.
 def lanczos(
     op,
     k: int = 1,
@@ -250,25 +291,14 @@ def lanczos(
     Returns:
         ``EigenResult`` with eigenvalues sorted descending for ``largest``, ascending for ``smallest``.
     """
-    if which not in ("largest", "smallest"):
-        raise ValueError(f"which must be 'largest' or 'smallest', got {which!r}")
-    if check not in ("auto", "stored", "hvp"):
-        raise ValueError(f"check must be auto, stored or hvp, got {check!r}")
-    _check(op, k, tol, max_iter)
+    _check_lanczos(op, k, which, tol, max_iter, check)
     start, hvps0 = time.perf_counter(), op.hvps
-    d = op.dim
-    if max_basis is None:
-        max_basis = max(3 * k + 30, 60)
-    max_basis = int(min(max(max_basis, k + 2), d))
+    basis = _empty_basis(op, k, max_basis, check)
     gen = torch.Generator().manual_seed(int(seed))
     sign = 1.0 if which == "largest" else -1.0
-    store = check == "stored" or (check == "auto" and max_basis * d <= 2**28)
-    basis = KrylovBasis(op, max_basis, store)
     q = _random_unit(op, gen)
-    best = None
+    best = _BestPairs(tol)
     converged = False
-    est_tol = tol  # tightened when the estimates prove optimistic (rounding in low precision)
-    stalled = 0  # failed checks in a row without a 2x better true residual: the rounding floor
     with progress_bar(progress, max_iter, f"lanczos ({which} {k})", unit="hvp") as bar:
         while op.hvps - hvps0 < max_iter:
             w, beta = basis.extend(q)
@@ -278,43 +308,44 @@ def lanczos(
             kk = min(k, m)
             est = [beta * abs(float(S[m - 1, i])) / max(abs(float(theta[i])), _TINY) for i in range(kk)]
             exhausted = beta <= 1e-12 * max(1.0, float(theta.abs().max()))
-            if kk == k and (max(est) <= est_tol or exhausted or m == d):
+            if kk == k and (max(est) <= best.estimate_tol or exhausted or m == op.dim):
                 # candidate: form the Ritz vectors and check them with true HVPs
-                lams, V, res = basis.ritz_pairs(S, k)
-                if not store:
+                candidate = basis.ritz_pairs(S, k)
+                if basis.HQ is None:  # the check cost k fresh HVPs
                     bar.update(k)
-                improved = best is None or max(res) <= 0.5 * max(best[2])
-                stalled = 0 if improved else stalled + 1
-                if best is None or max(res) <= max(best[2]):
-                    best = (lams, V, res)
-                if max(res) <= tol:
+                best.offer(candidate)
+                if max(candidate[2]) <= tol:
                     converged = True
                     break
-                if stalled >= 3:
+                if best.stalled >= 3:
                     break  # the true residual no longer falls (rounding floor of the HVPs): report, not converged
-                est_tol *= 0.1
-            if op.hvps - hvps0 >= max_iter or m == d:
+                best.estimate_tol *= 0.1
+            if op.hvps - hvps0 >= max_iter or m == op.dim:
                 break  # budget spent, or the whole space spanned (Ritz pairs as good as rounding allows)
             if exhausted:
                 # invariant subspace found: start a new Krylov sequence (its coupling is computed on adding)
                 q = _random_unit(op, gen, basis.Q[:m])
                 continue
             q = w / beta
-            if m == max_basis:
-                q = basis.thick_restart(theta, S, min(max_basis - 1, max(k + 1, max_basis // 2)), q)
+            if m == basis.size:
+                q = basis.thick_restart(theta, S, min(basis.size - 1, max(k + 1, basis.size // 2)), q)
     if not converged and basis.m > 0:  # budget ran out (or rounding floor): report the current Ritz pairs
-        current = basis.ritz_pairs(S, min(k, basis.m))
-        if best is None or max(current[2]) <= max(best[2]):
-            best = current
-    lams, V, res = best
+        best.offer(basis.ritz_pairs(S, min(k, basis.m)))
+    info = {"hvps": op.hvps - hvps0, "seconds": time.perf_counter() - start, "converged": converged}
+    return _sorted_result(best.pairs, sign, which, tol, info)
+
+
+def _sorted_result(pairs: tuple, sign: float, which: str, tol: float, info: dict) -> EigenResult:
+    """The Ritz pairs as an ``EigenResult``, best first; ``info`` holds hvps, seconds and converged."""
+    lams, V, res = pairs
     order = sorted(range(len(lams)), key=lambda i: -sign * lams[i])
     return EigenResult(
         [lams[i] for i in order],
         V[order],
         [res[i] for i in order],
-        op.hvps - hvps0,
-        time.perf_counter() - start,
-        converged,
+        info["hvps"],
+        info["seconds"],
+        info["converged"],
         "lanczos",
         which,
         tol,

@@ -19,6 +19,7 @@ import dataclasses
 import os
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -474,11 +475,7 @@ def _run_grid(
         for first in range(0, len(todo), chunk):
             chunk_points = todo[first : first + chunk]
             rows, done_now = _chunk_rows(job, evaluate_point, chunk_points, done_now, kill_after)
-            for (i, j), numbers in zip(chunk_points, rows.tolist(), strict=True):
-                for k, sp in enumerate(job.splits):
-                    values[f"{sp}_loss"][j, i] = numbers[2 * k]
-                    values[f"{sp}_acc"][j, i] = numbers[2 * k + 1]
-                computed[j, i] = True
+            _store_rows(job.splits, chunk_points, rows, values, computed)
             if bar is not None:
                 bar.update(len(chunk_points))
             if time.perf_counter() - last_flush >= flush_every:
@@ -496,6 +493,21 @@ def _run_grid(
             bar.close()
         setter.restore()
     return _summary(job, values, computed, seconds_before, elapsed, cpu_elapsed, done_now)
+
+
+def _store_rows(
+    splits: Sequence[str],
+    points: list[tuple[int, int]],
+    rows: torch.Tensor,
+    values: dict[str, np.ndarray],
+    computed: np.ndarray,
+) -> None:
+    """Write a chunk's rows (per point ``[loss, acc %]`` per split) into the grids; mark the points computed."""
+    for (i, j), numbers in zip(points, rows.tolist(), strict=True):
+        for k, sp in enumerate(splits):
+            values[f"{sp}_loss"][j, i] = numbers[2 * k]
+            values[f"{sp}_acc"][j, i] = numbers[2 * k + 1]
+        computed[j, i] = True
 
 
 def _chunk_rows(

@@ -17,13 +17,14 @@ import datetime as _dt
 import html
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
 from markdown_it import MarkdownIt
 
 from flatness.core.fileio import atomic_write_text
-from flatness.study.compare import _g, format_mean_std, format_p, format_p_holm, markdown_table
+from flatness.study.tables import format_mean_std, format_number, format_p, format_p_holm, markdown_table
 from flatness.version import __version__
 
 ALPHA = 0.05
@@ -32,19 +33,83 @@ ALPHA = 0.05
 # --------------------------------------------------------------------------- verdict
 
 
+@dataclass
+class FlatnessTally:
+    """The flatness rows of one method against the baseline, sorted by the sign of the difference.
+
+    ``significant_*`` hold the rows whose Holm-adjusted p is below ``ALPHA``: with a dozen measures some
+    raw p < 0.05 happen by chance, so raw p-values are never counted.
+    """
+
+    rows: list[dict[str, Any]]
+    flatter: list[dict[str, Any]]
+    sharper: list[dict[str, Any]]
+    significant_flatter: list[dict[str, Any]]
+    significant_sharper: list[dict[str, Any]]
+
+    @classmethod
+    def of(cls, comp: dict[str, Any], method: str) -> FlatnessTally:
+        """The tally of ``method`` in the comparison summary ``comp``."""
+        rows = [r for r in comp["rows"] if r["flatness"] and r["versus"][method]["diff"] is not None]
+        flatter = [r for r in rows if r["versus"][method]["diff"] < 0]
+        sharper = [r for r in rows if r["versus"][method]["diff"] > 0]
+        return cls(
+            rows,
+            flatter,
+            sharper,
+            [r for r in flatter if (r["versus"][method].get("p_holm") or 1.0) < ALPHA],
+            [r for r in sharper if (r["versus"][method].get("p_holm") or 1.0) < ALPHA],
+        )
+
+    @property
+    def held(self) -> bool:
+        """The verdict rule: flatter on more than half of the measures."""
+        return bool(self.rows) and len(self.flatter) > len(self.rows) / 2
+
+
 def verdict(comp: dict[str, Any], method: str = "amp") -> dict[str, Any]:
-    """What the numbers say about ``method`` versus the baseline, as data and as sentences."""
+    """What the numbers say about ``method`` versus the baseline, as data and as sentences.
+
+    Args:
+        comp: the comparison summary (``flatness.study.compare.compare``).
+        method: the method judged against the baseline.
+
+    Returns:
+        ``{"method", "available", "held", "flatter", "sharper", "significant_flatter",
+        "significant_sharper", "measures", "test_acc_better", "sentences"}`` (just ``method``,
+        ``available`` and ``sentences`` when there is nothing to compare).
+    """
     base = comp.get("baseline")
     if not base or method not in comp.get("others", []):
         return {"method": method, "available": False, "sentences": [f"No {method.upper()} runs to compare."]}
-    rows = [r for r in comp["rows"] if r["flatness"] and r["versus"][method]["diff"] is not None]
-    flatter = [r for r in rows if r["versus"][method]["diff"] < 0]
-    sharper = [r for r in rows if r["versus"][method]["diff"] > 0]
-    # significance counts the Holm-adjusted p-values only: with a dozen measures some raw p < 0.05 by chance
-    sig_flat = [r for r in flatter if (r["versus"][method].get("p_holm") or 1.0) < ALPHA]
-    sig_sharp = [r for r in sharper if (r["versus"][method].get("p_holm") or 1.0) < ALPHA]
-    held = bool(rows) and len(flatter) > len(rows) / 2
+    tally = FlatnessTally.of(comp, method)
+    s = _flatness_sentences(tally, method, base)
+    acc = next((r for r in comp["rows"] if r["key"] == "test_acc"), None)
+    acc_better = None
+    if acc and acc["versus"][method]["diff"] is not None:
+        acc_better = acc["versus"][method]["diff"] > 0
+        s.append(_accuracy_sentence(acc, method, base))
+    n = min((r["methods"][m]["n"] for r in comp["rows"] for m in (base, method)), default=0)
+    s += _seed_count_sentences(n)
+    return {
+        "method": method,
+        "available": True,
+        "held": tally.held,
+        "flatter": [r["key"] for r in tally.flatter],
+        "sharper": [r["key"] for r in tally.sharper],
+        "significant_flatter": [r["key"] for r in tally.significant_flatter],
+        "significant_sharper": [r["key"] for r in tally.significant_sharper],
+        "measures": len(tally.rows),
+        "test_acc_better": acc_better,
+        "sentences": s,
+    }
+
+
+def _flatness_sentences(tally: FlatnessTally, method: str, base: str) -> list[str]:
+    """The verdict on flatness: the rule's outcome, which measures went which way, which are significant."""
     M, B = method.upper(), base.upper()
+    if not tally.rows:
+        return [f"No flatness measure was available for both {M} and {B}; the flat-minima claim could not be tested."]
 
     def listing(items):
         return (
@@ -56,63 +121,51 @@ def verdict(comp: dict[str, Any], method: str = "amp") -> dict[str, Any]:
             or "none"
         )
 
-    s = []
-    if not rows:
-        s.append(f"No flatness measure was available for both {M} and {B}; the flat-minima claim could not be tested.")
-    else:
-        s.append(
-            f"**The flat-minima claim {'held' if held else 'did not hold'} in this run** (rule: {M} flatter, "
-            f"i.e. a lower mean than {B}, on more than half of the flatness measures): {M} was flatter on "
-            f"{len(flatter)} of {len(rows)} measures and sharper on {len(sharper)}."
-        )
-        s.append(f"{M} flatter on: {listing(flatter)}.")
-        s.append(f"{M} sharper on: {listing(sharper)}.")
-        s.append(
-            f"Differences significant at a Holm-adjusted p < {ALPHA} (Welch's t-test, adjusted over the "
-            f"{len(rows)} flatness measures; raw p-values are not counted): {len(sig_flat)} in {M}'s favour "
-            f"({', '.join(r['label'] for r in sig_flat) or 'none'}), {len(sig_sharp)} against "
-            f"({', '.join(r['label'] for r in sig_sharp) or 'none'})."
-        )
-    acc = next((r for r in comp["rows"] if r["key"] == "test_acc"), None)
-    acc_better = None
-    if acc and acc["versus"][method]["diff"] is not None:
-        v = acc["versus"][method]
-        acc_better = v["diff"] > 0
-        s.append(
-            f"**Test accuracy: {M} was {'better' if acc_better else ('worse' if v['diff'] < 0 else 'equal')}** "
-            f"— {M} {format_mean_std(acc['methods'][method])} % vs {B} {format_mean_std(acc['methods'][base])} %, "
-            f"difference {_g(v['diff'])} percentage points, p = {format_p(v)} (the one pre-specified "
-            f"generalisation test, so Holm-adjusted p = raw p = {format_p_holm(v)})"
-            + (
-                " (not significant at 0.05 after adjustment)."
-                if (v.get("p_holm") is None or v["p_holm"] >= ALPHA)
-                else "."
-            )
-        )
-    n = min((r["methods"][m]["n"] for r in comp["rows"] for m in (base, method)), default=0)
+    def labels(items):
+        return ", ".join(r["label"] for r in items) or "none"
+
+    rows, flatter, sharper = tally.rows, tally.flatter, tally.sharper
+    sig_flat, sig_sharp = tally.significant_flatter, tally.significant_sharper
+    return [
+        f"**The flat-minima claim {'held' if tally.held else 'did not hold'} in this run** (rule: {M} flatter, "
+        f"i.e. a lower mean than {B}, on more than half of the flatness measures): {M} was flatter on "
+        f"{len(flatter)} of {len(rows)} measures and sharper on {len(sharper)}.",
+        f"{M} flatter on: {listing(flatter)}.",
+        f"{M} sharper on: {listing(sharper)}.",
+        f"Differences significant at a Holm-adjusted p < {ALPHA} (Welch's t-test, adjusted over the "
+        f"{len(rows)} flatness measures; raw p-values are not counted): {len(sig_flat)} in {M}'s favour "
+        f"({labels(sig_flat)}), {len(sig_sharp)} against ({labels(sig_sharp)}).",
+    ]
+
+
+def _accuracy_sentence(acc: dict[str, Any], method: str, base: str) -> str:
+    """The verdict on generalisation: the test-accuracy row, the one pre-specified test."""
+    v = acc["versus"][method]
+    M, B = method.upper(), base.upper()
+    better = v["diff"] > 0
+    return (
+        f"**Test accuracy: {M} was {'better' if better else ('worse' if v['diff'] < 0 else 'equal')}** "
+        f"— {M} {format_mean_std(acc['methods'][method])} % vs {B} {format_mean_std(acc['methods'][base])} %, "
+        f"difference {format_number(v['diff'])} percentage points, p = {format_p(v)} (the one pre-specified "
+        f"generalisation test, so Holm-adjusted p = raw p = {format_p_holm(v)})"
+        + (" (not significant at 0.05 after adjustment)." if (v.get("p_holm") is None or v["p_holm"] >= ALPHA) else ".")
+    )
+
+
+def _seed_count_sentences(n: int) -> list[str]:
+    """What ``n`` seeds per method allow the p-values to say."""
     if n < 2:
-        s.append(
+        return [
             "With a single seed per method no standard deviation or p-value exists: the differences above are "
             "single observations, not evidence."
-        )
-    elif n <= 5:
-        s.append(
+        ]
+    if n <= 5:
+        return [
             f"With {n} seeds per method these p-values are weak evidence: a real difference can easily "
             "show p > 0.05; the Holm adjustment guards against chance hits among this many measures, "
             "at the price of missing weak real ones."
-        )
-    return {
-        "method": method,
-        "available": True,
-        "held": held,
-        "flatter": [r["key"] for r in flatter],
-        "sharper": [r["key"] for r in sharper],
-        "significant_flatter": [r["key"] for r in sig_flat],
-        "significant_sharper": [r["key"] for r in sig_sharp],
-        "measures": len(rows),
-        "test_acc_better": acc_better,
-        "sentences": s,
-    }
+        ]
+    return []
 
 
 # --------------------------------------------------------------------------- Markdown
