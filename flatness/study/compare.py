@@ -11,7 +11,7 @@ live in their own modules, and their public names are re-exported here:
 * ``flatness.study.quantities``: the table's rows and every number of one run (their definitions);
 * ``flatness.study.significance``: mean ± std, Welch's test, Holm's adjustment in its families;
 * ``flatness.study.tables``: ``comparison.md`` and the CSV;
-* ``flatness.study.figures``: the comparison figures.
+* ``flatness.study.comparison_figures``: the comparison figures.
 """
 
 from __future__ import annotations
@@ -23,7 +23,13 @@ from typing import Any
 from flatness.core.errors import FlatnessError
 from flatness.core.fileio import atomic_write_json, atomic_write_text
 from flatness.core.paths import check_paths
-from flatness.study.figures import compare_figures, figure_contours, figure_slices, figure_spectra, figure_training
+from flatness.study.comparison_figures import (
+    compare_figures,
+    figure_contours,
+    figure_slices,
+    figure_spectra,
+    figure_training,
+)
 from flatness.study.quantities import (
     BASE_QUANTITIES,
     Quantity,

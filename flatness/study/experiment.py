@@ -14,6 +14,10 @@ Steps, each idempotent (a rerun skips what is finished; a killed run, rerun, com
 4. figures (``OUT/figures/``), the comparison (``OUT/comparison.{md,json,csv}``), and the report
    (``OUT/REPORT.md``, ``OUT/report.html``), rebuilt every time from what is on disk.
 
+With ``workers`` > 1 (or the Ray engine), steps 1-3 are one job in one pool of workers
+(``flatness.core.engines``): every run (train, then probe) is ready at once, the costliest first, and
+each surface starts as soon as the runs it reads are done; the numbers are those of one process.
+
 ``OUT/experiment.json`` records the settings; a rerun with settings that would change finished results
 (dataset, model, epochs, samples, grid, ...) is refused rather than mixing two studies in one folder.
 """
@@ -420,55 +424,66 @@ def surface_seed(cfg: ExperimentConfig) -> int:
     return cfg.seeds[0]
 
 
-def surface_jobs(cfg: ExperimentConfig) -> list[tuple[str, str, str, dict[str, Any]]]:
-    """Every surface of the study as (step name, checkpoint, output file, grid/direction options)."""
+@dataclass(frozen=True)
+class SurfaceJob:
+    """One surface of the study: where it comes from, where it goes, and the runs it needs first."""
+
+    name: str  # the step's name in experiment.json
+    checkpoint: str
+    out: str
+    options: dict[str, Any]  # compute_surface's grid and direction
+    runs: tuple[tuple[str, int], ...]  # the (method, seed) runs whose checkpoints it reads
+
+    @property
+    def points(self) -> int:
+        """How many grid points it evaluates (its expected cost)."""
+        count = self.options["x"][2]
+        return count * self.options["y"][2] if "y" in self.options else count
+
+
+def surface_jobs(cfg: ExperimentConfig) -> list[SurfaceJob]:
+    """Every surface of the study: a 1D and a 2D one per method, and the ERM→other interpolations."""
     seed = surface_seed(cfg)
     g = cfg.grid
     jobs = []
     for method in cfg.methods:
-        ckpt = os.path.join(run_dir(cfg, method, seed), "last.pt")
-        jobs.append(
-            (
-                f"surface 1D {method} s{seed}",
-                ckpt,
-                os.path.join(run_dir(cfg, method, seed), SURFACE_1D),
-                dict(x=(-1.0, 1.0, 2 * g - 1), direction="random"),
-            )
-        )
-        jobs.append(
-            (
-                f"surface 2D {method} s{seed}",
-                ckpt,
-                os.path.join(run_dir(cfg, method, seed), SURFACE_2D),
-                dict(x=(-1.0, 1.0, g), y=(-1.0, 1.0, g), direction="random"),
-            )
-        )
+        folder = run_dir(cfg, method, seed)
+        ckpt = os.path.join(folder, "last.pt")
+        runs = ((method, seed),)
+        one_d = dict(x=(-1.0, 1.0, 2 * g - 1), direction="random")
+        jobs.append(SurfaceJob(f"surface 1D {method} s{seed}", ckpt, os.path.join(folder, SURFACE_1D), one_d, runs))
+        two_d = dict(x=(-1.0, 1.0, g), y=(-1.0, 1.0, g), direction="random")
+        jobs.append(SurfaceJob(f"surface 2D {method} s{seed}", ckpt, os.path.join(folder, SURFACE_2D), two_d, runs))
     base = os.path.join(run_dir(cfg, "erm", seed), "last.pt")
     for other in cfg.methods:
         if other == "erm":
             continue
         target = os.path.join(run_dir(cfg, other, seed), "last.pt")
-        jobs.append(
-            (
-                f"surface interp erm→{other} s{seed}",
-                base,
-                interp_path(cfg, other),
-                dict(x=(-0.5, 1.5, 2 * g - 1), direction=f"interp:{target}"),
-            )
-        )
+        options = dict(x=(-0.5, 1.5, 2 * g - 1), direction=f"interp:{target}")
+        runs = (("erm", seed), (other, seed))
+        jobs.append(SurfaceJob(f"surface interp erm→{other} s{seed}", base, interp_path(cfg, other), options, runs))
     return jobs
 
 
-def step_surface(cfg: ExperimentConfig, job, progress: bool, echo) -> dict[str, Any]:
-    """Compute (or finish) one surface of ``surface_jobs``."""
+def step_surface(cfg: ExperimentConfig, job: SurfaceJob, progress: bool, echo) -> dict[str, Any]:
+    """Compute (or finish) one surface of ``surface_jobs``.
+
+    Args:
+        cfg: the resolved study settings.
+        job: the surface.
+        progress: show a progress bar.
+        echo: called with one line when points were computed (None: quiet).
+
+    Returns:
+        The step record: ``{step, skipped, seconds}``.
+    """
     from flatness.landscape.compute import compute_surface
 
-    name, ckpt, out, kw = job
-    os.makedirs(os.path.dirname(out), exist_ok=True)
+    os.makedirs(os.path.dirname(job.out), exist_ok=True)
     began = time.perf_counter()
     summary = compute_surface(
-        ckpt,
-        out=out,
+        job.checkpoint,
+        out=job.out,
         norm="filter",
         ignore="biasbn",
         split="both",
@@ -481,17 +496,34 @@ def step_surface(cfg: ExperimentConfig, job, progress: bool, echo) -> dict[str, 
         progress=progress,
         data_dir=cfg.data_dir,
         source=study_source(cfg),
-        **kw,
+        **job.options,
     )
     did = bool(summary.get("computed_now"))
     if did:
-        _log(f"[surface] {name}: {summary.get('computed_now')} points", echo)
-    return {"step": name, "skipped": not did, "seconds": time.perf_counter() - began}
+        _log(f"[surface] {job.name}: {summary.get('computed_now')} points", echo)
+    return {"step": job.name, "skipped": not did, "seconds": time.perf_counter() - began}
 
 
 def step_surfaces(cfg: ExperimentConfig, progress: bool, echo) -> list[dict[str, Any]]:
     """Every surface of the study, one after the other."""
     return [step_surface(cfg, job, progress, echo) for job in surface_jobs(cfg)]
+
+
+def training_cost(config) -> float:
+    """The expected cost of a training run, relative to other runs on the same training set.
+
+    Forward-backward passes per step (ERM 1, SAM 2, AMP 1 + inner_iter) x epochs x steps per epoch;
+    steps per epoch are taken as 1 / batch_size, the training set being the same for the runs compared
+    (a study's runs, a sweep's cells). Used only to start the long runs first.
+
+    Args:
+        config: the run's ``TrainConfig``.
+
+    Returns:
+        The relative cost (larger: longer).
+    """
+    passes = {"erm": 1, "sam": 2, "amp": 1 + config.inner_iter}[config.method]
+    return passes * config.epochs / config.batch_size
 
 
 @dataclass(frozen=True)
@@ -502,45 +534,73 @@ class StudyTask:
     kind: str  # "run" or "surface"
     method: str = ""
     seed: int = 0
-    job: int = 0  # index into surface_jobs(cfg)
+    job: SurfaceJob | None = None  # the surface, for kind "surface"
     verbose: bool = True
+    # The engine starts the costliest ready task first. Every run comes before any surface (tier 1 > 0):
+    # in the studies measured a run is the longer task (MNIST-1D: runs 11-16 s, the 2D surface 2 s;
+    # digits: 35-55 s and 22 s), and the surfaces, ready only once their runs are done, fill the end.
+    cost: tuple[int, float] = (0, 0.0)
 
 
-def run_study_task(task: StudyTask) -> list[dict[str, Any]]:
-    """Do one ``StudyTask`` (in a worker process or in this one); returns its step records."""
+def run_study_task(task: StudyTask) -> tuple[StudyTask, list[dict[str, Any]]]:
+    """Do one ``StudyTask`` (in a worker process or in this one).
+
+    Args:
+        task: the run or surface.
+
+    Returns:
+        The task itself (so the parent knows what is done) and its step records.
+    """
     import torch
 
     if task.cfg.threads:
         torch.set_num_threads(task.cfg.threads)
     echo = (lambda line: print(line, flush=True)) if task.verbose else None
     if task.kind == "run":
-        return [
+        return task, [
             step_train(task.cfg, task.method, task.seed, False, echo),
             step_probe(task.cfg, task.method, task.seed, False, echo),
         ]
-    return [step_surface(task.cfg, surface_jobs(task.cfg)[task.job], False, echo)]
+    return task, [step_surface(task.cfg, task.job, False, echo)]
 
 
 def _run_steps_on_engine(cfg: ExperimentConfig, record, echo) -> None:
-    """Runs first (train and probe per method and seed), then the surfaces, each phase on the engine."""
+    """Every run (train, then probe) and every surface as one job on the engine, in one pool.
+
+    The runs are ready at once, the costliest first (AMP and SAM before ERM); each surface becomes ready
+    as soon as the runs it reads are done.
+    """
+    from operator import attrgetter
+
     from flatness.core.engines import run_local, run_ray
 
     _prepare_data(cfg)  # generated or unpacked once here, not by every worker at the same time
-    phases = [
-        [StudyTask(cfg, "run", m, s, verbose=echo is not None) for m in cfg.methods for s in cfg.seeds],
-        [StudyTask(cfg, "surface", job=j, verbose=echo is not None) for j in range(len(surface_jobs(cfg)))],
+    verbose = echo is not None
+    runs = [
+        StudyTask(cfg, "run", m, s, verbose=verbose, cost=(1, training_cost(train_config_for(cfg, m, s))))
+        for m in cfg.methods
+        for s in cfg.seeds
     ]
+    waiting = [StudyTask(cfg, "surface", job=job, verbose=verbose, cost=(0, job.points)) for job in surface_jobs(cfg)]
+    finished_runs: set[tuple[str, int]] = set()
     os.makedirs(os.path.join(cfg.out, RUNS), exist_ok=True)
 
-    def done(steps):
+    def done(outcome: tuple[StudyTask, list[dict[str, Any]]]) -> list[StudyTask]:
+        task, steps = outcome
         for entry in steps:
             record(entry)
+        if task.kind == "run":
+            finished_runs.add((task.method, task.seed))
+        now_ready = [t for t in waiting if set(t.job.runs) <= finished_runs]
+        for t in now_ready:
+            waiting.remove(t)
+        return now_ready
 
-    for tasks in phases:
-        if cfg.engine == "ray":
-            run_ray(tasks, cfg.workers, done, gpu=str(cfg.device).startswith("cuda"), fn=run_study_task)
-        else:
-            run_local(tasks, cfg.workers, done, fn=run_study_task)
+    if cfg.engine == "ray":
+        gpu = str(cfg.device).startswith("cuda")
+        run_ray(runs, cfg.workers, done, run_study_task, gpu=gpu, cost=attrgetter("cost"))
+    else:
+        run_local(runs, cfg.workers, done, fn=run_study_task, cost=attrgetter("cost"))
 
 
 def _prepare_data(cfg: ExperimentConfig) -> None:
