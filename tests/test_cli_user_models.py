@@ -202,6 +202,14 @@ def test_recorded_code_must_be_named_again(cli, user, tmp_path):
     assert cli(surface + ["--allow-source-change"]).exit_code == 0
     result = cli(surface + ["--allow-source-change", "--resume"])
     assert result.exit_code == 0 and "0 points computed (resumed)" in result.output, result.output
+    # ...but never onto a surface made with other model code: its points would come from two models
+    before = open(h5, "rb").read()
+    with open(user["file"], "a") as handle:
+        handle.write("\n# edited again\n")
+    line = one_line_error(cli(surface + ["--allow-source-change", "--resume"]))
+    assert "model_code_sha256" in line and open(h5, "rb").read() == before
+    line = one_line_error(cli(["surface", run, *allowed, "--x=-1:1:3", "--out", h5, "--quiet", "--resume"]))
+    assert "another model" in line and open(h5, "rb").read() == before
     # resuming the training with the changed file would mix two models: refused
     line = one_line_error(cli(["train", *named, *TRAIN, "--epochs", "2", "--out", run, "--resume"]))
     assert "changed" in line and weights(run / "last.pt")["epoch"] == 1

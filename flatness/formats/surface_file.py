@@ -25,7 +25,9 @@ Conventions:
   hold ``[i, j]``, shape (nx, ny); they are read transposed (``read_surface`` and ``SurfaceFile``
   always give (ny, nx)), and a resumed old file is continued in its own layout.
 - File attributes: ``format``, ``format_version``, ``flatness_version``, ``checkpoint`` (path) and
-  ``checkpoint_sha256``, ``dataset``, ``model``, ``direction`` (random | eigen | interp | pca),
+  ``checkpoint_sha256``, ``dataset``, ``model``, ``model_args`` (JSON), ``model_code_sha256`` and
+  ``dataset_code_sha256`` (the user's factory / data files; "" for built-ins), ``direction``
+  (random | eigen | interp | pca),
   ``direction_source`` (B's path / the run folder) and ``direction_source_sha256``, ``norm``,
   ``ignore``, ``orthogonal``, ``split``, ``samples``, ``batch_size``, ``bn``, ``seed``, the grid spec
   ``x_min``, ``x_max``, ``x_num`` (and ``y_*``), ``seconds`` (grid compute time, start-up excluded,

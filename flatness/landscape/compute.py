@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import signal
 import time
@@ -66,6 +67,10 @@ MATCH_KEYS = (
     "y_num",
     "direction",
     "direction_source_sha256",
+    "model",
+    "model_args",
+    "model_code_sha256",
+    "dataset_code_sha256",
     "norm",
     "ignore",
     "orthogonal",
@@ -310,6 +315,22 @@ def _probe_sets(job: _Job, data: dict[str, Any] | None) -> dict[str, Any]:
     return {sp: (d.channels_last() if s.channels_last else d) for sp, d in data.items()}
 
 
+def _source_fingerprint(info: dict[str, Any]) -> dict[str, str]:
+    """What fixes the model's code and the data besides their names: model arguments, file digests.
+
+    Each is "" where the name fixes it, so files written before these keys existed still resume.
+    """
+    from flatness.sources.loading import source_file_sha256
+
+    record = info.get("model_record") or {}
+    args = record.get("args")
+    return {
+        "model_args": json.dumps(args, sort_keys=True) if args else "",
+        "model_code_sha256": record.get("sha256") or "",
+        "dataset_code_sha256": source_file_sha256(info["dataset"]),
+    }
+
+
 def _provenance(
     s: SurfaceSettings,
     info: dict[str, Any],
@@ -328,6 +349,7 @@ def _provenance(
         "checkpoint_sha256": sha256_file(info["path"]),
         "dataset": info["dataset"],
         "model": info["model"],
+        **_source_fingerprint(info),
         "direction": kind,
         "direction_source": os.path.abspath(source) if source else "",
         "direction_source_sha256": "",

@@ -275,6 +275,18 @@ def check_recorded(
     return given
 
 
+def source_file_sha256(ref: str | None) -> str:
+    """sha256 of the file behind a model or dataset reference (``file.py:callable``, ``data.npz``).
+
+    "" for references whose content the name fixes (built-ins, installed modules, torchvision names).
+    A surface resumes only with the same digests: its points must all come from one model and one data.
+    """
+    if not ref:
+        return ""
+    path = ref if ref.endswith(".npz") else (ref.rpartition(":")[0] if is_code_reference(ref) else "")
+    return sha256_file(path) if path and os.path.isfile(path) else ""
+
+
 def _static_program(model: nn.Module) -> bool:
     return getattr(model, "static_batch_size", None) is not None
 
@@ -351,11 +363,12 @@ def _load_flatness(payload: dict[str, Any], source: ModelSource, root: str | Non
     ref = _checked_model_reference(spec, model_record, source, path)
     dataset_record = records.get("dataset") or {"reference": config.get("dataset")}
     dataset = check_recorded("dataset", dataset_record, source.dataset, source.allow_source_change, path)
+    used: dict[str, Any] = {"reference": spec.get("name"), "args": None, "sha256": None}
     if ref is None:
         model = build_from_spec(spec)
     else:
         args = source.model_args if source.model_args is not None else model_record.get("args")
-        model, _ = build_user_model(ref, args, source.download, _shape_for(ref, config.get("dataset"), source, root))
+        model, used = build_user_model(ref, args, source.download, _shape_for(ref, config.get("dataset"), source, root))
     _load_state(model, payload["model_state"], path)
     same_data = dataset == config.get("dataset")
     image_size = (
@@ -365,7 +378,8 @@ def _load_flatness(payload: dict[str, Any], source: ModelSource, root: str | Non
     info = {
         "path": path,
         "dataset": dataset,
-        "model": reference or spec.get("name"),
+        "model": used["reference"],  # the model built now (another one under --allow-source-change)
+        "model_record": used,
         "method": config.get("method"),
         "epoch": payload["epoch"],
         "step": payload.get("step", 0),
@@ -459,6 +473,7 @@ def _load_foreign(path: str, source: ModelSource, root: str | None) -> Target:
         source.model, source.model_args, source.download, _shape_for(source.model, source.dataset, source, root)
     )
     load_weights_into(model, path)
+    info["model_record"] = record
     return Target(model, info, source.image_size, bool(source.normalize), {"model": record})
 
 
