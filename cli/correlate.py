@@ -19,14 +19,27 @@ from flatness.sweep.correlate import TARGETS, correlate
     help="Only the cells that fit their training set to at least PCT % (e.g. 99): underfit cells have small "
     "gaps and small norms for the same reason, which can make any measure look predictive.",
 )
+@click.option(
+    "--include-unreached",
+    is_flag=True,
+    help="Also use the cells that did not reach the sweep's --stop-loss within its epoch cap (left out by "
+    "default: they are compared at another training loss; the report says how many).",
+)
 @click.option("--no-figures", is_flag=True, help="Skip the figures.")
-def command(folder, target, draws, min_train_acc, no_figures):
+def command(folder, target, draws, min_train_acc, include_unreached, no_figures):
     """Kendall's τ-b, bootstrap intervals, the granulated Ψ and Holm-adjusted p-values of every measure
     in FOLDER/cells.csv against the target; writes correlation.{json,csv,md}, figures and report.html."""
     from flatness.core.validation import check_count
 
     check_count(draws, "--draws", minimum=10)
-    result = correlate(folder, target.lower(), draws=draws, figures=not no_figures, min_train_acc=min_train_acc)
+    result = correlate(
+        folder,
+        target.lower(),
+        draws=draws,
+        figures=not no_figures,
+        min_train_acc=min_train_acc,
+        include_unreached=include_unreached,
+    )
     for sentence in result["verdict"]:
         click.echo(sentence.replace("**", ""))
     click.echo(f"Report: {result['files']['html']}")

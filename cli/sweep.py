@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import click
 
-from flatness.sweep.run import DEFAULT_GRID, DEFAULT_SEEDS, QUICK_GRID, SweepSettings, run_sweep
+from flatness.sweep.run import (
+    DEFAULT_EPOCHS,
+    DEFAULT_GRID,
+    DEFAULT_SEEDS,
+    DEFAULT_STOP_CAP,
+    DEFAULT_STOP_LOSS,
+    QUICK_GRID,
+    STOP_SCHEDULE,
+    SweepSettings,
+    run_sweep,
+)
 
 
 @click.command("sweep")
@@ -24,7 +34,24 @@ from flatness.sweep.run import DEFAULT_GRID, DEFAULT_SEEDS, QUICK_GRID, SweepSet
 @click.option("--seeds", default=None, help=f"Seeds, comma-separated (default {DEFAULT_SEEDS}; --quick: 0).")
 @click.option("--dataset", default=None, help="Dataset (default: mnist1d where available, else digits).")
 @click.option("--model", default=None, help="Model (default: the dataset's own, else convnet).")
-@click.option("--epochs", type=int, default=None, help="Epochs per cell (default 60; --quick: 2).")
+@click.option(
+    "--epochs",
+    type=int,
+    default=None,
+    help=f"Epochs per cell; with a stop loss, the cap (default: {DEFAULT_STOP_CAP} with a stop loss, "
+    f"{DEFAULT_EPOCHS} on a cosine schedule without one; --quick: 2).",
+)
+@click.option(
+    "--stop-loss",
+    type=float,
+    default=None,
+    metavar="X",
+    help=f"Train every cell until its cross-entropy over the whole training set is <= X (at most --epochs "
+    f"epochs, {STOP_SCHEDULE} learning rate), as Jiang et al. (2020) do, so that underfitting cannot drive "
+    f"the correlations; cells.csv records stopped_epoch and reached_stop_loss, and `flatness correlate` "
+    f"leaves out the cells that did not get there. Costs one evaluation pass over the training set per "
+    f"epoch. [default: {DEFAULT_STOP_LOSS:g} for the default grid; none with --grid or --quick]",
+)
 @click.option(
     "--workers", type=int, default=None, help="Cells at a time (default: the number of cores; one thread each)."
 )
@@ -40,10 +67,28 @@ from flatness.sweep.run import DEFAULT_GRID, DEFAULT_SEEDS, QUICK_GRID, SweepSet
 @click.option("--quick", is_flag=True, help="8 tiny cells (2 epochs, cheap probes) for tests: well under 3 minutes.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def command(
-    out, grid, seeds, dataset, model, epochs, workers, engine, address, shard, device, data_dir, quick, no_progress
-):
+    out,
+    grid,
+    seeds,
+    dataset,
+    model,
+    epochs,
+    stop_loss,
+    workers,
+    engine,
+    address,
+    shard,
+    device,
+    data_dir,
+    quick,
+    no_progress,
+):  # click passes every option as a parameter of its own
     """Train every cell of a grid (one normal run folder each), probe it (top Hessian eigenvalues, trace,
     every sharpness metric) and measure the norm/margin baselines; write OUT/cells.csv.
+
+    The default grid trains every cell to the same training loss (--stop-loss 0.01 at the cell's constant
+    learning rate, --epochs as the cap), so that no measure can look predictive only because some cells
+    under-fit; cells.csv records each cell's stopped_epoch and reached_stop_loss.
 
     Then `flatness correlate OUT` ranks the measures against the generalisation gap.
     """
@@ -59,6 +104,7 @@ def command(
         shard=shard,
         quick=quick,
         epochs=epochs,
+        stop_loss=stop_loss,
         device=device,
         data_dir=data_dir,
         progress=not no_progress,

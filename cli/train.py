@@ -106,6 +106,15 @@ def _ms(values) -> str:
     "AMP/SAM's perturbation uses unclipped gradients. [default: no clipping; paper: 50]",
 )
 @click.option(
+    "--stop-loss",
+    type=float,
+    default=None,
+    metavar="X",
+    help="Train to a fixed training loss: stop after the first epoch whose cross-entropy over the whole "
+    "training set (eval mode, no augmentation) is <= X; --epochs is then the cap. Costs one evaluation "
+    "pass over the training set per epoch. Jiang et al. (2020) use 0.01. [default: off]",
+)
+@click.option(
     "--seed", type=int, default=None, help=f"Seed of the initial weights and the data order. [default: {D.seed}]"
 )
 @click.option("--device", type=str, default=None, help="auto (CUDA when present), cpu, cuda or cuda:N. [default: auto]")

@@ -265,3 +265,83 @@ def test_min_train_acc_keeps_only_the_cells_that_fit(tmp_path):
     assert kept["cells"] == 8 and kept["min_train_acc"] == 99
     with pytest.raises(FlatnessError, match="percentage"):
         compute(str(tmp_path), min_train_acc=101)
+
+
+def _write_stop_sweep(folder, reached_fn):
+    """12 cells where lambda_1 ranks the gap perfectly among the cells that reached the stop loss and
+    backwards among those that did not (so including them must change τ)."""
+    records = []
+    for i in range(12):
+        a, seed = i % 3 + 1, i // 3
+        reached = reached_fn(i)
+        gap = float(i) if reached else 100.0 + i
+        records.append(
+            {
+                "cell": f"c{i}",
+                "params": {"method": "erm", "a": a},
+                "seed": seed,
+                "train_acc": 100.0,
+                "test_acc": 100.0 - gap,
+                "gap": gap,
+                "test_error": gap,
+                "stopped_epoch": 40 if reached else 200,
+                "reached_stop_loss": reached,
+                "status": "done",
+                "measures": {"lambda_1": float(i) if reached else -float(i), "weight_norm": 1.0 + i % 2},
+            }
+        )
+    write_table(str(folder), records, ["a"])
+
+
+def test_correlate_leaves_out_cells_that_missed_the_stop_loss_unless_asked(tmp_path):
+    _write_stop_sweep(tmp_path, lambda i: i % 4 != 3)  # cells 3, 7, 11 did not reach it
+    rows, axes, measures = read_table(str(tmp_path))
+    assert [r["reached_stop_loss"] for r in rows][:4] == [True, True, True, False]
+    assert [r["stopped_epoch"] for r in rows][:4] == [40, 40, 40, 200] and measures == ["lambda_1", "weight_norm"]
+    result = correlate(str(tmp_path), "gap", draws=50, figures=False)
+    saved = json.loads((tmp_path / "correlation.json").read_text())
+    assert (saved["cells"], saved["cells_total"], saved["unreached_left_out"]) == (9, 12, 3)
+    assert saved["stop_loss_used"] and not saved["include_unreached"]
+    by = {m["measure"]: m for m in saved["measures"]}
+    kept = [r for r in rows if r["reached_stop_loss"]]
+    expected = stats.kendalltau([r["lambda_1"] for r in kept], [r["gap"] for r in kept]).statistic
+    assert by["lambda_1"]["kendall_tau"] == pytest.approx(expected) == pytest.approx(1.0)
+    assert any("3 finished cell(s) did not reach the sweep's stop loss" in s for s in result["verdict"])
+    assert "did not reach the sweep's stop loss" in (tmp_path / "correlation.md").read_text()
+    every = compute(str(tmp_path), draws=50, include_unreached=True)
+    assert (every["cells"], every["unreached_left_out"], every["include_unreached"]) == (12, 0, True)
+    expected = stats.kendalltau([r["lambda_1"] for r in rows], [r["gap"] for r in rows]).statistic
+    every_tau = {m["measure"]: m for m in every["measures"]}["lambda_1"]["kendall_tau"]
+    assert every_tau == pytest.approx(expected) and every_tau < 0.5
+    # --min-train-acc still applies on top
+    assert compute(str(tmp_path), draws=50, min_train_acc=99)["cells"] == 9
+
+
+def test_correlate_without_a_stop_loss_keeps_every_cell_and_reads_old_tables(tmp_path):
+    _write_sweep(tmp_path, 12, lambda a, s: a + 0.1 * s)  # records without the stop columns: blank
+    summary = compute(str(tmp_path), draws=50)
+    assert (summary["cells"], summary["stop_loss_used"], summary["unreached_left_out"]) == (12, False, 0)
+    text = (tmp_path / "cells.csv").read_text().splitlines()
+    old = [",".join(c for i, c in enumerate(line.split(",")) if i not in (8, 9)) for line in text]
+    assert text[0].split(",")[8:10] == ["stopped_epoch", "reached_stop_loss"]
+    (tmp_path / "cells.csv").write_text("\n".join(old) + "\n")  # a table from before the stop columns
+    rows, axes, measures = read_table(str(tmp_path))
+    assert axes == ["method", "a"] and measures == ["lambda_1", "weight_norm", "margin_p10"]
+    assert compute(str(tmp_path), draws=50)["cells"] == 12
+
+
+def test_too_few_cells_reached_the_stop_loss_says_so(tmp_path):
+    _write_stop_sweep(tmp_path, lambda i: i < 2)
+    with pytest.raises(FlatnessError, match="that reached the stop loss .10 did not; --include-unreached"):
+        compute(str(tmp_path), draws=50)
+
+
+def test_correlate_command_reports_the_left_out_cells_and_includes_them_when_asked(tmp_path, cli):
+    _write_stop_sweep(tmp_path, lambda i: i % 4 != 3)
+    default = cli(["correlate", tmp_path, "--draws", "20", "--no-figures"])
+    assert default.exit_code == 0 and "3 finished cell(s) did not reach the sweep's stop loss" in default.output
+    assert json.loads((tmp_path / "correlation.json").read_text())["cells"] == 9
+    every = cli(["correlate", tmp_path, "--draws", "20", "--no-figures", "--include-unreached"])
+    assert every.exit_code == 0 and "are included (--include-unreached)" in every.output
+    saved = json.loads((tmp_path / "correlation.json").read_text())
+    assert (saved["cells"], saved["include_unreached"], saved["unreached_left_out"]) == (12, True, 0)

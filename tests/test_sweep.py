@@ -1,6 +1,7 @@
 """``flatness sweep``: grid expansion, bad input, and the same cells.csv whichever way the cells ran
 (two local workers, one worker killed by SIGKILL and rerun, two shards into one folder, Ray)."""
 
+import dataclasses
 import importlib.util
 import os
 import signal
@@ -83,6 +84,8 @@ def test_bad_grid_is_one_line_and_starts_nothing(tmp_path, grid, message):
         (["--engine", "spark"], "unknown engine 'spark'"),
         (["--seeds", "0,0"], "--seeds repeats a value"),
         (["--workers", "0"], "--workers"),
+        (["--stop-loss", "0"], "stop_loss must be a finite number > 0"),
+        (["--stop-loss", "inf"], "stop_loss must be a finite number > 0"),
     ],
 )
 def test_bad_options_are_one_line_and_start_nothing(tmp_path, option, message):
@@ -223,3 +226,36 @@ def test_plan_checks_every_cell_before_starting(tmp_path):
     p = plan(SweepSettings(out=str(tmp_path / "x"), quick=True, dataset="digits"))
     assert len(p.cells) >= 8 and p.mine == p.cells
     assert not (tmp_path / "x").exists()
+
+
+def test_default_grid_trains_to_the_stop_loss_and_other_grids_do_not(tmp_path):
+    from flatness.sweep.run import DEFAULT_STOP_CAP, DEFAULT_STOP_LOSS, STOP_SCHEDULE
+
+    default = plan(SweepSettings(out=str(tmp_path / "d"), dataset="digits"))
+    assert default.train["stop_loss"] == DEFAULT_STOP_LOSS == 0.01
+    assert (default.train["epochs"], default.train["schedule"]) == (DEFAULT_STOP_CAP, STOP_SCHEDULE)
+    capped = plan(SweepSettings(out=str(tmp_path / "c"), dataset="digits", epochs=7, stop_loss=0.05))
+    assert (capped.train["epochs"], capped.train["stop_loss"]) == (7, 0.05)
+    custom = plan(SweepSettings(out=str(tmp_path / "g"), dataset="digits", grid="lr=0.1,0.2"))
+    assert "stop_loss" not in custom.train and custom.train["schedule"] == "cosine"
+    assert plan(SweepSettings(out=str(tmp_path / "q"), quick=True, dataset="digits")).train.get("stop_loss") is None
+    assert not any((tmp_path / n).exists() for n in "dcgq")
+
+
+def test_stop_loss_sweep_records_each_cells_stop_in_the_table(tmp_path):
+    from flatness.formats.checkpoint import LAST, load_checkpoint, read_metrics
+
+    # one epoch as the cap; on digits lr 0.02 gets under 0.15 in it (~0.13), lr 0.1 does not (~0.27)
+    out = tmp_path / "stop"
+    settings = SweepSettings(
+        out=str(out), grid="lr=0.02,0.1", seeds="0", dataset="digits", quick=True, epochs=1, stop_loss=0.15
+    )
+    run_sweep(dataclasses.replace(settings, workers=1, progress=False), echo=None)
+    rows, axes, measures = read_table(str(out))
+    assert axes == ["lr"] and "stopped_epoch" not in measures and "reached_stop_loss" not in measures
+    for r in rows:
+        folder = out / CELLS / r["cell"]
+        metrics, (_, info) = read_metrics(str(folder)), load_checkpoint(str(folder / LAST))
+        assert r["stopped_epoch"] == info["epoch"] == info["stop"]["epoch"] == metrics[-1]["epoch"] == 1
+        assert r["reached_stop_loss"] is info["stop"]["reached"] is (metrics[-1]["full_train_loss"] <= 0.15)
+    assert [r["reached_stop_loss"] for r in rows] == [True, False]

@@ -217,6 +217,7 @@ def test_help_mentions_every_option(cli):
         "--save-every",
         "--resume",
         "--recipe",
+        "--stop-loss",
     ):
         assert opt in text
 

@@ -292,6 +292,8 @@ def load_checkpoint(path: str, device: Any = "cpu", require_finite: bool = True)
         "metrics": payload.get("metrics", []),
         "model_spec": payload["model_spec"],
         "flatness_version": payload.get("flatness_version"),
+        # how a run with a stop loss ended ({"stop_loss", "epoch", "reached"}; flatness.training.stopping)
+        "stop": (payload.get("extra") or {}).get("stop"),
     }
     return model, info
 

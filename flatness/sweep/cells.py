@@ -15,8 +15,9 @@ cell is resumed: training from its last finished epoch (bitwise the same weights
 probe and the measures from the start (both seeded), so the rerun's numbers equal an uninterrupted run's.
 
 ``cells.csv`` has one row per finished cell: ``cell``, one column per varied hyperparameter, ``seed``,
-``train_acc``, ``test_acc``, ``gap`` (train − test accuracy, in points), ``test_error`` (in %), one
-column per measure, then ``status`` (done or failed) and ``error``.
+``train_acc``, ``test_acc``, ``gap`` (train − test accuracy, in points), ``test_error`` (in %),
+``stopped_epoch`` (the epochs the cell trained) and ``reached_stop_loss`` (true/false when the sweep trains
+to a stop loss, blank otherwise), one column per measure, then ``status`` (done or failed) and ``error``.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ PROBE = "probe.json"
 MEASURES = "measures.json"
 FAILED = "failed.json"
 LEADING = ("cell",)
-OUTCOMES = ("seed", "train_acc", "test_acc", "gap", "test_error")
+OUTCOMES = ("seed", "train_acc", "test_acc", "gap", "test_error", "stopped_epoch", "reached_stop_loss")
 TRAILING = ("status", "error")
 LOCK_POLL_SECONDS = 0.5
 
@@ -62,6 +63,21 @@ class CellTask:
     def folder(self) -> str:
         """The cell's run folder."""
         return os.path.join(self.out, CELLS, self.name)
+
+
+def cell_cost(task: CellTask) -> float:
+    """The cell's expected training cost, so that the engine starts the longest cells first.
+
+    Args:
+        task: the cell.
+
+    Returns:
+        ``flatness.study.experiment.training_cost`` of its training config (with a stop loss, of its cap).
+    """
+    from flatness.study.experiment import training_cost
+    from flatness.training.loop import build_config
+
+    return training_cost(build_config(task.train))
 
 
 def cell_lock_path(out: str, name: str) -> str:
@@ -174,6 +190,8 @@ def _measure_cell(task: CellTask) -> dict[str, Any]:
     model, info = load_checkpoint(os.path.join(folder, LAST))
     init_model, _ = load_checkpoint(os.path.join(folder, INIT))
     outcome = _accuracies(model, config)
+    outcome["stopped_epoch"] = info["epoch"]
+    outcome["reached_stop_loss"] = None if config.stop_loss is None else bool((info.get("stop") or {}).get("reached"))
     measures = _probe_measures(folder)
     measures.update(_baselines(model, init_model, info["dataset"], task.probe))
     return {
@@ -288,7 +306,8 @@ def read_table(path: str) -> tuple[list[dict[str, Any]], list[str], list[str]]:
         path: the file, or the sweep folder holding it.
 
     Returns:
-        (rows as dicts with numbers as floats and blanks as None, the hyperparameter columns, the
+        (rows as dicts with numbers as floats, ``reached_stop_loss`` as a bool and blanks as None, the
+        hyperparameter columns, the
         measure columns); raises FlatnessError when it is missing or not a cells table.
     """
     if os.path.isdir(path):
@@ -301,12 +320,15 @@ def read_table(path: str) -> tuple[list[dict[str, Any]], list[str], list[str]]:
     if not rows or rows[0][:1] != list(LEADING) or "seed" not in rows[0] or rows[0][-2:] != list(TRAILING):
         raise FlatnessError(f"{path} is not a flatness cells table (no cell/seed/status columns)")
     head = rows[0]
-    seed_at, last_outcome = head.index("seed"), head.index(OUTCOMES[-1])
+    # a table written before stopped_epoch/reached_stop_loss existed ends its outcomes at test_error
+    seed_at, last_outcome = head.index("seed"), max(head.index(k) for k in OUTCOMES if k in head)
     axes, measures = head[1:seed_at], head[last_outcome + 1 : -2]
     out = []
     for raw in rows[1:]:
         row = {k: _parse(v) for k, v in zip(head, raw)}
         for key in ("cell", "status", "error") + tuple(axes):
             row[key] = raw[head.index(key)] or None
+        if "reached_stop_loss" in row:
+            row["reached_stop_loss"] = {"true": True, "false": False}.get(raw[head.index("reached_stop_loss")])
         out.append(row)
     return out, axes, measures

@@ -48,7 +48,42 @@ def _signed(value: float | None, measure: str) -> float | None:
     return None if value is None else value * expected_sign(measure)
 
 
-def compute(folder: str, target: str = "gap", draws: int = 1000, min_train_acc: float | None = None) -> dict[str, Any]:
+def select_cells(
+    rows: Sequence[dict[str, Any]], target: str, min_train_acc: float | None, include_unreached: bool
+) -> tuple[list[dict[str, Any]], int | None]:
+    """The finished cells that ``compute`` correlates over.
+
+    Args:
+        rows: ``cells.csv`` rows (``flatness.sweep.cells.read_table``).
+        target: the column predicted.
+        min_train_acc: keep only cells with at least this train accuracy (%), or None.
+        include_unreached: keep the cells that did not reach the sweep's stop loss.
+
+    Returns:
+        ``(the cells kept, how many finished cells were left out for not reaching the stop loss)``;
+        the count is None when the sweep trained without a stop loss (no such column, or blank).
+    """
+    done = [r for r in rows if r.get("status") == "done" and r.get(target) is not None]
+    unreached = None
+    if any(r.get("reached_stop_loss") is not None for r in done):
+        missed = [r for r in done if r.get("reached_stop_loss") is not True]
+        unreached = 0 if include_unreached else len(missed)
+        if not include_unreached:
+            done = [r for r in done if r.get("reached_stop_loss") is True]
+    if min_train_acc is not None:
+        if not 0 <= min_train_acc <= 100:
+            raise FlatnessError(f"--min-train-acc is a percentage from 0 to 100, got {min_train_acc}")
+        done = [r for r in done if r.get("train_acc") is not None and float(r["train_acc"]) >= min_train_acc]
+    return done, unreached
+
+
+def compute(
+    folder: str,
+    target: str = "gap",
+    draws: int = 1000,
+    min_train_acc: float | None = None,
+    include_unreached: bool = False,
+) -> dict[str, Any]:
     """The correlation summary of a sweep folder (nothing written).
 
     Args:
@@ -59,6 +94,8 @@ def compute(folder: str, target: str = "gap", draws: int = 1000, min_train_acc: 
             do not fit their training set have small gaps and small norms for the same reason
             (underfitting), which can make any measure look predictive; Jiang et al. (2020) compare
             only models trained to the same low training loss.
+        include_unreached: when the sweep trained to a stop loss, also use the cells that did not reach
+            it within the epoch cap (by default they are left out, and counted in ``unreached_left_out``).
 
     Returns:
         The ``correlation.json`` dict, measures ranked by sign-adjusted τ (best first).
@@ -68,13 +105,11 @@ def compute(folder: str, target: str = "gap", draws: int = 1000, min_train_acc: 
     if target not in TARGETS:
         raise FlatnessError(f"unknown target {target!r}; use gap or test_error")
     rows, columns, measures = read_table(folder)
-    done = [r for r in rows if r.get("status") == "done" and r.get(target) is not None]
-    if min_train_acc is not None:
-        if not 0 <= min_train_acc <= 100:
-            raise FlatnessError(f"--min-train-acc is a percentage from 0 to 100, got {min_train_acc}")
-        done = [r for r in done if r.get("train_acc") is not None and float(r["train_acc"]) >= min_train_acc]
+    done, unreached = select_cells(rows, target, min_train_acc, include_unreached)
     if len(done) < MIN_CELLS:
         kept = "" if min_train_acc is None else f" with train accuracy >= {min_train_acc:g} %"
+        if unreached:
+            kept += f" that reached the stop loss ({unreached} did not; --include-unreached keeps them)"
         raise FlatnessError(f"{folder} has {len(done)} finished cell(s){kept}; correlate needs at least {MIN_CELLS}")
     axes = varied_axes(done, columns)
     stats = correlate_table(done, axes, measures, target, draws=draws)
@@ -95,6 +130,9 @@ def compute(folder: str, target: str = "gap", draws: int = 1000, min_train_acc: 
         "cells": len(done),
         "cells_total": len(rows),
         "min_train_acc": min_train_acc,
+        "stop_loss_used": unreached is not None,
+        "include_unreached": bool(include_unreached),
+        "unreached_left_out": unreached or 0,
         "confidence": CONFIDENCE,
         "alpha": ALPHA,
         "bootstrap_draws": draws,
@@ -127,6 +165,8 @@ def verdict(summary: dict[str, Any]) -> list[str]:
     good = [r for r in stats if r["predicts"]]
     kept = summary.get("min_train_acc")
     which = "finished cells" if kept is None else f"finished cells with train accuracy >= {kept:g} %"
+    if summary.get("stop_loss_used"):
+        which += " that reached the stop loss" if not summary.get("include_unreached") else ""
     s = [
         f"Over {summary['cells']} {which}, **{len(good)} of {len(stats)} measures predict the {words}** "
         f"(rule: τ of the expected sign with a Holm-adjusted p < {ALPHA}, adjusted for the {len(stats)} measures "
@@ -158,6 +198,7 @@ def verdict(summary: dict[str, Any]) -> list[str]:
                 f"and the best norm/margin baseline is {base['measure']} ({_g(base[key])}): flatness "
                 f"**{'beats' if beats else 'does not beat'}** the baselines on {name} here."
             )
+    s.extend(_stop_sentence(summary))
     if not summary["axes"]:
         s.append("No hyperparameter varied over the finished cells, so Ψ is undefined.")
     s.append(
@@ -166,6 +207,23 @@ def verdict(summary: dict[str, Any]) -> list[str]:
         "Bonferroni level 1 − 0.05/m."
     )
     return s
+
+
+def _stop_sentence(summary: dict[str, Any]) -> list[str]:
+    """What the stop loss did to the cells used (nothing when the sweep trained without one)."""
+    if not summary.get("stop_loss_used"):
+        return []
+    if summary.get("include_unreached"):
+        return [
+            "Cells that did not reach the sweep's stop loss within the epoch cap are included "
+            "(--include-unreached): they are compared at a higher training loss than the others."
+        ]
+    left = summary.get("unreached_left_out", 0)
+    return [
+        f"{left} finished cell(s) did not reach the sweep's stop loss within the epoch cap and were left out "
+        "(every model compared is trained to the same training loss, as Jiang et al. 2020 do; "
+        "--include-unreached keeps them)."
+    ]
 
 
 def markdown(summary: dict[str, Any], figures: dict[str, str], root: str) -> str:
@@ -317,7 +375,9 @@ def figure_scatter(folder: str, summary: dict[str, Any], path: str) -> str | Non
     from flatness.sweep.cells import read_table
 
     rows, _, _ = read_table(folder)
-    rows = [r for r in rows if r.get("status") == "done"]
+    target = summary["target"]
+    # the cells the statistics used, no others
+    rows, _ = select_cells(rows, target, summary.get("min_train_acc"), summary.get("include_unreached", False))
     names = [r["measure"] for r in summary["measures"]]
     if not names:
         return None
@@ -326,7 +386,6 @@ def figure_scatter(folder: str, summary: dict[str, Any], path: str) -> str | Non
     fig = new_figure((3.2 * cols, 2.6 * nrows))
     axes = fig.subplots(nrows, cols, squeeze=False).ravel()
     methods = sorted({str(r.get("method") or "all") for r in rows})
-    target = summary["target"]
     for ax, name in zip(axes, names):
         for i, m in enumerate(methods):
             pts = [(r.get(name), r.get(target)) for r in rows if str(r.get("method") or "all") == m]
@@ -344,7 +403,12 @@ def figure_scatter(folder: str, summary: dict[str, Any], path: str) -> str | Non
 
 
 def correlate(
-    folder: str, target: str = "gap", draws: int = 1000, figures: bool = True, min_train_acc: float | None = None
+    folder: str,
+    target: str = "gap",
+    draws: int = 1000,
+    figures: bool = True,
+    min_train_acc: float | None = None,
+    include_unreached: bool = False,
 ) -> dict[str, Any]:
     """Compute and write every output of ``flatness correlate``.
 
@@ -354,13 +418,14 @@ def correlate(
         draws: bootstrap resamples per interval.
         figures: draw the figures (and embed them in the report).
         min_train_acc: keep only cells with at least this train accuracy (%), as in ``compute``.
+        include_unreached: also use cells that did not reach the sweep's stop loss, as in ``compute``.
 
     Returns:
         The summary, with ``files`` (output paths) and ``verdict`` (the sentences).
     """
     from flatness.study.report import markdown_to_html
 
-    summary = compute(folder, target, draws, min_train_acc)
+    summary = compute(folder, target, draws, min_train_acc, include_unreached)
     figs: dict[str, str] = {}
     if figures:
         os.makedirs(os.path.join(folder, FIGURES), exist_ok=True)

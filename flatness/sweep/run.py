@@ -28,12 +28,34 @@ from flatness.sweep.grid import Cell, expand, parse_grid, parse_seeds, varied_ke
 STATE = "sweep.json"
 FROZEN = ("grid", "seeds", "dataset", "model", "quick", "train", "probe")
 
-# The default study (no --grid): ERM, AMP (its MNIST-1D epsilon 0.5) and SAM over learning rate, batch
-# size and weight decay, 2 seeds = 108 cells of 60 epochs on a cosine schedule (train's default step
-# schedule would cut the rate 100x after 9 epochs and leave most cells under-trained). On MNIST-1D a
-# cell takes 4-27 s on one core: sized to stay under 30 minutes with 2 workers on a 2-core CPU.
-DEFAULT_GRID = "method=erm,amp,sam lr=0.01,0.05,0.2 batch_size=32,128,512 weight_decay=0,0.0005 epsilon=0.5"
+# The default study (no --grid): every cell trained to the same training loss, as Jiang et al. (2020) do.
+# The first default sweep (60 cosine epochs over lr 0.01-0.2 x batch 32-512) left 79 of 108 cells
+# under-fitted, and under-fitting then drove the correlations. Now each cell trains until its
+# whole-training-set cross-entropy is <= DEFAULT_STOP_LOSS (0.01, the literature's value), with
+# DEFAULT_STOP_CAP epochs as a cap, at the CONSTANT learning rate of the cell (STOP_SCHEDULE): cosine over
+# the cap would anneal the slow cells before they stop and make every trajectory depend on the cap; with a
+# constant rate the grid's lr is the rate from the first step to the stop, and a larger cap changes
+# nothing for a cell that already stopped. Measured on MNIST-1D / mlp1d (momentum 0.9, `flatness train
+# --stop-loss 0.01`, seed 0), a cell reaches 0.01 after about 82 / lr SGD steps (ERM: lr 0.01 b32 at epoch
+# 67, 0.005 b32 at 129, 0.02 b128 at 128, 0.04 b64 at 37; SAM ~1.3x and AMP eps 0.2 ~2x as many), as long
+# as lr / batch stays <= ~6e-4: lr 0.05 and 0.2 at batch 32 hover at a loss of ~1 at a constant rate,
+# which is why the old lr x batch corners are gone. Two more limits shaped the grid: weight decay 5e-4
+# holds the loss at ~0.02 (lr 0.01 b64: 0.0208 after 400 epochs), 1e-4 does not (lr 0.04 b64: epoch 39);
+# AMP's MNIST-1D eps 0.5 keeps it far above 0.01 (lr 0.01 b32: 0.038 after 200 epochs; lr 0.04 b64: 0.77
+# at epoch 19), eps 0.2 gets there (lr 0.04 b64: epoch 74, eps 0.1: 68). So: 3 methods x lr 0.01/0.02/0.04
+# x batch 64/128 x weight decay 0/1e-4 x 2 seeds = 72 cells. The slowest corners, lr 0.01 b128 wd 1e-4,
+# stop at epoch 364 (AMP, seeds 0 and 1), 249 (SAM) and 294 (ERM, seed 1), so the cap of 800 leaves a
+# 2x margin and only bounds a cell that would never get there. Cost, as one-cell sweeps (train + probe +
+# baselines, CPU seconds on one thread): the fastest cell (ERM lr 0.04 b64) 6.5 s, the slowest (that AMP
+# cell) 42 s; by the 82 / lr rule the grid is ~1500 CPU-s, ~13 minutes with 2 workers on 2 cores.
+# `flatness correlate` leaves out (and counts) any cell that misses the stop loss.
+DEFAULT_GRID = "method=erm,amp,sam lr=0.01,0.02,0.04 batch_size=64,128 weight_decay=0,0.0001 epsilon=0.2"
 DEFAULT_SEEDS = "0,1"
+DEFAULT_STOP_LOSS = 0.01
+DEFAULT_STOP_CAP = 800
+STOP_SCHEDULE = "constant"
+# A sweep without a stop loss (--grid, or --quick, without --stop-loss): cosine over DEFAULT_EPOCHS, as
+# before (train's default step schedule would cut the rate 100x after 9 epochs).
 DEFAULT_EPOCHS = 60
 DEFAULT_SCHEDULE = "cosine"
 # --quick: 8 cells on 2 epochs with a cheap probe (the tests' size: well under 3 minutes).
@@ -103,6 +125,7 @@ class SweepSettings:
     shard: str | None = None
     quick: bool = False
     epochs: int | None = None
+    stop_loss: float | None = None  # None: DEFAULT_STOP_LOSS for the default grid, no stop criterion otherwise
     device: str = "auto"
     data_dir: str | None = None
     progress: bool = True
@@ -163,13 +186,7 @@ def plan(settings: SweepSettings) -> SweepPlan:
     cells = expand(grid, seeds)
     dataset = s.dataset or default_dataset()
     model = s.model or default_model(dataset)
-    train = {
-        "dataset": dataset,
-        "model": model,
-        "device": s.device,
-        "schedule": DEFAULT_SCHEDULE,
-        "epochs": s.epochs or (QUICK_EPOCHS if s.quick else DEFAULT_EPOCHS),
-    }
+    train = {"dataset": dataset, "model": model, "device": s.device, **_schedule(s)}
     if s.data_dir:
         train["data_dir"] = s.data_dir
     probe = {**probe_options(s.quick), "device": s.device}
@@ -191,6 +208,24 @@ def plan(settings: SweepSettings) -> SweepPlan:
     }
     mine = cells[shard[0] :: shard[1]]
     return SweepPlan(s, cells, mine, varied_keys(cells), train, probe, frozen)
+
+
+def _schedule(s: SweepSettings) -> dict[str, Any]:
+    """The training length and schedule of every cell: to a stop loss at a constant rate, or cosine over the epochs.
+
+    A stop loss is the default of the default grid only (``DEFAULT_STOP_LOSS``); ``--stop-loss`` sets it
+    for any grid. A grid's ``schedule`` or ``epochs`` key still overrides these per cell.
+    """
+    default_grid = s.grid is None and not s.quick
+    stop_loss = s.stop_loss if s.stop_loss is not None else (DEFAULT_STOP_LOSS if default_grid else None)
+    if stop_loss is None:
+        epochs = s.epochs or (QUICK_EPOCHS if s.quick else DEFAULT_EPOCHS)
+        return {"schedule": DEFAULT_SCHEDULE, "epochs": epochs}
+    from flatness.training.stopping import check_stop_loss
+
+    check_stop_loss(stop_loss)
+    epochs = s.epochs or (QUICK_EPOCHS if s.quick else DEFAULT_STOP_CAP)
+    return {"schedule": STOP_SCHEDULE, "epochs": epochs, "stop_loss": stop_loss}
 
 
 def cell_train_options(train: dict[str, Any], cell: Cell) -> dict[str, Any]:
@@ -282,10 +317,16 @@ def run_sweep(settings: SweepSettings, echo=print) -> dict[str, Any]:
     try:
         if p.settings.engine == "ray":
             engines.run_ray(
-                tasks, workers, on_done, run_cell, p.settings.address, gpu=p.settings.device.startswith("cuda")
+                tasks,
+                workers,
+                on_done,
+                run_cell,
+                p.settings.address,
+                gpu=p.settings.device.startswith("cuda"),
+                cost=cellmod.cell_cost,
             )
         else:
-            engines.run_local(tasks, workers, on_done, fn=run_cell)
+            engines.run_local(tasks, workers, on_done, fn=run_cell, cost=cellmod.cell_cost)
     finally:
         bar.close()
     table = rebuild_table(p)

@@ -14,6 +14,8 @@ Reproducibility and resume
   CPU (with the ``step`` or ``constant`` schedules; ``cosine`` depends on the total number of
   epochs, so extending a cosine run changes its remaining schedule).
 * A run killed mid-epoch resumes from the last finished epoch and redoes the partial one.
+* With ``stop_loss`` the run ends after the first epoch whose whole-training-set loss is <= it
+  (``flatness.training.stopping``); a run that got there is finished, and resuming it does nothing.
 * Gradient clipping (``grad_clip``) acts on the gradient of the optimizer's base step: for ERM the
   loop clips after the backward; for AMP/SAM the optimizer does it (``flatness.training.optim``), so the
   perturbation is built from plain gradients as docs/metrics.md defines.
@@ -50,6 +52,7 @@ from flatness.data.user_data import check_model_fits
 from flatness.formats import checkpoint as ckpt
 from flatness.models.registry import build_from_spec, canonical_model_name, model_spec
 from flatness.sources.loading import is_user_dataset
+from flatness.training import stopping
 
 METHODS = ("erm", "amp", "sam")
 SCHEDULES = ("step", "cosine", "constant")
@@ -115,6 +118,9 @@ class TrainConfig:
     model_args: dict[str, Any] | None = None
     image_size: int | None = None
     normalize: bool = False
+    # Train to a fixed training loss (flatness.training.stopping): stop after the first epoch whose
+    # whole-training-set loss is <= stop_loss; ``epochs`` is then the cap.
+    stop_loss: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-ready values (what config.json and every checkpoint store)."""
@@ -179,6 +185,7 @@ class TrainConfig:
             _number(name, getattr(self, name), positive=False)
         if self.grad_clip is not None:
             _number("grad_clip", self.grad_clip, positive=True)
+        stopping.check_stop_loss(self.stop_loss)
         if self.nesterov and self.momentum <= 0:
             raise FlatnessError("Nesterov momentum needs momentum > 0; pass --momentum or --no-nesterov")
         self.milestones = _milestones(self.milestones)
@@ -734,6 +741,8 @@ class _Run:
     verbose: bool = True
     metrics: list[dict[str, Any]] = field(default_factory=list)
     step: int = 0
+    train_eval: ProbeData | None = None  # the whole training split, when the run has a stop_loss
+    stop: dict[str, Any] | None = None  # the stop record once the run has ended (flatness.training.stopping)
     config_dict: dict[str, Any] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -826,7 +835,9 @@ def _build_run(config: TrainConfig, out_dir: str, state: dict[str, Any] | None, 
     # accuracy come from the same exact-mean evaluate() that probes and surfaces use.
     test_data = ProbeData.from_dataset(test_set, None, EVAL_BATCH_SIZE, device)
     sources = {"model": model_record or None, "dataset": data_record}
-    return _Run(config, out_dir, model, optimizer, batches, shuffle, test_data, device, flags, spec, sources, main_rank)
+    run = _Run(config, out_dir, model, optimizer, batches, shuffle, test_data, device, flags, spec, sources, main_rank)
+    run.train_eval = stopping.whole_train_data(config, train_set, device, EVAL_BATCH_SIZE)
+    return run
 
 
 def _epoch_batches(config: TrainConfig, train_set, device: torch.device, flags: DeviceFlags) -> EpochBatches:
@@ -872,7 +883,7 @@ def _save(run: _Run, path: str, epoch: int, full: bool) -> None:
         optimizer_state=run.optimizer.state_dict() if full else None,
         scheduler_state={"schedule": run.config.schedule, "epoch": epoch} if full else None,
         rng=ckpt.capture_rng() if full else None,
-        extra={"shuffle_rng": run.shuffle.get_state()} if full else None,
+        extra={"shuffle_rng": run.shuffle.get_state(), stopping.STOP_KEY: run.stop} if full else None,
         sources=run.sources,
     )
 
@@ -918,10 +929,15 @@ def _restore_run(run: _Run, state: dict[str, Any]) -> int:
         run.shuffle.set_state(state["extra"]["shuffle_rng"])
     run.metrics = list(state.get("metrics") or [])
     start, run.step = int(state["epoch"]) + 1, int(state.get("step", 0))
+    run.stop = stopping.stored_record(state)
     if run.main_rank:
         atomic_write_json(os.path.join(run.out_dir, ckpt.CONFIG), run.config_dict)
         _write_metrics(run.out_dir, run.metrics)  # repairs a metrics.jsonl a crash left behind
-    if start > run.config.epochs and run.verbose:
+    if run.stop is not None and run.stop["reached"]:
+        start = run.config.epochs + 1  # a run that reached its target loss is finished, whatever the cap
+        if run.verbose:
+            print(f"{run.out_dir}: reached the stop loss at epoch {run.stop['epoch']}; nothing to do")
+    elif start > run.config.epochs and run.verbose:
         print(f"{run.out_dir}: already trained for {start - 1} epochs (asked {run.config.epochs}); nothing to do")
     return start
 
@@ -1008,6 +1024,10 @@ def _loop(run: _Run, start: int) -> None:
             group["lr"] = lr
         totals = _train_epoch(run, engine, epoch, lr)
         _finish_epoch(run, epoch, lr, totals, began)
+        if run.stop is not None:
+            if run.verbose:
+                print(stopping.describe(run.stop), flush=True)
+            break
 
 
 def _train_epoch(run: _Run, engine: _Engine, epoch: int, lr: float) -> tuple[torch.Tensor, int, int]:
@@ -1115,6 +1135,7 @@ def _finish_epoch(run: _Run, epoch: int, lr: float, totals: tuple[torch.Tensor, 
             f"training diverged: the test loss is {test_loss} after epoch {epoch} "
             f"(step {run.step}); the last good checkpoint is kept: {run.last_path} (epoch {epoch - 1})"
         )
+    whole = stopping.measure(run.model, run.train_eval)
     seconds = time.perf_counter() - began
     record = {
         "epoch": epoch,
@@ -1123,10 +1144,12 @@ def _finish_epoch(run: _Run, epoch: int, lr: float, totals: tuple[torch.Tensor, 
         "train_acc": correct / seen,
         "test_loss": test_loss,
         "test_acc": test_acc,
+        **whole,
         "seconds": round(seconds, 3),
     }
     run.metrics.append(record)
     config = run.config
+    run.stop = stopping.end_record(config.stop_loss, epoch, config.epochs, whole.get("full_train_loss"))
     if config.save_every and epoch % config.save_every == 0:
         _save(run, os.path.join(run.out_dir, ckpt.snapshot_name(epoch)), epoch, full=False)
     _save(run, run.last_path, epoch, full=True)
@@ -1135,6 +1158,7 @@ def _finish_epoch(run: _Run, epoch: int, lr: float, totals: tuple[torch.Tensor, 
         print(
             f"epoch {epoch:3d}/{config.epochs}  lr {lr:.4g}  train loss {record['train_loss']:.4f} "
             f"acc {record['train_acc']:.4f}  test loss {test_loss:.4f} acc {test_acc:.4f}  "
-            f"{seconds:.1f}s",
+            + (f"whole-train loss {whole['full_train_loss']:.4f}  " if whole else "")
+            + f"{seconds:.1f}s",
             flush=True,
         )
