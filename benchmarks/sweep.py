@@ -45,7 +45,10 @@ def main() -> None:
     print(f"2 workers / 1 worker: {rates['local x2'] / rates['local x1']:.2f}x (goal >= 1.8x)")
     if "ray x2" in rates:
         print(f"Ray / local (2 workers): {rates['ray x2'] / rates['local x2']:.2f}x (goal >= 0.9x)")
-    print(f"(os.cpu_count() = {os.cpu_count()}; other processes on the machine lower every figure)")
+    print(
+        f"(os.cpu_count() = {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}; "
+        "other processes on the machine lower every figure)"
+    )
 
 
 if __name__ == "__main__":

@@ -76,7 +76,8 @@ MAX_THREADS = 4096  # torch.set_num_threads overflows on absurd values; no machi
     "--workers",
     type=int,
     default=None,
-    help="Steps run at once (train+probe per run, then the surfaces), each in its own process. "
+    help="Steps run at once (train+probe per run, the costliest first; each surface once its runs are "
+    "done), each in its own process. "
     "Default: the number of CPU cores on the CPU, 1 on a GPU. The same numbers for any value "
     "(at the same --threads).",
 )

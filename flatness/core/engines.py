@@ -1,30 +1,46 @@
 """Where independent tasks run: ``local`` worker processes on this machine, or ``ray`` tasks.
 
 Both engines take a list of tasks (a sweep's ``CellTask``s, or any picklable task with a module-level
-function, e.g. the experiment's steps) and call ``on_done(result)`` in the parent as each task
-finishes (in completion order); the tasks themselves decide nothing about the engine, so the numbers
-are the same whichever runs them.
+function, e.g. the experiment's steps), run ``fn(task)`` for each, and call ``on_done(result)`` in the
+parent as each task finishes (in completion order). The tasks decide nothing about the engine, so the
+numbers are the same whichever engine runs them, and in whichever order. One engine call is one job
+with one pool of workers, however many tasks it ends up running:
 
-* ``local``: with one worker the cells run in this process; with more, a pool of spawned processes
-  (spawn, not fork: a forked copy of a process that has started torch's thread pools can hang). Each
-  worker asks the kernel to kill it when the parent dies (Linux), so a killed sweep leaves no worker
-  running on.
-* ``ray``: each cell a Ray task requesting one CPU (and one GPU when the device is CUDA), on the
-  cluster at ``address`` or on a local instance of ``workers`` CPUs. Ray is an optional extra.
+* **Longest first.** At most one task per worker is in flight; a free worker gets the ready task of
+  the largest ``cost(task)`` (ties: in the order given). The long tasks then start early and the short
+  ones fill the end, instead of one long task running alone while the other workers idle.
+* **Follow-ups.** ``on_done`` may return tasks that could not start before (a surface that needs its
+  run's checkpoint): they join the ready tasks at once, in the same pool. The freed worker gets its next
+  task before ``on_done`` runs, so the parent's bookkeeping never leaves a worker idle; follow-ups
+  compete for the next free worker.
+* **Failure.** A task's exception is raised in the parent; no further task starts, and the call returns
+  only once the tasks already running have ended (their partial outputs stay resumable).
+
+Engines:
+
+* ``local``: with one worker (or one task to start with) everything runs in this process; with more, a
+  pool of spawned processes (spawn, not fork: a forked copy of a process that has started torch's
+  thread pools can hang). Each worker asks the kernel to kill it when the parent dies (Linux), so a
+  killed job leaves no worker running on.
+* ``ray``: each task a Ray task requesting one CPU (and one GPU when the device is CUDA), on the cluster
+  at ``address`` or on a local instance of ``workers`` CPUs; as many in flight as the cluster has CPUs
+  (GPUs). Ray is an optional extra.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from flatness.core.errors import FlatnessError
 
 ENGINES = ("local", "ray")
 RAY_MISSING = "--engine ray needs Ray, which is not installed: pip install 'flatness[ray]'"
-OnDone = Callable[[Any], None]
+# on_done(result) may return follow-up tasks (None: none).
+OnDone = Callable[[Any], Iterable[Any] | None]
 TaskFn = Callable[[Any], Any]
+Cost = Callable[[Any], Any]
 
 
 def check_engine(engine: str) -> None:
@@ -36,6 +52,35 @@ def check_engine(engine: str) -> None:
 
         if importlib.util.find_spec("ray") is None:
             raise FlatnessError(RAY_MISSING)
+
+
+class ReadyTasks:
+    """The tasks that may start now, taken costliest first (ties: first added, first taken).
+
+    Each task's cost is computed once, when it is added. A list scanned at each take, not a heap: the
+    costs need only be comparable (numbers or tuples), and a job has at most a few hundred tasks.
+    """
+
+    def __init__(self, tasks: Iterable[Any], cost: Cost | None) -> None:
+        self._cost = cost
+        self._costs: list[Any] = []
+        self._tasks: list[Any] = []
+        self.add(tasks)
+
+    def add(self, tasks: Iterable[Any] | None) -> None:
+        """Make ``tasks`` (e.g. ``on_done``'s follow-ups; None: nothing) ready to start."""
+        for task in tasks or ():
+            self._costs.append(0 if self._cost is None else self._cost(task))
+            self._tasks.append(task)
+
+    def take(self) -> Any:
+        """Remove and return the costliest ready task."""
+        index = self._costs.index(max(self._costs))  # index(): the first of equal costs
+        del self._costs[index]
+        return self._tasks.pop(index)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
 
 
 def _die_with_parent() -> None:
@@ -52,31 +97,43 @@ def _die_with_parent() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
 
 
-def run_local(tasks: Sequence[Any], workers: int, on_done: OnDone, fn: TaskFn) -> None:
-    """Run ``fn(task)`` for every task on ``workers`` local processes (in this process when ``workers`` is 1).
+def run_local(tasks: Sequence[Any], workers: int, on_done: OnDone, fn: TaskFn, cost: Cost | None = None) -> None:
+    """Run ``fn(task)`` for every task, and every follow-up, on ``workers`` local processes.
 
     Args:
-        tasks: the tasks (picklable).
-        workers: how many at a time.
-        on_done: called with each task's result as it finishes.
+        tasks: the tasks ready at the start (picklable).
+        workers: how many at a time (1, or a single task to start with: in this process).
+        on_done: called in this process with each task's result as it finishes; may return follow-up
+            tasks.
         fn: a module-level function (workers import it by name): a sweep's ``run_cell``, the experiment's
             ``run_study_task``.
+        cost: the expected cost of a task (larger starts first; None: in the order given).
     """
-    if workers <= 1 or len(tasks) <= 1:
-        for task in tasks:
-            on_done(fn(task))
+    ready = ReadyTasks(tasks, cost)
+    if workers <= 1 or len(ready) <= 1:
+        while ready:
+            ready.add(on_done(fn(ready.take())))
         return
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context, initializer=_die_with_parent)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_die_with_parent)
+    running: set[Any] = set()
+
+    def top_up() -> None:
+        while ready and len(running) < workers:
+            running.add(pool.submit(fn, ready.take()))
+
     try:
-        pending = {pool.submit(fn, t) for t in tasks}
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+        top_up()
+        while running:
+            finished, running = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                on_done(future.result())
+                result = future.result()  # a task's exception is raised here, and ends the job
+                top_up()
+                ready.add(on_done(result))
+            top_up()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -88,17 +145,19 @@ def run_ray(
     fn: TaskFn,
     address: str | None = None,
     gpu: bool = False,
+    cost: Cost | None = None,
 ) -> None:
-    """Run ``fn(task)`` for every task as Ray tasks.
+    """Run ``fn(task)`` for every task, and every follow-up, as Ray tasks (the semantics of ``run_local``).
 
     Args:
-        tasks: the tasks.
+        tasks: the tasks ready at the start.
         workers: CPUs of a local Ray instance (ignored when joining a cluster at ``address``).
-        on_done: called with each task's result as it finishes.
+        on_done: called in this process with each task's result as it finishes; may return follow-ups.
         fn: a module-level function.
         address: a Ray cluster's address (None: start a local instance, or join the one ``ray.init``
             finds by itself, e.g. through ``RAY_ADDRESS``).
         gpu: request one GPU per task.
+        cost: the expected cost of a task (larger starts first; None: in the order given).
     """
     check_engine("ray")
     import ray
@@ -115,11 +174,20 @@ def run_ray(
         ray.init(log_to_driver=False, include_dashboard=False, runtime_env={"env_vars": env}, **options)
     try:
         remote = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=0)(fn)
-        pending: list[Any] = [remote.remote(t) for t in tasks]
-        while pending:
-            finished, pending = ray.wait(pending, num_returns=1)
+        # As many in flight as the cluster can run at once: the rest wait here, where the costliest
+        # (or a follow-up) can still be chosen, not in Ray's queue in the order submitted.
+        slots = max(1, int(ray.cluster_resources().get("GPU" if gpu else "CPU", 1)))
+        ready = ReadyTasks(tasks, cost)
+        running: list[Any] = []
+        while ready or running:
+            while ready and len(running) < slots:
+                running.append(remote.remote(ready.take()))
+            finished, running = ray.wait(running, num_returns=1)
             for ref in finished:
-                on_done(ray.get(ref))
+                result = ray.get(ref)
+                if ready and len(running) < slots:
+                    running.append(remote.remote(ready.take()))
+                ready.add(on_done(result))
     finally:
         if started_here:
             ray.shutdown()

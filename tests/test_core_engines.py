@@ -1,0 +1,120 @@
+"""The engines of flatness.core.engines: the costliest ready task first, follow-ups only after the tasks
+they need, one pool per job, and a task's exception ends the job; in this process, on 2 local worker
+processes and on Ray.
+
+No test depends on timing. On 2 workers the order is checked through marker files: a task writes
+``done-<name>`` when it ends and, when it starts, counts the markers already there. With at most one
+task per worker in flight, the i-th costliest task cannot start before i - 1 tasks have ended, whatever
+the speed of either worker; a follow-up checks that the markers of the tasks it needs exist.
+"""
+
+import importlib.util
+import multiprocessing
+import os
+from dataclasses import dataclass
+
+import pytest
+
+from flatness.core.engines import run_local, run_ray
+from flatness.core.errors import FlatnessError
+
+WORKERS = 2
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    cost: float
+    folder: str
+    needs: tuple[str, ...] = ()
+
+
+def do_job(job: Job) -> dict:
+    """The task: note what had ended at its start, check its needs, leave its own marker."""
+    if job.name.startswith("boom"):
+        raise FlatnessError(f"task {job.name} failed")
+    ended = sorted(n[len("done-") :] for n in os.listdir(job.folder) if n.startswith("done-"))
+    with open(os.path.join(job.folder, f"done-{job.name}"), "w") as handle:
+        handle.write(job.name)
+    return {"name": job.name, "ended_before": ended, "value": len(job.name) * job.cost}
+
+
+def jobs_and_follow_ups(folder, boom_needs):
+    """Six tasks given in no order of cost; follow-ups F after A, G after A and B, and a failing one."""
+    costs = {"C": 3.0, "A": 6.0, "E": 1.0, "B": 5.0, "F0": 0.5, "D": 4.0}
+    first = [Job(name, cost, str(folder)) for name, cost in costs.items()]
+    follow_ups = [
+        Job("F", 10.0, str(folder), ("A",)),
+        Job("G", 0.0, str(folder), ("A", "B")),
+        Job("boom", 7.0, str(folder), boom_needs),
+    ]
+    return first, follow_ups
+
+
+def run_job(engine, workers, folder, boom_needs, monkeypatch):
+    """Run the tasks and follow-ups on an engine until the failing one; returns the results in completion order."""
+    first, follow_ups = jobs_and_follow_ups(folder, boom_needs)
+    results, waiting, ended = [], list(follow_ups), set()
+
+    def on_done(result):
+        results.append(result)
+        ended.add(result["name"])
+        ready = [job for job in waiting if set(job.needs) <= ended]
+        for job in ready:
+            waiting.remove(job)
+        return ready
+
+    cost = lambda job: job.cost  # noqa: E731
+    with pytest.raises(FlatnessError, match="task boom failed"):  # raised in this process, whatever the engine
+        if engine == "ray":
+            # Ray's workers import this module by name: they get the tests folder on their path
+            monkeypatch.setenv("PYTHONPATH", os.path.dirname(os.path.abspath(__file__)))
+            run_ray(first, workers, on_done, do_job, cost=cost)
+        else:
+            run_local(first, workers, on_done, fn=do_job, cost=cost)
+    return results
+
+
+ALL = ("A", "B", "C", "D", "E", "F", "F0", "G")
+
+
+def test_in_this_process_the_costliest_first_follow_ups_when_ready_and_nothing_after_a_failure(tmp_path, monkeypatch):
+    results = run_job("local", 1, tmp_path, ALL, monkeypatch)
+    # A (6) first; F (10) is ready once A is done and outranks everything; G (0) once B is done, last
+    assert [r["name"] for r in results] == ["A", "F", "B", "D", "C", "E", "F0", "G"]
+    assert results[1]["ended_before"] == ["A"] and set(results[-1]["ended_before"]) >= {"A", "B"}
+    # a task that fails once B is done (cost 7, so next): raised, and none of the others starts
+    again = tmp_path / "again"
+    again.mkdir()
+    assert [r["name"] for r in run_job("local", 1, again, ("B",), monkeypatch)] == ["A", "F", "B"]
+    assert sorted(os.listdir(again)) == ["done-A", "done-B", "done-F"]
+
+
+ENGINES = [
+    "local",
+    pytest.param(
+        "ray", marks=pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is an optional extra")
+    ),
+]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_two_workers_start_the_costliest_first_follow_ups_after_their_needs_and_stop_on_a_failure(
+    engine, tmp_path, monkeypatch
+):
+    # the failing task is ready only once every other task has ended, so all of them ran
+    results = run_job(engine, WORKERS, tmp_path, ALL, monkeypatch)
+    by_name = {r["name"]: r for r in results}
+    assert sorted(by_name) == sorted(ALL) and len(results) == len(ALL)  # each once
+    first, follow_ups = jobs_and_follow_ups(tmp_path, ALL)
+    for rank, job in enumerate(sorted(first, key=lambda j: -j.cost)):
+        # the rank-th costliest is started after at least rank - (WORKERS - 1) tasks have ended
+        assert len(by_name[job.name]["ended_before"]) >= rank - (WORKERS - 1), (job.name, by_name[job.name])
+    for job in follow_ups[:2]:
+        assert set(job.needs) <= set(by_name[job.name]["ended_before"]), job.name
+    assert multiprocessing.active_children() == []  # the failure shut the pool down, its workers are gone
+    # the same results as in this process, whatever the order
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    expected = {r["name"]: r["value"] for r in run_job("local", 1, alone, ALL, monkeypatch)}
+    assert {r["name"]: r["value"] for r in results} == expected
