@@ -153,3 +153,18 @@ def test_bad_stop_loss_is_one_line_and_starts_nothing(tmp_path, cli, value):
     assert not out.exists()
     with pytest.raises(FlatnessError, match="stop_loss"):
         TrainConfig(stop_loss=True).validate()
+
+
+def test_training_cost_orders_runs_as_their_passes_and_steps_do():
+    from flatness.training.cost import training_cost
+    from flatness.training.loop import TrainConfig
+
+    fixed = [TrainConfig(method=m, epochs=10, batch_size=64, inner_iter=2) for m in ("erm", "sam", "amp")]
+    assert [training_cost(c) for c in fixed] == [10 / 64, 20 / 64, 30 / 64]  # 1, 2, 1 + inner_iter passes
+    assert training_cost(TrainConfig(epochs=10, batch_size=32)) == 2 * training_cost(
+        TrainConfig(epochs=10, batch_size=64)
+    )
+    # to a stop loss: steps scale as 1 / lr whatever the cap and the batch size
+    slow, fast = TrainConfig(stop_loss=0.01, lr=0.01, epochs=800), TrainConfig(stop_loss=0.01, lr=0.04, epochs=800)
+    assert training_cost(slow) == 4 * training_cost(fast) == 100.0
+    assert training_cost(TrainConfig(stop_loss=0.01, lr=0.01, batch_size=512, epochs=5)) == training_cost(slow)

@@ -38,6 +38,7 @@ from flatness.core.paths import check_name, check_paths
 from flatness.core.validation import check_count, check_seed
 from flatness.formats.checkpoint import CONFIG, INIT, METRICS, finished_epochs, snapshot_name
 from flatness.study.probe import QUICK_SHARPNESS
+from flatness.training.cost import training_cost
 
 RUNS = "runs"
 FIGURES = "figures"
@@ -507,23 +508,6 @@ def step_surface(cfg: ExperimentConfig, job: SurfaceJob, progress: bool, echo) -
 def step_surfaces(cfg: ExperimentConfig, progress: bool, echo) -> list[dict[str, Any]]:
     """Every surface of the study, one after the other."""
     return [step_surface(cfg, job, progress, echo) for job in surface_jobs(cfg)]
-
-
-def training_cost(config) -> float:
-    """The expected cost of a training run, relative to other runs on the same training set.
-
-    Forward-backward passes per step (ERM 1, SAM 2, AMP 1 + inner_iter) x epochs x steps per epoch;
-    steps per epoch are taken as 1 / batch_size, the training set being the same for the runs compared
-    (a study's runs, a sweep's cells). Used only to start the long runs first.
-
-    Args:
-        config: the run's ``TrainConfig``.
-
-    Returns:
-        The relative cost (larger: longer).
-    """
-    passes = {"erm": 1, "sam": 2, "amp": 1 + config.inner_iter}[config.method]
-    return passes * config.epochs / config.batch_size
 
 
 @dataclass(frozen=True)

@@ -72,9 +72,9 @@ def cell_cost(task: CellTask) -> float:
         task: the cell.
 
     Returns:
-        ``flatness.study.experiment.training_cost`` of its training config (with a stop loss, of its cap).
+        ``flatness.training.cost.training_cost`` of its training config.
     """
-    from flatness.study.experiment import training_cost
+    from flatness.training.cost import training_cost
     from flatness.training.loop import build_config
 
     return training_cost(build_config(task.train))

@@ -53,6 +53,7 @@ from flatness.formats import checkpoint as ckpt
 from flatness.models.registry import build_from_spec, canonical_model_name, model_spec
 from flatness.sources.loading import is_user_dataset
 from flatness.training import stopping
+from flatness.training.cost import passes_per_step
 
 METHODS = ("erm", "amp", "sam")
 SCHEDULES = ("step", "cosine", "constant")
@@ -1015,7 +1016,7 @@ def _loop(run: _Run, start: int) -> None:
         ),
         rank=distributed.rank(),
         world=distributed.world_size(),
-        passes={"erm": 1, "amp": config.inner_iter + 1, "sam": 2}[config.method],
+        passes=passes_per_step(config),
     )
     for epoch in range(start, config.epochs + 1):
         began = time.perf_counter()
