@@ -40,7 +40,7 @@ setup(
     # keep .pre-commit-config.yaml's rev equal); selenium drives headless chromium in the report test; ray and
     # safetensors so that CI tests the optional Ray engine and .safetensors weights instead of skipping them.
     extras_require={
-        "test": ["pytest>=7", "hypothesis", "ruff==0.17.6", "selenium>=4.11", "ray", "safetensors"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "hypothesis", "ruff==0.17.6", "selenium>=4.11", "ray", "safetensors"],
         "safetensors": ["safetensors"],  # loading .safetensors weights
         "ray": ["ray"],  # flatness sweep/experiment --engine ray
     },
