@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from flatness.training.loop import TrainConfig
+from flatness.training.config import TrainConfig
 
 D = TrainConfig()
 MAX_PROCESSES = 1024  # far beyond one node's GPUs or cores; a larger N is a typo, not a plan
@@ -239,7 +239,9 @@ def command(out, resume, recipe, progress, nproc, compile_, **options):
     Several GPUs: `flatness train --nproc 4 ...`, or `torchrun --nproc_per_node=4 -m flatness.cli train ...`.
     """
     from flatness.core import distributed
-    from flatness.training import loop as training
+    from flatness.training.config import build_config, default_out_dir
+    from flatness.training.loop import train
+    from flatness.training.run_folder import resume_config
 
     if nproc > 1 and not distributed.launched_by_torchrun():
         raise SystemExit(_relaunch_under_torchrun(nproc))
@@ -257,12 +259,12 @@ def command(out, resume, recipe, progress, nproc, compile_, **options):
     if not explicit.get("download"):
         explicit.pop("download", None)
     if resume:
-        probe = training.build_config(explicit, recipe)
-        out = out or training.default_out_dir(probe)
-        config = training.resume_config(out, explicit)
+        probe = build_config(explicit, recipe)
+        out = out or default_out_dir(probe)
+        config = resume_config(out, explicit)
     else:
-        config = training.build_config(explicit, recipe)
-    out_dir = training.train(config, out_dir=out, resume=resume, progress=progress)
+        config = build_config(explicit, recipe)
+    out_dir = train(config, out_dir=out, resume=resume, progress=progress)
     if distributed.is_main():
         click.echo(f"Saved run to {out_dir}")
 

@@ -31,7 +31,8 @@ from flatness.sharpness.measure import SharpnessSettings, measure_sharpness
 from flatness.sources.loading import ModelSource, load_target
 from flatness.study.experiment import run_experiment
 from flatness.study.probe import ProbeSettings, measure, run_probe
-from flatness.training.loop import TrainConfig, train
+from flatness.training.config import TrainConfig
+from flatness.training.loop import train
 from flatness.training.optim import AMP, SAM
 from flatness.version import __version__
 

@@ -282,7 +282,7 @@ def train_config_for(cfg: ExperimentConfig, method: str, seed: int):
     Returns:
         The run's ``TrainConfig``; raises FlatnessError on an invalid option.
     """
-    from flatness.training.loop import build_config
+    from flatness.training.config import build_config
 
     explicit: dict[str, Any] = {
         "dataset": cfg.dataset,

@@ -74,8 +74,8 @@ def cell_cost(task: CellTask) -> float:
     Returns:
         ``flatness.training.cost.training_cost`` of its training config.
     """
+    from flatness.training.config import build_config
     from flatness.training.cost import training_cost
-    from flatness.training.loop import build_config
 
     return training_cost(build_config(task.train))
 
@@ -177,7 +177,8 @@ def _measure_cell(task: CellTask) -> dict[str, Any]:
     from flatness.formats.checkpoint import INIT, LAST, load_checkpoint
     from flatness.formats.probe_file import write_probe
     from flatness.study.probe import ProbeSettings, run_probe
-    from flatness.training.loop import build_config, train
+    from flatness.training.config import build_config
+    from flatness.training.loop import train
 
     folder = task.folder
     config = build_config(task.train)

@@ -74,7 +74,7 @@ def default_dataset() -> str:
 def default_model(dataset: str) -> str:
     """The dataset's own default model where it names one, else ``flatness train``'s default."""
     from flatness.data.datasets import dataset_info
-    from flatness.training.loop import TrainConfig
+    from flatness.training.config import TrainConfig
 
     return getattr(dataset_info(dataset), "default_model", None) or TrainConfig().model
 
@@ -169,7 +169,7 @@ def plan(settings: SweepSettings) -> SweepPlan:
     """
     from flatness.core.engines import check_engine
     from flatness.core.validation import check_count
-    from flatness.training.loop import build_config
+    from flatness.training.config import build_config
 
     s = dataclasses.replace(settings)
     check_engine(s.engine)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # loop imports this module
-    from flatness.training.loop import TrainConfig
+    from flatness.training.config import TrainConfig
 
 PASSES_PER_STEP = {"erm": 1, "sam": 2}  # AMP: 1 + inner_iter
 

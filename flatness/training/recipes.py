@@ -112,7 +112,7 @@ def recipe_values(name: str) -> dict[str, Any]:
     if name not in RECIPES:
         raise FlatnessError(f"unknown recipe {name!r}; choose one of: {', '.join(recipe_names())}")
     if name == "digits-default":
-        from flatness.training.loop import TrainConfig
+        from flatness.training.config import TrainConfig
 
         values = TrainConfig().to_dict()
         values.pop("recipe", None)
