@@ -118,3 +118,47 @@ def test_two_workers_start_the_costliest_first_follow_ups_after_their_needs_and_
     alone.mkdir()
     expected = {r["name"]: r["value"] for r in run_job("local", 1, alone, ALL, monkeypatch)}
     assert {r["name"]: r["value"] for r in results} == expected
+
+
+PARENT_KILLED_AT_START = """
+import multiprocessing, os, signal, sys, threading, time
+from flatness.core.engines import run_local
+
+def kill_once_workers_exist():
+    while not multiprocessing.active_children():
+        time.sleep(0.001)
+    with open(sys.argv[1], "w") as handle:
+        handle.write(" ".join(str(p.pid) for p in multiprocessing.active_children()))
+    os.kill(os.getpid(), signal.SIGKILL)  # before any worker has reached its initialiser
+
+threading.Thread(target=kill_once_workers_exist, daemon=True).start()
+run_local([1, 2, 3], 2, lambda result: None, fn=os.getpid)
+"""
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc to see the workers (Linux)")
+def test_workers_of_a_parent_killed_while_they_start_do_not_outlive_it(tmp_path):
+    """The death signal covers only a parent that dies after it is set; a worker must also notice a
+    parent that died while it was starting (it used to wait on its queue forever)."""
+    import subprocess
+    import sys
+    import time
+
+    pids_file = tmp_path / "pids"
+    proc = subprocess.run([sys.executable, "-c", PARENT_KILLED_AT_START, str(pids_file)], timeout=60)
+    assert proc.returncode == -9
+    pids = [int(p) for p in pids_file.read_text().split()]
+    assert pids
+    deadline = time.time() + 30
+    while time.time() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.1)
+    assert not [p for p in pids if alive(p)], "a worker outlived its killed parent"
