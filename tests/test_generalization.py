@@ -345,3 +345,22 @@ def test_correlate_command_reports_the_left_out_cells_and_includes_them_when_ask
     assert every.exit_code == 0 and "are included (--include-unreached)" in every.output
     saved = json.loads((tmp_path / "correlation.json").read_text())
     assert (saved["cells"], saved["include_unreached"], saved["unreached_left_out"]) == (12, True, 0)
+
+
+def test_verdict_states_the_baseline_sign_adjusted_as_it_says():
+    """The margin's expected sign is −1: its τ of −0.4 is a sign-adjusted +0.4 in the verdict's sentence."""
+    from flatness.sweep.correlate import verdict
+
+    def row(measure, family, tau):
+        return {"measure": measure, "family": family, "kendall_tau": tau, "psi": tau / 2, "p_holm": 1e-3}
+
+    measures = [
+        row("lambda_1", "flatness", 0.3),
+        row("margin_p10", "baseline", -0.4),
+        row("weight_norm", "baseline", 0.1),
+    ]
+    for m in measures:
+        m["predicts"] = True
+    summary = {"measures": measures, "target": "gap", "cells": 20, "min_train_acc": None, "axes": ["lr"]}
+    by_tau = next(s for s in verdict(summary) if s.startswith("By τ"))
+    assert "margin_p10 (0.4)" in by_tau and "does not beat" in by_tau, by_tau

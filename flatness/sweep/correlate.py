@@ -192,10 +192,11 @@ def verdict(summary: dict[str, Any]) -> list[str]:
     for key, name in (("kendall_tau", "τ"), ("psi", "Ψ")):
         flat, base = _best(stats, "flatness", key), _best(stats, "baseline", key)
         if flat and base:
-            beats = _signed(flat[key], flat["measure"]) > _signed(base[key], base["measure"])
+            flat_value, base_value = _signed(flat[key], flat["measure"]), _signed(base[key], base["measure"])
+            beats = flat_value > base_value
             s.append(
-                f"By {name} (sign-adjusted), the best flatness measure is {flat['measure']} ({_g(flat[key])}) "
-                f"and the best norm/margin baseline is {base['measure']} ({_g(base[key])}): flatness "
+                f"By {name} (sign-adjusted), the best flatness measure is {flat['measure']} ({_g(flat_value)}) "
+                f"and the best norm/margin baseline is {base['measure']} ({_g(base_value)}): flatness "
                 f"**{'beats' if beats else 'does not beat'}** the baselines on {name} here."
             )
     s.extend(_stop_sentence(summary))
