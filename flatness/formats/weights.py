@@ -84,7 +84,26 @@ def load_weights_into(model: nn.Module, path: str) -> nn.Module:
         FlatnessError: unreadable file, missing or unexpected keys (the first of each and the counts),
             or a tensor whose shape differs from the model's (the key and both shapes).
     """
-    state = _read_state_dict(path)
+    return load_state_into(model, _read_state_dict(path), path)
+
+
+def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> nn.Module:
+    """Load ``state`` into ``model`` strictly, with a one-line error naming what does not fit.
+
+    The one check of weights against a model, for every source (a state_dict file, a flatness checkpoint).
+
+    Args:
+        model: the module the weights belong to.
+        state: name -> tensor.
+        path: where the weights came from (for the message).
+
+    Returns:
+        ``model``, with its parameters and buffers replaced.
+
+    Raises:
+        FlatnessError: missing or unexpected keys (the first of each and the counts), or a tensor whose
+            shape differs from the model's (the key and both shapes).
+    """
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -92,11 +111,11 @@ def load_weights_into(model: nn.Module, path: str) -> nn.Module:
         parts = ([_describe_keys("missing keys", missing)] if missing else []) + (
             [_describe_keys("unexpected keys", unexpected)] if unexpected else []
         )
-        raise FlatnessError(f"weights in {path} do not fit the model: {'; '.join(parts)}")
+        raise FlatnessError(f"the weights in {path} do not fit the model: {'; '.join(parts)}")
     for key, tensor in expected.items():
         if tuple(state[key].shape) != tuple(tensor.shape):
             raise FlatnessError(
-                f"weights in {path} do not fit the model: {key!r} has shape "
+                f"the weights in {path} do not fit the model: {key!r} has shape "
                 f"{tuple(state[key].shape)} in the file but {tuple(tensor.shape)} in the model"
             )
     model.load_state_dict(state, strict=True)

@@ -29,6 +29,7 @@ from flatness.core.errors import FlatnessError
 from flatness.core.fileio import sha256_file
 from flatness.data.datasets import DATASETS, get_dataset
 from flatness.data.probe_data import ProbeData
+from flatness.formats.weights import load_exported_program, load_state_into, load_weights_into
 from flatness.models.references import TORCHVISION_PREFIX, is_reference, parse_model_args, resolve_model_reference
 
 PT2_SUFFIX = ".pt2"
@@ -369,7 +370,7 @@ def _load_flatness(payload: dict[str, Any], source: ModelSource, root: str | Non
     else:
         args = source.model_args if source.model_args is not None else model_record.get("args")
         model, used = build_user_model(ref, args, source.download, _shape_for(ref, config.get("dataset"), source, root))
-    _load_state(model, payload["model_state"], path)
+    load_state_into(model, payload["model_state"], path)
     same_data = dataset == config.get("dataset")
     image_size = (
         source.image_size if source.image_size is not None else (config.get("image_size") if same_data else None)
@@ -389,24 +390,6 @@ def _load_flatness(payload: dict[str, Any], source: ModelSource, root: str | Non
         "format": "flatness",
     }
     return Target(model, info, image_size, bool(normalize), records)
-
-
-def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        parts = ([f"{len(missing)} missing keys (first: {missing[0]!r})"] if missing else []) + (
-            [f"{len(unexpected)} unexpected keys (first: {unexpected[0]!r})"] if unexpected else []
-        )
-        raise FlatnessError(f"the weights in {path} do not fit the model: {'; '.join(parts)}")
-    for key, tensor in expected.items():
-        if tuple(state[key].shape) != tuple(tensor.shape):
-            raise FlatnessError(
-                f"the weights in {path} do not fit the model: {key!r} has shape "
-                f"{tuple(state[key].shape)} in the file but {tuple(tensor.shape)} in the model"
-            )
-    model.load_state_dict(state)
 
 
 def load_target(
@@ -432,8 +415,6 @@ def load_target(
 
     source = source or ModelSource()
     if checkpoint.endswith(PT2_SUFFIX) and not os.path.isdir(checkpoint):
-        from flatness.formats.weights import load_exported_program
-
         if source.model is not None or source.model_args is not None:
             raise FlatnessError(
                 f"{checkpoint} is a .pt2 program that holds its own model: leave out --model and --model-args"
@@ -462,8 +443,6 @@ def load_target(
 
 
 def _load_foreign(path: str, source: ModelSource, root: str | None) -> Target:
-    from flatness.formats.weights import load_weights_into
-
     if source.model is None:
         raise FlatnessError(
             f"{path} is {STATE_DICT_HINT}: pass --model (and --model-args) to say which model its weights belong to"
@@ -498,7 +477,7 @@ def init_distance(model: nn.Module, checkpoint_path: str) -> float | None:
     try:
         state = read_checkpoint(init_path)["model_state"]
         init_model = copy.deepcopy(model)
-        _load_state(init_model, state, init_path)
+        load_state_into(init_model, state, init_path)
         return distance(model, init_model)
     except FlatnessError:
         return None  # an unreadable or foreign init.pt only loses this one number
