@@ -4,8 +4,10 @@ complete, and resuming gives the uninterrupted result), Ctrl-C (one line, exit 1
 processes writing one run folder or surface file (the second refuses at once).
 
 Processes run `python -m flatness.cli` with OMP_NUM_THREADS=1. Random delays come from seeded
-generators; a kill that comes too late (the process already finished) is not counted and another
-attempt is made.
+generators. No signal races the clock: every killed process is held (tests/holds.py) at a point of
+its work that it reaches only after a seeded amount of it, and the amounts are chosen so that the
+killed processes together can never finish the job; so every kill lands on unfinished work, whether
+during the work (slow machine) or at the hold (fast machine), and the verdicts are the same on both.
 """
 
 import json
@@ -20,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from holds import hold_env, wait_for_hold
 
 import flatness
 from flatness.formats.checkpoint import read_checkpoint
@@ -76,16 +79,17 @@ def mtime(path):
 
 
 def kill_after(proc, delay, sig=signal.SIGKILL):
-    """Send ``sig`` after ``delay`` s unless the process ended first; True when it was sent."""
+    """Send ``sig`` after ``delay`` s; the process must still be running (it is held before its end).
+
+    The delay only picks the moment: a held process is still there however long it is.
+    """
     deadline = time.time() + delay
     while time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
-    sent = proc.poll() is None
-    if sent:
-        proc.send_signal(sig)
+    assert proc.poll() is None, f"the process ended (exit {proc.returncode}) though it was held"
+    proc.send_signal(sig)
     proc.wait(timeout=120)
     proc.log_handle.close()
-    return sent
 
 
 def strip_seconds(rows):
@@ -170,28 +174,29 @@ def check_run_folder(run):
     return epoch
 
 
+STEPS_PER_EPOCH = 23  # 1437 digits in batches of 64
+
+
 def test_sigkill_train_at_random_moments_then_resume_is_bitwise(tmp_path, straight):
     rng = random.Random(1234)
     run = tmp_path / "run"
-    kills, attempts, seen = 0, 0, []
-    while kills < KILLS and attempts < 3 * KILLS:
-        attempts += 1
+    seen = []
+    for kill in range(KILLS):
         args = train_args(run) + (["--resume"] if (run / "config.json").exists() else [])
         before = mtime(run / "last.pt")
-        proc = spawn(args, tmp_path / f"train{attempts}.log")
+        # held after at most 6 epochs of steps: 5 kills leave at least 10 of the 40 epochs undone
+        steps = rng.randint(STEPS_PER_EPOCH // 2, 6 * STEPS_PER_EPOCH)
+        held = tmp_path / f"held{kill}"
+        proc = spawn(args, tmp_path / f"train{kill}.log", env=hold_env(ENV, "train-step", steps, held))
         if rng.random() < 0.7:  # most kills once this process has written a checkpoint, the others anywhere
-            wait_for(proc, lambda before=before: mtime(run / "last.pt") != before)
+            wait_for(proc, lambda before=before, held=held: mtime(run / "last.pt") != before or held.exists())
             delay = rng.uniform(0.0, 0.6)
         else:
             delay = rng.uniform(0.2, 4.0)
-        if kill_after(proc, delay):
-            kills += 1
-            assert proc.returncode == -signal.SIGKILL
-            seen.append(check_run_folder(run))
-        else:
-            assert proc.returncode == 0, open(tmp_path / f"train{attempts}.log").read()
-            break
-    assert kills == KILLS, (kills, attempts)
+        kill_after(proc, delay)
+        assert proc.returncode == -signal.SIGKILL, open(tmp_path / f"train{kill}.log").read()
+        seen.append(check_run_folder(run))
+    assert (seen[-1] or 0) < TRAIN["epochs"]
     result = cli(train_args(run) + (["--resume"] if (run / "config.json").exists() else []))
     assert result.exit_code == 0, result.output
     assert_same_run(run / "last.pt", os.path.join(straight, "last.pt"))
@@ -205,16 +210,18 @@ def test_sigkill_train_at_random_moments_then_resume_is_bitwise(tmp_path, straig
 
 def test_sigint_train_then_resume(tmp_path, straight):
     run = tmp_path / "run"
-    proc = spawn(train_args(run), tmp_path / "train.log")
-    assert wait_for(proc, lambda: (run / "epoch-004.pt").exists())
-    time.sleep(0.15)
-    assert kill_after(proc, 0.0, signal.SIGINT)
+    held = tmp_path / "held"
+    # held 7 steps into epoch 5 (epoch-004.pt written): Ctrl-C always lands in the middle of an epoch
+    env = hold_env(ENV, "train-step", 4 * STEPS_PER_EPOCH + 7, held)
+    proc = spawn(train_args(run), tmp_path / "train.log", env=env)
+    wait_for_hold(proc, held, tmp_path / "train.log")
+    kill_after(proc, 0.0, signal.SIGINT)
     log = open(tmp_path / "train.log").read()
     assert proc.returncode == 130, log
     assert "Traceback" not in log
     lines = [ln for ln in log.splitlines() if not ln.startswith("epoch ")]
     assert len(lines) == 1 and lines[0].startswith("Interrupted.") and "--resume" in lines[0], log
-    check_run_folder(run)
+    assert check_run_folder(run) == 4
     result = cli(train_args(run) + ["--resume"])
     assert result.exit_code == 0, result.output
     assert_same_run(run / "last.pt", os.path.join(straight, "last.pt"))
@@ -222,25 +229,21 @@ def test_sigint_train_then_resume(tmp_path, straight):
 
 def test_two_train_processes_one_folder(tmp_path):
     run = tmp_path / "run"
-    # 4000 epochs: the first process is certainly still training while the second is refused (CI once
-    # saw a 40-epoch first run finish during the second's 2 s lock grace); it is then stopped with Ctrl-C.
-    long_run = [str(a) for a in train_args(run)]
-    long_run[long_run.index("--epochs") + 1] = "4000"
-    first = spawn(long_run, tmp_path / "first.log")
-    assert wait_for(first, lambda: (run / "last.pt").exists())
-    began = time.perf_counter()
-    second = cli(long_run + ["--resume"])
-    assert time.perf_counter() - began < 10
+    held = tmp_path / "held"
+    # The first process is held before its 3rd epoch, under its lock, until it is stopped with Ctrl-C: it
+    # cannot finish during the second's 2 s lock grace (CI once saw a 40-epoch first run do just that).
+    first = spawn(train_args(run), tmp_path / "first.log", env=hold_env(ENV, "train-epoch", 2, held))
+    wait_for_hold(first, held, tmp_path / "first.log")
+    second = cli(train_args(run) + ["--resume"])
     assert second.exit_code == 2 and second.output.count("\n") == 1, second.output
     assert second.output.startswith("Error: another flatness process is writing this run folder")
-    second = cli(long_run)  # without --resume: refused too (lock first, then the folder check)
+    second = cli(train_args(run))  # without --resume: refused too (lock first, then the folder check)
     assert second.exit_code == 2 and "another flatness process" in second.output, second.output
-    assert first.poll() is None, "the first process ended during the checks: the lock was not tested"
-    first.send_signal(signal.SIGINT)
-    assert first.wait(timeout=60) == 130, open(tmp_path / "first.log").read()
-    first.log_handle.close()
+    assert first.poll() is None  # still held: both refusals were the lock's
+    kill_after(first, 0.0, signal.SIGINT)
+    assert first.returncode == 130, open(tmp_path / "first.log").read()
     epoch = check_run_folder(run)  # the refused second process left the first's folder intact
-    assert epoch is not None and epoch >= 1
+    assert epoch == 2
     assert flatness.load_checkpoint(str(run))[1]["epoch"] == epoch
 
 
@@ -251,7 +254,12 @@ def surface_args(ckpt, out):
     return ["surface", ckpt, "--x=-1:1:9", "--y=-1:1:9", "--samples", "all", "--device", "cpu", "--quiet", "--out", out]
 
 
-SURFACE_ENV = dict(ENV, FLATNESS_SURFACE_FLUSH_SECONDS="0")  # write the file after every point
+SURFACE_POINTS = 81
+
+
+def surface_env(after, marker):
+    """Held as point ``after`` + 1 starts; the file is written after every point."""
+    return hold_env(ENV, "surface-point", after, marker, flush_every_point=True)
 
 
 @pytest.fixture(scope="module")
@@ -299,24 +307,22 @@ def check_surface(path, reference):
 def test_sigkill_surface_at_random_moments_then_resume_is_identical(checkpoint, surface_reference, tmp_path):
     rng = random.Random(99)
     out = tmp_path / "s.h5"
-    kills, attempts, done = 0, 0, []
-    while kills < KILLS and attempts < 3 * KILLS:
-        attempts += 1
+    done = []
+    for kill in range(KILLS):
         args = surface_args(checkpoint, out) + (["--resume"] if out.exists() else [])
         before = mtime(out)
-        proc = spawn(args, tmp_path / f"surface{attempts}.log", env=SURFACE_ENV)
+        # held after at most 12 points: 5 kills leave at least 21 of the 81 undone
+        held = tmp_path / f"held{kill}"
+        proc = spawn(args, tmp_path / f"surface{kill}.log", env=surface_env(rng.randint(1, 12), held))
         if rng.random() < 0.8:  # most kills once this process has written points, the others anywhere
-            wait_for(proc, lambda before=before: mtime(out) != before)
+            wait_for(proc, lambda before=before, held=held: mtime(out) != before or held.exists())
             delay = rng.uniform(0.0, 0.7)
         else:
             delay = rng.uniform(0.5, 5.0)
-        if kill_after(proc, delay):
-            kills += 1
-            done.append(check_surface(out, surface_reference))
-        else:
-            assert proc.returncode == 0, open(tmp_path / f"surface{attempts}.log").read()
-            break
-    assert kills == KILLS, (kills, attempts)
+        kill_after(proc, delay)
+        assert proc.returncode == -signal.SIGKILL, open(tmp_path / f"surface{kill}.log").read()
+        done.append(check_surface(out, surface_reference))
+    assert done[-1] < SURFACE_POINTS
     result = cli(surface_args(checkpoint, out) + (["--resume"] if out.exists() else []))
     assert result.exit_code == 0, result.output
     final = read_surface(str(out))
@@ -333,20 +339,20 @@ def test_sigint_surface_then_resume(checkpoint, surface_reference, tmp_path, mon
     # refuse without the grace period (meant for locks of just-killed processes), while the first writes
     monkeypatch.setattr(flatness.core.locking, "BUSY_GRACE_SECONDS", 0.0)
     out = tmp_path / "s.h5"
-    proc = spawn(surface_args(checkpoint, out), tmp_path / "surface.log", env=SURFACE_ENV)
-    assert wait_for(proc, lambda: out.exists())
+    held = tmp_path / "held"
+    proc = spawn(surface_args(checkpoint, out), tmp_path / "surface.log", env=surface_env(10, held))
+    wait_for_hold(proc, held, tmp_path / "surface.log")  # 10 points written, the 11th starting
     second = cli(surface_args(checkpoint, out) + ["--resume"])
     assert second.exit_code == 2 and second.output.count("\n") == 1, second.output
     assert "another flatness process is writing this surface file" in second.output
-    assert kill_after(proc, 0.3, signal.SIGINT)
+    kill_after(proc, 0.0, signal.SIGINT)
     log = open(tmp_path / "surface.log").read()
     assert proc.returncode == 130, log
     lines = [ln for ln in log.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("Interrupted."), log
-    partial = check_surface(out, surface_reference)
-    assert 0 < partial < 81
+    assert check_surface(out, surface_reference) == 10
     result = cli(surface_args(checkpoint, out) + ["--resume"])
-    assert result.exit_code == 0 and f"{81 - partial} points computed (resumed)" in result.output, result.output
+    assert result.exit_code == 0 and f"{SURFACE_POINTS - 10} points computed (resumed)" in result.output, result.output
     final = read_surface(str(out))
     assert np.array_equal(final["train_loss"], surface_reference["train_loss"])
 
@@ -374,20 +380,18 @@ def check_study(study):
 
 
 def test_sigkill_experiment_at_random_moments_then_it_completes(tmp_path):
+    """The figures step is always held, so no killed process finishes the study; and each process (the
+    parent, each worker) is held once it has done one step, so the kills spread over the study's steps."""
     rng = random.Random(5)
     study = tmp_path / "study"
     args = ["experiment", "--quick", "--seeds", "0", "--device", "cpu", "--no-progress", "--out", study]
-    kills, attempts = 0, 0
-    while kills < KILLS and attempts < 3 * KILLS:
-        attempts += 1
-        proc = spawn(args, tmp_path / f"exp{attempts}.log")
-        if kill_after(proc, rng.uniform(1.5, 6.0)):
-            kills += 1
-            check_study(study)
-        else:
-            assert proc.returncode == 0, open(tmp_path / f"exp{attempts}.log").read()
-            break
-    assert kills == KILLS, (kills, attempts)
+    for kill in range(KILLS):
+        env = hold_env(ENV, "study-step", 1, tmp_path / f"held{kill}")
+        proc = spawn(args, tmp_path / f"exp{kill}.log", env=env)
+        kill_after(proc, rng.uniform(1.5, 6.0))
+        assert proc.returncode == -signal.SIGKILL, open(tmp_path / f"exp{kill}.log").read()
+        check_study(study)
+    assert not (study / "REPORT.md").exists()
     result = cli(args)
     assert result.exit_code == 0, result.output
     check_study(study)

@@ -13,6 +13,7 @@ import tempfile
 import time
 
 import pytest
+from holds import hold_env, wait_for_hold
 
 from flatness.core import paths
 from flatness.core.errors import FlatnessError
@@ -90,27 +91,26 @@ def test_an_output_that_is_its_own_input_is_refused_force_or_not(digits_checkpoi
 
 def test_train_resume_lock_holds_across_tmpdir_and_symlinks(run2, tmp_path, cli, monkeypatch):
     """A real `train --resume` under one TMPDIR; a second one under another TMPDIR, through a symlink
-    to the same folder, is refused while the first runs."""
+    to the same folder, is refused while the first runs.
+
+    The first is held (tests/holds.py) before its second epoch, under its lock, until it is killed:
+    it cannot finish, and release its lock, during the second's grace period."""
     run = tmp_path / "run"
     shutil.copytree(run2, run)
     os.symlink(run, tmp_path / "alias")
     (tmp_path / "tmp-a").mkdir()
     (tmp_path / "tmp-b").mkdir()
     log = open(tmp_path / "first.log", "w")
+    env = hold_env(subprocess_env(TMPDIR=str(tmp_path / "tmp-a")), "train-epoch", 1, tmp_path / "held")
     first = subprocess.Popen(
         [sys.executable, "-m", "flatness.cli", "train", "--out", str(run), "--resume", "--epochs", "200", *TINY],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env=subprocess_env(TMPDIR=str(tmp_path / "tmp-a")),
+        env=env,
     )
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and first.poll() is None:
-            lines = (run / "metrics.jsonl").read_text().splitlines()
-            if len(lines) > 2:  # it is training (under its lock)
-                break
-            time.sleep(0.2)
-        assert first.poll() is None, open(tmp_path / "first.log").read()
+        wait_for_hold(first, tmp_path / "held", tmp_path / "first.log")
+        assert len((run / "metrics.jsonl").read_text().splitlines()) == 3  # it trained epoch 3, under its lock
         monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp-b"))
         monkeypatch.setattr(tempfile, "tempdir", None)
         assert tempfile.gettempdir() == str(tmp_path / "tmp-b")
@@ -118,6 +118,7 @@ def test_train_resume_lock_holds_across_tmpdir_and_symlinks(run2, tmp_path, cli,
             cli(["train", "--out", tmp_path / "alias", "--resume", "--epochs", "200", *TINY]),
             "another flatness process is writing this run folder",
         )
+        assert first.poll() is None  # still held: the refusal was the lock's
     finally:
         first.kill()
         first.wait()
@@ -137,13 +138,17 @@ def test_train_resume_lock_holds_across_tmpdir_and_symlinks(run2, tmp_path, cli,
         ("--seeds", str(2**64), "--seeds must be a whole number"),
     ],
 )
-def test_experiment_checks_every_option_before_the_first_step(tmp_path, cli, option, value, needle):
+def test_experiment_checks_every_option_before_the_first_step(tmp_path, cli, monkeypatch, option, value, needle):
+    import flatness.training.loop
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("experiment trained before it checked every option")
+
+    monkeypatch.setattr(flatness.training.loop, "train", no_training)
     study = tmp_path / "study"
-    began = time.perf_counter()
     one_line_error(
         cli(["experiment", "--quick", "--no-progress", "--device", "cpu", "--out", study, option, value]), needle
     )
-    assert time.perf_counter() - began < 10  # nothing trained
     assert not study.exists()
 
 
@@ -209,25 +214,27 @@ def test_resume_with_fewer_epochs_than_done_changes_nothing(run2, tmp_path, cli)
 def test_sigterm_is_reported_like_ctrl_c(run2, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(run2, run)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flatness.cli", "train", "--out", str(run), "--resume", "--epochs", "200", *TINY],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=subprocess_env(),
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and len((run / "metrics.jsonl").read_text().splitlines()) < 3:
-        time.sleep(0.2)
+    log = tmp_path / "train.log"
+    with open(log, "w") as handle:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flatness.cli", "train", "--out", str(run), "--resume", "--epochs", "200", *TINY],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=hold_env(subprocess_env(), "train-epoch", 1, tmp_path / "held"),  # held before epoch 4
+        )
+    wait_for_hold(proc, tmp_path / "held", log)
     proc.send_signal(signal.SIGTERM)
-    output, _ = proc.communicate(timeout=60)
+    proc.wait(timeout=120)
+    output = log.read_text()
     lines = [ln for ln in output.splitlines() if ln.strip() and not ln.startswith("epoch ")]
     assert proc.returncode == 128 + signal.SIGTERM, output
     assert len(lines) == 1 and lines[0].startswith("Terminated (SIGTERM).") and "--resume" in lines[0], output
     assert "Traceback" not in output
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
 
 
 def test_sigterm_during_a_surface_keeps_the_finished_points_and_resumes(digits_checkpoint, tmp_path):
+    """The child is held (tests/holds.py) as its 6th point starts: SIGTERM lands with 5 points done."""
     out = tmp_path / "s.h5"
     args = [
         sys.executable,
@@ -235,8 +242,8 @@ def test_sigterm_during_a_surface_keeps_the_finished_points_and_resumes(digits_c
         "flatness.cli",
         "surface",
         digits_checkpoint,
-        "--x=-1:1:15",
-        "--y=-1:1:15",
+        "--x=-1:1:9",
+        "--y=-1:1:9",
         "--samples",
         "200",
         "--device",
@@ -245,24 +252,23 @@ def test_sigterm_during_a_surface_keeps_the_finished_points_and_resumes(digits_c
         "--out",
         str(out),
     ]
-    env = subprocess_env(FLATNESS_SURFACE_FLUSH_SECONDS="0")  # the file is written after every point
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not out.exists():
-        time.sleep(0.1)
-    time.sleep(1.0)  # some points computed
+    log = tmp_path / "surface.log"
+    env = hold_env(subprocess_env(), "surface-point", 5, tmp_path / "held")
+    with open(log, "w") as handle:
+        proc = subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, env=env)
+    wait_for_hold(proc, tmp_path / "held", log)
     proc.send_signal(signal.SIGTERM)
-    output, _ = proc.communicate(timeout=60)
+    proc.wait(timeout=120)
+    output = log.read_text()
     lines = [ln for ln in output.splitlines() if ln.strip()]
     assert proc.returncode == 128 + signal.SIGTERM, output
     assert len(lines) == 1 and lines[0].startswith("Terminated (SIGTERM).") and "--resume" in lines[0], output
     from flatness.formats.surface_file import read_surface
 
-    done = int(read_surface(str(out))["computed"].sum())
-    assert 0 < done < 15 * 15
-    resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True, env=env, timeout=300)
+    assert int(read_surface(str(out))["computed"].sum()) == 5  # written on the way out, the 6th not
+    resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True, env=subprocess_env(), timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert f"{15 * 15 - done} points computed (resumed)" in resumed.stdout
+    assert f"{9 * 9 - 5} points computed (resumed)" in resumed.stdout
     assert read_surface(str(out))["computed"].all()
 
 

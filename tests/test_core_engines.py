@@ -129,7 +129,7 @@ def kill_once_workers_exist():
         time.sleep(0.001)
     with open(sys.argv[1], "w") as handle:
         handle.write(" ".join(str(p.pid) for p in multiprocessing.active_children()))
-    os.kill(os.getpid(), signal.SIGKILL)  # before any worker has reached its initialiser
+    os.kill(os.getpid(), signal.SIGKILL)  # no worker has reached its initialiser: each is held before it
 
 threading.Thread(target=kill_once_workers_exist, daemon=True).start()
 run_local([1, 2, 3], 2, lambda result: None, fn=os.getpid)
@@ -148,17 +148,24 @@ def alive(pid: int) -> bool:
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc to see the workers (Linux)")
 def test_workers_of_a_parent_killed_while_they_start_do_not_outlive_it(tmp_path):
     """The death signal covers only a parent that dies after it is set; a worker must also notice a
-    parent that died while it was starting (it used to wait on its queue forever)."""
+    parent that died while it was starting (it used to wait on its queue forever).
+
+    Each worker is held (tests/holds.py) before its initialiser until the parent is dead, so the parent
+    always dies while they start, however fast they start."""
     import subprocess
     import sys
     import time
 
-    pids_file = tmp_path / "pids"
-    proc = subprocess.run([sys.executable, "-c", PARENT_KILLED_AT_START, str(pids_file)], timeout=60)
+    from holds import hold_env
+
+    pids_file, release = tmp_path / "pids", tmp_path / "parent-is-dead"
+    env = hold_env(os.environ, "worker-start", 0, tmp_path / "held", release=release)
+    proc = subprocess.run([sys.executable, "-c", PARENT_KILLED_AT_START, str(pids_file)], env=env, timeout=300)
     assert proc.returncode == -9
     pids = [int(p) for p in pids_file.read_text().split()]
     assert pids
-    deadline = time.time() + 30
-    while time.time() < deadline and any(alive(p) for p in pids):
+    release.touch()  # now the workers reach their initialiser, with their parent gone
+    deadline = time.monotonic() + 300  # only against a hang: they exit within seconds
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
         time.sleep(0.1)
     assert not [p for p in pids if alive(p)], "a worker outlived its killed parent"

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 from conftest import quick_digits_checkpoint
+from holds import hold_env
 
 from flatness.core.errors import FlatnessError
 from flatness.core.evaluation import evaluate
@@ -18,7 +19,7 @@ from flatness.core.params import named_trainable
 from flatness.data.probe_data import load_probe_data
 from flatness.formats.checkpoint import load_checkpoint, save_checkpoint
 from flatness.formats.surface_file import read_directions, read_surface
-from flatness.landscape.compute import ENV_FLUSH, ENV_KILL, compute_surface
+from flatness.landscape.compute import compute_surface
 from flatness.landscape.directions import (
     dot,
     interp_direction,
@@ -300,7 +301,15 @@ def test_sigkill_then_resume_gives_the_uninterrupted_values(digits_checkpoint, t
         "both",
     ]
     killed = tmp_path / "killed.h5"
-    env = dict(os.environ, **{ENV_FLUSH: "0", ENV_KILL: "7", "OMP_NUM_THREADS": "1"})
+    # the child writes its file after every point and SIGKILLs itself as its 7th point starts
+    env = hold_env(
+        dict(os.environ, OMP_NUM_THREADS="1"),
+        "surface-point",
+        6,
+        tmp_path / "held",
+        then="sigkill",
+        flush_every_point=True,
+    )
     proc = subprocess.run(
         [sys.executable, "-m", "flatness.cli", "surface", *map(str, args), "--out", str(killed)],
         env=env,

@@ -7,10 +7,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from click.testing import CliRunner
+from holds import hold_env, wait_for_hold
 
 from flatness.cli.main import main
 from flatness.core.errors import FlatnessError
@@ -123,23 +123,24 @@ def test_reference_table_has_the_issue_columns(reference, tmp_path):
 
 def test_sigkill_then_rerun_equals_uninterrupted(reference, tmp_path):
     out = tmp_path / "killed"
-    proc = subprocess.Popen(sweep_cmd(out, "--workers", "1"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
+    held = tmp_path / "held"
+    # Killed in the middle: held (tests/holds.py) before its 4th epoch, the second of the second cell
+    # (2 epochs a cell, one cell at a time in this process), so one cell is finished and the next one
+    # trained part way, whatever the machine's speed.
+    env = hold_env(os.environ, "train-epoch", 3, held)
+    log = tmp_path / "sweep.log"
+    with open(log, "w") as handle:
+        proc = subprocess.Popen(sweep_cmd(out, "--workers", "1"), stdout=handle, stderr=subprocess.STDOUT, env=env)
     try:
-        # kill in the middle: one cell finished and the next one trained part way
-        while time.time() < deadline and proc.poll() is None:
-            cells = out / CELLS
-            done = list(cells.glob(f"*/{MEASURES}")) if cells.is_dir() else []
-            started = [p for p in cells.glob("*/last.pt")] if cells.is_dir() else []
-            if len(done) >= 1 and len(started) >= 2:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "the sweep ended before it could be killed"
+        wait_for_hold(proc, held, log)
+        cells = out / CELLS
+        assert len(list(cells.glob(f"*/{MEASURES}"))) == 1 and len(list(cells.glob("*/last.pt"))) == 2
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
     assert not (out / "cells.csv").exists() or (out / "cells.csv").read_text() != reference
     run_cli(out, "--workers", "1")
     assert (out / "cells.csv").read_text() == reference

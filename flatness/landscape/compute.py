@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,10 +50,7 @@ from flatness.version import __version__
 BN_MODES = ("eval", "recalibrate")
 SPLIT_CHOICES = ("train", "test", "both")
 SYNC_ROUNDS = 8  # distributed surfaces: points per rank between two all-reduces (and file flushes)
-FLUSH_SECONDS = 1.0
-# test hooks: flush after every point / SIGKILL this process after K newly computed points
-ENV_FLUSH = "FLATNESS_SURFACE_FLUSH_SECONDS"
-ENV_KILL = "FLATNESS_TEST_SURFACE_KILL_AFTER"
+FLUSH_SECONDS = 1.0  # while computing, the file is written at most this often (and always at the end)
 # the attributes that must agree for --resume to continue a file
 MATCH_KEYS = (
     "checkpoint_sha256",
@@ -462,8 +458,6 @@ def _run_grid(
     """Evaluate every point not yet computed (this rank's share), flushing the file as it goes."""
     nx, ny = len(job.xcoords), 1 if job.ycoords is None else len(job.ycoords)
     todo = [(i, j) for i, j in coarse_to_fine_order(nx, ny) if not computed[j, i]]
-    flush_every = float(os.environ.get(ENV_FLUSH, FLUSH_SECONDS))
-    kill_after = int(os.environ.get(ENV_KILL, "0") or 0)
     rank, world = distributed.rank(), distributed.world_size()
     evaluate_point = PointEvaluator(
         job.model,
@@ -496,11 +490,11 @@ def _run_grid(
         chunk = world * SYNC_ROUNDS if world > 1 else 1
         for first in range(0, len(todo), chunk):
             chunk_points = todo[first : first + chunk]
-            rows, done_now = _chunk_rows(job, evaluate_point, chunk_points, done_now, kill_after)
+            rows, done_now = _chunk_rows(job, evaluate_point, chunk_points, done_now)
             _store_rows(job.splits, chunk_points, rows, values, computed)
             if bar is not None:
                 bar.update(len(chunk_points))
-            if time.perf_counter() - last_flush >= flush_every:
+            if time.perf_counter() - last_flush >= FLUSH_SECONDS:
                 save(time.perf_counter() - start)
                 last_flush = time.perf_counter()
         elapsed, cpu_elapsed = time.perf_counter() - start, time.process_time() - cpu_start
@@ -533,7 +527,7 @@ def _store_rows(
 
 
 def _chunk_rows(
-    job: _Job, evaluate_point: PointEvaluator, chunk_points: list[tuple[int, int]], done_now: int, kill_after: int
+    job: _Job, evaluate_point: PointEvaluator, chunk_points: list[tuple[int, int]], done_now: int
 ) -> tuple[torch.Tensor, int]:
     """This rank's points of a chunk, then one all-reduce: every rank gets every row.
 
@@ -551,8 +545,6 @@ def _chunk_rows(
         ]
         rows[k] = torch.tensor(numbers, dtype=torch.float64)
         done_now += 1
-        if kill_after and done_now >= kill_after:  # test hook: die with this point in flight
-            os.kill(os.getpid(), signal.SIGKILL)
     distributed.all_reduce_sum_(rows)
     return rows, done_now
 
