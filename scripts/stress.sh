@@ -22,6 +22,7 @@ fi
 bash scripts/bootstrap.sh
 
 busy_pids=()
+test_pid=""
 stop_busy() {
     local pid
     for pid in ${busy_pids[@]+"${busy_pids[@]}"}; do
@@ -30,7 +31,14 @@ stop_busy() {
     done
     busy_pids=()
 }
-trap stop_busy EXIT
+stop_all() {
+    if [ -n "$test_pid" ]; then
+        kill "$test_pid" 2>/dev/null || true
+        wait "$test_pid" 2>/dev/null || true
+    fi
+    stop_busy
+}
+trap stop_all EXIT
 trap 'exit 130' INT TERM
 
 start_busy() {
@@ -48,12 +56,17 @@ summary=()
 run_round() {  # run_round LABEL N: one run of the selection; records its outcome and duration
     local label="$1" n="$2" began ended outcome
     began="$(date +%s.%N)"
-    if .venv/bin/python -m pytest "${pytest_args[@]}" "${@:3}"; then
+    # in the background, so that a signal to this script is handled at once (bash runs a trap only
+    # after the foreground command ends), stopping the tests and the busy loops
+    .venv/bin/python -m pytest "${pytest_args[@]}" "${@:3}" &
+    test_pid=$!
+    if wait "$test_pid"; then
         outcome="passed"
         passed[$label]=$((passed[$label] + 1))
     else
         outcome="FAILED"
     fi
+    test_pid=""
     ended="$(date +%s.%N)"
     summary+=("$(printf '%s round %d/%d: %s in %.0f s' "$label" "$n" "$repeats" "$outcome" "$(awk "BEGIN { print $ended - $began }")")")
     echo "${summary[-1]}"
