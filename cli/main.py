@@ -132,8 +132,25 @@ def _debug(ctx) -> bool:
     return bool(root.params.get("debug")) if root.params else False
 
 
+def _print_version(ctx, _param, value) -> None:
+    """``--version``: flatness's version, then torch's and the device (the first things a bug report needs)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from flatness.core.devices import describe_runtime  # imports torch: only when asked
+
+    click.echo(f"flatness {__version__} ({describe_runtime()})")
+    ctx.exit()
+
+
 @click.group(cls=FlatnessGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, prog_name="flatness")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show flatness's version, torch's and the device, and exit.",
+)
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
 def main(debug: bool) -> None:
     """flatness: loss-landscape analysis of neural networks.

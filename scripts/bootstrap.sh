@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-# The same floor as setup.py's python_requires, checked before the multi-gigabyte torch download.
+# The same floor as pyproject.toml's requires-python, checked before the multi-gigabyte torch download.
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
   echo "[bootstrap] flatness needs Python 3.10 or newer; $PYTHON is $("$PYTHON" --version 2>&1). Set PYTHON=..." >&2
   exit 1
@@ -14,7 +14,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 if ! .venv/bin/python -c "import torch, torchvision" >/dev/null 2>&1; then
-  # The versions this project is tested with; set FLATNESS_TORCH to choose others (setup.py needs torch>=2.2).
+  # The versions this project is tested with; set FLATNESS_TORCH to choose others (pyproject.toml needs torch>=2.2).
   TORCH_SPEC=${FLATNESS_TORCH:-"torch==2.14.1 torchvision==0.29.1"}
   echo "[bootstrap] installing $TORCH_SPEC (large download on a new machine)"
   # shellcheck disable=SC2086
@@ -22,7 +22,7 @@ if ! .venv/bin/python -c "import torch, torchvision" >/dev/null 2>&1; then
     || .venv/bin/python -m pip install -q --disable-pip-version-check "torch>=2.2" torchvision
 fi
 if ! .venv/bin/python -c "import flatness.cli, pytest, h5py, sklearn, markdown_it" >/dev/null 2>&1 \
-   || [ setup.py -nt .venv/.flatness-installed ]; then
+   || [ pyproject.toml -nt .venv/.flatness-installed ] || [ setup.py -nt .venv/.flatness-installed ]; then
   echo "[bootstrap] installing flatness and its dependencies"
   # A new venv carries the pip/setuptools its Python shipped with (on 3.9 pip 23 and setuptools 58, which
   # could not install cli/ as flatness.cli through package_dir in editable mode); never rely on them.

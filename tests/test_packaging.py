@@ -1,5 +1,7 @@
-"""flatness as users install it: build a wheel, install it into a fresh virtualenv, and run every CLI command
-from that venv's ``bin/flatness`` in a folder outside the repository.
+"""flatness as users install it: build an sdist and a wheel (``python -m build``, the wheel built from the
+sdist, so a file the sdist misses fails here), check both with ``twine check``, install the wheel into a
+fresh virtualenv, and run every CLI command from that venv's ``bin/flatness`` in a folder outside the
+repository.
 
 The wheel is installed without dependencies; the heavy ones (torch, h5py, ...) come from the project venv
 through a ``.pth`` line naming only its site-packages, so the source tree is never importable and a module
@@ -19,7 +21,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What a wheel build reads; copied so that the build's build/ and *.egg-info stay out of the shared tree.
-SOURCES = ("setup.py", "pyproject.toml", "README.md", "flatness", "cli")
+SOURCES = ("setup.py", "pyproject.toml", "README.md", "LICENSE", "flatness", "cli")
 
 
 def run(cmd, cwd, env=None, timeout=120):
@@ -40,12 +42,10 @@ def installed(tmp_path_factory):
             shutil.copytree(os.path.join(REPO, name), src / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(os.path.join(REPO, name), src / name)
-    run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", root / "dist", src],
-        cwd=root,
-        timeout=300,
-    )
+    # --no-isolation: the build backend of the project venv (no download); the wheel is built from the sdist.
+    run([sys.executable, "-m", "build", "--no-isolation", "--outdir", root / "dist", src], cwd=root, timeout=300)
     (wheel,) = (root / "dist").glob("flatness-*.whl")
+    (sdist,) = (root / "dist").glob("flatness-*.tar.gz")
 
     target = root / "venv"
     venv.create(target, with_pip=False)  # the project's pip installs into it (pip --python): seconds, not a bootstrap
@@ -54,20 +54,50 @@ def installed(tmp_path_factory):
     site = run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=root).strip()
     # The dependencies only: a .pth line adds a folder to sys.path but runs none of the .pth files inside it,
     # so the project venv's editable-install hook (which would map flatness to the source tree) stays off.
+    # torch's folder too, for a venv that reaches its packages through a .pth of its own (a worktree's venv).
+    import torch
+
+    folders = dict.fromkeys([sysconfig.get_paths()["purelib"], os.path.dirname(os.path.dirname(torch.__file__))])
     with open(os.path.join(site, "zz-project-dependencies.pth"), "w") as handle:
-        handle.write(sysconfig.get_paths()["purelib"] + "\n")
+        handle.write("".join(folder + "\n" for folder in folders))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env.update(OMP_NUM_THREADS="1", MPLBACKEND="Agg", PYTHONDONTWRITEBYTECODE="1")
     work = root / "work"
     work.mkdir()
     return {
         "wheel": wheel,
+        "sdist": sdist,
         "flatness": target / "bin" / "flatness",
         "python": python,
         "env": env,
         "work": work,
         "venv": target,
     }
+
+
+def test_sdist_and_wheel_pass_twine_check_and_carry_the_metadata(installed):
+    from flatness.version import __version__
+
+    out = run([sys.executable, "-m", "twine", "check", "--strict", installed["sdist"], installed["wheel"]], cwd=REPO)
+    assert out.count("PASSED") == 2, out
+    assert installed["wheel"].name.startswith(f"flatness-{__version__}-py3-none-any")
+    sizes = {p.name: p.stat().st_size for p in (installed["sdist"], installed["wheel"])}
+    print("sizes (bytes):", sizes)
+    metadata = zipfile.ZipFile(installed["wheel"]).read(f"flatness-{__version__}.dist-info/METADATA").decode()
+    for field in ("Name: flatness", f"Version: {__version__}", "License-Expression: MIT", "Requires-Python: >=3.10"):
+        assert field in metadata, field
+    for extra in ("test", "docs", "ray", "safetensors", "tensorboard"):
+        assert f"Provides-Extra: {extra}" in metadata, extra
+    assert "Requires-Dist: torch>=2.2" in metadata
+    assert "# flatness" in metadata  # the README is the long description
+
+
+def test_installed_version_names_flatness_torch_and_the_device(installed):
+    from flatness.version import __version__
+
+    out = run([installed["flatness"], "--version"], cwd=installed["work"], env=installed["env"]).strip()
+    assert out.startswith(f"flatness {__version__} (torch "), out
+    assert "device cpu" in out or "device cuda" in out, out
 
 
 def test_wheel_ships_every_subpackage_and_the_cli(installed):

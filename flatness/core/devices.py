@@ -31,3 +31,17 @@ def _parse_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise FlatnessError(f"unsupported device {name!r}: use auto, cpu, cuda or cuda:N")
     return device
+
+
+def describe_runtime() -> str:
+    """One line naming the torch build and the device ``--device auto`` would use (``flatness --version``).
+
+    Returns:
+        e.g. ``torch 2.4.1+cpu, device cpu (no CUDA)`` or ``torch 2.4.1, device cuda:0 (NVIDIA H100, CUDA 12.4)``.
+    """
+    if torch.cuda.is_available():
+        index = torch.cuda.current_device()
+        where = f"device cuda:{index} ({torch.cuda.get_device_name(index)}, CUDA {torch.version.cuda})"
+    else:
+        where = "device cpu (no CUDA)" if torch.version.cuda is None else "device cpu (CUDA build, no GPU found)"
+    return f"torch {torch.__version__}, {where}"
