@@ -1,4 +1,4 @@
-"""``flatness plot FILE...``: figures of surfaces (.h5) and Hessian spectra (probe .json)."""
+"""``flatness plot FILE...``: surfaces (.h5), Hessian spectra (probe .json) and training curves (run folders)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,9 @@ def command(files, kinds, value, log, fmt, out_dir, vmin, vmax, vtp, force):
     A 1D surface .h5 gives loss and accuracy curves (several 1D files are overlaid on shared axes in
     overlay-1d.FMT); a 2D surface gives a contour plot with labelled levels, a filled contour, a
     heatmap and a 3D surface (--kind), with the PCA training trajectory on top when the file has one;
-    a probe .json gives the Hessian spectral density on a log scale with the top eigenvalues marked.
+    a probe .json gives the Hessian spectral density on a log scale with the top eigenvalues marked;
+    a run folder gives its training curves from metrics.jsonl (loss, accuracy, learning rate: what
+    `train --log tensorboard` shows in TensorBoard) as RUN/training.FMT (--out: OUT/RUN-training.FMT).
     Output names: STEM-1d, STEM-contour, STEM-contourf, STEM-heatmap, STEM-3d, STEM-spectrum (.FMT).
     """
     settings = PlotSettings(

@@ -66,6 +66,15 @@ from flatness.sweep.run import (
 @click.option("--data-dir", default=None, type=click.Path(), help="Dataset root.")
 @click.option("--quick", is_flag=True, help="8 tiny cells (2 epochs, cheap probes) for tests: well under 3 minutes.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@click.option(
+    "--log",
+    "logger",
+    type=click.Choice(["none", "tensorboard"]),
+    default="none",
+    show_default=True,
+    help="tensorboard: each cell's training curves into OUT/cells/CELL/tensorboard (needs "
+    "flatness[tensorboard]); `tensorboard --logdir OUT` shows the whole grid.",
+)
 def command(
     out,
     grid,
@@ -82,6 +91,7 @@ def command(
     data_dir,
     quick,
     no_progress,
+    logger,
 ):  # click passes every option as a parameter of its own
     """Train every cell of a grid (one normal run folder each), probe it (top Hessian eigenvalues, trace,
     every sharpness metric) and measure the norm/margin baselines; write OUT/cells.csv.
@@ -108,6 +118,7 @@ def command(
         device=device,
         data_dir=data_dir,
         progress=not no_progress,
+        log=logger,
     )
     result = run_sweep(settings, echo=lambda m: click.echo(m, err=True))
     click.echo(

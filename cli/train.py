@@ -232,7 +232,17 @@ def _ms(values) -> str:
     "under torchrun; the global batch (--batch-size) is split across them.",
 )
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar per epoch. [default: on]")
-def command(out, resume, recipe, progress, nproc, compile_, **options):
+@click.option(
+    "--log",
+    "logger",
+    type=click.Choice(["none", "tensorboard"]),
+    default="none",
+    show_default=True,
+    help="tensorboard: also write each epoch's metrics.jsonl record (losses, accuracies, lr, the whole-train "
+    "loss of --stop-loss) as TensorBoard scalars into OUT/tensorboard (needs flatness[tensorboard]); "
+    "`tensorboard --logdir DIR` then shows every run under DIR.",
+)
+def command(out, resume, recipe, progress, nproc, compile_, logger, **options):
     """Train a model with ERM, AMP or SAM and save its checkpoints into a run folder.
 
     With no options: the convnet on the bundled digits set (offline, under a minute on a laptop CPU).
@@ -242,7 +252,9 @@ def command(out, resume, recipe, progress, nproc, compile_, **options):
     from flatness.training.config import build_config, default_out_dir
     from flatness.training.loop import train
     from flatness.training.run_folder import resume_config
+    from flatness.training.tensorboard_log import check_logger, epoch_logger
 
+    check_logger(logger)  # a missing package is refused before anything is trained
     if nproc > 1 and not distributed.launched_by_torchrun():
         raise SystemExit(_relaunch_under_torchrun(nproc))
     options["compile"] = compile_
@@ -264,7 +276,9 @@ def command(out, resume, recipe, progress, nproc, compile_, **options):
         config = resume_config(out, explicit)
     else:
         config = build_config(explicit, recipe)
-    out_dir = train(config, out_dir=out, resume=resume, progress=progress)
+    out = out or default_out_dir(config)
+    with epoch_logger(logger, out) as on_epoch:
+        out_dir = train(config, out_dir=out, resume=resume, progress=progress, on_epoch=on_epoch)
     if distributed.is_main():
         click.echo(f"Saved run to {out_dir}")
 

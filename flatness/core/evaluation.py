@@ -73,6 +73,16 @@ def evaluate(model: nn.Module, data: Any, loss_fn: LossFn | None = None) -> tupl
     Returns:
         ``(loss, accuracy)``: the exact mean loss over all n examples, and the fraction of
         examples whose largest output is the label (``None`` where the outputs are not class scores).
+
+    Examples:
+        >>> import torch, torch.nn as nn
+        >>> from flatness import evaluate
+        >>> model = nn.Linear(3, 2)
+        >>> _ = nn.init.zeros_(model.weight), nn.init.zeros_(model.bias)  # equal logits: loss log 2
+        >>> x, y = torch.randn(8, 3), torch.tensor([0, 1] * 4)
+        >>> loss, accuracy = evaluate(model, (x, y))
+        >>> round(loss, 4), accuracy  # argmax of equal logits is class 0: half the labels
+        (0.6931, 0.5)
     """
     data = as_probe_data(data, device=model_device(model))
     device = data.device

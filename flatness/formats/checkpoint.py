@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import pickle
 import random
@@ -331,6 +332,42 @@ def read_metrics(run_dir: str) -> list[dict[str, Any]]:
         if isinstance(row, dict):
             by_epoch[row.get("epoch", len(by_epoch))] = row
     return [by_epoch[k] for k in sorted(by_epoch, key=lambda e: (e is None, e))]
+
+
+def metric_tag(key: str) -> str:
+    """The TensorBoard tag of a metrics.jsonl field: losses and accuracies in their own sections.
+
+    Args:
+        key: a field of an epoch's record (``train_loss``, ``test_acc``, ``lr``, ...).
+
+    Returns:
+        e.g. ``loss/train_loss``, ``accuracy/test_acc``, ``lr``.
+    """
+    if key.endswith("_loss"):
+        return f"loss/{key}"
+    if key.endswith("_acc"):
+        return f"accuracy/{key}"
+    return key
+
+
+def metric_scalars(record: dict[str, Any]) -> dict[str, float]:
+    """The curves of one epoch's record: every finite number but the epoch, by tag.
+
+    What ``flatness train --log tensorboard`` writes as scalars and ``flatness plot RUN`` draws.
+
+    Args:
+        record: one line of metrics.jsonl.
+
+    Returns:
+        ``{tag: value}``.
+    """
+    out = {}
+    for key, value in record.items():
+        if key == "epoch" or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if math.isfinite(value):
+            out[metric_tag(key)] = float(value)
+    return out
 
 
 def finished_epochs(run_dir: str) -> int:

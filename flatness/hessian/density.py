@@ -61,7 +61,19 @@ def lanczos_tridiagonal(op, v0: torch.Tensor, steps: int):
 
 
 def slq(op, steps: int = 80, vectors: int = 5, seed: int = 0, progress: bool = False) -> DensityResult:
-    """SLQ nodes and weights from ``vectors`` random (Rademacher, normalised) starting vectors."""
+    """SLQ nodes and weights from ``vectors`` random (Rademacher, normalised) starting vectors.
+
+    Examples:
+        >>> import torch, torch.nn as nn, torch.nn.functional as F
+        >>> x, t = torch.diag(torch.tensor([1.0, 2.0, 3.0])), torch.zeros(3, 1)
+        >>> model = nn.Linear(3, 1, bias=False)  # mean squared error: H = 2/n xᵀx = diag(2/3, 8/3, 6)
+        >>> from flatness import HessianOperator, slq
+        >>> nodes, weights = slq(HessianOperator(model, (x, t), loss_fn=F.mse_loss), steps=3, vectors=2).flat()
+        >>> sorted({round(float(node), 4) for node in nodes})  # 3 steps in 3 dimensions: the eigenvalues
+        [0.6667, 2.6667, 6.0]
+        >>> round(float(weights.sum()), 6)
+        1.0
+    """
     if steps < 1 or vectors < 1:
         raise ValueError("SLQ needs steps >= 1 and vectors >= 1")
     start, hvps0 = time.perf_counter(), op.hvps

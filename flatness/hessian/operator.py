@@ -47,6 +47,19 @@ class HessianOperator:
 
     Attributes: ``dim`` (d), ``dtype``, ``device``, ``names`` (parameter names in vector order),
     ``shapes``, ``hvps`` (how many full-data products were computed; reset it freely).
+
+    Examples:
+        >>> import torch, torch.nn as nn, torch.nn.functional as F
+        >>> x, t = torch.diag(torch.tensor([1.0, 2.0, 3.0])), torch.zeros(3, 1)
+        >>> model = nn.Linear(3, 1, bias=False)  # mean squared error: H = 2/n xᵀx = diag(2/3, 8/3, 6)
+        >>> from flatness import HessianOperator
+        >>> op = HessianOperator(model, (x, t), loss_fn=F.mse_loss)
+        >>> op.dim
+        3
+        >>> torch.allclose(op.matvec(torch.ones(3)), torch.tensor([2 / 3, 8 / 3, 6.0]))
+        True
+        >>> torch.allclose(op.to_dense(), torch.diag(torch.tensor([2 / 3, 8 / 3, 6.0])))
+        True
     """
 
     def __init__(

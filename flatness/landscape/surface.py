@@ -158,6 +158,19 @@ def loss_surface(
         1D or (ny, nx) in 2D with ``[j, i]`` at (x_i, y_j), so ``plt.contour(xs, ys, Z)`` draws it;
         accuracy (a fraction, as ``evaluate`` gives it) likewise, or None where the outputs are not
         class scores; ycoordinates None in 1D; the directions used (dicts state name -> tensor).
+
+    Examples:
+        >>> import torch, torch.nn as nn, torch.nn.functional as F
+        >>> x, t = torch.diag(torch.tensor([1.0, 2.0, 3.0])), torch.zeros(3, 1)
+        >>> model = nn.Linear(3, 1, bias=False)  # mean squared error: H = 2/n xᵀx = diag(2/3, 8/3, 6)
+        >>> from flatness import loss_surface
+        >>> _ = nn.init.zeros_(model.weight)  # the centre: loss 0
+        >>> surface = loss_surface(model, (x, t), xs=[-1.0, 0.0, 1.0], directions=torch.tensor([1.0, 0.0, 0.0]),
+        ...                        loss_fn=F.mse_loss)
+        >>> surface["loss"].round(4).tolist()  # a step of 1 along the first weight: (1 · 1)² / 3
+        [0.3333, 0.0, 0.3333]
+        >>> surface["accuracy"] is None  # regression outputs are not class scores
+        True
     """
     xcoords = axis_coordinates(xs, "x")
     ycoords = axis_coordinates(ys, "y") if ys is not None else None

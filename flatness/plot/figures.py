@@ -7,7 +7,8 @@ Inputs are the project's own files:
   1D files are overlaid on shared axes); 2D -> contour (labelled levels), filled contour, heatmap and
   3D surface, with the PCA trajectory drawn on top when the file holds one;
 * a probe JSON (``flatness probe``): the Hessian spectral density (stochastic Lanczos quadrature) on a
-  log scale, with the top eigenvalues marked.
+  log scale, with the top eigenvalues marked;
+* a run folder (``flatness train``): its training curves from ``metrics.jsonl`` (``plot.training``).
 
 Everything is drawn with matplotlib's Agg canvas (no display, no pyplot state), so it runs on a server
 and in a notebook alike. ``write_vtp`` exports a surface to ParaView's XML PolyData.
@@ -34,6 +35,7 @@ from flatness.plot.loading import file_type, load_probe, load_surface
 from flatness.plot.maps import KINDS_2D, plot_2d
 from flatness.plot.spectra import plot_spectrum
 from flatness.plot.style import FORMATS, VALUES, common_limits, pick_value
+from flatness.plot.training import load_run, plot_training
 from flatness.plot.vtp import write_vtp
 
 
@@ -82,7 +84,7 @@ def plot_files(paths: Sequence[str], settings: PlotSettings | None = None, **opt
     when a figure exists already and ``force`` is off.
 
     Args:
-        paths: surface .h5 and probe .json files.
+        paths: surface .h5 and probe .json files, and run folders.
         settings: the options (default: all defaults).
         **options: ``PlotSettings`` fields overriding ``settings`` (``kinds="contour", force=True``).
 
@@ -91,7 +93,7 @@ def plot_files(paths: Sequence[str], settings: PlotSettings | None = None, **opt
     """
     st = dataclasses.replace(settings or PlotSettings(), **options)
     if not paths:
-        raise FlatnessError("no input files: name surface .h5 or probe .json files")
+        raise FlatnessError("no input files: name surface .h5 or probe .json files, or run folders")
     fmt = st.fmt.lower().lstrip(".")
     if fmt not in FORMATS:
         raise FlatnessError(f"unknown figure format {fmt!r}: use one of {', '.join(FORMATS)}")
@@ -120,10 +122,12 @@ def plot_files(paths: Sequence[str], settings: PlotSettings | None = None, **opt
 
 
 def _load_inputs(paths: Sequence[str]):
-    """The inputs sorted: (1D surfaces, 2D surfaces, probes)."""
-    surfaces_1d, surfaces_2d, probes = [], [], []
+    """The inputs sorted: (1D surfaces, 2D surfaces, probes, runs)."""
+    surfaces_1d, surfaces_2d, probes, runs = [], [], [], []
     for path in paths:
-        if file_type(path) == "surface":
+        if file_type(path) == "run":
+            runs.append(load_run(path))
+        elif file_type(path) == "surface":
             surf = load_surface(path)
             vals = [v for v in VALUES if surf.get(v) is not None]
             if not vals:
@@ -132,10 +136,10 @@ def _load_inputs(paths: Sequence[str]):
             (surfaces_2d if is_2d else surfaces_1d).append(surf)
         else:
             probes.append(load_probe(path))
-    return surfaces_1d, surfaces_2d, probes
+    return surfaces_1d, surfaces_2d, probes, runs
 
 
-def _plan(st: PlotSettings, kind_list: list[str], surfaces_1d, surfaces_2d, probes) -> list[tuple[str, Any]]:
+def _plan(st: PlotSettings, kind_list: list[str], surfaces_1d, surfaces_2d, probes, runs) -> list[tuple[str, Any]]:
     """Every figure to write: (path, draw(path)) pairs, nothing drawn yet."""
     fmt, log, force = st.fmt, st.log, st.force
 
@@ -174,6 +178,11 @@ def _plan(st: PlotSettings, kind_list: list[str], surfaces_1d, surfaces_2d, prob
         planned.append(
             (target(probe["path"], f"-spectrum.{fmt}"), lambda p, q=probe: plot_spectrum([q], p, force=force))
         )
+    for run in runs:  # beside the input is inside the run folder; in --out, named after the run
+        name = os.path.basename(os.path.abspath(run["path"]))
+        where = os.path.join(st.out_dir, f"{name}-training.{fmt}") if st.out_dir else None
+        where = where or os.path.join(run["path"], f"training.{fmt}")
+        planned.append((where, lambda p, r=run: plot_training(r, p, force=force)))
     if st.vtp:
         for surf in surfaces_1d + surfaces_2d:
             planned.append(

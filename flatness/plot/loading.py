@@ -11,11 +11,15 @@ from flatness.core.errors import FlatnessError
 
 
 def file_type(path: str) -> str:
-    """'surface' or 'probe' for a file the plotter understands; a one-line FlatnessError otherwise."""
+    """'surface', 'probe' or 'run' (a run folder) for an input the plotter understands; a one-line error otherwise."""
+    from flatness.formats.checkpoint import METRICS
+
     if not os.path.exists(path):
         raise FlatnessError(f"file not found: {path}")
     if os.path.isdir(path):
-        raise FlatnessError(f"{path} is a folder; name a surface .h5 or a probe .json file")
+        if os.path.isfile(os.path.join(path, METRICS)):
+            return "run"
+        raise FlatnessError(f"{path} is a folder without {METRICS}; name a surface .h5, a probe .json or a run folder")
     ext = os.path.splitext(path)[1].lower()
     if ext in (".h5", ".hdf5"):
         return "surface"

@@ -186,6 +186,16 @@ def measure_sharpness(
         ``ball``, ``c``), solver info (``solver``, ``iterations``, ``loss_evals``,
         ``gradient_evals``, ``error_evals``) and ``seconds``; average-case adds ``stderr``,
         PAC-Bayes ``sigma`` and ``flatness`` (= its ``value``).
+
+    Examples:
+        >>> import torch, torch.nn as nn, torch.nn.functional as F
+        >>> x, t = torch.diag(torch.tensor([1.0, 2.0, 3.0])), torch.zeros(3, 1)
+        >>> model = nn.Linear(3, 1, bias=False)  # mean squared error: H = 2/n xᵀx = diag(2/3, 8/3, 6)
+        >>> from flatness import measure_sharpness
+        >>> _ = nn.init.zeros_(model.weight)  # the minimum: the worst case in the ball is ρ² λ_max / 2
+        >>> (record,) = measure_sharpness(model, (x, t), metrics=["worst_case"], rho=[0.1], loss_fn=F.mse_loss)
+        >>> record["metric"], round(record["value"], 3)  # 0.1² · 6 / 2
+        ('worst_case', 0.03)
     """
     s = settings or SharpnessSettings()
     names = validate_settings(metrics, rho, epsilon, s)

@@ -220,6 +220,18 @@ def measure(
         ``hessian_params``, ``hessian_dim``, ``weight_norm``, ``hessian``, ``trace``, ``density``,
         ``sharpness`` (None where not measured), plus ``eigenvectors`` (with ``save_vectors``),
         ``density_arrays`` and ``sharpness_seconds`` where computed.
+
+    Examples:
+        >>> import torch, torch.nn as nn, torch.nn.functional as F
+        >>> x, t = torch.diag(torch.tensor([1.0, 2.0, 3.0])), torch.zeros(3, 1)
+        >>> model = nn.Linear(3, 1, bias=False)  # mean squared error: H = 2/n xᵀx = diag(2/3, 8/3, 6)
+        >>> from flatness import measure
+        >>> _ = nn.init.zeros_(model.weight)
+        >>> probe = measure(model, (x, t), top_k=2, trace=True, loss_fn=F.mse_loss)
+        >>> probe["loss"], [round(value, 4) for value in probe["hessian"]["eigenvalues"]]
+        (0.0, [6.0, 2.6667])
+        >>> round(probe["trace"]["estimate"], 4)
+        9.3333
     """
     shortcuts = {"top_k": top_k, "trace": trace, "density": density, "sharpness": sharpness}
     s = dataclasses.replace(settings or ProbeSettings(), **{k: v for k, v in shortcuts.items() if v is not None})

@@ -179,13 +179,15 @@ def _measure_cell(task: CellTask) -> dict[str, Any]:
     from flatness.study.probe import ProbeSettings, run_probe
     from flatness.training.config import build_config
     from flatness.training.loop import train
+    from flatness.training.tensorboard_log import epoch_logger
 
     folder = task.folder
     config = build_config(task.train)
     probe_path = os.path.join(folder, PROBE)
     if not os.path.isfile(probe_path):
         resume = os.path.isfile(os.path.join(folder, LAST))
-        train(config, out_dir=folder, resume=resume, progress=False, verbose=False)
+        with epoch_logger(task.extra.get("log"), folder) as on_epoch:  # OUT/cells/NAME/tensorboard
+            train(config, out_dir=folder, resume=resume, progress=False, verbose=False, on_epoch=on_epoch)
         result = run_probe(os.path.join(folder, LAST), ProbeSettings.from_dict(task.probe))
         write_probe(probe_path, result, force=True)
     model, info = load_checkpoint(os.path.join(folder, LAST))

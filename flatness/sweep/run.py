@@ -129,6 +129,7 @@ class SweepSettings:
     device: str = "auto"
     data_dir: str | None = None
     progress: bool = True
+    log: str = "none"  # "tensorboard": each cell's curves in its run folder; `tensorboard --logdir OUT`
 
 
 @dataclass
@@ -173,6 +174,9 @@ def plan(settings: SweepSettings) -> SweepPlan:
 
     s = dataclasses.replace(settings)
     check_engine(s.engine)
+    from flatness.training.tensorboard_log import check_logger
+
+    check_logger(s.log)
     shard = parse_shard(s.shard)
     if s.workers is not None:
         check_count(s.workers, "--workers", maximum=4096)
@@ -262,7 +266,7 @@ def task_for(p: SweepPlan, cell: Cell) -> cellmod.CellTask:
         name=cell.name,
         train=cell_train_options(p.train, cell),
         probe=p.probe,
-        extra={"params": {k: v for k, v in cell.params if k in p.axes}},
+        extra={"params": {k: v for k, v in cell.params if k in p.axes}, "log": p.settings.log},
     )
 
 

@@ -33,6 +33,7 @@ import functools
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,7 +111,12 @@ EVAL_BATCH_SIZE = 500
 
 
 def train(
-    config: TrainConfig, out_dir: str | None = None, resume: bool = False, progress: bool = True, verbose: bool = True
+    config: TrainConfig,
+    out_dir: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    verbose: bool = True,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> str:
     """Train per ``config`` into the run folder ``out_dir``.
 
@@ -124,6 +130,8 @@ def train(
             differ from the stored one only in ``RESUMABLE_CHANGES``).
         progress: show a progress bar per epoch.
         verbose: print a line per epoch.
+        on_epoch: called with each finished epoch's metrics record once it is saved (rank 0 only), e.g.
+            ``flatness.training.tensorboard_log.epoch_logger``'s TensorBoard writer.
 
     Returns:
         ``out_dir``.
@@ -137,11 +145,17 @@ def train(
     # rank 0 writes, so only rank 0 locks (the launcher stops the other ranks when it fails).
     main_rank = not distributed.launched_by_torchrun() or int(os.environ.get("RANK", "0")) == 0
     with locking.exclusive(out_dir, "run folder") if main_rank else contextlib.nullcontext():
-        return _train_locked(config, out_dir, resume, progress, verbose, main_rank)
+        return _train_locked(config, out_dir, resume, progress, verbose, main_rank, on_epoch)
 
 
 def _train_locked(
-    config: TrainConfig, out_dir: str, resume: bool, progress: bool, verbose: bool, main_rank: bool
+    config: TrainConfig,
+    out_dir: str,
+    resume: bool,
+    progress: bool,
+    verbose: bool,
+    main_rank: bool,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> str:
     """Train into ``out_dir`` with its lock held (``train``'s body); returns ``out_dir``.
 
@@ -152,6 +166,7 @@ def _train_locked(
         progress: show a progress bar per epoch (rank 0 only).
         verbose: print a line per epoch (rank 0 only).
         main_rank: this process writes the run folder (not a non-zero torchrun rank).
+        on_epoch: ``train``'s per-epoch hook.
 
     Returns:
         ``out_dir``.
@@ -159,6 +174,7 @@ def _train_locked(
     state, config = prepare_folder(config, out_dir, resume, main_rank)
     run = _build_run(config, out_dir, state, main_rank)
     run.progress, run.verbose = progress and main_rank, verbose and main_rank
+    run.on_epoch = on_epoch if main_rank else None
     start = _start_run(run) if state is None else _restore_run(run, state)
     threads_before = torch.get_num_threads()
     threads = cpu_threads_for(run.model, run.device)
@@ -197,6 +213,7 @@ class _Run:
     step: int = 0
     train_eval: ProbeData | None = None  # the whole training split, when the run has a stop_loss
     stop: dict[str, Any] | None = None  # the stop record once the run has ended (flatness.training.stopping)
+    on_epoch: Callable[[dict[str, Any]], None] | None = None  # train()'s hook, given each saved epoch record
     config_dict: dict[str, Any] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -519,6 +536,8 @@ def _finish_epoch(run: _Run, epoch: int, lr: float, totals: tuple[torch.Tensor, 
         _save(run, os.path.join(run.out_dir, ckpt.snapshot_name(epoch)), epoch, full=False)
     _save(run, run.last_path, epoch, full=True)
     write_metrics(run.out_dir, run.metrics)
+    if run.on_epoch is not None:
+        run.on_epoch(record)
     if run.verbose:
         print(
             f"epoch {epoch:3d}/{config.epochs}  lr {lr:.4g}  train loss {record['train_loss']:.4f} "

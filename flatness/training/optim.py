@@ -119,6 +119,24 @@ class AMP(_Wrapper):
     its own L2 ball of radius ε, as the published code) or ``"global"`` (one L2 ball over all
     parameters of all groups; ε of the first group). ``epsilon`` and ``inner_lr`` are per group.
     Remaining keyword arguments (lr, momentum, nesterov, weight_decay, ...) go to the base optimizer.
+
+    Examples:
+        >>> import torch, torch.nn as nn, torch.nn.functional as F
+        >>> from flatness import AMP
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Linear(3, 2)
+        >>> x, y = torch.randn(32, 3), torch.randint(0, 2, (32,))
+        >>> opt = AMP(model.parameters(), lr=0.1, momentum=0.9, epsilon=0.5, inner_lr=1.0)
+        >>> def closure():  # called 1 + inner_iter times per step: at θ, then at the perturbed weights
+        ...     opt.zero_grad()
+        ...     loss = F.cross_entropy(model(x), y)
+        ...     loss.backward()
+        ...     return loss
+        >>> first = opt.step(closure).item()  # the loss at θ, before the step
+        >>> for _ in range(30):
+        ...     _ = opt.step(closure)
+        >>> F.cross_entropy(model(x), y).item() < first
+        True
     """
 
     def __init__(
@@ -203,6 +221,24 @@ class SAM(_Wrapper):
     Ascend to δ = ρ g/‖g‖ (adaptive: ρ T²g/‖Tg‖, T = diag(|θ|), Kwon et al. 2021), then take the base
     step with ∇L(θ+δ).
     ``rho`` and ``adaptive`` are per group; the gradient norm is over all groups.
+
+    Examples:
+        >>> import torch, torch.nn as nn, torch.nn.functional as F
+        >>> from flatness import SAM
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Linear(3, 2)
+        >>> x, y = torch.randn(32, 3), torch.randint(0, 2, (32,))
+        >>> opt = SAM(model.parameters(), lr=0.1, rho=0.05)
+        >>> def closure():  # called twice per step: at θ and at θ + ρ g / ‖g‖
+        ...     opt.zero_grad()
+        ...     loss = F.cross_entropy(model(x), y)
+        ...     loss.backward()
+        ...     return loss
+        >>> first = opt.step(closure).item()
+        >>> for _ in range(30):
+        ...     _ = opt.step(closure)
+        >>> F.cross_entropy(model(x), y).item() < first
+        True
     """
 
     def __init__(
