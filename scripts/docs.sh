@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Build the documentation site into site/ with warnings as errors (mkdocs.yml; the notebooks are executed),
+# or serve it with --serve (http://127.0.0.1:8000, rebuilt on every change). Extra arguments go to mkdocs.
+# FLATNESS_DOCS_EXECUTE=false skips running the notebooks (faster while editing prose).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh  # the docs tools come with the test extra
+export MPLBACKEND=Agg
+if [ "${1:-}" = "--serve" ]; then
+    shift
+    exec .venv/bin/python -m mkdocs serve --strict "$@"
+fi
+exec .venv/bin/python -m mkdocs build --strict "$@"
