@@ -23,6 +23,11 @@
 # MNIST-1D (Greydanus 2020) is generated offline by its own package: nothing is downloaded.
 
 # %%
+import warnings
+
+# tqdm (flatness's progress bars) tells a kernel without ipywidgets so on import; the bars are off here anyway
+warnings.filterwarnings("ignore", message="IProgress not found")
+
 import json
 import os
 import tempfile

@@ -24,6 +24,11 @@
 # (72 cells, every one trained to the same training loss).
 
 # %%
+import warnings
+
+# tqdm (flatness's progress bars) tells a kernel without ipywidgets so on import; the bars are off here anyway
+warnings.filterwarnings("ignore", message="IProgress not found")
+
 import csv
 import os
 import tempfile

@@ -18,6 +18,11 @@
 # ResNet on a GPU. Definitions of every number: [Measures](../metrics.md).
 
 # %%
+import warnings
+
+# tqdm (flatness's progress bars) tells a kernel without ipywidgets so on import; the bars are off here anyway
+warnings.filterwarnings("ignore", message="IProgress not found")
+
 import io
 
 import numpy as np
