@@ -117,8 +117,11 @@ def test_run_folder_contents(tmp_path):
     rows = [json.loads(line) for line in pathlib.Path(out, ckpt.METRICS).read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     for r in rows:
-        assert set(r) == {"epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"}
+        keys = {"epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "perturbation_norm", "seconds"}
+        assert set(r) == keys
         assert 0 <= r["test_acc"] <= 1
+        # SAM's δ = ρ g/‖g‖ at every step: the epoch's mean ‖δ‖ is ρ
+        assert r["perturbation_norm"] == pytest.approx(small().rho, rel=1e-6)
     assert json.loads(pathlib.Path(out, ckpt.CONFIG).read_text())["method"] == "sam"
     assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
 

@@ -59,7 +59,7 @@ def ref_amp_step(params, x, y, eps, inner_lr, inner_iter, ball):
         else:
             total = float(torch.sqrt(sum((d * d).sum() for d in delta)))
             delta = [d * min(1.0, eps / total) for d in delta]
-    return ref_grad([p + d for p, d in zip(params, delta)], x, y), float(ref_loss(params, x, y))
+    return ref_grad([p + d for p, d in zip(params, delta)], x, y), float(ref_loss(params, x, y)), delta
 
 
 def closure_for(model, opt, x, y, counter=None):
@@ -96,8 +96,10 @@ def test_amp_matches_reference(ball, inner_iter, eps):
         calls = [0]
         loss = opt.step(closure_for(model, opt, x, y, calls))
         assert calls[0] == 1 + inner_iter  # the first inner step reuses g0
-        g, ref_l = ref_amp_step(params, x, y, eps, 0.7, inner_iter, ball)
+        g, ref_l, delta = ref_amp_step(params, x, y, eps, 0.7, inner_iter, ball)
         assert float(loss.detach()) == pytest.approx(ref_l, abs=1e-12)
+        # the step's ‖δ‖ (metrics.jsonl's perturbation_norm), L2 over all parameters
+        assert float(opt.perturbation_norm) == pytest.approx(float(torch.sqrt(sum((d * d).sum() for d in delta))))
         params, bufs = ref_sgd(params, g, bufs)
         for p, q in zip(model.parameters(), params):
             torch.testing.assert_close(p.detach(), q, rtol=1e-10, atol=1e-12)
@@ -132,6 +134,7 @@ def test_sam_matches_definition(adaptive):
         norm = torch.sqrt(sum(((ti * gi) ** 2).sum() for ti, gi in zip(t, g)))
         delta = [rho * ti * ti * gi / norm for ti, gi in zip(t, g)]
         g_adv = ref_grad([p + d for p, d in zip(params, delta)], x, y)
+        assert float(opt.perturbation_norm) == pytest.approx(float(torch.sqrt(sum((d * d).sum() for d in delta))))
         params, bufs = ref_sgd(params, g_adv, bufs)
         for p, q in zip(model.parameters(), params):
             torch.testing.assert_close(p.detach(), q, rtol=1e-9, atol=1e-11)
@@ -174,7 +177,7 @@ def test_grad_clip_applies_to_base_step_only():
     clip = 1e-3
     opt = AMP(model.parameters(), epsilon=0.5, inner_lr=1.0, lr=LR, grad_clip=clip)
     opt.step(closure_for(model, opt, x, y))
-    g, _ = ref_amp_step(params, x, y, 0.5, 1.0, 1, "tensor")  # δ built from unclipped gradients
+    g, _, _ = ref_amp_step(params, x, y, 0.5, 1.0, 1, "tensor")  # δ built from unclipped gradients
     total = float(torch.sqrt(sum((gi**2).sum() for gi in g)))
     expected = [p - LR * gi * (clip / (total + 1e-6)) for p, gi in zip(params, g)]
     for p, q in zip(model.parameters(), expected):

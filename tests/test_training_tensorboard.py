@@ -46,6 +46,7 @@ def test_tensorboard_scalars_equal_metrics_jsonl(logged_run):
     assert [r["epoch"] for r in records] == [1, 2, 3]
     events = event_scalars(logged_run / LOG_FOLDER)
     expected_tags = {"loss/train_loss", "loss/test_loss", "loss/full_train_loss", "accuracy/train_acc", "lr"}
+    expected_tags |= {"perturbation_norm"}  # AMP's mean ‖δ‖ per epoch
     assert expected_tags <= set(events), sorted(events)
     # Every number of every record, and nothing else, at step = epoch (float32: TensorBoard's storage).
     from_jsonl = {}
@@ -78,7 +79,7 @@ def test_plot_run_folder_draws_the_curves_of_metrics_jsonl(logged_run, cli, tmp_
     from flatness.plot.training import curves, load_run
 
     panels = curves(load_run(str(logged_run))["records"])
-    assert set(panels) == {"loss", "accuracy", "lr", "other"}  # other: seconds per epoch
+    assert set(panels) == {"loss", "accuracy", "lr", "other"}  # other: seconds per epoch, AMP's ‖δ‖
     epochs, values = panels["loss"]["loss/full_train_loss"]
     assert epochs == [1, 2, 3] and values == [r["full_train_loss"] for r in read_metrics(logged_run)]
     result = cli(["plot", logged_run, "--out", tmp_path / "figs"])

@@ -214,6 +214,8 @@ class _Run:
     train_eval: ProbeData | None = None  # the whole training split, when the run has a stop_loss
     stop: dict[str, Any] | None = None  # the stop record once the run has ended (flatness.training.stopping)
     on_epoch: Callable[[dict[str, Any]], None] | None = None  # train()'s hook, given each saved epoch record
+    # AMP/SAM: the epoch's sum of ‖δ‖ over its steps (a device tensor: no sync per step) and the steps
+    perturbation: list[Any] = field(default_factory=lambda: [0.0, 0])
     config_dict: dict[str, Any] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -420,6 +422,7 @@ def _train_epoch(run: _Run, engine: _Engine, epoch: int, lr: float) -> tuple[tor
         batches; raises DivergedError at the first step whose loss is not finite (on any rank).
     """
     run.model.train()
+    run.perturbation = [0.0, 0]
     loss_sum = torch.zeros((), dtype=torch.float64)
     correct, seen = 0, 0
     bar = progress_bar(run.progress, len(run.batches), f"epoch {epoch}/{run.config.epochs}", unit="batch")
@@ -474,6 +477,8 @@ def _train_step(
             run.optimizer.step()
     else:
         loss = run.optimizer.step(closure)
+        if run.optimizer.perturbation_norm is not None:
+            run.perturbation = [run.perturbation[0] + run.optimizer.perturbation_norm, run.perturbation[1] + 1]
     run.step += 1
     value = float(loss.detach())
     if engine.world > 1:  # every rank must stop together when any rank's loss is not finite
@@ -527,6 +532,8 @@ def _finish_epoch(run: _Run, epoch: int, lr: float, totals: tuple[torch.Tensor, 
         "test_loss": test_loss,
         "test_acc": test_acc,
         **whole,
+        # AMP/SAM: the mean ‖δ‖ over the epoch's steps (rank 0's: the global batch's unless --local-perturbation)
+        **({"perturbation_norm": float(run.perturbation[0]) / run.perturbation[1]} if run.perturbation[1] else {}),
         "seconds": round(seconds, 3),
     }
     run.metrics.append(record)

@@ -13,6 +13,7 @@ Both wrap a base optimizer (SGD by default) and need a closure, exactly as torch
         return loss
 
     loss = opt.step(closure)      # the loss at θ (the one to log)
+    opt.perturbation_norm         # ‖δ‖ of that step (L2 over all parameters), a 0-d tensor on the device
 
 Definitions: ``docs/metrics.md``. One AMP step costs ``1 + inner_iter`` forward-backward passes
 (the first inner step reuses the gradient at θ), one SAM step costs 2.
@@ -71,6 +72,9 @@ class _Wrapper(torch.optim.Optimizer):
         self._link()
         self.grad_clip = grad_clip
         self.grad_reduce = grad_reduce
+        # ‖δ‖ of the last step, L2 over all parameters; a tensor, so that reading it costs no host sync
+        # (the training loop averages it over an epoch into metrics.jsonl's perturbation_norm).
+        self.perturbation_norm: torch.Tensor | None = None
 
     def _link(self) -> None:
         """One list of groups, one state: the wrapper's and the base optimizer's are the same objects."""
@@ -210,6 +214,7 @@ class AMP(_Wrapper):
             torch._foreach_copy_(params, origin)
             torch._foreach_add_(params, flat)  # θ + δ
         self._call(closure)  # ∇L(θ+δ): the gradient of the base step
+        self.perturbation_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(flat)))
         torch._foreach_copy_(params, origin)
         self._base_step()
         return loss
@@ -279,6 +284,7 @@ class SAM(_Wrapper):
             scaled.append(torch._foreach_mul(grads, torch._foreach_abs(ps)) if group["adaptive"] and ps else grads)
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([t for ts in scaled for t in ts])))
         origin = torch._foreach_mul(flat, 1.0)
+        deltas = []
         for group, ps, ts in zip(self.param_groups, groups, scaled):
             if not ps:
                 continue
@@ -287,6 +293,8 @@ class SAM(_Wrapper):
             if group["adaptive"]:
                 torch._foreach_mul_(delta, torch._foreach_abs(ps))  # ρ T² g / ‖T g‖
             torch._foreach_add_(ps, delta)
+            deltas += delta
+        self.perturbation_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(deltas)))
         self._call(closure)
         torch._foreach_copy_(flat, origin)
         self._base_step()
