@@ -239,8 +239,8 @@ def _ms(values) -> str:
     default="none",
     show_default=True,
     help="tensorboard: also write each epoch's metrics.jsonl record (losses, accuracies, lr, the whole-train "
-    "loss of --stop-loss) as TensorBoard scalars into OUT/tensorboard (needs flatness[tensorboard]); "
-    "`tensorboard --logdir DIR` then shows every run under DIR.",
+    "loss of --stop-loss, AMP/SAM's perturbation norm) as TensorBoard scalars into OUT/tensorboard (needs "
+    "flatness[tensorboard]); `tensorboard --logdir DIR` then shows every run under DIR.",
 )
 def command(out, resume, recipe, progress, nproc, compile_, logger, **options):
     """Train a model with ERM, AMP or SAM and save its checkpoints into a run folder.

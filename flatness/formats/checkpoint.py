@@ -6,7 +6,9 @@ A run folder (``flatness train --out DIR``) holds::
     DIR/init.pt          the initial weights (epoch 0)
     DIR/epoch-NNN.pt     trajectory snapshots (``--save-every``)
     DIR/last.pt          the newest state: weights, optimizer, scheduler, RNG, metrics -> ``--resume``
-    DIR/metrics.jsonl    one JSON object per finished epoch
+    DIR/metrics.jsonl    one JSON object per finished epoch: epoch, lr, train_loss, train_acc, test_loss,
+                         test_acc, full_train_loss/full_train_acc (runs with a stop loss),
+                         perturbation_norm (AMP/SAM: mean ‖δ‖ over the epoch's steps), seconds
 
 A ``.pt`` file is a dict of tensors and plain Python data only, so ``torch.load(path,
 weights_only=True)`` reads it and no code in it can ever run. It is written atomically (temporary

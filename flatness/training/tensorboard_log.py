@@ -1,12 +1,12 @@
 """Training curves in TensorBoard (``flatness train --log tensorboard``, extra ``flatness[tensorboard]``).
 
 Each finished epoch's record of ``metrics.jsonl`` (``flatness.training.loop``: loss and accuracy on the
-training batches and the test split, the learning rate, the whole-training-set loss of ``--stop-loss``,
-the epoch's seconds, and whatever else the record holds) becomes one TensorBoard scalar per numeric
-field, at step = the epoch. The events go to ``RUN/tensorboard/``, so ``tensorboard --logdir DIR`` shows
-every run under DIR side by side: a sweep's cells (``SWEEP/cells/*/``), an experiment's runs, or a
-folder of ``flatness train`` runs. ``flatness plot RUN`` draws the same curves from ``metrics.jsonl``
-without TensorBoard.
+training batches and the test split, the learning rate, the whole-training-set loss of ``--stop-loss``, AMP's
+and SAM's mean perturbation norm, the epoch's seconds, and whatever else the record holds) becomes one
+TensorBoard scalar per numeric field, at step = the epoch. The events go to ``RUN/tensorboard/``, so
+``tensorboard --logdir DIR`` shows every run under DIR side by side: a sweep's cells (``SWEEP/cells/*/``), an
+experiment's runs, or a folder of ``flatness train`` runs. ``flatness plot RUN`` draws the same curves from
+``metrics.jsonl`` without TensorBoard.
 
 TensorBoard stores scalars as float32: an event's value is the metrics.jsonl number rounded to float32.
 """
