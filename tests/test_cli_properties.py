@@ -190,7 +190,7 @@ def invoke(args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def train_stub(config, out_dir, resume, progress, verbose, main_rank):
+def train_stub(config, out_dir, resume, progress, verbose, main_rank, on_epoch=None):
     """Stands in for the training loop: it is reached only with a config that passed every check."""
     import math
 

@@ -145,7 +145,7 @@ def train(
     # rank 0 writes, so only rank 0 locks (the launcher stops the other ranks when it fails).
     main_rank = not distributed.launched_by_torchrun() or int(os.environ.get("RANK", "0")) == 0
     with locking.exclusive(out_dir, "run folder") if main_rank else contextlib.nullcontext():
-        return _train_locked(config, out_dir, resume, progress, verbose, main_rank, on_epoch)
+        return _train_locked(config, out_dir, resume, progress, verbose, main_rank, on_epoch=on_epoch)
 
 
 def _train_locked(
