@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh  # the docs tools come with the test extra
 export MPLBACKEND=Agg
+export NO_MKDOCS_2_WARNING=1  # Material's banner about its successor: not a warning about these docs
 if [ "${1:-}" = "--serve" ]; then
     shift
     exec .venv/bin/python -m mkdocs serve --strict "$@"
