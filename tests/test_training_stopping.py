@@ -168,3 +168,87 @@ def test_training_cost_orders_runs_as_their_passes_and_steps_do():
     slow, fast = TrainConfig(stop_loss=0.01, lr=0.01, epochs=800), TrainConfig(stop_loss=0.01, lr=0.04, epochs=800)
     assert training_cost(slow) == 4 * training_cost(fast) == 100.0
     assert training_cost(TrainConfig(stop_loss=0.01, lr=0.01, batch_size=512, epochs=5)) == training_cost(slow)
+
+
+# --------------------------------------------------------------------------- the stop rule's data
+
+
+class Augmented(torch.utils.data.Dataset):
+    """A training split whose every read is a fresh random augmentation (as a torchvision transform is)."""
+
+    def __init__(self, plain):
+        self.plain = plain
+
+    def __len__(self):
+        return len(self.plain)
+
+    def __getitem__(self, i):
+        x, y = self.plain[i]
+        return x + torch.randn_like(x), y
+
+
+def test_whole_train_loss_is_measured_on_the_split_without_augmentation(monkeypatch):
+    from types import SimpleNamespace
+
+    import flatness.data.datasets as datasets
+
+    plain = torch.utils.data.TensorDataset(torch.arange(10.0).reshape(5, 2), torch.tensor([0, 1, 0, 1, 1]))
+    asked = []
+
+    def fake_get_dataset(name, split, root=None, augment=False, download=False):
+        asked.append((name, split, root, augment))
+        return plain
+
+    monkeypatch.setattr(datasets, "get_dataset", fake_get_dataset)
+    config = SimpleNamespace(stop_loss=0.01, augment=True, dataset="cifar10", data_dir="/somewhere")
+    data = stopping.whole_train_data(config, Augmented(plain), torch.device("cpu"), batch_size=2)
+    assert asked == [("cifar10", "train", "/somewhere", False)]
+    assert [len(y) for _, y in data] == [2, 2, 1]  # every example, in order, in batches of 2
+    assert torch.equal(torch.cat([x for x, _ in data]), plain.tensors[0])
+    assert torch.equal(torch.cat([y for _, y in data]), plain.tensors[1])
+    # a run without augmentation measures the split it trains on; a run without a stop loss measures nothing
+    own = torch.utils.data.TensorDataset(torch.ones(3, 2), torch.tensor([1, 1, 0]))
+    config = SimpleNamespace(stop_loss=0.01, augment=False, dataset="cifar10", data_dir="/somewhere")
+    data = stopping.whole_train_data(config, own, torch.device("cpu"), batch_size=500)
+    assert len(asked) == 1 and torch.equal(data.batches[0][1], own.tensors[1])
+    assert stopping.whole_train_data(SimpleNamespace(stop_loss=None), own, torch.device("cpu"), 500) is None
+
+
+def test_measure_is_the_exact_mean_loss_and_accuracy_over_every_example():
+    from flatness.data.probe_data import ProbeData
+
+    model = torch.nn.Linear(2, 2).double()
+    x = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, -1.0], [-2.0, 1.0], [0.5, 0.5]], dtype=torch.float64)
+    y = torch.tensor([0, 1, 1, 0, 1])
+    data = ProbeData([(x[:2], y[:2]), (x[2:], y[2:])])  # unequal batches: a mean of batch means would differ
+    logits = model(x).detach()
+    out = stopping.measure(model, data)
+    assert out["full_train_loss"] == pytest.approx(float(F.cross_entropy(logits, y)))
+    assert out["full_train_acc"] == pytest.approx(float((logits.argmax(1) == y).double().mean()))
+    assert stopping.measure(model, None) == {}
+
+
+def test_end_record_at_exactly_the_target_and_describe_both_ends():
+    assert stopping.end_record(0.5, 1, 6, 0.5) == {"stop_loss": 0.5, "epoch": 1, "reached": True}
+    assert stopping.end_record(0.5, 7, 6, None) == {"stop_loss": 0.5, "epoch": 7, "reached": False}
+    assert stopping.end_record(0.5, 5, 6, None) is None
+    assert stopping.describe({"stop_loss": 0.01, "epoch": 3, "reached": True}) == (
+        "reached the stop loss 0.01 at epoch 3: stopped"
+    )
+    assert stopping.describe({"stop_loss": 0.01, "epoch": 6, "reached": False}) == (
+        "the cap of 6 epochs came first: the training loss is still above 0.01"
+    )
+    assert stopping.stored_record({"extra": {"stop": {"epoch": 2}}}) == {"epoch": 2}
+    assert stopping.stored_record({"extra": {"stop": "junk"}}) is None
+    assert stopping.stored_record({}) is None
+
+
+@pytest.mark.parametrize("value", [0, -0.1, float("nan"), float("inf"), True, "0.1"])
+def test_check_stop_loss_refuses_all_but_finite_positive_numbers(value):
+    with pytest.raises(FlatnessError, match="stop_loss must be a finite number > 0"):
+        stopping.check_stop_loss(value)
+
+
+def test_check_stop_loss_accepts_none_integers_and_floats():
+    for value in (None, 1, 0.01):
+        stopping.check_stop_loss(value)

@@ -138,7 +138,7 @@ def record_values(rec: RunRecord) -> dict[str, float]:
     on_train = split == "train"
     if on_train and finite_float(p.get("accuracy")) is not None:
         out["probe_acc"] = 100.0 * float(p["accuracy"])
-    if finite_float(p.get("loss")) is not None:
+    if on_train and finite_float(p.get("loss")) is not None:  # the row is the train loss: a test probe's is not
         out["probe_loss"] = float(p["loss"])
     # the gap uses the final weights in eval mode on the training probe data when there is such a probe,
     # else the training log's running mean over the last epoch

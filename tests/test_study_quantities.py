@@ -1,0 +1,119 @@
+"""Every number of one run (study/quantities.py) against values worked out by hand, with the probe's and
+the training log's train accuracy and loss DIFFERENT, so that a swapped source or subtraction shows."""
+
+import pytest
+
+from flatness.study.quantities import probe_values, quantities_for, record_values, sharpness_key, sharpness_unit
+from flatness.study.runs import RunRecord
+
+FIRST = {"epoch": 1, "train_acc": 0.5, "test_acc": 0.4, "train_loss": 2.0, "test_loss": 2.5}
+LAST = {"epoch": 2, "train_acc": 0.9, "test_acc": 0.8, "train_loss": 0.3, "test_loss": 0.7}
+TRAIN_PROBE = {"data": {"split": "train"}, "accuracy": 0.97, "loss": 0.1}
+
+
+def record(epochs=(FIRST, LAST), probe=None):
+    return RunRecord(source="run", method="erm", seed=0, epochs=list(epochs), probe=probe)
+
+
+def test_gaps_use_the_train_probe_in_eval_mode_and_the_last_epochs_test_numbers():
+    out = record(probe=TRAIN_PROBE | {"hessian": {"eigenvalues": [3.0]}})
+    values = record_values(out)
+    assert values["test_acc"] == pytest.approx(80.0)
+    assert values["train_acc"] == pytest.approx(90.0)  # the log's, kept as its own row
+    assert values["probe_acc"] == pytest.approx(97.0)
+    assert values["probe_loss"] == pytest.approx(0.1)
+    assert values["gap_acc"] == pytest.approx(97.0 - 80.0)  # probe train accuracy − test accuracy, in pp
+    assert values["gap_loss"] == pytest.approx(0.7 - 0.1)  # test loss − probe train loss, in nats
+    assert values["lambda_1"] == 3.0
+
+
+def test_gaps_fall_back_to_the_logged_train_numbers_without_a_train_probe():
+    values = record_values(record())
+    assert values["gap_acc"] == pytest.approx(90.0 - 80.0)
+    assert values["gap_loss"] == pytest.approx(0.7 - 0.3)
+    assert "probe_acc" not in values and "probe_loss" not in values
+    # a probe made on the test split is no train measurement: the gaps keep the logged train numbers
+    test_probe = {"data": {"split": "test"}, "accuracy": 0.6, "loss": 1.5}
+    values = record_values(record(probe=test_probe))
+    assert values["gap_acc"] == pytest.approx(90.0 - 80.0)
+    assert values["gap_loss"] == pytest.approx(0.7 - 0.3)
+    assert values["test_acc"] == pytest.approx(80.0)  # the log's test accuracy comes first
+    # nor is its loss the "train loss (probe)" row (it was, before this test)
+    assert "probe_acc" not in values and "probe_loss" not in values
+
+
+def test_test_accuracy_from_a_test_probe_only_without_a_log():
+    test_probe = {"data": {"split": "test"}, "accuracy": 0.6, "loss": 1.5}
+    assert record_values(record(epochs=(), probe=test_probe)) == {"test_acc": pytest.approx(60.0)}
+    train_only = record_values(record(epochs=(), probe=TRAIN_PROBE))
+    assert train_only == {"probe_acc": pytest.approx(97.0), "probe_loss": 0.1}  # no test number: no gap
+
+
+def test_missing_or_non_finite_numbers_leave_their_quantities_out():
+    last = {"epoch": 2, "train_acc": float("nan"), "test_acc": 0.8, "train_loss": None, "test_loss": 0.7}
+    values = record_values(record(epochs=(last,), probe={"data": {"split": "train"}, "accuracy": "n/a", "loss": None}))
+    assert values == {"test_acc": pytest.approx(80.0)}
+    last = {"epoch": 2, "train_acc": 0.9, "test_acc": 0.8, "train_loss": 0.3, "test_loss": float("inf")}
+    values = record_values(record(epochs=(last,)))
+    assert "gap_loss" not in values and values["gap_acc"] == pytest.approx(10.0)
+
+
+def test_probe_values_take_five_eigenvalues_the_trace_and_each_sharpness_radius():
+    probe = {
+        "hessian": {"eigenvalues": [9.0, 7.0, float("nan"), 4.0, 3.0, 2.0]},
+        "trace": {"estimate": 40.0},
+        "sharpness": [
+            {"metric": "worst_l2", "rho": 0.05, "value": 0.2},
+            {"metric": "worst_l2", "rho": 0.1, "value": 0.5},
+            {"metric": "adaptive_worst", "rho": 0.5, "p": "inf", "value": 0.7},
+            {"metric": "keskar", "epsilon": 0.001, "p": 2, "value": 1.5},
+            {"metric": "avg", "rho": 0.05, "value": None},
+        ],
+    }
+    assert probe_values(probe) == {
+        "lambda_1": 9.0,
+        "lambda_2": 7.0,
+        "lambda_4": 4.0,
+        "lambda_5": 3.0,
+        "trace": 40.0,
+        "sharp:worst_l2 ρ=0.05": 0.2,
+        "sharp:worst_l2 ρ=0.1": 0.5,
+        "sharp:adaptive_worst ρ=0.5 p=inf": 0.7,
+        "sharp:keskar ε=0.001": 1.5,
+    }
+    assert probe_values({"trace": {"estimate": "nan"}, "hessian": {}}) == {}
+
+
+def test_sharpness_names_and_units():
+    assert sharpness_key({"metric": "worst_l2", "rho": 0.05, "p": 2}) == "worst_l2 ρ=0.05 p=2"
+    assert sharpness_key({"metric": "avg", "rho": "big", "p": 2}) == "avg ρ=big"
+    assert sharpness_key({}) == "sharpness"
+    assert sharpness_unit("PAC_bayes")[0] == "1/σ²"
+    assert sharpness_unit("keskar") == sharpness_unit("eps_sharpness")
+    assert sharpness_unit("keskar")[0] == "%"
+    assert "Gaussian" in sharpness_unit("Average")[1]
+    assert "|θ|" in sharpness_unit("adaptive_worst")[1]
+    assert sharpness_unit("worst_l2") == ("nats", "max of L(θ+δ) − L(θ) over the ball, projected gradient ascent")
+
+
+def test_quantities_for_lists_the_rows_present_in_a_fixed_order():
+    a = RunRecord(source="a", method="erm", values={"gap_acc": 1.0, "test_acc": 2.0, "lambda_2": 1.0, "trace": 3.0})
+    b = RunRecord(
+        source="b",
+        method="amp",
+        probe={"sharpness": [{"metric": "keskar", "epsilon": 0.001, "value": 1.0}]},
+        values={"lambda_1": 5.0, "sharp:keskar ε=0.001": 1.0},
+    )
+    rows = quantities_for([a, b])
+    assert [q.key for q in rows] == ["test_acc", "gap_acc", "lambda_1", "lambda_2", "trace", "sharp:keskar ε=0.001"]
+    flat = {q.key: q.flatness for q in rows}
+    assert flat == {
+        "test_acc": False,
+        "gap_acc": False,
+        "lambda_1": True,
+        "lambda_2": True,
+        "trace": True,
+        "sharp:keskar ε=0.001": True,
+    }
+    assert [q.label for q in rows[2:4]] == ["λmax", "λ2"]
+    assert rows[-1].unit == "%" and all(q.better == "lower" for q in rows[1:])

@@ -1,0 +1,139 @@
+"""The statistics a comparison prints (study/significance.py) against hand values and independent
+formulas: mean ± std with missing values, Welch's t from its definition, zero variance in one group only,
+the direction words, and Holm's families with the generalisation-gap rows present."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from flatness.generalization.correlation import holm
+from flatness.study.quantities import Quantity
+from flatness.study.significance import add_holm, direction, holm_family, mean_std, versus_baseline, welch
+
+
+def welch_by_hand(a, b):
+    """Welch's t of mean(b) − mean(a), its Welch–Satterthwaite degrees of freedom and the two-sided p."""
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    t = (np.mean(b) - np.mean(a)) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return t, 2 * stats.t.sf(abs(t), df)
+
+
+def test_mean_std_leaves_out_missing_and_non_finite_values():
+    mean, std, n = mean_std([2.0, None, 4.0, float("nan"), 9.0, float("inf")])
+    assert (mean, std, n) == (pytest.approx(5.0), pytest.approx(math.sqrt(13.0)), 3)  # ddof=1: (9+1+16)/2
+    assert mean_std([3.5]) == (3.5, None, 1)
+    assert mean_std([None, float("-inf")]) == (None, None, 0)
+
+
+def test_welch_t_and_p_equal_the_textbook_formula_on_unequal_variances_and_sizes():
+    a, b = [1.0, 2.0, 3.0], [4.0, 6.0, 8.0, 13.0]
+    t, p = welch_by_hand(a, b)
+    out = welch(a, b)
+    assert (out["t"], out["p"], out["note"]) == (pytest.approx(t), pytest.approx(p), "")
+    assert out["t"] > 0  # b's mean is the larger: the sign says mean(b) − mean(a)
+    assert welch(b, a)["t"] == pytest.approx(-t)
+
+
+def test_welch_with_zero_variance_in_one_group_only_is_a_test_and_in_both_is_none():
+    a, b = [5.0, 5.0, 5.0], [5.5, 6.5, 7.0]  # a is constant, b is not: Welch's test is defined
+    t, p = welch_by_hand(a, b)
+    out = welch(a, b)
+    assert (out["t"], out["p"]) == (pytest.approx(t), pytest.approx(p))
+    assert welch(b, a)["p"] == pytest.approx(p)
+    both = welch([5.0, 5.0, 5.0], [7.0, 7.0])
+    assert both == {"t": None, "p": None, "note": "zero variance in both groups"}
+    # equal up to rounding counts as constant, relative to the values' size
+    assert welch([1e6, 1e6 + 1e-7, 1e6], [2e6, 2e6, 2e6 - 1e-7])["note"] == "zero variance in both groups"
+    assert welch([1.0, 1.0 + 1e-9], [2.0, 2.0])["p"] is not None
+
+
+def test_welch_needs_two_finite_values_per_group():
+    for a, b in (([1.0, None, float("nan")], [1.0, 2.0, 3.0]), ([1.0, 2.0], [3.0, float("inf")])):
+        assert welch(a, b) == {"t": None, "p": None, "note": "needs ≥ 2 seeds per method"}
+    t, p = welch_by_hand([1.0, 2.0], [3.0, 5.0])
+    assert welch([1.0, None, 2.0], [3.0, float("nan"), 5.0])["p"] == pytest.approx(p)
+
+
+LAMBDA = Quantity("lambda_1", "λmax", "", "", "lower", True)
+LOSS = Quantity("probe_loss", "train loss (probe)", "nats", "", "lower")
+ACC = Quantity("test_acc", "test accuracy", "%", "", "higher")
+
+
+@pytest.mark.parametrize(
+    "quantity, diff, word",
+    [
+        (LAMBDA, -0.5, "flatter"),
+        (LAMBDA, 0.5, "sharper"),
+        (LOSS, -0.5, "better"),
+        (LOSS, 0.5, "worse"),
+        (ACC, 0.5, "better"),
+        (ACC, -0.5, "worse"),
+        (ACC, 0.0, None),
+        (LAMBDA, None, None),
+    ],
+)
+def test_direction_words_follow_which_way_is_better(quantity, diff, word):
+    assert direction(quantity, diff) == word
+
+
+def test_versus_baseline_is_the_methods_mean_minus_the_baselines_with_welch_of_their_values():
+    base = {"mean": 2.0, "values": [1.0, 2.0, 3.0]}
+    other = {"mean": 7.0, "values": [4.0, 6.0, 11.0]}
+    out = versus_baseline(LAMBDA, base, other)
+    t, p = welch_by_hand(base["values"], other["values"])
+    assert out == {
+        "diff": pytest.approx(5.0),
+        "t": pytest.approx(t),
+        "p": pytest.approx(p),
+        "note": "",
+        "direction": "sharper",
+    }
+    assert versus_baseline(LAMBDA, {"mean": None, "values": []}, other)["diff"] is None
+    assert versus_baseline(LAMBDA, base, {"mean": None, "values": []})["direction"] is None
+
+
+def family_rows():
+    """Rows as compare builds them, with hand-set raw p-values for two compared methods (amp, sam)."""
+    raw = {  # key: (flatness, p of amp, p of sam)
+        "test_acc": (False, 0.03, 0.2),
+        "train_acc": (False, 0.01, 0.5),
+        "probe_acc": (False, None, 0.04),
+        "gap_acc": (False, 0.04, 0.01),
+        "gap_loss": (False, 0.03, 0.3),
+        "lambda_1": (True, 0.02, 0.6),
+        "trace": (True, 0.5, 0.001),
+    }
+    return [{"key": k, "flatness": f, "versus": {"amp": {"p": pa}, "sam": {"p": ps}}} for k, (f, pa, ps) in raw.items()]
+
+
+def test_holm_families_with_the_gap_rows_present():
+    rows = family_rows()
+    by = {r["key"]: r for r in rows}
+    assert [holm_family(by[k]) for k in by] == ["generalisation"] + ["descriptive"] * 4 + ["flatness"] * 2
+    add_holm(rows, ["amp", "sam"])
+    adjusted = {m: {k: by[k]["versus"][m]["p_holm"] for k in by} for m in ("amp", "sam")}
+    # amp. test accuracy alone: unadjusted. Descriptive (p present: train 0.01, gap_acc 0.04, gap_loss 0.03):
+    # 3 x 0.01 = 0.03; 2 x 0.03 = 0.06; 1 x 0.04 -> running max 0.06. Flatness: 2 x 0.02 = 0.04; 0.5.
+    assert adjusted["amp"] == {
+        "test_acc": pytest.approx(0.03),
+        "train_acc": pytest.approx(0.03),
+        "probe_acc": None,
+        "gap_acc": pytest.approx(0.06),
+        "gap_loss": pytest.approx(0.06),
+        "lambda_1": pytest.approx(0.04),
+        "trace": pytest.approx(0.5),
+    }
+    # sam: descriptive 0.5, 0.04, 0.01, 0.3 -> 4 x 0.01 = 0.04; 3 x 0.04 = 0.12; 2 x 0.3 = 0.6; 1 x 0.5 -> 0.6
+    assert adjusted["sam"] == {
+        "test_acc": pytest.approx(0.2),
+        "train_acc": pytest.approx(0.6),
+        "probe_acc": pytest.approx(0.12),
+        "gap_acc": pytest.approx(0.04),
+        "gap_loss": pytest.approx(0.6),
+        "lambda_1": pytest.approx(0.6),
+        "trace": pytest.approx(0.002),
+    }
+    assert adjusted["sam"]["gap_acc"] == pytest.approx(holm([0.5, 0.04, 0.01, 0.3])[2])
