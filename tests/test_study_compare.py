@@ -207,3 +207,49 @@ def test_direction_words_and_method_order_of_the_split_modules():
     assert sorted_methods(["zeta", "sam", "erm", "alpha", "amp", "erm"]) == ["erm", "amp", "sam", "alpha", "zeta"]
     # every name compare.py re-exports from the modules it was split into still resolves
     assert all(hasattr(compare_module, name) for name in compare_module.__all__)
+
+
+def test_compare_rows_against_hand_means_and_welch_for_three_methods_and_another_baseline():
+    from flatness.study.compare import RunRecord
+
+    lam = {"erm": [10.0, 14.0, 9.0], "amp": [4.0, 5.0, 9.0], "sam": [7.0]}
+    acc = {"erm": [90.0, 91.0, 95.0], "amp": [93.0, 93.5, 92.0], "sam": [94.0, 96.0]}
+    records = []
+    for method in ("sam", "amp", "erm"):  # given out of the tables' order
+        for seed, a in enumerate(acc[method]):
+            values = {"test_acc": a}
+            if seed < len(lam[method]):
+                values["lambda_1"] = lam[method][seed]
+            records.append(RunRecord(source=f"{method}{seed}", method=method, seed=seed, values=values))
+    comp = compare(records)
+    assert comp["methods"] == ["erm", "amp", "sam"] and comp["others"] == ["amp", "sam"]
+    lam_row, acc_row = row(comp, "lambda_1"), row(comp, "test_acc")
+    assert lam_row["methods"]["erm"] == {
+        "mean": 11.0,
+        "std": pytest.approx(np.sqrt(7.0)),
+        "n": 3,
+        "values": [10.0, 14.0, 9.0],
+    }
+    assert lam_row["methods"]["sam"] == {"mean": 7.0, "std": None, "n": 1, "values": [7.0]}
+    amp = lam_row["versus"]["amp"]
+    ref = stats.ttest_ind(lam["amp"], lam["erm"], equal_var=False)
+    assert (amp["diff"], amp["t"], amp["p"]) == (
+        pytest.approx(6.0 - 11.0),
+        pytest.approx(ref.statistic),
+        pytest.approx(ref.pvalue),
+    )
+    assert amp["direction"] == "flatter"
+    sam = lam_row["versus"]["sam"]
+    assert sam["diff"] == pytest.approx(-4.0) and sam["p"] is None and sam["p_holm"] is None
+    # test accuracy: sam's two seeds against erm's three; better is higher
+    ref = stats.ttest_ind(acc["sam"], acc["erm"], equal_var=False)
+    assert acc_row["versus"]["sam"]["p"] == pytest.approx(ref.pvalue)
+    assert acc_row["versus"]["sam"]["diff"] == pytest.approx(95.0 - 92.0)
+    assert acc_row["versus"]["sam"]["direction"] == "better"
+    # another baseline: every difference is taken against it
+    by_amp = compare(records, baseline="amp")
+    assert by_amp["baseline"] == "amp" and by_amp["others"] == ["erm", "sam"]
+    assert row(by_amp, "lambda_1")["versus"]["erm"]["diff"] == pytest.approx(5.0)
+    assert row(by_amp, "lambda_1")["versus"]["erm"]["direction"] == "sharper"
+    none = compare(records, baseline="newton")
+    assert none["baseline"] is None and none["others"] == [] and row(none, "lambda_1")["versus"] == {}
