@@ -8,7 +8,8 @@
 # pyproject.toml whose [tool.mutmut] section mutates that one module and selects its tests), so that each
 # mutant runs only the fast unit tests of its module (mutmut further narrows them to the tests that call the
 # mutated function): one mutant costs about a second. MUTATION_WORKERS (default 1: the machine is shared)
-# sets mutmut's --max-children. Needs the "mutation" extra: pip install -e '.[mutation]'.
+# sets mutmut's --max-children; MUTATION_REPORT_ONLY=1 prints the report of the last runs without running.
+# Needs the "mutation" extra: pip install -e '.[mutation]'.
 #
 # The report: per module, the mutants generated, killed, survived (of which judged equivalent: listed with
 # the reason in scripts/mutation_equivalent.txt) and the kill rate over the non-equivalent ones; then every
@@ -25,14 +26,16 @@ equivalent="$root/scripts/mutation_equivalent.txt"
 
 holm_tests="tests/test_generalization.py::test_comparison_adds_holm_adjusted_p_values_beside_the_raw_ones"
 holm_tests+=" tests/test_generalization.py::test_holm_families_flatness_measures_test_accuracy_alone_and_the_rest"
+compare_tests="tests/test_study_compare.py::test_compare_rows_against_hand_means_and_welch_for_three_methods_and_another_baseline"
 grid_tests="tests/test_sweep.py::test_grid_expansion_applies_method_keys_to_their_method_only"
 grid_tests+=" tests/test_sweep.py::test_bad_grid_is_one_line_and_starts_nothing"
+# (a few tests of other files, FILE::TEST; the rest of test_study_compare.py writes run folders and figures)
 # name | files to mutate (globs under flatness/) | the unit test files it runs (missing ones are skipped)
 modules=(
     "correlation|flatness/generalization/correlation.py|tests/test_generalization.py tests/test_generalization_correlation.py"
     "baselines|flatness/generalization/baselines.py|tests/test_generalization_baselines.py"
-    "significance|flatness/study/significance.py|tests/test_study_significance.py tests/test_study_compare.py $holm_tests"
-    "quantities|flatness/study/quantities.py|tests/test_study_quantities.py tests/test_study_compare.py"
+    "significance|flatness/study/significance.py|tests/test_study_significance.py $compare_tests $holm_tests"
+    "quantities|flatness/study/quantities.py|tests/test_study_quantities.py $compare_tests"
     "stopping|flatness/training/stopping.py|tests/test_training_stopping.py"
     "grid|flatness/sweep/grid.py|tests/test_sweep_grid.py $grid_tests"
     "study|flatness/study/compare.py flatness/study/tables.py flatness/study/runs.py|tests/test_study_compare.py tests/test_study_quantities.py tests/test_study_significance.py"
@@ -78,7 +81,7 @@ EOF
 selected=("$@")
 for entry in "${modules[@]}"; do
     IFS="|" read -r name files tests <<<"$entry"
-    if [ ${#selected[@]} -eq 0 ] || [[ " ${selected[*]} " == *" $name "* ]]; then
+    if [ -z "${MUTATION_REPORT_ONLY:-}" ] && { [ ${#selected[@]} -eq 0 ] || [[ " ${selected[*]} " == *" $name "* ]]; }; then
         run_module "$name" "$files" "$tests"
     fi
 done

@@ -228,6 +228,25 @@ def test_measure_is_the_exact_mean_loss_and_accuracy_over_every_example():
     assert stopping.measure(model, None) == {}
 
 
+def test_measure_takes_rank_zeros_numbers_when_distributed(monkeypatch):
+    from flatness.core.evaluation import evaluate
+    from flatness.data.probe_data import ProbeData
+
+    sent = []
+
+    def rank_zero(obj, src=0):  # stands for torch.distributed: every rank gets rank 0's pair
+        sent.append((obj, src))
+        return (0.25, 0.5)
+
+    monkeypatch.setattr(stopping.distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(stopping.distributed, "broadcast_object", rank_zero)
+    model = torch.nn.Linear(2, 2)
+    data = ProbeData([(torch.ones(3, 2), torch.tensor([0, 1, 1]))])
+    assert stopping.measure(model, data) == {"full_train_loss": 0.25, "full_train_acc": 0.5}
+    ((pair, src),) = sent  # this rank's own measurement went out, from rank 0
+    assert src == 0 and pair == pytest.approx(evaluate(model, data))
+
+
 def test_end_record_at_exactly_the_target_and_describe_both_ends():
     assert stopping.end_record(0.5, 1, 6, 0.5) == {"stop_loss": 0.5, "epoch": 1, "reached": True}
     assert stopping.end_record(0.5, 7, 6, None) == {"stop_loss": 0.5, "epoch": 7, "reached": False}
