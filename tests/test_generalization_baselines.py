@@ -152,3 +152,40 @@ def test_baseline_measures_of_a_hand_set_net_and_its_init():
     sigma = [np.linalg.svd(m.weight.detach().numpy(), compute_uv=False)[0] for m in (net[0], net[2])]
     assert out["log_spectral_product"] == pytest.approx(float(np.log(sigma).sum()))
     assert baseline_measures(net, None, (x, y))["distance_from_init"] is None
+
+
+def test_path_norm_of_a_zero_net_is_zero_and_of_an_overflowing_one_is_none():
+    zero = hand_set_mlp()
+    with torch.no_grad():
+        for p in zero.parameters():
+            p.zero_()
+    assert path_norm(zero, torch.zeros(1, 2, dtype=torch.float64)) == 0.0
+    small = hand_set_mlp()
+    with torch.no_grad():
+        for p in small.parameters():
+            p.mul_(0.01)  # every path product shrinks by 1e-8: a sum well below 1
+    assert path_norm(small, torch.zeros(1, 2, dtype=torch.float64)) == pytest.approx(math.sqrt(path_sum(small)))
+    huge = hand_set_mlp()
+    with torch.no_grad():
+        huge[0].weight.mul_(1e160)  # its square overflows float64: no number rather than inf
+    assert path_norm(huge, torch.zeros(1, 2, dtype=torch.float64)) is None
+
+
+class TwoInputs(nn.Module):
+    """A classifier of an (a, b) pair of tensors; its one leaf is a Linear, within the path norm's layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(2, 3)
+
+    def forward(self, a, b):
+        return self.linear(a + b)
+
+
+def test_baselines_of_a_model_with_tuple_inputs_have_no_path_norm():
+    model = TwoInputs()
+    x = (torch.randn(4, 2), torch.randn(4, 2))
+    out = baseline_measures(model, None, (x, torch.tensor([0, 1, 2, 1])))
+    assert out["path_norm"] is None and out["distance_from_init"] is None
+    sigma = np.linalg.svd(model.linear.weight.detach().double().numpy(), compute_uv=False)[0]
+    assert out["log_spectral_product"] == pytest.approx(math.log(sigma))  # float64, as the measure computes it

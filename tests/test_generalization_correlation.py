@@ -129,7 +129,9 @@ def test_varied_axes_keeps_the_candidates_with_two_values_and_never_the_seed():
 def correlate_cells():
     cells = []
     for i, (x, y) in enumerate(zip(X, Y)):
-        cells.append({"a": i % 5, "seed": i // 5, "gap": y, "m": x, "neg": -x + 0.3 * y, "flat": 1.0, "gone": None})
+        cells.append(
+            {"a": i % 5, "seed": i // 5, "gap": y, "m": x, "neg": -x + 0.3 * y, "sq": x * x, "flat": 1.0, "gone": None}
+        )
     cells[3]["neg"] = float("nan")  # a non-finite value leaves that cell out of that measure only
     cells[4]["m"] = None
     cells.append({"a": 9, "seed": 2, "gap": float("inf"), "m": 9.0, "neg": 9.0, "flat": 1.0})  # no target
@@ -138,23 +140,23 @@ def correlate_cells():
 
 def test_correlate_table_intervals_and_their_multiplicity_adjustment_against_hand_references():
     cells = correlate_cells()
-    rows = {r["measure"]: r for r in correlate_table(cells, ["a"], ["m", "neg", "flat", "gone"], "gap", 300, 5)}
-    tested = 2  # "flat" (constant) and "gone" (missing) have no p-value: they are not in the family
+    measures = ["m", "neg", "sq", "flat", "gone"]
+    rows = {r["measure"]: r for r in correlate_table(cells, ["a"], measures, "gap", 300, 5)}
+    tested = 3  # "flat" (constant) and "gone" (missing) have no p-value: they are not in the family
     level = 1 - 0.05 / tested
-    for name in ("m", "neg"):
+    for name in ("m", "neg", "sq"):
         pairs = [(c[name], c["gap"]) for c in cells[:10] if c[name] is not None and math.isfinite(c[name])]
         xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
         row = rows[name]
-        assert row["n"] == 9
+        assert row["n"] == 9 + (name == "sq")
         tau, p = stats.kendalltau(xs, ys)
         assert (row["kendall_tau"], row["p_value"]) == (pytest.approx(tau), pytest.approx(p))
         assert row["tau_ci"] == pytest.approx(tau_reference(xs, ys, 300, 5, 0.95))
         assert row["tau_ci_adjusted"] == pytest.approx(tau_reference(xs, ys, 300, 5, level))
         low, high = row["tau_ci"]
         assert row["tau_ci_adjusted"][0] < low < tau < high < row["tau_ci_adjusted"][1]  # wider, both ends
-    assert [rows[m]["p_holm"] for m in ("m", "neg")] == pytest.approx(
-        holm([rows["m"]["p_value"], rows["neg"]["p_value"]])
-    )
+    family = ("m", "neg", "sq")
+    assert [rows[m]["p_holm"] for m in family] == pytest.approx(holm([rows[m]["p_value"] for m in family]))
     for name in ("flat", "gone"):
         assert rows[name]["kendall_tau"] is None and rows[name]["tau_ci"] is None
         assert rows[name]["tau_ci_adjusted"] is None and rows[name]["psi_ci"] is None and rows[name]["p_holm"] is None

@@ -3,7 +3,15 @@ the training log's train accuracy and loss DIFFERENT, so that a swapped source o
 
 import pytest
 
-from flatness.study.quantities import probe_values, quantities_for, record_values, sharpness_key, sharpness_unit
+from flatness.study.quantities import (
+    BASE_QUANTITIES,
+    Quantity,
+    probe_values,
+    quantities_for,
+    record_values,
+    sharpness_key,
+    sharpness_unit,
+)
 from flatness.study.runs import RunRecord
 
 FIRST = {"epoch": 1, "train_acc": 0.5, "test_acc": 0.4, "train_loss": 2.0, "test_loss": 2.5}
@@ -86,34 +94,41 @@ def test_probe_values_take_five_eigenvalues_the_trace_and_each_sharpness_radius(
 
 def test_sharpness_names_and_units():
     assert sharpness_key({"metric": "worst_l2", "rho": 0.05, "p": 2}) == "worst_l2 ρ=0.05 p=2"
+    assert sharpness_key({"metric": "keskar", "epsilon": 1e-4, "rho": 2}) == "keskar ρ=2 ε=0.0001"
     assert sharpness_key({"metric": "avg", "rho": "big", "p": 2}) == "avg ρ=big"
     assert sharpness_key({}) == "sharpness"
-    assert sharpness_unit("PAC_bayes")[0] == "1/σ²"
-    assert sharpness_unit("keskar") == sharpness_unit("eps_sharpness")
-    assert sharpness_unit("keskar")[0] == "%"
-    assert "Gaussian" in sharpness_unit("Average")[1]
-    assert "|θ|" in sharpness_unit("adaptive_worst")[1]
+    box = "ε-sharpness: 100·(max over the box of L(θ+y) − L(θ))/(1+L(θ))"
+    assert sharpness_unit("PAC_bayes") == ("1/σ²", "PAC-Bayes flatness 1/σ*² (bisection on σ with Monte-Carlo draws)")
+    assert sharpness_unit("Keskar") == sharpness_unit("eps_sharpness") == ("%", box)
+    assert sharpness_unit("Average") == sharpness_unit("avg") == ("nats", "mean of L(θ+δ) − L(θ) over Gaussian draws")
+    assert sharpness_unit("adaptive_worst") == (
+        "nats",
+        "max of L(θ+δ) − L(θ) over ‖δ/|θ|‖_p ≤ ρ, projected gradient ascent",
+    )
     assert sharpness_unit("worst_l2") == ("nats", "max of L(θ+δ) − L(θ) over the ball, projected gradient ascent")
 
 
 def test_quantities_for_lists_the_rows_present_in_a_fixed_order():
-    a = RunRecord(source="a", method="erm", values={"gap_acc": 1.0, "test_acc": 2.0, "lambda_2": 1.0, "trace": 3.0})
+    keskar = {"metric": "keskar", "epsilon": 0.001, "value": 1.0}
+    worst = {"metric": "worst_l2", "rho": 0.1, "p": 2, "value": None}  # no value: no row
+    a = RunRecord(
+        source="a",
+        method="erm",
+        probe={"sharpness": [keskar, worst]},
+        values={"gap_acc": 1.0, "test_acc": 2.0, "lambda_2": 1.0, "trace": 3.0, "lambda_6": 0.5},
+    )
     b = RunRecord(
-        source="b",
-        method="amp",
-        probe={"sharpness": [{"metric": "keskar", "epsilon": 0.001, "value": 1.0}]},
-        values={"lambda_1": 5.0, "sharp:keskar ε=0.001": 1.0},
+        source="b", method="amp", probe={"sharpness": [keskar]}, values={"lambda_1": 5.0, "sharp:keskar ε=0.001": 1.0}
     )
     rows = quantities_for([a, b])
-    assert [q.key for q in rows] == ["test_acc", "gap_acc", "lambda_1", "lambda_2", "trace", "sharp:keskar ε=0.001"]
-    flat = {q.key: q.flatness for q in rows}
-    assert flat == {
-        "test_acc": False,
-        "gap_acc": False,
-        "lambda_1": True,
-        "lambda_2": True,
-        "trace": True,
-        "sharp:keskar ε=0.001": True,
-    }
-    assert [q.label for q in rows[2:4]] == ["λmax", "λ2"]
-    assert rows[-1].unit == "%" and all(q.better == "lower" for q in rows[1:])
+    by = {q.key: q for q in BASE_QUANTITIES}
+    assert rows == [
+        by["test_acc"],
+        by["gap_acc"],
+        Quantity("lambda_1", "λmax", "", "Hessian eigenvalue #1 of the probe loss", "lower", True),
+        Quantity("lambda_2", "λ2", "", "Hessian eigenvalue #2 of the probe loss", "lower", True),
+        Quantity("trace", "Hessian trace", "", "Hutchinson estimate over Rademacher vectors", "lower", True),
+        Quantity("sharp:keskar ε=0.001", "keskar ε=0.001", "%", sharpness_unit("keskar")[1], "lower", True),
+    ]
+    assert [q.better for q in BASE_QUANTITIES] == ["higher", "higher", "higher", "lower", "lower", "lower"]
+    assert not any(q.flatness for q in BASE_QUANTITIES)

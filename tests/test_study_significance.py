@@ -25,6 +25,7 @@ def test_mean_std_leaves_out_missing_and_non_finite_values():
     mean, std, n = mean_std([2.0, None, 4.0, float("nan"), 9.0, float("inf")])
     assert (mean, std, n) == (pytest.approx(5.0), pytest.approx(math.sqrt(13.0)), 3)  # ddof=1: (9+1+16)/2
     assert mean_std([3.5]) == (3.5, None, 1)
+    assert mean_std([1.0, 4.0]) == (2.5, pytest.approx(math.sqrt(4.5)), 2)  # two values have a std
     assert mean_std([None, float("-inf")]) == (None, None, 0)
 
 
@@ -137,3 +138,17 @@ def test_holm_families_with_the_gap_rows_present():
         "trace": pytest.approx(0.002),
     }
     assert adjusted["sam"]["gap_acc"] == pytest.approx(holm([0.5, 0.04, 0.01, 0.3])[2])
+
+
+def test_welch_constant_means_spread_at_most_1e_12_of_the_values_size():
+    # exactly at the threshold (1e-12 x max(1, |values|)) counts as constant, on either side
+    assert welch([0.0, 1e-12], [0.0, 0.0])["note"] == "zero variance in both groups"
+    assert welch([0.0, 0.0], [0.0, 1e-12])["note"] == "zero variance in both groups"
+    # just above it, with values below 1 in size, it is a test (the scale is never below 1)
+    assert welch([1.0, 1.0 + 1.5e-12], [1.0, 1.0])["note"] == ""
+    assert welch([2.0, 2.0], [1.0, 1.0 + 1e-9])["p"] == pytest.approx(welch_by_hand([2.0, 2.0], [1.0, 1.0 + 1e-9])[1])
+
+
+def test_welch_never_reports_a_non_finite_statistic():
+    # the mean of these overflows: there is no t, rather than a NaN presented as one
+    assert welch([1.7e308, 1.79e308], [1.0, 2.0]) == {"t": None, "p": None, "note": ""}
