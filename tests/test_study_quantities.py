@@ -96,6 +96,7 @@ def test_sharpness_names_and_units():
     assert sharpness_key({"metric": "worst_l2", "rho": 0.05, "p": 2}) == "worst_l2 ρ=0.05 p=2"
     assert sharpness_key({"metric": "keskar", "epsilon": 1e-4, "rho": 2}) == "keskar ρ=2 ε=0.0001"
     assert sharpness_key({"metric": "avg", "rho": "big", "p": 2}) == "avg ρ=big"
+    assert sharpness_key({"metric": "avg", "rho": 1.0}) == "avg ρ=1"  # numbers in their shortest form
     assert sharpness_key({}) == "sharpness"
     box = "ε-sharpness: 100·(max over the box of L(θ+y) − L(θ))/(1+L(θ))"
     assert sharpness_unit("PAC_bayes") == ("1/σ²", "PAC-Bayes flatness 1/σ*² (bisection on σ with Monte-Carlo draws)")
@@ -115,7 +116,7 @@ def test_quantities_for_lists_the_rows_present_in_a_fixed_order():
         source="a",
         method="erm",
         probe={"sharpness": [keskar, worst]},
-        values={"gap_acc": 1.0, "test_acc": 2.0, "lambda_2": 1.0, "trace": 3.0, "lambda_6": 0.5},
+        values={"gap_acc": 1.0, "test_acc": 2.0, "lambda_2": 1.0, "trace": 3.0, "lambda_0": 0.1, "lambda_6": 0.5},
     )
     b = RunRecord(
         source="b", method="amp", probe={"sharpness": [keskar]}, values={"lambda_1": 5.0, "sharp:keskar ε=0.001": 1.0}

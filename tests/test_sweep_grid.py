@@ -77,6 +77,7 @@ def test_values_are_read_by_their_keys_type():
         ("nesterov=maybe", "grid key nesterov takes true or false, got 'maybe'"),
         ("epochs=2.5", "grid key epochs takes integers, got '2.5'"),
         ("lr=fast", "grid key lr takes numbers, got 'fast'"),
+        ("lr=0.1=0.2", "grid key lr takes numbers, got '0.1=0.2'"),  # split at the first "="
         ("lr=nan", "grid key lr takes finite numbers, got 'nan'"),
         ("rho=inf", "grid key rho takes finite numbers, got 'inf'"),
     ],
@@ -100,3 +101,9 @@ def test_seeds_from_text_or_a_list():
         with pytest.raises(FlatnessError) as err:
             parse_seeds(text)
         assert str(err.value).startswith(message)
+
+
+def test_no_seeds_is_an_empty_grid():
+    with pytest.raises(FlatnessError) as err:
+        expand(parse_grid("lr=0.1"), [])
+    assert str(err.value) == "the grid is empty: nothing to run"
