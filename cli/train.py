@@ -278,7 +278,7 @@ def command(out, resume, recipe, progress, nproc, compile_, logger, **options):
         config = build_config(explicit, recipe)
     out = out or default_out_dir(config)
     with epoch_logger(logger, out) as on_epoch:
-        out_dir = train(config, out_dir=out, resume=resume, progress=progress, on_epoch=on_epoch)
+        out_dir = train(config, out_dir=out, resume=resume, progress=progress, verbose=True, on_epoch=on_epoch)
     if distributed.is_main():
         click.echo(f"Saved run to {out_dir}")
 

@@ -117,7 +117,7 @@ def test_sharpness_hook(monkeypatch, digits_mlp_checkpoint):
 
     calls = {}
 
-    def fake(model, data, metrics, rho, epsilon, loss_fn, settings):
+    def fake(model, data, metrics, rho, epsilon, loss_fn, settings, output_fn=None):
         calls.update(metrics=metrics, rho=rho, epsilon=epsilon, settings=settings, n=data.n, training=model.training)
         return [{"metric": m, "value": 0.5} for m in metrics]
 

@@ -9,23 +9,30 @@ own mode afterwards (a model may mix train- and eval-mode modules on purpose).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from flatness.core.losses import (
+    LossFn,
+    accuracy_defined,
+    check_loss_value,
+    default_loss,
+    resolve_loss,
+    upcast_half,
+)
+from flatness.core.measured import model_float_dtype, unwrap_compiled
 from flatness.core.params import flatten, unflatten
-from flatness.data.batches import forward
+from flatness.data.batches import OutputFn, forward
 from flatness.data.convert import as_probe_data
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-
-def default_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of one batch: the loss every routine uses unless given another."""
-    return F.cross_entropy(outputs, targets)
+def probe_for(model: nn.Module, data: Any, batch_size: int | None = None):
+    """``data`` as probe batches on the model's device, floating tensors in the model's dtype."""
+    return as_probe_data(data, batch_size=batch_size, device=model_device(model), dtype=model_float_dtype(model))
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -55,24 +62,26 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = True
 
 
-def _is_classification(outputs: torch.Tensor, targets: torch.Tensor) -> bool:
-    """Accuracy is defined for class scores [B, C] against integer labels [B]."""
-    return outputs.dim() == 2 and targets.dim() == 1 and not targets.is_floating_point() and not targets.is_complex()
-
-
 @torch.inference_mode()  # like no_grad, minus version counting: ~5% faster forwards on small CPU models
-def evaluate(model: nn.Module, data: Any, loss_fn: LossFn | None = None) -> tuple[float, float | None]:
+def evaluate(
+    model: nn.Module, data: Any, loss_fn: LossFn | str | None = None, output_fn: OutputFn | None = None
+) -> tuple[float, float | None]:
     """Mean loss and accuracy over every example of ``data``, in eval mode.
 
     Args:
-        model: any ``nn.Module``; its modes are restored afterwards.
-        data: a ``ProbeData``, a DataLoader or iterable of ``(inputs, targets)`` batches, an
-            ``(x, y)`` pair of tensors or a Dataset (``flatness.data.convert.as_probe_data``).
-        loss_fn: ``loss_fn(outputs, targets)`` -> the batch's mean loss; cross-entropy by default.
+        model: any ``nn.Module`` (a compiled one is run through its original module); its modes are
+            restored afterwards.
+        data: a ``ProbeData``, a DataLoader or iterable of ``(inputs, targets)`` batches (or Hugging
+            Face dicts with ``"labels"``), an ``(x, y)`` pair of tensors or a Dataset
+            (``flatness.data.convert.as_probe_data``); floating tensors are cast to the model's dtype.
+        loss_fn: ``loss_fn(outputs, targets)`` -> the batch's mean loss, or a name of
+            ``flatness.core.losses.LOSS_NAMES``; cross-entropy by default.
+        output_fn: what of the model's output the loss sees (``flatness.data.batches.model_output``).
 
     Returns:
         ``(loss, accuracy)``: the exact mean loss over all n examples, and the fraction of
-        examples whose largest output is the label (``None`` where the outputs are not class scores).
+        examples whose largest output is the label (``None`` unless the loss is a classification
+        loss on class scores: ``flatness.core.losses.accuracy_defined``).
 
     Examples:
         >>> import torch, torch.nn as nn
@@ -84,19 +93,20 @@ def evaluate(model: nn.Module, data: Any, loss_fn: LossFn | None = None) -> tupl
         >>> round(loss, 4), accuracy  # argmax of equal logits is class 0: half the labels
         (0.6931, 0.5)
     """
-    data = as_probe_data(data, device=model_device(model))
-    device = data.device
+    model = unwrap_compiled(model)
+    loss_fn = resolve_loss(loss_fn)
+    data = probe_for(model, data)
     # Accumulate on the device (no sync per batch); float64 so the order of summation hardly matters.
-    totals = torch.zeros(2, dtype=torch.float64, device=device)  # [loss sum, correct count]
+    totals = torch.zeros(2, dtype=torch.float64, device=data.device)  # [loss sum, correct count]
     classification = True
     with eval_mode(model):
         for x, y in data:
-            outputs = forward(model, x)
-            if loss_fn is None:  # the sum itself, not n_b times a rounded mean: exact as before
-                totals[0] += F.cross_entropy(outputs.float(), y, reduction="sum").double()
+            outputs = forward(model, x, output_fn)
+            if loss_fn is default_loss:  # the sum itself, not n_b times a rounded mean: exact as before
+                totals[0] += F.cross_entropy(upcast_half(outputs), y, reduction="sum").double()
             else:
-                totals[0] += loss_fn(outputs, y).double() * y.shape[0]
-            classification = classification and _is_classification(outputs, y)
+                totals[0] += check_loss_value(loss_fn(outputs, y), loss_fn).double() * y.shape[0]
+            classification = classification and accuracy_defined(outputs, y, loss_fn)
             if classification:
                 totals[1] += (outputs.argmax(1) == y).sum().double()
     data.reduce_sum_(totals)
@@ -105,7 +115,11 @@ def evaluate(model: nn.Module, data: Any, loss_fn: LossFn | None = None) -> tupl
 
 
 def full_gradient(
-    model: nn.Module, data: Any, params: Sequence[torch.Tensor], loss_fn: LossFn | None = None
+    model: nn.Module,
+    data: Any,
+    params: Sequence[torch.Tensor],
+    loss_fn: LossFn | str | None = None,
+    output_fn: OutputFn | None = None,
 ) -> tuple[float, list[torch.Tensor]]:
     """Mean loss and its gradient with respect to ``params`` over all of ``data``.
 
@@ -116,17 +130,19 @@ def full_gradient(
         model: the model; ``params`` are (some of) its parameters.
         data: any accepted data form (see ``evaluate``).
         params: the tensors to differentiate with respect to.
-        loss_fn: ``loss_fn(outputs, targets)`` -> batch mean loss; cross-entropy by default.
+        loss_fn: ``loss_fn(outputs, targets)`` -> batch mean loss (or a loss name); cross-entropy by default.
+        output_fn: what of the model's output the loss sees (``flatness.data.batches.model_output``).
 
     Returns:
         ``(loss, gradients)``, the gradients shaped like ``params``.
     """
-    data = as_probe_data(data, device=model_device(model))
-    loss_fn = loss_fn or default_loss
+    model = unwrap_compiled(model)
+    data = probe_for(model, data)
+    loss_fn = resolve_loss(loss_fn)
     grads = [torch.zeros_like(p) for p in params]
     loss_total = 0.0
     for w, (x, y) in zip(data.weights(), data):
-        loss = loss_fn(forward(model, x), y) * w
+        loss = check_loss_value(loss_fn(forward(model, x, output_fn), y), loss_fn) * w
         for g, gi in zip(grads, torch.autograd.grad(loss, params, allow_unused=True)):
             if gi is not None:
                 g.add_(gi)

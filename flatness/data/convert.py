@@ -2,7 +2,10 @@
 
 Accepted: a ``ProbeData``; a ``DataLoader`` or any iterable of ``(inputs, targets)`` batches; an
 ``(x, y)`` pair of tensors (``x`` may also be a tuple or dict of tensors); a map-style ``Dataset``
-of ``(inputs, target)`` examples. The batches are read once, in order, and kept: every later loss,
+of ``(inputs, target)`` examples. Wherever a batch (or the whole data, or an example) is an
+``(inputs, targets)`` pair it may also be a dict with a ``"labels"`` entry, the Hugging Face form: the
+labels are the targets and the other entries the model's keyword inputs
+(``flatness.data.batches.split_batch``). The batches are read once, in order, and kept: every later loss,
 HVP and surface point sees exactly the same examples, each batch weighted by n_b / n, so the
 measured loss is the exact mean over all n examples even when the last batch is short.
 """
@@ -16,16 +19,18 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from flatness.core.errors import FlatnessError
-from flatness.data.batches import is_inputs
+from flatness.data.batches import is_inputs, split_batch
 from flatness.data.probe_data import DEFAULT_BATCH_SIZE, ProbeData
 
 ACCEPTED = (
-    "a ProbeData, a DataLoader or other iterable of (inputs, targets) batches, "
+    "a ProbeData, a DataLoader or other iterable of (inputs, targets) batches (or dicts with 'labels'), "
     "an (x, y) pair of tensors, or a Dataset of (input, target) examples"
 )
 
 
-def as_probe_data(data: Any, batch_size: int | None = None, device: torch.device | None = None) -> ProbeData:
+def as_probe_data(
+    data: Any, batch_size: int | None = None, device: torch.device | None = None, dtype: torch.dtype | None = None
+) -> ProbeData:
     """``data`` as a ``ProbeData`` on ``device`` (default: where it is).
 
     Args:
@@ -33,6 +38,8 @@ def as_probe_data(data: Any, batch_size: int | None = None, device: torch.device
         batch_size: batch size for an ``(x, y)`` pair or a ``Dataset`` (default 500); batches that
             come already made (a DataLoader, a list of batches) are kept as they are.
         device: where the batches should live, usually the model's device.
+        dtype: the floating dtype of every floating tensor (usually the model's,
+            ``flatness.core.measured.model_float_dtype``); integer tensors (token ids, labels) keep theirs.
 
     Returns:
         The probe data; a ``ProbeData`` already on ``device`` is returned as is (no copy).
@@ -42,6 +49,7 @@ def as_probe_data(data: Any, batch_size: int | None = None, device: torch.device
     """
     if batch_size is not None and batch_size < 1:
         raise FlatnessError(f"batch size must be >= 1, got {batch_size}")
+    data = split_batch(data)  # the whole data as one Hugging Face dict {..., "labels": y}
     if isinstance(data, ProbeData):
         probe = data
     elif _is_pair(data):
@@ -54,8 +62,10 @@ def as_probe_data(data: Any, batch_size: int | None = None, device: torch.device
         probe = _read_batches(data)
     else:
         raise FlatnessError(f"cannot measure on data of type {type(data).__name__}; pass {ACCEPTED}")
-    if device is not None and probe.device != torch.device(device):
-        probe = probe.to(device)
+    if device is None:
+        device = probe.device
+    if probe.needs_move(device, dtype):
+        probe = probe.to(device, dtype)
     return probe
 
 
@@ -108,6 +118,7 @@ def _read_batches(batches: Any) -> ProbeData:
 def _from_batches(batches: Any) -> ProbeData:
     out = []
     for index, batch in enumerate(batches):
+        batch = split_batch(batch)
         if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and is_inputs(batch[0])):
             raise FlatnessError(f"batch {index} is not an (inputs, targets) pair of tensors; pass {ACCEPTED}")
         inputs, targets = batch

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from flatness.core.errors import FlatnessError
-from flatness.data.batches import map_tensors, move_to
+from flatness.data.batches import map_tensors, move_to, split_batch
 from flatness.data.datasets import get_dataset
 
 Batch = tuple[Any, torch.Tensor]  # (inputs: a tensor, or a tuple/dict of tensors; targets)
@@ -74,7 +74,8 @@ class ProbeData:
             raise FlatnessError(f"batch size must be >= 1, got {batch_size}")
         count = len(dataset) if samples is None else min(samples, len(dataset))
         loader = DataLoader(Subset(dataset, range(count)), batch_size=batch_size, shuffle=False)
-        return cls([(x.to(device), y.to(device)) for x, y in loader])
+        batches = [split_batch(batch) for batch in loader]  # (x, y), or a dict with "labels"
+        return cls([(move_to(x, device), y.to(device)) for x, y in batches])
 
     def __iter__(self) -> Iterator[Batch]:
         return iter(self.batches)
@@ -91,9 +92,28 @@ class ProbeData:
         """Where the batches live (the first batch's targets; a shard without batches: the CPU)."""
         return self.batches[0][1].device if self.batches else torch.device("cpu")
 
-    def to(self, device: torch.device) -> ProbeData:
-        """The same batches on ``device`` (``n`` and sharding kept)."""
-        return ProbeData([(move_to(x, device), y.to(device)) for x, y in self.batches], self.n, self.sharded)
+    def to(self, device: torch.device, dtype: torch.dtype | None = None) -> ProbeData:
+        """The same batches on ``device`` (``n`` and sharding kept).
+
+        Args:
+            device: where the batches go.
+            dtype: a floating dtype for every floating tensor (inputs and targets: the model's
+                dtype); integer tensors (token ids, labels) keep theirs. None: dtypes kept.
+        """
+        return ProbeData(
+            [(move_to(x, device, dtype), move_to(y, device, dtype)) for x, y in self.batches], self.n, self.sharded
+        )
+
+    def needs_move(self, device: torch.device, dtype: torch.dtype | None = None) -> bool:
+        """Whether ``to(device, dtype)`` would change anything."""
+        if self.device != torch.device(device):
+            return True
+        if dtype is None:
+            return False
+        mismatched: list[bool] = []
+        for x, y in self.batches:
+            map_tensors((x, y), lambda t: mismatched.append(t.is_floating_point() and t.dtype != dtype) or t)
+        return any(mismatched)
 
     def map_inputs(self, fn) -> ProbeData:
         """The same batches with ``fn`` applied to every input tensor (targets unchanged)."""

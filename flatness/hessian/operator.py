@@ -14,6 +14,11 @@ Two ways to compute a product:
 * ``"forward-over-reverse"``: ``torch.func.jvp(torch.func.grad(loss))`` through ``functional_call``.
 
 Both are exact and agree to rounding; the choice is only speed (see benchmarks/README.md, "hessian").
+
+Every product runs inside ``flatness.core.attention.exact_attention`` (PyTorch's math attention backend),
+so models with ``scaled_dot_product_attention`` (transformers) have exact HVPs with no user code. A
+``torch.compile``d model is measured through its original module, a float16/bfloat16 model on a float32
+copy (``flatness.core.measured.second_order_model``; the copy is ``op.model``, and ``op.note`` says so).
 """
 
 from __future__ import annotations
@@ -24,10 +29,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from flatness.core.evaluation import LossFn, default_loss, eval_mode, model_device
-from flatness.core.params import flatten, named_trainable, unflatten
-from flatness.data.batches import forward
-from flatness.data.convert import as_probe_data
+from flatness.core.attention import exact_attention
+from flatness.core.evaluation import eval_mode, probe_for
+from flatness.core.losses import LossFn, check_loss_value, resolve_loss
+from flatness.core.measured import second_order_model
+from flatness.core.params import flatten, named_trainable, select_params, unflatten
+from flatness.data.batches import OutputFn, call_model, model_output
 
 BACKENDS = ("double-backward", "forward-over-reverse")
 DEFAULT_BACKEND = "double-backward"
@@ -66,10 +73,11 @@ class HessianOperator:
         self,
         model: nn.Module,
         data: Any,
-        loss_fn: LossFn | None = None,
-        params: Iterable[str] | None = None,
+        loss_fn: LossFn | str | None = None,
+        params: str | Iterable[str] | None = None,
         backend: str = DEFAULT_BACKEND,
         cache_graph: bool | None = None,
+        output_fn: OutputFn | None = None,
     ):
         """The operator of ``model``'s mean loss over ``data``.
 
@@ -77,21 +85,27 @@ class HessianOperator:
             model: any ``nn.Module``; put in eval mode for each product, its modes restored after.
             data: any form ``flatness.data.convert.as_probe_data`` accepts (a DataLoader, a list of
                 batches, an ``(x, y)`` pair, a Dataset, a ``ProbeData``); read once, kept.
-            loss_fn: ``loss_fn(outputs, targets)`` -> the batch's mean loss; cross-entropy by default.
-            params: names of the trainable parameters to restrict to (default: all of them).
+            loss_fn: ``loss_fn(outputs, targets)`` -> the batch's mean loss, or a loss name
+                (``flatness.core.losses.LOSS_NAMES``); cross-entropy by default.
+            params: the trainable parameters to restrict to: shell globs such as ``"layer4.*"``
+                (``flatness.core.params.select_params``; a string is one pattern, or several
+                separated by commas), default all of them.
             backend: ``"double-backward"`` or ``"forward-over-reverse"``.
             cache_graph: keep a single batch's gradient graph between products (default: when
                 there is one batch and the backend is double-backward).
+            output_fn: what of the model's output the loss sees (``flatness.data.batches.model_output``).
         """
         if backend not in BACKENDS:
             raise ValueError(f"unknown HVP backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        pairs = named_trainable(model, params)
+        self.loss_fn = resolve_loss(loss_fn)
+        model, self.note = second_order_model(model)
+        pairs = named_trainable(model, None if params is None else select_params(model, params))
         if not pairs:
             raise ValueError("no trainable parameters to take the Hessian over")
-        data = as_probe_data(data, device=model_device(model))
+        data = probe_for(model, data)
         self.model = model
         self.data = data
-        self.loss_fn = loss_fn or default_loss
+        self.output_fn = output_fn
         self.backend = backend
         self.names: list[str] = [n for n, _ in pairs]
         self.params: list[nn.Parameter] = [p for _, p in pairs]
@@ -115,8 +129,11 @@ class HessianOperator:
         # a parameter the loss does not reach has no second derivative: its rows of H are zero
         return flatten([t if t is not None else torch.zeros_like(p) for t, p in zip(tensors, self.params)])
 
+    def _loss(self, outputs, y) -> torch.Tensor:
+        return check_loss_value(self.loss_fn(model_output(outputs, self.output_fn), y), self.loss_fn)
+
     def _batch_grads(self, x, y):
-        loss = self.loss_fn(forward(self.model, x), y)
+        loss = self._loss(call_model(self.model, x), y)
         return torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
 
     # ------------------------------------------------------------------ products
@@ -149,7 +166,7 @@ class HessianOperator:
             args, kwargs = _call_args(x)
 
             def loss_of(p, args=args, kwargs=kwargs, y=y):
-                return self.loss_fn(functional_call(self.model, p, args, kwargs, strict=False), y)
+                return self._loss(functional_call(self.model, p, args, kwargs, strict=False), y)
 
             _, hv = jvp(grad(loss_of), (primals,), (tangents,))
             out.add_(flatten([hv[n] for n in self.names]), alpha=w)
@@ -165,7 +182,7 @@ class HessianOperator:
             H v, a 1-D tensor in the parameters' dtype and device.
         """
         vs = self.split(v)
-        with eval_mode(self.model):
+        with eval_mode(self.model), exact_attention():
             if self.backend == "double-backward":
                 out = self._hvp_double_backward(vs)
             else:

@@ -104,11 +104,15 @@ class SurfaceSettings:
     device: str = "auto"
     resume: bool = False
     force: bool = False
-    progress: bool = True
+    progress: bool = False
     data_dir: str | None = None
     download: bool = False
     precision: str = "fp32"
     channels_last: bool = False
+    # the loss (a callable or a name of flatness.core.losses.LOSS_NAMES; None: cross-entropy) and what of
+    # the model's output it sees (flatness.data.batches.model_output; None: the default rule)
+    loss_fn: Any = None
+    output_fn: Any = None
     # --model/--model-args/--dataset of the command line (flatness.sources.loading.ModelSource); None:
     # the model and dataset the checkpoint records
     source: Any = None
@@ -405,7 +409,9 @@ def _make_directions(job: _Job):
         return result.directions[:count], {"explained_variance_ratio": list(result.explained_variance_ratio)}, pca
     from flatness.landscape.directions import eigen_directions
 
-    result = eigen_directions(job.model, job.load_train(in_layout=False), k=count, seed=s.seed)
+    result = eigen_directions(
+        job.model, job.load_train(in_layout=False), k=count, seed=s.seed, loss_fn=s.loss_fn, output_fn=s.output_fn
+    )
     return result.directions, {"eigenvalues": list(result.eigenvalues)}, None
 
 
@@ -463,8 +469,10 @@ def _run_grid(
         job.model,
         setter,
         [job.data[sp] for sp in job.splits],
+        loss_fn=job.settings.loss_fn,
         recalibration=job.recal_batches,
         precision=job.settings.precision,
+        output_fn=job.settings.output_fn,
     )
 
     def save(elapsed: float) -> None:

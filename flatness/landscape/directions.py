@@ -156,15 +156,27 @@ class EigenDirections:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+# Seven parameters: the Hessian's (model, data, loss_fn, output_fn) and Lanczos's (k, seed, tol, max_iter).
 def eigen_directions(
-    model: nn.Module, data, k: int = 2, seed: int = 0, tol: float = 1e-4, max_iter: int = 100
+    model: nn.Module,
+    data,
+    k: int = 2,
+    seed: int = 0,
+    tol: float = 1e-4,
+    max_iter: int = 100,
+    loss_fn=None,
+    output_fn=None,
 ) -> EigenDirections:
-    """The top-``k`` Hessian eigenvectors of the loss over ``data`` (Lanczos), as unit directions."""
+    """The top-``k`` Hessian eigenvectors of the loss over ``data`` (Lanczos), as unit directions.
+
+    ``loss_fn`` and ``output_fn`` are those of ``flatness.hessian.HessianOperator`` (cross-entropy and
+    the model's tensor / first element / ``logits`` by default).
+    """
     try:
         from flatness.hessian import HessianOperator, lanczos  # written alongside; imported lazily
     except ImportError as err:  # pragma: no cover - only while flatness.hessian is missing
         raise FlatnessError(f"eigen directions need flatness.hessian, which is not available ({err})") from None
-    op = HessianOperator(model, data)
+    op = HessianOperator(model, data, loss_fn, output_fn=output_fn)
     result = lanczos(op, k, which="largest", tol=tol, max_iter=max_iter, seed=seed)
     vectors = torch.as_tensor(result.eigenvectors)
     if vectors.dim() == 1:

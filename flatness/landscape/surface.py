@@ -20,9 +20,11 @@ import torch
 import torch.nn as nn
 
 from flatness.core.errors import FlatnessError
-from flatness.core.evaluation import LossFn, evaluate, model_device
+from flatness.core.evaluation import evaluate, model_device, probe_for
+from flatness.core.losses import LossFn, resolve_loss
+from flatness.core.measured import unwrap_compiled
 from flatness.core.validation import check_seed
-from flatness.data.convert import as_probe_data
+from flatness.data.batches import OutputFn
 from flatness.data.probe_data import ProbeData
 from flatness.landscape.directions import as_directions, random_directions
 from flatness.landscape.grid import MAX_GRID_POINTS, axis_coordinates
@@ -42,6 +44,7 @@ class PointEvaluator:
         recalibration: batches to re-estimate BatchNorm statistics on at every point, or None
             (running statistics as stored).
         precision: ``"fp32"``, or ``"bf16"`` (bfloat16 autocast, ~3 significant digits of loss).
+        output_fn: what of the model's output the loss sees (``flatness.data.batches.model_output``).
     """
 
     def __init__(
@@ -49,14 +52,16 @@ class PointEvaluator:
         model: nn.Module,
         setter: WeightSetter,
         data: Sequence[ProbeData],
-        loss_fn: LossFn | None = None,
+        loss_fn: LossFn | str | None = None,
         recalibration: ProbeData | None = None,
         precision: str = "fp32",
+        output_fn: OutputFn | None = None,
     ):
         if precision not in PRECISIONS:
             raise FlatnessError(f"unknown --precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
         self.model, self.setter, self.data = model, setter, list(data)
-        self.loss_fn, self.recalibration, self.precision = loss_fn, recalibration, precision
+        self.loss_fn, self.recalibration, self.precision = resolve_loss(loss_fn), recalibration, precision
+        self.output_fn = output_fn
         self.device_type = model_device(model).type
 
     def __call__(self, coefficients: Sequence[float]) -> list[tuple[float, float | None]]:
@@ -78,7 +83,7 @@ class PointEvaluator:
         )
         with autocast:
             # exactly `evaluate` (one sync per call), so the centre equals the model's plain numbers
-            return [evaluate(self.model, d, self.loss_fn) for d in self.data]
+            return [evaluate(self.model, d, self.loss_fn, self.output_fn) for d in self.data]
 
 
 def surface_directions(
@@ -127,12 +132,13 @@ def loss_surface(
     ys: Any = None,
     directions: Any = "random",
     seed: int = 0,
-    loss_fn: LossFn | None = None,
+    loss_fn: LossFn | str | None = None,
     *,
     norm: str = "filter",
     ignore: str = "biasbn",
     orthogonal: bool = False,
     recalibrate_on: Any = None,
+    output_fn: OutputFn | None = None,
 ) -> dict[str, Any]:
     """Loss (and accuracy) on a 1D or 2D grid around the model's weights, in memory.
 
@@ -152,6 +158,7 @@ def loss_surface(
         ignore: what random directions do to biases and BatchNorm weights (biasbn: zero, none: copy).
         orthogonal: make the second random direction orthogonal to the first.
         recalibrate_on: data to re-estimate BatchNorm statistics on at every point, or None.
+        output_fn: what of the model's output the loss sees (``flatness.data.batches.model_output``).
 
     Returns:
         ``{"loss", "accuracy", "xcoordinates", "ycoordinates", "directions"}``: loss shaped (nx,) in
@@ -177,12 +184,12 @@ def loss_surface(
     ny = 1 if ycoords is None else len(ycoords)
     if len(xcoords) * ny > MAX_GRID_POINTS:
         raise FlatnessError(f"the grid has {len(xcoords) * ny} points; at most {MAX_GRID_POINTS} are allowed")
-    device = model_device(model)
-    probe = as_probe_data(data, device=device)
-    recal = as_probe_data(recalibrate_on, device=device) if recalibrate_on is not None else None
+    model = unwrap_compiled(model)
+    probe = probe_for(model, data)
+    recal = probe_for(model, recalibrate_on) if recalibrate_on is not None else None
     dirs = surface_directions(model, directions, 1 if ycoords is None else 2, seed, norm, ignore, orthogonal)
     setter = WeightSetter(model, dirs)
-    evaluate_point = PointEvaluator(model, setter, [probe], loss_fn, recal)
+    evaluate_point = PointEvaluator(model, setter, [probe], loss_fn, recal, output_fn=output_fn)
     loss = np.full((ny, len(xcoords)), np.nan)
     acc = np.full_like(loss, np.nan)
     has_accuracy = True

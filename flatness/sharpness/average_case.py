@@ -17,6 +17,7 @@ import torch.nn as nn
 from flatness.core.errors import FlatnessError
 from flatness.core.evaluation import LossFn, eval_mode
 from flatness.core.progress import progress_bar
+from flatness.data.batches import OutputFn
 from flatness.sharpness.oracle import DEFAULTS, LossOracle, counts_record, draw_seed, oracle_for, standard_normal
 
 
@@ -31,7 +32,8 @@ def average_case_sharpness(
     seed: int = 0,
     progress: bool = False,
     oracle: LossOracle | None = None,
-    loss_fn: LossFn | None = None,
+    loss_fn: LossFn | str | None = None,
+    output_fn: OutputFn | None = None,
 ) -> dict[str, object]:
     """E over δ ~ N(0, ρ² diag(c²)) of L(θ+δ) − L(θ), c = |θ| if adaptive else 1.
 
@@ -48,6 +50,7 @@ def average_case_sharpness(
         progress: show a progress bar.
         oracle: a ``LossOracle`` shared with other metrics (else one is made).
         loss_fn: ``loss_fn(outputs, targets)`` -> batch mean loss, for a new oracle.
+        output_fn: what of the model's output the loss sees, for a new oracle.
 
     Returns:
         The record: ``metric``, ``value`` (mean increase), ``stderr``, ``rho``, ``c``, ``base_loss``,
@@ -60,7 +63,7 @@ def average_case_sharpness(
         raise FlatnessError(f"draws must be >= 1, got {draws}")
     start = time.perf_counter()
     with eval_mode(model):
-        oracle = oracle_for(model, data, oracle, loss_fn)
+        oracle = oracle_for(model, data, oracle, loss_fn, output_fn=output_fn)
         before = oracle.counts()
         c = oracle.theta.abs() if adaptive else torch.ones_like(oracle.theta)
         base = oracle.loss(None)

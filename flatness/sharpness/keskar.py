@@ -17,6 +17,7 @@ import torch.nn as nn
 from flatness.core.errors import FlatnessError
 from flatness.core.evaluation import LossFn, eval_mode
 from flatness.core.progress import progress_bar
+from flatness.data.batches import OutputFn
 from flatness.sharpness.oracle import DEFAULTS, LossOracle, counts_record, generator, oracle_for
 
 
@@ -30,7 +31,8 @@ def keskar_sharpness(
     seed: int = 0,
     progress: bool = False,
     oracle: LossOracle | None = None,
-    loss_fn: LossFn | None = None,
+    loss_fn: LossFn | str | None = None,
+    output_fn: OutputFn | None = None,
 ) -> dict[str, object]:
     """ε-sharpness in percent over the box |y_i| ≤ ε(|θ_i|+1), by L-BFGS-B (scipy) from y = 0.
 
@@ -47,6 +49,7 @@ def keskar_sharpness(
         progress: show a progress bar.
         oracle: a ``LossOracle`` shared with other metrics (else one is made).
         loss_fn: ``loss_fn(outputs, targets)`` -> batch mean loss; cross-entropy by default.
+        output_fn: what of the model's output the loss sees, for a new oracle.
 
     Returns:
         The record: ``metric``, ``value`` (φ in percent), ``epsilon``, ``base_loss``, ``max_loss``,
@@ -57,7 +60,7 @@ def keskar_sharpness(
     iterations = int(DEFAULTS["lbfgs_iterations"] if iterations is None else iterations)
     start = time.perf_counter()
     with eval_mode(model):
-        oracle = oracle_for(model, data, oracle, loss_fn)
+        oracle = oracle_for(model, data, oracle, loss_fn, output_fn=output_fn)
         before = oracle.counts()
         base, g0 = oracle.loss_and_grad(None)
         bar = progress_bar(progress, iterations, f"keskar eps={epsilon:g}")

@@ -31,6 +31,7 @@ import torch.nn as nn
 
 from flatness.core.errors import FlatnessError
 from flatness.core.evaluation import LossFn, eval_mode
+from flatness.data.batches import OutputFn
 from flatness.sharpness.average_case import average_case_sharpness
 from flatness.sharpness.keskar import keskar_sharpness
 from flatness.sharpness.oracle import BALLS, DEFAULTS, METRIC_NAMES, RHO_METRICS, ErrorFn, LossOracle, check_p
@@ -161,9 +162,10 @@ def measure_sharpness(
     metrics=METRIC_NAMES,
     rho: Radii = None,
     epsilon: Radii = None,
-    loss_fn: LossFn | None = None,
+    loss_fn: LossFn | str | None = None,
     error_fn: ErrorFn | None = None,
     settings: SharpnessSettings | None = None,
+    output_fn: OutputFn | None = None,
 ) -> list[dict[str, object]]:
     """Every requested metric at every radius: one record per (metric, radius).
 
@@ -176,10 +178,13 @@ def measure_sharpness(
         metrics: names, a comma-separated string, or ``"all"``.
         rho: radius or radii of the worst-case and average-case metrics (``None``: ``DEFAULTS``).
         epsilon: box size(s) of Keskar's metric (``None``: ``DEFAULTS``).
-        loss_fn: ``loss_fn(outputs, targets)`` -> batch mean loss; cross-entropy by default.
+        loss_fn: ``loss_fn(outputs, targets)`` -> batch mean loss, or a loss name
+            (``flatness.core.losses.LOSS_NAMES``); cross-entropy by default.
         error_fn: ``error_fn(outputs, targets)`` -> batch mean error (PAC-Bayes); argmax ≠ label
-            by default.
+            by default where accuracy is defined, else PAC-Bayes is defined on the loss (its
+            record's ``criterion``).
         settings: ball, p, budgets, seed and progress (``SharpnessSettings()`` by default).
+        output_fn: what of the model's output the loss sees (``flatness.data.batches.model_output``).
 
     Returns:
         A list of dicts with ``metric``, ``value``, its parameters (``rho``/``epsilon``, ``p``,
@@ -204,7 +209,7 @@ def measure_sharpness(
     p = check_p(DEFAULTS["p"] if s.p is None else s.p)
     results: list[dict[str, object]] = []
     with eval_mode(model):
-        oracle = LossOracle(model, data, loss_fn, error_fn)
+        oracle = LossOracle(model, data, loss_fn, error_fn, output_fn)
         common = dict(seed=s.seed, progress=s.progress, oracle=oracle)
         for name in names:
             adaptive = name.startswith("adaptive")

@@ -7,9 +7,15 @@ vector θ of :mod:`flatness.core.params`) move, always through :func:`flatness.c
 so the weights are restored bit for bit after every evaluation. Every random draw comes from the
 routine's own ``torch.Generator`` seeded by ``seed``.
 
-One loss convention (``flatness.core.evaluation``): ``loss_fn(outputs, targets)`` is one batch's
+One loss convention (``flatness.core.losses``): ``loss_fn(outputs, targets)`` is one batch's
 mean loss (cross-entropy by default) and ``error_fn(outputs, targets)`` its mean error (by default
-the fraction whose largest output is not the label).
+the fraction whose largest output is not the label). That default error exists only where accuracy
+does (``flatness.core.losses.accuracy_defined``: a classification loss on class scores); on any other
+loss (regression) the quantities defined on the error (PAC-Bayes) are defined on the loss instead
+(``LossOracle.criterion``), never on an argmax of a regression output.
+
+A float16/bfloat16 model is measured on a float32 copy and a compiled one through its original module
+(``flatness.core.measured.second_order_model``); ``oracle.model`` is the module actually moved.
 """
 
 from __future__ import annotations
@@ -21,10 +27,11 @@ import torch
 import torch.nn as nn
 
 from flatness.core.errors import FlatnessError
-from flatness.core.evaluation import LossFn, default_loss, full_gradient, model_device
+from flatness.core.evaluation import full_gradient, probe_for
+from flatness.core.losses import LossFn, accuracy_defined, check_loss_value, resolve_loss
+from flatness.core.measured import second_order_model
 from flatness.core.params import flatten, get_flat_params, named_trainable, perturbed, segments
-from flatness.data.batches import forward
-from flatness.data.convert import as_probe_data
+from flatness.data.batches import OutputFn, forward
 
 METRIC_NAMES = (
     "keskar",
@@ -73,22 +80,35 @@ class LossOracle:
     Counts every full-data evaluation (``loss_evals``, ``gradient_evals``, ``error_evals``).
     """
 
-    def __init__(self, model: nn.Module, data: Any, loss_fn: LossFn | None = None, error_fn: ErrorFn | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Any,
+        loss_fn: LossFn | str | None = None,
+        error_fn: ErrorFn | None = None,
+        output_fn: OutputFn | None = None,
+    ):
         """The oracle of ``model`` on ``data``.
 
         Args:
             model: any ``nn.Module`` with trainable parameters (the caller chooses its mode).
             data: any form ``flatness.data.convert.as_probe_data`` accepts.
-            loss_fn: ``loss_fn(outputs, targets)`` -> batch mean loss; cross-entropy by default.
-            error_fn: ``error_fn(outputs, targets)`` -> batch mean error; argmax ≠ label by default.
+            loss_fn: ``loss_fn(outputs, targets)`` -> batch mean loss (or a loss name); cross-entropy by default.
+            error_fn: ``error_fn(outputs, targets)`` -> batch mean error; argmax ≠ label by default
+                (where accuracy is defined; see ``criterion``).
+            output_fn: what of the model's output the loss sees (``flatness.data.batches.model_output``).
         """
+        self.loss_fn = resolve_loss(loss_fn)
+        model, self.note = second_order_model(model)
         pairs = named_trainable(model)
         if not pairs:
             raise FlatnessError("the model has no trainable parameters")
         self.model = model
-        self.data = as_probe_data(data, device=model_device(model))
-        self.loss_fn = loss_fn or default_loss
+        self.data = probe_for(model, data)
+        self.output_fn = output_fn
+        self.user_error_fn = error_fn
         self.error_fn = error_fn or default_error
+        self._criterion: str | None = "error" if error_fn is not None else None
         self.names = [n for n, _ in pairs]
         self.params = [p for _, p in pairs]
         self.device = self.params[0].device
@@ -117,25 +137,42 @@ class LossOracle:
         total = 0.0
         with self._at(delta), torch.no_grad():
             for w, (x, y) in zip(self.data.weights(), self.data):
-                total += w * float(batch_fn(forward(self.model, x), y))
+                total += w * float(batch_fn(forward(self.model, x, self.output_fn), y))
         return total
+
+    def _batch_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return check_loss_value(self.loss_fn(outputs, targets), self.loss_fn)
+
+    def criterion(self) -> str:
+        """What the error-based metrics (PAC-Bayes) measure: ``"error"`` or ``"loss"``.
+
+        ``"error"`` with a user's ``error_fn``, or where accuracy is defined (a classification loss on
+        class scores, judged on the first batch); ``"loss"`` otherwise (regression: an argmax of its
+        outputs would be a meaningless error, docs/metrics.md).
+        """
+        if self._criterion is None:
+            x, y = self.data.batches[0]
+            with torch.no_grad():
+                outputs = forward(self.model, x, self.output_fn)
+            self._criterion = "error" if accuracy_defined(outputs, y, self.loss_fn) else "loss"
+        return self._criterion
 
     def loss(self, delta: torch.Tensor | None = None) -> float:
         """L(θ+δ), the mean loss over all data."""
         self.loss_evals += 1
-        return self._mean(self.loss_fn, delta)
+        return self._mean(self._batch_loss, delta)
 
     def loss_and_grad(self, delta: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
         """(L(θ+δ), ∇L(θ+δ) as a flat vector on θ's device)."""
         self.gradient_evals += 1
         with self._at(delta), torch.enable_grad():
-            total, grads = full_gradient(self.model, self.data, self.params, self.loss_fn)
+            total, grads = full_gradient(self.model, self.data, self.params, self.loss_fn, self.output_fn)
         return total, flatten(grads).detach()
 
     def error(self, delta: torch.Tensor | None = None) -> float:
-        """err(θ+δ), the mean error over all data."""
+        """err(θ+δ), the mean error over all data (the mean loss where ``criterion()`` is ``"loss"``)."""
         self.error_evals += 1
-        return self._mean(self.error_fn, delta)
+        return self._mean(self.error_fn if self.criterion() == "error" else self._batch_loss, delta)
 
     def blocks(self, ball: str) -> list[slice]:
         """Slices of the flat vector: one for the global ball, one per parameter tensor otherwise."""
@@ -148,11 +185,12 @@ def oracle_for(
     model: nn.Module,
     data: Any,
     oracle: LossOracle | None,
-    loss_fn: LossFn | None = None,
+    loss_fn: LossFn | str | None = None,
     error_fn: ErrorFn | None = None,
+    output_fn: OutputFn | None = None,
 ) -> LossOracle:
     """``oracle`` when given (shared by several metrics), else a new one on ``model`` and ``data``."""
-    return oracle if oracle is not None else LossOracle(model, data, loss_fn, error_fn)
+    return oracle if oracle is not None else LossOracle(model, data, loss_fn, error_fn, output_fn)
 
 
 def generator(seed: int) -> torch.Generator:

@@ -3,6 +3,11 @@
 σ* = the largest σ with E_u err(θ+u) ≤ err(θ) + 0.1, u ~ N(0, σ² I) or the magnitude-aware
 u_i ~ N(0, σ'² θ_i² + 1e-6), by bracketing and bisection with common random numbers (draw k uses the same standard
 normal vector at every σ); flatness = 1/σ*².
+
+err is the classification error where accuracy is defined (a classification loss on class scores, or
+a user's ``error_fn``); on any other loss (regression) the same definition is applied to the loss L
+itself (``LossOracle.criterion``; the record's ``criterion`` says which), never to an argmax of
+regression outputs.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import torch.nn as nn
 
 from flatness.core.errors import FlatnessError
 from flatness.core.evaluation import eval_mode
+from flatness.core.losses import LossFn
 from flatness.core.progress import progress_bar
+from flatness.data.batches import OutputFn
 from flatness.sharpness.oracle import (
     DEFAULTS,
     ErrorFn,
@@ -90,7 +97,7 @@ def _mean_error_fn(oracle: LossOracle, magnitude: bool, draws: int, seed: int, b
     return mean_error
 
 
-# Reason for 12 parameters: this is the documented public API: the quantity (magnitude, target
+# Reason for 14 parameters: this is the documented public API: the quantity (magnitude, target
 # deviation), the bisection's budget (draws, tolerance, max_steps, sigma_start), the seed and the
 # shared-oracle hooks; measure_sharpness passes them from one SharpnessSettings. The body is split:
 # _options checks, _mean_error_fn and bisect_sigma search, _sigma_fields reads the bracket.
@@ -107,6 +114,8 @@ def pac_bayes_flatness(
     progress: bool = False,
     oracle: LossOracle | None = None,
     error_fn: ErrorFn | None = None,
+    loss_fn: LossFn | str | None = None,
+    output_fn: OutputFn | None = None,
 ) -> dict[str, object]:
     """σ* = the largest σ with mean over draws of err(θ+u_σ) ≤ err(θ) + target_deviation; flatness 1/σ*².
 
@@ -130,17 +139,20 @@ def pac_bayes_flatness(
         progress: show a progress bar.
         oracle: a ``LossOracle`` shared with other metrics (else one is made).
         error_fn: ``error_fn(outputs, targets)`` -> batch mean error, for a new oracle.
+        loss_fn: the loss, for a new oracle (it decides whether err is the error or the loss).
+        output_fn: what of the model's output the loss sees, for a new oracle.
 
     Returns:
         The record: ``metric``, ``value`` (= ``flatness``), ``sigma``, ``sigma_low``, ``sigma_high``,
-        ``base_error``, ``converged``, evaluation counts and ``seconds``.
+        ``base_error`` (the error, or the loss where ``criterion`` is ``"loss"``), ``criterion``,
+        ``converged``, evaluation counts and ``seconds``.
     """
     draws, target_deviation, tolerance, max_steps = _options(draws, target_deviation, tolerance, max_steps)
     if sigma_start is None:
         sigma_start = 0.05 if magnitude else 0.01
     start = time.perf_counter()
     with eval_mode(model):
-        oracle = oracle_for(model, data, oracle, error_fn=error_fn)
+        oracle = oracle_for(model, data, oracle, loss_fn, error_fn, output_fn)
         before = oracle.counts()
         base_err = oracle.error(None)
         limit = base_err + target_deviation
@@ -160,6 +172,7 @@ def pac_bayes_flatness(
         "ball": None,
         "c": "sqrt(sigma^2 theta^2 + 1e-6)" if magnitude else "1",
         "base_error": base_err,
+        "criterion": oracle.criterion(),
         "target_deviation": target_deviation,
         "draws": draws,
         "sigma_low": lo,

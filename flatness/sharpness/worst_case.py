@@ -21,6 +21,7 @@ import torch.nn as nn
 from flatness.core.errors import FlatnessError
 from flatness.core.evaluation import LossFn, eval_mode
 from flatness.core.progress import progress_bar
+from flatness.data.batches import OutputFn
 from flatness.sharpness.oracle import (
     BALLS,
     DEFAULTS,
@@ -93,7 +94,8 @@ def worst_case_sharpness(
     seed: int = 0,
     progress: bool = False,
     oracle: LossOracle | None = None,
-    loss_fn: LossFn | None = None,
+    loss_fn: LossFn | str | None = None,
+    output_fn: OutputFn | None = None,
 ) -> dict[str, object]:
     """Max over ‖δ/c‖_p ≤ ρ of L(θ+δ) − L(θ) (c = |θ| if adaptive else 1), per block for ball="tensor".
 
@@ -118,6 +120,7 @@ def worst_case_sharpness(
         progress: show a progress bar.
         oracle: a ``LossOracle`` shared with other metrics (else one is made).
         loss_fn: ``loss_fn(outputs, targets)`` -> batch mean loss, for a new oracle.
+        output_fn: what of the model's output the loss sees, for a new oracle.
 
     Returns:
         The record: ``metric``, ``value`` (max loss − base loss), ``rho``, ``p``, ``ball``, ``c``,
@@ -126,7 +129,7 @@ def worst_case_sharpness(
     p, steps, step_size, init = _solver_options(rho, ball, p, steps, step_size, init)
     start = time.perf_counter()
     with eval_mode(model):
-        oracle = oracle_for(model, data, oracle, loss_fn)
+        oracle = oracle_for(model, data, oracle, loss_fn, output_fn=output_fn)
         before = oracle.counts()
         blocks = oracle.blocks(ball)
         c = oracle.theta.abs() if adaptive else torch.ones_like(oracle.theta)

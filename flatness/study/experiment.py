@@ -658,7 +658,7 @@ def step_figures(cfg: ExperimentConfig, records, comp) -> dict[str, str]:
 
 
 def run_experiment(
-    config: ExperimentConfig, progress: bool = True, echo: Callable[[str], None] | None = print
+    config: ExperimentConfig, progress: bool = False, echo: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
     """Run (or resume) the whole study; returns {out, report, html, steps, verdict, seconds}."""
     cfg = config.resolved()

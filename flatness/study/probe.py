@@ -26,10 +26,12 @@ import torch.nn as nn
 from flatness.core import distributed
 from flatness.core.devices import resolve_device
 from flatness.core.errors import FlatnessError
-from flatness.core.evaluation import LossFn, evaluate, model_device
+from flatness.core.evaluation import evaluate, probe_for
 from flatness.core.fileio import sha256_file
+from flatness.core.losses import LossFn, resolve_loss
+from flatness.core.measured import second_order_model
 from flatness.core.params import num_params, select_params, weight_norm
-from flatness.data.convert import as_probe_data
+from flatness.data.batches import OutputFn
 from flatness.data.probe_data import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
 from flatness.hessian import (
     DEFAULT_BACKEND,
@@ -107,7 +109,7 @@ class ProbeSettings:
     params: str | Sequence[str] | None = None
     save_vectors: bool = False
     data_dir: str | None = None
-    progress: bool = True
+    progress: bool = False
 
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> ProbeSettings:
@@ -196,8 +198,9 @@ def measure(
     trace: bool | None = None,
     density: bool | None = None,
     sharpness: str | Sequence[str] | None = None,
-    loss_fn: LossFn | None = None,
+    loss_fn: LossFn | str | None = None,
     settings: ProbeSettings | None = None,
+    output_fn: OutputFn | None = None,
 ) -> dict[str, Any]:
     """The probe measurements of a model in memory, all on the same data, in eval mode.
 
@@ -211,15 +214,18 @@ def measure(
         trace: estimate tr(H); overrides ``settings.trace``.
         density: the SLQ spectral density; overrides ``settings.density``.
         sharpness: sharpness metric names (``"all"``); overrides ``settings.sharpness``.
-        loss_fn: ``loss_fn(outputs, targets)`` -> batch mean loss; cross-entropy by default.
+        loss_fn: ``loss_fn(outputs, targets)`` -> batch mean loss, or a loss name
+            (``flatness.core.losses.LOSS_NAMES``); cross-entropy by default.
         settings: everything else (``ProbeSettings()``; its data fields ``split``/``samples``/
             ``data_dir``/``device``/``dtype`` only matter to ``run_probe``).
+        output_fn: what of the model's output the loss sees (``flatness.data.batches.model_output``).
 
     Returns:
         A dict with ``loss``, ``accuracy`` (None unless class scores), ``num_params``,
         ``hessian_params``, ``hessian_dim``, ``weight_norm``, ``hessian``, ``trace``, ``density``,
         ``sharpness`` (None where not measured), plus ``eigenvectors`` (with ``save_vectors``),
-        ``density_arrays`` and ``sharpness_seconds`` where computed.
+        ``density_arrays`` and ``sharpness_seconds`` where computed, and ``precision_note`` when a
+        float16/bfloat16 model was measured on a float32 copy (``flatness.core.measured``).
 
     Examples:
         >>> import torch, torch.nn as nn, torch.nn.functional as F
@@ -236,17 +242,22 @@ def measure(
     shortcuts = {"top_k": top_k, "trace": trace, "density": density, "sharpness": sharpness}
     s = dataclasses.replace(settings or ProbeSettings(), **{k: v for k, v in shortcuts.items() if v is not None})
     sharp_names = s.validate()
-    data = as_probe_data(data, batch_size=s.batch_size, device=model_device(model))
+    loss_fn = resolve_loss(loss_fn)
+    # every number below is of the same module: a compiled model's original, a half model's float32 copy
+    model, note = second_order_model(model)
+    data = probe_for(model, data, batch_size=s.batch_size)
     # Under torchrun the probe batches are shared out: every HVP and the loss sum over each rank's
     # shard and all-reduce, so all ranks run the same (seeded) algorithms on the same numbers.
     shard = data.shard(distributed.rank(), distributed.world_size())
     block = select_params(model, s.params) if s.params is not None else None
-    op = HessianOperator(model, shard, loss_fn, params=block, backend=s.hvp_backend or DEFAULT_BACKEND)
+    op = HessianOperator(
+        model, shard, loss_fn, params=block, backend=s.hvp_backend or DEFAULT_BACKEND, output_fn=output_fn
+    )
     if s.top_k > op.dim:
         raise FlatnessError(
             f"top-k {s.top_k} exceeds the number of parameters ({op.dim}{' in the --params block' if block else ''})"
         )
-    loss, acc = evaluate(model, shard, loss_fn)
+    loss, acc = evaluate(model, shard, loss_fn, output_fn)
     result: dict[str, Any] = {
         "loss": _finite_or_none(loss),
         "accuracy": acc,
@@ -260,11 +271,15 @@ def measure(
         "density": None,
         "sharpness": None,
     }
+    if note is not None:
+        result["precision_note"] = note
     result.update(_spectrum(op, s))
     if sharp_names is not None:
         rho, epsilon, sharp = s.sharpness_settings()
         start = time.perf_counter()
-        result["sharpness"] = measure_sharpness(model, data, sharp_names, rho, epsilon, loss_fn, settings=sharp)
+        result["sharpness"] = measure_sharpness(
+            model, data, sharp_names, rho, epsilon, loss_fn, settings=sharp, output_fn=output_fn
+        )
         result["sharpness_seconds"] = time.perf_counter() - start
     return result
 
@@ -331,7 +346,12 @@ def distance_from_init(model: torch.nn.Module, checkpoint_path: str) -> float | 
 
 
 def run_probe(
-    checkpoint: str, settings: ProbeSettings | None = None, source: ModelSource | None = None
+    checkpoint: str,
+    settings: ProbeSettings | None = None,
+    source: ModelSource | None = None,
+    *,
+    loss_fn: LossFn | str | None = None,
+    output_fn: OutputFn | None = None,
 ) -> dict[str, Any]:
     """Measure one checkpoint on its dataset's probe data.
 
@@ -341,6 +361,8 @@ def run_probe(
         settings: what to measure (``ProbeSettings()`` by default).
         source: the command line's ``--model``/``--model-args``/``--dataset`` (``flatness.sources.loading``);
             None: everything as the checkpoint records it.
+        loss_fn: the loss (a callable or a name of ``flatness.core.losses.LOSS_NAMES``; None: cross-entropy).
+        output_fn: what of the model's output the loss sees (``flatness.data.batches.model_output``).
 
     Returns:
         The probe dict (see ``flatness.formats.probe_file``); with ``save_vectors`` it also holds
@@ -361,7 +383,7 @@ def run_probe(
         # tol 1e-4 (reductions are accurate: hessian/reductions.py). float64 costs ~2x on CPUs.
         model.double()
         data = data.map_inputs(lambda x: x.double() if x.is_floating_point() else x)
-    measured = measure(model, data, settings=s)
+    measured = measure(model, data, loss_fn=loss_fn, settings=s, output_fn=output_fn)
     result: dict[str, Any] = {
         "format": "flatness-probe",
         "flatness_version": __version__,

@@ -128,7 +128,7 @@ class SweepSettings:
     stop_loss: float | None = None  # None: DEFAULT_STOP_LOSS for the default grid, no stop criterion otherwise
     device: str = "auto"
     data_dir: str | None = None
-    progress: bool = True
+    progress: bool = False
     log: str = "none"  # "tensorboard": each cell's curves in its run folder; `tensorboard --logdir OUT`
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from flatness.core import distributed
+from flatness.data.batches import map_tensors
 from flatness.data.datasets import TensorImageDataset, dataset_info, get_dataset
 from flatness.training.config import TrainConfig
 
@@ -88,7 +89,9 @@ def to_device(batch: tuple[torch.Tensor, torch.Tensor], device: torch.device, fl
         ``(x, y)`` on ``device``.
     """
     x, y = batch
-    return x.to(device, non_blocking=flags.non_blocking), y.to(device, non_blocking=flags.non_blocking)
+    return map_tensors(x, lambda t: t.to(device, non_blocking=flags.non_blocking)), y.to(
+        device, non_blocking=flags.non_blocking
+    )
 
 
 class EpochBatches:

@@ -39,15 +39,16 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from flatness.core import distributed, locking
 from flatness.core.devices import resolve_device
 from flatness.core.errors import DivergedError, FlatnessError
 from flatness.core.evaluation import evaluate
 from flatness.core.fileio import atomic_write_json
+from flatness.core.losses import check_loss_value, default_loss
 from flatness.core.paths import check_name, check_paths
 from flatness.core.progress import progress_bar
+from flatness.data.batches import forward
 from flatness.data.probe_data import ProbeData
 from flatness.data.user_data import check_model_fits
 from flatness.formats import checkpoint as ckpt
@@ -114,8 +115,8 @@ def train(
     config: TrainConfig,
     out_dir: str | None = None,
     resume: bool = False,
-    progress: bool = True,
-    verbose: bool = True,
+    progress: bool = False,
+    verbose: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> str:
     """Train per ``config`` into the run folder ``out_dir``.
@@ -209,6 +210,10 @@ class _Run:
     main_rank: bool
     progress: bool = True
     verbose: bool = True
+    # the training loss (mean over the batch; the one rule of flatness.core.losses) and what of the
+    # model's output it sees (flatness.data.batches.model_output)
+    loss_fn: Any = default_loss
+    output_fn: Any = None
     metrics: list[dict[str, Any]] = field(default_factory=list)
     step: int = 0
     train_eval: ProbeData | None = None  # the whole training split, when the run has a stop_loss
@@ -460,7 +465,7 @@ def _train_step(
     """
     config = run.config
     x, y = to_device((bx, by), run.device, run.flags)
-    if config.channels_last and x.dim() == 4:
+    if config.channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     # DDP averages gradients over ranks; scaling each rank's mean by its share makes the average the
     # exact mean over the global batch (also when shares are uneven).
@@ -502,8 +507,9 @@ def _forward_backward(
     local = engine.world > 1 and run.config.local_perturbation and record.calls < engine.passes
     with engine.net.no_sync() if local else contextlib.nullcontext():
         with engine.autocast:
-            logits = engine.net(x)
-        loss = F.cross_entropy(logits.float(), y)
+            # forward: tuple/dict inputs and a tuple, dict or ModelOutput output work as everywhere else
+            logits = forward(engine.net, x, run.output_fn)
+        loss = check_loss_value(run.loss_fn(logits, y), run.loss_fn)
         (loss * scale if engine.world > 1 else loss).backward()
     if record.logits is None:
         record.logits = logits.detach()
@@ -516,7 +522,7 @@ def _finish_epoch(run: _Run, epoch: int, lr: float, totals: tuple[torch.Tensor, 
     Raises DivergedError (before anything is written) when the test loss is not finite.
     """
     loss_sum, correct, seen = totals
-    test_loss, test_acc = evaluate(run.model, run.test_data)
+    test_loss, test_acc = evaluate(run.model, run.test_data, run.loss_fn, run.output_fn)
     if not math.isfinite(test_loss):
         raise DivergedError(
             f"training diverged: the test loss is {test_loss} after epoch {epoch} "
