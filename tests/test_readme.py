@@ -54,6 +54,20 @@ def test_readme_own_model_example_runs(tmp_path):
     assert "nan" not in proc.stdout.lower(), proc.stdout
 
 
+def test_readme_transformers_example_runs(tmp_path):
+    """The "Transformers and Hugging Face" block: a tiny BERT with dict batches, end to end."""
+    code = section_code(README.read_text(encoding="utf-8"), "## Transformers and Hugging Face")
+    assert "BertForSequenceClassification(config)" in code and "flatness.lanczos(" in code
+    script = tmp_path / "example_hf.py"
+    script.write_text(code, encoding="utf-8")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, f"README example failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+    assert "nan" not in proc.stdout.lower() and len(proc.stdout.splitlines()) == 6, proc.stdout
+
+
 ROOT = README.parent
 # Built from parts so that this file does not match its own search.
 RETIRED = ("../" + "shared", "METRICS" + ".md")

@@ -1,6 +1,6 @@
 """The loss rules: which losses flatness knows by name, and what a loss must return.
 
-One convention everywhere (docs/metrics.md, "Losses"): ``loss_fn(outputs, targets)`` returns the
+One convention everywhere (docs/models.md, "Losses"): ``loss_fn(outputs, targets)`` returns the
 **mean** loss of the batch as a scalar tensor; full-data values weight batch b by n_b / n. A loss that
 sums (``reduction="sum"``) would scale every eigenvalue by the batch size, and one that returns a
 vector (``reduction="none"``) has no Hessian: both are refused in one line, the first before any work
