@@ -266,3 +266,17 @@ def test_library_defaults_are_quiet():
     signature = inspect.signature(train)
     assert signature.parameters["progress"].default is False and signature.parameters["verbose"].default is False
     assert inspect.signature(run_experiment).parameters["progress"].default is False
+
+
+def test_the_margin_exists_only_where_accuracy_does():
+    from flatness.generalization.baselines import margin_percentile
+
+    model, (x, y) = _mlp(), _xy()
+    with torch.no_grad():
+        out = model(x)
+    true = out.gather(1, y[:, None]).squeeze(1)
+    others = out.scatter(1, y[:, None], float("-inf")).max(1).values
+    expected = torch.quantile((true - others).double(), 0.1).item()
+    assert margin_percentile(model, (x, y)) == pytest.approx(expected, rel=1e-6)
+    assert margin_percentile(model, (x, y), loss_fn="mse") is None
+    assert margin_percentile(_mlp(out=1), (x, torch.randn(12, 1)), loss_fn=nn.MSELoss()) is None

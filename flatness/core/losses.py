@@ -191,6 +191,8 @@ def is_classification_loss(loss_fn: Any) -> bool | None:
     """True for a known classification loss, False for a known regression one, None when unknown."""
     if loss_fn is None:
         return True
+    if isinstance(loss_fn, str):
+        return named_loss(loss_fn).classification
     if isinstance(loss_fn, functools.partial):
         return is_classification_loss(loss_fn.func)
     known = getattr(loss_fn, "classification", None)

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from flatness.core.evaluation import eval_mode, model_device
+from flatness.core.losses import accuracy_defined
 from flatness.core.params import distance, weight_norm
 from flatness.data.batches import forward
 from flatness.data.convert import as_probe_data
@@ -61,23 +62,29 @@ def path_norm(model: nn.Module, example: torch.Tensor) -> float | None:
 
 
 @torch.no_grad()
-def margin_percentile(model: nn.Module, data: Any, percentile: float = MARGIN_PERCENTILE) -> float | None:
+def margin_percentile(
+    model: nn.Module, data: Any, percentile: float = MARGIN_PERCENTILE, loss_fn: Any = None, output_fn: Any = None
+) -> float | None:
     """A low percentile of the output margin f(x)_y − max_{j≠y} f(x)_j over ``data``, in eval mode.
 
     Args:
         model: a classifier (outputs [B, C], integer labels).
         data: any form ``as_probe_data`` accepts.
         percentile: which percentile (10 by default).
+        loss_fn: the model's loss: a margin exists only where accuracy does
+            (``flatness.core.losses.accuracy_defined``; None: cross-entropy).
+        output_fn: what of the model's output is the class scores (``flatness.data.batches.model_output``).
 
     Returns:
-        The percentile (numpy's linear interpolation), None when the outputs are not class scores.
+        The percentile (numpy's linear interpolation), None when the outputs are not class scores
+        (a regression loss, one output, float targets).
     """
     data = as_probe_data(data, device=model_device(model))
     margins = []
     with eval_mode(model):
         for x, y in data:
-            out = forward(model, x).double()
-            if out.dim() != 2 or y.dim() != 1 or y.is_floating_point():
+            out = forward(model, x, output_fn).double()
+            if not accuracy_defined(out, y, loss_fn):
                 return None
             true = out.gather(1, y[:, None]).squeeze(1)
             others = out.scatter(1, y[:, None], float("-inf")).max(1).values
@@ -105,13 +112,17 @@ def log_spectral_product(model: nn.Module) -> float | None:
     return total if layers else None
 
 
-def baseline_measures(model: nn.Module, init_model: nn.Module | None, data: Any) -> dict[str, float | None]:
+def baseline_measures(
+    model: nn.Module, init_model: nn.Module | None, data: Any, loss_fn: Any = None, output_fn: Any = None
+) -> dict[str, float | None]:
     """Every baseline of one trained model.
 
     Args:
         model: the trained network.
         init_model: the same network at its initial weights (None: no distance from init).
         data: the data the margin is measured on (the training probe data).
+        loss_fn: the model's loss (the margin is None unless it is a classification loss on class scores).
+        output_fn: what of the model's output the loss sees.
 
     Returns:
         {name: value or None} for each name in ``BASELINES``.
@@ -122,6 +133,6 @@ def baseline_measures(model: nn.Module, init_model: nn.Module | None, data: Any)
         "weight_norm": weight_norm(model),
         "distance_from_init": distance(model, init_model) if init_model is not None else None,
         "path_norm": path_norm(model, example) if isinstance(example, torch.Tensor) else None,
-        "margin_p10": margin_percentile(model, data),
+        "margin_p10": margin_percentile(model, data, loss_fn=loss_fn, output_fn=output_fn),
         "log_spectral_product": log_spectral_product(model),
     }
