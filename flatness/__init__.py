@@ -14,6 +14,7 @@ Definitions of every quantity: docs/metrics.md. Code layout: docs/ARCHITECTURE.m
 from flatness.core.devices import resolve_device
 from flatness.core.errors import FlatnessError
 from flatness.core.evaluation import evaluate
+from flatness.core.losses import LOSS_NAMES, named_loss
 from flatness.data.convert import as_probe_data
 from flatness.data.datasets import dataset_info, get_dataset
 from flatness.data.probe_data import ProbeData, load_probe_data
@@ -41,6 +42,7 @@ __all__ = [
     "SAM",
     "FlatnessError",
     "HessianOperator",
+    "LOSS_NAMES",
     "ModelSource",
     "ProbeData",
     "ProbeSettings",
@@ -65,6 +67,7 @@ __all__ = [
     "load_weights_into",
     "measure",
     "measure_sharpness",
+    "named_loss",
     "loss_surface",
     "power_iteration",
     "read_probe",

@@ -23,6 +23,8 @@ import flatness
 from flatness.hessian.trace import hutchinson
 
 N, SEQ, VOCAB, CLASSES = 8, 6, 7, 3
+# PyTorch's own note when nn.TransformerEncoder's eval fast path packs a padded batch (its default)
+pytestmark = pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors is in prototype stage")
 
 
 def _tokens(seed=0):
@@ -42,7 +44,9 @@ class EncoderClassifier(nn.Module):
         super().__init__()
         self.emb = nn.Embedding(VOCAB, d, padding_idx=0)
         layer = nn.TransformerEncoderLayer(d, 2, dim_feedforward=8, dropout=0.0, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        # PyTorch's defaults (enable_nested_tensor=True): in eval mode without grad the native fast path
+        # runs (evaluate, surfaces); every gradient and HVP takes the differentiable path
+        self.encoder = nn.TransformerEncoder(layer, 1)
         self.head = nn.Linear(d, CLASSES)
 
     def forward(self, input_ids, attention_mask):
