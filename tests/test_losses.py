@@ -280,3 +280,14 @@ def test_the_margin_exists_only_where_accuracy_does():
     assert margin_percentile(model, (x, y)) == pytest.approx(expected, rel=1e-6)
     assert margin_percentile(model, (x, y), loss_fn="mse") is None
     assert margin_percentile(_mlp(out=1), (x, torch.randn(12, 1)), loss_fn=nn.MSELoss()) is None
+
+
+def test_data_follow_the_model_dtype_but_half_models_keep_float32_targets():
+    x, y = torch.randn(6, 4), torch.randn(6, 1) + 1000.125  # needs more digits than bfloat16 has
+    for dtype, target in ((torch.float64, torch.float64), (torch.bfloat16, torch.float32)):
+        probe = flatness.as_probe_data((x, y), dtype=dtype)
+        assert probe.batches[0][0].dtype == dtype and probe.batches[0][1].dtype == target
+    model = _mlp(out=1, dtype=torch.bfloat16)
+    with torch.no_grad():
+        expected = F.mse_loss(model(x.bfloat16()).float(), y).item()
+    assert flatness.evaluate(model, (x, y), "mse")[0] == pytest.approx(expected, rel=1e-6)

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from flatness.core.errors import FlatnessError
+from flatness.core.measured import HALF_DTYPES
 from flatness.data.batches import map_tensors, move_to, split_batch
 from flatness.data.datasets import get_dataset
 
@@ -97,11 +98,16 @@ class ProbeData:
 
         Args:
             device: where the batches go.
-            dtype: a floating dtype for every floating tensor (inputs and targets: the model's
-                dtype); integer tensors (token ids, labels) keep theirs. None: dtypes kept.
+            dtype: the model's floating dtype, for every floating input; floating targets take it too
+                unless it is a half precision (the loss is computed in float32 there, and regression
+                targets would lose digits). Integer tensors (token ids, labels) keep theirs. None:
+                dtypes kept.
         """
+        target_dtype = None if dtype in HALF_DTYPES else dtype
         return ProbeData(
-            [(move_to(x, device, dtype), move_to(y, device, dtype)) for x, y in self.batches], self.n, self.sharded
+            [(move_to(x, device, dtype), move_to(y, device, target_dtype)) for x, y in self.batches],
+            self.n,
+            self.sharded,
         )
 
     def needs_move(self, device: torch.device, dtype: torch.dtype | None = None) -> bool:
@@ -110,10 +116,14 @@ class ProbeData:
             return True
         if dtype is None:
             return False
-        mismatched: list[bool] = []
-        for x, y in self.batches:
-            map_tensors((x, y), lambda t: mismatched.append(t.is_floating_point() and t.dtype != dtype) or t)
-        return any(mismatched)
+        target_dtype = None if dtype in HALF_DTYPES else dtype
+
+        def differs(tensors, wanted) -> bool:
+            found: list[bool] = []
+            map_tensors(tensors, lambda t: found.append(t.is_floating_point() and t.dtype != wanted) or t)
+            return any(found)
+
+        return any(differs(x, dtype) or (target_dtype is not None and differs(y, target_dtype)) for x, y in self.batches)
 
     def map_inputs(self, fn) -> ProbeData:
         """The same batches with ``fn`` applied to every input tensor (targets unchanged)."""
