@@ -103,6 +103,8 @@ def _gpt2():
         n_positions=SEQ,
         num_labels=CLASSES,
         pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=1,
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
@@ -192,6 +194,18 @@ def test_lanczos_top3_equals_the_dense_spectrum(case, backend):
     result = flatness.lanczos(flatness.HessianOperator(model, batches, backend=backend), 3, tol=1e-10, max_iter=300)
     got = torch.as_tensor(result.eigenvalues, dtype=torch.float64)
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-9)
+
+
+def test_power_iteration_through_attention():
+    """Power iteration (largest |λ|) on the nn.MultiheadAttention model: the dense eigenvalue of largest magnitude."""
+    torch.manual_seed(0)
+    model = AttentionPool().double()
+    ids, mask, y = _tokens()
+    model.eval()
+    ev = torch.linalg.eigvalsh(_dense_hessian(model, {"input_ids": ids, "attention_mask": mask}, y))
+    data = {"input_ids": ids, "attention_mask": mask, "labels": y}
+    result = flatness.power_iteration(flatness.HessianOperator(model, data), k=1, tol=1e-8, max_iter=300)
+    assert result.eigenvalues[0] == pytest.approx(float(ev[ev.abs().argmax()]), rel=1e-6)
 
 
 def test_trace_estimate_matches_the_dense_trace(case):
