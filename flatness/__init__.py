@@ -14,7 +14,7 @@ Definitions of every quantity: docs/metrics.md. Code layout: docs/ARCHITECTURE.m
 from flatness.core.devices import resolve_device
 from flatness.core.errors import FlatnessError
 from flatness.core.evaluation import evaluate
-from flatness.core.losses import LOSS_NAMES, named_loss
+from flatness.core.losses import named_loss
 from flatness.data.convert import as_probe_data
 from flatness.data.datasets import dataset_info, get_dataset
 from flatness.data.probe_data import ProbeData, load_probe_data
@@ -42,7 +42,6 @@ __all__ = [
     "SAM",
     "FlatnessError",
     "HessianOperator",
-    "LOSS_NAMES",
     "ModelSource",
     "ProbeData",
     "ProbeSettings",
