@@ -6,6 +6,7 @@ import os
 
 import click
 
+from flatness.cli.source_options import loss_options
 from flatness.core.validation import check_count
 from flatness.study.experiment import DEFAULT_GRID, DEFAULT_SAMPLES, ExperimentConfig, run_experiment
 
@@ -89,6 +90,7 @@ MAX_THREADS = 4096  # torch.set_num_threads overflows on absurd values; no machi
     help="Where the steps run: local processes, or Ray tasks (pip install 'flatness[ray]').",
 )
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@loss_options
 # click passes every option as a parameter; the function only builds ExperimentConfig from them.
 def command(
     out,
@@ -110,6 +112,8 @@ def command(
     workers,
     engine,
     no_progress,
+    loss,
+    output,
 ):
     """Train ERM and AMP over several seeds, probe every final checkpoint (top-5 Hessian eigenvalues,
     trace, spectral density, every sharpness metric), compute 1D/2D surfaces and the ERM→AMP
@@ -128,6 +132,7 @@ def command(
     overrides = {"model_args": parse_model_args(model_args)} if model_args is not None else {}
     if normalize:
         overrides["normalize"] = True
+    overrides.update({k: v for k, v in (("loss", loss), ("output", output)) if v is not None})
 
     if threads is not None:
         check_count(threads, "--threads", maximum=MAX_THREADS)

@@ -255,9 +255,13 @@ def _report(out: str, written, split: str, tol: float) -> None:
         f"{ck['model']} on {ck['dataset']}{run}, "
         f"{written['data']['samples']} {split} examples, {written['num_params']} parameters"
     )
+    from flatness.plot.style import loss_words
+
+    acc = written.get("accuracy")
     click.echo(
-        f"  loss {_fmt(written['loss'])}, accuracy {100 * written['accuracy']:.2f}%, "
-        f"weight norm {_fmt(written['weight_norm'])}, distance from init {_fmt(written['distance_from_init'])}"
+        f"  loss {_fmt(written['loss'])} ({loss_words(written['data'].get('loss'))}), "
+        + (f"accuracy {100 * acc:.2f}%, " if acc is not None else "")
+        + f"weight norm {_fmt(written['weight_norm'])}, distance from init {_fmt(written['distance_from_init'])}"
     )
     hess = written["hessian"]
     block = written.get("hessian_params")

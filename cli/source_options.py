@@ -23,8 +23,33 @@ DATASET_HELP = (
 )
 
 
+LOSS_HELP = (
+    "The loss: ce (cross-entropy, the default), mse, bce (on logits), nll, l1, huber, or "
+    "package.module:callable / FILE.py:callable naming loss_fn(outputs, targets) -> the batch mean "
+    "(or an nn.Module loss class). Recorded in the run; later commands on it reuse a recorded name, "
+    "and a recorded callable must be named again. Accuracy exists only for ce and nll."
+)
+OUTPUT_HELP = (
+    "What of the model's output the loss sees: a KEY of a dict or Hugging Face ModelOutput (e.g. "
+    "start_logits), or package.module:callable / FILE.py:callable (output -> tensor). Default: the "
+    "output itself, the first element of a tuple, or .logits. Recorded like --loss."
+)
+
+
+def loss_options(function):
+    """Add --loss and --output (the one definition: train, probe, surface, experiment and sweep)."""
+    options = [
+        click.option("--loss", "loss", default=None, metavar="NAME|MODULE:CALLABLE|FILE.py:CALLABLE", help=LOSS_HELP),
+        click.option("--output", "output", default=None, metavar="KEY|MODULE:CALLABLE", help=OUTPUT_HELP),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
 def source_options(function):
-    """Add --model, --model-args, --dataset, --image-size, --normalize and --allow-source-change to a command."""
+    """Add --model, --model-args, --dataset, --image-size, --normalize, --loss, --output and
+    --allow-source-change to a command."""
     options = [
         click.option(
             "--model", "model", default=None, metavar="NAME|MODULE:CALLABLE|FILE.py:CALLABLE", help=MODEL_HELP
@@ -53,15 +78,17 @@ def source_options(function):
     ]
     for option in reversed(options):
         function = option(function)
-    return function
+    return loss_options(function)
 
 
-def model_source(model, model_args, dataset, image_size, normalize, allow_source_change, download=False):
+def model_source(
+    model, model_args, dataset, image_size, normalize, allow_source_change, loss=None, output=None, download=False
+):
     """The ``ModelSource`` for these options (None when none is given: the checkpoint says everything).
 
     Args:
-        model, model_args, dataset, image_size, normalize, allow_source_change: the options
-            ``source_options`` added, as click passes them.
+        model, model_args, dataset, image_size, normalize, allow_source_change, loss, output: the
+            options ``source_options`` added, as click passes them.
         download: the command's --download, where it has one.
 
     Returns:
@@ -69,7 +96,8 @@ def model_source(model, model_args, dataset, image_size, normalize, allow_source
     """
     from flatness.sources.loading import ModelSource
 
-    if model is None and model_args is None and dataset is None and image_size is None and normalize is None:
+    given = (model, model_args, dataset, image_size, normalize, loss, output)
+    if all(value is None for value in given):
         return None
     return ModelSource(
         model=model,
@@ -79,4 +107,6 @@ def model_source(model, model_args, dataset, image_size, normalize, allow_source
         normalize=normalize,
         download=download,
         allow_source_change=allow_source_change,
+        loss=loss,
+        output=output,
     )

@@ -161,7 +161,8 @@ def command(
     )
     if summary["centre"]:
         for split_name, (loss, acc) in summary["centre"].items():
-            click.echo(f"  centre {split_name}: loss {loss:.4f}, accuracy {acc:.2f}%")
+            accuracy = f", accuracy {acc:.2f}%" if acc is not None else ""  # none for a regression loss
+            click.echo(f"  centre {split_name}: loss {loss:.4f}{accuracy}")
     for split_name, value in summary["min_loss"].items():
         if value is not None:
             click.echo(f"  lowest {split_name} loss on the grid: {value:.4f}")

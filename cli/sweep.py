@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from flatness.cli.source_options import loss_options
+from flatness.core.errors import FlatnessError
 from flatness.sweep.run import (
     DEFAULT_EPOCHS,
     DEFAULT_GRID,
@@ -75,6 +77,7 @@ from flatness.sweep.run import (
     help="tensorboard: each cell's training curves into OUT/cells/CELL/tensorboard (needs "
     "flatness[tensorboard]); `tensorboard --logdir OUT` shows the whole grid.",
 )
+@loss_options
 def command(
     out,
     grid,
@@ -92,6 +95,8 @@ def command(
     quick,
     no_progress,
     logger,
+    loss,
+    output,
 ):  # click passes every option as a parameter of its own
     """Train every cell of a grid (one normal run folder each), probe it (top Hessian eigenvalues, trace,
     every sharpness metric) and measure the norm/margin baselines; write OUT/cells.csv.
@@ -119,9 +124,15 @@ def command(
         data_dir=data_dir,
         progress=not no_progress,
         log=logger,
+        loss=loss,
+        output=output,
     )
     result = run_sweep(settings, echo=lambda m: click.echo(m, err=True))
     click.echo(
         f"{result['ran']} cell(s) run now ({result['done']} done, {result['failed']} failed) of "
         f"{result['cells']} in the grid, {result['seconds']:.0f} s; table: {result['table']}"
     )
+    if result["failures"]:  # a sweep with a failed cell is not a success (exit 2, naming them)
+        from flatness.sweep.run import failure_message
+
+        raise FlatnessError(failure_message(result["failures"], result["cells"]))

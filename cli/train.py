@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 
+from flatness.cli.source_options import loss_options
 from flatness.training.config import TrainConfig
 
 D = TrainConfig()
@@ -242,6 +243,7 @@ def _ms(values) -> str:
     "loss of --stop-loss, AMP/SAM's perturbation norm) as TensorBoard scalars into OUT/tensorboard (needs "
     "flatness[tensorboard]); `tensorboard --logdir DIR` then shows every run under DIR.",
 )
+@loss_options
 def command(out, resume, recipe, progress, nproc, compile_, logger, **options):
     """Train a model with ERM, AMP or SAM and save its checkpoints into a run folder.
 

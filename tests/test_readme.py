@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import re
@@ -104,3 +105,41 @@ def test_every_cited_section_of_the_definitions_exists():
     assert cited, "expected some citations of docs/metrics.md sections"
     missing = sorted((where, section) for where, section in cited if section not in headings)
     assert not missing, missing
+
+
+def section_bash(text: str, heading: str) -> str:
+    """The first fenced ```bash block after ``heading`` and before the next ``## `` heading."""
+    start = text.find(heading + "\n")
+    assert start >= 0, f"README.md has no section {heading!r}"
+    body = text[start + len(heading) + 1 :]
+    following = re.search(r"^## ", body, flags=re.MULTILINE)
+    body = body[: following.start()] if following else body
+    block = re.search(r"^```bash\n(.*?)^```\s*$", body, flags=re.MULTILINE | re.DOTALL)
+    assert block is not None, f"README.md's section {heading!r} has no ```bash block"
+    return block.group(1)
+
+
+def run_bash_section(heading: str, folder: pathlib.Path) -> subprocess.CompletedProcess:
+    """Run a section's shell block as a user would: outside the checkout, the project's `flatness` and `python`."""
+    script = folder / "example.sh"
+    script.write_text(section_bash(README.read_text(encoding="utf-8"), heading), encoding="utf-8")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    proc = subprocess.run(["bash", "-e", str(script)], cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"README {heading} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def test_readme_regression_example_runs(tmp_path):
+    proc = run_bash_section("## Regression", tmp_path)
+    probe = json.loads((tmp_path / "runs" / "reg" / "last.probe-train.json").read_text())
+    assert probe["data"]["loss"] == "mse" and probe["accuracy"] is None
+    assert "accuracy" not in proc.stdout and "mean squared error" in proc.stdout
+    assert list((tmp_path / "runs" / "reg").glob("*-1d.png"))
+
+
+def test_readme_transformers_command_line_example_runs(tmp_path):
+    pytest.importorskip("transformers")
+    proc = run_bash_section("## Transformers and Hugging Face (command line)", tmp_path)
+    probe = json.loads((tmp_path / "runs" / "bert" / "last.probe-train.json").read_text())
+    assert probe["hessian"]["converged"] and probe["accuracy"] is not None
+    assert "nan" not in proc.stdout.lower(), proc.stdout

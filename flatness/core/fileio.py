@@ -48,12 +48,28 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _target_mode(path: str) -> int:
+    """The mode a file written to ``path`` gets: an existing file's own, else 0666 less the umask.
+
+    ``mkstemp`` creates its temporary file 0600 whatever the umask; without this every output would
+    stay unreadable to the group and others after the rename.
+    """
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        pass
+    mask = os.umask(0)  # the only way to read the umask; set back at once
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str):
     """Yield a temporary path beside ``path`` to write the whole file to.
 
     On success it is fsynced and renamed over ``path`` in one step, on any failure removed. For
-    writers that need a file name (h5py) as well as for ``atomic_write``.
+    writers that need a file name (h5py) as well as for ``atomic_write``. The file gets the mode an
+    ordinary write would give it: an overwritten file keeps its own, a new one honours the umask.
     """
     folder = os.path.dirname(os.path.abspath(path))
     try:
@@ -65,6 +81,7 @@ def atomic_path(path: str):
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, _target_mode(path))
         os.replace(tmp, path)
     except OSError as err:
         with contextlib.suppress(OSError):

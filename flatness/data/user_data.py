@@ -1,7 +1,9 @@
 """A user's own data: ``file.npz``, ``package.module:callable`` / ``file.py:callable``, ``imagefolder:DIR``.
 
 A user's data is used exactly as given (a model trained elsewhere must see the inputs it was trained
-on): inputs become float32 tensors, nothing is rescaled. Normalisation happens only when asked, with
+on): nothing is rescaled; an npz array keeps its kind (integer token ids and labels int64, floating
+inputs and regression targets float32), and ``x_SPLIT.NAME`` arrays give keyword inputs
+``{NAME: ...}`` (``input_ids``, ``attention_mask``, ...). Normalisation happens only when asked, with
 per-channel statistics of the training split, returned in the record so that a run can keep them.
 """
 
@@ -23,6 +25,8 @@ from flatness.models.references import is_reference, one_line, resolve_callable
 
 IMAGEFOLDER_PREFIX = "imagefolder:"
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+# The target of a Hugging Face style example {"input_ids": ..., "labels": ...}; the other keys are inputs.
+LABELS_KEY = "labels"
 
 
 class UserData(NamedTuple):
@@ -48,14 +52,78 @@ class NormalizedDataset(Dataset):
         return (x - self.mean.view(shape)) / self.std.view(shape), y
 
 
-def _tensor_inputs(array: np.ndarray) -> torch.Tensor:
-    # float32 because that is the dtype of the model's weights; the values stay as given
-    return torch.from_numpy(np.ascontiguousarray(array)).to(torch.float32)
-
-
-def _tensor_targets(array: np.ndarray) -> torch.Tensor:
+def _tensor(array: np.ndarray, target: bool = False) -> torch.Tensor:
+    """One npz array as a tensor of its own kind: integers (token ids, labels) int64, floating values
+    float32 (the dtype of a model's weights; the values stay as given), boolean inputs (masks) as
+    they are and boolean targets as 0./1. (what a binary loss takes)."""
     tensor = torch.from_numpy(np.ascontiguousarray(array))
-    return tensor.long() if not tensor.is_floating_point() else tensor.to(torch.float32)
+    if tensor.dtype == torch.bool:
+        return tensor.to(torch.float32) if target else tensor
+    return tensor.to(torch.float32) if tensor.is_floating_point() else tensor.long()
+
+
+class DictInputDataset(Dataset):
+    """Examples ``({name: tensor[i]}, target[i])``: an npz's ``x_SPLIT.NAME`` arrays as keyword inputs."""
+
+    def __init__(self, inputs: dict[str, torch.Tensor], targets: torch.Tensor):
+        self.inputs, self.targets = inputs, targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index):
+        return {k: v[index] for k, v in self.inputs.items()}, self.targets[index]
+
+
+class LabelsDictDataset(Dataset):
+    """A dataset of Hugging Face style examples ``{"input_ids": ..., "labels": ...}`` as
+    ``(inputs, labels)`` pairs: the ``labels`` entry is the target, the other keys the model's inputs."""
+
+    def __init__(self, base: Dataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index):
+        example = dict(self.base[index])
+        labels = example.pop(LABELS_KEY)
+        return example, labels
+
+
+def _split_inputs(arrays: dict[str, np.ndarray], split: str, path: str) -> np.ndarray | dict[str, np.ndarray]:
+    """``x_SPLIT`` (one array), or the ``x_SPLIT.NAME`` arrays as ``{NAME: array}`` (keyword inputs)."""
+    key = f"x_{split}"
+    named = {k[len(key) + 1 :]: v for k, v in arrays.items() if k.startswith(key + ".")}
+    if key in arrays and named:
+        raise FlatnessError(f"{path} has both {key} and {key}.NAME arrays: give the inputs one way")
+    if key in arrays:
+        return arrays[key]
+    if not named:
+        raise FlatnessError(
+            f"{path} has no array {key!r} (an npz dataset needs x_train, y_train, x_test, y_test, "
+            f"or x_train.NAME arrays for keyword inputs; it has {', '.join(arrays) or 'none'})"
+        )
+    return named
+
+
+def _npz_split(arrays: dict[str, np.ndarray], split: str, path: str) -> Dataset:
+    x, y = _split_inputs(arrays, split, path), arrays[f"y_{split}"]
+    parts = x if isinstance(x, dict) else {"": x}
+    for name, array in list(parts.items()) + [("y", y)]:
+        label = "y_" + split if name == "y" else (f"x_{split}.{name}" if name else f"x_{split}")
+        if array.ndim == 0 or len(array) != len(y):
+            raise FlatnessError(
+                f"{path}: {label} has {len(array) if array.ndim else 0} examples but y_{split} has "
+                f"{len(y) if y.ndim else 0}"
+            )
+        if array.dtype.kind not in "biuf":
+            raise FlatnessError(f"{path}: {label} must be a numeric array, got dtype {array.dtype}")
+    if len(y) == 0:
+        raise FlatnessError(f"{path}: x_{split} is empty")
+    if isinstance(x, dict):
+        return DictInputDataset({k: _tensor(v) for k, v in x.items()}, _tensor(y, target=True))
+    return TensorDataset(_tensor(x), _tensor(y, target=True))
 
 
 def _load_npz(path: str) -> tuple[Dataset, Dataset]:
@@ -64,30 +132,18 @@ def _load_npz(path: str) -> tuple[Dataset, Dataset]:
     try:
         # allow_pickle=False: object arrays would unpickle code
         with np.load(path, allow_pickle=False) as archive:
-            missing = [key for key in NPZ_KEYS if key not in archive.files]
+            missing = [key for key in ("y_train", "y_test") if key not in archive.files]
             if missing:
                 raise FlatnessError(
                     f"{path} has no array {missing[0]!r} (an npz dataset needs "
                     f"{', '.join(NPZ_KEYS)}; it has {', '.join(archive.files) or 'none'})"
                 )
-            arrays = {key: archive[key] for key in NPZ_KEYS}
+            arrays = {key: archive[key] for key in archive.files}
     except FlatnessError:
         raise
     except Exception as err:  # ValueError for object arrays, BadZipFile/OSError for damage
         raise FlatnessError(f"cannot read {path} as an npz dataset: {one_line(err)}") from None
-    splits = []
-    for split in ("train", "test"):
-        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
-            raise FlatnessError(
-                f"{path}: x_{split} has {len(x) if x.ndim else 0} examples but y_{split} has {len(y) if y.ndim else 0}"
-            )
-        if len(x) == 0:
-            raise FlatnessError(f"{path}: x_{split} is empty")
-        if x.dtype.kind not in "biuf" or y.dtype.kind not in "biuf":
-            raise FlatnessError(f"{path}: x_{split} and y_{split} must be numeric arrays")
-        splits.append(TensorDataset(_tensor_inputs(x), _tensor_targets(y)))
-    return splits[0], splits[1]
+    return _npz_split(arrays, "train", path), _npz_split(arrays, "test", path)
 
 
 def _is_dataset(obj: Any) -> bool:
@@ -105,7 +161,21 @@ def _load_callable(ref: str) -> tuple[Dataset, Dataset, str | None]:
     for name, dataset in zip(("train", "test"), result):
         if len(dataset) == 0:
             raise FlatnessError(f"{ref} returned an empty {name} dataset")
-    return result[0], result[1], sha256
+    train, test = (_as_pairs(d, ref) for d in result)
+    return train, test, sha256
+
+
+def _as_pairs(dataset: Dataset, ref: str) -> Dataset:
+    """The dataset as ``(inputs, target)`` examples: Hugging Face style dict examples are split at "labels"."""
+    example = dataset[0]
+    if not isinstance(example, dict):
+        return dataset
+    if LABELS_KEY not in example:
+        raise FlatnessError(
+            f"{ref}: an example that is a dict needs a {LABELS_KEY!r} entry (the target; the other keys are "
+            f"the model's inputs), got keys {', '.join(map(str, example))}"
+        )
+    return LabelsDictDataset(dataset)
 
 
 def _load_imagefolder(folder: str, image_size: int | None) -> tuple[Dataset, Dataset]:
@@ -202,32 +272,78 @@ def _shape_of(inputs: Any) -> str:
     return shapes[0] if len(shapes) == 1 else "(" + ", ".join(shapes) + ")"
 
 
-def check_model_fits(model: nn.Module, dataset: Dataset) -> None:
-    """Run the model on the dataset's first example; fail with one line saying both shapes if it cannot.
+def check_model_fits(model: nn.Module, dataset: Dataset, loss_fn: Any = None, output_fn: Any = None) -> None:
+    """Run the model on the dataset's first example (and the loss on two); fail with one line if they cannot.
 
     Args:
         model: the model to train or measure.
         dataset: yields ``(inputs, target)`` examples (inputs a tensor, tuple/list or dict of tensors).
+        loss_fn: the loss the model will be trained or measured with (None: cross-entropy).
+        output_fn: what of the model's output the loss sees (``flatness.data.batches.model_output``).
 
     Raises:
-        FlatnessError: the model raised on one example (the message gives the batch's input shape and
-            what the model raised), or its class scores do not cover the example's label.
+        FlatnessError: the model raised on a batch of one example (the message gives the batch's
+            input shape and what the model raised), its output has no tensor for the loss, its class
+            scores do not cover the example's label, or the loss fails on a batch of two examples or
+            does not return a scalar there (so that a per-example loss shows).
     """
     x, y = dataset[0]
     batch = map_tensors(x, lambda t: t.unsqueeze(0))
-    try:
-        with torch.no_grad(), eval_mode(model):
-            out = forward(model, batch)
-    except Exception as err:  # shape errors surface as RuntimeError, ValueError, AssertionError...
-        raise FlatnessError(
-            f"the model does not fit the data: a batch of one example has input shape "
-            f"{_shape_of(batch)} and the model raised {one_line(err)}"
-        ) from None
+    out = _fitting_output(model, batch, output_fn)
     label = (
         int(y) if isinstance(y, int) or (torch.is_tensor(y) and y.dim() == 0 and not y.is_floating_point()) else None
     )
-    if label is not None and torch.is_tensor(out) and out.dim() == 2 and not 0 <= label < out.shape[1]:
+    if label is not None and out.dim() == 2 and not 0 <= label < out.shape[1]:
         raise FlatnessError(
             f"the model does not fit the data: it gives {out.shape[1]} class scores "
             f"(output shape {tuple(out.shape)}) but the data has label {label}"
         )
+    from torch.utils.data import default_collate
+
+    from flatness.core.losses import resolve_loss
+
+    # the loss the run uses (cross-entropy unless given), on two examples so that a per-example loss shows
+    batch_x, batch_y = default_collate([dataset[i] for i in range(min(2, len(dataset)))])
+    _check_loss_on(resolve_loss(loss_fn), _fitting_output(model, batch_x, output_fn), batch_y)
+
+
+def _fitting_output(model: nn.Module, batch: Any, output_fn: Any) -> torch.Tensor:
+    """The tensor the loss sees of the model on ``batch``; FlatnessError (one line) when the model cannot run it."""
+    count = _count(batch)
+    try:
+        with torch.no_grad(), eval_mode(model):
+            return forward(model, batch, output_fn)
+    except FlatnessError:
+        raise  # an output with no tensor for the loss: its own one line
+    except Exception as err:  # shape errors surface as RuntimeError, ValueError, AssertionError...
+        raise FlatnessError(
+            f"the model does not fit the data: a batch of {'one example' if count == 1 else f'{count} examples'} "
+            f"has input shape "
+            f"{_shape_of(batch)} and the model raised {one_line(err)}"
+        ) from None
+
+
+def _count(batch: Any) -> int:
+    sizes: list[int] = []
+    map_tensors(batch, lambda t: sizes.append(int(t.shape[0])) or t)
+    return sizes[0] if sizes else 0
+
+
+def _check_loss_on(loss_fn: Any, out: torch.Tensor, targets: torch.Tensor) -> None:
+    """FlatnessError (one line) when ``loss_fn`` fails on these outputs and targets or gives no scalar."""
+    from flatness.core.losses import check_loss_value
+
+    try:
+        with torch.no_grad():
+            value = loss_fn(out, targets)
+    except FlatnessError:
+        raise
+    except Exception as err:  # dtype or shape mismatches between outputs and targets
+        hint = ""
+        if targets.is_floating_point() and getattr(loss_fn, "name", None) in ("ce", "nll"):
+            hint = "; float targets need a regression loss, e.g. --loss mse"
+        raise FlatnessError(
+            f"the loss does not fit the model's outputs (shape {tuple(out.shape)}, {out.dtype}) and the "
+            f"targets (shape {tuple(targets.shape)}, {targets.dtype}): {one_line(err)}{hint}"
+        ) from None
+    check_loss_value(value, loss_fn)

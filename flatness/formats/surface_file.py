@@ -149,11 +149,13 @@ def create_surface(
     directions: Sequence[dict[str, torch.Tensor]],
     attrs: dict[str, Any],
     pca: dict[str, Any] | None = None,
+    accuracy: bool = True,
 ) -> None:
     """Write a new surface file complete (NaN values), atomically.
 
     It is written under a temporary name, then renamed to ``path`` in one step (replacing a file
-    there: the caller has checked ``--force``). 2-D arrays are (ny, nx), layout "xy".
+    there: the caller has checked ``--force``). 2-D arrays are (ny, nx), layout "xy". Without
+    ``accuracy`` (a regression loss) the file has loss arrays only: no ``*_acc``, no ``accuracy_unit``.
     """
     _h5py()  # a clear error when h5py is missing
     shape = (len(xcoordinates),) if ycoordinates is None else (len(ycoordinates), len(xcoordinates))
@@ -163,7 +165,7 @@ def create_surface(
         if ycoordinates is not None:
             f.create_dataset("ycoordinates", data=np.asarray(ycoordinates, dtype=np.float64))
         for split in splits:
-            for what in ("loss", "acc"):
+            for what in ("loss", "acc") if accuracy else ("loss",):
                 f.create_dataset(f"{split}_{what}", data=np.full(shape, np.nan, dtype=np.float64))
         f.create_dataset("computed", data=np.zeros(shape, dtype=np.uint8))
         group = f.create_group("directions")
@@ -181,11 +183,12 @@ def create_surface(
             {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
-                "accuracy_unit": "percent",
                 "layout": LAYOUT,
                 "missing": "nan",
             }
         )
+        if accuracy:
+            full["accuracy_unit"] = "percent"
         full.setdefault("seconds", 0.0)
         for key, value in full.items():
             f.attrs[key] = _attr_value(value)

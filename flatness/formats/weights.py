@@ -319,6 +319,53 @@ class ExportedModule(nn.Module):
         return torch.cat([self.program(chunk) for chunk in x.split(size)])
 
 
+# Ops whose behaviour depends on train vs eval mode, and the position of their "training" argument.
+# torch.export freezes the mode the model was in: a program exported in train mode keeps dropping
+# units and using batch statistics whatever .eval() says later.
+_MODE_OPS = {
+    "batch_norm": 5,
+    "native_batch_norm": 5,
+    "_native_batch_norm_legit": 5,
+    "_native_batch_norm_legit_functional": 5,
+    "dropout": 2,
+    "native_dropout": 2,
+    "feature_dropout": 2,
+    "alpha_dropout": 2,
+    "feature_alpha_dropout": 2,
+}
+
+
+def _train_mode_op(program) -> str | None:
+    """The name of the first dropout or batch-statistics op of ``program`` run in train mode (else None)."""
+    for node in program.graph.nodes:
+        if node.op != "call_function":
+            continue
+        parts = str(node.target).split(".")  # "aten.dropout.default"
+        name = parts[1] if len(parts) > 2 and parts[0] == "aten" else ""
+        index = _MODE_OPS.get(name)
+        if index is None:
+            continue
+        flag = node.args[index] if len(node.args) > index else node.kwargs.get("train", node.kwargs.get("training"))
+        if flag is None or flag is True:  # native_dropout's train=None means train
+            return name
+    return None
+
+
+def check_eval_mode_program(program, path: str) -> None:
+    """FlatnessError when ``program`` was exported in train mode (dropout or batch-statistics BatchNorm).
+
+    Args:
+        program: a ``torch.export.ExportedProgram``.
+        path: its file, for the message.
+    """
+    op = _train_mode_op(program)
+    if op is not None:
+        raise FlatnessError(
+            f"{path} was exported in train mode ({op} runs in training mode in its graph): "
+            "export it again after model.eval()"
+        )
+
+
 def load_exported_program(path: str) -> ExportedModule:
     """Load a ``torch.export.save`` program as a module, after proving that loading runs no foreign code.
 
@@ -331,13 +378,15 @@ def load_exported_program(path: str) -> ExportedModule:
 
     Raises:
         FlatnessError: not a .pt2 archive, an archive holding anything but plain tensors and JSON
-            (see ``check_pt2_archive``), or a program torch cannot deserialize.
+            (see ``check_pt2_archive``), a program torch cannot deserialize, or one exported in
+            train mode (``check_eval_mode_program``).
     """
     check_pt2_archive(path)
     try:
         program = torch.export.load(path)
     except Exception as err:  # deserialization failures surface as many exception types
         raise FlatnessError(f"cannot load {path} as a torch.export program: {_first_line(err)}") from None
+    check_eval_mode_program(program, path)
     module = program.module()
     for param in module.parameters():
         param.requires_grad_(True)

@@ -77,6 +77,8 @@ MATCH_KEYS = (
     "batch_size",
     "bn",
     "precision",
+    "loss",
+    "output",
 )
 
 
@@ -260,6 +262,8 @@ def _prepare(checkpoint: str, out: str | None, s: SurfaceSettings, data: dict[st
     dev = distributed.local_device(resolve_device(s.device))
     target = load_target(checkpoint, s.source, device=dev, root=s.data_dir)
     model, info = target.model, target.info
+    if s.loss_fn is None and s.output_fn is None:  # as the run recorded them, or as --loss / --output named them
+        s = dataclasses.replace(s, loss_fn=target.loss_fn, output_fn=target.output_fn)
     if s.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ckpt_path = info["path"]
@@ -295,6 +299,10 @@ def _prepare(checkpoint: str, out: str | None, s: SurfaceSettings, data: dict[st
         target=target,
     )
     job.data = _probe_sets(job, data)
+    # The examples actually used (the split may hold fewer than --samples asked for)
+    counts = {sp: int(d.n) for sp, d in job.data.items()}
+    job.wanted["samples"] = counts[splits[0]]
+    job.wanted.update({f"{sp}_samples": n for sp, n in counts.items()})
     if s.bn == "recalibrate" and batchnorm_layers(model):
         job.recal_batches = job.load_train()
     return job
@@ -362,6 +370,9 @@ def _provenance(
         "bn": s.bn,
         "memory_format": "channels_last" if s.channels_last else "contiguous",  # provenance, not a resume key
         "precision": s.precision,  # a resume key (issue 15): one file never mixes fp32 and bf16 points
+        # the loss and output the values are of ("": cross-entropy on the output; flatness.sources.losses)
+        "loss": info.get("loss") or "",
+        "output": info.get("output") or "",
         "seed": int(s.seed),
         "dims": 1 if ys is None else 2,
         "x_min": xs[0],
@@ -415,6 +426,13 @@ def _make_directions(job: _Job):
     return result.directions, {"eigenvalues": list(result.eigenvalues)}, None
 
 
+def _has_accuracy(job: _Job) -> bool:
+    """Whether the surface has accuracy arrays: not for a known regression loss (``--loss mse``)."""
+    from flatness.core.losses import is_classification_loss
+
+    return is_classification_loss(job.settings.loss_fn) is not False
+
+
 def _open_surface_file(job: _Job):
     """Rank 0: create the file (with its directions) or reopen it to resume.
 
@@ -427,7 +445,8 @@ def _open_surface_file(job: _Job):
         handle = surface_io.SurfaceFile(out)
         try:
             surface_io.check_matches(handle.attrs, job.wanted, out, job.match_keys)
-            missing = [k for sp in job.splits for k in (f"{sp}_loss", f"{sp}_acc") if k not in handle.values]
+            kinds = ("loss", "acc") if _has_accuracy(job) else ("loss",)
+            missing = [f"{sp}_{k}" for sp in job.splits for k in kinds if f"{sp}_{k}" not in handle.values]
             if missing or len(handle.directions) != (1 if job.ycoords is None else 2):
                 raise FlatnessError(
                     f"{out} is incomplete (no {missing[0] if missing else 'directions'}); use --force to start over"
@@ -448,6 +467,7 @@ def _open_surface_file(job: _Job):
             directions=directions,
             attrs=attrs,
             pca=pca,
+            accuracy=_has_accuracy(job),
         )
         handle = surface_io.SurfaceFile(out)
         seconds_before = 0.0
@@ -530,7 +550,8 @@ def _store_rows(
     for (i, j), numbers in zip(points, rows.tolist(), strict=True):
         for k, sp in enumerate(splits):
             values[f"{sp}_loss"][j, i] = numbers[2 * k]
-            values[f"{sp}_acc"][j, i] = numbers[2 * k + 1]
+            if f"{sp}_acc" in values:  # none for a regression loss
+                values[f"{sp}_acc"][j, i] = numbers[2 * k + 1]
         computed[j, i] = True
 
 
@@ -576,8 +597,12 @@ def _summary(job: _Job, values, computed, seconds_before, elapsed, cpu_elapsed, 
     ci = np.flatnonzero(job.xcoords == 0.0)
     cj = np.array([0]) if job.ycoords is None else np.flatnonzero(job.ycoords == 0.0)
     if ci.size and cj.size and computed[cj[0], ci[0]]:
+        acc = {sp: values.get(f"{sp}_acc") for sp in job.splits}
         summary["centre"] = {
-            sp: (float(values[f"{sp}_loss"][cj[0], ci[0]]), float(values[f"{sp}_acc"][cj[0], ci[0]]))
+            sp: (
+                float(values[f"{sp}_loss"][cj[0], ci[0]]),
+                None if acc[sp] is None or np.isnan(acc[sp][cj[0], ci[0]]) else float(acc[sp][cj[0], ci[0]]),
+            )
             for sp in job.splits
         }
     for sp in job.splits:

@@ -19,6 +19,7 @@ from flatness.plot.style import (
     new_figure,
     pick_value,
     save_figure,
+    surface_loss,
     surface_title,
     use_log,
     value_name,
@@ -131,7 +132,11 @@ def draw_2d(
         cb = fig.colorbar(mappable, ax=ax, ticks=levels[::3] if logscale else None, format=FormatStrFormatter("%.3g"))
         cb.minorticks_off()
         unit = "%" if value.endswith("acc") else ""
-        cb.set_label(value_name(value) + (f" ({unit})" if unit else "") + (" — log scale" if logscale else ""))
+        cb.set_label(
+            value_name(value, surface_loss(surf))
+            + (f" ({unit})" if unit else "")
+            + (" — log scale" if logscale else "")
+        )
     return mappable
 
 
@@ -155,7 +160,7 @@ def plot_2d(
     lo, hi = limits if limits else common_limits([surf], value, vmin, vmax)
     logscale = use_log(value, lo, hi, log)
     what = {"contour": "contour", "contourf": "filled contour", "heatmap": "heatmap", "3d": "3D surface"}[kind]
-    title = surface_title(surf, f"{value_name(value)}: {what}")
+    title = surface_title(surf, f"{value_name(value, surface_loss(surf))}: {what}")
     extra = explained_variance(surf)
     if extra and len(extra) >= 2:
         title += f"\nPCA explained variance: PC1 {100 * extra[0]:.1f}%, PC2 {100 * extra[1]:.1f}%"
@@ -170,10 +175,10 @@ def plot_2d(
         Zc = np.clip(np.where(np.isfinite(Z), Z, s_hi), s_lo, s_hi)
         if logscale:
             Zplot = np.log10(Zc)
-            zlabel = f"log10 {value_name(value)}"
+            zlabel = f"log10 {value_name(value, surface_loss(surf))}"
             norm = Normalize(np.log10(s_lo), np.log10(s_hi))
         else:
-            Zplot, zlabel, norm = Zc, value_name(value), Normalize(s_lo, s_hi)
+            Zplot, zlabel, norm = Zc, value_name(value, surface_loss(surf)), Normalize(s_lo, s_hi)
         mappable = ax.plot_surface(
             X, Y, Zplot, cmap="viridis", norm=norm, linewidth=0, antialiased=True, rstride=1, cstride=1
         )

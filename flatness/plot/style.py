@@ -81,6 +81,8 @@ def surface_title(surf: dict[str, Any], what: str = "") -> str:
         parts.append(f"direction: {direction}")
     split = attrs.get("split")
     samples = attrs.get("samples")
+    if split == "both" and attrs.get("train_samples") is not None and attrs.get("test_samples") is not None:
+        samples = f"{attrs['train_samples']} + {attrs['test_samples']}"  # the examples used of each split
     if split:
         split = "train + test" if split == "both" else split
         parts.append(f"split: {split}" + (f" ({samples} samples)" if samples not in (None, "", 0) else ""))
@@ -129,10 +131,30 @@ def contour_levels(lo: float, hi: float, logscale: bool, n: int = 20) -> np.ndar
     return np.linspace(lo, hi, n)
 
 
-def value_name(value: str) -> str:
-    """``"train_loss"`` -> ``"train loss (mean cross-entropy)"``, for labels."""
+LOSS_WORDS = {
+    "ce": "mean cross-entropy",
+    "nll": "mean NLL",
+    "mse": "mean squared error",
+    "bce": "mean binary cross-entropy",
+    "l1": "mean absolute error",
+    "huber": "mean Huber loss",
+}
+
+
+def loss_words(loss: str | None) -> str:
+    """What a loss is, for labels: ``None`` / ``""`` (the default) -> "mean cross-entropy", else its name."""
+    return LOSS_WORDS.get(loss or "ce", str(loss))
+
+
+def surface_loss(surf: dict[str, Any]) -> str | None:
+    """The loss a loaded surface records (None: cross-entropy, and files written before it was recorded)."""
+    return (surf.get("attrs") or {}).get("loss") or None
+
+
+def value_name(value: str, loss: str | None = None) -> str:
+    """``"train_loss"`` -> ``"train loss (mean cross-entropy)"`` (the ``loss`` a surface records), for labels."""
     split, _, what = value.partition("_")
-    return f"{split} {'loss (mean cross-entropy)' if what == 'loss' else 'accuracy'}"
+    return f"{split} {f'loss ({loss_words(loss)})' if what == 'loss' else 'accuracy'}"
 
 
 def pick_value(surf: dict[str, Any], value: str | None) -> str:

@@ -56,6 +56,8 @@ class ModelSource:
     normalize: bool | None = None
     download: bool = False
     allow_source_change: bool = False
+    loss: str | None = None
+    output: str | None = None
 
 
 @dataclass
@@ -63,7 +65,9 @@ class Target:
     """A model to measure and where its data comes from.
 
     ``info`` has ``path``, ``dataset``, ``model``, ``method``, ``epoch``, ``step``, ``config``,
-    ``metrics``, ``model_spec`` (None outside flatness checkpoints) and ``format``.
+    ``metrics``, ``model_spec`` (None outside flatness checkpoints), ``format``, and ``loss`` and
+    ``output``: the specs measured with (``flatness.sources.losses``; None: the defaults), whose
+    functions are ``loss_fn`` and ``output_fn``.
     """
 
     model: nn.Module
@@ -71,6 +75,8 @@ class Target:
     image_size: int | None = None
     normalize: bool = False
     sources: dict[str, Any] = field(default_factory=dict)
+    loss_fn: Any = None
+    output_fn: Any = None
 
     def probe_data(
         self,
@@ -98,7 +104,7 @@ class Target:
         if is_user_dataset(self.info["dataset"]) and not _static_program(self.model):
             from flatness.data.user_data import check_model_fits
 
-            check_model_fits(self.model, dataset)
+            check_model_fits(self.model, dataset, self.loss_fn, self.output_fn)
         return ProbeData.from_dataset(dataset, samples, batch_size, device)
 
 
@@ -364,6 +370,10 @@ def _load_flatness(payload: dict[str, Any], source: ModelSource, root: str | Non
     ref = _checked_model_reference(spec, model_record, source, path)
     dataset_record = records.get("dataset") or {"reference": config.get("dataset")}
     dataset = check_recorded("dataset", dataset_record, source.dataset, source.allow_source_change, path)
+    allow = source.allow_source_change
+    losses = {
+        k: check_recorded(k, {"reference": config.get(k)}, getattr(source, k), allow, path) for k in ("loss", "output")
+    }
     used: dict[str, Any] = {"reference": spec.get("name"), "args": None, "sha256": None}
     if ref is None:
         model = build_from_spec(spec)
@@ -388,6 +398,7 @@ def _load_flatness(payload: dict[str, Any], source: ModelSource, root: str | Non
         "metrics": payload.get("metrics", []),
         "model_spec": spec,
         "format": "flatness",
+        **losses,
     }
     return Target(model, info, image_size, bool(normalize), records)
 
@@ -438,8 +449,20 @@ def load_target(
         else:
             target = _load_flatness(payload, source, root)
     check_finite(target.model, target.info["path"])
+    _resolve_losses(target, source)
     target.model.to(device).eval()
     return target
+
+
+def _resolve_losses(target: Target, source: ModelSource) -> None:
+    """The target's ``loss_fn`` and ``output_fn``: as its run recorded them (already checked), or as named."""
+    from flatness.sources.losses import check_loss_spec, check_output_spec, loss_fn_for, output_fn_for
+
+    info = target.info
+    if "loss" not in info:  # a foreign file records none: the command line's, or the defaults
+        info["loss"], info["output"] = check_loss_spec(source.loss), check_output_spec(source.output)
+    target.loss_fn = loss_fn_for(info["loss"])
+    target.output_fn = output_fn_for(info["output"])
 
 
 def _load_foreign(path: str, source: ModelSource, root: str | None) -> Target:
@@ -484,7 +507,12 @@ def init_distance(model: nn.Module, checkpoint_path: str) -> float | None:
 
 
 def named_source(
-    model: str | None, model_args: Any, dataset: str | None, normalize: bool | None = None
+    model: str | None,
+    model_args: Any,
+    dataset: str | None,
+    normalize: bool | None = None,
+    loss: str | None = None,
+    output: str | None = None,
 ) -> ModelSource | None:
     """The ``ModelSource`` with which a study measures the runs it trained from these options.
 
@@ -493,20 +521,30 @@ def named_source(
         model_args: its ``--model-args``.
         dataset: its ``--dataset``.
         normalize: its ``--normalize``.
+        loss: its ``--loss``.
+        output: its ``--output``.
 
     Returns:
-        A source naming the user's model and data again (the study's own command line named them), or
-        None when both are built in.
+        A source naming the user's model, data, loss and output again (the study's own command line
+        named them), or None when all are built in.
     """
     user_model = bool(model) and is_reference(model)
-    if not user_model and not is_user_dataset(dataset):
+    code = [spec for spec in (loss, output) if is_code_reference(spec)]
+    if not user_model and not is_user_dataset(dataset) and not code:
         return None
     return ModelSource(
         model=model if user_model else None,
         model_args=model_args if user_model else None,
         dataset=dataset if is_user_dataset(dataset) else None,
         normalize=normalize,
+        loss=loss if is_code_reference(loss) else None,
+        output=output if is_code_reference(output) else None,
     )
+
+
+def config_source(config: Any) -> ModelSource | None:
+    """``named_source`` of a run's ``TrainConfig`` (a study measures the runs its command line trained)."""
+    return named_source(config.model, config.model_args, config.dataset, config.normalize, config.loss, config.output)
 
 
 def folder_label(ref: str) -> str:

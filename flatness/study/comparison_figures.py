@@ -48,25 +48,26 @@ def figure_training(records: Sequence[RunRecord], path: str, force: bool = False
     methods = sorted_methods(r.method for r in records if r.epochs)
     if not methods:
         return None
-    fig = new_figure((11, 4.2))
-    ax_loss, ax_acc = fig.subplots(1, 2)
+    # runs without accuracy (a regression loss) get the loss panel only
+    has_acc = any(_mean_curves([r], "test_acc")[0].size for r in records if r.epochs)
+    fig = new_figure((11, 4.2) if has_acc else (6, 4.2))
+    ax_loss, ax_acc = fig.subplots(1, 2) if has_acc else (fig.subplots(1, 1), None)
+    curves = [("train_loss", ax_loss, "-", 1), ("test_loss", ax_loss, "--", 1)]
+    if has_acc:
+        curves += [("train_acc", ax_acc, "-", 100), ("test_acc", ax_acc, "--", 100)]
     for i, m in enumerate(methods):
         group = [r for r in records if r.method == m and r.epochs]
         color = f"C{i}"
-        for key, ax, style, scale in (
-            ("train_loss", ax_loss, "-", 1),
-            ("test_loss", ax_loss, "--", 1),
-            ("train_acc", ax_acc, "-", 100),
-            ("test_acc", ax_acc, "--", 100),
-        ):
+        for key, ax, style, scale in curves:
             ep, mean, std = _mean_curves(group, key)
             if ep.size:
                 ax.plot(ep, scale * mean, style, color=color, label=f"{m.upper()} {key.split('_')[0]} (n={len(group)})")
                 ax.fill_between(ep, scale * (mean - std), scale * (mean + std), color=color, alpha=0.15)
     ax_loss.set_yscale("log")
-    ax_loss.set_ylabel("loss (mean cross-entropy, log scale)")
-    ax_acc.set_ylabel("accuracy (%)")
-    for ax in (ax_loss, ax_acc):
+    ax_loss.set_ylabel("loss (log scale)" if not has_acc else "loss (mean cross-entropy, log scale)")
+    if ax_acc is not None:
+        ax_acc.set_ylabel("accuracy (%)")
+    for ax in (ax_loss, ax_acc) if ax_acc is not None else (ax_loss,):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -191,9 +192,10 @@ def figure_contours(records: Sequence[RunRecord], path: str, force: bool = False
         ticks=contour_levels(lo, hi, logscale)[::3] if logscale else None,
         format=FormatStrFormatter("%.3g"),
     )
-    cb.set_label(value_name(value) + (" — log scale" if logscale else "") + "; shared colour limits")
+    name = value_name(value, (surfs[0].get("attrs") or {}).get("loss"))
+    cb.set_label(name + (" — log scale" if logscale else "") + "; shared colour limits")
     fig.suptitle(
-        f"2D {value_name(value)} around each trained checkpoint (random filter-normalised directions, "
+        f"2D {name} around each trained checkpoint (random filter-normalised directions, "
         "train probe data); red star = trained weights",
         fontsize=10,
     )

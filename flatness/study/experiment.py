@@ -25,6 +25,7 @@ each surface starts as soon as the runs it reads are done; the numbers are those
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -301,6 +302,25 @@ def train_config_for(cfg: ExperimentConfig, method: str, seed: int):
     return build_config(explicit, recipe=cfg.recipe)
 
 
+def _names_failures(kind: str):
+    """A step whose one-line error says which run it was (``train amp s1 failed: ...``)."""
+
+    def wrap(step):
+        @functools.wraps(step)
+        def run(cfg, method, seed, *args, **kwargs):
+            try:
+                return step(cfg, method, seed, *args, **kwargs)
+            except FlatnessError as err:
+                raise FlatnessError(
+                    f"{kind} {method} s{seed} failed: {err} (rerun to retry; finished steps are kept)"
+                ) from None
+
+        return run
+
+    return wrap
+
+
+@_names_failures("train")
 def step_train(cfg: ExperimentConfig, method: str, seed: int, progress: bool, echo) -> dict[str, Any]:
     """Train one run, resuming a partial one and skipping a finished one.
 
@@ -347,6 +367,7 @@ def _clear_unstarted_run(folder: str) -> None:
         os.unlink(os.path.join(folder, n))
 
 
+@_names_failures("probe")
 def step_probe(cfg: ExperimentConfig, method: str, seed: int, progress: bool, echo) -> dict[str, Any]:
     """Probe one run's final checkpoint into its ``probe.json``, unless that file already exists.
 
@@ -413,11 +434,18 @@ def with_training_radius(cfg: ExperimentConfig, options: dict[str, Any]) -> dict
 
 
 def study_source(cfg: ExperimentConfig):
-    """The user's model and data as this study's command line named them (None for built-ins)."""
+    """The user's model, data and loss as this study's command line named them (None for built-ins)."""
     from flatness.sources.loading import named_source
 
     overrides = cfg.train_overrides
-    return named_source(cfg.model, overrides.get("model_args"), cfg.dataset, overrides.get("normalize"))
+    return named_source(
+        cfg.model,
+        overrides.get("model_args"),
+        cfg.dataset,
+        overrides.get("normalize"),
+        overrides.get("loss"),
+        overrides.get("output"),
+    )
 
 
 def surface_seed(cfg: ExperimentConfig) -> int:

@@ -374,6 +374,8 @@ def run_probe(
     dev = distributed.local_device(resolve_device(s.device))
     target = load_target(checkpoint, source, device=dev, root=s.data_dir)
     model, info = target.model, target.info
+    if loss_fn is None and output_fn is None:  # as the run recorded them, or as --loss / --output named them
+        loss_fn, output_fn = target.loss_fn, target.output_fn
     data = target.probe_data(
         s.split, s.samples, s.batch_size, dev, root=s.data_dir, download=bool(source and source.download)
     )
@@ -396,7 +398,14 @@ def run_probe(
             "epoch": info["epoch"],
             "seed": info["config"].get("seed"),
         },
-        "data": {"dataset": info["dataset"], "split": s.split, "samples": data.n, "batch_size": s.batch_size},
+        "data": {
+            "dataset": info["dataset"],
+            "split": s.split,
+            "samples": data.n,
+            "batch_size": s.batch_size,
+            # the --loss / --output measured with, where not the defaults (flatness.sources.losses)
+            **{k: info[k] for k in ("loss", "output") if info.get(k) is not None},
+        },
         "device": str(dev),
         "dtype": s.dtype,
     }

@@ -65,7 +65,13 @@ BASE_QUANTITIES = [
         "test loss − train loss (probe, eval mode; else the logged one)",
         "lower",
     ),
-    Quantity("probe_loss", "train loss (probe)", "nats", "mean cross-entropy on the probe data, eval mode", "lower"),
+    Quantity(
+        "probe_loss",
+        "train loss (probe)",
+        "nats",
+        "mean loss (the run's, cross-entropy by default) on the probe data, eval mode",
+        "lower",
+    ),
 ]
 
 

@@ -89,6 +89,9 @@ def verdict(comp: dict[str, Any], method: str = "amp") -> dict[str, Any]:
     if acc and acc["versus"][method]["diff"] is not None:
         acc_better = acc["versus"][method]["diff"] > 0
         s.append(_accuracy_sentence(acc, method, base))
+    gap = next((r for r in comp["rows"] if r["key"] == "gap_loss"), None)
+    if acc is None and gap and gap["versus"][method]["diff"] is not None:  # no accuracy: a regression loss
+        s.append(_loss_gap_sentence(gap, method, base))
     n = min((r["methods"][m]["n"] for r in comp["rows"] for m in (base, method)), default=0)
     s += _seed_count_sentences(n)
     return {
@@ -149,6 +152,18 @@ def _accuracy_sentence(acc: dict[str, Any], method: str, base: str) -> str:
         f"difference {format_number(v['diff'])} percentage points, p = {format_p(v)} (the one pre-specified "
         f"generalisation test, so Holm-adjusted p = raw p = {format_p_holm(v)})"
         + (" (not significant at 0.05 after adjustment)." if (v.get("p_holm") is None or v["p_holm"] >= ALPHA) else ".")
+    )
+
+
+def _loss_gap_sentence(gap: dict[str, Any], method: str, base: str) -> str:
+    """The verdict on generalisation where the runs have no accuracy (a regression loss): the loss gap."""
+    v = gap["versus"][method]
+    M, B = method.upper(), base.upper()
+    word = "better" if v["diff"] < 0 else ("worse" if v["diff"] > 0 else "equal")
+    return (
+        f"**Generalisation gap (test − train loss; these runs have no accuracy): {M} was {word}** — "
+        f"{M} {format_mean_std(gap['methods'][method])} vs {B} {format_mean_std(gap['methods'][base])}, "
+        f"difference {format_number(v['diff'])}, p = {format_p(v)}."
     )
 
 
@@ -275,12 +290,18 @@ def _setup_section(cfg, records) -> list[str]:
         "pac_bayes(_magnitude) = 1/σ\\*² where σ\\* is the largest noise level raising the error by ≤ 0.1.",
         f"- Surfaces: seed {cfg.seeds[0]} of every method, the same random-direction seed for all, Gaussian "
         "directions filter-normalised (each filter scaled to the checkpoint's filter norm; biases and BatchNorm "
-        f"ignored); 1D: {2 * cfg.grid - 1} points on [−1, 1]; 2D: {cfg.grid} × {cfg.grid} on [−1, 1]²; loss and "
-        f"accuracy on the first {cfg.samples} training examples and on the test split (eval mode). The "
+        f"ignored); 1D: {2 * cfg.grid - 1} points on [−1, 1]; 2D: {cfg.grid} × {cfg.grid} on [−1, 1]²; loss "
+        f"{'' if _loss_only(cfg) else 'and accuracy '}on the first {cfg.samples} training examples and on the "
+        "test split (eval mode). The "
         f"interpolation runs θ(α) = (1−α)·θ_ERM + α·θ_other on {2 * cfg.grid - 1} points of α ∈ [−0.5, 1.5].",
         "",
     ]
     return L
+
+
+def _loss_only(cfg) -> bool:
+    """Whether the study's loss has no accuracy (``--loss mse`` and the other regression losses)."""
+    return (cfg.train_overrides or {}).get("loss") in ("mse", "l1", "huber", "bce")
 
 
 def _results_section(comp: dict[str, Any]) -> list[str]:
@@ -309,7 +330,7 @@ def _figures_section(cfg, figs: dict[str, str]) -> list[str]:
         figs,
         "training",
         root,
-        "Training curves, mean over seeds (band: ±1 std). Train loss/accuracy are "
+        f"Training curves, mean over seeds (band: ±1 std). Train loss{'' if _loss_only(cfg) else '/accuracy'} are "
         "running means during each epoch; test values are on the full test split after each epoch.",
     )
     L += _figure_md(
@@ -323,7 +344,7 @@ def _figures_section(cfg, figs: dict[str, str]) -> list[str]:
         figs,
         "slices-1d",
         root,
-        "1D loss and accuracy along a random filter-normalised direction "
+        f"1D loss{'' if _loss_only(cfg) else ' and accuracy'} along a random filter-normalised direction "
         "(solid: train probe data, dashed: test split). A wider, lower valley is flatter.",
     )
     L += _figure_md(figs, "contours-2d", root, "2D train loss around each checkpoint, shared colour scale.")

@@ -7,7 +7,8 @@ A cell's folder ``DIR/cells/<cell name>/`` is a normal run folder (``flatness tr
 * ``measures.json``: written last, it marks the cell finished: the accuracies on the full training and
   test splits (final weights, eval mode), the gap, the test error and every measure (the probe's and
   the baselines of ``flatness.generalization.baselines``);
-* ``failed.json`` instead when the cell failed (its one-line error), so the sweep goes on without it.
+* ``failed.json`` instead when the cell failed (its one-line error), so the sweep goes on without it;
+  a rerun tries the cell again.
 
 Each cell runs under a lock (``DIR/cells/.<name>.cell.lock``): two processes (shards, or a rerun while
 an orphaned worker finishes) never run one cell; the second waits and then reads its result. A killed
@@ -15,9 +16,11 @@ cell is resumed: training from its last finished epoch (bitwise the same weights
 probe and the measures from the start (both seeded), so the rerun's numbers equal an uninterrupted run's.
 
 ``cells.csv`` has one row per finished cell: ``cell``, one column per varied hyperparameter, ``seed``,
-``train_acc``, ``test_acc``, ``gap`` (train − test accuracy, in points), ``test_error`` (in %),
-``stopped_epoch`` (the epochs the cell trained) and ``reached_stop_loss`` (true/false when the sweep trains
-to a stop loss, blank otherwise), one column per measure, then ``status`` (done or failed) and ``error``.
+``train_acc``, ``test_acc``, ``gap`` (train − test accuracy, in points; without accuracy, e.g. a
+regression loss: test − train loss, with the accuracies and ``test_error`` blank), ``test_error`` (in %),
+``stopped_epoch`` (the epochs the cell trained), ``reached_stop_loss`` (true/false when the sweep trains
+to a stop loss, blank otherwise), ``train_loss`` and ``test_loss`` (the run's loss on the full splits),
+one column per measure, then ``status`` (done or failed) and ``error``.
 """
 
 from __future__ import annotations
@@ -43,7 +46,17 @@ PROBE = "probe.json"
 MEASURES = "measures.json"
 FAILED = "failed.json"
 LEADING = ("cell",)
-OUTCOMES = ("seed", "train_acc", "test_acc", "gap", "test_error", "stopped_epoch", "reached_stop_loss")
+OUTCOMES = (
+    "seed",
+    "train_acc",
+    "test_acc",
+    "gap",
+    "test_error",
+    "stopped_epoch",
+    "reached_stop_loss",
+    "train_loss",
+    "test_loss",
+)
 TRAILING = ("status", "error")
 LOCK_POLL_SECONDS = 0.5
 
@@ -116,6 +129,11 @@ def waiting_lock(path: str, what: str, timeout: float | None = None):
         lock.__exit__(None, None, None)
 
 
+def finished(record: dict[str, Any] | None) -> bool:
+    """Whether a cell's record (``read_outcome``) is a finished cell's; a failed cell is retried by a rerun."""
+    return record is not None and record.get("status") != "failed"
+
+
 def read_outcome(folder: str) -> dict[str, Any] | None:
     """A finished cell's record (``measures.json`` or ``failed.json``), None while it is not finished."""
     for name in (MEASURES, FAILED):
@@ -144,8 +162,10 @@ def run_cell(task: CellTask) -> dict[str, Any]:
     os.makedirs(os.path.join(task.out, CELLS), exist_ok=True)
     with waiting_lock(cell_lock_path(task.out, task.name), "sweep cell"):
         done = read_outcome(task.folder)
-        if done is not None:
+        if finished(done):
             return done
+        if done is not None:  # a failed cell: tried again (its run folder resumes where it stopped)
+            os.unlink(os.path.join(task.folder, FAILED))
         before = torch.get_num_threads()
         # One thread per cell: workers share the cores, and the sums inside the measurements then
         # run in one fixed order whatever the number of workers (the same numbers in every engine).
@@ -174,8 +194,9 @@ def run_cell(task: CellTask) -> dict[str, Any]:
 
 
 def _measure_cell(task: CellTask) -> dict[str, Any]:
-    from flatness.formats.checkpoint import INIT, LAST, load_checkpoint
+    from flatness.formats.checkpoint import INIT, LAST
     from flatness.formats.probe_file import write_probe
+    from flatness.sources.loading import config_source, load_target
     from flatness.study.probe import ProbeSettings, run_probe
     from flatness.training.config import build_config
     from flatness.training.loop import train
@@ -183,20 +204,23 @@ def _measure_cell(task: CellTask) -> dict[str, Any]:
 
     folder = task.folder
     config = build_config(task.train)
+    # The sweep's own command line named the user's model, data and loss: its cells are measured with them.
+    source = config_source(config)
     probe_path = os.path.join(folder, PROBE)
     if not os.path.isfile(probe_path):
         resume = os.path.isfile(os.path.join(folder, LAST))
         with epoch_logger(task.extra.get("log"), folder) as on_epoch:  # OUT/cells/NAME/tensorboard
             train(config, out_dir=folder, resume=resume, progress=False, verbose=False, on_epoch=on_epoch)
-        result = run_probe(os.path.join(folder, LAST), ProbeSettings.from_dict(task.probe))
+        result = run_probe(os.path.join(folder, LAST), ProbeSettings.from_dict(task.probe), source)
         write_probe(probe_path, result, force=True)
-    model, info = load_checkpoint(os.path.join(folder, LAST))
-    init_model, _ = load_checkpoint(os.path.join(folder, INIT))
-    outcome = _accuracies(model, config)
-    outcome["stopped_epoch"] = info["epoch"]
-    outcome["reached_stop_loss"] = None if config.stop_loss is None else bool((info.get("stop") or {}).get("reached"))
+    target = load_target(os.path.join(folder, LAST), source, root=config.data_dir)
+    init_model = load_target(os.path.join(folder, INIT), source, root=config.data_dir).model
+    outcome = _accuracies(target, config)
+    outcome["stopped_epoch"] = target.info["epoch"]
+    stop = _stop_record(os.path.join(folder, LAST))
+    outcome["reached_stop_loss"] = None if config.stop_loss is None else bool(stop.get("reached"))
     measures = _probe_measures(folder)
-    measures.update(_baselines(model, init_model, info["dataset"], task.probe))
+    measures.update(_baselines(target, init_model, task.probe))
     return {
         "cell": task.name,
         "params": task.extra.get("params", {}),
@@ -207,23 +231,45 @@ def _measure_cell(task: CellTask) -> dict[str, Any]:
     }
 
 
-def _accuracies(model, config) -> dict[str, float]:
-    """Train and test accuracy of the final weights on the full splits (eval mode), in %."""
-    from flatness.core.evaluation import evaluate
-    from flatness.data.datasets import get_dataset
-    from flatness.data.probe_data import DEFAULT_BATCH_SIZE, ProbeData
+def _stop_record(path: str) -> dict[str, Any]:
+    from flatness.formats.checkpoint import read_checkpoint
 
-    accs = {}
+    return (read_checkpoint(path).get("extra") or {}).get("stop") or {}
+
+
+def _accuracies(target, config) -> dict[str, float | None]:
+    """Train and test accuracy (in %) and loss of the final weights on the full splits (eval mode).
+
+    Without accuracy (a regression loss) the gap is the loss gap, test − train loss, and the test
+    error is absent: ``flatness correlate`` says which gap it ranks against.
+    """
+    from flatness.core.evaluation import evaluate
+    from flatness.data.probe_data import DEFAULT_BATCH_SIZE
+
+    losses, accs = {}, {}
     for split in ("train", "test"):
-        dataset = get_dataset(config.dataset, split, root=config.data_dir)
-        data = ProbeData.from_dataset(dataset, None, DEFAULT_BATCH_SIZE)
-        accs[split] = 100.0 * evaluate(model, data)[1]
+        data = target.probe_data(split, None, DEFAULT_BATCH_SIZE, _cpu(), root=config.data_dir)
+        losses[split], acc = evaluate(target.model, data, target.loss_fn, output_fn=target.output_fn)
+        accs[split] = None if acc is None else 100.0 * acc
+    if accs["train"] is None or accs["test"] is None:
+        gap, error = losses["test"] - losses["train"], None
+    else:
+        gap, error = accs["train"] - accs["test"], 100.0 - accs["test"]
     return {
         "train_acc": accs["train"],
         "test_acc": accs["test"],
-        "gap": accs["train"] - accs["test"],
-        "test_error": 100.0 - accs["test"],
+        "train_loss": losses["train"],
+        "test_loss": losses["test"],
+        "gap": gap,
+        "test_error": error,
     }
+
+
+def _cpu():
+    """The CPU: a cell's evaluations run there, as its probe data is read."""
+    import torch
+
+    return torch.device("cpu")
 
 
 def _probe_measures(folder: str) -> dict[str, float]:
@@ -234,18 +280,18 @@ def _probe_measures(folder: str) -> dict[str, float]:
     return {k: v for k, v in values.items() if k.startswith(("lambda_", "sharp:")) or k == "trace"}
 
 
-def _baselines(model, init_model, dataset: str, probe: dict[str, Any]) -> dict[str, float | None]:
-    from flatness.data.probe_data import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES, load_probe_data
+def _baselines(target, init_model, probe: dict[str, Any]) -> dict[str, float | None]:
+    from flatness.data.probe_data import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
     from flatness.generalization.baselines import baseline_measures
 
-    data = load_probe_data(
-        dataset,
+    data = target.probe_data(
         "train",
         probe.get("samples", DEFAULT_SAMPLES),
         probe.get("batch_size", DEFAULT_BATCH_SIZE),
+        _cpu(),
         root=probe.get("data_dir"),
     )
-    return baseline_measures(model, init_model, data)
+    return baseline_measures(target.model, init_model, data, target.loss_fn, target.output_fn)
 
 
 # --------------------------------------------------------------------------- the table

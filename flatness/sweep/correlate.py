@@ -29,6 +29,17 @@ from flatness.generalization.correlation import CONFIDENCE, correlate_table, var
 
 TARGETS = ("gap", "test_error")
 TARGET_WORDS = {"gap": "generalisation gap (train − test accuracy, points)", "test_error": "test error (%)"}
+# Cells without accuracy (a regression loss, --loss mse): the sweep's gap is the loss gap.
+LOSS_GAP_WORDS = "generalisation gap (test − train loss; the cells have no accuracy)"
+
+
+def target_words(summary: dict[str, Any]) -> str:
+    """What the target is, in words: the accuracy gap, or the loss gap of cells without accuracy."""
+    if summary["target"] == "gap" and summary.get("gap_kind") == "loss":
+        return LOSS_GAP_WORDS
+    return TARGET_WORDS[summary["target"]]
+
+
 ALPHA = 0.05
 MIN_CELLS = 3
 FIGURES = "figures"
@@ -105,6 +116,12 @@ def compute(
     if target not in TARGETS:
         raise FlatnessError(f"unknown target {target!r}; use gap or test_error")
     rows, columns, measures = read_table(folder)
+    finished = [r for r in rows if r.get("status") == "done"]
+    gap_kind = "loss" if finished and all(r.get("train_acc") is None for r in finished) else "accuracy"
+    if gap_kind == "loss" and target == "test_error":
+        raise FlatnessError(
+            f"{folder}'s cells have no accuracy (a regression loss), so no test error: use --target gap (the loss gap)"
+        )
     done, unreached = select_cells(rows, target, min_train_acc, include_unreached)
     if len(done) < MIN_CELLS:
         kept = "" if min_train_acc is None else f" with train accuracy >= {min_train_acc:g} %"
@@ -126,6 +143,7 @@ def compute(
     return {
         "format": "flatness-correlation",
         "target": target,
+        "gap_kind": gap_kind,
         "axes": axes,
         "cells": len(done),
         "cells_total": len(rows),
@@ -161,7 +179,7 @@ def _best(stats: list[dict[str, Any]], fam: str, key: str) -> dict[str, Any] | N
 def verdict(summary: dict[str, Any]) -> list[str]:
     """Plain-language sentences: which measures predict the target, and flatness against the baselines."""
     stats, target = summary["measures"], summary["target"]
-    words = TARGET_WORDS[target]
+    words = target_words(summary)
     good = [r for r in stats if r["predicts"]]
     kept = summary.get("min_train_acc")
     which = "finished cells" if kept is None else f"finished cells with train accuracy >= {kept:g} %"
@@ -229,7 +247,7 @@ def _stop_sentence(summary: dict[str, Any]) -> list[str]:
 
 def markdown(summary: dict[str, Any], figures: dict[str, str], root: str) -> str:
     """The report as Markdown (figures linked relative to ``root``)."""
-    L = [f"# Does flatness predict generalisation? Target: {TARGET_WORDS[summary['target']]}", "", "## Verdict", ""]
+    L = [f"# Does flatness predict generalisation? Target: {target_words(summary)}", "", "## Verdict", ""]
     L += [f"- {x}" for x in verdict(summary)] + [""]
     L += ["## Ranked measures", "", table_markdown(summary), ""]
     L += [
@@ -399,7 +417,7 @@ def figure_scatter(folder: str, summary: dict[str, Any], path: str) -> str | Non
         ax.set_visible(False)
     axes[0].legend(fontsize=6)
     axes[0].set_ylabel(target.replace("_", " "), fontsize=7)
-    fig.suptitle(f"Each measure (x) against the {TARGET_WORDS[target]} (y); one point per cell", fontsize=9)
+    fig.suptitle(f"Each measure (x) against the {target_words(summary)} (y); one point per cell", fontsize=9)
     return save_figure(fig, path, force=True)
 
 

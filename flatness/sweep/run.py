@@ -130,6 +130,8 @@ class SweepSettings:
     data_dir: str | None = None
     progress: bool = False
     log: str = "none"  # "tensorboard": each cell's curves in its run folder; `tensorboard --logdir OUT`
+    loss: str | None = None  # --loss / --output of every cell (flatness.sources.losses)
+    output: str | None = None
 
 
 @dataclass
@@ -193,6 +195,7 @@ def plan(settings: SweepSettings) -> SweepPlan:
     train = {"dataset": dataset, "model": model, "device": s.device, **_schedule(s)}
     if s.data_dir:
         train["data_dir"] = s.data_dir
+    train.update({k: v for k, v in (("loss", s.loss), ("output", s.output)) if v is not None})
     probe = {**probe_options(s.quick), "device": s.device}
     if s.data_dir:
         probe["data_dir"] = s.data_dir
@@ -288,7 +291,8 @@ def run_sweep(settings: SweepSettings, echo=print) -> dict[str, Any]:
         echo: where one-line messages go (None: nowhere).
 
     Returns:
-        {out, table, cells (all), ran (this call's cells), done, failed, seconds}.
+        {out, table, cells (all), ran (this call's cells), done, failed, failures (``(cell, error)`` of
+        every failed cell of this shard, also earlier ones), seconds}.
     """
     from flatness.core import engines
     from flatness.core.paths import check_paths
@@ -303,7 +307,7 @@ def run_sweep(settings: SweepSettings, echo=print) -> dict[str, Any]:
     os.makedirs(os.path.join(out, cellmod.CELLS), exist_ok=True)
     _check_state(out, p.frozen)
     began = time.time()
-    todo = [c for c in p.mine if cellmod.read_outcome(os.path.join(out, cellmod.CELLS, c.name)) is None]
+    todo = [c for c in p.mine if not cellmod.finished(cellmod.read_outcome(os.path.join(out, cellmod.CELLS, c.name)))]
     if echo and len(todo) < len(p.mine):
         echo(f"{len(p.mine) - len(todo)} of {len(p.mine)} cells already finished; running the other {len(todo)}")
     workers = p.settings.workers or os.cpu_count() or 1
@@ -341,5 +345,23 @@ def run_sweep(settings: SweepSettings, echo=print) -> dict[str, Any]:
         "ran": len(todo),
         "done": counts["done"],
         "failed": counts["failed"],
+        "failures": failures(p),
         "seconds": time.time() - began,
     }
+
+
+def failures(p: SweepPlan) -> list[tuple[str, str]]:
+    """``(cell, one-line error)`` of every failed cell of this shard (a rerun retries them)."""
+    out = []
+    for cell in p.mine:
+        record = cellmod.read_outcome(os.path.join(p.settings.out, cellmod.CELLS, cell.name))
+        if record is not None and record.get("status") == "failed":
+            out.append((cell.name, str(record.get("error"))))
+    return out
+
+
+def failure_message(failed: list[tuple[str, str]], total: int) -> str:
+    """One line naming the failed cells and their errors (the first few in full)."""
+    shown = "; ".join(f"{name}: {error}" for name, error in failed[:3])
+    more = f"; and {len(failed) - 3} more (see their failed.json)" if len(failed) > 3 else ""
+    return f"{len(failed)} of {total} cells failed (rerun to retry them): {shown}{more}"

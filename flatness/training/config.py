@@ -90,6 +90,11 @@ class TrainConfig:
     # Train to a fixed training loss (flatness.training.stopping): stop after the first epoch whose
     # whole-training-set loss is <= stop_loss; ``epochs`` is then the cap.
     stop_loss: float | None = None
+    # What the model is trained on (flatness.sources.losses): a loss name (ce, mse, bce, nll, l1, huber)
+    # or a module:callable / file.py:callable reference; None is cross-entropy. ``output``: the key of a
+    # dict/ModelOutput output the loss sees, or a reference to output_fn; None is flatness's rule.
+    loss: str | None = None
+    output: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-ready values (what config.json and every checkpoint store)."""
@@ -155,6 +160,10 @@ class TrainConfig:
         if self.grad_clip is not None:
             _number("grad_clip", self.grad_clip, positive=True)
         stopping.check_stop_loss(self.stop_loss)
+        from flatness.sources.losses import check_loss_spec, check_output_spec
+
+        self.loss = check_loss_spec(self.loss)
+        self.output = check_output_spec(self.output)
         if self.nesterov and self.momentum <= 0:
             raise FlatnessError("Nesterov momentum needs momentum > 0; pass --momentum or --no-nesterov")
         self.milestones = _milestones(self.milestones)

@@ -251,8 +251,11 @@ def _build_run(config: TrainConfig, out_dir: str, state: dict[str, Any] | None, 
         torch.backends.cudnn.benchmark = flags.cudnn_benchmark
 
     model, spec, model_record = initial_model(config, train_set, state)
+    from flatness.sources.losses import config_losses
+
+    loss_fn, output_fn = config_losses(config)  # --loss / --output (None: cross-entropy on the output)
     if model_record or is_user_dataset(config.dataset):
-        check_model_fits(model, train_set)
+        check_model_fits(model, train_set, loss_fn, output_fn)
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -265,6 +268,7 @@ def _build_run(config: TrainConfig, out_dir: str, state: dict[str, Any] | None, 
     test_data = ProbeData.from_dataset(test_set, None, EVAL_BATCH_SIZE, device)
     sources = {"model": model_record or None, "dataset": data_record}
     run = _Run(config, out_dir, model, optimizer, batches, shuffle, test_data, device, flags, spec, sources, main_rank)
+    run.loss_fn, run.output_fn = loss_fn or default_loss, output_fn
     run.train_eval = stopping.whole_train_data(config, train_set, device, EVAL_BATCH_SIZE)
     return run
 
@@ -440,7 +444,8 @@ def _train_epoch(run: _Run, engine: _Engine, epoch: int, lr: float) -> tuple[tor
                     f"(lr {lr:g}); the last good checkpoint is kept: {run.last_path} (epoch {epoch - 1})"
                 )
             loss_sum += value * y.shape[0]
-            correct += int((logits.argmax(1) == y).sum())
+            if logits.dim() == 2 and y.dim() == 1:  # class scores; kept only where accuracy is defined
+                correct += int((logits.argmax(1) == y).sum())
             seen += int(y.shape[0])
             bar.update(1)
             if i % 10 == 0:
@@ -528,13 +533,13 @@ def _finish_epoch(run: _Run, epoch: int, lr: float, totals: tuple[torch.Tensor, 
             f"training diverged: the test loss is {test_loss} after epoch {epoch} "
             f"(step {run.step}); the last good checkpoint is kept: {run.last_path} (epoch {epoch - 1})"
         )
-    whole = stopping.measure(run.model, run.train_eval)
+    whole = stopping.measure(run.model, run.train_eval, run.loss_fn, run.output_fn)
     seconds = time.perf_counter() - began
     record = {
         "epoch": epoch,
         "lr": lr,
         "train_loss": float(loss_sum) / seen,
-        "train_acc": correct / seen,
+        "train_acc": correct / seen if test_acc is not None else None,  # None: no accuracy for this loss
         "test_loss": test_loss,
         "test_acc": test_acc,
         **whole,
@@ -554,7 +559,9 @@ def _finish_epoch(run: _Run, epoch: int, lr: float, totals: tuple[torch.Tensor, 
     if run.verbose:
         print(
             f"epoch {epoch:3d}/{config.epochs}  lr {lr:.4g}  train loss {record['train_loss']:.4f} "
-            f"acc {record['train_acc']:.4f}  test loss {test_loss:.4f} acc {test_acc:.4f}  "
+            + (f"acc {record['train_acc']:.4f}  " if test_acc is not None else "")
+            + f"test loss {test_loss:.4f} "
+            + (f"acc {test_acc:.4f}  " if test_acc is not None else " ")
             + (f"whole-train loss {whole['full_train_loss']:.4f}  " if whole else "")
             + f"{seconds:.1f}s",
             flush=True,

@@ -59,7 +59,7 @@ def resume_config(out_dir: str, explicit: dict[str, Any]) -> TrainConfig:
     values = stored_config(out_dir).to_dict()
     values["download"] = False  # a stored file never decides where to download (write) to: only the user
     # A run folder never makes flatness run the code it names: the command line must name it again.
-    for key in ("model", "dataset"):
+    for key in ("model", "dataset", "loss", "output"):
         if is_code_reference(values.get(key)) and key not in explicit:
             raise FlatnessError(
                 f"{out_dir} was trained with --{key} {values[key]}: pass --{key} {values[key]} "

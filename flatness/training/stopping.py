@@ -61,19 +61,21 @@ def whole_train_data(config, train_set, device: torch.device, batch_size: int) -
     return ProbeData.from_dataset(train_set, None, batch_size, device)
 
 
-def measure(model: torch.nn.Module, data: ProbeData | None) -> dict[str, float]:
+def measure(model: torch.nn.Module, data: ProbeData | None, loss_fn=None, output_fn=None) -> dict[str, float]:
     """The metrics-record fields of the whole-training-set measurement ({} when there is none).
 
     Args:
         model: the model after the epoch.
         data: from ``whole_train_data``.
+        loss_fn: the run's loss (None: cross-entropy).
+        output_fn: what of the model's output the loss sees.
 
     Returns:
         ``{"full_train_loss", "full_train_acc"}`` (the exact means over every training example).
     """
     if data is None:
         return {}
-    loss, acc = evaluate(model, data)
+    loss, acc = evaluate(model, data, loss_fn, output_fn)
     if distributed.is_distributed():  # every rank must take the same stop decision: rank 0's numbers
         loss, acc = distributed.broadcast_object((loss, acc))
     return {"full_train_loss": loss, "full_train_acc": acc}
