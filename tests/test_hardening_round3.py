@@ -5,6 +5,7 @@ the code before its fix. The classes and these test names are listed in docs/rel
 import base64
 import os
 
+import pytest
 from click.testing import CliRunner
 
 from flatness.cli.main import main
@@ -101,3 +102,103 @@ def test_report_injection_experiment_report_embeds_only_its_own_figures(tmp_path
     for text in (b"not-this-command", b"OUTSIDE"):
         assert base64.b64encode(b"\x89PNG\r\n\x1a\n" + text).decode()[:16] not in page
     assert page.count("<img ") == 1 and 'src="file:' not in page and "<p>[c]</p>" in page
+
+
+# --------------------------------------------------------------------------- class 4: user code and the exit code
+
+FACTORIES = """
+import sys
+import torch
+from torch.utils.data import TensorDataset
+
+
+class Custom(BaseException):
+    pass
+
+
+def exit0(**kwargs):
+    sys.exit(0)
+
+
+def exit3(**kwargs):
+    sys.exit(3)
+
+
+def ctrl_c(**kwargs):
+    raise KeyboardInterrupt
+
+
+def generator_exit(**kwargs):
+    raise GeneratorExit("closed")
+
+
+def custom(**kwargs):
+    raise Custom("mine")
+
+
+def model(**kwargs):
+    return torch.nn.Linear(4, 3)
+
+
+def data():
+    x = torch.randn(170, 4)
+    return TensorDataset(x[:130], torch.arange(130) % 3), TensorDataset(x[130:], torch.arange(40) % 3)
+
+
+def data_exit0():
+    sys.exit(0)
+"""
+
+USER_OUTCOMES = [
+    ("exit0", "SystemExit: 0"),
+    ("exit3", "SystemExit: 3"),
+    ("ctrl_c", "KeyboardInterrupt"),
+    ("generator_exit", "GeneratorExit: closed"),
+    ("custom", "Custom: mine"),
+]
+
+
+@pytest.mark.parametrize("name, raised", USER_OUTCOMES, ids=[n for n, _ in USER_OUTCOMES])
+def test_user_code_decides_the_exit_code(tmp_path, name, raised):
+    """Whatever a model factory raises, BaseException included, is one line naming it, exit 2, no folder."""
+    (tmp_path / "f.py").write_text(FACTORIES)
+    ref, data = f"{tmp_path / 'f.py'}:{name}", f"{tmp_path / 'f.py'}:data"
+    out = tmp_path / "run"
+    result = invoke(["train", "--model", ref, "--dataset", data, "--epochs", "1", "--no-progress", "--out", out])
+    line = one_line_error(result, f"{ref} raised {raised}")
+    assert "Interrupted" not in line and not out.exists()
+
+
+def test_user_code_decides_the_exit_code_data_factory_and_builtin_callable(tmp_path):
+    (tmp_path / "f.py").write_text(FACTORIES)
+    model, data = f"{tmp_path / 'f.py'}:model", f"{tmp_path / 'f.py'}:data_exit0"
+    out = tmp_path / "run"
+    one_line_error(invoke(["train", "--model", model, "--dataset", data, "--out", out]), "data_exit0 raised SystemExit")
+    result = invoke(["train", "--model", "sys:exit", "--dataset", f"{tmp_path / 'f.py'}:data", "--out", out])
+    one_line_error(result, "sys:exit raised SystemExit")
+    study = tmp_path / "study"
+    exp = ["experiment", "--model", f"{tmp_path / 'f.py'}:exit0", "--dataset", f"{tmp_path / 'f.py'}:data"]
+    result = invoke([*exp, "--quick", "--seeds", "0", "--no-progress", "--out", study])
+    one_line_error(result, "exit0 raised SystemExit: 0")
+
+
+def test_user_code_decides_the_exit_code_backstop_and_real_signals():
+    """Code outside a factory (a model's forward, say) that raises SystemExit or KeyboardInterrupt is an
+    error too; only a real signal is reported as "Interrupted"."""
+    import signal
+
+    import click
+
+    from flatness.cli.main import FlatnessGroup, Interrupted
+
+    group = FlatnessGroup("g")
+    for name, exc in (("exit", SystemExit(0)), ("kbd", KeyboardInterrupt()), ("sig", Interrupted(signal.SIGINT))):
+
+        def raiser(exc=exc):
+            raise exc
+
+        group.add_command(click.Command(name, callback=raiser))
+    assert one_line_error(CliRunner().invoke(group, ["exit"]), "SystemExit: 0 raised by code")
+    assert one_line_error(CliRunner().invoke(group, ["kbd"]), "KeyboardInterrupt raised by code")
+    result = CliRunner().invoke(group, ["sig"])
+    assert result.exit_code == 130 and result.output.startswith("Interrupted."), result.output

@@ -19,7 +19,7 @@ from flatness.core.errors import FlatnessError
 from flatness.core.evaluation import eval_mode
 from flatness.core.fileio import sha256_file
 from flatness.data.batches import forward, map_tensors
-from flatness.models.references import is_reference, one_line, resolve_callable
+from flatness.models.references import call_user, is_reference, one_line, resolve_callable
 
 IMAGEFOLDER_PREFIX = "imagefolder:"
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -96,10 +96,7 @@ def _is_dataset(obj: Any) -> bool:
 
 def _load_callable(ref: str) -> tuple[Dataset, Dataset, str | None]:
     factory, sha256 = resolve_callable(ref, "dataset")
-    try:
-        result = factory()
-    except Exception as err:  # whatever the user's factory raises
-        raise FlatnessError(f"{ref} raised {one_line(err)}") from None
+    result = call_user(factory, ref)
     if not (isinstance(result, (tuple, list)) and len(result) == 2 and all(_is_dataset(d) for d in result)):
         raise FlatnessError(f"{ref} must return (train_dataset, test_dataset), got {type(result).__name__}")
     for name, dataset in zip(("train", "test"), result):
