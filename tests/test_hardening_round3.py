@@ -202,3 +202,66 @@ def test_user_code_decides_the_exit_code_backstop_and_real_signals():
     assert one_line_error(CliRunner().invoke(group, ["kbd"]), "KeyboardInterrupt raised by code")
     result = CliRunner().invoke(group, ["sig"])
     assert result.exit_code == 130 and result.output.startswith("Interrupted."), result.output
+
+
+# --------------------------------------------------------------------------- class 3: hangs
+
+
+def test_hangs_a_lock_that_cannot_be_made_is_an_error_not_busy(tmp_path, monkeypatch):
+    """A cell lock whose name is too long (or whose folder is read-only) fails at once: never retried."""
+    from flatness.core.errors import FlatnessError
+    from flatness.sweep import cells
+
+    def no_waiting(seconds):
+        raise AssertionError("a lock that cannot be created was retried as if busy")
+
+    monkeypatch.setattr(cells.time, "sleep", no_waiting)
+    (tmp_path / "cells").mkdir()
+    with pytest.raises(FlatnessError, match="cannot write"):
+        with cells.waiting_lock(cells.cell_lock_path(str(tmp_path), "x" * 300), "sweep cell"):
+            pass
+
+
+def test_hangs_cell_folder_names_are_bounded(tmp_path):
+    """Many keys with long values: every cell name fits a file name with its lock, distinct, stable."""
+    from flatness.sweep.grid import MAX_NAME_BYTES, expand, parse_grid
+
+    long_lrs = ",".join(f"0.000123456789{i}123456" for i in range(3))
+    grid = parse_grid(
+        f"method=amp,sam lr={long_lrs} weight_decay=0.000123456789012345,0.000123456789012346 "
+        "momentum=0.912345678901234 epsilon=0.0123456789012345 inner_lr=0.0123456789012345 rho=0.0123456789012345"
+        " schedule=cosine grad_clip=1.23456789012345 batch_size=64"
+    )
+    cells = expand(grid, [0, 18446744073709551615])
+    names = [c.name for c in cells]
+    assert max(len(n.encode()) for n in names) <= MAX_NAME_BYTES < 255 - 20
+    assert len(set(names)) == len(names) and names == [c.name for c in expand(grid, [0, 18446744073709551615])]
+    assert any("-h" in n for n in names) and all(n.startswith("method-") for n in names)
+    for name in names:  # each makes a real folder and lock file
+        from flatness.sweep.cells import cell_lock_path, waiting_lock
+
+        (tmp_path / "cells" / name).mkdir(parents=True)
+        with waiting_lock(cell_lock_path(str(tmp_path), name), "sweep cell"):
+            pass
+
+
+def test_hangs_a_ray_address_that_does_not_answer_is_one_line(tmp_path, monkeypatch):
+    """--engine ray --address HOST:PORT: a refused or silent address is one line naming the wait."""
+    import socket
+
+    from flatness.core import engines
+
+    def silent(address, timeout):
+        raise TimeoutError("timed out")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(socket, "create_connection", silent)
+        with pytest.raises(engines.FlatnessError, match=r"within 15 s \(no answer\)"):
+            engines.check_ray_address("ray://10.255.255.1:6379")
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(engines, "check_engine", lambda engine: None)  # Ray need not be installed
+    result = invoke(["sweep", "--engine", "ray", "--address", f"127.0.0.1:{port}", "--quick", "--out", tmp_path / "s"])
+    one_line_error(result, f"no Ray cluster answers at 127.0.0.1:{port} within")
+    assert not (tmp_path / "s").exists()

@@ -9,6 +9,7 @@ values as given, the seed last), so every process that expands one grid gets the
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 from collections.abc import Sequence
@@ -58,9 +59,28 @@ class Cell:
 
     @property
     def name(self) -> str:
-        """The cell's folder name: ``key-value`` pairs and the seed, e.g. ``method-amp_lr-0.1_seed-0``."""
+        """The cell's folder name: ``key-value`` pairs and the seed, e.g. ``method-amp_lr-0.1_seed-0``.
+
+        A name longer than ``MAX_NAME_BYTES`` (many keys, long values) keeps its head and replaces
+        the tail by a hash of the whole name: a file name has at most 255 bytes, and the cell's lock
+        file adds to it.
+        """
         parts = [f"{k}-{_text(v)}" for k, v in self.params] + [f"seed-{self.seed}"]
-        return "_".join(parts)
+        return bounded_name("_".join(parts))
+
+
+#: The longest cell folder name, in UTF-8 bytes (file systems allow 255; the lock file adds ~12).
+MAX_NAME_BYTES = 160
+_HASH_CHARS = 16
+
+
+def bounded_name(name: str, limit: int = MAX_NAME_BYTES) -> str:
+    """``name`` if it fits in ``limit`` UTF-8 bytes, else its head, ``-h``, and 16 hex digits of its sha256."""
+    data = name.encode("utf-8")
+    if len(data) <= limit:
+        return name
+    head = data[: limit - _HASH_CHARS - 2].decode("utf-8", errors="ignore")
+    return f"{head}-h{hashlib.sha256(data).hexdigest()[:_HASH_CHARS]}"
 
 
 def _text(value: Any) -> str:

@@ -168,7 +168,7 @@ def plan(settings: SweepSettings) -> SweepPlan:
     Returns:
         The plan; raises FlatnessError (one line) for any bad input.
     """
-    from flatness.core.engines import check_engine
+    from flatness.core.engines import check_engine, check_ray_address
     from flatness.core.validation import check_count
     from flatness.training.config import build_config
 
@@ -177,6 +177,8 @@ def plan(settings: SweepSettings) -> SweepPlan:
     from flatness.training.tensorboard_log import check_logger
 
     check_logger(s.log)
+    if s.engine == "ray":
+        check_ray_address(s.address)  # a cluster that does not answer: one line now, not a wait without end
     shard = parse_shard(s.shard)
     if s.workers is not None:
         check_count(s.workers, "--workers", maximum=4096)
