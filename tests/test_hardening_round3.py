@@ -265,3 +265,45 @@ def test_hangs_a_ray_address_that_does_not_answer_is_one_line(tmp_path, monkeypa
     result = invoke(["sweep", "--engine", "ray", "--address", f"127.0.0.1:{port}", "--quick", "--out", tmp_path / "s"])
     one_line_error(result, f"no Ray cluster answers at 127.0.0.1:{port} within")
     assert not (tmp_path / "s").exists()
+
+
+# --------------------------------------------------------------------------- class 2: unbounded work
+
+MANY_LRS = ",".join(f"0.{i:04d}1" for i in range(1000))
+MANY_SEEDS = ",".join(str(i) for i in range(1000))
+UNBOUNDED = [
+    (["train", "--epochs", "1000000000"], "epochs is 1000000000, above flatness's bound of 100000"),
+    (["train", "--image-size", "100000"], "bound of 4096 pixels per image side"),
+    (["train", "--method", "amp", "--inner-iter", "1000000000"], "bound of 1000 AMP inner steps"),
+    (["train", "--width", "100000000"], "bound of 65536 units per layer"),
+    (["sweep", "--grid", "method=amp inner_iter=1000000000"], "inner_iter is 1000000000, above"),
+    (["sweep", "--grid", f"lr={MANY_LRS}", "--seeds", MANY_SEEDS], "number of cells is 1000000, above"),
+    (["probe", "CKPT", "--max-iter", "10000000000"], "bound of 100000 eigensolver iterations"),
+    (["probe", "CKPT", "--trace-samples", "10000000000"], "bound of 100000 Hutchinson vectors"),
+    (["surface", "CKPT", "--y=-1:1:60000"], "at most 1000000 are allowed"),
+]
+
+
+@pytest.mark.parametrize("args, needle", UNBOUNDED, ids=[f"{a[0]}-{a[1]}" for a, _ in UNBOUNDED])
+def test_unbounded_work(tmp_path, digits_mlp_checkpoint, args, needle):
+    """Every count that sets a command's time or memory has a bound, checked before any work."""
+    args = [digits_mlp_checkpoint if a == "CKPT" else a for a in args]
+    out = tmp_path / "out"
+    one_line_error(invoke([*args, "--out", out]), needle)
+    assert not out.exists()
+
+
+def test_unbounded_work_correlate_draws(tmp_path):
+    write_sweep(tmp_path, ["lambda_1"])
+    before = sorted(os.listdir(tmp_path))
+    one_line_error(invoke(["correlate", tmp_path, "--draws", "999999999999"]), "bound of 100000 bootstrap")
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_unbounded_work_bounds_are_documented():
+    from flatness.core.limits import LIMITS
+
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "reliability.md"), encoding="utf-8") as handle:
+        doc = handle.read()
+    for name, (bound, _) in LIMITS.items():
+        assert f"| `{name}` | {bound} |" in doc, name

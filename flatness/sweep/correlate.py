@@ -24,7 +24,9 @@ from typing import Any
 
 from flatness.core.errors import FlatnessError
 from flatness.core.fileio import atomic_write_json, atomic_write_text
+from flatness.core.limits import check_limit
 from flatness.core.markup import csv_cell, figure_text, md_text, plain
+from flatness.core.validation import check_count
 from flatness.generalization.baselines import BASELINES, EXPECTED_SIGN
 from flatness.generalization.correlation import CONFIDENCE, correlate_table, varied_axes
 
@@ -105,6 +107,8 @@ def compute(
 
     if target not in TARGETS:
         raise FlatnessError(f"unknown target {target!r}; use gap or test_error")
+    check_count(draws, "--draws", minimum=10)
+    check_limit(draws, "draws")
     rows, columns, measures = read_table(folder)
     done, unreached = select_cells(rows, target, min_train_acc, include_unreached)
     if len(done) < MIN_CELLS:

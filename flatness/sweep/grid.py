@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flatness.core.errors import FlatnessError
+from flatness.core.limits import check_limit
 from flatness.core.validation import check_seed
 
 #: The grid keys and how their values are read.
@@ -149,6 +150,7 @@ def parse_seeds(text: Any) -> list[int]:
         raise FlatnessError("--seeds is empty")
     if len(set(seeds)) != len(seeds):
         raise FlatnessError("--seeds repeats a value")
+    check_limit(len(seeds), "seeds", "the number of --seeds")
     return [check_seed(s, "--seeds") for s in seeds]
 
 
@@ -167,6 +169,11 @@ def expand(grid: dict[str, list[Any]], seeds: Sequence[int]) -> list[Cell]:
     for key, method in METHOD_KEYS.items():
         if key in grid and method not in methods:
             raise FlatnessError(f"grid key {key} applies only to {method} cells, and the grid has no method={method}")
+    # counted before any cell is made: a 10^6-cell grid is refused at once, not after its validation
+    count = len(seeds) * sum(
+        math.prod(len(grid[k]) for k in grid if k != "method" and METHOD_KEYS.get(k, m) == m) for m in methods
+    )
+    check_limit(count, "cells", "the grid's number of cells")
     cells = []
     for method in methods:
         keys = [k for k in grid if k != "method" and METHOD_KEYS.get(k, method) == method]
