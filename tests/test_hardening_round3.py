@@ -307,3 +307,129 @@ def test_unbounded_work_bounds_are_documented():
         doc = handle.read()
     for name, (bound, _) in LIMITS.items():
         assert f"| `{name}` | {bound} |" in doc, name
+
+
+# --------------------------------------------------------------------------- class 5: bad data
+
+BAD_DATA_FACTORIES = """
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+
+class Listed(Dataset):
+    def __init__(self, items, length=None):
+        self.items, self.length = items, length
+
+    def __len__(self):
+        return self.length or len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def good(n):
+    return [(torch.randn(4), i % 3) for i in range(n)]
+
+
+def ragged():
+    items = good(40)
+    items[17] = (torch.randn(5), 1)
+    return Listed(items), Listed(good(8))
+
+
+def triples():
+    items = good(40)
+    items[3] = (torch.randn(4), 1, "extra")
+    return Listed(items), Listed(good(8))
+
+
+def wrong_len():
+    return Listed(good(40), length=45), Listed(good(8))
+
+
+def late_label():
+    items = good(40)
+    items[31] = (torch.randn(4), 10)
+    return Listed(items), Listed(good(8))
+
+
+def float_then_int():
+    items = [(torch.randn(4), torch.tensor(1.0)) for _ in range(40)]
+    items[12] = (torch.randn(4), 2)
+    return Listed(items), Listed(good(8))
+"""
+
+
+def _npz(path, **changes):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "x_train": rng.normal(size=(40, 4)).astype(np.float32),
+        "y_train": np.arange(40) % 3,
+        "x_test": rng.normal(size=(8, 4)).astype(np.float32),
+        "y_test": np.arange(8) % 3,
+    }
+    for key, (index, value) in changes.items():
+        arrays[key] = arrays[key].copy()
+        arrays[key][index] = value
+    np.savez(path, **arrays)
+    return str(path)
+
+
+BAD_NPZ = [
+    ("nan-input", {"x_train": (7, float("nan"))}, "train split: example 7 has a NaN or infinite input value"),
+    ("inf-test-input", {"x_test": (2, float("inf"))}, "test split: example 2 has a NaN or infinite input value"),
+    ("negative-label", {"y_train": (5, -1)}, "example 5 has the label -1"),
+    ("label-beyond-classes", {"y_train": (33, 10)}, "gives 3 class scores but the data has the label 10"),
+]
+
+
+@pytest.mark.parametrize("name, changes, needle", BAD_NPZ, ids=[c[0] for c in BAD_NPZ])
+def test_bad_data(tmp_path, name, changes, needle):
+    """Every example is checked where the data is loaded: the first bad one is named, nothing runs."""
+    (tmp_path / "f.py").write_text(FACTORIES)
+    npz = _npz(tmp_path / "d.npz", **changes)
+    out = tmp_path / "run"
+    result = invoke(["train", "--model", f"{tmp_path / 'f.py'}:model", "--dataset", npz, "--out", out])
+    one_line_error(result, needle)
+    assert not out.exists()
+
+
+BAD_FACTORIES = [
+    ("ragged", "example 17 has inputs of shape [(5,)] but example 0 [(4,)]"),
+    ("triples", "example 3 is 3 items, not an (inputs, target) pair"),
+    ("wrong_len", "example 40 cannot be read (len() says 45 examples): IndexError"),
+    ("late_label", "gives 3 class scores but the data has the label 10"),
+    ("float_then_int", "example 12 has a int target () but example 0 a float target ()"),
+]
+
+
+@pytest.mark.parametrize("factory, needle", BAD_FACTORIES, ids=[c[0] for c in BAD_FACTORIES])
+def test_bad_data_from_a_factory(tmp_path, factory, needle):
+    (tmp_path / "f.py").write_text(FACTORIES)
+    (tmp_path / "bad.py").write_text(BAD_DATA_FACTORIES)
+    out = tmp_path / "run"
+    model, data = f"{tmp_path / 'f.py'}:model", f"{tmp_path / 'bad.py'}:{factory}"
+    one_line_error(invoke(["train", "--model", model, "--dataset", data, "--out", out]), needle)
+    assert not out.exists()
+
+
+def test_bad_data_image_folders(tmp_path):
+    """A link loop in an image folder, and images of mixed sizes without --image-size."""
+    from PIL import Image
+
+    root = tmp_path / "images"
+    for split in ("train", "test"):
+        for label in ("a", "b"):
+            (root / split / label).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(root / split / label / f"{i}.png")
+    out = tmp_path / "run"
+    train = ["train", "--dataset", f"imagefolder:{root}", "--model", "mlp", "--epochs", "1", "--out", out]
+    Image.new("RGB", (9, 8)).save(root / "train" / "b" / "odd.png")
+    one_line_error(invoke(train), "has inputs of shape [(3, 8, 9)] but example 0 [(3, 8, 8)]")
+    os.remove(root / "train" / "b" / "odd.png")
+    os.symlink(root / "train", root / "train" / "a" / "loop")
+    one_line_error(invoke(train), "a link to a folder walked already")
+    assert not out.exists()

@@ -19,6 +19,7 @@ from flatness.core.errors import FlatnessError
 from flatness.core.evaluation import eval_mode
 from flatness.core.fileio import sha256_file
 from flatness.data.batches import forward, map_tensors
+from flatness.data.checks import check_examples, check_folder_tree, check_label_range, remember
 from flatness.models.references import call_user, is_reference, one_line, resolve_callable
 
 IMAGEFOLDER_PREFIX = "imagefolder:"
@@ -115,6 +116,7 @@ def _load_imagefolder(folder: str, image_size: int | None) -> tuple[Dataset, Dat
         path = os.path.join(folder, split)
         if not os.path.isdir(path):
             raise FlatnessError(f"imagefolder:{folder} needs {path}/<class>/<images>")
+        check_folder_tree(path)
         try:
             splits.append(D.ImageFolder(path, transform=T.Compose(steps)))
         except (FileNotFoundError, OSError) as err:  # no class folders, or no images in them
@@ -186,10 +188,13 @@ def load_user_dataset(ref: str, image_size: int | None = None, normalize: bool =
             f"unknown dataset {ref!r}: use a built-in name, file.npz, "
             "package.module:callable, file.py:callable or imagefolder:DIR"
         )
+    summaries = [check_examples(d, f"{ref}, {n} split") for d, n in ((train, "train"), (test, "test"))]
     if normalize:
         mean, std = channel_statistics(train)
         record["normalize"] = {"mean": mean.tolist(), "std": std.tolist()}
         train, test = NormalizedDataset(train, mean, std), NormalizedDataset(test, mean, std)
+        remember(train, summaries[0])
+        remember(test, summaries[1])
     return UserData(train, test, record)
 
 
@@ -228,3 +233,5 @@ def check_model_fits(model: nn.Module, dataset: Dataset) -> None:
             f"the model does not fit the data: it gives {out.shape[1]} class scores "
             f"(output shape {tuple(out.shape)}) but the data has label {label}"
         )
+    if torch.is_tensor(out) and out.dim() == 2:
+        check_label_range(dataset, out.shape[1])  # every label, from the pass made when the data was loaded
