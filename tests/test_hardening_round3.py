@@ -3,6 +3,7 @@ the code before its fix. The classes and these test names are listed in docs/rel
 """
 
 import base64
+import json
 import os
 
 import pytest
@@ -433,3 +434,79 @@ def test_bad_data_image_folders(tmp_path):
     os.symlink(root / "train", root / "train" / "a" / "loop")
     one_line_error(invoke(train), "a link to a folder walked already")
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- class 7: statistics where none exist
+
+
+def _sweep_with(folder, target_fn, measure_fn):
+    from flatness.sweep.cells import write_table
+
+    records = []
+    for i in range(9):
+        gap = target_fn(i)
+        records.append(
+            {
+                "cell": f"c{i}",
+                "params": {"method": "erm", "a": i % 3},
+                "seed": i // 3,
+                "train_acc": 90.0,
+                "test_acc": 80.0,
+                "gap": gap,
+                "test_error": 20.0,
+                "status": "done",
+                "measures": {"lambda_1": measure_fn(i), "trace": measure_fn(i)},
+            }
+        )
+    os.makedirs(folder, exist_ok=True)
+    write_table(str(folder), records, ["a"])
+
+
+UNDEFINED = [
+    ("constant-target", lambda i: 5.0, lambda i: float(i), "the gap is 5 in every one of the 9 cells"),
+    ("nan-target", lambda i: "nan", lambda i: float(i), "has gap = nan, not a finite number"),
+    ("text-target", lambda i: "high", lambda i: float(i), "has gap = 'high', not a finite number"),
+    ("constant-measures", lambda i: float(i), lambda i: 1.0, "every measure is constant or missing"),
+]
+
+
+@pytest.mark.parametrize("name, target, measure, needle", UNDEFINED, ids=[c[0] for c in UNDEFINED])
+def test_statistics_where_none_exist_correlate(tmp_path, name, target, measure, needle):
+    _sweep_with(tmp_path, target, measure)
+    before = sorted(os.listdir(tmp_path))
+    one_line_error(invoke(["correlate", tmp_path, "--draws", "20", "--no-figures"]), needle)
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_statistics_where_none_exist_plot(tmp_path):
+    """An all-NaN surface and a NaN spectrum are errors, not empty pictures."""
+    import h5py
+    import numpy as np
+
+    surface = tmp_path / "s.h5"
+    with h5py.File(surface, "w") as f:
+        f["xcoordinates"] = np.linspace(-1, 1, 5)
+        f["train_loss"] = np.full(5, np.nan)
+        f.attrs["accuracy_unit"] = "percent"
+    out = tmp_path / "figs"
+    one_line_error(invoke(["plot", surface, "--out", out]), "holds no computed point")
+    probe = json.loads(json.dumps(PROBE))
+    probe["hessian"]["eigenvalues"] = [float("nan"), 1.0]
+    (tmp_path / "p.json").write_text(json.dumps(probe))
+    one_line_error(invoke(["plot", tmp_path / "p.json", "--out", out]), "eigenvalue #1 is nan; no spectrum exists")
+    assert not out.exists()
+
+
+PROBE = {
+    "format": "flatness-probe",
+    "flatness_version": "0.1.0",
+    "weight_norm": 10.0,
+    "distance_from_init": 3.0,
+    "sidecar": None,
+    "checkpoint": {"path": "/r/last.pt", "method": "erm", "seed": 0, "dataset": "digits", "epoch": 3},
+    "data": {"dataset": "digits", "split": "train", "samples": 100, "batch_size": 50},
+    "loss": 0.05,
+    "accuracy": 0.99,
+    "num_params": 1000,
+    "hessian": {"method": "lanczos", "eigenvalues": [2.0, 1.0], "residuals": [0.0, 0.0], "hvps": 10, "seconds": 1.0},
+}

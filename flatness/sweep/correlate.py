@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -80,6 +81,24 @@ def select_cells(
     return done, unreached
 
 
+def _check_defined(cells: Sequence[dict[str, Any]], target: str, measures: Sequence[str]) -> None:
+    """Refuse a target for which no rank correlation exists: text, NaN, infinite or constant values."""
+    for row in cells:
+        value = row.get(target)
+        if not isinstance(value, float) or not math.isfinite(value):
+            raise FlatnessError(
+                f"cell {plain(row.get('cell'))} has {target} = {plain(repr(value))}, not a finite number; "
+                "no correlation with it exists"
+            )
+    if len({row[target] for row in cells}) < 2:
+        raise FlatnessError(
+            f"the {target} is {cells[0][target]:g} in every one of the {len(cells)} cells; "
+            "a constant has no rank correlation with anything"
+        )
+    if not measures:
+        raise FlatnessError("the cells table has no measure columns: nothing to correlate")
+
+
 def compute(
     folder: str,
     target: str = "gap",
@@ -116,8 +135,14 @@ def compute(
         if unreached:
             kept += f" that reached the stop loss ({unreached} did not; --include-unreached keeps them)"
         raise FlatnessError(f"{folder} has {len(done)} finished cell(s){kept}; correlate needs at least {MIN_CELLS}")
+    _check_defined(done, target, measures)
     axes = varied_axes(done, columns)
     stats = correlate_table(done, axes, measures, target, draws=draws)
+    if all(row["kendall_tau"] is None for row in stats):
+        raise FlatnessError(
+            f"no measure of {folder} has a rank correlation with the {target}: every measure is constant "
+            "or missing over the cells, so there is nothing to judge"
+        )
     for row in stats:
         row["family"] = family(row["measure"])
         row["expected_sign"] = expected_sign(row["measure"])
