@@ -11,10 +11,11 @@ import errno
 import os
 import signal
 import threading
+import warnings
 
 import click
 
-from flatness.core.errors import FlatnessError, Signalled
+from flatness.core.errors import FlatnessError, Signalled, without_unsafe_advice
 from flatness.version import __version__
 
 EXIT_INTERRUPTED = 130
@@ -74,8 +75,9 @@ class FlatnessGroup(click.Group):
 
     def invoke(self, ctx):
         try:
-            with sigterm_as_interrupt():
+            with sigterm_as_interrupt(), held_warnings(not _debug(ctx)) as caught:
                 result = super().invoke(ctx)
+            _show_warnings(caught)
             _leave_process_group(clean=True)
             return result
         except click.UsageError as err:  # a bad option value or name: one line, like every other error
@@ -89,7 +91,7 @@ class FlatnessGroup(click.Group):
         except FlatnessError as err:
             if _debug(ctx):
                 raise
-            click.echo(f"Error: {_one_line(str(err))}", err=True)
+            click.echo(f"Error: {without_unsafe_advice(_one_line(str(err)))}", err=True)
             ctx.exit(err.exit_code)
         except Signalled as err:
             if _debug(ctx):
@@ -130,6 +132,27 @@ class FlatnessGroup(click.Group):
                 err=True,
             )
             ctx.exit(EXIT_INTERNAL)
+
+
+@contextlib.contextmanager
+def held_warnings(enabled: bool = True):
+    """Hold back the warnings a command's libraries emit (torch, PIL, numpy), so that a failing
+    command prints its one ``Error:`` line and nothing before it; a command that succeeds shows each
+    distinct one afterwards, in one line (``--debug`` shows them as they come)."""
+    if not enabled:
+        yield []
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        yield caught
+
+
+def _show_warnings(caught) -> None:
+    seen = set()
+    for item in caught:
+        line = f"Warning: {_one_line(str(item.message))}"
+        if line not in seen:
+            seen.add(line)
+            click.echo(line, err=True)
 
 
 def _leave_process_group(clean: bool) -> None:

@@ -510,3 +510,47 @@ PROBE = {
     "num_params": 1000,
     "hessian": {"method": "lanczos", "eigenvalues": [2.0, 1.0], "residuals": [0.0, 0.0], "hvps": 10, "seconds": 1.0},
 }
+
+
+# --------------------------------------------------------------------------- class 9: messages
+
+
+def test_messages_never_advise_the_unsafe_path_and_no_warning_comes_before_the_error(tmp_path):
+    import warnings
+
+    import click
+
+    # a damaged npz: numpy's text about allow_pickle is not passed on
+    import numpy as np
+
+    from flatness.cli.main import FlatnessGroup
+    from flatness.core.errors import FlatnessError
+
+    np.save(tmp_path / "x_train.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "d.npz", "w") as archive:
+        for key in ("x_train", "y_train", "x_test", "y_test"):
+            archive.write(tmp_path / "x_train.npy", f"{key}.npy")
+    (tmp_path / "f.py").write_text(FACTORIES)
+    model = f"{tmp_path / 'f.py'}:model"
+    result = invoke(["train", "--model", model, "--dataset", tmp_path / "d.npz", "--out", tmp_path / "run"])
+    line = one_line_error(result, "cannot read")
+    assert "allow_pickle" not in line and "pickle=True" not in line and "never does" in line
+
+    group = FlatnessGroup("g")
+
+    def warn_then_fail():
+        warnings.warn("a library's warning", UserWarning, stacklevel=1)
+        raise FlatnessError("torch says: Re-running `torch.load` with `weights_only` set to `False` will succeed.")
+
+    def warn_then_succeed():
+        warnings.warn("kept for the end", UserWarning, stacklevel=1)
+        click.echo("done")
+
+    group.add_command(click.Command("fail", callback=warn_then_fail))
+    group.add_command(click.Command("ok", callback=warn_then_succeed))
+    line = one_line_error(CliRunner().invoke(group, ["fail"]), "torch says:")
+    assert "weights_only" not in line and "Warning" not in line
+    result = CliRunner().invoke(group, ["ok"])
+    assert result.exit_code == 0 and result.output.splitlines() == ["done", "Warning: kept for the end"]
