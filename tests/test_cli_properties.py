@@ -490,7 +490,9 @@ def test_train_npz_contents(ws, x_dtype, nan_at, label_kind):
         with open(os.path.join(scratch, "m.py"), "w") as handle:
             handle.write(USER_MODEL)
         model = os.path.join(scratch, "m.py") + ":model"
-        result = invoke(["train", "--model", model, "--dataset", npz, "--no-progress", "--out", f"{scratch}/r"])
+        result = invoke(
+            ["train", "--model", model, "--dataset", npz, "--batch-size", "8", "--no-progress", "--out", f"{scratch}/r"]
+        )
     check_outcome(result, ws, before)
     assert (result.exit_code == 0) == valid, (x_dtype, nan_at, label_kind, result.output)
 
@@ -527,7 +529,9 @@ def test_train_model_factory_outcomes(ws, outcome):
         with open(os.path.join(scratch, "f.py"), "w") as handle:
             handle.write(source)
         ref = os.path.join(scratch, "f.py") + ":model"
-        result = invoke(["train", "--model", ref, "--dataset", npz, "--no-progress", "--out", f"{scratch}/r"])
+        result = invoke(
+            ["train", "--model", ref, "--dataset", npz, "--batch-size", "8", "--no-progress", "--out", f"{scratch}/r"]
+        )
     check_outcome(result, ws, before)
     assert (result.exit_code == 0) == (outcome == "model"), result.output
     if result.exit_code == 2:

@@ -383,6 +383,7 @@ BAD_NPZ = [
     ("inf-test-input", {"x_test": (2, float("inf"))}, "test split: example 2 has a NaN or infinite input value"),
     ("negative-label", {"y_train": (5, -1)}, "example 5 has the label -1"),
     ("label-beyond-classes", {"y_train": (33, 10)}, "gives 3 class scores but the data has the label 10"),
+    ("test-label-beyond-classes", {"y_test": (3, 5)}, "gives 3 class scores but the data has the label 5"),
 ]
 
 

@@ -152,6 +152,28 @@ def check_examples(dataset: Dataset, what: str) -> DataSummary:
     return summary
 
 
+def check_splits(train: Dataset, test: Dataset, name: str) -> DataSummary:
+    """``check_examples`` on both splits of a dataset; the summary kept for each is the dataset's.
+
+    The largest label over both splits is what the model's class scores must cover: a test label
+    beyond them would fail (or be silently wrong) only when the test split is evaluated.
+
+    Args:
+        train: the training split.
+        test: the test split.
+        name: the dataset's reference, for messages.
+
+    Returns:
+        The combined summary (examples of the training split).
+    """
+    first, second = check_examples(train, f"{name}, train split"), check_examples(test, f"{name}, test split")
+    labels = [s.largest_label for s in (first, second) if s.largest_label is not None]
+    combined = DataSummary(first.examples, first.integer_labels, max(labels) if labels else None)
+    remember(train, combined)
+    remember(test, combined)
+    return combined
+
+
 def _check_each(dataset: Dataset, what: str) -> DataSummary:
     """One pass through ``dataset[i]`` for every index its ``__len__`` promises."""
     from PIL import Image

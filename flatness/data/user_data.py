@@ -19,7 +19,7 @@ from flatness.core.errors import FlatnessError
 from flatness.core.evaluation import eval_mode
 from flatness.core.fileio import sha256_file
 from flatness.data.batches import forward, map_tensors
-from flatness.data.checks import check_examples, check_folder_tree, check_label_range, remember
+from flatness.data.checks import check_folder_tree, check_label_range, check_splits, remember
 from flatness.models.references import call_user, is_reference, one_line, resolve_callable
 
 IMAGEFOLDER_PREFIX = "imagefolder:"
@@ -188,13 +188,13 @@ def load_user_dataset(ref: str, image_size: int | None = None, normalize: bool =
             f"unknown dataset {ref!r}: use a built-in name, file.npz, "
             "package.module:callable, file.py:callable or imagefolder:DIR"
         )
-    summaries = [check_examples(d, f"{ref}, {n} split") for d, n in ((train, "train"), (test, "test"))]
+    summary = check_splits(train, test, ref)
     if normalize:
         mean, std = channel_statistics(train)
         record["normalize"] = {"mean": mean.tolist(), "std": std.tolist()}
         train, test = NormalizedDataset(train, mean, std), NormalizedDataset(test, mean, std)
-        remember(train, summaries[0])
-        remember(test, summaries[1])
+        remember(train, summary)
+        remember(test, summary)
     return UserData(train, test, record)
 
 
