@@ -555,3 +555,14 @@ def test_messages_never_advise_the_unsafe_path_and_no_warning_comes_before_the_e
     assert "weights_only" not in line and "Warning" not in line
     result = CliRunner().invoke(group, ["ok"])
     assert result.exit_code == 0 and result.output.splitlines() == ["done", "Warning: kept for the end"]
+
+
+# --------------------------------------------------------------------------- class 8: leftovers and files
+
+
+@pytest.mark.parametrize("command", [["sweep", "--quick"], ["train", "--epochs", "1"], ["experiment", "--quick"]])
+def test_leftovers_an_empty_out_is_refused_not_the_current_folder(tmp_path, monkeypatch, command):
+    """``--out ''`` used to write a sweep into the current folder (and train into its default folder)."""
+    monkeypatch.chdir(tmp_path)
+    one_line_error(invoke([*command, "--out", ""]), "--out is empty")
+    assert os.listdir(tmp_path) == []

@@ -23,7 +23,7 @@ LIMITS: dict[str, tuple[int, str]] = {
     "surface_points": (1_000_000, "points of one surface (every point is a pass over the data)"),
     "draws": (100_000, "bootstrap resamples per interval"),
     "cells": (10_000, "cells of one sweep"),
-    "seeds": (1_000, "seeds of one study or sweep"),
+    "seeds": (1_000, "seeds of one sweep"),
     "max_iter": (100_000, "eigensolver iterations"),
     "top_k": (1_000, "Hessian eigenvalues"),
     "trace_samples": (100_000, "Hutchinson vectors"),
