@@ -309,6 +309,9 @@ def run_sweep(settings: SweepSettings, echo=print) -> dict[str, Any]:
     if echo and len(todo) < len(p.mine):
         echo(f"{len(p.mine) - len(todo)} of {len(p.mine)} cells already finished; running the other {len(todo)}")
     workers = p.settings.workers or os.cpu_count() or 1
+    if echo and todo:  # the planned size, before the first cell starts
+        epochs = max(int(cell_train_options(p.train, c).get("epochs") or 0) for c in todo)
+        echo(f"sweep: {len(todo)} cell(s) to run of {len(p.cells)} in the grid, up to {epochs} epochs each")
     counts = {"done": 0, "failed": 0}
     bar = progress_bar(p.settings.progress, len(todo), "sweep", unit="cell", leave=True)
 
