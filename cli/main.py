@@ -11,10 +11,11 @@ import errno
 import os
 import signal
 import threading
+import warnings
 
 import click
 
-from flatness.core.errors import FlatnessError
+from flatness.core.errors import FlatnessError, Signalled, without_unsafe_advice
 from flatness.version import __version__
 
 EXIT_INTERRUPTED = 130
@@ -32,31 +33,41 @@ RESUME_HINTS = {
 }
 
 
-class Terminated(KeyboardInterrupt):
+class Terminated(Signalled):
     """SIGTERM (kill, a scheduler's time limit, torchrun stopping a rank), raised where the process is,
     so that it unwinds exactly like Ctrl-C: the same cleanup, the same one-line message."""
 
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
+
+class Interrupted(Signalled):
+    """SIGINT (Ctrl-C): a real signal, unlike a ``KeyboardInterrupt`` that some code raises itself."""
 
 
 def _raise_terminated(signum, frame):
     raise Terminated(signum)
 
 
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt():
-    """Turn SIGTERM into :class:`Terminated` for the duration of a command (main thread only: Python
-    delivers signals there), restoring the previous handler afterwards."""
+    """Turn SIGTERM into :class:`Terminated` and SIGINT into :class:`Interrupted` for the duration of a
+    command (main thread only: Python delivers signals there), restoring the previous handlers afterwards.
+    A SIGINT that the process ignores (started in the background) stays ignored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _raise_interrupted)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if previous_int is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous_int)
 
 
 class FlatnessGroup(click.Group):
@@ -64,8 +75,9 @@ class FlatnessGroup(click.Group):
 
     def invoke(self, ctx):
         try:
-            with sigterm_as_interrupt():
+            with sigterm_as_interrupt(), held_warnings(not _debug(ctx)) as caught:
                 result = super().invoke(ctx)
+            _show_warnings(caught)
             _leave_process_group(clean=True)
             return result
         except click.UsageError as err:  # a bad option value or name: one line, like every other error
@@ -79,9 +91,9 @@ class FlatnessGroup(click.Group):
         except FlatnessError as err:
             if _debug(ctx):
                 raise
-            click.echo(f"Error: {_one_line(str(err))}", err=True)
+            click.echo(f"Error: {without_unsafe_advice(_one_line(str(err)))}", err=True)
             ctx.exit(err.exit_code)
-        except KeyboardInterrupt as err:
+        except Signalled as err:
             if _debug(ctx):
                 raise
             name = ctx.invoked_subcommand or ""
@@ -101,6 +113,16 @@ class FlatnessGroup(click.Group):
                 reason = f"disk full: {reason}"
             click.echo(f"Error: {reason}{where}", err=True)
             ctx.exit(2)
+        except (KeyboardInterrupt, SystemExit, GeneratorExit) as err:
+            # raised by code the command ran, not by a signal (those are Signalled): user code does not
+            # decide the exit code, and nothing here says "interrupted" when no one interrupted
+            if _debug(ctx):
+                raise
+            from flatness.models.references import one_line
+
+            what = one_line(err)
+            click.echo(f"Error: the command stopped on {what} raised by code it ran, not by a signal", err=True)
+            ctx.exit(2)
         except Exception as err:  # a bug: one line by default, the traceback with --debug
             if _debug(ctx):
                 raise
@@ -110,6 +132,27 @@ class FlatnessGroup(click.Group):
                 err=True,
             )
             ctx.exit(EXIT_INTERNAL)
+
+
+@contextlib.contextmanager
+def held_warnings(enabled: bool = True):
+    """Hold back the warnings a command's libraries emit (torch, PIL, numpy), so that a failing
+    command prints its one ``Error:`` line and nothing before it; a command that succeeds shows each
+    distinct one afterwards, in one line (``--debug`` shows them as they come)."""
+    if not enabled:
+        yield []
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        yield caught
+
+
+def _show_warnings(caught) -> None:
+    seen = set()
+    for item in caught:
+        line = f"Warning: {_one_line(str(item.message))}"
+        if line not in seen:
+            seen.add(line)
+            click.echo(line, err=True)
 
 
 def _leave_process_group(clean: bool) -> None:

@@ -258,7 +258,7 @@ def command(out, resume, recipe, progress, nproc, compile_, logger, **options):
 
     check_logger(logger)  # a missing package is refused before anything is trained
     if nproc > 1 and not distributed.launched_by_torchrun():
-        raise SystemExit(_relaunch_under_torchrun(nproc))
+        click.get_current_context().exit(_relaunch_under_torchrun(nproc))  # torchrun's exit code, not an error
     options["compile"] = compile_
 
     from flatness.core.paths import check_paths

@@ -384,3 +384,155 @@ def test_unreadable_inputs_need_a_user_without_root(ws):
         assert result.exit_code == 2 and "not readable" in result.output, result.output
     finally:
         os.chmod(ws["ckpt"], 0o644)
+
+
+# --------------------------------------------------------------------------- issue 20: new inputs
+# Grid strings, npz contents (dtypes, NaN, labels, shapes) and what a user's model factory does. The
+# sweep runs no cell (its engine is stubbed after the plan and the folder checks), training stops after
+# the run is built (the data loaded and checked, the model built and fitted to it, init.pt written).
+
+GRID_KEYS_AND_JUNK = ["lr", "epochs", "width", "inner_iter", "method", "batch_size", "momentum", "seed", "Lr", ""]
+GRID_VALUES = [
+    "0.1",
+    "0.000123456789012345678",
+    "-1",
+    "0",
+    "nan",
+    "inf",
+    "1e400",
+    "abc",
+    "amp",
+    "sam",
+    "erm",
+    str(2**64),
+    "1000000000",
+    "3",
+    "",
+]
+
+
+def _grid_text(entries):
+    return " ".join(f"{key}={','.join(values)}" for key, values in entries)
+
+
+@settings(max_examples=25, **FAST)
+@given(
+    entries=st.lists(
+        st.tuples(st.sampled_from(GRID_KEYS_AND_JUNK), st.lists(st.sampled_from(GRID_VALUES), min_size=1, max_size=3)),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_sweep_grid_strings(ws, entries):
+    from flatness.sweep.grid import MAX_NAME_BYTES
+
+    EXAMPLES["sweep (grid)"] += 1
+    before = stamp(ws["root"])
+    with scratch_dir(ws) as scratch, mock.patch("flatness.core.engines.run_local", lambda *a, **k: None):
+        out = os.path.join(scratch, "sweep")
+        result = invoke(["sweep", "--grid", _grid_text(entries), "--seeds", "0", "--no-progress", "--out", out])
+        if result.exit_code == 0:
+            names = os.listdir(os.path.join(out, "cells")) if os.path.isdir(os.path.join(out, "cells")) else []
+            assert all(len(n.encode()) <= MAX_NAME_BYTES + 12 for n in names)
+    check_outcome(result, ws, before)
+
+
+NPZ_DTYPES = ["float32", "float64", "float16", "int64", "uint8", "bool"]
+LABEL_KINDS = ["good", "negative", "too-large", "float", "one-hot", "int8"]
+
+
+def _write_npz(path, x_dtype, nan_at, label_kind):
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(24, 4)) * 3).astype(x_dtype)
+    y = np.arange(24) % 3
+    if nan_at is not None and x.dtype.kind == "f":
+        x[nan_at, 1] = np.nan
+    if label_kind == "negative":
+        y[nan_at or 5] = -1
+    elif label_kind == "too-large":
+        y[nan_at or 5] = 7
+    elif label_kind == "float":
+        y = y.astype(np.float32) + 0.5
+    elif label_kind == "one-hot":
+        y = np.eye(3, dtype=np.int64)[y]
+    elif label_kind == "int8":
+        y = y.astype(np.int8)
+    np.savez(path, x_train=x[:16], y_train=y[:16], x_test=x[16:], y_test=y[16:])
+    finite = x.dtype.kind != "f" or bool(np.isfinite(x).all())
+    labels_ok = label_kind in ("good", "int8", "float")  # float targets: a regression loss may use them
+    return finite and labels_ok
+
+
+USER_MODEL = """
+import torch
+
+
+def model(**kwargs):
+    return torch.nn.Linear(4, 3)
+"""
+
+
+@settings(max_examples=20, **FAST)
+@given(
+    x_dtype=st.sampled_from(NPZ_DTYPES),
+    nan_at=st.one_of(st.none(), st.integers(0, 23)),
+    label_kind=st.sampled_from(LABEL_KINDS),
+)
+def test_train_npz_contents(ws, x_dtype, nan_at, label_kind):
+    """Any npz: exit 0 only for data that is finite with usable labels, else one Error line, exit 2."""
+    EXAMPLES["train (npz)"] += 1
+    before = stamp(ws["root"])
+    with scratch_dir(ws) as scratch, mock.patch("flatness.training.loop._loop", lambda run, start: None):
+        npz = os.path.join(scratch, "d.npz")
+        valid = _write_npz(npz, x_dtype, nan_at, label_kind)
+        with open(os.path.join(scratch, "m.py"), "w") as handle:
+            handle.write(USER_MODEL)
+        model = os.path.join(scratch, "m.py") + ":model"
+        result = invoke(
+            ["train", "--model", model, "--dataset", npz, "--batch-size", "8", "--no-progress", "--out", f"{scratch}/r"]
+        )
+    check_outcome(result, ws, before)
+    assert (result.exit_code == 0) == valid, (x_dtype, nan_at, label_kind, result.output)
+
+
+FACTORY_OUTCOMES = {
+    "model": "return torch.nn.Linear(4, 3)",
+    "not-a-model": "return 42",
+    "none": "return None",
+    "value-error": "raise ValueError('bad width')",
+    "exit-0": "sys.exit(0)",
+    "exit-3": "sys.exit(3)",
+    "keyboard-interrupt": "raise KeyboardInterrupt",
+    "generator-exit": "raise GeneratorExit",
+    "base-exception": "raise BaseException('odd')",
+    "import-time-exit": None,
+}
+
+
+@settings(max_examples=12, **FAST)
+@given(outcome=st.sampled_from(sorted(FACTORY_OUTCOMES)))
+def test_train_model_factory_outcomes(ws, outcome):
+    """Whatever a model factory does, the exit is 0 (a model) or 2 with one line: never 3, 130 or a traceback."""
+    EXAMPLES["train (factory)"] += 1
+    before = stamp(ws["root"])
+    body = FACTORY_OUTCOMES[outcome]
+    source = (
+        "import sys\nimport torch\nsys.exit(0)\n"
+        if body is None
+        else f"import sys\nimport torch\n\n\ndef model(**kwargs):\n    {body}\n"
+    )
+    with scratch_dir(ws) as scratch, mock.patch("flatness.training.loop._loop", lambda run, start: None):
+        npz = os.path.join(scratch, "d.npz")
+        _write_npz(npz, "float32", None, "good")
+        with open(os.path.join(scratch, "f.py"), "w") as handle:
+            handle.write(source)
+        ref = os.path.join(scratch, "f.py") + ":model"
+        result = invoke(
+            ["train", "--model", ref, "--dataset", npz, "--batch-size", "8", "--no-progress", "--out", f"{scratch}/r"]
+        )
+    check_outcome(result, ws, before)
+    assert (result.exit_code == 0) == (outcome == "model"), result.output
+    if result.exit_code == 2:
+        assert ref in result.output or "importing" in result.output, result.output

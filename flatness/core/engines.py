@@ -152,6 +152,38 @@ def run_local(tasks: Sequence[Any], workers: int, on_done: OnDone, fn: TaskFn, c
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+#: How long a Ray cluster named by ``--address`` may take to accept a connection.
+RAY_CONNECT_SECONDS = 15.0
+
+
+def check_ray_address(address: str | None, timeout: float = RAY_CONNECT_SECONDS) -> None:
+    """Fail in one line when nothing answers at a ``HOST:PORT`` (or ``ray://HOST:PORT``) address.
+
+    ``ray.init`` waits without end for a cluster that does not answer; a TCP connection within
+    ``timeout`` seconds is asked for first. ``auto``, ``local`` and None are Ray's own lookups.
+
+    Args:
+        address: the ``--address`` given.
+        timeout: seconds to wait for the connection.
+    """
+    import socket
+
+    if not address or address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise FlatnessError(f"--address {address!r}: give HOST:PORT (or ray://HOST:PORT, auto)")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as err:
+        reason = "no answer" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+        raise FlatnessError(
+            f"no Ray cluster answers at {address} within {timeout:g} s ({reason}); is `ray start --head` running there?"
+        ) from None
+
+
 def run_ray(
     tasks: Sequence[Any],
     workers: int,
@@ -178,6 +210,7 @@ def run_ray(
 
     started_here = not ray.is_initialized()
     if started_here:
+        check_ray_address(address)
         options: dict[str, Any] = {"address": address} if address else {"num_cpus": workers}
         # The workers import flatness from the same place as this process.
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

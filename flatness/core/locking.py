@@ -25,6 +25,14 @@ except ImportError:  # pragma: no cover
 LOCK_SUFFIX = ".lock"
 
 
+class LockBusy(FlatnessError):
+    """Another process holds the lock.
+
+    The only lock failure worth waiting on: one that cannot be taken at all (a name too long, a
+    read-only folder, no flock) is a plain ``FlatnessError``.
+    """
+
+
 def lock_path_for(path: str, folder: bool | None = None) -> str:
     """What is locked to guard ``path``: the folder itself, or the hidden lock file beside a file.
 
@@ -87,7 +95,7 @@ def _open_locked(target: str, folder: bool, path: str, what: str) -> int:
         try:
             if not _flock_within_grace(fd):
                 os.close(fd)
-                raise FlatnessError(
+                raise LockBusy(
                     f"another flatness process is writing this {what} ({path}); wait for it to finish or stop it first"
                 )
         except OSError as err:  # a file system without flock: the lock cannot hold, say so

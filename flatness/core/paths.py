@@ -25,7 +25,7 @@ def shown(path: str) -> str:
 
 
 def check_name(path: str, label: str) -> str:
-    """Refuse a path whose name is not valid UTF-8 (file formats and messages store names as text).
+    """Refuse an empty path, or one whose name is not valid UTF-8 (formats and messages store names as text).
 
     Args:
         path: the path as given (str; undecodable bytes arrive as surrogate escapes).
@@ -34,6 +34,8 @@ def check_name(path: str, label: str) -> str:
     Returns:
         ``path`` unchanged.
     """
+    if not str(path).strip():  # "" would mean the current folder to os.path.join: never a default
+        raise FlatnessError(f"{label} is empty; name a file or folder")
     try:
         str(path).encode("utf-8")
     except UnicodeEncodeError:

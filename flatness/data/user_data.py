@@ -21,7 +21,8 @@ from flatness.core.errors import FlatnessError
 from flatness.core.evaluation import eval_mode
 from flatness.core.fileio import sha256_file
 from flatness.data.batches import forward, map_tensors
-from flatness.models.references import is_reference, one_line, resolve_callable
+from flatness.data.checks import check_folder_tree, check_label_range, check_splits, remember
+from flatness.models.references import call_user, is_reference, one_line, resolve_callable
 
 IMAGEFOLDER_PREFIX = "imagefolder:"
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -152,10 +153,7 @@ def _is_dataset(obj: Any) -> bool:
 
 def _load_callable(ref: str) -> tuple[Dataset, Dataset, str | None]:
     factory, sha256 = resolve_callable(ref, "dataset")
-    try:
-        result = factory()
-    except Exception as err:  # whatever the user's factory raises
-        raise FlatnessError(f"{ref} raised {one_line(err)}") from None
+    result = call_user(factory, ref)
     if not (isinstance(result, (tuple, list)) and len(result) == 2 and all(_is_dataset(d) for d in result)):
         raise FlatnessError(f"{ref} must return (train_dataset, test_dataset), got {type(result).__name__}")
     for name, dataset in zip(("train", "test"), result):
@@ -188,6 +186,7 @@ def _load_imagefolder(folder: str, image_size: int | None) -> tuple[Dataset, Dat
         path = os.path.join(folder, split)
         if not os.path.isdir(path):
             raise FlatnessError(f"imagefolder:{folder} needs {path}/<class>/<images>")
+        check_folder_tree(path)
         try:
             splits.append(D.ImageFolder(path, transform=T.Compose(steps)))
         except (FileNotFoundError, OSError) as err:  # no class folders, or no images in them
@@ -259,10 +258,13 @@ def load_user_dataset(ref: str, image_size: int | None = None, normalize: bool =
             f"unknown dataset {ref!r}: use a built-in name, file.npz, "
             "package.module:callable, file.py:callable or imagefolder:DIR"
         )
+    summary = check_splits(train, test, ref)
     if normalize:
         mean, std = channel_statistics(train)
         record["normalize"] = {"mean": mean.tolist(), "std": std.tolist()}
         train, test = NormalizedDataset(train, mean, std), NormalizedDataset(test, mean, std)
+        remember(train, summary)
+        remember(test, summary)
     return UserData(train, test, record)
 
 
@@ -298,6 +300,8 @@ def check_model_fits(model: nn.Module, dataset: Dataset, loss_fn: Any = None, ou
             f"the model does not fit the data: it gives {out.shape[1]} class scores "
             f"(output shape {tuple(out.shape)}) but the data has label {label}"
         )
+    if torch.is_tensor(out) and out.dim() == 2:
+        check_label_range(dataset, out.shape[1])  # every label, from the pass made when the data was loaded
     from torch.utils.data import default_collate
 
     from flatness.core.losses import resolve_loss

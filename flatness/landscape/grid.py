@@ -15,11 +15,12 @@ import numpy as np
 import torch
 
 from flatness.core.errors import FlatnessError
+from flatness.core.limits import limit
 
 GridSpec = str | Sequence[float]
 DIRECTION_KINDS = ("random", "eigen", "interp", "pca")
 MAX_AXIS_POINTS = 100_000  # a grid's arrays live in memory and in the file: refuse absurd sizes up front
-MAX_GRID_POINTS = 10_000_000
+MAX_GRID_POINTS = limit("surface_points")  # each point is a pass over the probe data
 
 
 def parse_grid(spec: GridSpec, axis: str = "x") -> tuple[float, float, int]:

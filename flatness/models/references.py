@@ -19,7 +19,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from flatness.core.errors import FlatnessError
+from flatness.core.errors import FlatnessError, Signalled
 from flatness.core.fileio import sha256_file
 
 TORCHVISION_PREFIX = "torchvision:"
@@ -35,6 +35,31 @@ def one_line(err: BaseException) -> str:
     text = str(err).strip()
     first = text.splitlines()[0][:200] if text else ""
     return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+def call_user(fn: Callable, ref: str, *args: Any, **kwargs: Any) -> Any:
+    """Call user code (a model, data or loss factory); whatever it raises becomes one ``FlatnessError``.
+
+    User code never decides how a command ends: ``sys.exit(0)`` must not pass for success, nor
+    ``sys.exit(3)`` for a diverged run, nor a ``KeyboardInterrupt`` it raises for Ctrl-C. So every
+    ``BaseException`` is caught and named with the callable (exit 2); only a real signal
+    (:class:`Signalled`) goes through.
+
+    Args:
+        fn: the callable.
+        ref: how the user named it (for the message).
+        *args: positional arguments for ``fn``.
+        **kwargs: keyword arguments for ``fn``.
+
+    Returns:
+        What ``fn`` returned.
+    """
+    try:
+        return fn(*args, **kwargs)
+    except Signalled:
+        raise
+    except BaseException as err:  # noqa: BLE001 - user code: SystemExit, GeneratorExit... included
+        raise FlatnessError(f"{ref} raised {one_line(err)}") from None
 
 
 def parse_model_args(model_args: None | str | Mapping[str, Any]) -> dict[str, Any]:
@@ -74,10 +99,10 @@ def _import_file(path: str, what: str):
     folder = os.path.dirname(os.path.abspath(path))
     sys.path.insert(0, folder)
     try:
-        spec.loader.exec_module(module)
-    except Exception as err:  # any error while running the user's file
+        call_user(spec.loader.exec_module, f"importing {path}", module)
+    except FlatnessError:
         sys.modules.pop(name, None)
-        raise FlatnessError(f"importing {path} raised {one_line(err)}") from None
+        raise
     finally:
         sys.path.remove(folder)
     return module
@@ -90,7 +115,9 @@ def _import_module(name: str):
         if err.name and (name == err.name or name.startswith(err.name + ".")):
             raise FlatnessError(f"module {name!r} not found (is it installed, or on PYTHONPATH?)") from None
         raise FlatnessError(f"importing {name} raised {one_line(err)}") from None
-    except Exception as err:  # the module's own import-time code failed
+    except Signalled:
+        raise
+    except BaseException as err:  # noqa: BLE001 - the module's own import-time code failed, or exited
         raise FlatnessError(f"importing {name} raised {one_line(err)}") from None
 
 
@@ -196,12 +223,7 @@ def resolve_model_reference(
     factory, sha256 = resolve_callable(ref, "model")
     record["sha256"] = sha256
     _check_arguments(factory, args, ref)
-    try:
-        model = factory(**args)
-    except FlatnessError:
-        raise
-    except Exception as err:  # whatever the user's factory raises
-        raise FlatnessError(f"{ref} raised {one_line(err)}") from None
+    model = call_user(factory, ref, **args)
     if not isinstance(model, nn.Module):
         raise FlatnessError(f"{ref} returned a {type(model).__name__}, not a torch.nn.Module")
     return model, record

@@ -132,10 +132,18 @@ def _load_inputs(paths: Sequence[str]):
             vals = [v for v in VALUES if surf.get(v) is not None]
             if not vals:
                 raise FlatnessError(f"{path} holds no loss or accuracy values")
+            if not any(np.isfinite(np.asarray(surf[v], dtype=float)).any() for v in vals):
+                # an empty picture is not a landscape: every point is missing (NaN) or infinite
+                raise FlatnessError(f"{path} holds no computed point (every value is NaN or infinite); nothing to draw")
             is_2d = surf.get("ycoordinates") is not None and np.asarray(surf[vals[0]]).ndim == 2
             (surfaces_2d if is_2d else surfaces_1d).append(surf)
         else:
-            probes.append(load_probe(path))
+            probe = load_probe(path)
+            eigenvalues = (probe.get("hessian") or {}).get("eigenvalues") or []
+            bad = next((i for i, v in enumerate(eigenvalues) if v is None or not math.isfinite(v)), None)
+            if bad is not None:
+                raise FlatnessError(f"{path}: Hessian eigenvalue #{bad + 1} is {eigenvalues[bad]}; no spectrum exists")
+            probes.append(probe)
     return surfaces_1d, surfaces_2d, probes, runs
 
 

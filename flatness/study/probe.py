@@ -28,6 +28,7 @@ from flatness.core.devices import resolve_device
 from flatness.core.errors import FlatnessError
 from flatness.core.evaluation import evaluate, probe_for
 from flatness.core.fileio import sha256_file
+from flatness.core.limits import check_limit
 from flatness.core.losses import LossFn, resolve_loss
 from flatness.core.measured import second_order_model
 from flatness.core.params import num_params, select_params, weight_norm
@@ -148,6 +149,8 @@ class ProbeSettings:
             raise FlatnessError("density needs steps >= 1 and vectors >= 1")
         if self.dtype not in DTYPES:
             raise FlatnessError(f"unknown dtype {self.dtype!r}; use float32 or float64")
+        for name in ("top_k", "max_iter", "trace_samples", "density_steps", "density_vectors"):
+            check_limit(getattr(self, name), name)  # each sets how many Hessian-vector products run
         rho, epsilon, sharp = self.sharpness_settings()
         if self.sharpness is None:
             return None

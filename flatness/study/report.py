@@ -16,7 +16,7 @@ import base64
 import datetime as _dt
 import html
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -24,6 +24,7 @@ from urllib.parse import unquote
 from markdown_it import MarkdownIt
 
 from flatness.core.fileio import atomic_write_text
+from flatness.core.markup import md_text, plain
 from flatness.study.tables import format_mean_std, format_number, format_p, format_p_holm, markdown_table
 from flatness.version import __version__
 
@@ -191,8 +192,8 @@ def _rel(path: str, root: str) -> str:
 
 
 def _cell(text: str) -> str:
-    # A bare "|" inside a cell (e.g. ‖δ/|θ|‖) would end the cell in every Markdown table syntax.
-    return str(text).replace("|", "\\|")
+    # Labels name measures read from probe files: data, never markup ("|" would also end the cell).
+    return md_text(text)
 
 
 def _figure_md(figs: dict[str, str], key: str, root: str, caption: str) -> list[str]:
@@ -224,9 +225,9 @@ def build_markdown(
     """
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     lines = [
-        f"# Does AMP find flatter minima? {cfg.dataset} / {cfg.model}",
+        f"# Does AMP find flatter minima? {md_text(cfg.dataset)} / {md_text(cfg.model)}",
         "",
-        f"Generated {now} by flatness {__version__} (`flatness experiment`). Output folder: `{cfg.out}`.",
+        f"Generated {now} by flatness {__version__} (`flatness experiment`). Output folder: {md_text(cfg.out)}.",
         "",
     ]
     lines += ["## Verdict", ""]
@@ -248,32 +249,36 @@ def _setup_section(cfg, records) -> list[str]:
     sam_cfg = next((r.config for r in records if r.method == "sam" and r.config), {})
     probe = next((r.probe for r in records if r.probe), {}) or {}
     pdata = probe.get("data") or {}
+    # the runs' config.json and probe files are data: every value read from them is escaped
+    tc, amp_md, sam_md = ({k: md_text(v) for k, v in c.items()} for c in (tc, amp_cfg, sam_cfg))
+    data_name, split = md_text(pdata.get("dataset", cfg.dataset)), md_text(pdata.get("split", "train"))
     hess = probe.get("hessian") or {}
     trace = probe.get("trace") or {}
     L = [
         "## Setup",
         "",
-        f"- Data: **{cfg.dataset}**; model **{cfg.model}**; methods {', '.join(m.upper() for m in cfg.methods)}; "
-        f"seeds {', '.join(str(s) for s in cfg.seeds)} (one training run per method and seed)"
+        f"- Data: **{md_text(cfg.dataset)}**; model **{md_text(cfg.model)}**; methods "
+        f"{', '.join(md_text(m.upper()) for m in cfg.methods)}; "
+        f"seeds {', '.join(md_text(s) for s in cfg.seeds)} (one training run per method and seed)"
         + (" — **quick mode** (tiny settings for testing; the numbers mean little)" if cfg.quick else "")
         + ".",
         f"- Training: {tc.get('epochs', '?')} epochs, batch {tc.get('batch_size', '?')}, SGD lr {tc.get('lr', '?')} "
         f"(momentum {tc.get('momentum', '?')}, Nesterov {tc.get('nesterov', '?')}, weight decay "
         f"{tc.get('weight_decay', '?')}), schedule {tc.get('schedule', '?')} with milestones "
         f"{tc.get('milestones', '?')}, augmentation {tc.get('augment', '?')}"
-        + (f", recipe {cfg.recipe}" if cfg.recipe else "")
+        + (f", recipe {md_text(cfg.recipe)}" if cfg.recipe else "")
         + ".",
     ]
     if amp_cfg:
         L.append(
-            f"- AMP: ε = {amp_cfg.get('epsilon')} ({amp_cfg.get('ball')} ball), inner_lr {amp_cfg.get('inner_lr')}, "
-            f"inner_iter {amp_cfg.get('inner_iter')} (cost: {1 + int(amp_cfg.get('inner_iter') or 1)} "
+            f"- AMP: ε = {amp_md.get('epsilon')} ({amp_md.get('ball')} ball), inner_lr {amp_md.get('inner_lr')}, "
+            f"inner_iter {amp_md.get('inner_iter')} (cost: {1 + int(amp_cfg.get('inner_iter') or 1)} "
             "forward-backward passes per step)."
         )
     if sam_cfg:
-        L.append(f"- SAM: ρ = {sam_cfg.get('rho')}, adaptive {sam_cfg.get('adaptive')}.")
+        L.append(f"- SAM: ρ = {sam_md.get('rho')}, adaptive {sam_md.get('adaptive')}.")
     L += [
-        f"- Probe (every final checkpoint): {pdata.get('dataset', cfg.dataset)} **{pdata.get('split', 'train')}** "
+        f"- Probe (every final checkpoint): {data_name} **{split}** "
         f"split, the first {pdata.get('samples', cfg.samples)} examples in dataset order, batches of "
         f"{pdata.get('batch_size', cfg.batch_size)}, model in eval mode (BatchNorm running statistics), "
         "no augmentation.",
@@ -407,27 +412,50 @@ img{max-width:100%;border:1px solid #eee;margin-top:1em}code{background:#f4f4f4;
 em{color:#555}h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}"""
 
 
-def _image_source(src: str, root: str) -> str:
-    """``src`` as a ``data:`` URI when it names a file under ``root`` (the page then stands alone), else as is."""
-    path = os.path.join(root, unquote(src))  # the Markdown parser percent-encodes link targets
-    if not os.path.isfile(path):
-        return src
+def _inside(path: str, root: str) -> bool:
+    """True when ``path``, links followed, is ``root`` or lies under it."""
+    real, top = os.path.realpath(path), os.path.realpath(root)
+    return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
+
+
+def _image_source(src: str, root: str, figures: frozenset[str] | None) -> str | None:
+    """What an image link may point to in the page (None: no image at all).
+
+    A ``data:`` URI for a figure the command wrote, the link itself for a relative path inside
+    ``root`` that is not there, else None.
+
+    A report's Markdown holds names from other people's files, so a link is never trusted to say
+    which file to read: only a file under ``root`` (links followed) that is one of ``figures`` is
+    read, never an absolute path, ``..`` or a URL.
+    """
+    target = unquote(src)  # the Markdown parser percent-encodes link targets
+    if not target or "://" in target or target.startswith(("/", "\\")) or ":" in target.split("/", 1)[0]:
+        return None
+    path = os.path.join(root, target)
+    if not _inside(path, root):
+        return None
+    if figures is not None and os.path.realpath(path) not in figures:
+        return None if os.path.exists(path) else src
+    if not os.path.isfile(path) or target.rsplit(".", 1)[-1].lower() not in _MIME:
+        return src if not os.path.exists(path) else None
     with open(path, "rb") as handle:
         data = base64.b64encode(handle.read()).decode("ascii")
-    mime = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}.get(
-        src.rsplit(".", 1)[-1].lower(), "image/png"
-    )
-    return f"data:{mime};base64,{data}"
+    return f"data:{_MIME[target.rsplit('.', 1)[-1].lower()]};base64,{data}"
 
 
-def markdown_to_html(md: str, root: str, title: str, embed: bool = True) -> str:
+_MIME = {"png": "image/png", "svg": "image/svg+xml", "jpg": "image/jpeg", "jpeg": "image/jpeg"}
+
+
+def markdown_to_html(md: str, root: str, title: str, embed: bool = True, figures: Iterable[str] | None = None) -> str:
     """Render the report's Markdown as one HTML page (CommonMark and GFM tables, by markdown-it-py).
 
     Args:
         md: the Markdown text.
         root: the folder relative image links are resolved against.
         title: the page title.
-        embed: embed every image found under ``root`` as base64, so the page needs no other file.
+        embed: embed the figures as base64, so the page needs no other file.
+        figures: the image files the command itself wrote (under ``root``); only these are embedded.
+            None allows any image file under ``root`` (links followed), never one outside it.
 
     Returns:
         The HTML document.
@@ -435,11 +463,15 @@ def markdown_to_html(md: str, root: str, title: str, embed: bool = True) -> str:
     # Raw HTML off: labels and paths in the report are data, never markup, so they are escaped.
     renderer = MarkdownIt("commonmark", {"html": False}).enable("table")
     default_image = renderer.renderer.rules["image"]
+    allowed = None if figures is None else frozenset(os.path.realpath(f) for f in figures)
 
     def image(renderer_self, tokens, idx, options, env):  # add_render_rule binds the rule as a method
         token = tokens[idx]
+        src = _image_source(token.attrGet("src") or "", root, allowed)
+        if src is None:  # not a figure of this report: its caption as text, nothing loaded
+            return html.escape(f"[{renderer_self.renderInlineAsText(token.children or [], options, env)}]")
         if embed:
-            token.attrSet("src", _image_source(token.attrGet("src") or "", root))
+            token.attrSet("src", src)
         return default_image(tokens, idx, options, env)
 
     renderer.add_render_rule("image", image)
@@ -460,5 +492,6 @@ def write_report(
     md_path = os.path.join(cfg.out, "REPORT.md")
     html_path = os.path.join(cfg.out, "report.html")
     atomic_write_text(md_path, md)
-    atomic_write_text(html_path, markdown_to_html(md, cfg.out, f"flatness report: {cfg.dataset} / {cfg.model}"))
+    title = f"flatness report: {plain(cfg.dataset)} / {plain(cfg.model)}"
+    atomic_write_text(html_path, markdown_to_html(md, cfg.out, title, figures=figs.values()))
     return {"markdown": md_path, "html": html_path, "verdict": verdicts}

@@ -9,6 +9,8 @@ import csv
 import io
 from typing import Any
 
+from flatness.core.markup import csv_cell, md_text
+
 
 def format_number(v: float | None, digits: int = 4) -> str:
     """A number as the tables write it: ``digits`` significant digits, scientific when very large or small.
@@ -71,18 +73,15 @@ def markdown_table(comp: dict[str, Any]) -> str:
     """The summary as Markdown: one row per quantity, methods as columns, each method vs the baseline."""
     methods, others, base = comp["methods"], comp["others"], comp["baseline"]
     head = ["quantity", "unit"] + [
-        f"{m.upper()} (n={max((r['methods'][m]['n'] for r in comp['rows']), default=0)})" for m in methods
+        f"{md_text(m.upper())} (n={max((r['methods'][m]['n'] for r in comp['rows']), default=0)})" for m in methods
     ]
     for m in others:
-        head += [
-            f"{m.upper()} − {base.upper()}",
-            f"p (Welch, {m.upper()} vs {base.upper()})",
-            "p (Holm)",
-            f"{m.upper()} is",
-        ]
+        M, B = md_text(m.upper()), md_text(base.upper())
+        head += [f"{M} − {B}", f"p (Welch, {M} vs {B})", "p (Holm)", f"{M} is"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in comp["rows"]:
-        cells = [row["label"] + (" ↓" if row["better"] == "lower" else " ↑"), row["unit"] or "–"]
+        # labels name measures read from probe files: data, never markup
+        cells = [md_text(row["label"]) + (" ↓" if row["better"] == "lower" else " ↑"), md_text(row["unit"] or "–")]
         cells += [format_mean_std(row["methods"][m]) for m in methods]
         for m in others:
             v = row["versus"][m]
@@ -130,14 +129,14 @@ def csv_text(comp: dict[str, Any]) -> str:
     cols = per_run_columns(comp)
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["row", "method", "seed", "source"] + [label for _, label in cols])
+    # names come from other people's files: a cell never starts a spreadsheet formula
+    writer.writerow(["row", "method", "seed", "source"] + [csv_cell(label) for _, label in cols])
     for run in comp["runs"]:
-        writer.writerow(
-            ["run", run["method"], run["seed"], run["source"]] + [_csv(run["values"].get(k)) for k, _ in cols]
-        )
+        names = [csv_cell(run[key]) for key in ("method", "seed", "source")]
+        writer.writerow(["run", *names] + [_csv(run["values"].get(k)) for k, _ in cols])
     for m in comp["methods"]:
         for stat in ("mean", "std", "n"):
-            writer.writerow([stat, m, "", ""] + [_csv(row["methods"][m][stat]) for row in comp["rows"]])
+            writer.writerow([stat, csv_cell(m), "", ""] + [_csv(row["methods"][m][stat]) for row in comp["rows"]])
     for m in comp["others"]:
         writer.writerow(
             [f"diff {m}-{comp['baseline']}", m, "", ""] + [_csv(row["versus"][m]["diff"]) for row in comp["rows"]]

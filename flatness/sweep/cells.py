@@ -110,14 +110,14 @@ def waiting_lock(path: str, what: str, timeout: float | None = None):
     Returns:
         A context manager holding the lock.
     """
-    from flatness.core.locking import exclusive
+    from flatness.core.locking import LockBusy, exclusive
 
     began = time.monotonic()
     while True:
         lock = exclusive(path, what)
         try:
             lock.__enter__()
-        except FlatnessError:
+        except LockBusy:  # only a lock someone holds is waited on; one that cannot be made is an error
             if timeout is not None and time.monotonic() - began > timeout:
                 raise
             time.sleep(LOCK_POLL_SECONDS)

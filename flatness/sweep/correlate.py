@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from flatness.core.errors import FlatnessError
 from flatness.core.fileio import atomic_write_json, atomic_write_text
+from flatness.core.limits import check_limit
+from flatness.core.markup import csv_cell, figure_text, md_text, plain
+from flatness.core.validation import check_count
 from flatness.generalization.baselines import BASELINES, EXPECTED_SIGN
 from flatness.generalization.correlation import CONFIDENCE, correlate_table, varied_axes
 
@@ -88,6 +92,24 @@ def select_cells(
     return done, unreached
 
 
+def _check_defined(cells: Sequence[dict[str, Any]], target: str, measures: Sequence[str]) -> None:
+    """Refuse a target for which no rank correlation exists: text, NaN, infinite or constant values."""
+    for row in cells:
+        value = row.get(target)
+        if not isinstance(value, float) or not math.isfinite(value):
+            raise FlatnessError(
+                f"cell {plain(row.get('cell'))} has {target} = {plain(repr(value))}, not a finite number; "
+                "no correlation with it exists"
+            )
+    if len({row[target] for row in cells}) < 2:
+        raise FlatnessError(
+            f"the {target} is {cells[0][target]:g} in every one of the {len(cells)} cells; "
+            "a constant has no rank correlation with anything"
+        )
+    if not measures:
+        raise FlatnessError("the cells table has no measure columns: nothing to correlate")
+
+
 def compute(
     folder: str,
     target: str = "gap",
@@ -115,6 +137,8 @@ def compute(
 
     if target not in TARGETS:
         raise FlatnessError(f"unknown target {target!r}; use gap or test_error")
+    check_count(draws, "--draws", minimum=10)
+    check_limit(draws, "draws")
     rows, columns, measures = read_table(folder)
     finished = [r for r in rows if r.get("status") == "done"]
     gap_kind = "loss" if finished and all(r.get("train_acc") is None for r in finished) else "accuracy"
@@ -128,8 +152,14 @@ def compute(
         if unreached:
             kept += f" that reached the stop loss ({unreached} did not; --include-unreached keeps them)"
         raise FlatnessError(f"{folder} has {len(done)} finished cell(s){kept}; correlate needs at least {MIN_CELLS}")
+    _check_defined(done, target, measures)
     axes = varied_axes(done, columns)
     stats = correlate_table(done, axes, measures, target, draws=draws)
+    if all(row["kendall_tau"] is None for row in stats):
+        raise FlatnessError(
+            f"no measure of {folder} has a rank correlation with the {target}: every measure is constant "
+            "or missing over the cells, so there is nothing to judge"
+        )
     for row in stats:
         row["family"] = family(row["measure"])
         row["expected_sign"] = expected_sign(row["measure"])
@@ -176,8 +206,17 @@ def _best(stats: list[dict[str, Any]], fam: str, key: str) -> dict[str, Any] | N
     return max(rows, key=lambda r: _signed(r[key], r["measure"]), default=None)
 
 
-def verdict(summary: dict[str, Any]) -> list[str]:
-    """Plain-language sentences: which measures predict the target, and flatness against the baselines."""
+def verdict(summary: dict[str, Any], name: Callable[[object], str] = plain) -> list[str]:
+    """Plain-language sentences: which measures predict the target, and flatness against the baselines.
+
+    Args:
+        summary: the correlation summary (``compute``).
+        name: how a measure's name (a column of someone's ``cells.csv``: data) is written; ``plain``
+            for a terminal, ``md_text`` for the Markdown report.
+
+    Returns:
+        The sentences (``**`` marks what the Markdown report shows in bold).
+    """
     stats, target = summary["measures"], summary["target"]
     words = target_words(summary)
     good = [r for r in stats if r["predicts"]]
@@ -190,7 +229,9 @@ def verdict(summary: dict[str, Any]) -> list[str]:
         f"(rule: τ of the expected sign with a Holm-adjusted p < {ALPHA}, adjusted for the {len(stats)} measures "
         "tested; raw p-values are not counted): "
         + (
-            ", ".join(f"{r['measure']} (τ = {_g(r['kendall_tau'])}, adjusted p = {_g(r['p_holm'])})" for r in good)
+            ", ".join(
+                f"{name(r['measure'])} (τ = {_g(r['kendall_tau'])}, adjusted p = {_g(r['p_holm'])})" for r in good
+            )
             or "none"
         )
         + "."
@@ -204,18 +245,18 @@ def verdict(summary: dict[str, Any]) -> list[str]:
         s.append(
             "Significant in the unexpected direction (flatter or smaller went with a larger "
             f"{target.replace('_', ' ')}): "
-            + ", ".join(f"{r['measure']} (τ = {_g(r['kendall_tau'])})" for r in wrong)
+            + ", ".join(f"{name(r['measure'])} (τ = {_g(r['kendall_tau'])})" for r in wrong)
             + "."
         )
-    for key, name in (("kendall_tau", "τ"), ("psi", "Ψ")):
+    for key, symbol in (("kendall_tau", "τ"), ("psi", "Ψ")):
         flat, base = _best(stats, "flatness", key), _best(stats, "baseline", key)
         if flat and base:
             flat_value, base_value = _signed(flat[key], flat["measure"]), _signed(base[key], base["measure"])
             beats = flat_value > base_value
             s.append(
-                f"By {name} (sign-adjusted), the best flatness measure is {flat['measure']} ({_g(flat_value)}) "
-                f"and the best norm/margin baseline is {base['measure']} ({_g(base_value)}): flatness "
-                f"**{'beats' if beats else 'does not beat'}** the baselines on {name} here."
+                f"By {symbol} (sign-adjusted), the best flatness measure is {name(flat['measure'])} ({_g(flat_value)}) "
+                f"and the best norm/margin baseline is {name(base['measure'])} ({_g(base_value)}): flatness "
+                f"**{'beats' if beats else 'does not beat'}** the baselines on {symbol} here."
             )
     s.extend(_stop_sentence(summary))
     if not summary["axes"]:
@@ -248,12 +289,13 @@ def _stop_sentence(summary: dict[str, Any]) -> list[str]:
 def markdown(summary: dict[str, Any], figures: dict[str, str], root: str) -> str:
     """The report as Markdown (figures linked relative to ``root``)."""
     L = [f"# Does flatness predict generalisation? Target: {target_words(summary)}", "", "## Verdict", ""]
-    L += [f"- {x}" for x in verdict(summary)] + [""]
+    L += [f"- {x}" for x in verdict(summary, md_text)] + [""]
     L += ["## Ranked measures", "", table_markdown(summary), ""]
+    axes = ", ".join(md_text(a) for a in summary["axes"]) or "(none)"
     L += [
         "τ: Kendall's τ-b over all finished cells (`scipy.stats.kendalltau`); p: its two-sided p-value, "
         "raw and Holm-adjusted over the measures; Ψ: the granulated τ of Jiang et al. (2020), the mean over "
-        f"the axes {', '.join(summary['axes']) or '(none)'} of the mean τ within groups of cells that differ "
+        f"the axes {axes} of the mean τ within groups of cells that differ "
         "only in that axis (same seed). Sign: +1 where a larger value should mean a larger gap, −1 for the "
         "margin. Baselines: weight norm, distance from initialisation, path norm (networks without "
         "BatchNorm or pooling only), the 10th-percentile output margin, Σ log of the layers' spectral norms.",
@@ -289,7 +331,7 @@ def table_markdown(summary: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary["measures"]:
         cells = [
-            r["measure"].replace("|", "\\|"),
+            md_text(r["measure"]),
             r["family"],
             f"{r['expected_sign']:+d}",
             str(r["n"]),
@@ -329,12 +371,12 @@ def csv_text(summary: dict[str, Any]) -> str:
             "psi_ci_high",
             "predicts",
         ]
-        + [f"psi_{a}" for a in axes]
+        + [csv_cell(f"psi_{a}") for a in axes]
     )
     for r in summary["measures"]:
         ci, adj, pci = r["tau_ci"] or [None, None], r["tau_ci_adjusted"] or [None, None], r["psi_ci"] or [None, None]
         values = [
-            r["measure"],
+            csv_cell(r["measure"]),
             r["family"],
             r["expected_sign"],
             r["n"],
@@ -379,7 +421,7 @@ def figure_bars(summary: dict[str, Any], path: str) -> str | None:
             label="Kendall τ (all cells)" if key == "kendall_tau" else "granulated Ψ",
         )
     ax.set_yticks(ys)
-    ax.set_yticklabels([f"{r['measure']} ({r['expected_sign']:+d})" for r in stats], fontsize=7)
+    ax.set_yticklabels([f"{figure_text(r['measure'])} ({r['expected_sign']:+d})" for r in stats], fontsize=7)
     ax.axvline(0, color="k", lw=0.8)
     ax.set_xlim(-1.05, 1.05)
     ax.set_xlabel(f"rank correlation with the {summary['target'].replace('_', ' ')} (bars: 95 % bootstrap intervals)")
@@ -410,8 +452,8 @@ def figure_scatter(folder: str, summary: dict[str, Any], path: str) -> str | Non
             pts = [(r.get(name), r.get(target)) for r in rows if str(r.get("method") or "all") == m]
             pts = [(x, y) for x, y in pts if x is not None and y is not None]
             if pts:
-                ax.scatter(*zip(*pts), s=12, color=f"C{i}", label=m.upper(), alpha=0.8)
-        ax.set_title(name, fontsize=7)
+                ax.scatter(*zip(*pts), s=12, color=f"C{i}", label=figure_text(m.upper()), alpha=0.8)
+        ax.set_title(figure_text(name), fontsize=7)
         ax.tick_params(labelsize=6)
     for ax in axes[len(names) :]:
         ax.set_visible(False)
@@ -466,5 +508,6 @@ def correlate(
     atomic_write_json(files["json"], summary)
     atomic_write_text(files["csv"], csv_text(summary))
     atomic_write_text(files["markdown"], md)
-    atomic_write_text(files["html"], markdown_to_html(md, folder, f"flatness correlate: {folder}"))
+    page = markdown_to_html(md, folder, f"flatness correlate: {plain(folder)}", figures=figs.values())
+    atomic_write_text(files["html"], page)
     return {**summary, "files": files, "verdict": verdict(summary)}

@@ -9,6 +9,7 @@ values as given, the seed last), so every process that expands one grid gets the
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flatness.core.errors import FlatnessError
+from flatness.core.limits import check_limit
 from flatness.core.validation import check_seed
 
 #: The grid keys and how their values are read.
@@ -58,9 +60,28 @@ class Cell:
 
     @property
     def name(self) -> str:
-        """The cell's folder name: ``key-value`` pairs and the seed, e.g. ``method-amp_lr-0.1_seed-0``."""
+        """The cell's folder name: ``key-value`` pairs and the seed, e.g. ``method-amp_lr-0.1_seed-0``.
+
+        A name longer than ``MAX_NAME_BYTES`` (many keys, long values) keeps its head and replaces
+        the tail by a hash of the whole name: a file name has at most 255 bytes, and the cell's lock
+        file adds to it.
+        """
         parts = [f"{k}-{_text(v)}" for k, v in self.params] + [f"seed-{self.seed}"]
-        return "_".join(parts)
+        return bounded_name("_".join(parts))
+
+
+#: The longest cell folder name, in UTF-8 bytes (file systems allow 255; the lock file adds ~12).
+MAX_NAME_BYTES = 160
+_HASH_CHARS = 16
+
+
+def bounded_name(name: str, limit: int = MAX_NAME_BYTES) -> str:
+    """``name`` if it fits in ``limit`` UTF-8 bytes, else its head, ``-h``, and 16 hex digits of its sha256."""
+    data = name.encode("utf-8")
+    if len(data) <= limit:
+        return name
+    head = data[: limit - _HASH_CHARS - 2].decode("utf-8", errors="ignore")
+    return f"{head}-h{hashlib.sha256(data).hexdigest()[:_HASH_CHARS]}"
 
 
 def _text(value: Any) -> str:
@@ -129,6 +150,7 @@ def parse_seeds(text: Any) -> list[int]:
         raise FlatnessError("--seeds is empty")
     if len(set(seeds)) != len(seeds):
         raise FlatnessError("--seeds repeats a value")
+    check_limit(len(seeds), "seeds", "the number of --seeds")
     return [check_seed(s, "--seeds") for s in seeds]
 
 
@@ -147,6 +169,11 @@ def expand(grid: dict[str, list[Any]], seeds: Sequence[int]) -> list[Cell]:
     for key, method in METHOD_KEYS.items():
         if key in grid and method not in methods:
             raise FlatnessError(f"grid key {key} applies only to {method} cells, and the grid has no method={method}")
+    # counted before any cell is made: a 10^6-cell grid is refused at once, not after its validation
+    count = len(seeds) * sum(
+        math.prod(len(grid[k]) for k in grid if k != "method" and METHOD_KEYS.get(k, m) == m) for m in methods
+    )
+    check_limit(count, "cells", "the grid's number of cells")
     cells = []
     for method in methods:
         keys = [k for k in grid if k != "method" and METHOD_KEYS.get(k, method) == method]

@@ -170,7 +170,7 @@ def plan(settings: SweepSettings) -> SweepPlan:
     Returns:
         The plan; raises FlatnessError (one line) for any bad input.
     """
-    from flatness.core.engines import check_engine
+    from flatness.core.engines import check_engine, check_ray_address
     from flatness.core.validation import check_count
     from flatness.training.config import build_config
 
@@ -179,6 +179,8 @@ def plan(settings: SweepSettings) -> SweepPlan:
     from flatness.training.tensorboard_log import check_logger
 
     check_logger(s.log)
+    if s.engine == "ray":
+        check_ray_address(s.address)  # a cluster that does not answer: one line now, not a wait without end
     shard = parse_shard(s.shard)
     if s.workers is not None:
         check_count(s.workers, "--workers", maximum=4096)
@@ -311,6 +313,9 @@ def run_sweep(settings: SweepSettings, echo=print) -> dict[str, Any]:
     if echo and len(todo) < len(p.mine):
         echo(f"{len(p.mine) - len(todo)} of {len(p.mine)} cells already finished; running the other {len(todo)}")
     workers = p.settings.workers or os.cpu_count() or 1
+    if echo and todo:  # the planned size, before the first cell starts
+        epochs = max(int(cell_train_options(p.train, c).get("epochs") or 0) for c in todo)
+        echo(f"sweep: {len(todo)} cell(s) to run of {len(p.cells)} in the grid, up to {epochs} epochs each")
     counts = {"done": 0, "failed": 0}
     bar = progress_bar(p.settings.progress, len(todo), "sweep", unit="cell", leave=True)
 

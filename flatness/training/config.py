@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flatness.core.errors import FlatnessError
+from flatness.core.limits import LIMITS, check_limit
 from flatness.core.validation import check_count, check_seed
 from flatness.models.registry import canonical_model_name
 from flatness.training import stopping
@@ -179,6 +180,8 @@ def _integer(name, value, minimum):
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise FlatnessError(f"{name} must be an integer >= {minimum}, got {value!r}")
     check_count(value, name, minimum)  # and within the native index size
+    if name in LIMITS:  # epochs, inner_iter, image_size, width, depth: the time and memory of a run
+        check_limit(value, name, name)
 
 
 def _number(name, value, positive):
