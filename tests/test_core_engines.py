@@ -124,9 +124,12 @@ PARENT_KILLED_AT_START = """
 import multiprocessing, os, signal, sys, threading, time
 from flatness.core.engines import run_local
 
-def kill_once_workers_exist():
+def wait_for_workers():  # progress, not time: the pool has started its processes
     while not multiprocessing.active_children():
         time.sleep(0.001)
+
+def kill_once_workers_exist():
+    wait_for_workers()
     with open(sys.argv[1], "w") as handle:
         handle.write(" ".join(str(p.pid) for p in multiprocessing.active_children()))
     os.kill(os.getpid(), signal.SIGKILL)  # no worker has reached its initialiser: each is held before it
