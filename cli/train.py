@@ -6,14 +6,9 @@ from __future__ import annotations
 import click
 
 from flatness.cli.source_options import loss_options
-from flatness.training.config import TrainConfig
+from flatness.cli.train_options import D, training_options
 
-D = TrainConfig()
 MAX_PROCESSES = 1024  # far beyond one node's GPUs or cores; a larger N is a typo, not a plan
-
-
-def _ms(values) -> str:
-    return ",".join(str(v) for v in values) or "none"
 
 
 @click.command("train")
@@ -45,7 +40,6 @@ def _ms(values) -> str:
     help="Keyword arguments of a --model callable or torchvision model, as a JSON object, "
     "e.g. '{\"width\": 64}'. Recorded in the run.",
 )
-@click.option("--image-size", type=int, default=None, help="imagefolder data: resize images to this square size.")
 @click.option(
     "--normalize",
     is_flag=True,
@@ -54,14 +48,6 @@ def _ms(values) -> str:
     "the run). Without it the data is used exactly as given.",
 )
 @click.option(
-    "--width",
-    type=int,
-    default=None,
-    help="Width of convnet (first conv channels, default 16) or mlp "
-    "(hidden units, default 128); other models ignore it.",
-)
-@click.option("--depth", type=int, default=None, help="Hidden layers of mlp (default 2); other models ignore it.")
-@click.option(
     "--method",
     type=str,
     default=None,
@@ -69,93 +55,9 @@ def _ms(values) -> str:
     f"1+inner-iter passes per step), sam (sharpness-aware minimisation, 2 passes). [default: {D.method}]",
 )
 @click.option(
-    "--epochs", type=int, default=None, help=f"Passes over the training set. [default: {D.epochs}; paper: 200]"
-)
-@click.option("--batch-size", type=int, default=None, help=f"Examples per step. [default: {D.batch_size}; paper: 50]")
-@click.option("--lr", type=float, default=None, help=f"Initial learning rate of SGD. [default: {D.lr}; paper: 0.1]")
-@click.option("--momentum", type=float, default=None, help=f"SGD momentum. [default: {D.momentum}; paper: 0.9]")
-@click.option(
-    "--nesterov/--no-nesterov",
-    default=None,
-    help=f"Nesterov momentum. [default: {'on' if D.nesterov else 'off'}; paper: on]",
-)
-@click.option(
-    "--weight-decay",
-    type=float,
-    default=None,
-    help=f"L2 weight decay (SGD's, coupled). [default: {D.weight_decay}; paper: 1e-4]",
-)
-@click.option(
-    "--schedule",
-    type=str,
-    default=None,
-    help=f"Learning-rate schedule per epoch: step (x0.1 at each milestone), cosine (to 0 at the last "
-    f"epoch), constant. [default: {D.schedule}; paper: step]",
-)
-@click.option(
-    "--milestones",
-    type=str,
-    default=None,
-    help=f"Comma-separated epochs after which the step schedule multiplies lr by 0.1. "
-    f"[default: {_ms(D.milestones)}; paper: 100,150]",
-)
-@click.option(
-    "--grad-clip",
-    type=float,
-    default=None,
-    help="Clip the global L2 norm of the gradient used by the optimizer's (base) step to this value; "
-    "AMP/SAM's perturbation uses unclipped gradients. [default: no clipping; paper: 50]",
-)
-@click.option(
-    "--stop-loss",
-    type=float,
-    default=None,
-    metavar="X",
-    help="Train to a fixed training loss: stop after the first epoch whose cross-entropy over the whole "
-    "training set (eval mode, no augmentation) is <= X; --epochs is then the cap. Costs one evaluation "
-    "pass over the training set per epoch. Jiang et al. (2020) use 0.01. [default: off]",
-)
-@click.option(
     "--seed", type=int, default=None, help=f"Seed of the initial weights and the data order. [default: {D.seed}]"
 )
 @click.option("--device", type=str, default=None, help="auto (CUDA when present), cpu, cuda or cuda:N. [default: auto]")
-@click.option(
-    "--epsilon",
-    type=float,
-    default=None,
-    help=f"AMP: L2 radius of the perturbation ball. [default: {D.epsilon} (tuned for digits); paper: 0.5, VGG16: 0.1]",
-)
-@click.option(
-    "--inner-lr",
-    type=float,
-    default=None,
-    help=f"AMP: step size of the inner ascent on the perturbation. [default: {D.inner_lr}; paper: 1, VGG16: 0.2]",
-)
-@click.option(
-    "--inner-iter",
-    type=int,
-    default=None,
-    help=f"AMP: inner ascent steps per training step. [default: {D.inner_iter}; paper: 1]",
-)
-@click.option(
-    "--ball",
-    type=str,
-    default=None,
-    help=f"AMP: tensor (each parameter tensor in its own L2 ball of radius epsilon, as the published code) "
-    f"or global (one L2 ball over all parameters, as the paper writes it). [default: {D.ball}]",
-)
-@click.option("--rho", type=float, default=None, help=f"SAM: radius of the ascent step. [default: {D.rho}]")
-@click.option(
-    "--adaptive/--no-adaptive",
-    default=None,
-    help="SAM: adaptive (ASAM) scaling of the ascent by |theta|. [default: off]",
-)
-@click.option(
-    "--augment/--no-augment",
-    default=None,
-    help="Training augmentation: random crop (+ horizontal flip on CIFAR / Fashion-MNIST). digits has "
-    "none. [default: off; paper: on]",
-)
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False),
@@ -198,26 +100,6 @@ def _ms(values) -> str:
     "mnist1d-default (used by --dataset mnist1d unless another is named).",
 )
 @click.option(
-    "--precision",
-    type=click.Choice(["fp32", "bf16"]),
-    default=None,
-    help="bf16: bfloat16 autocast for the forward/backward passes (weights, optimizer and checkpoints stay "
-    "fp32); the GPU fast path. [default: fp32]",
-)
-@click.option(
-    "--channels-last/--no-channels-last",
-    default=None,
-    help="NHWC memory layout for conv nets (faster with tensor cores). [default: off]",
-)
-@click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model. [default: off]")
-@click.option(
-    "--data-on-device",
-    type=click.Choice(["auto", "yes", "no"]),
-    default=None,
-    help="Keep the whole training set on the GPU and augment it there (auto: when it takes under a "
-    "quarter of free GPU memory; never on the CPU). [default: auto]",
-)
-@click.option(
     "--local-perturbation",
     is_flag=True,
     default=None,
@@ -232,6 +114,7 @@ def _ms(values) -> str:
     help="Train on N processes (one per GPU, or N CPU processes with gloo) by relaunching this command "
     "under torchrun; the global batch (--batch-size) is split across them.",
 )
+@training_options
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar per epoch. [default: on]")
 @click.option(
     "--log",

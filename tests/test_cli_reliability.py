@@ -648,7 +648,21 @@ def test_experiment_refuses_a_crafted_checkpoint_in_its_study(ws, tmp_path):
     before = stamp_tree(str(study))
     # --workers 1: the runs are probed in order, so the first refusal is erm-s0's
     result = invoke(
-        ["experiment", "--quick", "--seeds", "0", "--device", "cpu", "--no-progress", "--workers", "1", "--out", study]
+        [
+            "experiment",
+            "--quick",
+            "--methods",
+            "erm,amp",
+            "--seeds",
+            "0",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--workers",
+            "1",
+            "--out",
+            study,
+        ]
     )
     assert result.exit_code == 2 and "Traceback" not in result.output
     lines = [ln for ln in result.output.splitlines() if ln.strip()]

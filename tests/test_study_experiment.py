@@ -22,6 +22,8 @@ def quick_study(tmp_path_factory):
         [
             "experiment",
             "--quick",
+            "--methods",
+            "erm,amp",
             "--seeds",
             "0,1",
             "--out",
@@ -45,6 +47,8 @@ def test_the_same_numbers_with_two_workers_as_in_one_process(quick_study, tmp_pa
         [
             "experiment",
             "--quick",
+            "--methods",
+            "erm,amp",
             "--seeds",
             "0,1",
             "--out",
@@ -135,7 +139,21 @@ def test_rerun_skips_finished_steps_and_redoes_only_what_is_missing(quick_study,
     began = time.perf_counter()
     # --workers 1: the steps run in this process, where the counting patches above apply
     result = cli(
-        ["experiment", "--quick", "--seeds", "0,1", "--out", out, "--device", "cpu", "--no-progress", "--workers", "1"]
+        [
+            "experiment",
+            "--quick",
+            "--methods",
+            "erm,amp",
+            "--seeds",
+            "0,1",
+            "--out",
+            out,
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--workers",
+            "1",
+        ]
     )
     assert result.exit_code == 0, result.output
     assert [os.path.basename(os.path.dirname(p)) for p in probed] == ["amp-s1"]
@@ -149,13 +167,27 @@ def test_rerun_skips_finished_steps_and_redoes_only_what_is_missing(quick_study,
 
 def test_changed_settings_and_bad_options_are_refused(quick_study, cli):
     out, first, _ = quick_study
-    result = cli(["experiment", "--quick", "--seeds", "0,1", "--out", out, "--grid", "7", "--no-progress"])
+    result = cli(
+        [
+            "experiment",
+            "--quick",
+            "--methods",
+            "erm,amp",
+            "--seeds",
+            "0,1",
+            "--out",
+            out,
+            "--grid",
+            "7",
+            "--no-progress",
+        ]
+    )
     assert result.exit_code != 0 and "grid" in result.output and "Traceback" not in result.output
     for args, message in (
         (["--methods", "amp"], "erm"),
         (["--seeds", "a,b"], "seeds"),
         (["--methods", "erm,xyz"], "unknown method"),
     ):
-        result = cli(["experiment", "--quick", "--out", out.parent / "other", *args])
+        result = cli(["experiment", "--quick", "--methods", "erm,amp", "--out", out.parent / "other", *args])
         lines = [line for line in result.output.strip().splitlines() if line]
         assert result.exit_code != 0 and len(lines) == 1 and message in lines[0], result.output

@@ -126,10 +126,13 @@ def test_quantities_for_lists_the_rows_present_in_a_fixed_order():
     assert rows == [
         by["test_acc"],
         by["gap_acc"],
-        Quantity("lambda_1", "λmax", "", "Hessian eigenvalue #1 of the probe loss", "lower", True),
-        Quantity("lambda_2", "λ2", "", "Hessian eigenvalue #2 of the probe loss", "lower", True),
-        Quantity("trace", "Hessian trace", "", "Hutchinson estimate over Rademacher vectors", "lower", True),
-        Quantity("sharp:keskar ε=0.001", "keskar ε=0.001", "%", sharpness_unit("keskar")[1], "lower", True),
+        # λmax and the trace are primary measures (PRIMARY_RULE); none of these is scale-invariant
+        Quantity("lambda_1", "λmax", "", "Hessian eigenvalue #1 of the probe loss", "lower", True, False, True),
+        Quantity("lambda_2", "λ2", "", "Hessian eigenvalue #2 of the probe loss", "lower", True, False),
+        Quantity(
+            "trace", "Hessian trace", "", "Hutchinson estimate over Rademacher vectors", "lower", True, False, True
+        ),
+        Quantity("sharp:keskar ε=0.001", "keskar ε=0.001", "%", sharpness_unit("keskar")[1], "lower", True, False),
     ]
     assert [q.better for q in BASE_QUANTITIES] == ["higher", "higher", "higher", "lower", "lower", "lower"]
     assert not any(q.flatness for q in BASE_QUANTITIES)

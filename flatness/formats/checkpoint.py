@@ -44,6 +44,8 @@ LAST = "last.pt"
 INIT = "init.pt"
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
+# The first epoch's weights whose whole-training-set loss is <= TrainConfig.match_loss (training/stopping.py)
+MATCHED = "matched.pt"
 SNAPSHOT_RE = re.compile(r"^epoch-(\d{3,})\.pt$")
 
 

@@ -51,7 +51,17 @@ from flatness.study.runs import (
     load_run_dir,
     sorted_methods,
 )
-from flatness.study.significance import HOLM_FAMILIES, add_holm, holm_family, mean_std, versus_baseline, welch
+from flatness.study.significance import (
+    HOLM_FAMILIES,
+    PAIRED_FAMILIES,
+    add_holm,
+    add_paired_holm,
+    holm_family,
+    mean_std,
+    paired,
+    versus_baseline,
+    welch,
+)
 from flatness.study.tables import (
     csv_text,
     format_mean_std,
@@ -117,6 +127,7 @@ def compare(records: Sequence[RunRecord], baseline: str = BASELINE) -> dict[str,
     others = [m for m in methods if m != baseline] if baseline in methods else []
     rows = [_row(q, records, methods, others, baseline) for q in quantities_for(records)]
     add_holm(rows, others)
+    add_paired_holm(rows, others)
     runs = [
         {
             "label": r.label,
@@ -137,6 +148,10 @@ def compare(records: Sequence[RunRecord], baseline: str = BASELINE) -> dict[str,
         "test": "Welch's t-test (scipy.stats.ttest_ind, equal_var=False), two-sided",
         "std": "sample standard deviation over seeds (ddof = 1)",
         "adjustment": HOLM_FAMILIES,
+        "paired_test": "per-seed differences (method − baseline, the seeds both have): mean with a 95 % percentile "
+        "bootstrap interval, paired t-test (scipy.stats.ttest_rel), Wilcoxon signed-rank (scipy.stats.wilcoxon, "
+        "zeros dropped), two-sided",
+        "paired_adjustment": PAIRED_FAMILIES,
     }
 
 
@@ -151,6 +166,8 @@ def _row(
         "how": q.how,
         "better": q.better,
         "flatness": q.flatness,
+        "invariant": q.invariant,
+        "primary": q.primary,
         "methods": {},
         "versus": {},
     }
@@ -159,8 +176,10 @@ def _row(
         vals = [v for v in vals if v is not None]
         mean, std, n = mean_std(vals)
         row["methods"][m] = {"mean": mean, "std": std, "n": n, "values": vals}
+    by_seed = {m: {r.seed: r.values[q.key] for r in records if r.method == m and q.key in r.values} for m in methods}
     for m in others:
         row["versus"][m] = versus_baseline(q, row["methods"][baseline], row["methods"][m])
+        row["versus"][m]["paired"] = paired(q, by_seed[baseline], by_seed[m])
     return row
 
 

@@ -5,13 +5,16 @@ Steps, each idempotent (a rerun skips what is finished; a killed run, rerun, com
 1. train every (method, seed) into ``OUT/runs/<method>-s<seed>/`` (``flatness.training.loop.train``;
    a finished run is skipped, a partial one resumed);
 2. probe every final checkpoint into ``OUT/runs/<method>-s<seed>/probe.json`` (top-k Hessian
-   eigenvalues by Lanczos, Hutchinson trace, spectral density, every sharpness metric); an existing
-   probe JSON is kept;
+   eigenvalues by Lanczos, Hutchinson trace, spectral density, every sharpness metric), and the same
+   for the run's matched-loss checkpoint (``matched.pt`` -> ``matched/probe.json``; the two protocols,
+   ``flatness.study.protocols``), with a radius profile of each (``profile.json``); an existing
+   file is kept;
 3. surfaces for one seed per method, the same seed for every method so that the random directions
    are drawn alike: ``surface-1d.h5`` and ``surface-2d.h5`` (random, filter-normalised, BN/bias
    ignored) in the run folders, and the ERM→AMP interpolation ``OUT/surfaces/interp-<a>-<b>-s<seed>.h5``;
    ``compute_surface(resume=True)`` continues a partial file;
-4. figures (``OUT/figures/``), the comparison (``OUT/comparison.{md,json,csv}``), and the report
+4. figures (``OUT/figures/``), the comparisons (``OUT/comparison.{md,json,csv}`` at a fixed budget,
+   ``OUT/matched-loss/comparison.{md,json,csv}`` at matched training loss), and the report
    (``OUT/REPORT.md``, ``OUT/report.html``), rebuilt every time from what is on disk.
 
 With ``workers`` > 1 (or the Ray engine), steps 1-3 are one job in one pool of workers
@@ -49,15 +52,44 @@ PROBE = "probe.json"
 SURFACE_1D = "surface-1d.h5"
 SURFACE_2D = "surface-2d.h5"
 
-# The default study's budget on a 2-core CPU (<= 10 minutes in all): 3 seeds x (ERM + AMP) runs with
-# `flatness train`'s defaults (TrainConfig), a probe per run, 1D (2*grid-1 points) and 2D (grid x grid)
-# surfaces on `samples` training examples + the whole test split.
+# The default study's budget on a 2-core CPU (<= 5 minutes in all): 8 seeds x (ERM + AMP + SAM) runs, two
+# probes and two radius profiles per run, 1D (2*grid-1 points) and 2D (grid x grid) surfaces on
+# `samples` training examples + the whole test split.
 DEFAULT_SAMPLES = 1000
+DEFAULT_METHODS = ("erm", "amp", "sam")  # SAM is the control: a perturbation method other than AMP
+# 8 seeds: the fewest at which the paired rank test can find an effect that holds in every seed after
+# Holm over the 6 primary measures (exact two-sided Wilcoxon p >= 2/2^n: 2/2^8 = 0.0078 < 0.05/6 = 0.0083;
+# 7 seeds give 0.0156). The paired t-test has more power than that at the effect sizes seen (> 2 sd).
+DEFAULT_SEEDS = tuple(range(8))
+DEFAULT_MATCH_LOSS = 0.01  # Jiang et al. (2020)'s training cross-entropy, as `flatness sweep --stop-loss`
+QUICK_MATCH_LOSS = 5.0  # --quick: one epoch reaches it (cross-entropy starts at ~ln 10), so the path runs
+# A user's own data (FILE.npz, FILE.py:callable, ...) trains with this recipe unless --recipe is named:
+# the MNIST-1D study's optimiser (SGD lr 0.1 momentum 0.9, batch 100, cosine, 100 epochs), which fits
+# that training set (100 % train accuracy for ERM, AMP and SAM) where TrainConfig's 12 digits epochs
+# leave a small MLP underfit; the report warns when a run ends below 99 % train accuracy.
+OWN_DATA_RECIPE = "mnist1d-default"
+# Epochs of the study on a dataset's own recipe unless --epochs is given: MNIST-1D's recipe (100 epochs,
+# cosine to 0) leaves AMP at a whole-training-set loss of 0.0106-0.0124 (seeds 0-2), above the match loss,
+# so the matched-loss protocol would have no AMP run; over 150 epochs AMP reaches 0.01 near epoch 60 (and
+# ERM, SAM near 30, 40). `--epochs 100` gives the recipe's (the study before the two protocols) exactly.
+STUDY_EPOCHS = {"mnist1d": 150}
 DEFAULT_GRID = 21
 SURFACE_SEED = 0  # the seed of the random directions, the same for every method
 
 # Settings that change finished results: a rerun must keep them.
-FROZEN = ("dataset", "model", "recipe", "epochs", "samples", "grid", "quick", "batch_size", "probe", "train_overrides")
+FROZEN = (
+    "dataset",
+    "model",
+    "recipe",
+    "epochs",
+    "samples",
+    "grid",
+    "quick",
+    "batch_size",
+    "probe",
+    "train_overrides",
+    "match_loss",
+)
 
 
 @dataclass
@@ -71,8 +103,8 @@ class ExperimentConfig:
     # MNIST-1D: the offline study where AMP and ERM differ in test accuracy (digits saturates at ~99 %)
     dataset: str = "mnist1d"
     model: str | None = None  # None: the dataset's own model (mnist1d: mlp1d), else convnet
-    methods: tuple[str, ...] = ("erm", "amp")
-    seeds: tuple[int, ...] = (0, 1, 2)
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    seeds: tuple[int, ...] = DEFAULT_SEEDS
     recipe: str | None = None
     epochs: int | None = None
     device: str = "auto"
@@ -84,6 +116,8 @@ class ExperimentConfig:
     batch_size: int = 500  # probe/surface evaluation batch
     train_overrides: dict[str, Any] = field(default_factory=dict)
     probe: dict[str, Any] = field(default_factory=dict)
+    # the matched-loss protocol's whole-training-set loss (None: DEFAULT_MATCH_LOSS, --quick QUICK_MATCH_LOSS)
+    match_loss: float | None = None
     # How the independent steps run (not results: every step is seeded and single-threaded in a
     # worker, so any number of workers gives the same numbers): 1 = in this process, in order.
     workers: int = 1
@@ -118,6 +152,9 @@ class ExperimentConfig:
         if c.grid is not None:
             check_grid(c.grid)
         check_count(c.workers, "--workers")
+        from flatness.training.stopping import check_stop_loss
+
+        check_stop_loss(c.match_loss, "--match-loss")
         from flatness.core.engines import check_engine
 
         check_engine(c.engine)
@@ -126,10 +163,16 @@ class ExperimentConfig:
             c.samples = 128 if c.samples is None else c.samples
             c.grid = 5 if c.grid is None else c.grid
             c.train_overrides = {"batch_size": 128, **c.train_overrides}
+        if c.epochs is None and c.recipe is None and not c.quick:
+            c.epochs = STUDY_EPOCHS.get(c.dataset)
+        if c.match_loss is None:
+            c.match_loss = QUICK_MATCH_LOSS if c.quick else DEFAULT_MATCH_LOSS
         c.samples = DEFAULT_SAMPLES if c.samples is None else c.samples
         c.grid = DEFAULT_GRID if c.grid is None else c.grid
-        from flatness.sources.loading import default_model_for, folder_label
+        from flatness.sources.loading import default_model_for, folder_label, is_user_dataset
 
+        if c.recipe is None and is_user_dataset(c.dataset):
+            c.recipe = OWN_DATA_RECIPE
         c.model = c.model or default_model_for(c.dataset) or "convnet"
         if c.out is None:
             c.out = os.path.join("checkpoints", f"experiment-{folder_label(c.dataset)}-{folder_label(c.model)}")
@@ -299,6 +342,7 @@ def train_config_for(cfg: ExperimentConfig, method: str, seed: int):
     if cfg.epochs is not None:
         explicit["epochs"] = cfg.epochs  # as `flatness train --epochs`: the schedule's milestones stay
     explicit.update(cfg.train_overrides)
+    explicit["match_loss"] = cfg.match_loss  # every run also keeps its matched-loss checkpoint
     return build_config(explicit, recipe=cfg.recipe)
 
 
@@ -368,8 +412,10 @@ def _clear_unstarted_run(folder: str) -> None:
 
 
 @_names_failures("probe")
-def step_probe(cfg: ExperimentConfig, method: str, seed: int, progress: bool, echo) -> dict[str, Any]:
-    """Probe one run's final checkpoint into its ``probe.json``, unless that file already exists.
+def step_probe(
+    cfg: ExperimentConfig, method: str, seed: int, progress: bool, echo, matched: bool = False
+) -> dict[str, Any]:
+    """Probe one run's final (or matched-loss) checkpoint into its probe JSON, unless that file exists.
 
     Args:
         cfg: the resolved study settings.
@@ -377,25 +423,90 @@ def step_probe(cfg: ExperimentConfig, method: str, seed: int, progress: bool, ec
         seed: the training seed.
         progress: show progress bars.
         echo: called with one line per step started (None: quiet).
+        matched: probe ``matched.pt`` into ``matched/probe.json`` (skipped when the run never reached
+            the match loss) instead of ``last.pt`` into ``probe.json``.
 
     Returns:
         The step record: ``{step, skipped, seconds}``.
     """
     from flatness.formats.probe_file import write_probe
-    from flatness.study.probe import ProbeSettings, run_probe
+    from flatness.study.probe import run_probe
 
     folder = run_dir(cfg, method, seed)
-    out = os.path.join(folder, PROBE)
-    if os.path.isfile(out):
-        return {"step": f"probe {method} s{seed}", "skipped": True, "seconds": 0.0}
+    name = f"probe {'matched ' if matched else ''}{method} s{seed}"
+    checkpoint, out = _protocol_paths(folder, matched, PROBE)
+    if os.path.isfile(out) or not os.path.isfile(checkpoint):
+        return {"step": name, "skipped": True, "seconds": 0.0}
     began = time.perf_counter()
-    _log(f"[probe] {method.upper()} seed {seed}", echo)
+    _log(f"[probe] {method.upper()} seed {seed}" + (" (matched loss)" if matched else ""), echo)
     opts = dict(cfg.probe)
-    opts["density"] = bool(opts.get("density")) and seed == surface_seed(cfg)
+    opts["density"] = bool(opts.get("density")) and seed == surface_seed(cfg) and not matched
     opts["sharpness_options"] = with_training_radius(cfg, opts.get("sharpness_options") or {})
+    result = run_probe(checkpoint, _probe_settings(cfg, opts, progress), study_source(cfg))
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    write_probe(out, result, force=True)  # no probe.json: a sidecar here is an orphan of a killed probe
+    return {"step": name, "skipped": False, "seconds": time.perf_counter() - began}
+
+
+@_names_failures("profile")
+def step_profile(
+    cfg: ExperimentConfig, method: str, seed: int, progress: bool, echo, matched: bool = False
+) -> dict[str, Any]:
+    """Worst- and average-case sharpness over ``RADIUS_GRID`` for one checkpoint, into ``profile.json``.
+
+    Args:
+        cfg: the resolved study settings.
+        method: erm, amp or sam.
+        seed: the training seed.
+        progress: show progress bars.
+        echo: called with one line per step started (None: quiet).
+        matched: the matched-loss checkpoint instead of the final one.
+
+    Returns:
+        The step record: ``{step, skipped, seconds}``.
+    """
+    from flatness.study.probe import run_probe
+    from flatness.study.protocols import PROFILE, profile_document, profile_settings
+
+    folder = run_dir(cfg, method, seed)
+    name = f"profile {'matched ' if matched else ''}{method} s{seed}"
+    checkpoint, out = _protocol_paths(folder, matched, PROFILE)
+    if os.path.isfile(out) or not os.path.isfile(checkpoint):
+        return {"step": name, "skipped": True, "seconds": 0.0}
+    began = time.perf_counter()
+    _log(f"[profile] {method.upper()} seed {seed}" + (" (matched loss)" if matched else ""), echo)
+    result = run_probe(checkpoint, _probe_settings(cfg, profile_settings(cfg.quick), progress), study_source(cfg))
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    atomic_write_json(out, profile_document(result))
+    return {"step": name, "skipped": False, "seconds": time.perf_counter() - began}
+
+
+def run_steps(cfg: ExperimentConfig, method: str, seed: int, progress: bool, echo) -> list[dict[str, Any]]:
+    """Everything measured on one trained run: both protocols' probes and radius profiles."""
+    return [
+        step(cfg, method, seed, progress, echo, matched=matched)
+        for step in (step_probe, step_profile)
+        for matched in (False, True)
+    ]
+
+
+def _protocol_paths(folder: str, matched: bool, name: str) -> tuple[str, str]:
+    """(checkpoint, output file) of one protocol in a run folder."""
+    from flatness.formats.checkpoint import MATCHED
+    from flatness.study.protocols import MATCHED_RUN_DIR
+
+    if matched:
+        return os.path.join(folder, MATCHED), os.path.join(folder, MATCHED_RUN_DIR, name)
+    return os.path.join(folder, "last.pt"), os.path.join(folder, name)
+
+
+def _probe_settings(cfg: ExperimentConfig, opts: dict[str, Any], progress: bool):
+    """The ``ProbeSettings`` of one probe of the study: ``opts`` on the study's probe data."""
+    from flatness.study.probe import ProbeSettings
+
     if cfg.data_dir:
-        opts["data_dir"] = cfg.data_dir
-    settings = ProbeSettings.from_dict(
+        opts = {**opts, "data_dir": cfg.data_dir}
+    return ProbeSettings.from_dict(
         {
             **opts,
             "split": "train",
@@ -406,15 +517,14 @@ def step_probe(cfg: ExperimentConfig, method: str, seed: int, progress: bool, ec
             "progress": progress,
         }
     )
-    result = run_probe(os.path.join(folder, "last.pt"), settings, study_source(cfg))
-    write_probe(out, result, force=True)  # no probe.json: a sidecar here is an orphan of a killed probe
-    return {"step": f"probe {method} s{seed}", "skipped": False, "seconds": time.perf_counter() - began}
 
 
 def with_training_radius(cfg: ExperimentConfig, options: dict[str, Any]) -> dict[str, Any]:
-    """The sharpness options with AMP's own ε among the radii.
+    """The sharpness options with the primary measures' radii among the radii.
 
-    Added only when the study trains AMP and leaves the radii to the defaults: worst_case at that ρ is
+    The primary rule (``flatness.study.quantities.PRIMARY_RULE``) needs worst-case sharpness at the
+    perturbation method's own radius r (AMP's ε, else SAM's ρ) and at r/5; they are appended to the
+    default radii when missing (only when the radii are left to the defaults). worst_case at AMP's ε is
     the very quantity AMP minimises.
 
     Args:
@@ -425,12 +535,14 @@ def with_training_radius(cfg: ExperimentConfig, options: dict[str, Any]) -> dict
         The options, with ``rhos`` extended when needed (the input is not modified).
     """
     from flatness.sharpness.oracle import DEFAULTS
+    from flatness.study.quantities import primary_radii, training_radius
 
-    if "amp" not in cfg.methods or "rhos" in options:
+    if "rhos" in options:
         return options
+    configs = [train_config_for(cfg, m, cfg.seeds[0]).to_dict() for m in cfg.methods if m != "erm"]
     rhos = list(DEFAULTS["rhos"])
-    epsilon = float(train_config_for(cfg, "amp", cfg.seeds[0]).epsilon)
-    return options if epsilon in rhos else {**options, "rhos": rhos + [epsilon]}
+    missing = [r for r in primary_radii(training_radius(configs)) if r not in rhos]
+    return {**options, "rhos": rhos + missing} if missing else options
 
 
 def study_source(cfg: ExperimentConfig):
@@ -569,10 +681,8 @@ def run_study_task(task: StudyTask) -> tuple[StudyTask, list[dict[str, Any]]]:
         torch.set_num_threads(task.cfg.threads)
     echo = (lambda line: print(line, flush=True)) if task.verbose else None
     if task.kind == "run":
-        return task, [
-            step_train(task.cfg, task.method, task.seed, False, echo),
-            step_probe(task.cfg, task.method, task.seed, False, echo),
-        ]
+        trained = step_train(task.cfg, task.method, task.seed, False, echo)
+        return task, [trained, *run_steps(task.cfg, task.method, task.seed, False, echo)]
     return task, [step_surface(task.cfg, task.job, False, echo)]
 
 
@@ -726,26 +836,29 @@ def _run_locked(cfg: ExperimentConfig, started: float, progress: bool, echo) -> 
                 record(step_train(cfg, method, seed, progress, echo))
         for method in cfg.methods:
             for seed in cfg.seeds:
-                record(step_probe(cfg, method, seed, progress, echo))
+                for entry in run_steps(cfg, method, seed, progress, echo):
+                    record(entry)
         for entry in step_surfaces(cfg, progress, echo):
             record(entry)
 
     records = [load_run_dir(run_dir(cfg, m, s)) for m in cfg.methods for s in cfg.seeds]
     from flatness.study.compare import record_values
+    from flatness.study.protocols import MATCHED_DIR, matched_records, write_comparison
 
     for r in records:
         r.values = record_values(r)
     comp = compare(records)
+    matched, unreached = matched_records(records)
+    comp_matched = compare(matched) if matched else None
     began = time.perf_counter()
     figures = step_figures(cfg, records, comp)
-    from flatness.core.fileio import atomic_write_text
-    from flatness.study.compare import csv_text, markdown_table
-
-    atomic_write_text(os.path.join(cfg.out, "comparison.md"), "# Comparison\n\n" + markdown_table(comp))
-    atomic_write_json(os.path.join(cfg.out, "comparison.json"), comp)
-    atomic_write_text(os.path.join(cfg.out, "comparison.csv"), csv_text(comp))
+    figures.update(profile_figures(cfg, records, matched))
+    write_comparison(cfg.out, comp)
+    if comp_matched is not None:
+        write_comparison(os.path.join(cfg.out, MATCHED_DIR), comp_matched)
     record({"step": "figures and comparison", "skipped": False, "seconds": time.perf_counter() - began})
-    report = write_report(cfg, records, comp, figures, steps)
+    protocols = {"matched": matched, "unreached": unreached, "comp_matched": comp_matched}
+    report = write_report(cfg, records, comp, figures, steps, protocols)
     _write_state(cfg, steps, started)
     return {
         "out": cfg.out,
@@ -756,6 +869,19 @@ def _run_locked(cfg: ExperimentConfig, started: float, progress: bool, echo) -> 
         "seconds": time.time() - started,
         "figures": figures,
     }
+
+
+def profile_figures(cfg: ExperimentConfig, records, matched) -> dict[str, str]:
+    """The sharpness-against-radius figure of each protocol (``figures/radius-profile-<protocol>.png``)."""
+    from flatness.study.protocols import figure_profile, profile_summary
+
+    out = {}
+    for key, group, title in (("fixed", records, "fixed budget"), ("matched", matched, "matched training loss")):
+        path = os.path.join(cfg.out, FIGURES, f"radius-profile-{key}.png")
+        written = figure_profile(profile_summary(group, key == "matched"), path, title) if group else None
+        if written:
+            out[f"profile-{key}"] = written
+    return out
 
 
 def _previous_steps(cfg: ExperimentConfig) -> list[dict[str, Any]]:

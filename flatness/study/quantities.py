@@ -10,6 +10,17 @@ Definitions used in the table:
 * sharpness: each metric of the probe's ``sharpness`` list, one quantity per metric and radius.
 
 For every flatness quantity, lower means flatter.
+
+Each quantity says whether it is *invariant* to a function-preserving rescaling of a ReLU net (a layer's
+weights and bias ×c, the next layer's weights ÷c): the accuracies and losses are (the function is the
+same), the adaptive (|θ|-scaled) sharpness metrics and the magnitude-aware PAC-Bayes bound are, while the
+Hessian eigenvalues and trace, plain worst/average-case sharpness, Keskar's box and plain PAC-Bayes are
+not (tests/test_study_primaries.py rescales a net and checks this table).
+
+The *primary* measures are declared before any data (``primary_rule``): λmax, the trace, worst-case
+sharpness at the perturbation method's own radius and at a fifth of it, adaptive worst-case sharpness
+at that radius, and the magnitude-aware PAC-Bayes bound. The study's verdict is stated on them; every
+other flatness row is exploratory.
 """
 
 from __future__ import annotations
@@ -37,19 +48,83 @@ class Quantity:
     how: str
     better: str  # "lower" or "higher"
     flatness: bool = False  # a flatness/sharpness measure (lower = flatter)
+    invariant: bool | None = None  # unchanged by a function-preserving rescaling of a ReLU net's layers
+    primary: bool = False  # one of the primary measures declared before the data (primary_rule)
+
+
+# Which sharpness metrics are invariant to a function-preserving layer rescaling (×c, ÷c).
+INVARIANT_METRICS = {
+    "keskar": False,  # the box ε(|θ|+1) is not proportional to |θ|
+    "worst_case": False,
+    "average_case": False,
+    "adaptive_worst_case": True,  # the ball is ‖δ/|θ|‖ ≤ ρ: it scales with the layer
+    "adaptive_average_case": True,
+    "pac_bayes": False,
+    "pac_bayes_magnitude": True,  # σ scaled by |θ| (up to its + 1e-6 floor)
+}
+#: The primary measures' rule, as the report states it.
+PRIMARY_RULE = (
+    "λmax, the Hessian trace, worst-case sharpness at the perturbation method's own radius r (AMP's ε, "
+    "else SAM's ρ) and at r/5, adaptive worst-case sharpness at r (scale-invariant), and the "
+    "magnitude-aware PAC-Bayes bound (scale-invariant)"
+)
+PRIMARY_FRACTION = 5  # the smaller primary radius is r / 5
+
+
+def training_radius(configs: Sequence[dict[str, Any]]) -> float | None:
+    """The radius r of the primary rule: AMP's ε when AMP was trained, else SAM's ρ (None: neither).
+
+    Args:
+        configs: the runs' training configs (``config.json``), each with ``method``.
+
+    Returns:
+        r, or None.
+    """
+    for method, key in (("amp", "epsilon"), ("sam", "rho")):
+        for c in configs:
+            if c.get("method") == method and finite_float(c.get(key)) is not None:
+                return float(c[key])
+    return None
+
+
+def primary_radii(radius: float | None) -> tuple[float, ...]:
+    """The radii the primary rule needs probed: r and r/5 (none without r)."""
+    return () if radius is None else (radius, radius / PRIMARY_FRACTION)
+
+
+def _close(a, b) -> bool:
+    return a is not None and b is not None and math.isclose(float(a), float(b), rel_tol=1e-9)
+
+
+def is_primary_sharpness(entry: dict[str, Any], radius: float | None) -> bool:
+    """Whether a probe's sharpness entry is one of the primary measures for training radius r."""
+    metric, rho = entry.get("metric"), finite_float(entry.get("rho"))
+    if metric == "pac_bayes_magnitude":
+        return True
+    if radius is None or entry.get("p") not in (None, 2):
+        return False
+    if metric == "worst_case":
+        return any(_close(rho, r) for r in primary_radii(radius))
+    return metric == "adaptive_worst_case" and _close(rho, radius)
 
 
 BASE_QUANTITIES = [
-    Quantity("test_acc", "test accuracy", "%", "last epoch of training, full test split", "higher"),
+    Quantity("test_acc", "test accuracy", "%", "last epoch of training, full test split", "higher", invariant=True),
     Quantity(
         "train_acc",
         "train accuracy (logged)",
         "%",
         "last epoch's running mean during training (train mode, weights changing)",
         "higher",
+        invariant=True,
     ),
     Quantity(
-        "probe_acc", "train accuracy (probe)", "%", "final weights, eval mode, on the training probe data", "higher"
+        "probe_acc",
+        "train accuracy (probe)",
+        "%",
+        "final weights, eval mode, on the training probe data",
+        "higher",
+        invariant=True,
     ),
     Quantity(
         "gap_acc",
@@ -57,6 +132,7 @@ BASE_QUANTITIES = [
         "pp",
         "train accuracy (probe, eval mode; else the logged one) − test accuracy",
         "lower",
+        invariant=True,
     ),
     Quantity(
         "gap_loss",
@@ -64,6 +140,7 @@ BASE_QUANTITIES = [
         "nats",
         "test loss − train loss (probe, eval mode; else the logged one)",
         "lower",
+        invariant=True,
     ),
     Quantity(
         "probe_loss",
@@ -71,6 +148,7 @@ BASE_QUANTITIES = [
         "nats",
         "mean loss (the run's, cross-entropy by default) on the probe data, eval mode",
         "lower",
+        invariant=True,
     ),
 ]
 
@@ -189,7 +267,8 @@ def probe_values(probe: dict[str, Any]) -> dict[str, float]:
 
 
 def quantities_for(records: Sequence[RunRecord]) -> list[Quantity]:
-    """The table's rows, in a fixed order, for the quantities any record has."""
+    """The table's rows, in a fixed order, for the quantities any record has (primaries marked)."""
+    radius = training_radius([r.config for r in records if r.config])
     present = set()
     for r in records:
         present.update(r.values)
@@ -204,15 +283,21 @@ def quantities_for(records: Sequence[RunRecord]) -> list[Quantity]:
                     f"Hessian eigenvalue #{i} of the probe loss",
                     "lower",
                     True,
+                    invariant=False,
+                    primary=i == 1,
                 )
             )
     if "trace" in present:
-        out.append(Quantity("trace", "Hessian trace", "", "Hutchinson estimate over Rademacher vectors", "lower", True))
+        how = "Hutchinson estimate over Rademacher vectors"
+        out.append(Quantity("trace", "Hessian trace", "", how, "lower", True, invariant=False, primary=True))
     sharp = []
     for r in records:
         for entry in (r.probe or {}).get("sharpness") or []:
             key = "sharp:" + sharpness_key(entry)
             if key in present and key not in [s.key for s in sharp]:
-                unit, how = sharpness_unit(str(entry.get("metric", "")))
-                sharp.append(Quantity(key, sharpness_key(entry), unit, how, "lower", True))
+                metric = str(entry.get("metric", ""))
+                unit, how = sharpness_unit(metric)
+                invariant = INVARIANT_METRICS.get(metric)
+                primary = is_primary_sharpness(entry, radius)
+                sharp.append(Quantity(key, sharpness_key(entry), unit, how, "lower", True, invariant, primary))
     return out + sharp

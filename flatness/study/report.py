@@ -209,6 +209,8 @@ def build_markdown(
     figs: dict[str, str],
     steps: Sequence[dict[str, Any]],
     verdicts: list[dict[str, Any]],
+    protocols: dict[str, Any] | None = None,
+    primary: list[dict[str, Any]] | None = None,
 ) -> str:
     """The report as Markdown (figures as links relative to ``cfg.out``).
 
@@ -218,7 +220,9 @@ def build_markdown(
         comp: the comparison summary (rows, methods, baseline, others).
         figs: figure key -> file path.
         steps: the computing steps with their seconds.
-        verdicts: ``verdict(comp, method)`` for each non-baseline method.
+        verdicts: ``verdict(comp, method)`` for each non-baseline method (all measures, exploratory).
+        protocols: ``{"matched", "unreached", "comp_matched"}`` of the matched-loss protocol (None: none).
+        primary: ``flatness.study.verdict.study_verdicts`` of both protocols (None: none).
 
     Returns:
         The Markdown text.
@@ -231,10 +235,24 @@ def build_markdown(
         "",
     ]
     lines += ["## Verdict", ""]
+    if primary:
+        from flatness.study.protocol_report import primary_section
+
+        lines += primary_section(primary, comp, records, protocols or {})
+        lines += ["### All flatness measures at a fixed budget (exploratory)", ""]
     for v in verdicts:
         lines += [f"- {s}" for s in v["sentences"]] + [""]
     lines += _setup_section(cfg, records)
     lines += _results_section(comp)
+    if protocols and protocols.get("comp_matched"):
+        lines += [
+            "### Matched training loss",
+            "",
+            "The same table for the matched-loss checkpoints (`matched-loss/comparison.md`, `.json`, `.csv`):",
+            "",
+            markdown_table(protocols["comp_matched"]),
+            "",
+        ]
     lines += _figures_section(cfg, figs)
     lines += _cost_section(steps)
     lines += _caveats_section(cfg)
@@ -345,6 +363,14 @@ def _figures_section(cfg, figs: dict[str, str]) -> list[str]:
         "Hessian spectral density (log scale) of one seed per method; dotted lines: its top eigenvalues.",
     )
     L += _figure_md(figs, "spectra-all", root, "Hessian spectral densities and top eigenvalues of every run.")
+    for key, name in (("fixed", "at a fixed budget"), ("matched", "at matched training loss")):
+        L += _figure_md(
+            figs,
+            f"profile-{key}",
+            root,
+            f"Worst-case and average-case sharpness against the radius ρ {name}: mean over seeds, band 95 % "
+            "bootstrap interval of the mean. Where the curves cross, which method is flatter depends on the scale.",
+        )
     L += _figure_md(
         figs,
         "slices-1d",
@@ -484,14 +510,30 @@ def markdown_to_html(md: str, root: str, title: str, embed: bool = True, figures
 
 
 def write_report(
-    cfg, records, comp: dict[str, Any], figs: dict[str, str], steps: Sequence[dict[str, Any]]
+    cfg,
+    records,
+    comp: dict[str, Any],
+    figs: dict[str, str],
+    steps: Sequence[dict[str, Any]],
+    protocols: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write ``REPORT.md`` and ``report.html`` into ``cfg.out``; return their paths and the verdicts."""
+    """Write ``REPORT.md`` and ``report.html`` into ``cfg.out``; return their paths and the verdicts.
+
+    With ``protocols`` (the matched-loss runs and comparison) the verdict is the primary measures' under
+    both protocols (``flatness.study.verdict``); without, the all-measures verdict of ``verdict``.
+    """
+    from flatness.study.verdict import study_verdicts
+
     verdicts = [verdict(comp, m) for m in comp.get("others", [])]
-    md = build_markdown(cfg, records, comp, figs, steps, verdicts)
+    primary = None
+    if protocols is not None:
+        primary = study_verdicts(
+            [{"name": "Fixed budget", "comp": comp}, {"name": "Matched loss", "comp": protocols.get("comp_matched")}]
+        )
+    md = build_markdown(cfg, records, comp, figs, steps, verdicts, protocols, primary)
     md_path = os.path.join(cfg.out, "REPORT.md")
     html_path = os.path.join(cfg.out, "report.html")
     atomic_write_text(md_path, md)
     title = f"flatness report: {plain(cfg.dataset)} / {plain(cfg.model)}"
     atomic_write_text(html_path, markdown_to_html(md, cfg.out, title, figures=figs.values()))
-    return {"markdown": md_path, "html": html_path, "verdict": verdicts}
+    return {"markdown": md_path, "html": html_path, "verdict": primary if primary is not None else verdicts}

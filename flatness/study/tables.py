@@ -148,7 +148,15 @@ def csv_text(comp: dict[str, Any]) -> str:
             [f"holm_p {m}-{comp['baseline']}", m, "", ""]
             + [_csv(row["versus"][m].get("p_holm")) for row in comp["rows"]]
         )
+        for key in PAIRED_CSV_ROWS:  # the seed-by-seed comparison (flatness.study.significance.paired)
+            writer.writerow(
+                [f"paired_{key} {m}-{comp['baseline']}", m, "", ""]
+                + [_csv((row["versus"][m].get("paired") or {}).get(key)) for row in comp["rows"]]
+            )
     return buf.getvalue()
+
+
+PAIRED_CSV_ROWS = ("diff", "ci_low", "ci_high", "p_t", "p_t_holm", "p_wilcoxon", "p_wilcoxon_holm", "wins", "n")
 
 
 def _csv(v) -> str:

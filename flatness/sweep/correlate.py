@@ -181,11 +181,55 @@ def compute(
         "stop_loss_used": unreached is not None,
         "include_unreached": bool(include_unreached),
         "unreached_left_out": unreached or 0,
+        **underfit_cells(done),
         "confidence": CONFIDENCE,
         "alpha": ALPHA,
         "bootstrap_draws": draws,
         "measures": stats,
     }
+
+
+UNDERFIT_TRAIN_ACC = 99.0  # % train accuracy below which a cell is called underfit
+
+
+def underfit_cells(cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """How many of the cells used are underfit: train accuracy < 99 % or the stop loss not reached.
+
+    Args:
+        cells: the cells the correlations use (``select_cells``).
+
+    Returns:
+        ``{"underfit_cells", "underfit_lowest_train_acc", "unreached_used"}``.
+    """
+    accs = [float(r["train_acc"]) for r in cells if r.get("train_acc") is not None]
+    low = [a for a in accs if a < UNDERFIT_TRAIN_ACC]
+    unreached = [r for r in cells if r.get("reached_stop_loss") is False]
+    underfit = [
+        r
+        for r in cells
+        if r.get("reached_stop_loss") is False
+        or (r.get("train_acc") is not None and float(r["train_acc"]) < UNDERFIT_TRAIN_ACC)
+    ]
+    return {
+        "underfit_cells": len(underfit),
+        "underfit_lowest_train_acc": min(low) if low else None,
+        "unreached_used": len(unreached),
+    }
+
+
+def _underfit_sentence(summary: dict[str, Any]) -> list[str]:
+    """The warning when the correlations rest on underfit models (nothing when every cell fits)."""
+    n = summary.get("underfit_cells") or 0
+    if not n:
+        return []
+    lowest = summary.get("underfit_lowest_train_acc")
+    detail = f"lowest train accuracy {_g(lowest)} %" if lowest is not None else "the stop loss not reached"
+    return [
+        f"**Warning: {n} of {summary['cells']} cells are underfit** (train accuracy below "
+        f"{UNDERFIT_TRAIN_ACC:g} % or the stop loss not reached; {detail}): over underfit models the ranking "
+        "says how well each fits, not whether flatness predicts generalisation. Train to a stop loss "
+        "(`flatness sweep --stop-loss 0.01` with enough epochs) or pass --min-train-acc 99."
+    ]
 
 
 # --------------------------------------------------------------------------- text
@@ -224,7 +268,7 @@ def verdict(summary: dict[str, Any], name: Callable[[object], str] = plain) -> l
     which = "finished cells" if kept is None else f"finished cells with train accuracy >= {kept:g} %"
     if summary.get("stop_loss_used"):
         which += " that reached the stop loss" if not summary.get("include_unreached") else ""
-    s = [
+    s = _underfit_sentence(summary) + [
         f"Over {summary['cells']} {which}, **{len(good)} of {len(stats)} measures predict the {words}** "
         f"(rule: τ of the expected sign with a Holm-adjusted p < {ALPHA}, adjusted for the {len(stats)} measures "
         "tested; raw p-values are not counted): "

@@ -96,6 +96,9 @@ class TrainConfig:
     # dict/ModelOutput output the loss sees, or a reference to output_fn; None is flatness's rule.
     loss: str | None = None
     output: str | None = None
+    # Also keep ``matched.pt``: the weights after the first epoch whose whole-training-set loss is <=
+    # match_loss (the matched-loss protocol of ``flatness experiment``); training goes on to ``epochs``.
+    match_loss: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-ready values (what config.json and every checkpoint store)."""
@@ -165,6 +168,7 @@ class TrainConfig:
 
         self.loss = check_loss_spec(self.loss)
         self.output = check_output_spec(self.output)
+        stopping.check_stop_loss(self.match_loss, "match_loss")
         if self.nesterov and self.momentum <= 0:
             raise FlatnessError("Nesterov momentum needs momentum > 0; pass --momentum or --no-nesterov")
         self.milestones = _milestones(self.milestones)

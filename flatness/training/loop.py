@@ -552,6 +552,10 @@ def _finish_epoch(run: _Run, epoch: int, lr: float, totals: tuple[torch.Tensor, 
     run.stop = stopping.end_record(config.stop_loss, epoch, config.epochs, whole.get("full_train_loss"))
     if config.save_every and epoch % config.save_every == 0:
         _save(run, os.path.join(run.out_dir, ckpt.snapshot_name(epoch)), epoch, full=False)
+    matched = os.path.join(run.out_dir, ckpt.MATCHED)
+    # written before last.pt: a run killed in between redoes this epoch and writes it again, never skips it
+    if stopping.matched_now(config.match_loss, os.path.isfile(matched), whole.get("full_train_loss")):
+        _save(run, matched, epoch, full=False)
     _save(run, run.last_path, epoch, full=True)
     write_metrics(run.out_dir, run.metrics)
     if run.on_epoch is not None:

@@ -27,17 +27,18 @@ from flatness.data.probe_data import ProbeData
 STOP_KEY = "stop"
 
 
-def check_stop_loss(value: Any) -> None:
-    """Refuse a stop loss that is not a finite number > 0 (one-line FlatnessError).
+def check_stop_loss(value: Any, name: str = "stop_loss") -> None:
+    """Refuse a stop (or match) loss that is not a finite number > 0 (one-line FlatnessError).
 
     Args:
         value: the ``stop_loss`` option (None: no stop criterion, accepted).
+        name: the option's name in the message.
     """
     if value is None:
         return
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
     if not ok:
-        raise FlatnessError(f"stop_loss must be a finite number > 0 (a training cross-entropy), got {value!r}")
+        raise FlatnessError(f"{name} must be a finite number > 0 (a training cross-entropy), got {value!r}")
 
 
 def whole_train_data(config, train_set, device: torch.device, batch_size: int) -> ProbeData | None:
@@ -50,9 +51,9 @@ def whole_train_data(config, train_set, device: torch.device, batch_size: int) -
         batch_size: examples per evaluation batch.
 
     Returns:
-        The evaluation data, or None when the run has no stop criterion.
+        The evaluation data, or None when the run has neither a stop loss nor a match loss.
     """
-    if config.stop_loss is None:
+    if config.stop_loss is None and getattr(config, "match_loss", None) is None:
         return None
     if config.augment:  # augmentation exists for the built-in datasets only (sources.loading refuses others)
         from flatness.data.datasets import get_dataset
@@ -112,3 +113,22 @@ def describe(record: dict[str, Any]) -> str:
     if record["reached"]:
         return f"reached the stop loss {record['stop_loss']:g} at epoch {record['epoch']}: stopped"
     return f"the cap of {record['epoch']} epochs came first: the training loss is still above {record['stop_loss']:g}"
+
+
+def matched_now(match_loss: float | None, already: bool, full_train_loss: float | None) -> bool:
+    """Whether the epoch just finished is the run's matched-loss checkpoint (``MATCHED``).
+
+    It is the first epoch whose whole-training-set loss is <= ``match_loss``; later epochs never
+    replace it, even when the loss rises above the threshold and falls again.
+
+    Args:
+        match_loss: the threshold (None: no matched checkpoint is kept).
+        already: the run already holds its matched checkpoint.
+        full_train_loss: the whole-training-set loss after the epoch.
+
+    Returns:
+        True when the epoch's weights are to be kept as the matched checkpoint.
+    """
+    if match_loss is None or already or full_train_loss is None:
+        return False
+    return full_train_loss <= match_loss
