@@ -65,6 +65,11 @@ MODELS = textwrap.dedent("""
             super().__init__(reduction="none")
 
 
+    class Exits(nn.MSELoss):
+        def __init__(self):
+            raise SystemExit(0)
+
+
     def vector(outputs, targets):
         return (outputs.reshape(-1) - targets) ** 2
 
@@ -301,6 +306,7 @@ def test_a_failed_cell_is_retried_and_finished_ones_kept(cli, reg, tmp_path, mon
         ("summed", "reduction='sum'"),
         ("Unreduced", "reduction='none'"),
         ("nosuch", "unknown loss"),
+        ("Exits", "raised SystemExit"),  # user code never decides the exit code (issue 20, class 4)
     ],
 )
 def test_a_loss_that_is_not_a_mean_is_refused(cli, reg, tmp_path, loss, words):

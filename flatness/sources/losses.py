@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from flatness.core.errors import FlatnessError
-from flatness.models.references import is_reference, one_line, resolve_callable
+from flatness.models.references import call_user, is_reference, resolve_callable
 
 
 def check_loss_spec(spec: str | None) -> str | None:
@@ -79,10 +79,8 @@ def loss_fn_for(spec: str | None):
         return named_loss(spec)
     target, _ = resolve_callable(spec, "loss")
     if isinstance(target, type) and issubclass(target, nn.Module):
-        try:
-            target = target()
-        except Exception as err:  # whatever the user's class raises
-            raise FlatnessError(f"--loss {spec}: cannot build {target.__name__}(): {one_line(err)}") from None
+        # user code: whatever it raises, SystemExit included, is one line naming it (references.call_user)
+        target = call_user(target, f"--loss {spec}")
     check_loss_fn(target)
     return target
 
