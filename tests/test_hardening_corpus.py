@@ -15,55 +15,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import quick_digits_checkpoint
+from user_factories import FACTORIES
 
 from flatness.cli.main import main
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 with open(os.path.join(HERE, "hardening_corpus.json"), encoding="utf-8") as _handle:
     CORPUS = json.load(_handle)["cases"]
-
-FACTORIES = """
-import sys
-import torch
-from torch.utils.data import TensorDataset
-
-
-class Custom(BaseException):
-    pass
-
-
-def exit0(**kwargs):
-    sys.exit(0)
-
-
-def exit3(**kwargs):
-    sys.exit(3)
-
-
-def ctrl_c(**kwargs):
-    raise KeyboardInterrupt
-
-
-def generator_exit(**kwargs):
-    raise GeneratorExit
-
-
-def custom(**kwargs):
-    raise Custom("mine")
-
-
-def model(**kwargs):
-    return torch.nn.Linear(4, 3)
-
-
-def data():
-    x = torch.randn(48, 4)
-    return TensorDataset(x[:40], torch.arange(40) % 3), TensorDataset(x[40:], torch.arange(8) % 3)
-
-
-def data_exit0():
-    sys.exit(0)
-"""
 
 
 def _sweep(ws, folder, measures, gap=lambda i: i % 3 + 1 + 0.1 * (i // 3), method="erm"):

@@ -8,6 +8,7 @@ import os
 
 import pytest
 from click.testing import CliRunner
+from user_factories import FACTORIES
 
 from flatness.cli.main import main
 
@@ -107,48 +108,6 @@ def test_report_injection_experiment_report_embeds_only_its_own_figures(tmp_path
 
 # --------------------------------------------------------------------------- class 4: user code and the exit code
 
-FACTORIES = """
-import sys
-import torch
-from torch.utils.data import TensorDataset
-
-
-class Custom(BaseException):
-    pass
-
-
-def exit0(**kwargs):
-    sys.exit(0)
-
-
-def exit3(**kwargs):
-    sys.exit(3)
-
-
-def ctrl_c(**kwargs):
-    raise KeyboardInterrupt
-
-
-def generator_exit(**kwargs):
-    raise GeneratorExit("closed")
-
-
-def custom(**kwargs):
-    raise Custom("mine")
-
-
-def model(**kwargs):
-    return torch.nn.Linear(4, 3)
-
-
-def data():
-    x = torch.randn(170, 4)
-    return TensorDataset(x[:130], torch.arange(130) % 3), TensorDataset(x[130:], torch.arange(40) % 3)
-
-
-def data_exit0():
-    sys.exit(0)
-"""
 
 USER_OUTCOMES = [
     ("exit0", "SystemExit: 0"),

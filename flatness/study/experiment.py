@@ -432,20 +432,16 @@ def step_probe(
     from flatness.formats.probe_file import write_probe
     from flatness.study.probe import run_probe
 
-    folder = run_dir(cfg, method, seed)
-    name = f"probe {'matched ' if matched else ''}{method} s{seed}"
-    checkpoint, out = _protocol_paths(folder, matched, PROBE)
-    if os.path.isfile(out) or not os.path.isfile(checkpoint):
-        return {"step": name, "skipped": True, "seconds": 0.0}
-    began = time.perf_counter()
-    _log(f"[probe] {method.upper()} seed {seed}" + (" (matched loss)" if matched else ""), echo)
-    opts = dict(cfg.probe)
-    opts["density"] = bool(opts.get("density")) and seed == surface_seed(cfg) and not matched
-    opts["sharpness_options"] = with_training_radius(cfg, opts.get("sharpness_options") or {})
-    result = run_probe(checkpoint, _probe_settings(cfg, opts, progress), study_source(cfg))
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    write_probe(out, result, force=True)  # no probe.json: a sidecar here is an orphan of a killed probe
-    return {"step": name, "skipped": False, "seconds": time.perf_counter() - began}
+    def measure(checkpoint: str):
+        opts = dict(cfg.probe)
+        opts["density"] = bool(opts.get("density")) and seed == surface_seed(cfg) and not matched
+        opts["sharpness_options"] = with_training_radius(cfg, opts.get("sharpness_options") or {})
+        return run_probe(checkpoint, _probe_settings(cfg, opts, progress), study_source(cfg))
+
+    def write(out: str, result) -> None:
+        write_probe(out, result, force=True)  # no probe.json: a sidecar here is an orphan of a killed probe
+
+    return _checkpoint_step("probe", PROBE, cfg, method, seed, echo, matched, measure, write)
 
 
 @_names_failures("profile")
@@ -468,16 +464,34 @@ def step_profile(
     from flatness.study.probe import run_probe
     from flatness.study.protocols import PROFILE, profile_document, profile_settings
 
+    def measure(checkpoint: str):
+        return run_probe(checkpoint, _probe_settings(cfg, profile_settings(cfg.quick), progress), study_source(cfg))
+
+    def write(out: str, result) -> None:
+        atomic_write_json(out, profile_document(result))
+
+    return _checkpoint_step("profile", PROFILE, cfg, method, seed, echo, matched, measure, write)
+
+
+def _checkpoint_step(
+    kind: str, filename: str, cfg: ExperimentConfig, method: str, seed: int, echo, matched: bool, measure, write
+) -> dict[str, Any]:
+    """One measurement of a run's final (or matched-loss) checkpoint into ``filename``, skipped when done.
+
+    ``measure(checkpoint)`` computes the result and ``write(out, result)`` stores it (its folder made only
+    then, so a failed measurement leaves nothing); a run that never reached the match loss has no matched
+    checkpoint and is skipped.
+    """
     folder = run_dir(cfg, method, seed)
-    name = f"profile {'matched ' if matched else ''}{method} s{seed}"
-    checkpoint, out = _protocol_paths(folder, matched, PROFILE)
+    name = f"{kind} {'matched ' if matched else ''}{method} s{seed}"
+    checkpoint, out = _protocol_paths(folder, matched, filename)
     if os.path.isfile(out) or not os.path.isfile(checkpoint):
         return {"step": name, "skipped": True, "seconds": 0.0}
     began = time.perf_counter()
-    _log(f"[profile] {method.upper()} seed {seed}" + (" (matched loss)" if matched else ""), echo)
-    result = run_probe(checkpoint, _probe_settings(cfg, profile_settings(cfg.quick), progress), study_source(cfg))
+    _log(f"[{kind}] {method.upper()} seed {seed}" + (" (matched loss)" if matched else ""), echo)
+    result = measure(checkpoint)
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    atomic_write_json(out, profile_document(result))
+    write(out, result)
     return {"step": name, "skipped": False, "seconds": time.perf_counter() - began}
 
 
