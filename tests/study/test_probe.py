@@ -1,8 +1,6 @@
 """run_probe, the probe JSON format and `flatness probe` on the digits fixtures."""
 
 import json
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -96,8 +94,7 @@ def test_run_probe_reproducible_and_eigenvalues_match_direct(digits_checkpoint):
 
 
 def test_distance_from_init(tmp_path):
-    sys.path.insert(0, os.path.dirname(__file__))
-    from conftest import quick_digits_checkpoint
+    from conftest import quick_digits_checkpoint  # tests/ is on the path (pyproject's pythonpath)
 
     run = tmp_path / "run"
     run.mkdir()
