@@ -259,6 +259,9 @@ def test_worst_case_grows_with_radius(digits_checkpoint, small_digits):
         (dict(metrics="all", lbfgs_iterations=0), "lbfgs iterations must be"),
         (dict(metrics="all", pac_bayes_draws=0), "pac-bayes draws must be"),
         (dict(metrics="all", draws=1.5), "draws must be an integer"),
+        (dict(metrics="all", draws=float("nan")), "draws must be an integer"),
+        (dict(metrics="all", ascent_steps="3"), "ascent steps must be an integer >= 1, got '3'"),
+        (dict(metrics="all", draws=True), "draws must be an integer"),
         (dict(metrics="all", rhos="0.1,x"), "--rho takes numbers separated by commas, got 'x'"),
     ],
 )

@@ -99,9 +99,16 @@ class SharpnessSettings:
             ("pac-bayes draws", self.pac_bayes_draws),
         )
         for label, value in budgets:
-            if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
-                raise FlatnessError(f"{label} must be an integer >= 1, got {value}")
+            if value is not None and not _is_count(value):
+                raise FlatnessError(f"{label} must be an integer >= 1, got {value!r}")
         return dataclasses.replace(self, metrics=names, rhos=rhos, epsilons=epsilons, p=p)
+
+
+def _is_count(value) -> bool:
+    """Whether ``value`` is a whole number >= 1 (an int, or a float such as 3.0; never a bool or text)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) and value == int(value) and value >= 1
 
 
 def parse_metrics(metrics) -> tuple[str, ...]:
