@@ -2,8 +2,6 @@
 
 import dataclasses
 import json
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -97,8 +95,7 @@ def test_run_probe_reproducible_and_eigenvalues_match_direct(digits_checkpoint):
 
 
 def test_distance_from_init(tmp_path):
-    sys.path.insert(0, os.path.dirname(__file__))
-    from conftest import quick_digits_checkpoint
+    from conftest import quick_digits_checkpoint  # tests/ is on the path (pyproject's pythonpath)
 
     run = tmp_path / "run"
     run.mkdir()

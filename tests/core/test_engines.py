@@ -67,8 +67,10 @@ def run_job(engine, workers, folder, boom_needs, monkeypatch):
     cost = lambda job: job.cost  # noqa: E731
     with pytest.raises(FlatnessError, match="task boom failed"):  # raised in this process, whatever the engine
         if engine == "ray":
-            # Ray's workers import this module by name: they get the tests folder on their path
-            monkeypatch.setenv("PYTHONPATH", os.path.dirname(os.path.abspath(__file__)))
+            # Ray's workers import this module by name (tests.core.test_engines): they get the repository
+            # root on their path, and the tests folder for the shared helpers
+            tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            monkeypatch.setenv("PYTHONPATH", os.pathsep.join([os.path.dirname(tests), tests]))
             run_ray(first, workers, on_done, do_job, cost=cost)
         else:
             run_local(first, workers, on_done, fn=do_job, cost=cost)
