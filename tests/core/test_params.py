@@ -1,8 +1,8 @@
 """flatness.core.params: the flat parameter vector, checked entry by entry on a net whose values are known.
 
-(The round trip and ``perturbed`` on a convnet are in tests/test_core.py, to be moved here.) Here: the
-vector order is ``named_parameters`` order over trainable parameters only, ``select_params`` globs, the
-norms and distance against hand sums in float64, and the refusals.
+The vector order is ``named_parameters`` order over trainable parameters only, ``select_params`` globs,
+the norms and distance against hand sums in float64, and the refusals; the round trip and ``perturbed``
+on a convnet, restored bitwise.
 """
 
 import math
@@ -25,6 +25,7 @@ from flatness.core.params import (
     unflatten,
     weight_norm,
 )
+from flatness.models.registry import build_model
 
 
 def _net():
@@ -101,3 +102,17 @@ def test_select_params_globs_in_vector_order_and_names_real_ones_on_a_typo():
         select_params(net, "0.*, layer4.*")
     with pytest.raises(FlatnessError, match="--params needs at least one parameter name or pattern"):
         select_params(net, " , ")
+
+
+def test_flat_vector_round_trip_and_perturbation_restores_bitwise():
+    model = build_model("convnet", 1, 8, 10)
+    theta = get_flat_params(model)
+    assert theta.numel() == sum(p.numel() for _, p in named_trainable(model))
+    delta = torch.randn_like(theta)
+    with perturbed(model, delta):
+        assert torch.allclose(get_flat_params(model), theta + delta)
+    assert torch.equal(get_flat_params(model), theta)
+    set_flat_params_(model, theta * 2)
+    assert torch.equal(get_flat_params(model), theta * 2)
+    parts = unflatten(theta, [p for _, p in named_trainable(model)])
+    assert [p.shape for p in parts] == [p.shape for _, p in named_trainable(model)]
