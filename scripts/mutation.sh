@@ -40,7 +40,7 @@ modules=(
     "grid|flatness/sweep/grid.py|tests/sweep/test_grid.py $grid_tests"
     "study|flatness/study/compare.py flatness/study/tables.py flatness/study/runs.py|tests/study/test_compare.py tests/study/test_quantities.py tests/study/test_significance.py"
     "sharpness|flatness/sharpness/*.py|tests/test_sharpness.py"
-    "hessian|flatness/hessian/*.py|tests/test_hessian.py tests/hessian/test_reductions.py"
+    "hessian|flatness/hessian/*.py|tests/hessian/test_*.py"
 )
 
 "$python" -c "import mutmut" 2>/dev/null || {
