@@ -39,7 +39,7 @@ modules=(
     "stopping|flatness/training/stopping.py|tests/training/test_stopping.py"
     "grid|flatness/sweep/grid.py|tests/sweep/test_grid.py $grid_tests"
     "study|flatness/study/compare.py flatness/study/tables.py flatness/study/runs.py|tests/study/test_compare.py tests/study/test_quantities.py tests/study/test_significance.py"
-    "sharpness|flatness/sharpness/*.py|tests/test_sharpness.py"
+    "sharpness|flatness/sharpness/*.py|tests/sharpness/test_*.py"
     "hessian|flatness/hessian/*.py|tests/hessian/test_*.py"
 )
 

@@ -7,9 +7,11 @@ on a convnet, restored bitwise.
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from quadratic_toys import Params
 
 from flatness.core.errors import FlatnessError
 from flatness.core.params import (
@@ -116,3 +118,13 @@ def test_flat_vector_round_trip_and_perturbation_restores_bitwise():
     assert torch.equal(get_flat_params(model), theta * 2)
     parts = unflatten(theta, [p for _, p in named_trainable(model)])
     assert [p.shape for p in parts] == [p.shape for _, p in named_trainable(model)]
+
+
+def test_weight_norm_and_distance_from_init():
+    a, b = Params(np.array([3.0, 0.0]), np.array([[4.0]])), Params(np.array([0.0, 0.0]), np.array([[1.0]]))
+    from flatness.core.params import distance, weight_norm
+
+    assert weight_norm(a) == pytest.approx(5.0)
+    assert distance(a, b) == pytest.approx(math.sqrt(9 + 9))
+    with pytest.raises(FlatnessError):
+        distance(a, Params(np.zeros(3)))
