@@ -12,7 +12,9 @@ import pytest
 import torch
 import torch.nn as nn
 from quadratic_toys import Params
+from tiny_mlp import tiny_mlp, tiny_xy
 
+import flatness
 from flatness.core.errors import FlatnessError
 from flatness.core.params import (
     distance,
@@ -128,3 +130,11 @@ def test_weight_norm_and_distance_from_init():
     assert distance(a, b) == pytest.approx(math.sqrt(9 + 9))
     with pytest.raises(FlatnessError):
         distance(a, Params(np.zeros(3)))
+
+
+def test_params_takes_globs_and_a_string_is_one_pattern():
+    model, (x, y) = tiny_mlp(), tiny_xy()
+    assert flatness.HessianOperator(model, (x, y), params="2.*").names == ["2.weight", "2.bias"]
+    assert flatness.HessianOperator(model, (x, y), params=["0.weight", "2.bias"]).names == ["0.weight", "2.bias"]
+    with pytest.raises(FlatnessError, match="matches no trainable parameter"):
+        flatness.HessianOperator(model, (x, y), params="layer4.*")

@@ -7,12 +7,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from quadratic_toys import Params, dummy_data
 from scipy.optimize import brentq
 from scipy.stats import norm
+from tiny_mlp import tiny_mlp, tiny_xy
 
+import flatness
 import flatness.sharpness as S
 from flatness.data.probe_data import ProbeData
+from flatness.sharpness import LossOracle, measure_with_oracle
 from flatness.sharpness.oracle import draw_seed, standard_normal
 
 
@@ -76,3 +80,23 @@ def test_pac_bayes_reports_the_midpoint_that_meets_the_target():
     assert lo <= exact <= hi
     assert abs(sigma - exact) <= 0.5 * tol * hi
     assert r.flatness == pytest.approx(1 / sigma**2)
+
+
+def test_no_accuracy_and_a_loss_based_pac_bayes_on_a_regression_loss():
+    """Was: PAC-Bayes 5.6e-13 from an argmax "error" of 1.0 on a one-output regression model."""
+    model, (x, _) = tiny_mlp(out=1), tiny_xy()
+    y = torch.randn(12)
+    assert flatness.evaluate(model, (x, y), "mse")[1] is None
+    assert flatness.evaluate(model, (x, y.unsqueeze(1)), F.mse_loss)[1] is None
+    (record,) = flatness.measure_sharpness(model, (x, y.unsqueeze(1)), "pac_bayes", loss_fn=nn.MSELoss())
+    base = flatness.evaluate(model, (x, y), "mse")[0]
+    assert record.criterion == "loss" and record.base_error == pytest.approx(base, rel=1e-6)
+    assert record.value is not None and record.value < 1e6
+    # classification keeps the error, and a user's error_fn is taken as given
+    (cls,) = flatness.measure_sharpness(tiny_mlp(), tiny_xy(), "pac_bayes")
+    assert cls.criterion == "error"
+    oracle = LossOracle(model, (x, y), "mse", error_fn=lambda o, t: (o[:, 0] - t).abs().mean())
+    (own,) = measure_with_oracle(oracle, flatness.SharpnessSettings(metrics="pac_bayes"))
+    assert own.criterion == "error"
+    # accuracy needs at least two classes: a one-output model on integer labels has none
+    assert flatness.evaluate(model, (x, torch.zeros(12, dtype=torch.long)), lambda o, t: o.mean())[1] is None
