@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 import pytest
+from plot_helpers import make_probe, make_surface
 from scipy import stats
-from test_plot import make_probe, make_surface
 
 from flatness.study.compare import collect_runs, compare, markdown_table, mean_std, welch
 
