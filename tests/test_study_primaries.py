@@ -37,8 +37,9 @@ def _measures(model, x, y):
         top_k=1,
         trace=True,
         trace_samples=20,
-        sharpness=["all"],
-        sharpness_options={"rhos": [0.05], "epsilons": [1e-3]},
+        sharpness_metrics=["all"],
+        rhos=[0.05],
+        epsilons=[1e-3],
         progress=False,
     )
     result = measure(model, (x, y), settings=settings)

@@ -10,6 +10,7 @@ import torch
 
 from flatness.core.errors import FlatnessError
 from flatness.formats.probe_file import read_probe, read_probe_arrays, write_probe
+from flatness.sharpness.measure import SharpnessSettings
 from flatness.study.probe import ProbeSettings, run_probe
 
 FAST = ["--samples", 60, "--batch-size", 25, "--top-k", 2, "--tol", 1e-3, "--quiet"]
@@ -125,10 +126,11 @@ def test_sharpness_hook(monkeypatch, digits_mlp_checkpoint):
     settings = ProbeSettings(
         samples=40,
         top_k=0,
-        sharpness="all",
+        sharpness_metrics="all",
         seed=3,
         progress=False,
-        sharpness_options={"rhos": [0.05], "ball": "global", "draws": None},
+        rhos=[0.05],
+        sharpness=SharpnessSettings(ball="global", draws=None),
     )
     result = run_probe(digits_mlp_checkpoint, settings)
     assert result["sharpness"] == [{"metric": m, "value": 0.5} for m in METRIC_NAMES]
@@ -136,21 +138,16 @@ def test_sharpness_hook(monkeypatch, digits_mlp_checkpoint):
     assert calls["rho"] == (0.05,) and calls["epsilon"] is None
     assert (calls["settings"].ball, calls["settings"].draws, calls["settings"].seed) == ("global", None, 3)
     with pytest.raises(FlatnessError, match="unknown sharpness metric"):
-        run_probe(digits_mlp_checkpoint, ProbeSettings(samples=40, top_k=0, sharpness="bogus", progress=False))
+        run_probe(digits_mlp_checkpoint, ProbeSettings(samples=40, top_k=0, sharpness_metrics="bogus", progress=False))
     with pytest.raises(FlatnessError, match="rho"):
         run_probe(
             digits_mlp_checkpoint,
-            ProbeSettings(
-                samples=40, top_k=0, sharpness="worst_case", sharpness_options={"rhos": [-1.0]}, progress=False
-            ),
+            ProbeSettings(samples=40, top_k=0, sharpness_metrics="worst_case", rhos=[-1.0], progress=False),
         )
     with pytest.raises(FlatnessError, match="unknown sharpness option"):
-        run_probe(
-            digits_mlp_checkpoint,
-            ProbeSettings(
-                samples=40, top_k=0, sharpness="worst_case", sharpness_options={"rho": [1.0]}, progress=False
-            ),
-        )
+        ProbeSettings.from_dict({"sharpness_metrics": "worst_case", "sharpness": {"rho": [1.0]}})
+    with pytest.raises(FlatnessError, match="unknown probe option"):
+        ProbeSettings.from_dict({"sharpness_options": {"rhos": [1.0]}})
 
 
 def test_cli_sharpness_options_validated(cli, digits_mlp_checkpoint, tmp_path):

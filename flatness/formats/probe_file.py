@@ -61,6 +61,15 @@ def sidecar_path(json_path: str) -> str:
     return (root if ext.lower() == ".json" else json_path) + ".h5"
 
 
+def refuse_existing(paths: list[str | None], force: bool) -> None:
+    """Refuse to replace any of ``paths`` (None: not written) that exists, unless ``force``."""
+    if force:
+        return
+    for target in paths:
+        if target is not None and os.path.exists(target):
+            raise FlatnessError(f"{target} exists; pass --force to overwrite it")
+
+
 def _clean(obj: Any) -> Any:
     """JSON-safe copy: non-finite floats -> None, numpy scalars/arrays -> Python."""
     if isinstance(obj, dict):
@@ -116,10 +125,7 @@ def write_probe(
 def _write_probe_locked(path, result, vectors, density_arrays, force) -> dict[str, Any]:
     side = sidecar_path(path)
     want_sidecar = vectors is not None or density_arrays is not None
-    if not force:
-        for target in [path] + ([side] if want_sidecar else []):
-            if os.path.exists(target):
-                raise FlatnessError(f"{target} exists; pass --force to overwrite it")
+    refuse_existing([path, side if want_sidecar else None], force)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FlatnessError(f"cannot write {path}: folder {folder} does not exist")

@@ -243,8 +243,8 @@ def probe_settings(quick: bool) -> dict[str, Any]:
             "density": True,
             "density_steps": 10,
             "density_vectors": 1,
-            "sharpness": ["all"],
-            "sharpness_options": dict(QUICK_SHARPNESS),
+            "sharpness_metrics": ["all"],
+            **QUICK_SHARPNESS,
         }
     return {
         "top_k": 5,
@@ -256,8 +256,7 @@ def probe_settings(quick: bool) -> dict[str, Any]:
         "density": True,
         "density_steps": 40,
         "density_vectors": 2,
-        "sharpness": ["all"],
-        "sharpness_options": {},
+        "sharpness_metrics": ["all"],
     }
 
 
@@ -435,7 +434,7 @@ def step_probe(
     def measure(checkpoint: str):
         opts = dict(cfg.probe)
         opts["density"] = bool(opts.get("density")) and seed == surface_seed(cfg) and not matched
-        opts["sharpness_options"] = with_training_radius(cfg, opts.get("sharpness_options") or {})
+        opts = with_training_radius(cfg, opts)
         return run_probe(checkpoint, _probe_settings(cfg, opts, progress), study_source(cfg))
 
     def write(out: str, result) -> None:

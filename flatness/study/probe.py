@@ -17,10 +17,9 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 import torch.nn as nn
 
 from flatness.core import distributed
@@ -32,8 +31,11 @@ from flatness.core.limits import check_limit
 from flatness.core.losses import LossFn, resolve_loss
 from flatness.core.measured import second_order_model
 from flatness.core.params import num_params, select_params, weight_norm
+from flatness.core.paths import check_input, check_name, check_paths
+from flatness.core.validation import check_count, check_number, check_seed, parse_samples
 from flatness.data.batches import OutputFn
 from flatness.data.probe_data import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
+from flatness.formats.probe_file import refuse_existing, sidecar_path, write_probe
 from flatness.hessian import (
     DEFAULT_BACKEND,
     HessianOperator,
@@ -43,7 +45,8 @@ from flatness.hessian import (
     slq,
     top_eigen,
 )
-from flatness.sharpness.measure import SharpnessSettings, measure_sharpness, validate
+from flatness.sharpness.measure import SharpnessSettings, measure_sharpness, parse_metrics, radii, validate_settings
+from flatness.sharpness.oracle import METRIC_NAMES
 from flatness.sources.loading import ModelSource, init_distance, load_target
 from flatness.version import __version__
 
@@ -58,38 +61,39 @@ SPLITS = ("train", "test")
 EIG_METHODS = ("lanczos", "power")
 TRACE_METHODS = ("hutchinson", "hutch++")
 DTYPES = ("float32", "float64")
-#: What ``ProbeSettings.sharpness_options`` may hold (``None`` values mean "the default").
-SHARPNESS_OPTIONS = ("rhos", "epsilons", "ball", "p", "draws", "ascent_steps", "lbfgs_iterations", "pac_bayes_draws")
 
 
 # The cheapest sharpness budget that still runs every metric (the --quick smoke tests of experiment
-# and sweep): one radius, two draws, two ascent steps.
-QUICK_SHARPNESS = {
+# and sweep): one radius, two draws, two ascent steps. ``ProbeSettings`` fields, as in its dict form.
+QUICK_SHARPNESS: dict[str, Any] = {
     "rhos": [0.05],
     "epsilons": [1e-3],
-    "draws": 2,
-    "ascent_steps": 2,
-    "lbfgs_iterations": 2,
-    "pac_bayes_draws": 2,
+    "sharpness": {"draws": 2, "ascent_steps": 2, "lbfgs_iterations": 2, "pac_bayes_draws": 2},
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class ProbeSettings:
     """What a probe measures and how (``flatness probe``'s options; the defaults are its defaults).
 
-    Data: ``split``, ``samples`` (the first N examples), ``batch_size`` (memory only), ``data_dir``.
+    Data: ``split``, ``samples`` (the first N examples; None: all of the split), ``batch_size``
+    (memory only), ``data_dir``.
     Hessian: ``top_k`` eigenvalues (0: none) by ``eig_method`` to relative residual ``tol`` within
     ``max_iter`` HVPs (total for lanczos, per eigenvalue for power); ``params`` (globs such as
     ``"layer4.*"``) restricts the Hessian, its trace and density to a block (per-layer spectra);
     ``hvp_backend``; ``save_vectors`` keeps the eigenvectors. ``trace``/``trace_samples``/
-    ``trace_method``; ``density``/``density_steps``/``density_vectors``. ``sharpness``: metric
-    names (``"all"``) or None, with ``sharpness_options`` (keys in ``SHARPNESS_OPTIONS``).
+    ``trace_method``; ``density``/``density_steps``/``density_vectors``.
+    Sharpness: ``sharpness_metrics`` (names, ``"all"``; None: no sharpness) at the radii ``rhos``
+    (worst- and average-case) and ``epsilons`` (Keskar), each a sequence of numbers or a
+    comma-separated string (None: the defaults of ``flatness.sharpness``), computed as ``sharpness``
+    says (ball, p, budgets; its ``seed`` and ``progress`` are the probe's).
     ``seed``, ``device``, ``dtype`` (float32 or float64), ``progress``.
+
+    ``checked()`` is the one check of every option; the functions that measure call it.
     """
 
     split: str = "train"
-    samples: int = DEFAULT_SAMPLES
+    samples: int | None = DEFAULT_SAMPLES
     batch_size: int = DEFAULT_BATCH_SIZE
     top_k: int = 5
     eig_method: str = DEFAULT_EIG_METHOD
@@ -101,8 +105,10 @@ class ProbeSettings:
     density: bool = False
     density_steps: int = DEFAULT_DENSITY_STEPS
     density_vectors: int = DEFAULT_DENSITY_VECTORS
-    sharpness: str | Sequence[str] | None = None
-    sharpness_options: dict[str, Any] | None = None
+    sharpness_metrics: str | Sequence[str] | None = None
+    rhos: str | Sequence[float] | None = None
+    epsilons: str | Sequence[float] | None = None
+    sharpness: SharpnessSettings = field(default_factory=SharpnessSettings)
     seed: int = 0
     device: str = "auto"
     dtype: str = "float32"
@@ -114,84 +120,80 @@ class ProbeSettings:
 
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> ProbeSettings:
-        """Settings from a plain dict (a study's frozen probe options); unknown keys are an error."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - names)
-        if unknown:
-            raise FlatnessError(f"unknown probe option {unknown[0]!r}; known: {', '.join(sorted(names))}")
-        return cls(**options)
+        """Settings from their dict form (``to_dict``); unknown keys are an error.
 
-    def validate(self) -> tuple[str, ...] | None:
-        """Check every option before any work (one-line ``FlatnessError``s).
+        ``sharpness`` is a dict of ``SharpnessSettings`` fields (or a ``SharpnessSettings``).
+        """
+        options = dict(options)
+        sharp = options.pop("sharpness", None)
+        _known_keys(options, cls, "probe option")
+        if isinstance(sharp, dict):
+            _known_keys(sharp, SharpnessSettings, "sharpness option")
+            sharp = SharpnessSettings(**sharp)
+        return cls(**options, **({} if sharp is None else {"sharpness": sharp}))
 
-        Returns:
-            The sharpness metric names (``all`` expanded), or None when no sharpness is asked for.
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain JSON-ready values (``sharpness`` a nested dict); ``from_dict`` reads them."""
+        return dataclasses.asdict(self)
+
+    def checked(self) -> ProbeSettings:
+        """Every option checked before any work, as a copy with the defaults resolved.
+
+        The copy holds ``samples`` as a count (or None: all), the sharpness metric names with
+        ``all`` expanded (or None), the radii as tuples of floats (or None: the defaults) and
+        ``sharpness`` with the probe's seed and progress. Every count and radius is checked, also
+        those only some measurements use: 0 is an error, never "the default", and a typo is never
+        silently ignored.
+
+        Raises:
+            FlatnessError: one line naming the option.
         """
         if self.split not in SPLITS:
-            raise FlatnessError(f"unknown split {self.split!r}; use train or test")
-        for label, value in (("--samples", self.samples), ("--batch-size", self.batch_size)):
-            if value is None or value < 1:
-                raise FlatnessError(f"{label} must be >= 1, got {value}")
-        if self.top_k is None or self.top_k < 0:
-            raise FlatnessError(f"top-k must be >= 0, got {self.top_k}")
+            raise FlatnessError(f"unknown split {self.split!r}; use {' or '.join(SPLITS)}")
         if self.eig_method not in EIG_METHODS:
-            raise FlatnessError(f"unknown eigen method {self.eig_method!r}; use lanczos or power")
-        if not (self.tol is not None and self.tol > 0):
-            raise FlatnessError(f"tol must be > 0, got {self.tol}")
-        if self.max_iter is None or self.max_iter < 1:
-            raise FlatnessError(f"max-iter must be >= 1, got {self.max_iter}")
-        if self.trace and self.trace_method not in TRACE_METHODS:
-            raise FlatnessError(f"unknown trace method {self.trace_method!r}; use hutchinson or hutch++")
-        least = 6 if self.trace_method == "hutch++" else 2
-        if self.trace and self.trace_samples < least:
-            raise FlatnessError(f"trace samples must be >= {least} for {self.trace_method}")
-        if self.density and (self.density_steps < 1 or self.density_vectors < 1):
-            raise FlatnessError("density needs steps >= 1 and vectors >= 1")
+            raise FlatnessError(f"unknown eigen method {self.eig_method!r}; use {' or '.join(EIG_METHODS)}")
+        if self.trace_method not in TRACE_METHODS:
+            raise FlatnessError(f"unknown trace method {self.trace_method!r}; use {' or '.join(TRACE_METHODS)}")
         if self.dtype not in DTYPES:
-            raise FlatnessError(f"unknown dtype {self.dtype!r}; use float32 or float64")
+            raise FlatnessError(f"unknown dtype {self.dtype!r}; use {' or '.join(DTYPES)}")
+        check_seed(self.seed)
+        check_number(self.tol, "--tol")
+        check_count(self.batch_size, "--batch-size")
         for name in ("top_k", "max_iter", "trace_samples", "density_steps", "density_vectors"):
             check_limit(getattr(self, name), name)  # each sets how many Hessian-vector products run
-        rho, epsilon, sharp = self.sharpness_settings()
-        if self.sharpness is None:
-            return None
-        return validate(self.sharpness, rho, epsilon, sharp.ball, sharp.draws, sharp.ascent_steps, sharp.p)
+            check_count(getattr(self, name), "--" + name.replace("_", "-"), minimum=0 if name == "top_k" else 1)
+        least = 6 if self.trace_method == "hutch++" else 2
+        if self.trace and self.trace_samples < least:
+            raise FlatnessError(f"--trace-samples must be >= {least} for {self.trace_method}")
+        return dataclasses.replace(self, samples=parse_samples(self.samples), **self._checked_sharpness())
 
-    def sharpness_settings(self) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None, SharpnessSettings]:
-        """(rho, epsilon, SharpnessSettings) from ``sharpness_options``.
-
-        Radii are checked even when no sharpness metric is asked for (a typo is never silently
-        ignored).
-        """
-        options = {k: v for k, v in (self.sharpness_options or {}).items() if v is not None}
-        unknown = sorted(set(options) - set(SHARPNESS_OPTIONS))
-        if unknown:
-            raise FlatnessError(f"unknown sharpness option {unknown[0]!r}; known: {', '.join(SHARPNESS_OPTIONS)}")
-        rho = _radii_option(options.pop("rhos"), "rho") if "rhos" in options else None
-        epsilon = _radii_option(options.pop("epsilons"), "epsilon") if "epsilons" in options else None
-        return rho, epsilon, SharpnessSettings(seed=self.seed, progress=self.progress, **options)
+    def _checked_sharpness(self) -> dict[str, Any]:
+        """The checked sharpness fields (names, radii, settings), also when no metric is asked for."""
+        rhos, epsilons = _radii(self.rhos, "rho"), _radii(self.epsilons, "epsilon")
+        sharp = dataclasses.replace(self.sharpness, seed=self.seed, progress=self.progress)
+        names = None if self.sharpness_metrics is None else parse_metrics(self.sharpness_metrics)
+        # without metrics the radii, ball, p and budgets are still checked: as if all were asked for
+        validate_settings(names or METRIC_NAMES, rhos, epsilons, sharp)
+        return {"sharpness_metrics": names, "rhos": rhos, "epsilons": epsilons, "sharpness": sharp}
 
 
-def _radii_option(values: str | Sequence[float], label: str) -> tuple[float, ...]:
-    """Radii given as typed on the command line ("0.05,0.1") or as numbers, each finite and > 0."""
-    if not isinstance(values, str):
-        for value in values:
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise FlatnessError(f"{label} must be a finite number > 0, got {value}")
-        return tuple(float(v) for v in values)
-    out = []
-    for part in (p.strip() for p in values.split(",")):
-        if not part:
-            continue
-        try:
-            value = float(part)
-        except ValueError:
-            raise FlatnessError(f"--{label} takes numbers separated by commas, got {part!r}") from None
-        if not (value > 0 and value != float("inf")):
-            raise FlatnessError(f"--{label} values must be finite and > 0, got {part}")
-        out.append(value)
-    if not out:
-        raise FlatnessError(f"--{label} needs at least one value")
-    return tuple(out)
+def _known_keys(options: dict[str, Any], cls: type, what: str) -> None:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise FlatnessError(f"unknown {what} {unknown[0]!r}; known: {', '.join(sorted(names))}")
+
+
+def _radii(values: str | Sequence[float] | None, what: str) -> tuple[float, ...] | None:
+    """Radii as given (numbers, or "0.05,0.1" as typed on a command line); None: the defaults."""
+    if values is None:
+        return None
+    if isinstance(values, str):
+        values = [part for part in (p.strip() for p in values.split(",")) if part]
+    checked = radii(values, (), "--" + what)  # flatness.sharpness owns what a radius may be
+    if not checked:
+        raise FlatnessError(f"--{what} needs at least one value")
+    return checked
 
 
 def measure(
@@ -216,7 +218,7 @@ def measure(
         top_k: top Hessian eigenvalues (0: none); overrides ``settings.top_k``.
         trace: estimate tr(H); overrides ``settings.trace``.
         density: the SLQ spectral density; overrides ``settings.density``.
-        sharpness: sharpness metric names (``"all"``); overrides ``settings.sharpness``.
+        sharpness: sharpness metric names (``"all"``); overrides ``settings.sharpness_metrics``.
         loss_fn: ``loss_fn(outputs, targets)`` -> batch mean loss, or a loss name
             (``flatness.core.losses.LOSS_NAMES``); cross-entropy by default.
         settings: everything else (``ProbeSettings()``; its data fields ``split``/``samples``/
@@ -242,9 +244,9 @@ def measure(
         >>> round(probe["trace"]["estimate"], 4)
         9.3333
     """
-    shortcuts = {"top_k": top_k, "trace": trace, "density": density, "sharpness": sharpness}
+    shortcuts = {"top_k": top_k, "trace": trace, "density": density, "sharpness_metrics": sharpness}
     s = dataclasses.replace(settings or ProbeSettings(), **{k: v for k, v in shortcuts.items() if v is not None})
-    sharp_names = s.validate()
+    s = s.checked()
     loss_fn = resolve_loss(loss_fn)
     # every number below is of the same module: a compiled model's original, a half model's float32 copy
     model, note = second_order_model(model)
@@ -277,11 +279,10 @@ def measure(
     if note is not None:
         result["precision_note"] = note
     result.update(_spectrum(op, s))
-    if sharp_names is not None:
-        rho, epsilon, sharp = s.sharpness_settings()
+    if s.sharpness_metrics is not None:
         start = time.perf_counter()
         result["sharpness"] = measure_sharpness(
-            model, data, sharp_names, rho, epsilon, loss_fn, settings=sharp, output_fn=output_fn
+            model, data, s.sharpness_metrics, s.rhos, s.epsilons, loss_fn, settings=s.sharpness, output_fn=output_fn
         )
         result["sharpness_seconds"] = time.perf_counter() - start
     return result
@@ -335,19 +336,6 @@ def _finite_or_none(x: float) -> float | None:
     return float(x) if x is not None and math.isfinite(x) else None
 
 
-def distance_from_init(model: torch.nn.Module, checkpoint_path: str) -> float | None:
-    """‖θ − θ_init‖ when the run folder beside the checkpoint has ``init.pt`` (else None).
-
-    Args:
-        model: the checkpoint's model (any architecture: init.pt's weights are loaded into a copy).
-        checkpoint_path: the checkpoint's file.
-
-    Returns:
-        The distance, 0.0 for ``init.pt`` itself, None without a readable ``init.pt``.
-    """
-    return init_distance(model, checkpoint_path)
-
-
 def run_probe(
     checkpoint: str,
     settings: ProbeSettings | None = None,
@@ -372,8 +360,8 @@ def run_probe(
         ``"eigenvectors"`` (k×d numpy array) and with ``density`` ``"density_arrays"``, which
         ``write_probe`` moves into the sidecar ``.h5``.
     """
-    s = settings or ProbeSettings()
-    s.validate()  # before the checkpoint and data are loaded
+    s = (settings or ProbeSettings()).checked()  # before the checkpoint and data are loaded
+    s = dataclasses.replace(s, progress=s.progress and distributed.is_main())  # under torchrun: rank 0's bars
     dev = distributed.local_device(resolve_device(s.device))
     target = load_target(checkpoint, source, device=dev, root=s.data_dir)
     model, info = target.model, target.info
@@ -414,9 +402,55 @@ def run_probe(
     }
     for key in ("loss", "accuracy", "num_params", "hessian_params", "hessian_dim", "weight_norm"):
         result[key] = measured.pop(key)
-    result["distance_from_init"] = distance_from_init(model, info["path"])
+    result["distance_from_init"] = init_distance(model, info["path"])
     for key in ("hessian", "trace", "density", "sharpness"):
         result[key] = measured.pop(key)
     result["sidecar"] = None
     result.update(measured)  # eigenvectors, density_arrays, sharpness_seconds: where computed
     return result
+
+
+def default_probe_path(checkpoint: str, split: str) -> str:
+    """Where ``flatness probe`` writes by default: beside the checkpoint, ``NAME.probe-SPLIT.json``."""
+    path = os.path.join(checkpoint, "last.pt") if os.path.isdir(checkpoint) else checkpoint
+    root, _ = os.path.splitext(path)
+    return f"{root}.probe-{split}.json"
+
+
+def probe_to_file(
+    checkpoint: str,
+    out: str | None,
+    settings: ProbeSettings,
+    source: ModelSource | None = None,
+    *,
+    force: bool = False,
+) -> tuple[str, dict[str, Any] | None]:
+    """``flatness probe``: check everything, measure ``checkpoint``, write the probe JSON (+ sidecar).
+
+    Every option and path is checked before the checkpoint is loaded, and an existing output is
+    refused before the work (not after it) unless ``force``. Under torchrun the ranks join here
+    (the probe data is sharded) and rank 0 writes.
+
+    Args:
+        checkpoint: as for ``run_probe``.
+        out: the probe JSON (None: ``default_probe_path``); never the checkpoint itself, ``force`` or not.
+        settings: what to measure.
+        source: as for ``run_probe``.
+        force: replace existing output files.
+
+    Returns:
+        (the JSON's path, the dict as written; None on ranks other than 0).
+    """
+    s = settings.checked()
+    check_input(checkpoint, "checkpoint")
+    if s.data_dir is not None:
+        check_name(s.data_dir, "--data-dir")
+    out = out or default_probe_path(checkpoint, s.split)
+    sidecar = sidecar_path(out) if s.save_vectors or s.density else None
+    check_paths({"checkpoint": [checkpoint]}, {"--out": out, "--out's sidecar": sidecar})
+    refuse_existing([out, sidecar], force)
+    distributed.init_from_env(resolve_device(s.device))  # under torchrun: join the ranks
+    result = run_probe(checkpoint, s, source)
+    if not distributed.is_main():
+        return out, None
+    return out, write_probe(out, result, force=force)

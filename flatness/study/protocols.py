@@ -110,13 +110,13 @@ def profile_settings(quick: bool) -> dict[str, Any]:
 
     options: dict[str, Any] = {"rhos": list(QUICK_RADIUS_GRID if quick else RADIUS_GRID)}
     if quick:
-        options.update({k: QUICK_SHARPNESS[k] for k in ("draws", "ascent_steps")})
+        options["sharpness"] = {k: QUICK_SHARPNESS["sharpness"][k] for k in ("draws", "ascent_steps")}
     return {
         "top_k": 0,
         "trace": False,
         "density": False,
-        "sharpness": list(PROFILE_METRICS),
-        "sharpness_options": options,
+        "sharpness_metrics": list(PROFILE_METRICS),
+        **options,
     }
 
 

@@ -84,7 +84,7 @@ def probe_options(quick: bool) -> dict[str, Any]:
 
     ``quick``: the cheapest settings that still measure every one.
     """
-    common = {"split": "train", "seed": 0, "progress": False, "sharpness": ["all"]}
+    common = {"split": "train", "seed": 0, "progress": False, "sharpness_metrics": ["all"]}
     if quick:
         return {
             **common,
@@ -95,7 +95,7 @@ def probe_options(quick: bool) -> dict[str, Any]:
             "tol": 1e-3,
             "trace": True,
             "trace_samples": 4,
-            "sharpness_options": dict(QUICK_SHARPNESS),
+            **QUICK_SHARPNESS,
         }
     return {
         **common,
@@ -106,7 +106,8 @@ def probe_options(quick: bool) -> dict[str, Any]:
         "tol": 1e-3,
         "trace": True,
         "trace_samples": 20,
-        "sharpness_options": {"rhos": [0.05], "epsilons": [1e-3]},
+        "rhos": [0.05],
+        "epsilons": [1e-3],
     }
 
 
@@ -203,7 +204,7 @@ def plan(settings: SweepSettings) -> SweepPlan:
         probe["data_dir"] = s.data_dir
     from flatness.study.probe import ProbeSettings
 
-    ProbeSettings.from_dict(probe).validate()
+    ProbeSettings.from_dict(probe).checked()
     for cell in cells:
         build_config(cell_train_options(train, cell))  # every cell's config checked now, not mid-sweep
     frozen = {
