@@ -15,8 +15,10 @@ from flatness.sweep.run import (
     QUICK_GRID,
     STOP_SCHEDULE,
     SweepSettings,
+    failure_message,
     run_sweep,
 )
+from flatness.training.tensorboard_log import LOGGERS
 
 
 @click.command("sweep")
@@ -71,7 +73,7 @@ from flatness.sweep.run import (
 @click.option(
     "--log",
     "logger",
-    type=click.Choice(["none", "tensorboard"]),
+    type=click.Choice(LOGGERS),
     default="none",
     show_default=True,
     help="tensorboard: each cell's training curves into OUT/cells/CELL/tensorboard (needs "
@@ -133,6 +135,4 @@ def command(
         f"{result['cells']} in the grid, {result['seconds']:.0f} s; table: {result['table']}"
     )
     if result["failures"]:  # a sweep with a failed cell is not a success (exit 2, naming them)
-        from flatness.sweep.run import failure_message
-
         raise FlatnessError(failure_message(result["failures"], result["cells"]))

@@ -32,6 +32,9 @@ _AMP_PAPER: dict[str, Any] = {
     "augment": True,
 }
 
+#: The recipe of TrainConfig's own defaults (its values are those defaults, not repeated here).
+DEFAULT_RECIPE = "digits-default"
+
 RECIPES: dict[str, dict[str, Any]] = {
     "amp-paper": {
         "description": "the AMP paper's CIFAR/SVHN recipe: PreActResNet18, SGD lr 0.1 Nesterov 0.9, wd 1e-4, "
@@ -68,10 +71,10 @@ RECIPES: dict[str, dict[str, Any]] = {
             "ball": "tensor",
         },
     },
-    "digits-default": {
+    DEFAULT_RECIPE: {
         "description": "the offline default (what `flatness train` does with no options): digits, convnet, "
         "see TrainConfig for the values",
-        "values": {},  # filled below from TrainConfig's defaults, so the two can never disagree
+        "values": {},  # TrainConfig's defaults (flatness.training.config.config_recipe_values)
     },
 }
 
@@ -108,15 +111,12 @@ def recipe_names():
 
 
 def recipe_values(name: str) -> dict[str, Any]:
-    """The values of recipe ``name`` (a copy)."""
+    """The values recipe ``name`` sets (a copy; ``DEFAULT_RECIPE`` sets none: it is TrainConfig's defaults).
+
+    ``flatness.training.config.config_recipe_values`` gives every recipe's values in full.
+    """
     if name not in RECIPES:
         raise FlatnessError(f"unknown recipe {name!r}; choose one of: {', '.join(recipe_names())}")
-    if name == "digits-default":
-        from flatness.training.config import TrainConfig
-
-        values = TrainConfig().to_dict()
-        values.pop("recipe", None)
-        return values
     values = dict(RECIPES[name]["values"])
     values["milestones"] = list(values.get("milestones", []))
     return values
