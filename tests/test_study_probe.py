@@ -268,3 +268,59 @@ def test_params_block_gives_that_blocks_spectrum(cli, digits_checkpoint, tmp_pat
     assert read_probe(str(out))["hessian_params"][0] == "classifier.1.weight"
     bad = cli(["probe", digits_checkpoint, *FAST, "--params", "layer9.*", "--out", tmp_path / "bad.json"])
     assert "matches no trainable parameter" in _one_line_error(bad) and not (tmp_path / "bad.json").exists()
+
+
+def test_probe_settings_are_frozen_and_checked_once():
+    """checked() resolves every default (samples N|all, metric names, radii typed as text, the sharpness
+    seed) and names the option of each bad value; the dict form round-trips."""
+    import dataclasses
+
+    from flatness.sharpness.oracle import METRIC_NAMES
+
+    settings = ProbeSettings(
+        samples="all", sharpness_metrics="all", rhos="0.05, 0.1", seed=7, sharpness=SharpnessSettings(draws=3)
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.top_k = 3
+    checked = settings.checked()
+    assert checked.samples is None and ProbeSettings(samples="200").checked().samples == 200
+    assert checked.sharpness_metrics == METRIC_NAMES and checked.rhos == (0.05, 0.1) and checked.epsilons is None
+    assert (checked.sharpness.seed, checked.sharpness.draws, checked.sharpness.progress) == (7, 3, False)
+    assert checked.checked() == checked  # idempotent: the functions that measure check again
+    assert ProbeSettings.from_dict(checked.to_dict()) == checked
+    assert ProbeSettings.from_dict({"sharpness": {"ball": "global"}}).sharpness.ball == "global"
+    for bad, words in (
+        ({"samples": 0}, "--samples must be >= 1"),
+        ({"samples": "some"}, "--samples must be a whole number"),
+        ({"top_k": -1}, "--top-k must be >= 0"),
+        ({"tol": 0.0}, "--tol must be a finite number > 0"),
+        ({"density_steps": 0}, "--density-steps must be >= 1"),
+        ({"trace": True, "trace_method": "hutch++", "trace_samples": 4}, "--trace-samples must be >= 6"),
+        ({"rhos": " , "}, "--rho needs at least one value"),
+        ({"epsilons": "abc"}, "--epsilon must be a number"),
+        ({"sharpness": SharpnessSettings(draws=0)}, "draws"),  # checked with no metric asked for too
+        ({"split": "val"}, "unknown split"),
+        ({"seed": -(2**70)}, "--seed"),
+    ):
+        with pytest.raises(FlatnessError, match=words):
+            ProbeSettings(**bad).checked()
+
+
+def test_probe_samples_all_is_the_whole_split(digits_mlp_checkpoint):
+    """--samples all (None) takes every example of the split: as many as a count beyond its size."""
+    kw = {"split": "test", "batch_size": 500, "top_k": 0, "progress": False}
+    every = run_probe(digits_mlp_checkpoint, ProbeSettings(samples="all", **kw))
+    capped = run_probe(digits_mlp_checkpoint, ProbeSettings(samples=10**6, **kw))
+    assert every["data"]["samples"] == capped["data"]["samples"] > 200
+    assert every["loss"] == capped["loss"]
+
+
+def test_cli_probe_refuses_an_existing_output_before_the_work(cli, digits_mlp_checkpoint, tmp_path, monkeypatch):
+    """Without --force an existing output is refused by the library before the checkpoint is measured."""
+    from flatness.study import probe
+
+    out = tmp_path / "p.json"
+    out.write_text("mine\n")
+    monkeypatch.setattr(probe, "run_probe", lambda *a, **k: pytest.fail("measured before the --force check"))
+    assert "pass --force" in _one_line_error(cli(["probe", digits_mlp_checkpoint, *FAST, "--out", out]))
+    assert out.read_text() == "mine\n"

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from flatness.core.fileio import atomic_write_json, atomic_write_text
+from flatness.study.probe import QUICK_SHARPNESS
 from flatness.study.quantities import finite_float, record_values
 from flatness.study.runs import RunRecord, sorted_methods
 
@@ -106,8 +107,6 @@ def write_comparison(folder: str, comp: dict[str, Any]) -> dict[str, str]:
 
 def profile_settings(quick: bool) -> dict[str, Any]:
     """The probe settings of a radius profile: only the two sharpness metrics, over the grid."""
-    from flatness.study.probe import QUICK_SHARPNESS
-
     options: dict[str, Any] = {"rhos": list(QUICK_RADIUS_GRID if quick else RADIUS_GRID)}
     if quick:
         options["sharpness"] = {k: QUICK_SHARPNESS["sharpness"][k] for k in ("draws", "ascent_steps")}
