@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from flatness.study.quantities import finite_float
-from flatness.study.runs import RunRecord, in_method_order, sorted_methods
+from flatness.study.run_record import RunRecord
+from flatness.study.runs import in_method_order, sorted_methods
 
 
 def _mean_curves(records: Sequence[RunRecord], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -28,7 +28,8 @@ import numpy as np
 
 from flatness.core.fileio import atomic_write_json, atomic_write_text
 from flatness.study.quantities import finite_float, record_values
-from flatness.study.runs import RunRecord, sorted_methods
+from flatness.study.run_record import RunRecord
+from flatness.study.runs import sorted_methods
 
 MATCHED_DIR = "matched-loss"  # the matched-loss comparison, under the study folder
 MATCHED_RUN_DIR = "matched"  # the matched checkpoint's probe and profile, inside a run folder

@@ -300,9 +300,9 @@ def _setup_section(cfg, records) -> list[str]:
         f"split, the first {pdata.get('samples', cfg.samples)} examples in dataset order, batches of "
         f"{pdata.get('batch_size', cfg.batch_size)}, model in eval mode (BatchNorm running statistics), "
         "no augmentation.",
-        f"- Hessian: top-{len(hess.get('eigenvalues') or []) or cfg.probe.get('top_k')} eigenvalues of the probe "
-        f"loss by {hess.get('method', cfg.probe.get('eig_method'))} (exact Hessian-vector products); trace by "
-        f"Hutchinson ({(trace or {}).get('hvps', cfg.probe.get('trace_samples'))} Rademacher vectors, "
+        f"- Hessian: top-{len(hess.get('eigenvalues') or []) or cfg.probe.top_k} eigenvalues of the probe "
+        f"loss by {hess.get('method', cfg.probe.eig_method)} (exact Hessian-vector products); trace by "
+        f"Hutchinson ({(trace or {}).get('hvps', cfg.probe.trace_samples)} Rademacher vectors, "
         "± standard error in "
         "the probe files); spectral density by stochastic Lanczos quadrature (for the plotted seed "
         f"{cfg.seeds[0]} only). Eigenvalues and trace are in units of "
