@@ -110,31 +110,29 @@ def test_quick_experiment_writes_report_html_and_figures(quick_study):
 def test_rerun_skips_finished_steps_and_redoes_only_what_is_missing(quick_study, monkeypatch, cli):
     out, first, _ = quick_study
     assert first.exit_code == 0, first.output
-    import flatness.landscape.compute
-    import flatness.study.probe
-    import flatness.training.loop
+    import flatness.study.experiment_steps as steps
 
     def no_training(*a, **k):
         raise AssertionError("a finished run was trained again")
 
     probed = []
-    real_probe = flatness.study.probe.run_probe
+    real_probe = steps.run_probe
 
     def counting_probe(checkpoint, *a, **k):
         probed.append(checkpoint)
         return real_probe(checkpoint, *a, **k)
 
     computed = []
-    real_surface = flatness.landscape.compute.compute_surface
+    real_surface = steps.compute_surface
 
     def counting_surface(*a, **k):
         summary = real_surface(*a, **k)
         computed.append(summary["computed_now"])
         return summary
 
-    monkeypatch.setattr(flatness.training.loop, "train", no_training)
-    monkeypatch.setattr(flatness.study.probe, "run_probe", counting_probe)
-    monkeypatch.setattr(flatness.landscape.compute, "compute_surface", counting_surface)
+    monkeypatch.setattr(steps, "train", no_training)
+    monkeypatch.setattr(steps, "run_probe", counting_probe)
+    monkeypatch.setattr(steps, "compute_surface", counting_surface)
     os.unlink(out / "runs" / "amp-s1" / "probe.json")  # as if killed before this probe finished
     began = time.perf_counter()
     # --workers 1: the steps run in this process, where the counting patches above apply

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from flatness.core.engines import run_local, run_ray
+from flatness.core import engines
 from flatness.core.errors import FlatnessError
 from flatness.core.fileio import atomic_write_json
 from flatness.core.locking import exclusive
@@ -149,9 +149,9 @@ def _run_steps_on_engine(cfg: ExperimentConfig, record, echo) -> None:
 
     if cfg.engine == "ray":
         gpu = str(cfg.device).startswith("cuda")
-        run_ray(runs, cfg.workers, done, run_study_task, gpu=gpu, cost=attrgetter("cost"))
+        engines.run_ray(runs, cfg.workers, done, run_study_task, gpu=gpu, cost=attrgetter("cost"))
     else:
-        run_local(runs, cfg.workers, done, fn=run_study_task, cost=attrgetter("cost"))
+        engines.run_local(runs, cfg.workers, done, fn=run_study_task, cost=attrgetter("cost"))
 
 
 def run_experiment(

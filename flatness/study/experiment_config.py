@@ -11,10 +11,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flatness.core.engines import check_engine, default_threads, default_workers
+from flatness.core import engines
 from flatness.core.errors import FlatnessError
 from flatness.core.paths import check_name
 from flatness.core.validation import check_count, check_seed
@@ -22,7 +23,7 @@ from flatness.data.probe_data import DEFAULT_SAMPLES
 from flatness.landscape.grid import MAX_AXIS_POINTS, MAX_GRID_POINTS
 from flatness.sources.loading import default_model_for, folder_label, is_user_dataset
 from flatness.study.probe import QUICK_SHARPNESS, ProbeSettings
-from flatness.training.config import METHODS
+from flatness.training.config import METHODS, TrainConfig
 from flatness.training.stopping import check_stop_loss
 
 # 8 seeds: the fewest at which the paired rank test can find an effect that holds in every seed after
@@ -60,6 +61,9 @@ STUDY_PROBE_FIELDS = (
     "sharpness_options",
 )
 _PROBE_DATA_FIELDS = ("split", "samples", "batch_size", "seed", "device", "data_dir", "progress")
+
+# What train_overrides may name: TrainConfig's fields (the run's method and seed are the study's)
+TRAIN_OPTIONS = frozenset(f.name for f in dataclasses.fields(TrainConfig)) - {"method", "seed"}
 
 # Settings that change finished results: a rerun must keep them.
 FROZEN = (
@@ -139,8 +143,8 @@ class ExperimentConfig:
     download: bool = False
     quick: bool = False
     batch_size: int = 500  # probe/surface evaluation batch
-    # `flatness train`'s options given explicitly (names of TrainConfig), applied to every run
-    train_overrides: dict[str, Any] = field(default_factory=dict)
+    # `flatness train`'s options given explicitly (TrainConfig's names and values), applied to every run
+    train_overrides: Mapping[str, Any] = field(default_factory=dict)
     probe: ProbeSettings | None = None  # None: study_probe_settings(quick)
     # the matched-loss protocol's whole-training-set loss (None: DEFAULT_MATCH_LOSS, --quick QUICK_MATCH_LOSS)
     match_loss: float | None = None
@@ -179,8 +183,13 @@ class ExperimentConfig:
             check_count(self.samples, "--samples")
         if self.grid is not None:
             check_grid(self.grid)
+        if {"method", "seed"} & set(self.train_overrides):
+            raise FlatnessError("train_overrides: --methods and --seeds set each run's method and seed")
+        unknown = sorted(set(self.train_overrides) - TRAIN_OPTIONS)
+        if unknown:
+            raise FlatnessError(f"unknown training option(s): {', '.join(unknown)}")
         check_stop_loss(self.match_loss, "--match-loss")
-        check_engine(self.engine)
+        engines.check_engine(self.engine)
         epochs, samples, grid, overrides = self.epochs, self.samples, self.grid, dict(self.train_overrides)
         if self.quick:
             epochs = 1 if epochs is None else epochs
@@ -196,8 +205,8 @@ class ExperimentConfig:
         out = self.out
         if out is None:
             out = os.path.join("checkpoints", f"experiment-{folder_label(self.dataset)}-{folder_label(model)}")
-        workers = default_workers(self.workers, self.device)
-        threads = default_threads(self.threads, workers, self.device, self.dataset in TINY_MODEL_DATASETS)
+        workers = engines.default_workers(self.workers, self.device)
+        threads = engines.default_threads(self.threads, workers, self.device, self.dataset in TINY_MODEL_DATASETS)
         return dataclasses.replace(
             self,
             out=out,
