@@ -1,5 +1,6 @@
 """run_probe, the probe JSON format and `flatness probe` on the digits fixtures."""
 
+import dataclasses
 import json
 import os
 import sys
@@ -113,13 +114,18 @@ def test_distance_from_init(tmp_path):
 def test_sharpness_hook(monkeypatch, digits_mlp_checkpoint):
     """run_probe hands the validated names, radii and settings to measure_sharpness, on all probe data."""
     import flatness.study.probe as probe
-    from flatness.sharpness import METRIC_NAMES
+    from flatness.sharpness import METRIC_NAMES, SharpnessRecord
+
+    @dataclasses.dataclass(frozen=True)
+    class Result(SharpnessRecord):
+        metric: str
+        value: float = 0.5
 
     calls = {}
 
     def fake(model, data, metrics, rho, epsilon, loss_fn, settings, output_fn=None):
         calls.update(metrics=metrics, rho=rho, epsilon=epsilon, settings=settings, n=data.n, training=model.training)
-        return [{"metric": m, "value": 0.5} for m in metrics]
+        return [Result(m) for m in metrics]
 
     monkeypatch.setattr(probe, "measure_sharpness", fake)
     settings = ProbeSettings(
