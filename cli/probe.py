@@ -91,7 +91,7 @@ def _fmt(x, spec=".4g"):
 )
 @click.option(
     "--sharpness",
-    "sharpness_metrics",
+    "metrics",
     default=None,
     metavar="all|NAME,NAME",
     help="Sharpness metrics to compute as well (default none).",

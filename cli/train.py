@@ -9,7 +9,6 @@ from flatness.cli.source_options import loss_options
 from flatness.cli.train_options import D, training_options
 from flatness.core import distributed
 from flatness.training.launch import needs_relaunch, relaunch_under_torchrun, train_from_options
-from flatness.training.recipes import DEFAULT_RECIPE
 from flatness.training.tensorboard_log import LOGGERS
 
 MAX_PROCESSES = 1024  # far beyond one node's GPUs or cores; a larger N is a typo, not a plan
@@ -100,7 +99,7 @@ MAX_PROCESSES = 1024  # far beyond one node's GPUs or cores; a larger N is a typ
     type=str,
     default=None,
     help="Start from a named preset; options given explicitly override it: amp-paper (the AMP paper's "
-    f"CIFAR/SVHN recipe), amp-paper-vgg (eps 0.1, inner-lr 0.2), {DEFAULT_RECIPE} (the defaults), "
+    "CIFAR/SVHN recipe), amp-paper-vgg (eps 0.1, inner-lr 0.2), digits-default (the defaults), "
     "mnist1d-default (used by --dataset mnist1d unless another is named).",
 )
 @click.option(

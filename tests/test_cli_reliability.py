@@ -248,7 +248,7 @@ CASES = [
     C(27, P, ["{good}", "--top-k", "-1"], "top-k must be >= 0"),
     C(28, P, ["{good}", "--split", "val"], "unknown split"),
     C(29, P, ["{good}", "--sharpness", "nope"], "unknown sharpness metric"),
-    C(30, P, ["{good}", "--sharpness", "all", "--rho", "-1"], "--rho must be > 0 and finite"),
+    C(30, P, ["{good}", "--sharpness", "all", "--rho", "-1"], "--rho values must be finite and > 0"),
     C(31, P, ["{good}", "--out", "{probe}"], "exists; pass --force"),
     C(32, P, ["{good}", "--out", "/proc/flatness-probe.json"], "cannot write"),
     C(33, P, ["{good}", "--out", "{afile}/probe.json"], "does not exist"),

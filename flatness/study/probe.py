@@ -45,7 +45,7 @@ from flatness.hessian import (
     slq,
     top_eigen,
 )
-from flatness.sharpness.measure import SharpnessSettings, measure_sharpness, parse_metrics, radii, validate_settings
+from flatness.sharpness.measure import SharpnessSettings, measure_sharpness
 from flatness.sharpness.oracle import METRIC_NAMES
 from flatness.sources.loading import ModelSource, init_distance, load_target
 from flatness.version import __version__
@@ -63,37 +63,46 @@ TRACE_METHODS = ("hutchinson", "hutch++")
 DTYPES = ("float32", "float64")
 
 
+#: The keys of a probe record's ``sharpness_options`` (``ProbeSettings.to_dict``): ``SharpnessSettings``
+#: fields, the metric names aside (the record's ``sharpness``).
+SHARPNESS_OPTIONS = ("rhos", "epsilons", "ball", "p", "draws", "ascent_steps", "lbfgs_iterations", "pac_bayes_draws")
+
 # The cheapest sharpness budget that still runs every metric (the --quick smoke tests of experiment
-# and sweep): one radius, two draws, two ascent steps. ``ProbeSettings`` fields, as in its dict form.
-QUICK_SHARPNESS: dict[str, Any] = {
+# and sweep): one radius, two draws, two ascent steps. A record's ``sharpness_options``.
+QUICK_SHARPNESS = {
     "rhos": [0.05],
     "epsilons": [1e-3],
-    "sharpness": {"draws": 2, "ascent_steps": 2, "lbfgs_iterations": 2, "pac_bayes_draws": 2},
+    "draws": 2,
+    "ascent_steps": 2,
+    "lbfgs_iterations": 2,
+    "pac_bayes_draws": 2,
 }
+
+
+def _no_sharpness() -> SharpnessSettings:
+    return SharpnessSettings(metrics=None)
 
 
 @dataclass(frozen=True)
 class ProbeSettings:
     """What a probe measures and how (``flatness probe``'s options; the defaults are its defaults).
 
-    Data: ``split``, ``samples`` (the first N examples; None: all of the split), ``batch_size``
-    (memory only), ``data_dir``.
+    Data: ``split``, ``samples`` (the first N examples; ``"all"`` or None: the whole split),
+    ``batch_size`` (memory only), ``data_dir``.
     Hessian: ``top_k`` eigenvalues (0: none) by ``eig_method`` to relative residual ``tol`` within
     ``max_iter`` HVPs (total for lanczos, per eigenvalue for power); ``params`` (globs such as
     ``"layer4.*"``) restricts the Hessian, its trace and density to a block (per-layer spectra);
     ``hvp_backend``; ``save_vectors`` keeps the eigenvectors. ``trace``/``trace_samples``/
     ``trace_method``; ``density``/``density_steps``/``density_vectors``.
-    Sharpness: ``sharpness_metrics`` (names, ``"all"``; None: no sharpness) at the radii ``rhos``
-    (worst- and average-case) and ``epsilons`` (Keskar), each a sequence of numbers or a
-    comma-separated string (None: the defaults of ``flatness.sharpness``), computed as ``sharpness``
-    says (ball, p, budgets; its ``seed`` and ``progress`` are the probe's).
+    ``sharpness``: the sharpness metrics and how they are computed (``SharpnessSettings``; its
+    ``metrics`` None, the default: no sharpness; its ``seed`` and ``progress`` are the probe's).
     ``seed``, ``device``, ``dtype`` (float32 or float64), ``progress``.
 
     ``checked()`` is the one check of every option; the functions that measure call it.
     """
 
     split: str = "train"
-    samples: int | None = DEFAULT_SAMPLES
+    samples: int | str | None = DEFAULT_SAMPLES
     batch_size: int = DEFAULT_BATCH_SIZE
     top_k: int = 5
     eig_method: str = DEFAULT_EIG_METHOD
@@ -105,10 +114,7 @@ class ProbeSettings:
     density: bool = False
     density_steps: int = DEFAULT_DENSITY_STEPS
     density_vectors: int = DEFAULT_DENSITY_VECTORS
-    sharpness_metrics: str | Sequence[str] | None = None
-    rhos: str | Sequence[float] | None = None
-    epsilons: str | Sequence[float] | None = None
-    sharpness: SharpnessSettings = field(default_factory=SharpnessSettings)
+    sharpness: SharpnessSettings = field(default_factory=_no_sharpness)
     seed: int = 0
     device: str = "auto"
     dtype: str = "float32"
@@ -119,31 +125,46 @@ class ProbeSettings:
     progress: bool = False
 
     @classmethod
-    def from_dict(cls, options: dict[str, Any]) -> ProbeSettings:
-        """Settings from their dict form (``to_dict``); unknown keys are an error.
+    def from_dict(cls, record: dict[str, Any]) -> ProbeSettings:
+        """Settings from their record (``to_dict``: what experiment.json and sweep.json store).
 
-        ``sharpness`` is a dict of ``SharpnessSettings`` fields (or a ``SharpnessSettings``).
+        The record holds the fields of ``ProbeSettings`` by name, but ``sharpness`` is the metric names
+        (or None) and ``sharpness_options`` the other ``SharpnessSettings`` fields (``SHARPNESS_OPTIONS``;
+        None values: the default). Unknown keys are an error.
         """
-        options = dict(options)
-        sharp = options.pop("sharpness", None)
-        _known_keys(options, cls, "probe option")
-        if isinstance(sharp, dict):
-            _known_keys(sharp, SharpnessSettings, "sharpness option")
-            sharp = SharpnessSettings(**sharp)
-        return cls(**options, **({} if sharp is None else {"sharpness": sharp}))
+        options = dict(record)
+        metrics = options.pop("sharpness", None)
+        sharp = {k: v for k, v in (options.pop("sharpness_options", None) or {}).items() if v is not None}
+        names = {f.name for f in dataclasses.fields(cls)} - {"sharpness"}
+        for given, known, what in ((options, names, "probe"), (sharp, SHARPNESS_OPTIONS, "sharpness")):
+            unknown = sorted(set(given) - set(known))
+            if unknown:
+                raise FlatnessError(f"unknown {what} option {unknown[0]!r}; known: {', '.join(sorted(known))}")
+        return cls(**options, sharpness=SharpnessSettings(metrics=metrics, **sharp))
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings as plain JSON-ready values (``sharpness`` a nested dict); ``from_dict`` reads them."""
-        return dataclasses.asdict(self)
+        """The record ``from_dict`` reads: plain JSON-ready values, field by field in order."""
+        record: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name != "sharpness":
+                record[f.name] = _plain(getattr(self, f.name))
+                continue
+            defaults = _no_sharpness()
+            record["sharpness"] = _plain(self.sharpness.metrics)
+            record["sharpness_options"] = {
+                k: _plain(getattr(self.sharpness, k))
+                for k in SHARPNESS_OPTIONS
+                if getattr(self.sharpness, k) != getattr(defaults, k)
+            }
+        return record
 
     def checked(self) -> ProbeSettings:
         """Every option checked before any work, as a copy with the defaults resolved.
 
-        The copy holds ``samples`` as a count (or None: all), the sharpness metric names with
-        ``all`` expanded (or None), the radii as tuples of floats (or None: the defaults) and
-        ``sharpness`` with the probe's seed and progress. Every count and radius is checked, also
-        those only some measurements use: 0 is an error, never "the default", and a typo is never
-        silently ignored.
+        The copy holds ``samples`` as a count (None: all) and ``sharpness`` checked
+        (``SharpnessSettings.checked``: names, radii, budgets) with the probe's seed and progress.
+        Every count and radius is checked, also those only some measurements use (0 is an error,
+        never "the default"; a typo is never silently ignored, with or without sharpness metrics).
 
         Raises:
             FlatnessError: one line naming the option.
@@ -165,35 +186,17 @@ class ProbeSettings:
         least = 6 if self.trace_method == "hutch++" else 2
         if self.trace and self.trace_samples < least:
             raise FlatnessError(f"--trace-samples must be >= {least} for {self.trace_method}")
-        return dataclasses.replace(self, samples=parse_samples(self.samples), **self._checked_sharpness())
-
-    def _checked_sharpness(self) -> dict[str, Any]:
-        """The checked sharpness fields (names, radii, settings), also when no metric is asked for."""
-        rhos, epsilons = _radii(self.rhos, "rho"), _radii(self.epsilons, "epsilon")
         sharp = dataclasses.replace(self.sharpness, seed=self.seed, progress=self.progress)
-        names = None if self.sharpness_metrics is None else parse_metrics(self.sharpness_metrics)
-        # without metrics the radii, ball, p and budgets are still checked: as if all were asked for
-        validate_settings(names or METRIC_NAMES, rhos, epsilons, sharp)
-        return {"sharpness_metrics": names, "rhos": rhos, "epsilons": epsilons, "sharpness": sharp}
+        if sharp.metrics is None:  # no sharpness: its options are still checked, as if all were asked for
+            sharp = dataclasses.replace(dataclasses.replace(sharp, metrics=METRIC_NAMES).checked(), metrics=None)
+        else:
+            sharp = sharp.checked()
+        return dataclasses.replace(self, samples=parse_samples(self.samples), sharpness=sharp)
 
 
-def _known_keys(options: dict[str, Any], cls: type, what: str) -> None:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(options) - names)
-    if unknown:
-        raise FlatnessError(f"unknown {what} {unknown[0]!r}; known: {', '.join(sorted(names))}")
-
-
-def _radii(values: str | Sequence[float] | None, what: str) -> tuple[float, ...] | None:
-    """Radii as given (numbers, or "0.05,0.1" as typed on a command line); None: the defaults."""
-    if values is None:
-        return None
-    if isinstance(values, str):
-        values = [part for part in (p.strip() for p in values.split(",")) if part]
-    checked = radii(values, (), "--" + what)  # flatness.sharpness owns what a radius may be
-    if not checked:
-        raise FlatnessError(f"--{what} needs at least one value")
-    return checked
+def _plain(value: Any) -> Any:
+    """Tuples as lists (JSON's form), everything else as it is."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def measure(
@@ -218,7 +221,7 @@ def measure(
         top_k: top Hessian eigenvalues (0: none); overrides ``settings.top_k``.
         trace: estimate tr(H); overrides ``settings.trace``.
         density: the SLQ spectral density; overrides ``settings.density``.
-        sharpness: sharpness metric names (``"all"``); overrides ``settings.sharpness_metrics``.
+        sharpness: sharpness metric names (``"all"``); overrides ``settings.sharpness.metrics``.
         loss_fn: ``loss_fn(outputs, targets)`` -> batch mean loss, or a loss name
             (``flatness.core.losses.LOSS_NAMES``); cross-entropy by default.
         settings: everything else (``ProbeSettings()``; its data fields ``split``/``samples``/
@@ -244,8 +247,11 @@ def measure(
         >>> round(probe["trace"]["estimate"], 4)
         9.3333
     """
-    shortcuts = {"top_k": top_k, "trace": trace, "density": density, "sharpness_metrics": sharpness}
-    s = dataclasses.replace(settings or ProbeSettings(), **{k: v for k, v in shortcuts.items() if v is not None})
+    s = settings or ProbeSettings()
+    shortcuts = {"top_k": top_k, "trace": trace, "density": density}
+    s = dataclasses.replace(s, **{k: v for k, v in shortcuts.items() if v is not None})
+    if sharpness is not None:
+        s = dataclasses.replace(s, sharpness=dataclasses.replace(s.sharpness, metrics=sharpness))
     s = s.checked()
     loss_fn = resolve_loss(loss_fn)
     # every number below is of the same module: a compiled model's original, a half model's float32 copy
@@ -279,11 +285,10 @@ def measure(
     if note is not None:
         result["precision_note"] = note
     result.update(_spectrum(op, s))
-    if s.sharpness_metrics is not None:
+    if s.sharpness.metrics is not None:
         start = time.perf_counter()
-        result["sharpness"] = measure_sharpness(
-            model, data, s.sharpness_metrics, s.rhos, s.epsilons, loss_fn, settings=s.sharpness, output_fn=output_fn
-        )
+        results = measure_sharpness(model, data, loss_fn=loss_fn, settings=s.sharpness, output_fn=output_fn)
+        result["sharpness"] = [one.to_dict() for one in results]
         result["sharpness_seconds"] = time.perf_counter() - start
     return result
 

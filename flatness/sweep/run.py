@@ -87,7 +87,7 @@ def probe_options(quick: bool) -> dict[str, Any]:
 
     ``quick``: the cheapest settings that still measure every one.
     """
-    common = {"split": "train", "seed": 0, "progress": False, "sharpness_metrics": ["all"]}
+    common = {"split": "train", "seed": 0, "progress": False, "sharpness": ["all"]}
     if quick:
         return {
             **common,
@@ -98,7 +98,7 @@ def probe_options(quick: bool) -> dict[str, Any]:
             "tol": 1e-3,
             "trace": True,
             "trace_samples": 4,
-            **QUICK_SHARPNESS,
+            "sharpness_options": dict(QUICK_SHARPNESS),
         }
     return {
         **common,
@@ -109,8 +109,7 @@ def probe_options(quick: bool) -> dict[str, Any]:
         "tol": 1e-3,
         "trace": True,
         "trace_samples": 20,
-        "rhos": [0.05],
-        "epsilons": [1e-3],
+        "sharpness_options": {"rhos": [0.05], "epsilons": [1e-3]},
     }
 
 
@@ -155,7 +154,7 @@ class SweepSettings:
             engines.check_ray_address(self.address)  # a cluster that does not answer: one line now, not a wait
         parse_shard(self.shard)
         if self.workers is not None:
-            check_count(self.workers, "--workers", maximum=4096)
+            check_count(self.workers, "--workers", maximum=engines.MAX_WORKERS)
         if self.epochs is not None:
             check_count(self.epochs, "--epochs")
         check_stop_loss(self.stop_loss)
@@ -168,7 +167,7 @@ class SweepSettings:
             seeds=self.seeds if self.seeds is not None else (QUICK_SEEDS if self.quick else DEFAULT_SEEDS),
             dataset=dataset,
             model=self.model or default_model(dataset),
-            workers=self.workers or os.cpu_count() or 1,
+            workers=engines.default_workers(self.workers),  # the cores (one thread per cell) unless given
         )
 
 

@@ -1,7 +1,8 @@
 """The options of a training run, with no file I/O.
 
-``TrainConfig`` (every option of ``flatness train``, its validation and canonical names), ``build_config``
-(defaults < a recipe < what the user typed), the default run folder name, what may change on resume
+``TrainConfig`` (every option of ``flatness train``, its validation and canonical names), ``METHODS`` (the
+training methods, in the order every table lists them), ``recipe_values`` and ``build_config`` (defaults <
+a recipe < what the user typed), the default run folder name, what may change on resume
 (``RESUMABLE_CHANGES``) and the learning-rate schedule ``lr_at``.
 """
 
@@ -21,8 +22,9 @@ from flatness.models.registry import canonical_model_name
 from flatness.sources.loading import check_dataset_reference, default_model_for, folder_label
 from flatness.sources.losses import check_loss_spec, check_output_spec
 from flatness.training import stopping
-from flatness.training.recipes import DATASET_RECIPES, DEFAULT_RECIPE, recipe_values
+from flatness.training.recipes import DATASET_RECIPES, RECIPES, recipe_names
 
+# The training methods, in the canonical order of every table, figure and default study (ERM the baseline).
 METHODS = ("erm", "amp", "sam")
 
 SCHEDULES = ("step", "cosine", "constant")
@@ -220,27 +222,31 @@ def _milestones(value) -> list[int]:
     return sorted(out)
 
 
+def recipe_values(name: str) -> dict[str, Any]:
+    """The values of recipe ``name`` (a copy); ``digits-default``'s are TrainConfig's defaults."""
+    if name not in RECIPES:
+        raise FlatnessError(f"unknown recipe {name!r}; choose one of: {', '.join(recipe_names())}")
+    if name == "digits-default":
+        values = TrainConfig().to_dict()
+        values.pop("recipe", None)
+        return values
+    values = dict(RECIPES[name]["values"])
+    values["milestones"] = list(values.get("milestones", []))
+    return values
+
+
 def build_config(explicit: dict[str, Any], recipe: str | None = None) -> TrainConfig:
     """TrainConfig defaults < the recipe's values < ``explicit`` values (what the user typed)."""
     values = TrainConfig().to_dict()
     # A dataset with its own recipe (mnist1d) starts from it, and from its own model, unless told otherwise.
     recipe = recipe or DATASET_RECIPES.get(explicit.get("dataset"))
     if recipe:
-        values.update(config_recipe_values(recipe))
+        values.update(recipe_values(recipe))
         values["recipe"] = recipe
     values.update({k: v for k, v in explicit.items() if k != "recipe"})
-    if "model" not in explicit and not (recipe and "model" in config_recipe_values(recipe)):
+    if "model" not in explicit and not (recipe and "model" in recipe_values(recipe)):
         values["model"] = default_model_for(values["dataset"]) or values["model"]
     return TrainConfig.from_dict(values).checked()
-
-
-def config_recipe_values(name: str) -> dict[str, Any]:
-    """The values of recipe ``name``; ``digits-default``'s are TrainConfig's defaults (so the two never disagree)."""
-    if name != DEFAULT_RECIPE:
-        return recipe_values(name)
-    values = TrainConfig().to_dict()
-    values.pop("recipe", None)
-    return values
 
 
 def default_out_dir(config: TrainConfig) -> str:

@@ -1,8 +1,7 @@
 """run_probe, the probe JSON format and `flatness probe` on the digits fixtures."""
 
+import dataclasses
 import json
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -97,8 +96,7 @@ def test_run_probe_reproducible_and_eigenvalues_match_direct(digits_checkpoint):
 
 
 def test_distance_from_init(tmp_path):
-    sys.path.insert(0, os.path.dirname(__file__))
-    from conftest import quick_digits_checkpoint
+    from conftest import quick_digits_checkpoint  # tests/ is on the path (pyproject's pythonpath)
 
     run = tmp_path / "run"
     run.mkdir()
@@ -114,40 +112,36 @@ def test_distance_from_init(tmp_path):
 def test_sharpness_hook(monkeypatch, digits_mlp_checkpoint):
     """run_probe hands the validated names, radii and settings to measure_sharpness, on all probe data."""
     import flatness.study.probe as probe
-    from flatness.sharpness import METRIC_NAMES
+    from flatness.sharpness import METRIC_NAMES, SharpnessRecord
+
+    @dataclasses.dataclass(frozen=True)
+    class Result(SharpnessRecord):
+        metric: str
+        value: float = 0.5
 
     calls = {}
 
-    def fake(model, data, metrics, rho, epsilon, loss_fn, settings, output_fn=None):
-        calls.update(metrics=metrics, rho=rho, epsilon=epsilon, settings=settings, n=data.n, training=model.training)
-        return [{"metric": m, "value": 0.5} for m in metrics]
+    def fake(model, data, loss_fn=None, settings=None, output_fn=None):
+        calls.update(settings=settings, n=data.n, training=model.training)
+        return [Result(m) for m in settings.metrics]
 
     monkeypatch.setattr(probe, "measure_sharpness", fake)
-    settings = ProbeSettings(
-        samples=40,
-        top_k=0,
-        sharpness_metrics="all",
-        seed=3,
-        progress=False,
-        rhos=[0.05],
-        sharpness=SharpnessSettings(ball="global", draws=None),
-    )
+    sharp = SharpnessSettings(metrics="all", rhos=[0.05], ball="global", draws=None)
+    settings = ProbeSettings(samples=40, top_k=0, seed=3, progress=False, sharpness=sharp)
     result = run_probe(digits_mlp_checkpoint, settings)
     assert result["sharpness"] == [{"metric": m, "value": 0.5} for m in METRIC_NAMES]
-    assert calls["metrics"] == METRIC_NAMES and calls["n"] == 40 and not calls["training"]
-    assert calls["rho"] == (0.05,) and calls["epsilon"] is None
-    assert (calls["settings"].ball, calls["settings"].draws, calls["settings"].seed) == ("global", None, 3)
+    given = calls["settings"]
+    assert given.metrics == METRIC_NAMES and calls["n"] == 40 and not calls["training"]
+    assert given.rhos == (0.05,) and given.epsilons == (1e-3, 5e-4)  # the defaults, resolved once
+    assert (given.ball, given.draws, given.seed) == ("global", None, 3)  # the probe's seed
     with pytest.raises(FlatnessError, match="unknown sharpness metric"):
-        run_probe(digits_mlp_checkpoint, ProbeSettings(samples=40, top_k=0, sharpness_metrics="bogus", progress=False))
+        run_probe(digits_mlp_checkpoint, ProbeSettings(sharpness=SharpnessSettings(metrics="bogus")))
     with pytest.raises(FlatnessError, match="rho"):
-        run_probe(
-            digits_mlp_checkpoint,
-            ProbeSettings(samples=40, top_k=0, sharpness_metrics="worst_case", rhos=[-1.0], progress=False),
-        )
+        run_probe(digits_mlp_checkpoint, ProbeSettings(sharpness=SharpnessSettings(metrics="worst_case", rhos=[-1.0])))
     with pytest.raises(FlatnessError, match="unknown sharpness option"):
-        ProbeSettings.from_dict({"sharpness_metrics": "worst_case", "sharpness": {"rho": [1.0]}})
+        ProbeSettings.from_dict({"sharpness": "worst_case", "sharpness_options": {"rho": [1.0]}})
     with pytest.raises(FlatnessError, match="unknown probe option"):
-        ProbeSettings.from_dict({"sharpness_options": {"rhos": [1.0]}})
+        ProbeSettings.from_dict({"rhos": [1.0]})
 
 
 def test_cli_sharpness_options_validated(cli, digits_mlp_checkpoint, tmp_path):
@@ -277,18 +271,19 @@ def test_probe_settings_are_frozen_and_checked_once():
 
     from flatness.sharpness.oracle import METRIC_NAMES
 
-    settings = ProbeSettings(
-        samples="all", sharpness_metrics="all", rhos="0.05, 0.1", seed=7, sharpness=SharpnessSettings(draws=3)
-    )
+    sharp = SharpnessSettings(metrics="all", rhos="0.05, 0.1", draws=3)
+    settings = ProbeSettings(samples="all", seed=7, sharpness=sharp)
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.top_k = 3
     checked = settings.checked()
     assert checked.samples is None and ProbeSettings(samples="200").checked().samples == 200
-    assert checked.sharpness_metrics == METRIC_NAMES and checked.rhos == (0.05, 0.1) and checked.epsilons is None
+    assert checked.sharpness.metrics == METRIC_NAMES and checked.sharpness.rhos == (0.05, 0.1)
     assert (checked.sharpness.seed, checked.sharpness.draws, checked.sharpness.progress) == (7, 3, False)
     assert checked.checked() == checked  # idempotent: the functions that measure check again
-    assert ProbeSettings.from_dict(checked.to_dict()) == checked
-    assert ProbeSettings.from_dict({"sharpness": {"ball": "global"}}).sharpness.ball == "global"
+    record = {"sharpness": ["all"], "sharpness_options": {"rhos": [0.05], "draws": 2}}  # experiment.json's form
+    assert ProbeSettings.from_dict(record).to_dict() == {**ProbeSettings().to_dict(), **record}
+    assert ProbeSettings.from_dict(record).sharpness == SharpnessSettings(metrics=["all"], rhos=[0.05], draws=2)
+    assert ProbeSettings().checked().sharpness.metrics is None  # no sharpness unless asked for
     for bad, words in (
         ({"samples": 0}, "--samples must be >= 1"),
         ({"samples": "some"}, "--samples must be a whole number"),
@@ -296,9 +291,9 @@ def test_probe_settings_are_frozen_and_checked_once():
         ({"tol": 0.0}, "--tol must be a finite number > 0"),
         ({"density_steps": 0}, "--density-steps must be >= 1"),
         ({"trace": True, "trace_method": "hutch++", "trace_samples": 4}, "--trace-samples must be >= 6"),
-        ({"rhos": " , "}, "--rho needs at least one value"),
-        ({"epsilons": "abc"}, "--epsilon must be a number"),
-        ({"sharpness": SharpnessSettings(draws=0)}, "draws"),  # checked with no metric asked for too
+        ({"sharpness": SharpnessSettings(metrics=None, rhos=" , ")}, "--rho needs at least one value"),
+        ({"sharpness": SharpnessSettings(metrics=None, epsilons="abc")}, "--epsilon takes numbers"),
+        ({"sharpness": SharpnessSettings(metrics=None, draws=0)}, "draws"),  # no metric asked for: checked too
         ({"split": "val"}, "unknown split"),
         ({"seed": -(2**70)}, "--seed"),
     ):
