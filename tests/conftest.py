@@ -2,11 +2,13 @@
 
 import os
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 from tinynet_file import MODEL_FILE
+from user_model_helpers import USER_FILE
 
 from flatness.data.datasets import dataset_info
 from flatness.data.probe_data import load_probe_data
@@ -70,3 +72,21 @@ def model_file(tmp_path):
     path = tmp_path / "tinynet.py"
     path.write_text(MODEL_FILE)
     return str(path)
+
+
+@pytest.fixture
+def user(tmp_path):
+    """The user's files: the model/data module and an npz (48 train, 24 test examples of 4 features)."""
+    (tmp_path / "usernet.py").write_text(USER_FILE)
+    gen = np.random.default_rng(0)
+    x = gen.normal(size=(72, 4)).astype(np.float32)
+    y = gen.integers(0, 3, size=72)
+    np.savez(tmp_path / "data.npz", x_train=x[:48], y_train=y[:48], x_test=x[48:], y_test=y[48:])
+    return {
+        "dir": tmp_path,
+        "file": str(tmp_path / "usernet.py"),
+        "model": f"{tmp_path / 'usernet.py'}:make",
+        "npz": str(tmp_path / "data.npz"),
+        "x": torch.from_numpy(x[:48]),
+        "y": torch.from_numpy(y[:48]),
+    }

@@ -7,6 +7,7 @@ another or a changed factory is refused unless ``allow_source_change``.
 """
 
 import math
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 import torch
 import torch.nn as nn
 from torch.utils.data import TensorDataset
+from user_model_helpers import TRAIN, one_line_error, probe, weights
 
 from flatness.core.errors import FlatnessError
 from flatness.core.fileio import sha256_file
@@ -288,3 +290,54 @@ def test_init_distance_is_the_euclidean_distance_to_init_pt(tmp_path):
     assert init_distance(last, str(tmp_path / "elsewhere" / "last.pt")) is None
     (tmp_path / "init.pt").write_bytes(b"damaged")
     assert init_distance(last, str(tmp_path / "last.pt")) is None  # loses this one number, nothing else
+
+
+def test_recorded_code_must_be_named_again(cli, user, tmp_path):
+    run, model = tmp_path / "run", user["model"]
+    callable_data = f"{user['file']}:data"
+    assert (
+        cli(["train", "--model", model, "--dataset", callable_data, *TRAIN, "--epochs", "1", "--out", run]).exit_code
+        == 0
+    )
+    out = tmp_path / "p.json"
+    line = one_line_error(probe(cli, run, out))
+    assert f"--model {model}" in line and not out.exists()
+    line = one_line_error(probe(cli, run, out, "--model", model))
+    assert f"--dataset {callable_data}" in line and not out.exists()
+    named = ["--model", model, "--dataset", callable_data]
+    other = tmp_path / "other.py"
+    shutil.copy(user["file"], other)
+    # Another factory than recorded needs --allow-source-change; --force only overwrites outputs, so
+    # it gets the same refusal, which names the flag that does accept it.
+    for extra in ([], ["--force"]):
+        line = one_line_error(probe(cli, run, out, "--model", f"{other}:make", "--dataset", callable_data, *extra))
+        assert "pass --allow-source-change" in line and not out.exists()
+    allowed = ["--model", f"{other}:make", "--dataset", callable_data, "--allow-source-change"]
+    assert probe(cli, run, out, *allowed).exit_code == 0
+    assert "--force" in one_line_error(probe(cli, run, out, *allowed))  # an existing output still needs --force
+    # a factory file that changed since training is refused unless --allow-source-change
+    with open(user["file"], "a") as handle:
+        handle.write("\n# edited\n")
+    out.unlink()
+    for extra in ([], ["--force"]):
+        line = one_line_error(probe(cli, run, out, *named, *extra))
+        assert "changed" in line and "pass --allow-source-change" in line and not out.exists()
+    assert probe(cli, run, out, *named, "--allow-source-change").exit_code == 0
+    # surface: the same refusal under --force; --allow-source-change also goes with --resume
+    h5 = tmp_path / "s.h5"
+    surface = ["surface", run, *named, "--x=-1:1:3", "--out", h5, "--quiet"]
+    assert "pass --allow-source-change" in one_line_error(cli(surface + ["--force"]))
+    assert cli(surface + ["--allow-source-change"]).exit_code == 0
+    result = cli(surface + ["--allow-source-change", "--resume"])
+    assert result.exit_code == 0 and "0 points computed (resumed)" in result.output, result.output
+    # ...but never onto a surface made with other model code: its points would come from two models
+    before = open(h5, "rb").read()
+    with open(user["file"], "a") as handle:
+        handle.write("\n# edited again\n")
+    line = one_line_error(cli(surface + ["--allow-source-change", "--resume"]))
+    assert "model_code_sha256" in line and open(h5, "rb").read() == before
+    line = one_line_error(cli(["surface", run, *allowed, "--x=-1:1:3", "--out", h5, "--quiet", "--resume"]))
+    assert "another model" in line and open(h5, "rb").read() == before
+    # resuming the training with the changed file would mix two models: refused
+    line = one_line_error(cli(["train", *named, *TRAIN, "--epochs", "2", "--out", run, "--resume"]))
+    assert "changed" in line and weights(run / "last.pt")["epoch"] == 1
