@@ -1,5 +1,7 @@
 """Shared test fixtures. Each test module keeps its own special fixtures; only what several share is here."""
 
+from __future__ import annotations
+
 import os
 
 import numpy as np
@@ -7,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
+from regression_helpers import MODELS
 from tinynet_file import MODEL_FILE
 from user_model_helpers import USER_FILE
 
@@ -87,6 +90,23 @@ def user(tmp_path):
         "file": str(tmp_path / "usernet.py"),
         "model": f"{tmp_path / 'usernet.py'}:make",
         "npz": str(tmp_path / "data.npz"),
+        "x": torch.from_numpy(x[:48]),
+        "y": torch.from_numpy(y[:48]),
+    }
+
+
+@pytest.fixture
+def reg(tmp_path):
+    """reg.py (models, losses) and reg.npz: 48 train and 16 test examples of 5 features, float targets."""
+    (tmp_path / "reg.py").write_text(MODELS)
+    gen = np.random.default_rng(0)
+    x = gen.normal(size=(64, 5)).astype(np.float32)
+    y = (x @ gen.normal(size=5) + 0.1 * gen.normal(size=64)).astype(np.float32)
+    np.savez(tmp_path / "reg.npz", x_train=x[:48], y_train=y[:48], x_test=x[48:], y_test=y[48:])
+    return {
+        "dir": tmp_path,
+        "file": str(tmp_path / "reg.py"),
+        "npz": str(tmp_path / "reg.npz"),
         "x": torch.from_numpy(x[:48]),
         "y": torch.from_numpy(y[:48]),
     }

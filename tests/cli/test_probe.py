@@ -2,6 +2,8 @@
 errors that write nothing. A user's weights (state_dict, safetensors, .pt2 with a dynamic or a static batch,
 a torchvision model): the top eigenvalue against a dense Hessian; a hostile or broken .pt2 refused in one line."""
 
+from __future__ import annotations
+
 import io
 import json
 import math
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from regression_helpers import REG_TRAIN, ref
 from user_model_helpers import dense_top_eigenvalue, eager_loss, one_line_error, probe
 
 import flatness.sharpness as S
@@ -272,3 +275,48 @@ def test_pt2_that_is_not_one(cli, user, tmp_path):
     out = tmp_path / "j.json"
     line = one_line_error(probe(cli, junk, out, "--dataset", user["npz"]))
     assert "junk.pt2" in line and not out.exists()
+
+
+def test_a_loss_returning_a_vector_is_refused(cli, reg, tmp_path):
+    run = tmp_path / "run"
+    model = ref(reg, "make")
+    assert (
+        cli(["train", "--model", model, "--dataset", reg["npz"], "--loss", "mse", *REG_TRAIN, "--out", run]).exit_code
+        == 0
+    )
+    out = tmp_path / "p.json"
+    line = one_line_error(
+        cli(["probe", run, "--model", model, "--loss", ref(reg, "vector"), "--top-k", "1", "--out", out, "--quiet"])
+    )
+    assert "scalar" in line and not out.exists()
+
+
+def test_output_key_selects_what_the_loss_sees(cli, reg, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--model", ref(reg, "scores"), "--dataset", reg["npz"], "--loss", "mse", "--output", "scores"]
+    result = cli([*args, *REG_TRAIN, "--out", run])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "config.json").read_text())["output"] == "scores"
+    out = tmp_path / "p.json"
+    result = cli(["probe", run, "--model", ref(reg, "scores"), "--top-k", "1", "--out", out, "--quiet"])
+    assert result.exit_code == 0, result.output  # the recorded key is reused
+    line = one_line_error(
+        cli(
+            ["probe", run, "--model", ref(reg, "scores"), "--output", "logits", "--top-k", "1", "--out", out, "--force"]
+        )
+    )
+    assert "--output logits" in line and "scores" in line
+
+
+def test_a_pt2_exported_in_train_mode_is_refused(cli, reg, tmp_path):
+    net = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Dropout(0.1), nn.Linear(4, 1))
+    x = torch.randn(8, 5)
+    train_mode, eval_mode = tmp_path / "train.pt2", tmp_path / "eval.pt2"
+    torch.export.save(torch.export.export(net.train(), (x,)), train_mode)
+    torch.export.save(torch.export.export(net.eval(), (x,)), eval_mode)
+    out = tmp_path / "p.json"
+    args = ["--dataset", reg["npz"], "--loss", "mse", "--top-k", "1", "--samples", "8", "--quiet", "--out", out]
+    line = one_line_error(cli(["probe", train_mode, *args]))
+    assert "train mode" in line and "model.eval()" in line and not out.exists()
+    result = cli(["probe", eval_mode, *args])
+    assert result.exit_code == 0, result.output

@@ -1,5 +1,8 @@
 """flatness train on a user's model and data: an npz with bitwise resume and the recorded references, an
-image folder (the recorded image size), a torchvision model, and every kind of bad model or data as one line."""
+image folder (the recorded image size), a torchvision model, and every kind of bad model or data as one line,
+like a --loss that is no mean or an output that does not fit."""
+
+from __future__ import annotations
 
 import hashlib
 import json
@@ -9,6 +12,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from regression_helpers import REG_TRAIN, ref
 from user_model_helpers import TRAIN, _npz, dense_top_eigenvalue, eager_loss, one_line_error, probe, weights
 
 
@@ -178,3 +182,47 @@ def test_bad_input_is_one_line_and_writes_nothing(cli, user, tmp_path, case):
     assert not out.exists()
     if case[0] == "shape does not fit":  # both shapes: the data's and the model's
         assert re.search(r"1x5 and 4x", line), line
+
+
+@pytest.mark.parametrize(
+    "loss, words",
+    [
+        ("summed", "reduction='sum'"),
+        ("Unreduced", "reduction='none'"),
+        ("nosuch", "unknown loss"),
+        ("Exits", "raised SystemExit"),  # user code never decides the exit code (issue 20, class 4)
+    ],
+)
+def test_a_loss_that_is_not_a_mean_is_refused(cli, reg, tmp_path, loss, words):
+    spec = ref(reg, loss) if loss != "nosuch" else loss
+    run = tmp_path / "run"
+    line = one_line_error(
+        cli(["train", "--model", ref(reg, "make"), "--dataset", reg["npz"], "--loss", spec, *REG_TRAIN, "--out", run])
+    )
+    assert words in line
+    assert not run.exists()
+
+
+@pytest.mark.parametrize(
+    "model, words",
+    [
+        ("scores", "no 'logits'"),  # an output with no tensor and no logits
+        ("embedding", "does not fit the data"),  # float features into an Embedding: a dtype no cast resolves
+    ],
+)
+def test_outputs_and_dtypes_that_do_not_fit_are_one_line(cli, reg, tmp_path, model, words):
+    run = tmp_path / "run"
+    line = one_line_error(
+        cli(["train", "--model", ref(reg, model), "--dataset", reg["npz"], "--loss", "mse", *REG_TRAIN, "--out", run])
+    )
+    assert words in line
+    assert not run.exists() or not os.listdir(run)
+
+
+def test_float_targets_under_cross_entropy_are_one_line(cli, reg, tmp_path):
+    run = tmp_path / "run"
+    line = one_line_error(
+        cli(["train", "--model", ref(reg, "make"), "--dataset", reg["npz"], *REG_TRAIN, "--out", run])
+    )
+    assert "Long" in line and "--loss mse" in line  # the dtype no cast can resolve, and the way out
+    assert not run.exists()

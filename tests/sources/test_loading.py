@@ -3,8 +3,11 @@
 Checkpoints are written here with ``save_checkpoint`` (a built-in MLP, or a user model from a file made
 here), so each test knows the weights and the record it loads. The security rules of the module
 docstring are checked one by one: recorded code is never run unless the command line names it again,
-another or a changed factory is refused unless ``allow_source_change``.
+another or a changed factory is refused unless ``allow_source_change``. Through the commands: recorded
+model, data and loss code must be named again.
 """
+
+from __future__ import annotations
 
 import math
 import shutil
@@ -14,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from regression_helpers import REG_TRAIN, ref
 from torch.utils.data import TensorDataset
 from user_model_helpers import TRAIN, one_line_error, probe, weights
 
@@ -153,8 +157,8 @@ def test_source_digests_are_those_of_the_files_behind_references(tmp_path):
     (tmp_path / "m.py").write_text("x = 1\n")
     assert source_file_sha256(str(tmp_path / "d.npz")) == sha256_file(str(tmp_path / "d.npz"))
     assert source_file_sha256(f"{tmp_path / 'm.py'}:build") == sha256_file(str(tmp_path / "m.py"))
-    for ref in (None, "", "digits", "pkg.mod:build", "torchvision:resnet18", f"{tmp_path / 'gone.py'}:f"):
-        assert source_file_sha256(ref) == ""
+    for reference in (None, "", "digits", "pkg.mod:build", "torchvision:resnet18", f"{tmp_path / 'gone.py'}:f"):
+        assert source_file_sha256(reference) == ""
 
 
 def test_named_source_names_user_code_and_data_only():
@@ -341,3 +345,16 @@ def test_recorded_code_must_be_named_again(cli, user, tmp_path):
     # resuming the training with the changed file would mix two models: refused
     line = one_line_error(cli(["train", *named, *TRAIN, "--epochs", "2", "--out", run, "--resume"]))
     assert "changed" in line and weights(run / "last.pt")["epoch"] == 1
+
+
+def test_recorded_loss_code_must_be_named_again(cli, reg, tmp_path):
+    run = tmp_path / "run"
+    model = ref(reg, "make")
+    mse = ref(reg, "flat_mse")
+    result = cli(["train", "--model", model, "--dataset", reg["npz"], "--loss", mse, *REG_TRAIN, "--out", run])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "p.json"
+    line = one_line_error(cli(["probe", run, "--model", model, "--top-k", "1", "--out", out, "--quiet"]))
+    assert f"--loss {mse}" in line and not out.exists()
+    result = cli(["probe", run, "--model", model, "--loss", mse, "--top-k", "1", "--out", out, "--quiet"])
+    assert result.exit_code == 0, result.output
