@@ -272,7 +272,7 @@ def _prepare(checkpoint: str, out: str | None, s: SurfaceSettings, data: dict[st
     if os.path.isdir(out):
         raise FlatnessError(f"--out {out} is a folder; name a .h5 file")
     exists = os.path.exists(out)
-    if exists and not (s.resume or s.force):
+    if exists and not (s.resume or s.force) and not surface_io.holds_no_point(out):  # no point computed: no result
         raise FlatnessError(f"{out} already exists; use --resume to continue it or --force to overwrite it")
     if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
         raise FlatnessError(f"the folder for --out {out} does not exist")
@@ -456,6 +456,9 @@ def _open_surface_file(job: _Job):
             raise
         seconds_before = float(handle.attrs.get("seconds", 0.0))
     else:
+        if os.path.exists(out) and not job.settings.force and not surface_io.holds_no_point(out):
+            # checked again under the lock: another run may have computed points since _prepare looked
+            raise FlatnessError(f"{out} already exists; use --resume to continue it or --force to overwrite it")
         directions, extra_attrs, pca = _make_directions(job)
         attrs = dict(job.wanted)
         attrs.update(extra_attrs)

@@ -248,13 +248,9 @@ def _check_state(out: str, frozen: dict[str, Any]) -> None:
     with cellmod.waiting_lock(path, "sweep state", timeout=600):
         now = json.loads(json.dumps(frozen))
         if os.path.isfile(path):
-            try:
-                with open(path, encoding="utf-8") as handle:
-                    stored = json.load(handle).get("frozen", {})
-            except (OSError, ValueError):
-                stored = {}
+            stored = _stored_state(path)
             for key in FROZEN:
-                if key in stored and stored[key] != now.get(key):
+                if stored[key] != now.get(key):
                     raise FlatnessError(
                         f"{out} holds a sweep made with other {key} settings ({stored[key]!r}, now "
                         f"{now.get(key)!r}); rerun with the same options to resume it, or choose "
@@ -262,6 +258,32 @@ def _check_state(out: str, frozen: dict[str, Any]) -> None:
                     )
             return
         atomic_write_json(path, {"format": "flatness-sweep", "frozen": now})
+
+
+def _stored_state(path: str) -> dict[str, Any]:
+    """The settings ``sweep.json`` froze; a damaged or foreign file is refused, never read as "no settings".
+
+    Reading it as empty would let any other grid (or model, or data) into the folder beside the cells
+    already there.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            state = json.load(handle)
+    except (OSError, ValueError) as err:
+        state = None
+        reason = f"unreadable ({type(err).__name__})"
+    else:
+        reason = "not a flatness sweep record"
+    frozen = state.get("frozen") if isinstance(state, dict) and state.get("format") == "flatness-sweep" else None
+    missing = [k for k in FROZEN if k not in frozen] if isinstance(frozen, dict) else list(FROZEN)
+    if missing:
+        if isinstance(frozen, dict):
+            reason = f"it lacks the {missing[0]} setting"
+        raise FlatnessError(
+            f"{path} is damaged ({reason}), so this folder's settings are unknown and other cells could be mixed "
+            "in; restore the file, or choose another --out"
+        )
+    return frozen
 
 
 def task_for(p: SweepPlan, cell: Cell) -> cellmod.CellTask:
