@@ -695,3 +695,42 @@ def test_stale_or_swapped_inputs_sweep_state_damaged_and_grid_key_order(tmp_path
         result = invoke(["sweep", "--quick", "--grid", "lr=0.5", "--seeds", "0", "--out", out, "--no-progress"])
         one_line_error(result, "sweep.json is damaged")
         assert _stamps(out) == before
+
+
+# --------------------------------------------------------------------------- class 2 (rest): planned sizes
+
+
+def test_unbounded_work_long_jobs_print_their_planned_size_first(tmp_path, digits_mlp_checkpoint, monkeypatch):
+    """train, probe, surface, experiment and sweep each say their size (epochs, HVPs, points, runs, cells)
+    in one ``Plan:`` line before their first step (flatness.core.progress.plan_line), with their progress
+    display (``--no-progress``/``--quiet`` leave it out, as they leave out the bars)."""
+    from flatness.core import engines
+    from flatness.core.errors import FlatnessError
+    from flatness.study import experiment
+
+    def first_line(args):
+        result = invoke(args)
+        assert result.exit_code in (0, 2), result.output
+        return [ln for ln in result.output.splitlines() if ln.strip()][0]
+
+    (tmp_path / "f.py").write_text(FACTORIES)
+    model, data = f"{tmp_path / 'f.py'}:model", f"{tmp_path / 'f.py'}:data"
+    train = ["train", "--model", model, "--dataset", data, "--epochs", "2", "--batch-size", "32"]
+    assert first_line([*train, "--out", tmp_path / "run"]) == (
+        "Plan: train: 2 epoch(s) (1-2), 5 steps of up to 32 examples each"
+    )
+    line = first_line(["probe", digits_mlp_checkpoint, "--top-k", "2", "--trace", "--out", tmp_path / "p.json"])
+    assert line.startswith("Plan: probe: top-2 Hessian eigenvalues (lanczos, at most ") and "trace from" in line
+    line = first_line(["surface", digits_mlp_checkpoint, "--x=-1:1:3", "--samples", "64", "--out", tmp_path / "s.h5"])
+    assert line == "Plan: surface: 3 of 3 points, each a pass over 64 train examples"
+
+    def stop(*args, **kwargs):
+        raise FlatnessError("stopped after the plan")
+
+    monkeypatch.setattr(experiment, "step_train", stop)
+    study = ["experiment", "--model", model, "--dataset", data, "--quick", "--seeds", "0", "--epochs", "1"]
+    line = first_line([*study, "--out", tmp_path / "study"])
+    assert line == "Plan: experiment: 3 run(s) of up to 1 epochs, each probed, 8 surfaces of 120 points in all"
+    monkeypatch.setattr(engines, "run_local", lambda tasks, *a, **k: None)
+    line = first_line(["sweep", "--quick", "--seeds", "0", "--out", tmp_path / "sweep", "--no-progress"])
+    assert line == "Plan: sweep: 8 cell(s) to run of 8 in the grid, up to 2 epochs each"

@@ -29,7 +29,7 @@ import torch
 from flatness.core import distributed, locking
 from flatness.core.errors import FlatnessError
 from flatness.core.paths import check_paths, file_id, same_file
-from flatness.core.progress import progress_bar
+from flatness.core.progress import progress_bar, show_plan
 from flatness.core.validation import check_count, check_seed
 from flatness.data.probe_data import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
 from flatness.formats import surface_file as surface_io
@@ -508,6 +508,8 @@ def _run_grid(
 
     bar = None
     if job.settings.progress and todo and rank == 0:
+        examples = " and ".join(f"{job.wanted.get(f'{sp}_samples')} {sp}" for sp in job.splits)
+        show_plan(True, "surface", f"{len(todo)} of {computed.size} points", f"each a pass over {examples} examples")
         bar = progress_bar(True, len(todo), "surface", unit="pt", leave=True)
     job.model.eval()
     start, cpu_start = time.perf_counter(), time.process_time()

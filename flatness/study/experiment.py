@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from typing import Any
 from flatness.core.errors import FlatnessError
 from flatness.core.fileio import atomic_write_json
 from flatness.core.paths import check_name, check_paths
+from flatness.core.progress import plan_line
 from flatness.core.validation import check_count, check_seed
 from flatness.formats.checkpoint import CONFIG, INIT, METRICS, finished_epochs, snapshot_name
 from flatness.study.probe import QUICK_SHARPNESS
@@ -837,6 +839,8 @@ def _run_locked(cfg: ExperimentConfig, started: float, progress: bool, echo) -> 
         train_config_for(cfg, m, cfg.seeds[0])
     steps: list[dict[str, Any]] = _previous_steps(cfg)
     _write_state(cfg, steps, started)
+    if echo and progress:  # the planned size, shown with the progress display
+        echo(_plan(cfg))
 
     def record(entry):
         steps.append(dict(entry, at=time.time()))
@@ -883,6 +887,16 @@ def _run_locked(cfg: ExperimentConfig, started: float, progress: bool, echo) -> 
         "seconds": time.time() - started,
         "figures": figures,
     }
+
+
+def _plan(cfg: ExperimentConfig) -> str:
+    """The study's planned size, printed before its first step: runs, epochs, surfaces and their points."""
+    runs = len(cfg.methods) * len(cfg.seeds)
+    epochs = max(train_config_for(cfg, m, cfg.seeds[0]).epochs for m in cfg.methods)
+    jobs = surface_jobs(cfg)
+    points = sum(math.prod(axis[2] for axis in (j.options.get("x"), j.options.get("y")) if axis) for j in jobs)
+    runs_text = f"{runs} run(s) of up to {epochs} epochs, each probed"
+    return plan_line("experiment", runs_text, f"{len(jobs)} surfaces of {points} points in all")
 
 
 def profile_figures(cfg: ExperimentConfig, records, matched) -> dict[str, str]:

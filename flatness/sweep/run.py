@@ -21,6 +21,7 @@ from typing import Any
 
 from flatness.core.errors import FlatnessError
 from flatness.core.fileio import atomic_write_json
+from flatness.core.progress import plan_line
 from flatness.study.probe import QUICK_SHARPNESS
 from flatness.sweep import cells as cellmod
 from flatness.sweep.grid import Cell, expand, parse_grid, parse_seeds, varied_keys
@@ -337,7 +338,11 @@ def run_sweep(settings: SweepSettings, echo=print) -> dict[str, Any]:
     workers = p.settings.workers or os.cpu_count() or 1
     if echo and todo:  # the planned size, before the first cell starts
         epochs = max(int(cell_train_options(p.train, c).get("epochs") or 0) for c in todo)
-        echo(f"sweep: {len(todo)} cell(s) to run of {len(p.cells)} in the grid, up to {epochs} epochs each")
+        echo(
+            plan_line(
+                "sweep", f"{len(todo)} cell(s) to run of {len(p.cells)} in the grid", f"up to {epochs} epochs each"
+            )
+        )
     counts = {"done": 0, "failed": 0}
     bar = progress_bar(p.settings.progress, len(todo), "sweep", unit="cell", leave=True)
 
