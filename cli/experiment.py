@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from flatness.cli.source_options import loss_options
 from flatness.cli.train_options import explicit_training_values, training_options
-from flatness.core.validation import check_count
-from flatness.study.experiment import (
-    DEFAULT_GRID,
-    DEFAULT_METHODS,
-    DEFAULT_SAMPLES,
-    DEFAULT_SEEDS,
-    ExperimentConfig,
-    run_experiment,
-)
-
-MAX_THREADS = 4096  # torch.set_num_threads overflows on absurd values; no machine has this many cores
+from flatness.core.engines import ENGINES
+from flatness.data.probe_data import DEFAULT_SAMPLES
+from flatness.models.references import parse_model_args
+from flatness.study.experiment import run_experiment
+from flatness.study.experiment_config import DEFAULT_GRID, DEFAULT_SEEDS, ExperimentConfig
+from flatness.training.config import METHODS
 
 
 @click.command("experiment")
@@ -31,7 +24,7 @@ MAX_THREADS = 4096  # torch.set_num_threads overflows on absurd values; no machi
 )
 @click.option(
     "--methods",
-    default=",".join(DEFAULT_METHODS),
+    default=",".join(METHODS),
     show_default=True,
     help="Methods to train and compare (erm and any of amp, sam); SAM is the control perturbation method.",
 )
@@ -104,7 +97,7 @@ MAX_THREADS = 4096  # torch.set_num_threads overflows on absurd values; no machi
 )
 @click.option(
     "--engine",
-    type=click.Choice(["local", "ray"]),
+    type=click.Choice(ENGINES),
     default="local",
     show_default=True,
     help="Where the steps run: local processes, or Ray tasks (pip install 'flatness[ray]').",
@@ -150,10 +143,6 @@ def command(
     With no options it runs the offline default, MNIST-1D (generated offline) with its recipe
     (mnist1d-default) and model (mlp1d), in a few minutes on a 2-core CPU (docs/validation.md).
     """
-    import torch
-
-    from flatness.models.references import parse_model_args
-
     # A user's model and data go to every training run; the probes and surfaces name them again.
     overrides = {"model_args": parse_model_args(model_args)} if model_args is not None else {}
     if normalize:
@@ -163,11 +152,6 @@ def command(
     epochs = given.pop("epochs", None)  # the study's own setting (the recipe's epochs otherwise)
     match_loss = given.pop("match_loss", None)  # the study's protocol: None is its default, not "off"
     overrides.update(given)
-
-    threads, workers = _threads_and_workers(dataset, device, threads, workers)
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
     cfg = ExperimentConfig(
         out=out,
         dataset=dataset,
@@ -188,27 +172,7 @@ def command(
         engine=engine,
         threads=threads,
     )
-    try:
-        _run(cfg, no_progress)
-    finally:
-        torch.set_num_threads(before)
-
-
-def _threads_and_workers(dataset, device, threads, workers) -> tuple[int | None, int]:
-    """The torch threads per process and the worker processes, where not given (see their --help)."""
-    import torch
-
-    if threads is not None:
-        check_count(threads, "--threads", maximum=MAX_THREADS)
-    small = dataset in ("digits", "mnist1d")  # tiny default models: one thread is fastest (see --threads)
-    if threads is None and small and device in ("cpu", "auto") and not torch.cuda.is_available():
-        threads = 1
-    if workers is None:
-        on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-        workers = 1 if on_gpu else max(1, os.cpu_count() or 1)
-    if threads is None and workers > 1:
-        threads = max(1, (os.cpu_count() or 1) // workers)  # the workers share the cores, no oversubscription
-    return threads, workers
+    _run(cfg, no_progress)
 
 
 def _run(cfg, no_progress):

@@ -140,10 +140,10 @@ def test_mse_regression(form):
     records = flatness.measure_sharpness(
         model, data, "keskar,worst_case,average_case", rho=0.05, epsilon=1e-3, loss_fn=F.mse_loss, settings=settings
     )
-    assert [r["metric"] for r in records] == ["keskar", "worst_case", "average_case"]
-    assert all(math.isfinite(r["value"]) for r in records)
-    assert all(r["base_loss"] == pytest.approx(loss, rel=1e-10) for r in records)
-    assert records[1]["value"] > 0  # ascent from the gradient direction raises the loss
+    assert [r.metric for r in records] == ["keskar", "worst_case", "average_case"]
+    assert all(math.isfinite(r.value) for r in records)
+    assert all(r.base_loss == pytest.approx(loss, rel=1e-10) for r in records)
+    assert records[1].value > 0  # ascent from the gradient direction raises the loss
 
 
 def test_measure_returns_the_probe_keys():
@@ -229,7 +229,7 @@ def test_tuple_and_dict_inputs(form):
         records = flatness.measure_sharpness(
             model, data, "average_case", rho=0.01, settings=flatness.SharpnessSettings(draws=2)
         )
-        assert records[0]["base_loss"] == pytest.approx(ref, rel=1e-10)
+        assert records[0].base_loss == pytest.approx(ref, rel=1e-10)
 
 
 # --------------------------------------------------------------------------- the exports
@@ -260,9 +260,11 @@ def test_every_exported_function_called_twice(tmp_path, digits_mlp_checkpoint):
         "as_probe_data": lambda: flatness.as_probe_data(data).n,
         "evaluate": lambda: flatness.evaluate(model, data),
         "measure": lambda: flatness.measure(model, data, top_k=1, settings=settings)["loss"],
-        "measure_sharpness": lambda: flatness.measure_sharpness(
-            model, data, "average_case", rho=0.01, settings=flatness.SharpnessSettings(draws=2)
-        )[0]["value"],
+        "measure_sharpness": lambda: (
+            flatness.measure_sharpness(
+                model, data, "average_case", rho=0.01, settings=flatness.SharpnessSettings(draws=2)
+            )[0].value
+        ),
         "lanczos": lambda: flatness.lanczos(flatness.HessianOperator(model, data), k=1).eigenvalues,
         "power_iteration": lambda: (
             flatness.power_iteration(flatness.HessianOperator(model, data), k=1, tol=1e-3).eigenvalues

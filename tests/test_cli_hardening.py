@@ -139,12 +139,12 @@ def test_train_resume_lock_holds_across_tmpdir_and_symlinks(run2, tmp_path, cli,
     ],
 )
 def test_experiment_checks_every_option_before_the_first_step(tmp_path, cli, monkeypatch, option, value, needle):
-    import flatness.training.loop
+    import flatness.study.experiment_steps
 
     def no_training(*args, **kwargs):
         raise AssertionError("experiment trained before it checked every option")
 
-    monkeypatch.setattr(flatness.training.loop, "train", no_training)
+    monkeypatch.setattr(flatness.study.experiment_steps, "train", no_training)
     study = tmp_path / "study"
     one_line_error(
         cli(["experiment", "--quick", "--no-progress", "--device", "cpu", "--out", study, option, value]), needle

@@ -612,8 +612,7 @@ def test_experiment_on_a_user_model_and_npz(cli, user, tmp_path):
 
 
 def test_mnist1d_picks_its_model_and_recipe():
-    from flatness.training.loop import build_config
-    from flatness.training.recipes import recipe_values
+    from flatness.training.config import build_config, recipe_values
 
     config = build_config({"dataset": "mnist1d"})
     assert (config.model, config.recipe) == ("mlp1d", "mnist1d-default")

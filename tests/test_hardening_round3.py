@@ -728,7 +728,20 @@ def test_unbounded_work_long_jobs_print_their_planned_size_first(tmp_path, digit
         raise FlatnessError("stopped after the plan")
 
     monkeypatch.setattr(experiment, "step_train", stop)
-    study = ["experiment", "--model", model, "--dataset", data, "--quick", "--seeds", "0", "--epochs", "1"]
+    study = [
+        "experiment",
+        "--model",
+        model,
+        "--dataset",
+        data,
+        "--quick",
+        "--seeds",
+        "0",
+        "--epochs",
+        "1",
+        "--workers",
+        "1",
+    ]
     line = first_line([*study, "--out", tmp_path / "study"])
     assert line == "Plan: experiment: 3 run(s) of up to 1 epochs, each probed, 8 surfaces of 120 points in all"
     monkeypatch.setattr(engines, "run_local", lambda tasks, *a, **k: None)

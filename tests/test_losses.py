@@ -14,6 +14,7 @@ import flatness
 from flatness.core.errors import FlatnessError
 from flatness.core.losses import LOSS_NAMES, named_loss
 from flatness.landscape.compute import SurfaceSettings
+from flatness.sharpness import LossOracle, measure_with_oracle
 from flatness.study.probe import ProbeSettings
 
 
@@ -114,7 +115,7 @@ def test_output_fn_reaches_the_hessian_sharpness_and_surface():
         got = flatness.HessianOperator(wrapped, (x, y), backend=backend, output_fn=pick).matvec(v)
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
     sharp = flatness.measure_sharpness(wrapped, (x, y), "worst_case", rho=0.05, output_fn=pick)
-    assert sharp[0]["value"] == flatness.measure_sharpness(plain, (x, y), "worst_case", rho=0.05)[0]["value"]
+    assert sharp[0].value == flatness.measure_sharpness(plain, (x, y), "worst_case", rho=0.05)[0].value
     surface = flatness.loss_surface(wrapped, (x, y), "-1:1:3", output_fn=pick)
     assert surface["loss"][1] == flatness.evaluate(plain, (x, y))[0]
 
@@ -188,15 +189,14 @@ def test_no_accuracy_and_a_loss_based_pac_bayes_on_a_regression_loss():
     assert flatness.evaluate(model, (x, y.unsqueeze(1)), F.mse_loss)[1] is None
     (record,) = flatness.measure_sharpness(model, (x, y.unsqueeze(1)), "pac_bayes", loss_fn=nn.MSELoss())
     base = flatness.evaluate(model, (x, y), "mse")[0]
-    assert record["criterion"] == "loss" and record["base_error"] == pytest.approx(base, rel=1e-6)
-    assert record["value"] is not None and record["value"] < 1e6
+    assert record.criterion == "loss" and record.base_error == pytest.approx(base, rel=1e-6)
+    assert record.value is not None and record.value < 1e6
     # classification keeps the error, and a user's error_fn is taken as given
     (cls,) = flatness.measure_sharpness(_mlp(), _xy(), "pac_bayes")
-    assert cls["criterion"] == "error"
-    (own,) = flatness.measure_sharpness(
-        model, (x, y), "pac_bayes", loss_fn="mse", error_fn=lambda o, t: (o[:, 0] - t).abs().mean()
-    )
-    assert own["criterion"] == "error"
+    assert cls.criterion == "error"
+    oracle = LossOracle(model, (x, y), "mse", error_fn=lambda o, t: (o[:, 0] - t).abs().mean())
+    (own,) = measure_with_oracle(oracle, flatness.SharpnessSettings(metrics="pac_bayes"))
+    assert own.criterion == "error"
     # accuracy needs at least two classes: a one-output model on integer labels has none
     assert flatness.evaluate(model, (x, torch.zeros(12, dtype=torch.long)), lambda o, t: o.mean())[1] is None
 

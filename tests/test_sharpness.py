@@ -57,12 +57,12 @@ def test_worst_case_global_ball_is_half_rho2_lambda_max():
     model = Params(np.zeros(6))
     for rho in (0.1, 1.0):
         for init in ("gradient", "random"):  # zero gradient at θ=0: "gradient" falls back to random
-            r = S.worst_case_sharpness(
-                model, dummy_data(), rho, ball="global", p=2, steps=60, init=init, loss_fn=quadratic_loss(A)
-            )
-            assert r["value"] == pytest.approx(0.5 * rho**2 * 5.0, rel=1e-4)
-            assert r["delta_norm"] == pytest.approx(rho, rel=1e-9)
-            assert r["gradient_evals"] >= 60 and r["solver"]
+            oracle = S.LossOracle(model, dummy_data(), quadratic_loss(A))
+            ascent = S.AscentSettings(steps=60, init=init)
+            r = S.worst_case_sharpness(oracle, rho, ball="global", p=2, ascent=ascent)
+            assert r.value == pytest.approx(0.5 * rho**2 * 5.0, rel=1e-4)
+            assert r.delta_norm == pytest.approx(rho, rel=1e-9)
+            assert r.gradient_evals >= 60 and r.solver
 
 
 def test_worst_case_tensor_ball_is_sum_of_block_maxima():
@@ -72,33 +72,33 @@ def test_worst_case_tensor_ball_is_sum_of_block_maxima():
     A[:3, :3], A[3:, 3:] = A1, A2
     model = Params(np.zeros(3), np.zeros((2, 2)))
     rho = 0.5
-    tensor = S.worst_case_sharpness(model, dummy_data(), rho, ball="tensor", steps=60, loss_fn=quadratic_loss(A))
-    assert tensor["value"] == pytest.approx(0.5 * rho**2 * (3.0 + 0.7), rel=1e-4)
-    glob = S.worst_case_sharpness(model, dummy_data(), rho, ball="global", steps=60, loss_fn=quadratic_loss(A))
-    assert glob["value"] == pytest.approx(0.5 * rho**2 * 3.0, rel=1e-4)
+    oracle, ascent = S.LossOracle(model, dummy_data(), quadratic_loss(A)), S.AscentSettings(steps=60)
+    tensor = S.worst_case_sharpness(oracle, rho, ball="tensor", ascent=ascent)
+    assert tensor.value == pytest.approx(0.5 * rho**2 * (3.0 + 0.7), rel=1e-4)
+    glob = S.worst_case_sharpness(oracle, rho, ball="global", ascent=ascent)
+    assert glob.value == pytest.approx(0.5 * rho**2 * 3.0, rel=1e-4)
 
 
 def test_worst_case_linf_ball_on_diagonal_quadratic_is_the_corner():
     a = np.array([2.0, 1.0, 0.5, 0.1])
     model = Params(np.zeros(4))
-    r = S.worst_case_sharpness(
-        model, dummy_data(), 0.3, ball="global", p="inf", steps=10, loss_fn=quadratic_loss(np.diag(a))
-    )
-    assert r["value"] == pytest.approx(0.5 * 0.3**2 * a.sum(), rel=1e-9)
-    assert r["p"] == "inf"
+    oracle = S.LossOracle(model, dummy_data(), quadratic_loss(np.diag(a)))
+    r = S.worst_case_sharpness(oracle, 0.3, ball="global", p="inf", ascent=S.AscentSettings(steps=10))
+    assert r.value == pytest.approx(0.5 * 0.3**2 * a.sum(), rel=1e-9)
+    assert r.p == "inf"
 
 
 def test_average_case_is_half_rho2_trace():
     A = random_sym([4.0, 2.0, 1.0, 0.5, 0.25], seed=4)
     model = Params(np.zeros(5))
     rho = 0.2
-    r = S.average_case_sharpness(model, dummy_data(), rho, draws=400, seed=3, loss_fn=quadratic_loss(A))
+    r = S.average_case_sharpness(S.LossOracle(model, dummy_data(), quadratic_loss(A)), rho, draws=400, seed=3)
     exact = 0.5 * rho**2 * np.trace(A)
     # the standard error is right: var(0.5 ρ² zᵀAz) = 0.5 ρ⁴ tr(A²)
     expected_se = math.sqrt(0.5 * rho**4 * np.trace(A @ A) / 400)
-    assert r["stderr"] == pytest.approx(expected_se, rel=0.25)
-    assert abs(r["value"] - exact) < 4 * r["stderr"]
-    assert r["draws"] == 400 and r["loss_evals"] == 401
+    assert r.stderr == pytest.approx(expected_se, rel=0.25)
+    assert abs(r.value - exact) < 4 * r.stderr
+    assert r.draws == 400 and r.loss_evals == 401
 
 
 def test_keskar_on_separable_quadratic_matches_closed_form():
@@ -125,11 +125,12 @@ def test_keskar_on_separable_quadratic_matches_closed_form():
     base = f(np.zeros_like(theta))
     exact = 100 * (f(best_y) - base) / (1 + base)
     model = Params(theta)
-    r = S.keskar_sharpness(model, dummy_data(), eps, iterations=50, loss_fn=loss_fn)
-    assert r["value"] == pytest.approx(exact, rel=1e-6)
-    assert r["solver"] == "L-BFGS-B" and r["iterations"] >= 1 and r["base_loss"] == pytest.approx(base)
+    oracle = S.LossOracle(model, dummy_data(), loss_fn)
+    r = S.keskar_sharpness(oracle, eps, iterations=50)
+    assert r.value == pytest.approx(exact, rel=1e-6)
+    assert r.solver == "L-BFGS-B" and r.iterations >= 1 and r.base_loss == pytest.approx(base)
     # the box really binds: a bigger box gives a bigger value
-    assert S.keskar_sharpness(model, dummy_data(), 2 * eps, iterations=50, loss_fn=loss_fn)["value"] > exact
+    assert S.keskar_sharpness(oracle, 2 * eps, iterations=50).value > exact
 
 
 # --------------------------------------------------------------------------- Dinh rescaling
@@ -162,6 +163,7 @@ def test_dinh_rescaling_leaves_adaptive_metrics_unchanged(digits_mlp_checkpoint,
     x = small_digits.batches[0][0]
     with torch.no_grad():  # the function really is unchanged
         assert torch.allclose(a(x), b(x), rtol=1e-4, atol=1e-5)
+    oa, ob = S.LossOracle(a, small_digits), S.LossOracle(b, small_digits)
     for ball, p, init in (
         ("global", 2, "gradient"),
         ("global", 2, "random"),
@@ -169,23 +171,23 @@ def test_dinh_rescaling_leaves_adaptive_metrics_unchanged(digits_mlp_checkpoint,
         ("global", "inf", "random"),
     ):
         rho = 0.5 if p == 2 else 0.05
-        kw = dict(ball=ball, p=p, adaptive=True, steps=6, init=init, seed=7)
-        ra = S.worst_case_sharpness(a, small_digits, rho, **kw)
-        rb = S.worst_case_sharpness(b, small_digits, rho, **kw)
-        assert ra["value"] > 0
-        assert rb["value"] == pytest.approx(ra["value"], rel=1e-5), (ball, p, init)
+        kw = dict(ball=ball, p=p, adaptive=True, ascent=S.AscentSettings(steps=6, init=init), seed=7)
+        ra = S.worst_case_sharpness(oa, rho, **kw)
+        rb = S.worst_case_sharpness(ob, rho, **kw)
+        assert ra.value > 0
+        assert rb.value == pytest.approx(ra.value, rel=1e-5), (ball, p, init)
         if init == "random":
-            assert ra["best_step"] > 0  # the path matters, not only its start
-    aa = S.average_case_sharpness(a, small_digits, 0.2, draws=8, adaptive=True, seed=7)
-    ab = S.average_case_sharpness(b, small_digits, 0.2, draws=8, adaptive=True, seed=7)
-    assert aa["value"] > 0 and ab["value"] == pytest.approx(aa["value"], rel=1e-5)
+            assert ra.best_step > 0  # the path matters, not only its start
+    aa = S.average_case_sharpness(oa, 0.2, draws=8, adaptive=True, seed=7)
+    ab = S.average_case_sharpness(ob, 0.2, draws=8, adaptive=True, seed=7)
+    assert aa.value > 0 and ab.value == pytest.approx(aa.value, rel=1e-5)
     # the plain measures see the rescaling
-    kw = dict(ball="global", steps=6, seed=7)
-    pa = S.worst_case_sharpness(a, small_digits, 0.5, **kw)["value"]
-    pb = S.worst_case_sharpness(b, small_digits, 0.5, **kw)["value"]
+    kw = dict(ball="global", ascent=S.AscentSettings(steps=6), seed=7)
+    pa = S.worst_case_sharpness(oa, 0.5, **kw).value
+    pb = S.worst_case_sharpness(ob, 0.5, **kw).value
     assert abs(pb - pa) > 0.05 * abs(pa)
-    qa = S.average_case_sharpness(a, small_digits, 0.2, draws=8, seed=7)["value"]
-    qb = S.average_case_sharpness(b, small_digits, 0.2, draws=8, seed=7)["value"]
+    qa = S.average_case_sharpness(oa, 0.2, draws=8, seed=7).value
+    qb = S.average_case_sharpness(ob, 0.2, draws=8, seed=7).value
     assert abs(qb - qa) > 0.05 * abs(qa)
 
 
@@ -215,15 +217,16 @@ def test_pac_bayes_bisection_recovers_closed_form_sigma():
     mag_exact = brentq(lambda s: norm.cdf(-w / np.sqrt(s * s * w * w + 1e-6)).mean() - 0.1, 1e-3, 100)
     assert mag_exact == pytest.approx(1 / norm.ppf(0.9), rel=1e-3)
     before = model.w.detach().clone()
-    r = S.pac_bayes_flatness(model, data, draws=16, seed=0)
-    assert r["base_error"] == 0.0 and r["converged"]
-    assert r["sigma"] == pytest.approx(plain_exact, rel=0.05)
-    assert r["flatness"] == pytest.approx(1 / r["sigma"] ** 2) and r["value"] == r["flatness"]
-    m = S.pac_bayes_flatness(model, data, draws=16, magnitude=True, seed=0)
-    assert m["sigma"] == pytest.approx(mag_exact, rel=0.05)
+    oracle = S.LossOracle(model, data)
+    r = S.pac_bayes_flatness(oracle, draws=16, seed=0)
+    assert r.base_error == 0.0 and r.converged
+    assert r.sigma == pytest.approx(plain_exact, rel=0.05)
+    assert r.flatness == pytest.approx(1 / r.sigma**2) and r.value == r.flatness
+    m = S.pac_bayes_flatness(oracle, draws=16, magnitude=True, seed=0)
+    assert m.sigma == pytest.approx(mag_exact, rel=0.05)
     assert torch.equal(model.w.detach(), before)
     # deterministic under the seed
-    assert S.pac_bayes_flatness(model, data, draws=16, seed=0)["sigma"] == r["sigma"]
+    assert S.pac_bayes_flatness(S.LossOracle(model, data), draws=16, seed=0).sigma == r.sigma
 
 
 # --------------------------------------------------------------------------- monotone in the radius, validation
@@ -231,13 +234,10 @@ def test_pac_bayes_bisection_recovers_closed_form_sigma():
 
 def test_worst_case_grows_with_radius(digits_checkpoint, small_digits):
     model, _ = load_checkpoint(digits_checkpoint)
-    values = [
-        S.worst_case_sharpness(model, small_digits, rho, ball="tensor", steps=5)["value"] for rho in (0.01, 0.05, 0.2)
-    ]
+    oracle, ascent = S.LossOracle(model, small_digits), S.AscentSettings(steps=5)
+    values = [S.worst_case_sharpness(oracle, rho, ball="tensor", ascent=ascent).value for rho in (0.01, 0.05, 0.2)]
     assert 0 < values[0] < values[1] < values[2]
-    adaptive = [
-        S.worst_case_sharpness(model, small_digits, rho, adaptive=True, steps=5)["value"] for rho in (0.05, 0.2)
-    ]
+    adaptive = [S.worst_case_sharpness(oracle, rho, adaptive=True, ascent=ascent).value for rho in (0.05, 0.2)]
     assert 0 < adaptive[0] < adaptive[1]
 
 
@@ -256,18 +256,112 @@ def test_worst_case_grows_with_radius(digits_checkpoint, small_digits):
         (dict(metrics="all", ascent_steps=0), "ascent steps must be"),
         (dict(metrics="all", ball="sphere"), "ball must be"),
         (dict(metrics="all", p=3), "p must be 2 or inf"),
+        (dict(metrics="all", lbfgs_iterations=0), "lbfgs iterations must be"),
+        (dict(metrics="all", pac_bayes_draws=0), "pac-bayes draws must be"),
+        (dict(metrics="all", draws=1.5), "draws must be an integer"),
+        (dict(metrics="all", draws=float("nan")), "draws must be an integer"),
+        (dict(metrics="all", ascent_steps="3"), "ascent steps must be an integer >= 1, got '3'"),
+        (dict(metrics="all", draws=True), "draws must be an integer"),
+        (dict(metrics="all", rhos="0.1,x"), "--rho takes numbers separated by commas, got 'x'"),
     ],
 )
-def test_validate_rejects_bad_input(kwargs, match):
+def test_checked_rejects_bad_input(kwargs, match):
     with pytest.raises(FlatnessError, match=match) as info:
-        S.validate(**kwargs)
+        S.SharpnessSettings(**kwargs).checked()
     assert "\n" not in str(info.value)
 
 
-def test_validate_expands_all_and_names():
-    assert S.validate("all") == S.METRIC_NAMES
-    assert S.validate("keskar, pac-bayes,keskar") == ("keskar", "pac_bayes")
-    assert S.validate(["worst_case"], rhos=[0.1], ball="global", draws=3, ascent_steps=2, p="inf") == ("worst_case",)
+def test_checked_expands_all_and_names():
+    assert S.SharpnessSettings(metrics="all").checked().metrics == S.METRIC_NAMES
+    assert S.SharpnessSettings(metrics="keskar, pac-bayes,keskar").checked().metrics == ("keskar", "pac_bayes")
+    settings = S.SharpnessSettings(metrics=["worst_case"], rhos=[0.1], ball="global", draws=3, ascent_steps=2, p="inf")
+    checked = settings.checked()
+    assert checked.metrics == ("worst_case",) and checked.rhos == (0.1,) and checked.p == "inf"
+    assert checked.epsilons == S.DEFAULTS["epsilons"] and checked.draws == 3 and checked.lbfgs_iterations is None
+    assert checked.checked() == checked  # the normal form is a fixed point
+    assert S.SharpnessSettings().checked().rhos == S.DEFAULTS["rhos"] and S.SharpnessSettings().checked().p == 2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.ball = "tensor"
+
+
+@pytest.mark.parametrize(
+    "values, expected",
+    [
+        (None, (0.02, 0.05)),
+        (0.1, (0.1,)),
+        ([0.1, "0.2"], (0.1, 0.2)),
+        ("0.05, 0.1", (0.05, 0.1)),
+        ("0.05,,0.1,", (0.05, 0.1)),
+        ([], ()),
+    ],
+)
+def test_radii_reads_numbers_and_command_line_text(values, expected):
+    assert S.radii(values, (0.02, 0.05), "rho") == expected
+
+
+@pytest.mark.parametrize(
+    "values, match",
+    [
+        ("0.05,abc", "--rho takes numbers separated by commas, got 'abc'"),
+        ("-1", "--rho values must be finite and > 0, got -1"),
+        ("0.1,inf", "--rho values must be finite and > 0, got inf"),
+        ("nan", "--rho values must be finite and > 0, got nan"),
+        (" , ", "--rho needs at least one value"),
+        ([0.1, float("inf")], "rho must be > 0 and finite"),
+        (0, "rho must be > 0 and finite"),
+        (["x"], "rho must be a number, got 'x'"),
+    ],
+)
+def test_radii_rejects_bad_values_in_one_line(values, match):
+    with pytest.raises(FlatnessError, match=match) as info:
+        S.radii(values, (0.02,), "rho")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "settings, match",
+    [
+        (S.AscentSettings(steps=0), "ascent steps must be >= 1"),
+        (S.AscentSettings(init="sideways"), "init must be gradient or random"),
+        (S.BisectionSettings(target_deviation=1.0), "target deviation must be in"),
+        (S.BisectionSettings(target_deviation=0), "target deviation must be in"),
+    ],
+)
+def test_solver_settings_are_checked(settings, match):
+    with pytest.raises(FlatnessError, match=match):
+        settings.checked()
+
+
+def test_solver_settings_fill_the_defaults():
+    assert S.AscentSettings().checked() == S.AscentSettings(steps=10, step_size=1.0, init="gradient")
+    assert S.BisectionSettings().checked() == S.BisectionSettings(target_deviation=0.1, tolerance=0.02, max_steps=30)
+
+
+def test_results_keep_the_probe_record_layout():
+    """The probe JSON's sharpness records are the results' to_dict(): their keys, in this order, are the format."""
+    counts = ["loss_evals", "gradient_evals", "error_evals", "seconds"]
+    layout = {
+        "keskar": ["metric", "value", "epsilon", "p", "ball", "c", "base_loss", "max_loss", "solver", "iterations"]
+        + ["solver_message"],
+        "worst_case": ["metric", "value", "rho", "p", "ball", "c", "base_loss", "max_loss", "solver", "iterations"]
+        + ["best_step", "init", "step_size", "delta_norm"],
+        "average_case": ["metric", "value", "stderr", "rho", "p", "ball", "c", "base_loss", "draws", "solver"]
+        + ["iterations"],
+        "pac_bayes": ["metric", "value", "sigma", "flatness", "p", "ball", "c", "base_error", "criterion"]
+        + ["target_deviation", "draws", "sigma_low", "sigma_high", "converged", "solver", "iterations"],
+    }
+    A = random_sym([2.0, 1.0, 0.5], seed=5)
+    oracle = S.LossOracle(Params(np.array([0.3, -0.2, 0.1])), dummy_data(), quadratic_loss(A))
+    results = S.measure_with_oracle(
+        oracle, S.SharpnessSettings(metrics="all", rhos=0.1, epsilons=1e-3, draws=2, ascent_steps=2, pac_bayes_draws=2)
+    )
+    assert [r.metric for r in results] == list(S.METRIC_NAMES)
+    for r in results:
+        record = r.to_dict()
+        assert list(record) == layout[r.metric.replace("adaptive_", "").replace("_magnitude", "")] + counts
+        assert record["value"] == r.value and json.loads(json.dumps(record)) == record
+    assert (results[0].p, results[0].ball, results[0].solver) == ("inf", "box", "L-BFGS-B")
+    assert (results[3].p, results[3].ball, results[5].solver) == (None, None, "bisection")
 
 
 def test_default_rhos_include_the_digits_amp_epsilon():
@@ -314,7 +408,7 @@ def test_weight_norm_and_distance_from_init():
 
 
 def _strip(records):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+    return [{k: v for k, v in r.to_dict().items() if k != "seconds"} for r in records]
 
 
 def test_measure_sharpness_all_on_digits_checkpoint(digits_checkpoint, small_digits):
@@ -325,7 +419,8 @@ def test_measure_sharpness_all_on_digits_checkpoint(digits_checkpoint, small_dig
         ball="tensor", draws=6, ascent_steps=5, seed=3, progress=False, lbfgs_iterations=5, pac_bayes_draws=4
     )
     kw = dict(rho=[0.05, 0.5], epsilon=[1e-3], settings=settings)
-    records = S.measure_sharpness(model, small_digits, S.METRIC_NAMES, **kw)
+    results = S.measure_sharpness(model, small_digits, S.METRIC_NAMES, **kw)
+    records = [r.to_dict() for r in results]  # the probe file's records
     assert model.training
     after = model.state_dict()
     assert all(torch.equal(state[k], after[k]) for k in state)  # weights and BN buffers, bit for bit
@@ -349,7 +444,7 @@ def test_measure_sharpness_all_on_digits_checkpoint(digits_checkpoint, small_dig
     json.dumps(records)  # JSON-safe
     model.eval()
     again = S.measure_sharpness(model, small_digits, "all", **kw)
-    assert _strip(again) == _strip(records)  # reproducible under the seed
+    assert _strip(again) == _strip(results)  # reproducible under the seed
     other = S.measure_sharpness(
         model,
         small_digits,
@@ -358,7 +453,7 @@ def test_measure_sharpness_all_on_digits_checkpoint(digits_checkpoint, small_dig
         epsilon=kw["epsilon"],
         settings=dataclasses.replace(settings, seed=4),
     )
-    assert other[0]["value"] != records[5]["value"]
+    assert other[0].value != results[5].value
 
 
 # --------------------------------------------------------------------------- the probe CLI
@@ -444,17 +539,17 @@ def test_pac_bayes_reports_the_midpoint_that_meets_the_target():
     def error_fn(outputs, targets):
         return (outputs.double() ** 2).mean()
 
-    r = S.pac_bayes_flatness(model, dummy_data(), draws=draws, tolerance=tol, max_steps=60, seed=0, error_fn=error_fn)
-    lo, hi, sigma = r["sigma_low"], r["sigma_high"], r["sigma"]
-    assert r["converged"] and r["base_error"] == 0.0
+    oracle = S.LossOracle(model, dummy_data(), error_fn=error_fn)
+    r = S.pac_bayes_flatness(oracle, draws=draws, bisection=S.BisectionSettings(tolerance=tol, max_steps=60), seed=0)
+    lo, hi, sigma = r.sigma_low, r.sigma_high, r.sigma
+    assert r.converged and r.base_error == 0.0
     assert lo < sigma < hi and sigma == pytest.approx(0.5 * (lo + hi), rel=1e-12)
     assert hi - lo <= tol * hi
     # c from the same draws at σ = 1 (the error is exactly quadratic in σ), and c ≈ 1 by the law of
     # large numbers (8·10⁵ squared normals: 5 standard deviations is 0.8%)
-    oracle = S.LossOracle(model, dummy_data(), error_fn=error_fn)
     c = np.mean([oracle.error(standard_normal(oracle, draw_seed(0, k))) for k in range(draws)])
     assert c == pytest.approx(1.0, abs=5 * math.sqrt(2 / (draws * d)))
     exact = math.sqrt(0.1 / c)
     assert lo <= exact <= hi
     assert abs(sigma - exact) <= 0.5 * tol * hi
-    assert r["flatness"] == pytest.approx(1 / sigma**2)
+    assert r.flatness == pytest.approx(1 / sigma**2)

@@ -28,6 +28,7 @@ import warnings
 # tqdm (flatness's progress bars) tells a kernel without ipywidgets so on import; the bars are off here anyway
 warnings.filterwarnings("ignore", message="IProgress not found")
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -36,7 +37,7 @@ import torch
 from IPython.display import Image, Markdown, display
 
 import flatness
-from flatness.study.experiment import ExperimentConfig
+from flatness.study.experiment_config import ExperimentConfig, study_probe_settings
 
 torch.set_num_threads(1)
 work = tempfile.mkdtemp(prefix="flatness-erm-amp-sam-")
@@ -58,7 +59,9 @@ config = ExperimentConfig(
     quick=True,
     samples=64,
     grid=3,
-    probe={"sharpness": ["worst_case"], "density_steps": 8, "trace_samples": 2},
+    probe=dataclasses.replace(
+        study_probe_settings(quick=True), sharpness=["worst_case"], density_steps=8, trace_samples=2
+    ),
     data_dir=data_dir,
     device="cpu",
     workers=1,

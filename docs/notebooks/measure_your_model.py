@@ -149,9 +149,9 @@ show(fig)
 # average-case increase under Gaussian noise of the same scale.
 
 # %%
-records = flatness.measure_sharpness(model, train_data, metrics=["worst_case", "average_case"], rho=[0.01, 0.05])
-for record in records:
-    print(f"{record['metric']:>12}  rho {record['rho']:<5} {record['value']:.5f}")
+results = flatness.measure_sharpness(model, train_data, metrics=["worst_case", "average_case"], rho=[0.01, 0.05])
+for result in results:
+    print(f"{result.metric:>12}  rho {result.rho:<5} {result.value:.5f}")
 
 # %% [markdown]
 # ## A 2-D loss surface

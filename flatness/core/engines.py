@@ -33,9 +33,14 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import torch
+
 from flatness.core.errors import FlatnessError
+from flatness.core.validation import check_count
 
 ENGINES = ("local", "ray")
+MAX_WORKERS = 4096  # more processes than any machine runs at once is a typo
+MAX_THREADS = 4096  # torch.set_num_threads overflows on absurd values; no machine has this many cores
 RAY_MISSING = "--engine ray needs Ray, which is not installed: pip install 'flatness[ray]'"
 # on_done(result) may return follow-up tasks (None: none).
 OnDone = Callable[[Any], Iterable[Any] | None]
@@ -52,6 +57,52 @@ def check_engine(engine: str) -> None:
 
         if importlib.util.find_spec("ray") is None:
             raise FlatnessError(RAY_MISSING)
+
+
+def default_workers(workers: int | None, device: str | None = None) -> int:
+    """How many tasks run at once: ``workers`` as given (checked), else one per CPU core.
+
+    Args:
+        workers: the ``--workers`` option (None: the default).
+        device: where each task computes; on a GPU (``cuda...``, or ``auto`` with CUDA present) the
+            default is 1, the tasks' work being on the one GPU. None: the cores whatever the device
+            (a sweep's cells, one thread each, may share a GPU).
+
+    Returns:
+        The number of workers.
+    """
+    if workers is not None:
+        return check_count(workers, "--workers", maximum=MAX_WORKERS)
+    if device is not None:
+        on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        if on_gpu:
+            return 1
+    return max(1, os.cpu_count() or 1)
+
+
+def default_threads(threads: int | None, workers: int, device: str, tiny_model: bool = False) -> int | None:
+    """The torch threads of each worker process: ``threads`` as given (checked), else the rule below.
+
+    A tiny model on the CPU (``tiny_model``: MNIST-1D's and digits' default models) uses 1 thread: it
+    gains nothing from more, and loses a lot on a busy machine. Several workers share the cores
+    (cores // workers each, no oversubscription). Otherwise None: PyTorch's choice.
+
+    Args:
+        threads: the ``--threads`` option (None: the default).
+        workers: the workers that run at once (``default_workers``).
+        device: the ``--device`` option.
+        tiny_model: the model is one of the tiny default ones.
+
+    Returns:
+        The threads per process, or None for PyTorch's choice.
+    """
+    if threads is not None:
+        return check_count(threads, "--threads", maximum=MAX_THREADS)
+    if tiny_model and device in ("cpu", "auto") and not torch.cuda.is_available():
+        return 1
+    if workers > 1:
+        return max(1, (os.cpu_count() or 1) // workers)
+    return None
 
 
 class ReadyTasks:

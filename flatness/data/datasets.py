@@ -10,7 +10,7 @@ bundled 8x8 handwritten digits) is the offline default; ``mnist1d`` is generated
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import pickle
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +18,8 @@ import torch
 from torch.utils.data import Dataset
 
 from flatness.core.errors import FlatnessError
+from flatness.data.mnist1d import mnist1d_split
+from flatness.data.tensor_data import TensorImageDataset
 
 DEFAULT_DATA_DIR = "data"
 SPLITS = ("train", "test")
@@ -38,26 +40,6 @@ class DatasetInfo:
     default_model: str | None = None
 
 
-class TensorImageDataset(Dataset):
-    """Images and labels already in memory as tensors (the digits set, and tests' fixtures)."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable | None = None):
-        if images.shape[0] != labels.shape[0]:
-            raise ValueError("images and labels differ in length")
-        self.images = images
-        self.labels = labels
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, index):
-        image = self.images[index]
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, int(self.labels[index])
-
-
 # --------------------------------------------------------------------------- digits (offline default)
 
 # The split is fixed forever so that numbers stay comparable across versions: a stratified 80/20
@@ -67,6 +49,7 @@ DIGITS_SPLIT_SEED = 0
 
 
 def _digits_split(split: str) -> TensorImageDataset:
+    # late: scikit-learn is heavy and only the digits set needs it
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -89,14 +72,14 @@ def _digits_split(split: str) -> TensorImageDataset:
 
 
 def _normalize(info: DatasetInfo):
-    from torchvision import transforms as T
+    from torchvision import transforms as T  # late: torchvision is heavy and only its datasets need it
 
     return T.Normalize(info.mean, info.std)
 
 
 def _transform(name: str, augment: bool):
     """The standard preprocessing per dataset; `augment` adds the published training augmentation."""
-    from torchvision import transforms as T
+    from torchvision import transforms as T  # late: torchvision is heavy and only its datasets need it
 
     info = DATASETS[name]
     steps = []
@@ -134,7 +117,6 @@ def _present_cifar(cls):
     This avoids re-hashing 170 MB of md5 on every load. The archive's md5 is still checked when it
     is downloaded; damaged files fail when they are parsed (a FlatnessError below).
     """
-    import pickle
 
     class Present(cls):
         def _check_integrity(self) -> bool:
@@ -156,7 +138,7 @@ def _present_cifar(cls):
 
 
 def _present_svhn():
-    from torchvision import datasets as D
+    from torchvision import datasets as D  # late: torchvision is heavy and only its datasets need it
 
     class SVHN(D.SVHN):
         def _check_integrity(self) -> bool:  # presence; the md5 is checked by download_url on download
@@ -166,9 +148,7 @@ def _present_svhn():
 
 
 def _torchvision(name: str, split: str, root: str, augment: bool, download: bool) -> Dataset:
-    import pickle
-
-    from torchvision import datasets as D
+    from torchvision import datasets as D  # late: torchvision is heavy and only its datasets need it
 
     transform = _transform(name, augment)
     train = split == "train"
@@ -276,7 +256,5 @@ def get_dataset(
     if name == "digits":
         return _digits_split(split)  # no augmentation: 8x8 digits lose too much to crops
     if name == "mnist1d":
-        from flatness.data.mnist1d import mnist1d_split
-
         return mnist1d_split(split, root or DEFAULT_DATA_DIR)  # no augmentation: the generator's set as is
     return _torchvision(name, split, root or DEFAULT_DATA_DIR, augment, download)

@@ -20,7 +20,7 @@ import torch
 
 from flatness.core.errors import FlatnessError
 from flatness.core.fileio import atomic_write, os_error_reason
-from flatness.data.datasets import TensorImageDataset
+from flatness.data.tensor_data import TensorImageDataset
 
 CACHE_NAME = "mnist1d_default.npz"
 SEQUENCE_LENGTH = 40
@@ -29,7 +29,7 @@ ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 def generator_args() -> dict[str, Any]:
     """The ``mnist1d`` package's published default generator arguments (without its download URL)."""
-    try:
+    try:  # late: the generator package is needed only for MNIST-1D, and a missing one is a one-line error
         from mnist1d.data import get_dataset_args
     except ImportError:
         raise FlatnessError("the mnist1d dataset needs the mnist1d package: pip install mnist1d") from None
@@ -47,7 +47,7 @@ def generate(args: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
     Returns:
         ``{"x_train", "y_train", "x_test", "y_test"}`` as the generator made them (float64 / int64).
     """
-    from mnist1d.data import make_dataset
+    from mnist1d.data import make_dataset  # late: only MNIST-1D needs its generator package
     from mnist1d.utils import ObjectView
 
     args = dict(generator_args() if args is None else args)

@@ -1,4 +1,6 @@
-"""Datasets held as tensors on the compute device, with the standard augmentation done on-device.
+"""Datasets held as tensors: in memory (``TensorImageDataset``), and on the device with augmentation.
+
+``TensorImageDataset`` holds images and labels already in memory (digits, MNIST-1D, tests' fixtures).
 
 The CUDA fast path: CIFAR-10 (50,000 x 3 x 32 x 32 float32, 600 MB) fits on any training GPU, and
 then the per-image PIL pipeline (the bottleneck of a small ResNet on a fast GPU) disappears:
@@ -9,11 +11,31 @@ and ``RandomHorizontalFlip`` in distribution.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+
+class TensorImageDataset(Dataset):
+    """Images and labels already in memory as tensors (the digits set, and tests' fixtures)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable | None = None):
+        if images.shape[0] != labels.shape[0]:
+            raise ValueError("images and labels differ in length")
+        self.images = images
+        self.labels = labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index):
+        image = self.images[index]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[index])
 
 
 @dataclass(frozen=True)

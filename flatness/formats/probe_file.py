@@ -157,6 +157,23 @@ def _write_sidecar(path: str, vectors, density_arrays, payload) -> None:
     atomic_write(path, lambda handle: handle.write(buffer.getbuffer()))
 
 
+def is_probe_file(path: str) -> bool:
+    """Whether ``path`` is a JSON object with a probe's ``hessian`` and ``checkpoint`` (not validated).
+
+    Args:
+        path: any file.
+
+    Returns:
+        True when it looks like a probe file (``read_probe`` then checks it).
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            obj = json.load(handle)
+    except (OSError, ValueError):
+        return False
+    return isinstance(obj, dict) and "hessian" in obj and "checkpoint" in obj
+
+
 def read_probe(path: str) -> dict[str, Any]:
     """The probe dict of ``path``, validated; any problem is a one-line FlatnessError."""
     if not os.path.isfile(path):

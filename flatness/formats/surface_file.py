@@ -67,9 +67,25 @@ VALUE_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc")
 
 
 def _h5py():
-    import h5py
+    import h5py  # late: h5py is heavy, and only the surface commands read or write these files
 
     return h5py
+
+
+def is_surface_file(path: str) -> bool:
+    """Whether ``path`` is a readable HDF5 file with a surface's ``xcoordinates`` (no checks beyond that).
+
+    Args:
+        path: any file.
+
+    Returns:
+        True for a surface file (flatness's or loss-landscape's).
+    """
+    try:
+        with _h5py().File(path, "r") as f:
+            return "xcoordinates" in f
+    except OSError:
+        return False
 
 
 def _attr_value(value: Any) -> Any:

@@ -8,53 +8,67 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from flatness.core.errors import FlatnessError
-from flatness.core.evaluation import LossFn, eval_mode
+from flatness.core.evaluation import eval_mode
 from flatness.core.progress import progress_bar
-from flatness.data.batches import OutputFn
-from flatness.sharpness.oracle import DEFAULTS, LossOracle, counts_record, draw_seed, oracle_for, standard_normal
+from flatness.sharpness.oracle import DEFAULTS, LossOracle, SharpnessRecord, counts_record, draw_seed, standard_normal
 
 
-# Reason for 9 parameters: the quantity (rho, adaptive), its Monte-Carlo budget and seed, and the
-# shared-oracle hooks of measure_sharpness.
+@dataclass(frozen=True, kw_only=True)
+class AverageCaseResult(SharpnessRecord):
+    """Average-case (or adaptive average-case) sharpness at one ρ: the mean increase and its error.
+
+    ``stderr`` is None for one draw; ``iterations`` = ``draws``; ``*_evals`` count full-data
+    evaluations.
+    """
+
+    metric: str
+    value: float
+    stderr: float | None
+    rho: float
+    p: None = field(default=None, init=False)
+    ball: None = field(default=None, init=False)
+    c: str
+    base_loss: float
+    draws: int
+    solver: str = field(default="monte-carlo", init=False)
+    iterations: int
+    loss_evals: int
+    gradient_evals: int
+    error_evals: int
+    seconds: float
+
+
 def average_case_sharpness(
-    model: nn.Module,
-    data: Any,
+    oracle: LossOracle,
     rho: float,
     draws: int | None = None,
     adaptive: bool = False,
     seed: int = 0,
     progress: bool = False,
-    oracle: LossOracle | None = None,
-    loss_fn: LossFn | str | None = None,
-    output_fn: OutputFn | None = None,
-) -> dict[str, object]:
+) -> AverageCaseResult:
     """E over δ ~ N(0, ρ² diag(c²)) of L(θ+δ) − L(θ), c = |θ| if adaptive else 1.
 
     The mean over ``draws`` seeded draws and its standard error (None for one draw). Draw k uses
     seed·1000003 + k.
 
     Args:
-        model: any ``nn.Module``; measured in eval mode, its modes and weights restored after.
-        data: any form ``as_probe_data`` accepts (unused with ``oracle``).
+        oracle: the ``LossOracle`` of the model, data and loss (shared with other metrics); its model
+            is measured in eval mode, its modes and weights restored after.
         rho: the per-coordinate standard deviation ρ > 0.
         draws: Monte-Carlo draws (default ``DEFAULTS['draws']``).
         adaptive: c = |θ| instead of 1.
         seed: seed of the draws.
         progress: show a progress bar.
-        oracle: a ``LossOracle`` shared with other metrics (else one is made).
-        loss_fn: ``loss_fn(outputs, targets)`` -> batch mean loss, for a new oracle.
-        output_fn: what of the model's output the loss sees, for a new oracle.
 
     Returns:
-        The record: ``metric``, ``value`` (mean increase), ``stderr``, ``rho``, ``c``, ``base_loss``,
-        ``draws``, evaluation counts and ``seconds``.
+        The mean increase (``value``), its ``stderr``, ``base_loss``, ``draws``, evaluation counts and
+        ``seconds``.
     """
     if not (math.isfinite(rho) and rho > 0):
         raise FlatnessError(f"rho must be > 0 and finite, got {rho}")
@@ -62,30 +76,24 @@ def average_case_sharpness(
     if draws < 1:
         raise FlatnessError(f"draws must be >= 1, got {draws}")
     start = time.perf_counter()
-    with eval_mode(model):
-        oracle = oracle_for(model, data, oracle, loss_fn, output_fn=output_fn)
+    with eval_mode(oracle.model):
         before = oracle.counts()
         c = oracle.theta.abs() if adaptive else torch.ones_like(oracle.theta)
         base = oracle.loss(None)
         bar = progress_bar(progress, draws, f"{'adaptive_' if adaptive else ''}average_case rho={rho:g}")
         mean, stderr = _increase_stats(oracle, rho * c, base, draws, seed, bar)
-    name = "adaptive_average_case" if adaptive else "average_case"
-    record = {
-        "metric": name,
-        "value": mean,
-        "stderr": stderr,
-        "rho": float(rho),
-        "p": None,
-        "ball": None,
-        "c": "|theta|" if adaptive else "1",
-        "base_loss": base,
-        "draws": draws,
-        "solver": "monte-carlo",
-        "iterations": draws,
-    }
-    record.update(counts_record(oracle, before))
-    record["seconds"] = time.perf_counter() - start
-    return record
+    return AverageCaseResult(
+        metric="adaptive_average_case" if adaptive else "average_case",
+        value=mean,
+        stderr=stderr,
+        rho=float(rho),
+        c="|theta|" if adaptive else "1",
+        base_loss=base,
+        draws=draws,
+        iterations=draws,
+        **counts_record(oracle, before),
+        seconds=time.perf_counter() - start,
+    )
 
 
 def _increase_stats(

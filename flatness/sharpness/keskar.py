@@ -8,32 +8,45 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from flatness.core.errors import FlatnessError
-from flatness.core.evaluation import LossFn, eval_mode
+from flatness.core.evaluation import eval_mode
 from flatness.core.progress import progress_bar
-from flatness.data.batches import OutputFn
-from flatness.sharpness.oracle import DEFAULTS, LossOracle, counts_record, generator, oracle_for
+from flatness.sharpness.oracle import DEFAULTS, LossOracle, SharpnessRecord, counts_record, generator
 
 
-# Reason for 8 parameters: the documented public API: the quantity (epsilon), the solver budget and
-# seed, progress, and the shared-oracle hooks of measure_sharpness (which passes SharpnessSettings').
+@dataclass(frozen=True, kw_only=True)
+class KeskarResult(SharpnessRecord):
+    """Keskar's ε-sharpness φ (``value``, in percent) at one ε, and how it was found.
+
+    ``max_loss`` is the largest loss L-BFGS-B evaluated in the box; ``iterations`` and
+    ``solver_message`` are scipy's; ``*_evals`` count full-data evaluations.
+    """
+
+    metric: str = field(default="keskar", init=False)
+    value: float
+    epsilon: float
+    p: str = field(default="inf", init=False)
+    ball: str = field(default="box", init=False)
+    c: str = field(default="|theta|+1", init=False)
+    base_loss: float
+    max_loss: float
+    solver: str = field(default="L-BFGS-B", init=False)
+    iterations: int
+    solver_message: str
+    loss_evals: int
+    gradient_evals: int
+    error_evals: int
+    seconds: float
+
+
 def keskar_sharpness(
-    model: nn.Module,
-    data: Any,
-    epsilon: float,
-    iterations: int | None = None,
-    seed: int = 0,
-    progress: bool = False,
-    oracle: LossOracle | None = None,
-    loss_fn: LossFn | str | None = None,
-    output_fn: OutputFn | None = None,
-) -> dict[str, object]:
+    oracle: LossOracle, epsilon: float, iterations: int | None = None, seed: int = 0, progress: bool = False
+) -> KeskarResult:
     """ε-sharpness in percent over the box |y_i| ≤ ε(|θ_i|+1), by L-BFGS-B (scipy) from y = 0.
 
     If the gradient at θ is exactly zero, the start is a seeded random corner-scaled point (y = 0 would
@@ -41,46 +54,35 @@ def keskar_sharpness(
     box).
 
     Args:
-        model: any ``nn.Module``; measured in eval mode, its modes and weights restored after.
-        data: any form ``as_probe_data`` accepts (ignored when ``oracle`` is given).
+        oracle: the ``LossOracle`` of the model, data and loss (shared with other metrics); its model
+            is measured in eval mode, its modes and weights restored after.
         epsilon: the box size ε > 0.
         iterations: L-BFGS-B iterations (default ``DEFAULTS['lbfgs_iterations']``).
         seed: seed of the random start (used only when the gradient is zero).
         progress: show a progress bar.
-        oracle: a ``LossOracle`` shared with other metrics (else one is made).
-        loss_fn: ``loss_fn(outputs, targets)`` -> batch mean loss; cross-entropy by default.
-        output_fn: what of the model's output the loss sees, for a new oracle.
 
     Returns:
-        The record: ``metric``, ``value`` (φ in percent), ``epsilon``, ``base_loss``, ``max_loss``,
-        solver information, evaluation counts and ``seconds``.
+        φ in percent (``value``), the losses, solver information, evaluation counts and ``seconds``.
     """
     if not (math.isfinite(epsilon) and epsilon > 0):
         raise FlatnessError(f"epsilon must be > 0 and finite, got {epsilon}")
     iterations = int(DEFAULTS["lbfgs_iterations"] if iterations is None else iterations)
     start = time.perf_counter()
-    with eval_mode(model):
-        oracle = oracle_for(model, data, oracle, loss_fn, output_fn=output_fn)
+    with eval_mode(oracle.model):
         before = oracle.counts()
         base, g0 = oracle.loss_and_grad(None)
         bar = progress_bar(progress, iterations, f"keskar eps={epsilon:g}")
         top, result = _maximise(oracle, base, g0, epsilon, iterations, seed, bar)
-    record = {
-        "metric": "keskar",
-        "value": 100.0 * (top - base) / (1.0 + base),
-        "epsilon": float(epsilon),
-        "p": "inf",
-        "ball": "box",
-        "c": "|theta|+1",
-        "base_loss": base,
-        "max_loss": top,
-        "solver": "L-BFGS-B",
-        "iterations": int(result.nit),
-        "solver_message": str(result.message),
-    }
-    record.update(counts_record(oracle, before))
-    record["seconds"] = time.perf_counter() - start
-    return record
+    return KeskarResult(
+        value=100.0 * (top - base) / (1.0 + base),
+        epsilon=float(epsilon),
+        base_loss=base,
+        max_loss=top,
+        iterations=int(result.nit),
+        solver_message=str(result.message),
+        **counts_record(oracle, before),
+        seconds=time.perf_counter() - start,
+    )
 
 
 def _maximise(oracle: LossOracle, base: float, g0: torch.Tensor, epsilon: float, iterations: int, seed: int, bar):
@@ -89,6 +91,7 @@ def _maximise(oracle: LossOracle, base: float, g0: torch.Tensor, epsilon: float,
     The start is y = 0 unless the gradient there (``g0``) is exactly zero, then a seeded random point
     inside half the box, since y = 0 would be a stationary point.
     """
+    # late: scipy.optimize takes about a second to import and only this metric needs it
     from scipy.optimize import minimize
 
     theta = oracle.theta.detach().double().cpu().numpy()

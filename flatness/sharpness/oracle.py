@@ -20,6 +20,7 @@ A float16/bfloat16 model is measured on a float32 copy and a compiled one throug
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -181,18 +182,6 @@ class LossOracle:
         return segments(self.params)
 
 
-def oracle_for(
-    model: nn.Module,
-    data: Any,
-    oracle: LossOracle | None,
-    loss_fn: LossFn | str | None = None,
-    error_fn: ErrorFn | None = None,
-    output_fn: OutputFn | None = None,
-) -> LossOracle:
-    """``oracle`` when given (shared by several metrics), else a new one on ``model`` and ``data``."""
-    return oracle if oracle is not None else LossOracle(model, data, loss_fn, error_fn, output_fn)
-
-
 def generator(seed: int) -> torch.Generator:
     """A CPU generator seeded with ``seed``."""
     g = torch.Generator(device="cpu")
@@ -209,6 +198,18 @@ def standard_normal(oracle: LossOracle, seed: int) -> torch.Tensor:
 def draw_seed(seed: int, k: int) -> int:
     """The seed of Monte-Carlo draw k: seed·1000003 + k (common random numbers across radii)."""
     return (int(seed) * 1000003 + k) % (2**63)
+
+
+class SharpnessRecord:
+    """What every metric's result dataclass shares: ``to_dict``, the record as the probe JSON holds it.
+
+    The fields, in order, are the record's keys (the layout of flatness.formats.probe_file); the
+    constant ones (``solver``, the ball of a metric that has none) are fields without an argument.
+    """
+
+    def to_dict(self) -> dict[str, object]:
+        """The record as a plain dict, keys in field order (the probe JSON's ``sharpness`` entries)."""
+        return dataclasses.asdict(self)
 
 
 def counts_record(oracle: LossOracle, before: tuple[int, int, int]) -> dict[str, int]:

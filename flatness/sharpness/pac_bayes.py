@@ -12,28 +12,75 @@ regression outputs.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
-import torch.nn as nn
 
 from flatness.core.errors import FlatnessError
 from flatness.core.evaluation import eval_mode
-from flatness.core.losses import LossFn
 from flatness.core.progress import progress_bar
-from flatness.data.batches import OutputFn
-from flatness.sharpness.oracle import (
-    DEFAULTS,
-    ErrorFn,
-    LossOracle,
-    counts_record,
-    draw_seed,
-    oracle_for,
-    standard_normal,
-)
+from flatness.sharpness.oracle import DEFAULTS, LossOracle, SharpnessRecord, counts_record, draw_seed, standard_normal
+
+
+@dataclass(frozen=True)
+class BisectionSettings:
+    """The σ search's knobs (``None``: the value in ``DEFAULTS``).
+
+    ``target_deviation``: the allowed error increase, in (0, 1); ``tolerance``: the bisection stops at
+    relative width ``hi − lo ≤ tolerance · hi``; ``max_steps``: the most σ values tried;
+    ``sigma_start``: the first σ (``None``: 0.05 magnitude-aware, else 0.01, chosen by the metric).
+    """
+
+    target_deviation: float | None = None
+    tolerance: float | None = None
+    max_steps: int | None = None
+    sigma_start: float | None = None
+
+    def checked(self) -> BisectionSettings:
+        """A copy with the defaults filled in (``sigma_start`` aside); a bad option is a one-line FlatnessError."""
+        target_deviation = float(
+            DEFAULTS["target_deviation"] if self.target_deviation is None else self.target_deviation
+        )
+        if not 0 < target_deviation < 1:
+            raise FlatnessError(f"target deviation must be in (0, 1), got {target_deviation}")
+        tolerance = float(DEFAULTS["bisection_tolerance"] if self.tolerance is None else self.tolerance)
+        max_steps = int(DEFAULTS["bisection_max_steps"] if self.max_steps is None else self.max_steps)
+        return dataclasses.replace(self, target_deviation=target_deviation, tolerance=tolerance, max_steps=max_steps)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PacBayesResult(SharpnessRecord):
+    """PAC-Bayes flatness 1/σ*² (``value`` = ``flatness``; None when σ* = 0) and its search.
+
+    ``sigma`` is σ*, the midpoint of the final bracket [``sigma_low``, ``sigma_high``] (``sigma_high``
+    None when no σ failed); ``base_error`` is the error, or the loss where ``criterion`` is
+    ``"loss"``; ``iterations`` counts the σ values tried; ``*_evals`` count full-data evaluations.
+    """
+
+    metric: str
+    value: float | None
+    sigma: float
+    flatness: float | None
+    p: None = field(default=None, init=False)
+    ball: None = field(default=None, init=False)
+    c: str
+    base_error: float
+    criterion: str
+    target_deviation: float
+    draws: int
+    sigma_low: float
+    sigma_high: float | None
+    converged: bool
+    solver: str = field(default="bisection", init=False)
+    iterations: int
+    loss_evals: int
+    gradient_evals: int
+    error_evals: int
+    seconds: float
 
 
 def bisect_sigma(
@@ -97,26 +144,14 @@ def _mean_error_fn(oracle: LossOracle, magnitude: bool, draws: int, seed: int, b
     return mean_error
 
 
-# Reason for 14 parameters: this is the documented public API: the quantity (magnitude, target
-# deviation), the bisection's budget (draws, tolerance, max_steps, sigma_start), the seed and the
-# shared-oracle hooks; measure_sharpness passes them from one SharpnessSettings. The body is split:
-# _options checks, _mean_error_fn and bisect_sigma search, _sigma_fields reads the bracket.
 def pac_bayes_flatness(
-    model: nn.Module,
-    data: Any,
+    oracle: LossOracle,
     draws: int | None = None,
     magnitude: bool = False,
-    target_deviation: float | None = None,
-    tolerance: float | None = None,
-    max_steps: int | None = None,
-    sigma_start: float | None = None,
+    bisection: BisectionSettings | None = None,
     seed: int = 0,
     progress: bool = False,
-    oracle: LossOracle | None = None,
-    error_fn: ErrorFn | None = None,
-    loss_fn: LossFn | str | None = None,
-    output_fn: OutputFn | None = None,
-) -> dict[str, object]:
+) -> PacBayesResult:
     """σ* = the largest σ with mean over draws of err(θ+u_σ) ≤ err(θ) + target_deviation; flatness 1/σ*².
 
     u_σ = σ z (or, magnitude-aware, sqrt(σ² θ² + 1e-6) ⊙ z) with the same seeded standard normal z_k
@@ -127,83 +162,63 @@ def pac_bayes_flatness(
     σ* = the last σ that passed and ``converged`` is False.
 
     Args:
-        model: any ``nn.Module``; measured in eval mode, its modes and weights restored after.
-        data: any form ``as_probe_data`` accepts (unused with ``oracle``).
+        oracle: the ``LossOracle`` of the model, data, loss and error (shared with other metrics; its
+            ``error_fn``, or its loss where accuracy is not defined, is err); its model is measured
+            in eval mode, its modes and weights restored after.
         draws: Monte-Carlo draws per σ (default ``DEFAULTS['pac_bayes_draws']``).
         magnitude: the magnitude-aware perturbation.
-        target_deviation: the allowed error increase, in (0, 1) (default 0.1).
-        tolerance: the bisection stops at relative width ``hi − lo ≤ tolerance · hi``.
-        max_steps: the most σ values tried.
-        sigma_start: the first σ (default 0.05 magnitude-aware, else 0.01).
+        bisection: target deviation, tolerance, step budget and first σ (``BisectionSettings()``:
+            the defaults).
         seed: seed of the draws.
         progress: show a progress bar.
-        oracle: a ``LossOracle`` shared with other metrics (else one is made).
-        error_fn: ``error_fn(outputs, targets)`` -> batch mean error, for a new oracle.
-        loss_fn: the loss, for a new oracle (it decides whether err is the error or the loss).
-        output_fn: what of the model's output the loss sees, for a new oracle.
 
     Returns:
-        The record: ``metric``, ``value`` (= ``flatness``), ``sigma``, ``sigma_low``, ``sigma_high``,
-        ``base_error`` (the error, or the loss where ``criterion`` is ``"loss"``), ``criterion``,
+        Flatness (``value`` = ``flatness``), ``sigma`` and its bracket, ``base_error``, ``criterion``,
         ``converged``, evaluation counts and ``seconds``.
     """
-    draws, target_deviation, tolerance, max_steps = _options(draws, target_deviation, tolerance, max_steps)
-    if sigma_start is None:
-        sigma_start = 0.05 if magnitude else 0.01
-    start = time.perf_counter()
-    with eval_mode(model):
-        oracle = oracle_for(model, data, oracle, loss_fn, error_fn, output_fn)
-        before = oracle.counts()
-        base_err = oracle.error(None)
-        limit = base_err + target_deviation
-        bar = progress_bar(progress, max_steps, f"pac_bayes{'_magnitude' if magnitude else ''}")
-        try:
-            mean_error = _mean_error_fn(oracle, magnitude, draws, seed, bar)
-            lo, hi, steps = bisect_sigma(lambda s: mean_error(s) <= limit, sigma_start, tolerance, max_steps)
-        finally:
-            bar.close()
-    sigma = _sigma_fields(lo, hi, tolerance)
-    record = {
-        "metric": "pac_bayes_magnitude" if magnitude else "pac_bayes",
-        "value": sigma["flatness"],
-        "sigma": sigma["sigma"],
-        "flatness": sigma["flatness"],
-        "p": None,
-        "ball": None,
-        "c": "sqrt(sigma^2 theta^2 + 1e-6)" if magnitude else "1",
-        "base_error": base_err,
-        "criterion": oracle.criterion(),
-        "target_deviation": target_deviation,
-        "draws": draws,
-        "sigma_low": lo,
-        "sigma_high": hi if hi < math.inf else None,
-        "converged": sigma["converged"],
-        "solver": "bisection",
-        "iterations": steps,
-    }
-    record.update(counts_record(oracle, before))
-    record["seconds"] = time.perf_counter() - start
-    return record
-
-
-def _options(
-    draws: int | None, target_deviation: float | None, tolerance: float | None, max_steps: int | None
-) -> tuple[int, float, float, int]:
-    """The checked (draws, target_deviation, tolerance, max_steps), defaults filled in."""
     draws = int(DEFAULTS["pac_bayes_draws"] if draws is None else draws)
     if draws < 1:
         raise FlatnessError(f"draws must be >= 1, got {draws}")
-    target_deviation = float(DEFAULTS["target_deviation"] if target_deviation is None else target_deviation)
-    if not 0 < target_deviation < 1:
-        raise FlatnessError(f"target deviation must be in (0, 1), got {target_deviation}")
-    tolerance = float(DEFAULTS["bisection_tolerance"] if tolerance is None else tolerance)
-    max_steps = int(DEFAULTS["bisection_max_steps"] if max_steps is None else max_steps)
-    return draws, target_deviation, tolerance, max_steps
+    search = (bisection or BisectionSettings()).checked()
+    sigma_start = search.sigma_start
+    if sigma_start is None:
+        sigma_start = 0.05 if magnitude else 0.01
+    start = time.perf_counter()
+    with eval_mode(oracle.model):
+        before = oracle.counts()
+        base_err = oracle.error(None)
+        limit = base_err + search.target_deviation
+        bar = progress_bar(progress, search.max_steps, f"pac_bayes{'_magnitude' if magnitude else ''}")
+        try:
+            mean_error = _mean_error_fn(oracle, magnitude, draws, seed, bar)
+            lo, hi, steps = bisect_sigma(
+                lambda s: mean_error(s) <= limit, sigma_start, search.tolerance, search.max_steps
+            )
+        finally:
+            bar.close()
+    sigma, flatness, converged = _read_bracket(lo, hi, search.tolerance)
+    return PacBayesResult(
+        metric="pac_bayes_magnitude" if magnitude else "pac_bayes",
+        value=flatness,
+        sigma=sigma,
+        flatness=flatness,
+        c="sqrt(sigma^2 theta^2 + 1e-6)" if magnitude else "1",
+        base_error=base_err,
+        criterion=oracle.criterion(),
+        target_deviation=search.target_deviation,
+        draws=draws,
+        sigma_low=lo,
+        sigma_high=hi if hi < math.inf else None,
+        converged=converged,
+        iterations=steps,
+        **counts_record(oracle, before),
+        seconds=time.perf_counter() - start,
+    )
 
 
-def _sigma_fields(lo: float, hi: float, tolerance: float) -> dict[str, object]:
-    """``sigma`` (σ*), ``flatness`` (1/σ*², None at σ* = 0) and ``converged`` of the final bracket [lo, hi]."""
+def _read_bracket(lo: float, hi: float, tolerance: float) -> tuple[float, float | None, bool]:
+    """(σ*, flatness 1/σ*² (None at σ* = 0), converged) of the final bracket [lo, hi]."""
     converged = hi < math.inf and lo > 0 and hi - lo <= tolerance * hi
     sigma_star = 0.5 * (lo + hi) if hi < math.inf else lo
     flatness = (1.0 / sigma_star**2) if sigma_star > 0 else None
-    return {"sigma": sigma_star, "flatness": flatness, "converged": bool(converged)}
+    return sigma_star, flatness, bool(converged)

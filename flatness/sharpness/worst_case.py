@@ -11,27 +11,80 @@ al. 2017): the value is invariant, not only in theory.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
-import torch.nn as nn
 
 from flatness.core.errors import FlatnessError
-from flatness.core.evaluation import LossFn, eval_mode
+from flatness.core.evaluation import eval_mode
 from flatness.core.progress import progress_bar
-from flatness.data.batches import OutputFn
 from flatness.sharpness.oracle import (
     BALLS,
     DEFAULTS,
     LossOracle,
+    SharpnessRecord,
     check_p,
     counts_record,
-    oracle_for,
     p_name,
     standard_normal,
 )
+
+INITS = ("gradient", "random")
+
+
+@dataclass(frozen=True)
+class AscentSettings:
+    """The ascent's knobs (``None``: the value in ``DEFAULTS``).
+
+    ``steps``: gradient evaluations; ``step_size``: the first step as a fraction of ρ (cosine decay
+    to 0); ``init``: ``"gradient"`` (SAM's direction) or ``"random"`` (a seeded point of the sphere).
+    """
+
+    steps: int | None = None
+    step_size: float | None = None
+    init: str | None = None
+
+    def checked(self) -> AscentSettings:
+        """A copy with the defaults filled in; a bad option is a one-line FlatnessError naming it."""
+        steps = int(DEFAULTS["ascent_steps"] if self.steps is None else self.steps)
+        if steps < 1:
+            raise FlatnessError(f"ascent steps must be >= 1, got {steps}")
+        step_size = float(DEFAULTS["step_size"] if self.step_size is None else self.step_size)
+        init = DEFAULTS["init"] if self.init is None else self.init
+        if init not in INITS:
+            raise FlatnessError(f"init must be gradient or random, got {init!r}")
+        return dataclasses.replace(self, steps=steps, step_size=step_size, init=init)
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorstCaseResult(SharpnessRecord):
+    """Worst-case (or adaptive worst-case) sharpness at one ρ (``value`` = max loss − base loss).
+
+    ``best_step`` is the ascent step of the best loss seen (``iterations`` = after the last step),
+    ``delta_norm`` ‖δ‖₂ of its perturbation; ``*_evals`` count full-data evaluations.
+    """
+
+    metric: str
+    value: float
+    rho: float
+    p: int | str
+    ball: str
+    c: str
+    base_loss: float
+    max_loss: float
+    solver: str = field(default="projected normalised-gradient ascent", init=False)
+    iterations: int
+    best_step: int
+    init: str
+    step_size: float
+    delta_norm: float
+    loss_evals: int
+    gradient_evals: int
+    error_evals: int
+    seconds: float
 
 
 def _project(eta: torch.Tensor, blocks: list[slice], p, rho: float) -> torch.Tensor:
@@ -77,26 +130,16 @@ def _start(
     return base, eta
 
 
-# Reason for 13 parameters: this is the documented public API. The first six define the quantity
-# (ball, p, adaptive with the radius), the rest are the solver's knobs and the shared-oracle hooks;
-# measure_sharpness passes them from one SharpnessSettings. The body is split: _solver_options checks,
-# _start picks the first point, _Ascent runs the loop, this function builds the record.
 def worst_case_sharpness(
-    model: nn.Module,
-    data: Any,
+    oracle: LossOracle,
     rho: float,
     ball: str = "global",
     p=2,
     adaptive: bool = False,
-    steps: int | None = None,
-    step_size: float | None = None,
-    init: str | None = None,
+    ascent: AscentSettings | None = None,
     seed: int = 0,
     progress: bool = False,
-    oracle: LossOracle | None = None,
-    loss_fn: LossFn | str | None = None,
-    output_fn: OutputFn | None = None,
-) -> dict[str, object]:
+) -> WorstCaseResult:
     """Max over ‖δ/c‖_p ≤ ρ of L(θ+δ) − L(θ) (c = |θ| if adaptive else 1), per block for ball="tensor".
 
     Projected normalised-gradient ascent in η = δ/c: η_{t+1} = Π(η_t + α_t ρ u_t), u_t the unit steepest
@@ -107,74 +150,57 @@ def worst_case_sharpness(
     value is the best loss seen along the path.
 
     Args:
-        model: any ``nn.Module``; measured in eval mode, its modes and weights restored after.
-        data: any form ``as_probe_data`` accepts (unused with ``oracle``).
+        oracle: the ``LossOracle`` of the model, data and loss (shared with other metrics); its model
+            is measured in eval mode, its modes and weights restored after.
         rho: the radius ρ > 0.
         ball: ``"global"`` or ``"tensor"``.
         p: 2 or inf.
         adaptive: c = |θ| (adaptive sharpness) instead of 1.
-        steps: gradient evaluations of the ascent (default ``DEFAULTS['ascent_steps']``).
-        step_size: the first step as a fraction of ρ (cosine decay to 0).
-        init: ``"gradient"`` (SAM's direction) or ``"random"``.
+        ascent: steps, step size and start of the ascent (``AscentSettings()``: the defaults).
         seed: seed of the random start.
         progress: show a progress bar.
-        oracle: a ``LossOracle`` shared with other metrics (else one is made).
-        loss_fn: ``loss_fn(outputs, targets)`` -> batch mean loss, for a new oracle.
-        output_fn: what of the model's output the loss sees, for a new oracle.
 
     Returns:
-        The record: ``metric``, ``value`` (max loss − base loss), ``rho``, ``p``, ``ball``, ``c``,
-        solver information, ``best_step``, ``delta_norm``, evaluation counts and ``seconds``.
+        The increase (``value``), the losses, the ball, solver information, ``best_step``,
+        ``delta_norm``, evaluation counts and ``seconds``.
     """
-    p, steps, step_size, init = _solver_options(rho, ball, p, steps, step_size, init)
+    p = _check_ball(rho, ball, p)
+    ascent = (ascent or AscentSettings()).checked()
     start = time.perf_counter()
-    with eval_mode(model):
-        oracle = oracle_for(model, data, oracle, loss_fn, output_fn=output_fn)
+    with eval_mode(oracle.model):
         before = oracle.counts()
         blocks = oracle.blocks(ball)
         c = oracle.theta.abs() if adaptive else torch.ones_like(oracle.theta)
-        base, eta = _start(oracle, blocks, c, p, rho, init, seed)
+        base, eta = _start(oracle, blocks, c, p, rho, ascent.init, seed)
         label = f"{'adaptive_' if adaptive else ''}worst_case rho={rho:g}"
-        ascent = _Ascent(oracle, blocks, c, p, rho)
-        best_value, best_eta, best_step = ascent.run(eta, steps, step_size, progress_bar(progress, steps, label))
-    record = {
-        "metric": "adaptive_worst_case" if adaptive else "worst_case",
-        "value": best_value - base,
-        "rho": float(rho),
-        "p": p_name(p),
-        "ball": ball,
-        "c": "|theta|" if adaptive else "1",
-        "base_loss": base,
-        "max_loss": best_value,
-        "solver": "projected normalised-gradient ascent",
-        "iterations": steps,
-        "best_step": best_step,
-        "init": init,
-        "step_size": step_size,
-        "delta_norm": float((c * best_eta).norm()),
-    }
-    record.update(counts_record(oracle, before))
-    record["seconds"] = time.perf_counter() - start
-    return record
+        bar = progress_bar(progress, ascent.steps, label)
+        best_value, best_eta, best_step = _Ascent(oracle, blocks, c, p, rho).run(eta, ascent, bar)
+    return WorstCaseResult(
+        metric="adaptive_worst_case" if adaptive else "worst_case",
+        value=best_value - base,
+        rho=float(rho),
+        p=p_name(p),
+        ball=ball,
+        c="|theta|" if adaptive else "1",
+        base_loss=base,
+        max_loss=best_value,
+        iterations=ascent.steps,
+        best_step=best_step,
+        init=ascent.init,
+        step_size=ascent.step_size,
+        delta_norm=float((c * best_eta).norm()),
+        **counts_record(oracle, before),
+        seconds=time.perf_counter() - start,
+    )
 
 
-def _solver_options(
-    rho: float, ball: str, p, steps: int | None, step_size: float | None, init: str | None
-) -> tuple[Any, int, float, str]:
-    """The checked (p, steps, step_size, init), defaults filled in; bad options are a FlatnessError."""
+def _check_ball(rho: float, ball: str, p) -> int | float:
+    """The checked p (2 or inf) of the ball of radius ``rho``; bad options are a FlatnessError."""
     if not (math.isfinite(rho) and rho > 0):
         raise FlatnessError(f"rho must be > 0 and finite, got {rho}")
     if ball not in BALLS:
         raise FlatnessError(f"ball must be one of {', '.join(BALLS)}, got {ball!r}")
-    p = check_p(p)
-    steps = int(DEFAULTS["ascent_steps"] if steps is None else steps)
-    if steps < 1:
-        raise FlatnessError(f"ascent steps must be >= 1, got {steps}")
-    step_size = float(DEFAULTS["step_size"] if step_size is None else step_size)
-    init = DEFAULTS["init"] if init is None else init
-    if init not in ("gradient", "random"):
-        raise FlatnessError(f"init must be gradient or random, got {init!r}")
-    return p, steps, step_size, init
+    return check_p(p)
 
 
 class _Ascent:
@@ -183,12 +209,14 @@ class _Ascent:
     def __init__(self, oracle: LossOracle, blocks: list[slice], c: torch.Tensor, p, rho: float):
         self.oracle, self.blocks, self.c, self.p, self.rho = oracle, blocks, c, p, rho
 
-    def run(self, eta: torch.Tensor, steps: int, step_size: float, bar) -> tuple[float, torch.Tensor, int]:
+    def run(self, eta: torch.Tensor, ascent: AscentSettings, bar) -> tuple[float, torch.Tensor, int]:
         """(best loss, its η, its step) over ``steps`` gradient steps from ``eta`` and the final point.
 
-        The step at t is α_t = step_size · (1 + cos(π t / steps)) / 2 of ρ; ``bar`` is closed here.
+        The step at t is α_t = step_size · (1 + cos(π t / steps)) / 2 of ρ (``ascent``, checked);
+        ``bar`` is closed here.
         """
         oracle, c = self.oracle, self.c
+        steps, step_size = ascent.steps, ascent.step_size
         best_value, best_eta, best_step = -math.inf, eta.clone(), 0
         try:
             for t in range(steps):

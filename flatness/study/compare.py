@@ -38,12 +38,11 @@ from flatness.study.quantities import (
     sharpness_key,
     sharpness_unit,
 )
+from flatness.study.run_record import RunRecord
 from flatness.study.runs import (
     BASELINE,
-    METHOD_ORDER,
     POOLABLE_DIFFERENCES,
     PROBE_NAMES,
-    RunRecord,
     check_poolable,
     collect_runs,
     in_method_order,
@@ -76,7 +75,6 @@ __all__ = [
     "BASELINE",
     "BASE_QUANTITIES",
     "HOLM_FAMILIES",
-    "METHOD_ORDER",
     "POOLABLE_DIFFERENCES",
     "PROBE_NAMES",
     "Quantity",

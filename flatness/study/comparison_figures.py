@@ -13,8 +13,22 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from flatness.plot.curves import plot_1d
+from flatness.plot.loading import load_surface
+from flatness.plot.maps import draw_2d
+from flatness.plot.spectra import plot_spectrum
+from flatness.plot.style import (
+    common_limits,
+    contour_levels,
+    new_figure,
+    pick_value,
+    save_figure,
+    use_log,
+    value_name,
+)
 from flatness.study.quantities import finite_float
-from flatness.study.runs import RunRecord, in_method_order, sorted_methods
+from flatness.study.run_record import RunRecord
+from flatness.study.runs import in_method_order, sorted_methods
 
 
 def _mean_curves(records: Sequence[RunRecord], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -41,9 +55,7 @@ def figure_training(records: Sequence[RunRecord], path: str, force: bool = False
     Returns:
         The path written, or None when no run has a training log.
     """
-    from matplotlib.ticker import MaxNLocator
-
-    from flatness.plot.style import new_figure, save_figure
+    from matplotlib.ticker import MaxNLocator  # late: matplotlib is heavy, and only figures need it
 
     methods = sorted_methods(r.method for r in records if r.epochs)
     if not methods:
@@ -90,8 +102,6 @@ def figure_spectra(records: Sequence[RunRecord], path: str, force: bool = False)
     Returns:
         The path written, or None when no run has a probe.
     """
-    from flatness.plot.spectra import plot_spectrum
-
     chosen = []
     for m in sorted_methods(r.method for r in records):
         group = sorted([r for r in records if r.method == m and r.probe], key=lambda r: (r.seed is None, r.seed))
@@ -105,8 +115,6 @@ def figure_spectra(records: Sequence[RunRecord], path: str, force: bool = False)
 
 def _surface_groups(records: Sequence[RunRecord]):
     """``(one_d, two_d)``: per method, its lowest seed's run with a random-direction surface, and that surface."""
-    from flatness.plot.loading import load_surface
-
     one_d, two_d = {}, {}
     for r in sorted(records, key=lambda r: (r.seed is None, r.seed)):
         for path in r.surfaces:
@@ -131,8 +139,6 @@ def figure_slices(records: Sequence[RunRecord], path: str, force: bool = False, 
     Returns:
         The path written, or None when no run has such a surface.
     """
-    from flatness.plot.curves import plot_1d
-
     one_d, _ = _surface_groups(records)
     if not one_d:
         return None
@@ -157,18 +163,7 @@ def figure_contours(records: Sequence[RunRecord], path: str, force: bool = False
     Returns:
         The path written, or None when no run has such a surface.
     """
-    from matplotlib.ticker import FormatStrFormatter
-
-    from flatness.plot.maps import draw_2d
-    from flatness.plot.style import (
-        common_limits,
-        contour_levels,
-        new_figure,
-        pick_value,
-        save_figure,
-        use_log,
-        value_name,
-    )
+    from matplotlib.ticker import FormatStrFormatter  # late: matplotlib is heavy, and only figures need it
 
     _, two_d = _surface_groups(records)
     if not two_d:

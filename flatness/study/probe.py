@@ -44,7 +44,7 @@ from flatness.hessian import (
     slq,
     top_eigen,
 )
-from flatness.sharpness.measure import SharpnessSettings, measure_sharpness, validate
+from flatness.sharpness.measure import SharpnessSettings, measure_sharpness
 from flatness.sources.loading import ModelSource, init_distance, load_target
 from flatness.version import __version__
 
@@ -155,7 +155,7 @@ class ProbeSettings:
         rho, epsilon, sharp = self.sharpness_settings()
         if self.sharpness is None:
             return None
-        return validate(self.sharpness, rho, epsilon, sharp.ball, sharp.draws, sharp.ascent_steps, sharp.p)
+        return dataclasses.replace(sharp, metrics=self.sharpness, rhos=rho, epsilons=epsilon).checked().metrics
 
     def sharpness_settings(self) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None, SharpnessSettings]:
         """(rho, epsilon, SharpnessSettings) from ``sharpness_options``.
@@ -290,9 +290,10 @@ def measure(
     if sharp_names is not None:
         rho, epsilon, sharp = s.sharpness_settings()
         start = time.perf_counter()
-        result["sharpness"] = measure_sharpness(
+        records = measure_sharpness(
             model, data, sharp_names, rho, epsilon, loss_fn, settings=sharp, output_fn=output_fn
         )
+        result["sharpness"] = [record.to_dict() for record in records]
         result["sharpness_seconds"] = time.perf_counter() - start
     return result
 

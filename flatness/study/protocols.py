@@ -27,8 +27,14 @@ from typing import Any
 import numpy as np
 
 from flatness.core.fileio import atomic_write_json, atomic_write_text
+from flatness.plot.loading import load_probe
+from flatness.plot.style import new_figure, save_figure
+from flatness.study.probe import QUICK_SHARPNESS
 from flatness.study.quantities import finite_float, record_values
-from flatness.study.runs import RunRecord, sorted_methods
+from flatness.study.run_record import RunRecord
+from flatness.study.runs import sorted_methods
+from flatness.study.significance import bootstrap_interval
+from flatness.study.tables import csv_text, markdown_table
 
 MATCHED_DIR = "matched-loss"  # the matched-loss comparison, under the study folder
 MATCHED_RUN_DIR = "matched"  # the matched checkpoint's probe and profile, inside a run folder
@@ -57,8 +63,6 @@ def matched_records(records: Sequence[RunRecord]) -> tuple[list[RunRecord], list
     Returns:
         ``(matched, unreached)``.
     """
-    from flatness.plot.loading import load_probe
-
     matched, unreached = [], []
     for rec in records:
         path = os.path.join(rec.run_dir or "", MATCHED_RUN_DIR, "probe.json")
@@ -90,8 +94,6 @@ def write_comparison(folder: str, comp: dict[str, Any]) -> dict[str, str]:
     Returns:
         ``{"markdown", "json", "csv"}`` paths.
     """
-    from flatness.study.tables import csv_text, markdown_table
-
     os.makedirs(folder, exist_ok=True)
     paths = {k: os.path.join(folder, f"comparison.{ext}") for k, ext in (("markdown", "md"), ("json", "json"))}
     paths["csv"] = os.path.join(folder, "comparison.csv")
@@ -106,8 +108,6 @@ def write_comparison(folder: str, comp: dict[str, Any]) -> dict[str, str]:
 
 def profile_settings(quick: bool) -> dict[str, Any]:
     """The probe settings of a radius profile: only the two sharpness metrics, over the grid."""
-    from flatness.study.probe import QUICK_SHARPNESS
-
     options: dict[str, Any] = {"rhos": list(QUICK_RADIUS_GRID if quick else RADIUS_GRID)}
     if quick:
         options.update({k: QUICK_SHARPNESS[k] for k in ("draws", "ascent_steps")})
@@ -159,8 +159,6 @@ def profile_summary(records: Sequence[RunRecord], matched: bool) -> dict[str, An
     Returns:
         ``{method: {metric: {"rho": [...], "mean": [...], "low": [...], "high": [...], "n": [...]}}}``.
     """
-    from flatness.study.significance import bootstrap_interval
-
     out: dict[str, Any] = {}
     for m in sorted_methods(r.method for r in records):
         runs = [r for r in records if r.method == m and r.run_dir]
@@ -194,8 +192,6 @@ def figure_profile(summary: dict[str, Any], path: str, title: str) -> str | None
     Returns:
         The path, or None when no run has a profile.
     """
-    from flatness.plot.style import new_figure, save_figure
-
     if not any(s["rho"] for per in summary.values() for s in per.values()):
         return None
     fig = new_figure((11, 4.2))

@@ -28,10 +28,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # runs.py imports record_values from here: the record type is for annotations only
-    from flatness.study.runs import RunRecord
+from flatness.study.run_record import RunRecord
 
 
 @dataclass

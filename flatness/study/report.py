@@ -25,7 +25,9 @@ from markdown_it import MarkdownIt
 
 from flatness.core.fileio import atomic_write_text
 from flatness.core.markup import md_text, plain
+from flatness.study.protocol_report import primary_section
 from flatness.study.tables import format_mean_std, format_number, format_p, format_p_holm, markdown_table
+from flatness.study.verdict import study_verdicts
 from flatness.version import __version__
 
 ALPHA = 0.05
@@ -236,8 +238,6 @@ def build_markdown(
     ]
     lines += ["## Verdict", ""]
     if primary:
-        from flatness.study.protocol_report import primary_section
-
         lines += primary_section(primary, comp, records, protocols or {})
         lines += ["### All flatness measures at a fixed budget (exploratory)", ""]
     for v in verdicts:
@@ -300,9 +300,9 @@ def _setup_section(cfg, records) -> list[str]:
         f"split, the first {pdata.get('samples', cfg.samples)} examples in dataset order, batches of "
         f"{pdata.get('batch_size', cfg.batch_size)}, model in eval mode (BatchNorm running statistics), "
         "no augmentation.",
-        f"- Hessian: top-{len(hess.get('eigenvalues') or []) or cfg.probe.get('top_k')} eigenvalues of the probe "
-        f"loss by {hess.get('method', cfg.probe.get('eig_method'))} (exact Hessian-vector products); trace by "
-        f"Hutchinson ({(trace or {}).get('hvps', cfg.probe.get('trace_samples'))} Rademacher vectors, "
+        f"- Hessian: top-{len(hess.get('eigenvalues') or []) or cfg.probe.top_k} eigenvalues of the probe "
+        f"loss by {hess.get('method', cfg.probe.eig_method)} (exact Hessian-vector products); trace by "
+        f"Hutchinson ({(trace or {}).get('hvps', cfg.probe.trace_samples)} Rademacher vectors, "
         "± standard error in "
         "the probe files); spectral density by stochastic Lanczos quadrature (for the plotted seed "
         f"{cfg.seeds[0]} only). Eigenvalues and trace are in units of "
@@ -522,8 +522,6 @@ def write_report(
     With ``protocols`` (the matched-loss runs and comparison) the verdict is the primary measures' under
     both protocols (``flatness.study.verdict``); without, the all-measures verdict of ``verdict``.
     """
-    from flatness.study.verdict import study_verdicts
-
     verdicts = [verdict(comp, m) for m in comp.get("others", [])]
     primary = None
     if protocols is not None:

@@ -4,24 +4,26 @@ Only seeds of one setting are pooled as one method (``check_poolable``).
 
 Inputs are run folders (``config.json``, ``metrics.jsonl`` and the probe JSONs found inside, e.g.
 ``DIR/probe.json``; surface files inside are used for the figures), probe JSON files, or surface .h5
-files. The method order of every table and figure (ERM, AMP, SAM, then any others) is defined here.
+files. Tables and figures list the methods in ``flatness.training.config.METHODS`` order, then any others.
 """
 
 from __future__ import annotations
 
 import glob
-import json
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from flatness.core.errors import FlatnessError
 from flatness.formats.checkpoint import CONFIG, METRICS, read_metrics, read_run_config
+from flatness.formats.probe_file import is_probe_file
+from flatness.formats.surface_file import is_surface_file
+from flatness.plot.loading import load_probe
 from flatness.study.quantities import record_values
+from flatness.study.run_record import RunRecord
+from flatness.training.config import METHODS
 
 BASELINE = "erm"
-METHOD_ORDER = ("erm", "amp", "sam")
 PROBE_NAMES = ("probe.json", "probe-train.json")
 
 # Training options that may differ between seeds of one method without changing what is measured
@@ -39,27 +41,6 @@ POOLABLE_DIFFERENCES = (
 )
 
 
-@dataclass
-class RunRecord:
-    """One trained run (one method, one seed) and what was measured on it."""
-
-    source: str
-    method: str
-    seed: int | None = None
-    run_dir: str | None = None
-    config: dict[str, Any] = field(default_factory=dict)
-    epochs: list[dict[str, Any]] = field(default_factory=list)
-    probe: dict[str, Any] | None = None
-    probe_path: str | None = None
-    surfaces: list[str] = field(default_factory=list)
-    values: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        """The run as tables and legends name it, e.g. ``AMP seed 1`` (just ``AMP`` without a seed)."""
-        return f"{self.method.upper()}" + (f" seed {self.seed}" if self.seed is not None else "")
-
-
 # --------------------------------------------------------------------------- method order
 
 
@@ -72,30 +53,15 @@ def sorted_methods(methods: Iterable[str]) -> list[str]:
     Returns:
         Each name once, in that order.
     """
-    return sorted(set(methods), key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m))
+    return sorted(set(methods), key=lambda m: (METHODS.index(m) if m in METHODS else len(METHODS), m))
 
 
 def in_method_order(methods) -> list[str]:
     """Method names in the report's order (ERM, AMP, SAM, then any others as given)."""
-    return [m for m in METHOD_ORDER if m in methods] + [m for m in methods if m not in METHOD_ORDER]
+    return [m for m in METHODS if m in methods] + [m for m in methods if m not in METHODS]
 
 
 # --------------------------------------------------------------------------- reading one input
-
-
-def _load_probe(path: str) -> dict[str, Any]:
-    from flatness.plot.loading import load_probe
-
-    return load_probe(path)
-
-
-def _is_probe_json(path: str) -> bool:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            obj = json.load(handle)
-    except (OSError, ValueError):
-        return False
-    return isinstance(obj, dict) and "hessian" in obj and "checkpoint" in obj
 
 
 def _find_probe(run_dir: str) -> str | None:
@@ -104,23 +70,13 @@ def _find_probe(run_dir: str) -> str | None:
         if os.path.isfile(path):
             return path
     for path in sorted(glob.glob(os.path.join(run_dir, "*.json"))):
-        if os.path.basename(path) != CONFIG and _is_probe_json(path):
+        if os.path.basename(path) != CONFIG and is_probe_file(path):
             return path
     return None
 
 
 def _find_surfaces(run_dir: str) -> list[str]:
-    out = []
-    for path in sorted(glob.glob(os.path.join(run_dir, "*.h5"))):
-        try:
-            import h5py
-
-            with h5py.File(path, "r") as f:
-                if "xcoordinates" in f:
-                    out.append(path)
-        except OSError:
-            continue
-    return out
+    return [path for path in sorted(glob.glob(os.path.join(run_dir, "*.h5"))) if is_surface_file(path)]
 
 
 def _method(value) -> str:
@@ -140,7 +96,7 @@ def load_run_dir(path: str) -> RunRecord:
     if not os.path.isfile(os.path.join(path, CONFIG)) and probe_path is None:
         raise FlatnessError(f"{path} is not a run folder (no {CONFIG}) and holds no probe JSON")
     config = read_run_config(path)
-    probe = _load_probe(probe_path) if probe_path else None
+    probe = load_probe(probe_path) if probe_path else None
     ck = (probe or {}).get("checkpoint") or {}
     rec = RunRecord(
         source=path,
@@ -168,7 +124,7 @@ def load_probe_file(path: str) -> RunRecord:
     Returns:
         The run's record (``values`` not yet filled).
     """
-    probe = _load_probe(path)
+    probe = load_probe(path)
     ck = probe.get("checkpoint") or {}
     run_dir = None
     ck_path = ck.get("path")

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from flatness.core import engines
 from flatness.core.errors import FlatnessError
 from flatness.core.fileio import atomic_write_json
 from flatness.core.progress import plan_line
@@ -184,7 +185,7 @@ def plan(settings: SweepSettings) -> SweepPlan:
         check_ray_address(s.address)  # a cluster that does not answer: one line now, not a wait without end
     shard = parse_shard(s.shard)
     if s.workers is not None:
-        check_count(s.workers, "--workers", maximum=4096)
+        check_count(s.workers, "--workers", maximum=engines.MAX_WORKERS)
     if s.epochs is not None:
         check_count(s.epochs, "--epochs")
     if s.grid is not None and not s.grid.strip():
@@ -319,7 +320,6 @@ def run_sweep(settings: SweepSettings, echo=print) -> dict[str, Any]:
         {out, table, cells (all), ran (this call's cells), done, failed, failures (``(cell, error)`` of
         every failed cell of this shard, also earlier ones), seconds}.
     """
-    from flatness.core import engines
     from flatness.core.paths import check_paths
     from flatness.core.progress import progress_bar
     from flatness.sweep.cells import run_cell
@@ -335,7 +335,7 @@ def run_sweep(settings: SweepSettings, echo=print) -> dict[str, Any]:
     todo = [c for c in p.mine if not cellmod.finished(cellmod.read_outcome(os.path.join(out, cellmod.CELLS, c.name)))]
     if echo and len(todo) < len(p.mine):
         echo(f"{len(p.mine) - len(todo)} of {len(p.mine)} cells already finished; running the other {len(todo)}")
-    workers = p.settings.workers or os.cpu_count() or 1
+    workers = engines.default_workers(p.settings.workers)  # the cores (one thread per cell) unless given
     if echo and todo:  # the planned size, before the first cell starts
         epochs = max(int(cell_train_options(p.train, c).get("epochs") or 0) for c in todo)
         echo(

@@ -1,7 +1,8 @@
 """The options of a training run, with no file I/O.
 
-``TrainConfig`` (every option of ``flatness train``, its validation and canonical names), ``build_config``
-(defaults < a recipe < what the user typed), the default run folder name, what may change on resume
+``TrainConfig`` (every option of ``flatness train``, its validation and canonical names), ``METHODS`` (the
+training methods, in the order every table lists them), ``recipe_values`` and ``build_config`` (defaults <
+a recipe < what the user typed), the default run folder name, what may change on resume
 (``RESUMABLE_CHANGES``) and the learning-rate schedule ``lr_at``.
 """
 
@@ -16,9 +17,14 @@ from typing import Any
 from flatness.core.errors import FlatnessError
 from flatness.core.limits import LIMITS, check_limit
 from flatness.core.validation import check_count, check_seed
+from flatness.models.references import is_reference, parse_model_args
 from flatness.models.registry import canonical_model_name
+from flatness.sources.loading import check_dataset_reference, default_model_for, folder_label
+from flatness.sources.losses import check_loss_spec, check_output_spec
 from flatness.training import stopping
+from flatness.training.recipes import DATASET_RECIPES, RECIPES, recipe_names
 
+# The training methods, in the canonical order of every table, figure and default study (ERM the baseline).
 METHODS = ("erm", "amp", "sam")
 
 SCHEDULES = ("step", "cosine", "constant")
@@ -127,9 +133,6 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Check every value (one-line FlatnessError) and canonicalise names; returns self."""
-        from flatness.models.references import is_reference, parse_model_args
-        from flatness.sources.loading import check_dataset_reference
-
         check_dataset_reference(self.dataset)
         if not is_reference(self.model):
             self.model = canonical_model_name(self.model)
@@ -164,8 +167,6 @@ class TrainConfig:
         if self.grad_clip is not None:
             _number("grad_clip", self.grad_clip, positive=True)
         stopping.check_stop_loss(self.stop_loss)
-        from flatness.sources.losses import check_loss_spec, check_output_spec
-
         self.loss = check_loss_spec(self.loss)
         self.output = check_output_spec(self.output)
         stopping.check_stop_loss(self.match_loss, "match_loss")
@@ -212,11 +213,21 @@ def _milestones(value) -> list[int]:
     return sorted(out)
 
 
+def recipe_values(name: str) -> dict[str, Any]:
+    """The values of recipe ``name`` (a copy); ``digits-default``'s are TrainConfig's defaults."""
+    if name not in RECIPES:
+        raise FlatnessError(f"unknown recipe {name!r}; choose one of: {', '.join(recipe_names())}")
+    if name == "digits-default":
+        values = TrainConfig().to_dict()
+        values.pop("recipe", None)
+        return values
+    values = dict(RECIPES[name]["values"])
+    values["milestones"] = list(values.get("milestones", []))
+    return values
+
+
 def build_config(explicit: dict[str, Any], recipe: str | None = None) -> TrainConfig:
     """TrainConfig defaults < the recipe's values < ``explicit`` values (what the user typed)."""
-    from flatness.sources.loading import default_model_for
-    from flatness.training.recipes import DATASET_RECIPES, recipe_values
-
     values = TrainConfig().to_dict()
     # A dataset with its own recipe (mnist1d) starts from it, and from its own model, unless told otherwise.
     recipe = recipe or DATASET_RECIPES.get(explicit.get("dataset"))
@@ -231,9 +242,6 @@ def build_config(explicit: dict[str, Any], recipe: str | None = None) -> TrainCo
 
 def default_out_dir(config: TrainConfig) -> str:
     """The run folder used when no --out is given: ``checkpoints/<dataset>-<model>-<method>-s<seed>``."""
-    from flatness.models.references import is_reference
-    from flatness.sources.loading import folder_label
-
     model = config.model if is_reference(config.model) else canonical_model_name(config.model)
     return os.path.join(
         "checkpoints", f"{folder_label(config.dataset)}-{folder_label(model)}-{config.method}-s{config.seed}"

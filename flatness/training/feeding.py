@@ -16,7 +16,8 @@ import torch.nn as nn
 
 from flatness.core import distributed
 from flatness.data.batches import map_tensors
-from flatness.data.datasets import TensorImageDataset, dataset_info, get_dataset
+from flatness.data.datasets import dataset_info, get_dataset
+from flatness.data.tensor_data import TensorImageDataset
 from flatness.training.config import TrainConfig
 
 SMALL_MODEL_PARAMS = 2_000_000

@@ -2,13 +2,13 @@
 
 A recipe is a set of TrainConfig values; options given explicitly on the command line (or
 explicitly to ``training.build_config``) override it, and TrainConfig's defaults fill the rest.
+``flatness.training.config.recipe_values`` reads a recipe (this module holds only the data, so that
+it needs nothing of ``config``).
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-from flatness.core.errors import FlatnessError
 
 # The published AMP setup (Zheng et al., CVPR 2021, and its reference code) for PreActResNet18 /
 # WRN-28-10 on CIFAR/SVHN. ERM baselines of the paper use the same recipe with --method erm.
@@ -71,7 +71,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "digits-default": {
         "description": "the offline default (what `flatness train` does with no options): digits, convnet, "
         "see TrainConfig for the values",
-        "values": {},  # filled below from TrainConfig's defaults, so the two can never disagree
+        # TrainConfig's own defaults (flatness.training.config.recipe_values), so the two can never disagree
+        "values": {},
     },
 }
 
@@ -105,18 +106,3 @@ DATASET_RECIPES: dict[str, str] = {"mnist1d": "mnist1d-default"}
 def recipe_names():
     """Every recipe's name, sorted (the accepted values of ``--recipe``)."""
     return sorted(RECIPES)
-
-
-def recipe_values(name: str) -> dict[str, Any]:
-    """The values of recipe ``name`` (a copy)."""
-    if name not in RECIPES:
-        raise FlatnessError(f"unknown recipe {name!r}; choose one of: {', '.join(recipe_names())}")
-    if name == "digits-default":
-        from flatness.training.config import TrainConfig
-
-        values = TrainConfig().to_dict()
-        values.pop("recipe", None)
-        return values
-    values = dict(RECIPES[name]["values"])
-    values["milestones"] = list(values.get("milestones", []))
-    return values

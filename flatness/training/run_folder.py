@@ -29,12 +29,11 @@ def stored_config(out_dir: str) -> TrainConfig:
     """
     last = _resumable(out_dir)
     if last is None:
-        try:
-            with open(os.path.join(out_dir, ckpt.CONFIG), encoding="utf-8") as handle:
-                values = json.load(handle)
-        except (OSError, ValueError):
+        try:  # a missing or unreadable config.json: nothing to resume either
+            values = ckpt.read_run_config(out_dir) if os.path.isfile(os.path.join(out_dir, ckpt.CONFIG)) else None
+        except FlatnessError:
             values = None
-        if not isinstance(values, dict):
+        if values is None:
             raise FlatnessError(
                 f"nothing to resume in {out_dir} (it was stopped before its first checkpoint); "
                 "run the same command without --resume to start it over"

@@ -129,7 +129,7 @@ def _patch_study(hold: _Hold):
             setattr(module, name, counting(getattr(module, name)))
         module.step_figures = held(module.step_figures)
 
-    return {"flatness.study.experiment": patch}
+    return {"flatness.study.experiment_steps": patch}
 
 
 def _patches(spec: dict) -> dict:

@@ -13,7 +13,8 @@ from holds import hold_env, wait_for_hold
 
 import flatness
 from flatness.core.errors import DivergedError, FlatnessError
-from flatness.data.datasets import TensorImageDataset, get_dataset
+from flatness.data.datasets import get_dataset
+from flatness.data.tensor_data import TensorImageDataset
 from flatness.formats import checkpoint as ckpt
 from flatness.training.loop import EpochBatches, TrainConfig, build_config, device_flags, lr_at, to_device, train
 

@@ -1,8 +1,7 @@
 """run_probe, the probe JSON format and `flatness probe` on the digits fixtures."""
 
+import dataclasses
 import json
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -96,8 +95,7 @@ def test_run_probe_reproducible_and_eigenvalues_match_direct(digits_checkpoint):
 
 
 def test_distance_from_init(tmp_path):
-    sys.path.insert(0, os.path.dirname(__file__))
-    from conftest import quick_digits_checkpoint
+    from conftest import quick_digits_checkpoint  # tests/ is on the path (pyproject's pythonpath)
 
     run = tmp_path / "run"
     run.mkdir()
@@ -113,13 +111,18 @@ def test_distance_from_init(tmp_path):
 def test_sharpness_hook(monkeypatch, digits_mlp_checkpoint):
     """run_probe hands the validated names, radii and settings to measure_sharpness, on all probe data."""
     import flatness.study.probe as probe
-    from flatness.sharpness import METRIC_NAMES
+    from flatness.sharpness import METRIC_NAMES, SharpnessRecord
+
+    @dataclasses.dataclass(frozen=True)
+    class Result(SharpnessRecord):
+        metric: str
+        value: float = 0.5
 
     calls = {}
 
     def fake(model, data, metrics, rho, epsilon, loss_fn, settings, output_fn=None):
         calls.update(metrics=metrics, rho=rho, epsilon=epsilon, settings=settings, n=data.n, training=model.training)
-        return [{"metric": m, "value": 0.5} for m in metrics]
+        return [Result(m) for m in metrics]
 
     monkeypatch.setattr(probe, "measure_sharpness", fake)
     settings = ProbeSettings(

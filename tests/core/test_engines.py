@@ -67,8 +67,10 @@ def run_job(engine, workers, folder, boom_needs, monkeypatch):
     cost = lambda job: job.cost  # noqa: E731
     with pytest.raises(FlatnessError, match="task boom failed"):  # raised in this process, whatever the engine
         if engine == "ray":
-            # Ray's workers import this module by name: they get the tests folder on their path
-            monkeypatch.setenv("PYTHONPATH", os.path.dirname(os.path.abspath(__file__)))
+            # Ray's workers import this module by name (tests.core.test_engines): they get the repository
+            # root on their path, and the tests folder for the shared helpers
+            tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            monkeypatch.setenv("PYTHONPATH", os.pathsep.join([os.path.dirname(tests), tests]))
             run_ray(first, workers, on_done, do_job, cost=cost)
         else:
             run_local(first, workers, on_done, fn=do_job, cost=cost)
@@ -172,3 +174,26 @@ def test_workers_of_a_parent_killed_while_they_start_do_not_outlive_it(tmp_path)
     while time.monotonic() < deadline and any(alive(p) for p in pids):
         time.sleep(0.1)
     assert not [p for p in pids if alive(p)], "a worker outlived its killed parent"
+
+
+def test_default_workers_and_threads_follow_the_documented_rule(monkeypatch):
+    """One home for how many workers and threads run (experiment and sweep): 8 cores, with and without CUDA."""
+    from flatness.core import engines
+
+    monkeypatch.setattr(engines.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(engines.torch.cuda, "is_available", lambda: False)
+    assert engines.default_workers(3, "cuda") == 3  # given: as given, whatever the device
+    assert engines.default_workers(None, "cpu") == 8 and engines.default_workers(None, "auto") == 8
+    assert engines.default_workers(None, "cuda:1") == 1
+    assert engines.default_workers(None) == 8  # a sweep: the cores whatever the device
+    assert engines.default_threads(5, 4, "cpu", tiny_model=True) == 5
+    assert engines.default_threads(None, 1, "cpu", tiny_model=True) == 1
+    assert engines.default_threads(None, 4, "cpu") == 2  # 4 workers share 8 cores
+    assert engines.default_threads(None, 1, "cpu") is None  # one worker: PyTorch's choice
+    monkeypatch.setattr(engines.torch.cuda, "is_available", lambda: True)
+    assert engines.default_workers(None, "auto") == 1 and engines.default_workers(None, "cpu") == 8
+    assert engines.default_threads(None, 8, "cpu", tiny_model=True) == 1  # 8 // 8, not the tiny rule
+    with pytest.raises(FlatnessError, match="--workers"):
+        engines.default_workers(0)
+    with pytest.raises(FlatnessError, match="--threads"):
+        engines.default_threads(engines.MAX_THREADS + 1, 1, "cpu")

@@ -110,31 +110,29 @@ def test_quick_experiment_writes_report_html_and_figures(quick_study):
 def test_rerun_skips_finished_steps_and_redoes_only_what_is_missing(quick_study, monkeypatch, cli):
     out, first, _ = quick_study
     assert first.exit_code == 0, first.output
-    import flatness.landscape.compute
-    import flatness.study.probe
-    import flatness.training.loop
+    import flatness.study.experiment_steps as steps
 
     def no_training(*a, **k):
         raise AssertionError("a finished run was trained again")
 
     probed = []
-    real_probe = flatness.study.probe.run_probe
+    real_probe = steps.run_probe
 
     def counting_probe(checkpoint, *a, **k):
         probed.append(checkpoint)
         return real_probe(checkpoint, *a, **k)
 
     computed = []
-    real_surface = flatness.landscape.compute.compute_surface
+    real_surface = steps.compute_surface
 
     def counting_surface(*a, **k):
         summary = real_surface(*a, **k)
         computed.append(summary["computed_now"])
         return summary
 
-    monkeypatch.setattr(flatness.training.loop, "train", no_training)
-    monkeypatch.setattr(flatness.study.probe, "run_probe", counting_probe)
-    monkeypatch.setattr(flatness.landscape.compute, "compute_surface", counting_surface)
+    monkeypatch.setattr(steps, "train", no_training)
+    monkeypatch.setattr(steps, "run_probe", counting_probe)
+    monkeypatch.setattr(steps, "compute_surface", counting_surface)
     os.unlink(out / "runs" / "amp-s1" / "probe.json")  # as if killed before this probe finished
     began = time.perf_counter()
     # --workers 1: the steps run in this process, where the counting patches above apply
@@ -191,3 +189,46 @@ def test_changed_settings_and_bad_options_are_refused(quick_study, cli):
         result = cli(["experiment", "--quick", "--methods", "erm,amp", "--out", out.parent / "other", *args])
         lines = [line for line in result.output.strip().splitlines() if line]
         assert result.exit_code != 0 and len(lines) == 1 and message in lines[0], result.output
+
+
+def test_checked_config_is_frozen_fills_defaults_and_records_the_probe_as_before():
+    """experiment.json's probe record keeps the layout of the dict the study stored before ProbeSettings."""
+    import dataclasses
+
+    from flatness.core.errors import FlatnessError
+    from flatness.study.experiment_config import ExperimentConfig
+
+    cfg = ExperimentConfig(quick=True, methods="erm,AMP", seeds="0,1", workers=1, threads=2).checked()
+    assert (cfg.methods, cfg.seeds, cfg.epochs, cfg.samples, cfg.grid) == (("erm", "amp"), (0, 1), 1, 128, 5)
+    assert (cfg.model, cfg.recipe, cfg.match_loss, cfg.workers, cfg.threads) == ("mlp1d", None, 5.0, 1, 2)
+    assert cfg.train_overrides == {"batch_size": 128}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.samples = 3
+    quick_probe = {
+        "top_k": 2,
+        "eig_method": "lanczos",
+        "max_iter": 20,
+        "tol": 1e-3,
+        "trace": True,
+        "trace_samples": 4,
+        "density": True,
+        "density_steps": 10,
+        "density_vectors": 1,
+        "sharpness": ["all"],
+        "sharpness_options": {
+            "rhos": [0.05],
+            "epsilons": [1e-3],
+            "draws": 2,
+            "ascent_steps": 2,
+            "lbfgs_iterations": 2,
+            "pac_bayes_draws": 2,
+        },
+    }
+    record = cfg.to_dict()["probe"]
+    assert record == quick_probe and list(record) == list(quick_probe)
+    float64 = dataclasses.replace(cfg.probe, dtype="float64", samples=7)  # samples: the study's own
+    assert list(ExperimentConfig(probe=float64).to_dict()["probe"]) == [*quick_probe, "dtype"]
+    with pytest.raises(FlatnessError, match="unknown training option.*lrr"):
+        ExperimentConfig(train_overrides={"lrr": 0.1}).checked()
+    with pytest.raises(FlatnessError, match="--methods must include erm"):
+        ExperimentConfig(methods=("amp", "sam")).checked()

@@ -12,7 +12,7 @@ from flatness.study.quantities import (
     sharpness_key,
     sharpness_unit,
 )
-from flatness.study.runs import RunRecord
+from flatness.study.run_record import RunRecord
 
 FIRST = {"epoch": 1, "train_acc": 0.5, "test_acc": 0.4, "train_loss": 2.0, "test_loss": 2.5}
 LAST = {"epoch": 2, "train_acc": 0.9, "test_acc": 0.8, "train_loss": 0.3, "test_loss": 0.7}
