@@ -15,7 +15,12 @@ import warnings
 
 import click
 
+from flatness.cli import compare, correlate, experiment, plot, probe, surface, sweep, train
+from flatness.core import distributed
+from flatness.core.devices import describe_runtime
 from flatness.core.errors import FlatnessError, Signalled, without_unsafe_advice
+from flatness.core.fileio import os_error_reason
+from flatness.models.references import one_line
 from flatness.version import __version__
 
 EXIT_INTERRUPTED = 130
@@ -105,8 +110,6 @@ class FlatnessGroup(click.Group):
         except OSError as err:
             if _debug(ctx):
                 raise
-            from flatness.core.fileio import os_error_reason
-
             where = f" ({err.filename})" if getattr(err, "filename", None) else ""
             reason = os_error_reason(err)
             if err.errno == errno.ENOSPC or reason == os.strerror(errno.ENOSPC):
@@ -118,8 +121,6 @@ class FlatnessGroup(click.Group):
             # decide the exit code, and nothing here says "interrupted" when no one interrupted
             if _debug(ctx):
                 raise
-            from flatness.models.references import one_line
-
             what = one_line(err)
             click.echo(f"Error: the command stopped on {what} raised by code it ran, not by a signal", err=True)
             ctx.exit(2)
@@ -158,8 +159,6 @@ def _show_warnings(caught) -> None:
 def _leave_process_group(clean: bool) -> None:
     """Under torchrun: wait for every rank, then close the process group before the process exits
     (a rank exiting while a peer still talks to it makes gloo abort the peer)."""
-    from flatness.core import distributed
-
     if distributed.is_distributed() and clean:
         distributed.barrier()
     distributed.shutdown()
@@ -179,8 +178,6 @@ def _print_version(ctx, _param, value) -> None:
     """``--version``: flatness's version, then torch's and the device (the first things a bug report needs)."""
     if not value or ctx.resilient_parsing:
         return
-    from flatness.core.devices import describe_runtime  # imports torch: only when asked
-
     click.echo(f"flatness {__version__} ({describe_runtime()})")
     ctx.exit()
 
@@ -204,18 +201,17 @@ def main(debug: bool) -> None:
     """
 
 
-COMMANDS = ("train", "probe", "surface", "plot", "compare", "experiment", "sweep", "correlate")
+# The order of the commands in the docs (docs/reference/cli.md); --help lists them alphabetically.
+for _command in (
+    train.command,
+    probe.command,
+    surface.command,
+    plot.command,
+    compare.command,
+    experiment.command,
+    sweep.command,
+    correlate.command,
+):
+    main.add_command(_command)
 
-
-def _register() -> None:
-    # One module per command, each defining ``command``; the order here is the order in --help.
-    import importlib
-    import importlib.util
-
-    for name in COMMANDS:
-        if importlib.util.find_spec(f"{__package__}.{name}") is None:
-            continue  # a command still being built; every shipped command has its module
-        main.add_command(importlib.import_module(f"{__package__}.{name}").command)
-
-
-_register()
+COMMANDS = tuple(main.commands)

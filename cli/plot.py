@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from flatness.plot.figures import PlotSettings, plot_files
-from flatness.plot.style import FORMATS
+from flatness.plot.style import FORMATS, VALUES
 
 
 @click.command("plot")
@@ -20,7 +20,7 @@ from flatness.plot.style import FORMATS
 )
 @click.option(
     "--value",
-    type=click.Choice(["train_loss", "test_loss", "train_acc", "test_acc"]),
+    type=click.Choice(VALUES),
     default=None,
     help="Quantity of a 2D surface to draw (default: train_loss, else test_loss).",
 )

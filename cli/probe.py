@@ -3,29 +3,28 @@ checkpoint, written as a probe JSON (+ sidecar .h5)."""
 
 from __future__ import annotations
 
-import os
-
 import click
 
+from flatness.cli.settings_options import into_settings, quiet_option
 from flatness.cli.source_options import model_source, source_options
-from flatness.core.errors import FlatnessError
-from flatness.core.paths import check_input, check_name, check_paths
-from flatness.core.validation import check_count, check_number, check_seed
 from flatness.data.probe_data import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
+from flatness.plot.style import loss_words
+from flatness.sharpness.measure import SharpnessSettings
+from flatness.sharpness.oracle import BALLS
 from flatness.study.probe import (
     DEFAULT_DENSITY_STEPS,
     DEFAULT_DENSITY_VECTORS,
+    DEFAULT_EIG_METHOD,
     DEFAULT_MAX_ITER,
     DEFAULT_TOL,
     DEFAULT_TRACE_SAMPLES,
+    DTYPES,
+    EIG_METHODS,
+    SPLITS,
+    TRACE_METHODS,
     ProbeSettings,
+    probe_to_file,
 )
-
-
-def _default_out(checkpoint: str, split: str) -> str:
-    path = os.path.join(checkpoint, "last.pt") if os.path.isdir(checkpoint) else checkpoint
-    root, _ = os.path.splitext(path)
-    return f"{root}.probe-{split}.json"
 
 
 def _fmt(x, spec=".4g"):
@@ -34,13 +33,13 @@ def _fmt(x, spec=".4g"):
 
 @click.command("probe")
 @click.argument("checkpoint", type=click.Path(dir_okay=True))
-@click.option("--split", default="train", show_default=True, metavar="train|test")
+@click.option("--split", default="train", show_default=True, metavar="|".join(SPLITS))
 @click.option(
     "--samples",
-    type=int,
-    default=DEFAULT_SAMPLES,
+    default=str(DEFAULT_SAMPLES),
     show_default=True,
-    help="Probe examples: the first N of the split, in dataset order, no augmentation.",
+    metavar="N|all",
+    help="Probe examples: the first N of the split, in dataset order, no augmentation, or all of it.",
 )
 @click.option(
     "--batch-size",
@@ -52,8 +51,8 @@ def _fmt(x, spec=".4g"):
 @click.option("--top-k", type=int, default=5, show_default=True, help="Top Hessian eigenvalues (0: none).")
 @click.option(
     "--eig-method",
-    type=click.Choice(["lanczos", "power"]),
-    default="lanczos",
+    type=click.Choice(EIG_METHODS),
+    default=DEFAULT_EIG_METHOD,
     show_default=True,
     help="lanczos (default): Krylov with full re-orthogonalisation; in benchmarks/README.md it "
     "reaches the top-5 at residual 1e-4 in several times fewer HVPs than power iteration, "
@@ -77,7 +76,7 @@ def _fmt(x, spec=".4g"):
 @click.option(
     "--trace-samples", type=int, default=DEFAULT_TRACE_SAMPLES, show_default=True, help="HVPs for the trace estimate."
 )
-@click.option("--trace-method", type=click.Choice(["hutchinson", "hutch++"]), default="hutchinson", show_default=True)
+@click.option("--trace-method", type=click.Choice(TRACE_METHODS), default=TRACE_METHODS[0], show_default=True)
 @click.option(
     "--density/--no-density",
     default=False,
@@ -92,17 +91,21 @@ def _fmt(x, spec=".4g"):
 )
 @click.option(
     "--sharpness",
-    "sharpness",
+    "metrics",
     default=None,
     metavar="all|NAME,NAME",
     help="Sharpness metrics to compute as well (default none).",
 )
-@click.option("--rho", default=None, metavar="R,R", help="Radii of the worst-/average-case metrics, e.g. 0.05,0.1.")
-@click.option("--epsilon", default=None, metavar="E,E", help="Box sizes of Keskar's ε-sharpness, e.g. 5e-4,1e-3.")
+@click.option(
+    "--rho", "rhos", default=None, metavar="R,R", help="Radii of the worst-/average-case metrics, e.g. 0.05,0.1."
+)
+@click.option(
+    "--epsilon", "epsilons", default=None, metavar="E,E", help="Box sizes of Keskar's ε-sharpness, e.g. 5e-4,1e-3."
+)
 @click.option(
     "--ball",
-    type=click.Choice(["tensor", "global"]),
-    default="tensor",
+    type=click.Choice(BALLS),
+    default=SharpnessSettings.ball,
     show_default=True,
     help="Worst-case ball: per tensor (the AMP reference code) or one global L2 ball.",
 )
@@ -123,8 +126,8 @@ def _fmt(x, spec=".4g"):
 @click.option("--save-vectors", is_flag=True, help="Also write the eigenvectors to a sidecar .h5.")
 @click.option(
     "--dtype",
-    type=click.Choice(["float32", "float64"]),
-    default="float32",
+    type=click.Choice(DTYPES),
+    default=DTYPES[0],
     show_default=True,
     help="Precision of the Hessian and sharpness computations. float64 is for the rare model "
     "whose float32 HVPs are too inexact for --tol (the probe then says NOT converged), "
@@ -138,113 +141,18 @@ def _fmt(x, spec=".4g"):
     help="Restrict the Hessian (eigenvalues, trace, density) to the parameters whose names match, "
     "e.g. 'layer4.*' or 'features.0.weight': per-layer spectra. Default: all parameters.",
 )
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@quiet_option
 @source_options
-def command(
-    checkpoint,
-    split,
-    samples,
-    batch_size,
-    top_k,
-    eig_method,
-    tol,
-    max_iter,
-    trace,
-    trace_samples,
-    trace_method,
-    density,
-    density_steps,
-    density_vectors,
-    sharpness,
-    rho,
-    epsilon,
-    ball,
-    draws,
-    ascent_steps,
-    seed,
-    device,
-    data_dir,
-    out,
-    force,
-    save_vectors,
-    dtype,
-    params,
-    quiet,
-    **model_options,
-):
+@into_settings(ProbeSettings, sharpness=SharpnessSettings)
+def command(checkpoint, settings, out, force, **model_options):
     """Measure CHECKPOINT: loss, accuracy, top Hessian eigenvalues, optional trace, density, sharpness.
 
     CHECKPOINT: a flatness checkpoint or run folder; a plain state_dict (torch.save) or .safetensors file
     with --model; or a .pt2 program (torch.export.save) with --dataset.
     """
-    from flatness.core import distributed
-    from flatness.core.devices import resolve_device
-    from flatness.formats.probe_file import sidecar_path, write_probe
-    from flatness.study.probe import run_probe
-
-    settings = ProbeSettings(
-        split=split,
-        samples=samples,
-        batch_size=batch_size,
-        top_k=top_k,
-        eig_method=eig_method,
-        tol=tol,
-        max_iter=max_iter,
-        trace=trace,
-        trace_samples=trace_samples,
-        trace_method=trace_method,
-        density=density,
-        density_steps=density_steps,
-        density_vectors=density_vectors,
-        sharpness=sharpness,
-        sharpness_options={
-            "rhos": rho,
-            "epsilons": epsilon,
-            "ball": ball,
-            "draws": draws,
-            "ascent_steps": ascent_steps,
-        },
-        seed=seed,
-        device=device,
-        dtype=dtype,
-        params=params,
-        save_vectors=save_vectors,
-        data_dir=data_dir,
-        progress=not quiet,
-    )
-    settings.validate()  # every option, before any file is looked at or any work is done
-    check_seed(seed)
-    check_count(samples, "--samples")
-    # Every count is checked here, before the checkpoint is loaded, also those that only some
-    # measurements use: 0 is an error, never "the default".
-    check_count(batch_size, "--batch-size")
-    check_count(top_k, "--top-k", minimum=0)
-    check_count(max_iter, "--max-iter")
-    check_count(trace_samples, "--trace-samples")
-    check_count(density_steps, "--density-steps")
-    check_count(density_vectors, "--density-vectors")
-    check_number(tol, "--tol")
-    for label, value in (("--draws", draws), ("--ascent-steps", ascent_steps)):
-        if value is not None:
-            check_count(value, label)
-    check_input(checkpoint, "checkpoint")
-    if data_dir is not None:
-        check_name(data_dir, "--data-dir")
-    out = out or _default_out(checkpoint, split)
-    # The output (and its sidecar) must not be the checkpoint they measure, --force or not.
-    sidecar = sidecar_path(out) if save_vectors or density else None
-    check_paths({"checkpoint": [checkpoint]}, {"--out": out, "--out's sidecar": sidecar})
-    if not force:  # fail before the work, not after it
-        for target in [out] + ([sidecar] if sidecar else []):
-            if os.path.exists(target):
-                raise FlatnessError(f"{target} exists; pass --force to overwrite it")
-
-    distributed.init_from_env(resolve_device(device))  # under torchrun: join the ranks (probe data sharded)
-    settings.progress = settings.progress and distributed.is_main()
-    result = run_probe(checkpoint, settings, model_source(**model_options))
-    if not distributed.is_main():
-        return  # rank 0 writes and reports
-    _report(out, write_probe(out, result, force=force), split, tol)
+    out, written = probe_to_file(checkpoint, out, settings, model_source(**model_options), force=force)
+    if written is not None:  # rank 0 writes and reports
+        _report(out, written, settings.split, settings.tol)
 
 
 def _report(out: str, written, split: str, tol: float) -> None:
@@ -255,8 +163,6 @@ def _report(out: str, written, split: str, tol: float) -> None:
         f"{ck['model']} on {ck['dataset']}{run}, "
         f"{written['data']['samples']} {split} examples, {written['num_params']} parameters"
     )
-    from flatness.plot.style import loss_words
-
     acc = written.get("accuracy")
     click.echo(
         f"  loss {_fmt(written['loss'])} ({loss_words(written['data'].get('loss'))}), "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from flatness.sources.loading import ALLOW_SOURCE_CHANGE_FLAG
+from flatness.sources.loading import ALLOW_SOURCE_CHANGE_FLAG, ModelSource
 
 MODEL_HELP = (
     "The model, when CHECKPOINT does not say it all: a built-in name, package.module:callable or "
@@ -94,8 +94,6 @@ def model_source(
     Returns:
         A ``ModelSource`` or None.
     """
-    from flatness.sources.loading import ModelSource
-
     given = (model, model_args, dataset, image_size, normalize, loss, output)
     if all(value is None for value in given):
         return None

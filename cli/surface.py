@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import click
 
+from flatness.cli.settings_options import into_settings, quiet_option
 from flatness.cli.source_options import model_source, source_options
+from flatness.core import distributed
 from flatness.data.probe_data import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
+from flatness.landscape.compute import BN_MODES, SPLIT_CHOICES, SurfaceSettings, compute_surface
+from flatness.landscape.directions import IGNORES, NORMS
+from flatness.landscape.surface import PRECISIONS
 
 
 @click.command("surface")
@@ -30,20 +35,20 @@ from flatness.data.probe_data import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
 )
 @click.option(
     "--norm",
-    type=click.Choice(["filter", "layer", "none"]),
-    default="filter",
+    type=click.Choice(NORMS),
+    default=SurfaceSettings.norm,
     show_default=True,
     help="Normalisation of random directions.",
 )
 @click.option(
     "--ignore",
-    type=click.Choice(["biasbn", "none"]),
-    default="biasbn",
+    type=click.Choice(IGNORES),
+    default=SurfaceSettings.ignore,
     show_default=True,
     help="Random directions: zero biases and BatchNorm parameters (biasbn) or copy them from the weights.",
 )
 @click.option("--orthogonal", is_flag=True, help="Make the second random direction orthogonal to the first.")
-@click.option("--split", type=click.Choice(["train", "test", "both"]), default="train", show_default=True)
+@click.option("--split", type=click.Choice(SPLIT_CHOICES), default=SurfaceSettings.split, show_default=True)
 @click.option(
     "--samples",
     default=str(DEFAULT_SAMPLES),
@@ -54,8 +59,8 @@ from flatness.data.probe_data import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
 @click.option("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, show_default=True)
 @click.option(
     "--bn",
-    type=click.Choice(["eval", "recalibrate"]),
-    default="eval",
+    type=click.Choice(BN_MODES),
+    default=SurfaceSettings.bn,
     show_default=True,
     help="BatchNorm statistics: as stored, or re-estimated on training data at every point.",
 )
@@ -73,8 +78,8 @@ from flatness.data.probe_data import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "bf16"]),
-    default="fp32",
+    type=click.Choice(PRECISIONS),
+    default=SurfaceSettings.precision,
     show_default=True,
     help="bf16 evaluates under bfloat16 autocast: about 2x faster on recent GPUs, ~3 significant "
     "digits of loss (fine for pictures, not for tiny differences near the minimum).",
@@ -85,33 +90,10 @@ from flatness.data.probe_data import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
     help="Run conv nets in NHWC memory layout: same values up to rounding (~1e-6), often much "
     "faster on CPUs (the default digits convnet: about 27% less time per point).",
 )
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option
 @source_options
-# click passes every option as a parameter; the function only builds SurfaceSettings from them.
-def command(
-    checkpoint,
-    x,
-    y,
-    direction,
-    norm,
-    ignore,
-    orthogonal,
-    split,
-    samples,
-    batch_size,
-    bn,
-    seed,
-    device,
-    data_dir,
-    download,
-    out,
-    resume,
-    force,
-    precision,
-    channels_last,
-    quiet,
-    **model_options,
-):
+@into_settings(SurfaceSettings)
+def command(checkpoint, settings, out, **model_options):
     """Loss and accuracy on a grid around CHECKPOINT (loss-landscape compatible HDF5).
 
     CHECKPOINT: a flatness checkpoint or run folder; a plain state_dict (torch.save) or .safetensors file
@@ -121,37 +103,10 @@ def command(
     among the N processes (gloo on CPU, NCCL on GPU) and rank 0 writes the file; --resume works with
     any number of processes.
     """
-    from flatness.core import distributed
-    from flatness.core.devices import resolve_device
-    from flatness.core.validation import parse_samples
-    from flatness.landscape.compute import SurfaceSettings, compute_surface
-
-    distributed.init_from_env(resolve_device(device))
-    settings = SurfaceSettings(
-        x=x,
-        y=y,
-        direction=direction,
-        norm=norm,
-        ignore=ignore,
-        orthogonal=orthogonal,
-        split=split,
-        samples=parse_samples(samples),
-        batch_size=batch_size,
-        bn=bn,
-        seed=seed,
-        device=device,
-        resume=resume,
-        force=force,
-        progress=not quiet and distributed.is_main(),
-        data_dir=data_dir,
-        download=download,
-        precision=precision,
-        channels_last=channels_last,
-        source=model_source(**model_options, download=download),
-    )
-    summary = compute_surface(checkpoint, out, settings)
+    source = model_source(**model_options, download=settings.download)
+    summary = compute_surface(checkpoint, out, settings, source=source)
     if not distributed.is_main():
-        return
+        return  # rank 0 writes and reports
     shape = "x".join(str(s) for s in reversed(summary["shape"]))  # x points by y points
     rate = summary["points_per_second"]
     click.echo(

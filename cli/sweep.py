@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from flatness.cli.settings_options import into_settings
 from flatness.cli.source_options import loss_options
 from flatness.core.errors import FlatnessError
 from flatness.sweep.run import (
@@ -15,8 +16,10 @@ from flatness.sweep.run import (
     QUICK_GRID,
     STOP_SCHEDULE,
     SweepSettings,
+    failure_message,
     run_sweep,
 )
+from flatness.training.tensorboard_log import LOGGERS
 
 
 @click.command("sweep")
@@ -57,7 +60,7 @@ from flatness.sweep.run import (
 @click.option(
     "--workers", type=int, default=None, help="Cells at a time (default: the number of cores; one thread each)."
 )
-@click.option("--engine", default="local", show_default=True, help="local (processes here) or ray.")
+@click.option("--engine", default=SweepSettings.engine, show_default=True, help="local (processes here) or ray.")
 @click.option("--address", default=None, help="Ray cluster address (--engine ray; default: a local instance).")
 @click.option(
     "--shard",
@@ -67,37 +70,19 @@ from flatness.sweep.run import (
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--data-dir", default=None, type=click.Path(), help="Dataset root.")
 @click.option("--quick", is_flag=True, help="8 tiny cells (2 epochs, cheap probes) for tests: well under 3 minutes.")
-@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@click.option("--no-progress", "progress", is_flag=True, flag_value=False, default=True, help="Hide the progress bar.")
 @click.option(
     "--log",
-    "logger",
-    type=click.Choice(["none", "tensorboard"]),
-    default="none",
+    "log",
+    type=click.Choice(LOGGERS),
+    default=SweepSettings.log,
     show_default=True,
     help="tensorboard: each cell's training curves into OUT/cells/CELL/tensorboard (needs "
     "flatness[tensorboard]); `tensorboard --logdir OUT` shows the whole grid.",
 )
 @loss_options
-def command(
-    out,
-    grid,
-    seeds,
-    dataset,
-    model,
-    epochs,
-    stop_loss,
-    workers,
-    engine,
-    address,
-    shard,
-    device,
-    data_dir,
-    quick,
-    no_progress,
-    logger,
-    loss,
-    output,
-):  # click passes every option as a parameter of its own
+@into_settings(SweepSettings)
+def command(settings):
     """Train every cell of a grid (one normal run folder each), probe it (top Hessian eigenvalues, trace,
     every sharpness metric) and measure the norm/margin baselines; write OUT/cells.csv.
 
@@ -107,32 +92,10 @@ def command(
 
     Then `flatness correlate OUT` ranks the measures against the generalisation gap.
     """
-    settings = SweepSettings(
-        out=out,
-        grid=grid,
-        seeds=seeds,
-        dataset=dataset,
-        model=model,
-        workers=workers,
-        engine=engine.lower(),
-        address=address,
-        shard=shard,
-        quick=quick,
-        epochs=epochs,
-        stop_loss=stop_loss,
-        device=device,
-        data_dir=data_dir,
-        progress=not no_progress,
-        log=logger,
-        loss=loss,
-        output=output,
-    )
     result = run_sweep(settings, echo=lambda m: click.echo(m, err=True))
     click.echo(
         f"{result['ran']} cell(s) run now ({result['done']} done, {result['failed']} failed) of "
         f"{result['cells']} in the grid, {result['seconds']:.0f} s; table: {result['table']}"
     )
     if result["failures"]:  # a sweep with a failed cell is not a success (exit 2, naming them)
-        from flatness.sweep.run import failure_message
-
         raise FlatnessError(failure_message(result["failures"], result["cells"]))

@@ -7,6 +7,9 @@ import click
 
 from flatness.cli.source_options import loss_options
 from flatness.cli.train_options import D, training_options
+from flatness.core import distributed
+from flatness.training.launch import needs_relaunch, relaunch_under_torchrun, train_from_options
+from flatness.training.tensorboard_log import LOGGERS
 
 MAX_PROCESSES = 1024  # far beyond one node's GPUs or cores; a larger N is a typo, not a plan
 
@@ -119,8 +122,8 @@ MAX_PROCESSES = 1024  # far beyond one node's GPUs or cores; a larger N is a typ
 @click.option(
     "--log",
     "logger",
-    type=click.Choice(["none", "tensorboard"]),
-    default="none",
+    type=click.Choice(LOGGERS),
+    default=LOGGERS[0],
     show_default=True,
     help="tensorboard: also write each epoch's metrics.jsonl record (losses, accuracies, lr, the whole-train "
     "loss of --stop-loss, AMP/SAM's perturbation norm) as TensorBoard scalars into OUT/tensorboard (needs "
@@ -133,67 +136,9 @@ def command(out, resume, recipe, progress, nproc, compile_, logger, **options):
     With no options: the convnet on the bundled digits set (offline, under a minute on a laptop CPU).
     Several GPUs: `flatness train --nproc 4 ...`, or `torchrun --nproc_per_node=4 -m flatness.cli train ...`.
     """
-    from flatness.core import distributed
-    from flatness.training.config import build_config, default_out_dir
-    from flatness.training.loop import train
-    from flatness.training.run_folder import resume_config
-    from flatness.training.tensorboard_log import check_logger, epoch_logger
-
-    check_logger(logger)  # a missing package is refused before anything is trained
-    if nproc > 1 and not distributed.launched_by_torchrun():
-        click.get_current_context().exit(_relaunch_under_torchrun(nproc))  # torchrun's exit code, not an error
+    if needs_relaunch(nproc):  # torchrun's exit code, not an error
+        click.get_current_context().exit(relaunch_under_torchrun(nproc, logger))
     options["compile"] = compile_
-
-    from flatness.core.paths import check_paths
-
-    if out is not None:  # before resume_config reads the folder
-        check_paths({}, {"--out": out}, folders=["--out"])
-    explicit = {k: v for k, v in options.items() if v is not None}
-    if "model_args" in explicit:  # a JSON object, checked (one line) before anything is trained
-        from flatness.models.references import parse_model_args
-
-        explicit["model_args"] = parse_model_args(explicit["model_args"])
-    if not explicit.get("download"):
-        explicit.pop("download", None)
-    if resume:
-        probe = build_config(explicit, recipe)
-        out = out or default_out_dir(probe)
-        config = resume_config(out, explicit)
-    else:
-        config = build_config(explicit, recipe)
-    out = out or default_out_dir(config)
-    with epoch_logger(logger, out) as on_epoch:
-        out_dir = train(config, out_dir=out, resume=resume, progress=progress, verbose=True, on_epoch=on_epoch)
+    out_dir = train_from_options(options, out, resume=resume, recipe=recipe, progress=progress, logger=logger)
     if distributed.is_main():
         click.echo(f"Saved run to {out_dir}")
-
-
-def _relaunch_under_torchrun(nproc: int) -> int:
-    """Run this same command line under torchrun with ``nproc`` processes; returns its exit code."""
-    import subprocess
-    import sys
-
-    args = []
-    skip = False
-    for arg in sys.argv[1:]:
-        if skip:
-            skip = False
-            continue
-        if arg == "--nproc":
-            skip = True
-            continue
-        if arg.startswith("--nproc="):
-            continue
-        args.append(arg)
-    # sys.argv[1:] starts at the subcommand (or a global option such as --debug before it)
-    command_line = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "flatness.cli",
-        *args,
-    ]
-    return subprocess.call(command_line)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from flatness.training.config import TrainConfig
+from flatness.training.config import DATA_ON_DEVICE, PRECISIONS, TrainConfig
 
 D = TrainConfig()
 
@@ -127,7 +127,7 @@ TRAINING_OPTIONS = [
     click.option("--image-size", type=int, default=None, help="imagefolder data: resize images to this square size."),
     click.option(
         "--precision",
-        type=click.Choice(["fp32", "bf16"]),
+        type=click.Choice(PRECISIONS),
         default=None,
         help="bf16: bfloat16 autocast for the forward/backward passes (weights, optimizer and checkpoints stay "
         "fp32); the GPU fast path. [default: fp32]",
@@ -140,7 +140,7 @@ TRAINING_OPTIONS = [
     click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model. [default: off]"),
     click.option(
         "--data-on-device",
-        type=click.Choice(["auto", "yes", "no"]),
+        type=click.Choice(DATA_ON_DEVICE),
         default=None,
         help="Keep the whole training set on the GPU and augment it there (auto: when it takes under a "
         "quarter of free GPU memory; never on the CPU). [default: auto]",

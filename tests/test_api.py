@@ -156,14 +156,9 @@ def test_measure_returns_the_probe_keys():
         density_steps=6,
         density_vectors=1,
         progress=False,
-        sharpness_options={
-            "rhos": [0.05],
-            "ascent_steps": 2,
-            "draws": 2,
-            "pac_bayes_draws": 2,
-            "epsilons": [1e-3],
-            "lbfgs_iterations": 2,
-        },
+        sharpness=flatness.SharpnessSettings(  # metrics None: budgets only, sharpness where a call asks
+            metrics=None, rhos=[0.05], epsilons=[1e-3], ascent_steps=2, draws=2, pac_bayes_draws=2, lbfgs_iterations=2
+        ),
     )
     result = flatness.measure(model, data, top_k=2, trace=True, density=True, sharpness="worst_case", settings=settings)
     assert set(result) == {

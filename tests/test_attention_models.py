@@ -253,8 +253,15 @@ def test_measure_runs_every_quantity_on_a_hugging_face_model():
     model = _bert().double()
     ids, mask, y = _tokens()
     data = {"input_ids": ids, "attention_mask": mask, "labels": y}
-    settings = ProbeSettings(tol=1e-8, trace_samples=4, density_steps=8, density_vectors=1)
-    settings.sharpness_options = dict(QUICK_SHARPNESS)
+    settings = ProbeSettings.from_dict(
+        {
+            "tol": 1e-8,
+            "trace_samples": 4,
+            "density_steps": 8,
+            "density_vectors": 1,
+            "sharpness_options": QUICK_SHARPNESS,
+        }
+    )
     result = flatness.measure(model, data, top_k=2, trace=True, density=True, sharpness="all", settings=settings)
     model.eval()
     H = _dense_hessian(model, {"input_ids": ids, "attention_mask": mask}, y)

@@ -216,7 +216,7 @@ def test_train_numbers(ws, option, value):
     with (
         scratch_dir(ws) as scratch,
         mock.patch("flatness.training.loop._train_locked", train_stub),
-        mock.patch("flatness.cli.train._relaunch_under_torchrun", lambda nproc: 0),
+        mock.patch("flatness.cli.train.relaunch_under_torchrun", lambda nproc, logger: 0),
     ):  # --nproc 3: no torchrun
         result = invoke(
             ["train", "--no-progress", "--device", "cpu", "--out", os.path.join(scratch, "r"), option, value]

@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 
+from flatness.sharpness.measure import SharpnessSettings
 from flatness.study.probe import ProbeSettings, measure
 from flatness.study.quantities import (
     BASE_QUANTITIES,
@@ -37,8 +38,7 @@ def _measures(model, x, y):
         top_k=1,
         trace=True,
         trace_samples=20,
-        sharpness=["all"],
-        sharpness_options={"rhos": [0.05], "epsilons": [1e-3]},
+        sharpness=SharpnessSettings(metrics=["all"], rhos=[0.05], epsilons=[1e-3]),
         progress=False,
     )
     result = measure(model, (x, y), settings=settings)

@@ -16,7 +16,7 @@ from flatness.cli.main import main
 from flatness.core.errors import FlatnessError
 from flatness.sweep.cells import CELLS, MEASURES, read_table
 from flatness.sweep.grid import expand, parse_grid, varied_keys
-from flatness.sweep.run import SweepSettings, plan, run_sweep
+from flatness.sweep.run import DEFAULT_SEEDS, SweepSettings, plan, run_sweep
 
 # 4 tiny cells on digits: ERM and SAM at two learning rates, one seed, 2 epochs, the quick probe.
 TINY = ["--quick", "--dataset", "digits", "--grid", "method=erm,sam lr=0.02,0.1", "--seeds", "0"]
@@ -260,3 +260,15 @@ def test_stop_loss_sweep_records_each_cells_stop_in_the_table(tmp_path):
         assert r["stopped_epoch"] == info["epoch"] == info["stop"]["epoch"] == metrics[-1]["epoch"] == 1
         assert r["reached_stop_loss"] is info["stop"]["reached"] is (metrics[-1]["full_train_loss"] <= 0.15)
     assert [r["reached_stop_loss"] for r in rows] == [True, False]
+
+
+def test_sweep_settings_checked_resolves_the_defaults(tmp_path):
+    """checked() lowercases the engine and resolves seeds, dataset, model and workers; the default grid
+    stays None (its cells train to the stop loss)."""
+    checked = SweepSettings(out=str(tmp_path / "s"), engine="LOCAL", dataset="digits").checked()
+    assert (checked.engine, checked.seeds, checked.model, checked.grid) == ("local", DEFAULT_SEEDS, "convnet", None)
+    assert checked.workers == (os.cpu_count() or 1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        checked.quick = True
+    with pytest.raises(FlatnessError, match="--workers"):
+        SweepSettings(out=str(tmp_path / "s"), workers=0).checked()

@@ -60,7 +60,10 @@ config = ExperimentConfig(
     samples=64,
     grid=3,
     probe=dataclasses.replace(
-        study_probe_settings(quick=True), sharpness=["worst_case"], density_steps=8, trace_samples=2
+        study_probe_settings(quick=True),
+        sharpness=dataclasses.replace(study_probe_settings(quick=True).sharpness, metrics=["worst_case"]),
+        density_steps=8,
+        trace_samples=2,
     ),
     data_dir=data_dir,
     device="cpu",

@@ -14,7 +14,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from flatness.core.errors import FlatnessError
+from flatness.core.distributed import all_reduce_sum_
 from flatness.core.measured import HALF_DTYPES
+from flatness.core.validation import check_count
 from flatness.data.batches import map_tensors, move_to, split_batch
 from flatness.data.datasets import get_dataset
 
@@ -69,8 +71,8 @@ class ProbeData:
         Returns:
             The probe data.
         """
-        if samples is not None and samples < 1:
-            raise FlatnessError(f"samples must be >= 1, got {samples}")
+        if samples is not None:
+            check_count(samples, "samples")
         if batch_size < 1:
             raise FlatnessError(f"batch size must be >= 1, got {batch_size}")
         count = len(dataset) if samples is None else min(samples, len(dataset))
@@ -146,8 +148,6 @@ class ProbeData:
     def reduce_sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum a per-shard partial result over ranks (in place); a no-op for unsharded data."""
         if self.sharded:
-            from flatness.core.distributed import all_reduce_sum_
-
             all_reduce_sum_(tensor)
         return tensor
 

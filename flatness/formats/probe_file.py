@@ -38,6 +38,7 @@ import numpy as np
 
 from flatness.core.errors import FlatnessError
 from flatness.core.fileio import atomic_write, atomic_write_text
+from flatness.core.locking import exclusive
 
 FORMAT = "flatness-probe"
 REQUIRED = (
@@ -59,6 +60,15 @@ def sidecar_path(json_path: str) -> str:
     """The ``.h5`` sidecar beside a probe JSON file (``x.json`` -> ``x.h5``; other names get ``.h5`` added)."""
     root, ext = os.path.splitext(json_path)
     return (root if ext.lower() == ".json" else json_path) + ".h5"
+
+
+def refuse_existing(paths: list[str | None], force: bool) -> None:
+    """Refuse to replace any of ``paths`` (None: not written) that exists, unless ``force``."""
+    if force:
+        return
+    for target in paths:
+        if target is not None and os.path.exists(target):
+            raise FlatnessError(f"{target} exists; pass --force to overwrite it")
 
 
 def _clean(obj: Any) -> Any:
@@ -107,8 +117,6 @@ def write_probe(
         vectors = result.get("eigenvectors")
     if density_arrays is None:
         density_arrays = result.get("density_arrays")
-    from flatness.core.locking import exclusive
-
     with exclusive(path, "probe file"):  # two probes never write one file
         return _write_probe_locked(path, result, vectors, density_arrays, force)
 
@@ -116,10 +124,7 @@ def write_probe(
 def _write_probe_locked(path, result, vectors, density_arrays, force) -> dict[str, Any]:
     side = sidecar_path(path)
     want_sidecar = vectors is not None or density_arrays is not None
-    if not force:
-        for target in [path] + ([side] if want_sidecar else []):
-            if os.path.exists(target):
-                raise FlatnessError(f"{target} exists; pass --force to overwrite it")
+    refuse_existing([path, side if want_sidecar else None], force)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FlatnessError(f"cannot write {path}: folder {folder} does not exist")
@@ -139,7 +144,7 @@ def _write_probe_locked(path, result, vectors, density_arrays, force) -> dict[st
 
 
 def _write_sidecar(path: str, vectors, density_arrays, payload) -> None:
-    import h5py
+    import h5py  # late: only a probe with vectors or a density needs h5py (~0.2 s to import)
 
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as h5:
@@ -242,7 +247,7 @@ def read_probe_arrays(path: str) -> dict[str, np.ndarray]:
     ``eigenvectors`` (k×d), ``eigenvalues`` and ``density/...`` when present. FlatnessError when
     there is no readable sidecar.
     """
-    import h5py
+    import h5py  # late: reading a probe's JSON needs no h5py (~0.2 s to import)
 
     probe = read_probe(path)
     if not probe.get("sidecar"):

@@ -27,13 +27,24 @@ import numpy as np
 import torch
 
 from flatness.core import distributed, locking
+from flatness.core.devices import resolve_device
 from flatness.core.errors import FlatnessError
+from flatness.core.fileio import sha256_file
+from flatness.core.losses import is_classification_loss
 from flatness.core.paths import check_paths, file_id, same_file
 from flatness.core.progress import progress_bar, show_plan
-from flatness.core.validation import check_count, check_seed
+from flatness.core.validation import check_count, check_seed, parse_samples
 from flatness.data.probe_data import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
 from flatness.formats import surface_file as surface_io
-from flatness.landscape.directions import IGNORES, NORMS
+from flatness.formats.checkpoint import check_state_finite, read_checkpoint
+from flatness.landscape.directions import (
+    IGNORES,
+    NORMS,
+    eigen_directions,
+    interp_direction,
+    pca_directions,
+    random_directions,
+)
 from flatness.landscape.grid import (
     MAX_GRID_POINTS,
     GridSpec,
@@ -45,6 +56,7 @@ from flatness.landscape.grid import (
 )
 from flatness.landscape.surface import PRECISIONS, PointEvaluator
 from flatness.landscape.weights import WeightSetter, batchnorm_layers
+from flatness.sources.loading import load_target, source_file_sha256
 from flatness.version import __version__
 
 BN_MODES = ("eval", "recalibrate")
@@ -82,14 +94,16 @@ MATCH_KEYS = (
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class SurfaceSettings:
     """Every option of ``flatness surface`` (the command builds one; see ``flatness surface --help``).
 
-    ``samples=None`` means the whole split. ``precision="bf16"`` evaluates under bfloat16 autocast
-    (the CUDA fast path; about 3 significant digits of loss, enough for pictures, not for
-    differences near the minimum). ``channels_last`` runs conv nets in NHWC layout: the same function,
-    other rounding (~1e-6 relative in the loss), and on CPUs often much faster (benchmarks/README.md).
+    ``samples``: the first N examples, ``"all"`` or None (the whole split); ``x``/``y``: grid specs
+    (``(min, max, n)`` or ``"MIN:MAX:N"``). ``checked()`` is the one check of every option.
+    ``precision="bf16"`` evaluates under bfloat16 autocast (the CUDA fast path; about 3 significant
+    digits of loss, enough for pictures, not for differences near the minimum). ``channels_last``
+    runs conv nets in NHWC layout: the same function, other rounding (~1e-6 relative in the loss),
+    and on CPUs often much faster (benchmarks/README.md).
     """
 
     x: GridSpec = (-1.0, 1.0, 21)
@@ -99,7 +113,7 @@ class SurfaceSettings:
     ignore: str = "biasbn"
     orthogonal: bool = False
     split: str = "train"
-    samples: int | None = DEFAULT_SAMPLES
+    samples: int | str | None = DEFAULT_SAMPLES
     batch_size: int = DEFAULT_BATCH_SIZE
     bn: str = "eval"
     seed: int = 0
@@ -119,11 +133,14 @@ class SurfaceSettings:
     # the model and dataset the checkpoint records
     source: Any = None
 
-    def check(self) -> tuple[tuple[float, float, int], tuple[float, float, int] | None, str, str | None]:
-        """Check every option before anything is touched.
+    def checked(self) -> SurfaceSettings:
+        """Every option checked before anything is touched, as a copy with the defaults resolved.
 
-        Returns:
-            ``(x spec, y spec or None, direction kind, direction source or None)``, parsed.
+        The copy holds ``x``/``y`` as ``(min, max, n)`` numbers and ``samples`` as a count (None: all);
+        ``parse_direction(copy.direction)`` gives the direction's kind and source.
+
+        Raises:
+            FlatnessError: one line naming the option.
         """
         xs = parse_grid(self.x, "x")
         ys = parse_grid(self.y, "y") if self.y is not None else None
@@ -139,8 +156,7 @@ class SurfaceSettings:
         ):
             if value not in choices:
                 raise FlatnessError(f"unknown --{option} {value!r}; choose one of: {', '.join(choices)}")
-        if self.samples is not None:
-            check_count(self.samples, "--samples")
+        samples = parse_samples(self.samples)
         check_count(self.batch_size, "--batch-size")
         check_seed(self.seed)
         if kind == "interp" and ys is not None:
@@ -149,7 +165,7 @@ class SurfaceSettings:
             raise FlatnessError("--resume continues a file and --force starts it over: choose one")
         if self.orthogonal and (kind != "random" or ys is None):
             raise FlatnessError("--orthogonal applies to 2D random directions (--dir random with --y) only")
-        return xs, ys, kind, source
+        return dataclasses.replace(self, x=xs, y=ys, samples=samples)
 
 
 @dataclass
@@ -220,7 +236,9 @@ def compute_surface(
         run), ``cpu_seconds``, ``centre`` ({split: (loss, acc%)} when the grid has (0, 0)),
         ``min_loss`` ({split: value}), ``direction``, ``bn``, ``resumed``.
     """
-    settings = dataclasses.replace(settings or SurfaceSettings(), **options)
+    settings = dataclasses.replace(settings or SurfaceSettings(), **options).checked()
+    distributed.init_from_env(resolve_device(settings.device))  # under torchrun: join the ranks
+    settings = dataclasses.replace(settings, progress=settings.progress and distributed.is_main())
     job = _prepare(checkpoint, out, settings, data)
     main_rank = distributed.is_main()
     with locking.exclusive(job.out, "surface file") if main_rank else contextlib.nullcontext():
@@ -250,10 +268,8 @@ def compute_surface(
 
 def _prepare(checkpoint: str, out: str | None, s: SurfaceSettings, data: dict[str, Any] | None) -> _Job:
     """Check the options, load the model and the data, and decide the output file (nothing written)."""
-    from flatness.core.devices import resolve_device
-    from flatness.sources.loading import load_target
-
-    xs, ys, kind, source = s.check()
+    xs, ys = s.x, s.y
+    kind, source = parse_direction(s.direction)
     sources = [source] if kind in ("interp", "pca") and source else []
     # issue 15: an output that is any input (through links too) is refused, --force or not
     check_paths({"CHECKPOINT": [checkpoint], "--dir": sources}, {"--out": out})
@@ -328,8 +344,6 @@ def _source_fingerprint(info: dict[str, Any]) -> dict[str, str]:
 
     Each is "" where the name fixes it, so files written before these keys existed still resume.
     """
-    from flatness.sources.loading import source_file_sha256
-
     record = info.get("model_record") or {}
     args = record.get("args")
     return {
@@ -348,9 +362,6 @@ def _provenance(
     ys: tuple[float, float, int] | None,
 ):
     """The file's attributes for this request, the keys a resume must match, and B's checkpoint."""
-    from flatness.core.fileio import sha256_file
-    from flatness.formats.checkpoint import check_state_finite, read_checkpoint
-
     wanted = {
         "flatness_version": __version__,
         "checkpoint": os.path.abspath(info["path"]),
@@ -396,20 +407,14 @@ def _make_directions(job: _Job):
     count = 1 if job.ycoords is None else 2
     s = job.settings
     if job.kind == "random":
-        from flatness.landscape.directions import random_directions
-
         return (
             random_directions(job.model, count, norm=s.norm, ignore=s.ignore, seed=s.seed, orthogonal=s.orthogonal),
             {},
             None,
         )
     if job.kind == "interp":
-        from flatness.landscape.directions import interp_direction
-
         return [interp_direction(job.model, job.payload_b["model_state"])], {}, None
     if job.kind == "pca":
-        from flatness.landscape.directions import pca_directions
-
         result = pca_directions(job.source)
         pca = {
             "explained_variance_ratio": result.explained_variance_ratio,
@@ -418,8 +423,6 @@ def _make_directions(job: _Job):
             "reference": os.path.abspath(result.reference),
         }
         return result.directions[:count], {"explained_variance_ratio": list(result.explained_variance_ratio)}, pca
-    from flatness.landscape.directions import eigen_directions
-
     result = eigen_directions(
         job.model, job.load_train(in_layout=False), k=count, seed=s.seed, loss_fn=s.loss_fn, output_fn=s.output_fn
     )
@@ -428,8 +431,6 @@ def _make_directions(job: _Job):
 
 def _has_accuracy(job: _Job) -> bool:
     """Whether the surface has accuracy arrays: not for a known regression loss (``--loss mse``)."""
-    from flatness.core.losses import is_classification_loss
-
     return is_classification_loss(job.settings.loss_fn) is not False
 
 

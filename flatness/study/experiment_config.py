@@ -21,6 +21,7 @@ from flatness.core.paths import check_name
 from flatness.core.validation import check_count, check_seed
 from flatness.data.probe_data import DEFAULT_SAMPLES
 from flatness.landscape.grid import MAX_AXIS_POINTS, MAX_GRID_POINTS
+from flatness.sharpness.measure import SharpnessSettings
 from flatness.sources.loading import default_model_for, folder_label, is_user_dataset
 from flatness.study.probe import QUICK_SHARPNESS, ProbeSettings
 from flatness.training.config import METHODS, TrainConfig
@@ -103,8 +104,7 @@ def study_probe_settings(quick: bool) -> ProbeSettings:
             density=True,
             density_steps=10,
             density_vectors=1,
-            sharpness=["all"],
-            sharpness_options=dict(QUICK_SHARPNESS),
+            sharpness=SharpnessSettings(metrics=["all"], **QUICK_SHARPNESS),
         )
     return ProbeSettings(
         top_k=5,
@@ -116,8 +116,7 @@ def study_probe_settings(quick: bool) -> ProbeSettings:
         density=True,
         density_steps=40,
         density_vectors=2,
-        sharpness=["all"],
-        sharpness_options={},
+        sharpness=SharpnessSettings(metrics=["all"]),
     )
 
 
@@ -241,8 +240,8 @@ def probe_record(probe: ProbeSettings) -> dict[str, Any]:
     Fields outside ``STUDY_PROBE_FIELDS`` (``dtype``, ``params``, ...) appear only where they differ from
     the probe's defaults, so a study of an earlier version, which recorded only those fields, resumes.
     """
-    values = dataclasses.asdict(probe)
-    defaults = dataclasses.asdict(ProbeSettings())
+    values = probe.to_dict()
+    defaults = ProbeSettings().to_dict()
     record = {name: values[name] for name in STUDY_PROBE_FIELDS}
     for name, value in values.items():
         if name not in STUDY_PROBE_FIELDS and name not in _PROBE_DATA_FIELDS and value != defaults[name]:

@@ -39,6 +39,7 @@ from flatness.plot.loading import load_surface
 from flatness.plot.maps import plot_2d
 from flatness.plot.spectra import plot_spectrum
 from flatness.plot.style import common_limits, pick_value
+from flatness.sharpness.measure import SharpnessSettings
 from flatness.sharpness.oracle import DEFAULTS
 from flatness.sources.loading import named_source
 from flatness.study.comparison_figures import compare_figures
@@ -199,7 +200,7 @@ def step_probe(
         probe = dataclasses.replace(
             cfg.probe,
             density=bool(cfg.probe.density) and seed == surface_seed(cfg) and not matched,
-            sharpness_options=with_training_radius(cfg, cfg.probe.sharpness_options or {}),
+            sharpness=with_training_radius(cfg, cfg.probe.sharpness),
         )
         return run_probe(checkpoint, _on_study_data(cfg, probe, progress), study_source(cfg))
 
@@ -289,8 +290,8 @@ def _on_study_data(cfg: ExperimentConfig, probe: ProbeSettings, progress: bool) 
     )
 
 
-def with_training_radius(cfg: ExperimentConfig, options: dict[str, Any]) -> dict[str, Any]:
-    """The sharpness options with the primary measures' radii among the radii.
+def with_training_radius(cfg: ExperimentConfig, sharpness: SharpnessSettings) -> SharpnessSettings:
+    """The sharpness settings with the primary measures' radii among the radii.
 
     The primary rule (``flatness.study.quantities.PRIMARY_RULE``) needs worst-case sharpness at the
     perturbation method's own radius r (AMP's ε, else SAM's ρ) and at r/5; they are appended to the
@@ -299,17 +300,17 @@ def with_training_radius(cfg: ExperimentConfig, options: dict[str, Any]) -> dict
 
     Args:
         cfg: the resolved study settings.
-        options: the sharpness options as given.
+        sharpness: the sharpness settings as given.
 
     Returns:
-        The options, with ``rhos`` extended when needed (the input is not modified).
+        The settings, with ``rhos`` extended when needed.
     """
-    if "rhos" in options:
-        return options
+    if sharpness.rhos is not None:
+        return sharpness
     configs = [train_config_for(cfg, m, cfg.seeds[0]).to_dict() for m in cfg.methods if m != "erm"]
     rhos = list(DEFAULTS["rhos"])
     missing = [r for r in primary_radii(training_radius(configs)) if r not in rhos]
-    return {**options, "rhos": rhos + missing} if missing else options
+    return dataclasses.replace(sharpness, rhos=rhos + missing) if missing else sharpness
 
 
 def study_source(cfg: ExperimentConfig):

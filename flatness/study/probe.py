@@ -17,10 +17,9 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 import torch.nn as nn
 
 from flatness.core import distributed
@@ -32,9 +31,12 @@ from flatness.core.limits import check_limit
 from flatness.core.losses import LossFn, resolve_loss
 from flatness.core.measured import second_order_model
 from flatness.core.params import num_params, select_params, weight_norm
+from flatness.core.paths import check_input, check_name, check_paths
 from flatness.core.progress import show_plan
+from flatness.core.validation import check_count, check_number, check_seed, parse_samples
 from flatness.data.batches import OutputFn
 from flatness.data.probe_data import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
+from flatness.formats.probe_file import refuse_existing, sidecar_path, write_probe
 from flatness.hessian import (
     DEFAULT_BACKEND,
     HessianOperator,
@@ -45,6 +47,7 @@ from flatness.hessian import (
     top_eigen,
 )
 from flatness.sharpness.measure import SharpnessSettings, measure_sharpness
+from flatness.sharpness.oracle import METRIC_NAMES
 from flatness.sources.loading import ModelSource, init_distance, load_target
 from flatness.version import __version__
 
@@ -59,12 +62,14 @@ SPLITS = ("train", "test")
 EIG_METHODS = ("lanczos", "power")
 TRACE_METHODS = ("hutchinson", "hutch++")
 DTYPES = ("float32", "float64")
-#: What ``ProbeSettings.sharpness_options`` may hold (``None`` values mean "the default").
+
+
+#: The keys of a probe record's ``sharpness_options`` (``ProbeSettings.to_dict``): ``SharpnessSettings``
+#: fields, the metric names aside (the record's ``sharpness``).
 SHARPNESS_OPTIONS = ("rhos", "epsilons", "ball", "p", "draws", "ascent_steps", "lbfgs_iterations", "pac_bayes_draws")
 
-
 # The cheapest sharpness budget that still runs every metric (the --quick smoke tests of experiment
-# and sweep): one radius, two draws, two ascent steps.
+# and sweep): one radius, two draws, two ascent steps. A record's ``sharpness_options``.
 QUICK_SHARPNESS = {
     "rhos": [0.05],
     "epsilons": [1e-3],
@@ -75,22 +80,30 @@ QUICK_SHARPNESS = {
 }
 
 
-@dataclass
+def _no_sharpness() -> SharpnessSettings:
+    return SharpnessSettings(metrics=None)
+
+
+@dataclass(frozen=True)
 class ProbeSettings:
     """What a probe measures and how (``flatness probe``'s options; the defaults are its defaults).
 
-    Data: ``split``, ``samples`` (the first N examples), ``batch_size`` (memory only), ``data_dir``.
+    Data: ``split``, ``samples`` (the first N examples; ``"all"`` or None: the whole split),
+    ``batch_size`` (memory only), ``data_dir``.
     Hessian: ``top_k`` eigenvalues (0: none) by ``eig_method`` to relative residual ``tol`` within
     ``max_iter`` HVPs (total for lanczos, per eigenvalue for power); ``params`` (globs such as
     ``"layer4.*"``) restricts the Hessian, its trace and density to a block (per-layer spectra);
     ``hvp_backend``; ``save_vectors`` keeps the eigenvectors. ``trace``/``trace_samples``/
-    ``trace_method``; ``density``/``density_steps``/``density_vectors``. ``sharpness``: metric
-    names (``"all"``) or None, with ``sharpness_options`` (keys in ``SHARPNESS_OPTIONS``).
+    ``trace_method``; ``density``/``density_steps``/``density_vectors``.
+    ``sharpness``: the sharpness metrics and how they are computed (``SharpnessSettings``; its
+    ``metrics`` None, the default: no sharpness; its ``seed`` and ``progress`` are the probe's).
     ``seed``, ``device``, ``dtype`` (float32 or float64), ``progress``.
+
+    ``checked()`` is the one check of every option; the functions that measure call it.
     """
 
     split: str = "train"
-    samples: int = DEFAULT_SAMPLES
+    samples: int | str | None = DEFAULT_SAMPLES
     batch_size: int = DEFAULT_BATCH_SIZE
     top_k: int = 5
     eig_method: str = DEFAULT_EIG_METHOD
@@ -102,8 +115,7 @@ class ProbeSettings:
     density: bool = False
     density_steps: int = DEFAULT_DENSITY_STEPS
     density_vectors: int = DEFAULT_DENSITY_VECTORS
-    sharpness: str | Sequence[str] | None = None
-    sharpness_options: dict[str, Any] | None = None
+    sharpness: SharpnessSettings = field(default_factory=_no_sharpness)
     seed: int = 0
     device: str = "auto"
     dtype: str = "float32"
@@ -114,85 +126,78 @@ class ProbeSettings:
     progress: bool = False
 
     @classmethod
-    def from_dict(cls, options: dict[str, Any]) -> ProbeSettings:
-        """Settings from a plain dict (a study's frozen probe options); unknown keys are an error."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - names)
-        if unknown:
-            raise FlatnessError(f"unknown probe option {unknown[0]!r}; known: {', '.join(sorted(names))}")
-        return cls(**options)
+    def from_dict(cls, record: dict[str, Any]) -> ProbeSettings:
+        """Settings from their record (``to_dict``: what experiment.json and sweep.json store).
 
-    def validate(self) -> tuple[str, ...] | None:
-        """Check every option before any work (one-line ``FlatnessError``s).
+        The record holds the fields of ``ProbeSettings`` by name, but ``sharpness`` is the metric names
+        (or None) and ``sharpness_options`` the other ``SharpnessSettings`` fields (``SHARPNESS_OPTIONS``;
+        None values: the default). Unknown keys are an error.
+        """
+        options = dict(record)
+        metrics = options.pop("sharpness", None)
+        sharp = {k: v for k, v in (options.pop("sharpness_options", None) or {}).items() if v is not None}
+        names = {f.name for f in dataclasses.fields(cls)} - {"sharpness"}
+        for given, known, what in ((options, names, "probe"), (sharp, SHARPNESS_OPTIONS, "sharpness")):
+            unknown = sorted(set(given) - set(known))
+            if unknown:
+                raise FlatnessError(f"unknown {what} option {unknown[0]!r}; known: {', '.join(sorted(known))}")
+        return cls(**options, sharpness=SharpnessSettings(metrics=metrics, **sharp))
 
-        Returns:
-            The sharpness metric names (``all`` expanded), or None when no sharpness is asked for.
+    def to_dict(self) -> dict[str, Any]:
+        """The record ``from_dict`` reads: plain JSON-ready values, field by field in order."""
+        record: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name != "sharpness":
+                record[f.name] = _plain(getattr(self, f.name))
+                continue
+            defaults = _no_sharpness()
+            record["sharpness"] = _plain(self.sharpness.metrics)
+            record["sharpness_options"] = {
+                k: _plain(getattr(self.sharpness, k))
+                for k in SHARPNESS_OPTIONS
+                if getattr(self.sharpness, k) != getattr(defaults, k)
+            }
+        return record
+
+    def checked(self) -> ProbeSettings:
+        """Every option checked before any work, as a copy with the defaults resolved.
+
+        The copy holds ``samples`` as a count (None: all) and ``sharpness`` checked
+        (``SharpnessSettings.checked``: names, radii, budgets) with the probe's seed and progress.
+        Every count and radius is checked, also those only some measurements use (0 is an error,
+        never "the default"; a typo is never silently ignored, with or without sharpness metrics).
+
+        Raises:
+            FlatnessError: one line naming the option.
         """
         if self.split not in SPLITS:
-            raise FlatnessError(f"unknown split {self.split!r}; use train or test")
-        for label, value in (("--samples", self.samples), ("--batch-size", self.batch_size)):
-            if value is None or value < 1:
-                raise FlatnessError(f"{label} must be >= 1, got {value}")
-        if self.top_k is None or self.top_k < 0:
-            raise FlatnessError(f"top-k must be >= 0, got {self.top_k}")
+            raise FlatnessError(f"unknown split {self.split!r}; use {' or '.join(SPLITS)}")
         if self.eig_method not in EIG_METHODS:
-            raise FlatnessError(f"unknown eigen method {self.eig_method!r}; use lanczos or power")
-        if not (self.tol is not None and self.tol > 0):
-            raise FlatnessError(f"tol must be > 0, got {self.tol}")
-        if self.max_iter is None or self.max_iter < 1:
-            raise FlatnessError(f"max-iter must be >= 1, got {self.max_iter}")
-        if self.trace and self.trace_method not in TRACE_METHODS:
-            raise FlatnessError(f"unknown trace method {self.trace_method!r}; use hutchinson or hutch++")
-        least = 6 if self.trace_method == "hutch++" else 2
-        if self.trace and self.trace_samples < least:
-            raise FlatnessError(f"trace samples must be >= {least} for {self.trace_method}")
-        if self.density and (self.density_steps < 1 or self.density_vectors < 1):
-            raise FlatnessError("density needs steps >= 1 and vectors >= 1")
+            raise FlatnessError(f"unknown eigen method {self.eig_method!r}; use {' or '.join(EIG_METHODS)}")
+        if self.trace_method not in TRACE_METHODS:
+            raise FlatnessError(f"unknown trace method {self.trace_method!r}; use {' or '.join(TRACE_METHODS)}")
         if self.dtype not in DTYPES:
-            raise FlatnessError(f"unknown dtype {self.dtype!r}; use float32 or float64")
+            raise FlatnessError(f"unknown dtype {self.dtype!r}; use {' or '.join(DTYPES)}")
+        check_seed(self.seed)
+        check_number(self.tol, "--tol")
+        check_count(self.batch_size, "--batch-size")
         for name in ("top_k", "max_iter", "trace_samples", "density_steps", "density_vectors"):
             check_limit(getattr(self, name), name)  # each sets how many Hessian-vector products run
-        rho, epsilon, sharp = self.sharpness_settings()
-        if self.sharpness is None:
-            return None
-        return dataclasses.replace(sharp, metrics=self.sharpness, rhos=rho, epsilons=epsilon).checked().metrics
-
-    def sharpness_settings(self) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None, SharpnessSettings]:
-        """(rho, epsilon, SharpnessSettings) from ``sharpness_options``.
-
-        Radii are checked even when no sharpness metric is asked for (a typo is never silently
-        ignored).
-        """
-        options = {k: v for k, v in (self.sharpness_options or {}).items() if v is not None}
-        unknown = sorted(set(options) - set(SHARPNESS_OPTIONS))
-        if unknown:
-            raise FlatnessError(f"unknown sharpness option {unknown[0]!r}; known: {', '.join(SHARPNESS_OPTIONS)}")
-        rho = _radii_option(options.pop("rhos"), "rho") if "rhos" in options else None
-        epsilon = _radii_option(options.pop("epsilons"), "epsilon") if "epsilons" in options else None
-        return rho, epsilon, SharpnessSettings(seed=self.seed, progress=self.progress, **options)
+            check_count(getattr(self, name), "--" + name.replace("_", "-"), minimum=0 if name == "top_k" else 1)
+        least = 6 if self.trace_method == "hutch++" else 2
+        if self.trace and self.trace_samples < least:
+            raise FlatnessError(f"--trace-samples must be >= {least} for {self.trace_method}")
+        sharp = dataclasses.replace(self.sharpness, seed=self.seed, progress=self.progress)
+        if sharp.metrics is None:  # no sharpness: its options are still checked, as if all were asked for
+            sharp = dataclasses.replace(dataclasses.replace(sharp, metrics=METRIC_NAMES).checked(), metrics=None)
+        else:
+            sharp = sharp.checked()
+        return dataclasses.replace(self, samples=parse_samples(self.samples), sharpness=sharp)
 
 
-def _radii_option(values: str | Sequence[float], label: str) -> tuple[float, ...]:
-    """Radii given as typed on the command line ("0.05,0.1") or as numbers, each finite and > 0."""
-    if not isinstance(values, str):
-        for value in values:
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise FlatnessError(f"{label} must be a finite number > 0, got {value}")
-        return tuple(float(v) for v in values)
-    out = []
-    for part in (p.strip() for p in values.split(",")):
-        if not part:
-            continue
-        try:
-            value = float(part)
-        except ValueError:
-            raise FlatnessError(f"--{label} takes numbers separated by commas, got {part!r}") from None
-        if not (value > 0 and value != float("inf")):
-            raise FlatnessError(f"--{label} values must be finite and > 0, got {part}")
-        out.append(value)
-    if not out:
-        raise FlatnessError(f"--{label} needs at least one value")
-    return tuple(out)
+def _plain(value: Any) -> Any:
+    """Tuples as lists (JSON's form), everything else as it is."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def measure(
@@ -217,7 +222,7 @@ def measure(
         top_k: top Hessian eigenvalues (0: none); overrides ``settings.top_k``.
         trace: estimate tr(H); overrides ``settings.trace``.
         density: the SLQ spectral density; overrides ``settings.density``.
-        sharpness: sharpness metric names (``"all"``); overrides ``settings.sharpness``.
+        sharpness: sharpness metric names (``"all"``); overrides ``settings.sharpness.metrics``.
         loss_fn: ``loss_fn(outputs, targets)`` -> batch mean loss, or a loss name
             (``flatness.core.losses.LOSS_NAMES``); cross-entropy by default.
         settings: everything else (``ProbeSettings()``; its data fields ``split``/``samples``/
@@ -243,9 +248,12 @@ def measure(
         >>> round(probe["trace"]["estimate"], 4)
         9.3333
     """
-    shortcuts = {"top_k": top_k, "trace": trace, "density": density, "sharpness": sharpness}
-    s = dataclasses.replace(settings or ProbeSettings(), **{k: v for k, v in shortcuts.items() if v is not None})
-    sharp_names = s.validate()
+    s = settings or ProbeSettings()
+    shortcuts = {"top_k": top_k, "trace": trace, "density": density}
+    s = dataclasses.replace(s, **{k: v for k, v in shortcuts.items() if v is not None})
+    if sharpness is not None:
+        s = dataclasses.replace(s, sharpness=dataclasses.replace(s.sharpness, metrics=sharpness))
+    s = s.checked()
     loss_fn = resolve_loss(loss_fn)
     # every number below is of the same module: a compiled model's original, a half model's float32 copy
     model, note = second_order_model(model)
@@ -283,17 +291,14 @@ def measure(
         f"top-{s.top_k} Hessian eigenvalues ({s.eig_method}, at most {s.max_iter} iterations)" if s.top_k else "",
         f"trace from {s.trace_samples} {s.trace_method} vectors" if s.trace else "",
         f"density from {s.density_vectors} x {s.density_steps} Lanczos steps" if s.density else "",
-        f"sharpness ({', '.join(sharp_names)})" if sharp_names else "",
+        f"sharpness ({', '.join(s.sharpness.metrics)})" if s.sharpness.metrics else "",
         f"each Hessian-vector product a pass over {data.n} examples and {op.dim} parameters",
     )
     result.update(_spectrum(op, s))
-    if sharp_names is not None:
-        rho, epsilon, sharp = s.sharpness_settings()
+    if s.sharpness.metrics is not None:
         start = time.perf_counter()
-        records = measure_sharpness(
-            model, data, sharp_names, rho, epsilon, loss_fn, settings=sharp, output_fn=output_fn
-        )
-        result["sharpness"] = [record.to_dict() for record in records]
+        results = measure_sharpness(model, data, loss_fn=loss_fn, settings=s.sharpness, output_fn=output_fn)
+        result["sharpness"] = [one.to_dict() for one in results]
         result["sharpness_seconds"] = time.perf_counter() - start
     return result
 
@@ -346,19 +351,6 @@ def _finite_or_none(x: float) -> float | None:
     return float(x) if x is not None and math.isfinite(x) else None
 
 
-def distance_from_init(model: torch.nn.Module, checkpoint_path: str) -> float | None:
-    """‖θ − θ_init‖ when the run folder beside the checkpoint has ``init.pt`` (else None).
-
-    Args:
-        model: the checkpoint's model (any architecture: init.pt's weights are loaded into a copy).
-        checkpoint_path: the checkpoint's file.
-
-    Returns:
-        The distance, 0.0 for ``init.pt`` itself, None without a readable ``init.pt``.
-    """
-    return init_distance(model, checkpoint_path)
-
-
 def run_probe(
     checkpoint: str,
     settings: ProbeSettings | None = None,
@@ -383,8 +375,8 @@ def run_probe(
         ``"eigenvectors"`` (k×d numpy array) and with ``density`` ``"density_arrays"``, which
         ``write_probe`` moves into the sidecar ``.h5``.
     """
-    s = settings or ProbeSettings()
-    s.validate()  # before the checkpoint and data are loaded
+    s = (settings or ProbeSettings()).checked()  # before the checkpoint and data are loaded
+    s = dataclasses.replace(s, progress=s.progress and distributed.is_main())  # under torchrun: rank 0's bars
     dev = distributed.local_device(resolve_device(s.device))
     target = load_target(checkpoint, source, device=dev, root=s.data_dir)
     model, info = target.model, target.info
@@ -425,9 +417,55 @@ def run_probe(
     }
     for key in ("loss", "accuracy", "num_params", "hessian_params", "hessian_dim", "weight_norm"):
         result[key] = measured.pop(key)
-    result["distance_from_init"] = distance_from_init(model, info["path"])
+    result["distance_from_init"] = init_distance(model, info["path"])
     for key in ("hessian", "trace", "density", "sharpness"):
         result[key] = measured.pop(key)
     result["sidecar"] = None
     result.update(measured)  # eigenvectors, density_arrays, sharpness_seconds: where computed
     return result
+
+
+def default_probe_path(checkpoint: str, split: str) -> str:
+    """Where ``flatness probe`` writes by default: beside the checkpoint, ``NAME.probe-SPLIT.json``."""
+    path = os.path.join(checkpoint, "last.pt") if os.path.isdir(checkpoint) else checkpoint
+    root, _ = os.path.splitext(path)
+    return f"{root}.probe-{split}.json"
+
+
+def probe_to_file(
+    checkpoint: str,
+    out: str | None,
+    settings: ProbeSettings,
+    source: ModelSource | None = None,
+    *,
+    force: bool = False,
+) -> tuple[str, dict[str, Any] | None]:
+    """``flatness probe``: check everything, measure ``checkpoint``, write the probe JSON (+ sidecar).
+
+    Every option and path is checked before the checkpoint is loaded, and an existing output is
+    refused before the work (not after it) unless ``force``. Under torchrun the ranks join here
+    (the probe data is sharded) and rank 0 writes.
+
+    Args:
+        checkpoint: as for ``run_probe``.
+        out: the probe JSON (None: ``default_probe_path``); never the checkpoint itself, ``force`` or not.
+        settings: what to measure.
+        source: as for ``run_probe``.
+        force: replace existing output files.
+
+    Returns:
+        (the JSON's path, the dict as written; None on ranks other than 0).
+    """
+    s = settings.checked()
+    check_input(checkpoint, "checkpoint")
+    if s.data_dir is not None:
+        check_name(s.data_dir, "--data-dir")
+    out = out or default_probe_path(checkpoint, s.split)
+    sidecar = sidecar_path(out) if s.save_vectors or s.density else None
+    check_paths({"checkpoint": [checkpoint]}, {"--out": out, "--out's sidecar": sidecar})
+    refuse_existing([out, sidecar], force)
+    distributed.init_from_env(resolve_device(s.device))  # under torchrun: join the ranks
+    result = run_probe(checkpoint, s, source)
+    if not distributed.is_main():
+        return out, None
+    return out, write_probe(out, result, force=force)

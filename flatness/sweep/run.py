@@ -22,10 +22,16 @@ from typing import Any
 from flatness.core import engines
 from flatness.core.errors import FlatnessError
 from flatness.core.fileio import atomic_write_json
-from flatness.core.progress import plan_line
-from flatness.study.probe import QUICK_SHARPNESS
+from flatness.core.paths import check_paths
+from flatness.core.progress import plan_line, progress_bar
+from flatness.core.validation import check_count
+from flatness.data.datasets import dataset_info, dataset_names
+from flatness.study.probe import QUICK_SHARPNESS, ProbeSettings
 from flatness.sweep import cells as cellmod
 from flatness.sweep.grid import Cell, expand, parse_grid, parse_seeds, varied_keys
+from flatness.training.config import TrainConfig, build_config
+from flatness.training.stopping import check_stop_loss
+from flatness.training.tensorboard_log import check_logger
 
 STATE = "sweep.json"
 FROZEN = ("grid", "seeds", "dataset", "model", "quick", "train", "probe")
@@ -68,16 +74,11 @@ QUICK_EPOCHS = 2
 
 def default_dataset() -> str:
     """MNIST-1D (a real generalisation gap) when this flatness has it, else the offline digits."""
-    from flatness.data.datasets import dataset_names
-
     return "mnist1d" if "mnist1d" in dataset_names() else "digits"
 
 
 def default_model(dataset: str) -> str:
     """The dataset's own default model where it names one, else ``flatness train``'s default."""
-    from flatness.data.datasets import dataset_info
-    from flatness.training.config import TrainConfig
-
     return getattr(dataset_info(dataset), "default_model", None) or TrainConfig().model
 
 
@@ -112,9 +113,12 @@ def probe_options(quick: bool) -> dict[str, Any]:
     }
 
 
-@dataclass
+@dataclass(frozen=True)
 class SweepSettings:
-    """``flatness sweep``'s options (None: the default). ``shard`` is ``"I/N"``; ``workers`` None: the cores."""
+    """``flatness sweep``'s options (None: the default). ``shard`` is ``"I/N"``; ``workers`` None: the cores.
+
+    ``checked()`` is the one check of every option; ``plan`` builds the work from the checked copy.
+    """
 
     out: str
     grid: str | None = None
@@ -134,6 +138,37 @@ class SweepSettings:
     log: str = "none"  # "tensorboard": each cell's curves in its run folder; `tensorboard --logdir OUT`
     loss: str | None = None  # --loss / --output of every cell (flatness.sources.losses)
     output: str | None = None
+
+    def checked(self) -> SweepSettings:
+        """Every option checked, as a copy with the defaults resolved (seeds, dataset, model, workers).
+
+        ``grid`` stays None for the default grid (whose cells train to ``DEFAULT_STOP_LOSS``; ``plan``).
+
+        Raises:
+            FlatnessError: one line naming the option.
+        """
+        engine = self.engine.lower()
+        engines.check_engine(engine)
+        check_logger(self.log)
+        if engine == "ray":
+            engines.check_ray_address(self.address)  # a cluster that does not answer: one line now, not a wait
+        parse_shard(self.shard)
+        if self.workers is not None:
+            check_count(self.workers, "--workers", maximum=engines.MAX_WORKERS)
+        if self.epochs is not None:
+            check_count(self.epochs, "--epochs")
+        check_stop_loss(self.stop_loss)
+        if self.grid is not None and not self.grid.strip():
+            raise FlatnessError("the grid is empty: give KEY=V1,V2 entries, or leave --grid out for the default grid")
+        dataset = self.dataset or default_dataset()
+        return dataclasses.replace(
+            self,
+            engine=engine,
+            seeds=self.seeds if self.seeds is not None else (QUICK_SEEDS if self.quick else DEFAULT_SEEDS),
+            dataset=dataset,
+            model=self.model or default_model(dataset),
+            workers=engines.default_workers(self.workers),  # the cores (one thread per cell) unless given
+        )
 
 
 @dataclass
@@ -172,30 +207,12 @@ def plan(settings: SweepSettings) -> SweepPlan:
     Returns:
         The plan; raises FlatnessError (one line) for any bad input.
     """
-    from flatness.core.engines import check_engine, check_ray_address
-    from flatness.core.validation import check_count
-    from flatness.training.config import build_config
-
-    s = dataclasses.replace(settings)
-    check_engine(s.engine)
-    from flatness.training.tensorboard_log import check_logger
-
-    check_logger(s.log)
-    if s.engine == "ray":
-        check_ray_address(s.address)  # a cluster that does not answer: one line now, not a wait without end
+    s = settings.checked()
     shard = parse_shard(s.shard)
-    if s.workers is not None:
-        check_count(s.workers, "--workers", maximum=engines.MAX_WORKERS)
-    if s.epochs is not None:
-        check_count(s.epochs, "--epochs")
-    if s.grid is not None and not s.grid.strip():
-        raise FlatnessError("the grid is empty: give KEY=V1,V2 entries, or leave --grid out for the default grid")
-    grid_text = s.grid if s.grid is not None else (QUICK_GRID if s.quick else DEFAULT_GRID)
-    grid = parse_grid(grid_text)
-    seeds = parse_seeds(s.seeds if s.seeds is not None else (QUICK_SEEDS if s.quick else DEFAULT_SEEDS))
+    grid = parse_grid(s.grid if s.grid is not None else (QUICK_GRID if s.quick else DEFAULT_GRID))
+    seeds = parse_seeds(s.seeds)
     cells = expand(grid, seeds)
-    dataset = s.dataset or default_dataset()
-    model = s.model or default_model(dataset)
+    dataset, model = s.dataset, s.model
     train = {"dataset": dataset, "model": model, "device": s.device, **_schedule(s)}
     if s.data_dir:
         train["data_dir"] = s.data_dir
@@ -203,9 +220,7 @@ def plan(settings: SweepSettings) -> SweepPlan:
     probe = {**probe_options(s.quick), "device": s.device}
     if s.data_dir:
         probe["data_dir"] = s.data_dir
-    from flatness.study.probe import ProbeSettings
-
-    ProbeSettings.from_dict(probe).validate()
+    ProbeSettings.from_dict(probe).checked()
     for cell in cells:
         build_config(cell_train_options(train, cell))  # every cell's config checked now, not mid-sweep
     frozen = {
@@ -232,9 +247,6 @@ def _schedule(s: SweepSettings) -> dict[str, Any]:
     if stop_loss is None:
         epochs = s.epochs or (QUICK_EPOCHS if s.quick else DEFAULT_EPOCHS)
         return {"schedule": DEFAULT_SCHEDULE, "epochs": epochs}
-    from flatness.training.stopping import check_stop_loss
-
-    check_stop_loss(stop_loss)
     epochs = s.epochs or (QUICK_EPOCHS if s.quick else DEFAULT_STOP_CAP)
     return {"schedule": STOP_SCHEDULE, "epochs": epochs, "stop_loss": stop_loss}
 
@@ -320,10 +332,6 @@ def run_sweep(settings: SweepSettings, echo=print) -> dict[str, Any]:
         {out, table, cells (all), ran (this call's cells), done, failed, failures (``(cell, error)`` of
         every failed cell of this shard, also earlier ones), seconds}.
     """
-    from flatness.core.paths import check_paths
-    from flatness.core.progress import progress_bar
-    from flatness.sweep.cells import run_cell
-
     p = plan(settings)
     out = p.settings.out
     check_paths({}, {"--out": out}, folders=["--out"])
@@ -335,7 +343,7 @@ def run_sweep(settings: SweepSettings, echo=print) -> dict[str, Any]:
     todo = [c for c in p.mine if not cellmod.finished(cellmod.read_outcome(os.path.join(out, cellmod.CELLS, c.name)))]
     if echo and len(todo) < len(p.mine):
         echo(f"{len(p.mine) - len(todo)} of {len(p.mine)} cells already finished; running the other {len(todo)}")
-    workers = engines.default_workers(p.settings.workers)  # the cores (one thread per cell) unless given
+    workers = p.settings.workers
     if echo and todo:  # the planned size, before the first cell starts
         epochs = max(int(cell_train_options(p.train, c).get("epochs") or 0) for c in todo)
         echo(
@@ -360,13 +368,13 @@ def run_sweep(settings: SweepSettings, echo=print) -> dict[str, Any]:
                 tasks,
                 workers,
                 on_done,
-                run_cell,
+                cellmod.run_cell,
                 p.settings.address,
                 gpu=p.settings.device.startswith("cuda"),
                 cost=cellmod.cell_cost,
             )
         else:
-            engines.run_local(tasks, workers, on_done, fn=run_cell, cost=cellmod.cell_cost)
+            engines.run_local(tasks, workers, on_done, fn=cellmod.run_cell, cost=cellmod.cell_cost)
     finally:
         bar.close()
     table = rebuild_table(p)

@@ -49,9 +49,13 @@ PRECISIONS = ("fp32", "bf16")
 DATA_ON_DEVICE = ("auto", "yes", "no")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Every option of ``flatness train``. Defaults: the offline digits setup (``digits-default``)."""
+    """Every option of ``flatness train``. Defaults: the offline digits setup (``digits-default``).
+
+    ``checked()`` is the one check of every value; ``to_dict``/``from_dict`` are the form config.json
+    and every checkpoint store.
+    """
 
     dataset: str = "digits"
     model: str = "convnet"
@@ -114,7 +118,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], strict: bool = True) -> TrainConfig:
-        """A config from stored or typed values (not yet validated: call ``validate``).
+        """A config from stored or typed values (not yet checked: call ``checked``).
 
         Args:
             values: option name -> value; missing options keep their defaults.
@@ -127,22 +131,27 @@ class TrainConfig:
         unknown = sorted(set(values) - names)
         if unknown and strict:
             raise FlatnessError(f"unknown training option(s): {', '.join(unknown)}")
-        config = cls(**{k: v for k, v in values.items() if k in names})
-        config.milestones = _milestones(config.milestones)
-        return config
+        known = {k: v for k, v in values.items() if k in names}
+        if "milestones" in known:
+            known["milestones"] = _milestones(known["milestones"])
+        return cls(**known)
 
-    def validate(self) -> TrainConfig:
-        """Check every value (one-line FlatnessError) and canonicalise names; returns self."""
+    def checked(self) -> TrainConfig:
+        """Every value checked, as a copy with names canonicalised and milestones parsed.
+
+        Raises:
+            FlatnessError: one line naming the option.
+        """
         check_dataset_reference(self.dataset)
-        if not is_reference(self.model):
-            self.model = canonical_model_name(self.model)
-        if self.model_args is not None:
-            if not is_reference(self.model):
+        model = self.model if is_reference(self.model) else canonical_model_name(self.model)
+        model_args = self.model_args
+        if model_args is not None:
+            if not is_reference(model):
                 raise FlatnessError(
                     "--model-args applies to --model module:callable, file.py:callable or "
                     "torchvision:NAME; built-in models take --width/--depth"
                 )
-            self.model_args = parse_model_args(self.model_args)
+            model_args = parse_model_args(model_args)
         if self.image_size is not None:
             _integer("image_size", self.image_size, 1)
         _choice("method", self.method, METHODS)
@@ -167,13 +176,13 @@ class TrainConfig:
         if self.grad_clip is not None:
             _number("grad_clip", self.grad_clip, positive=True)
         stopping.check_stop_loss(self.stop_loss)
-        self.loss = check_loss_spec(self.loss)
-        self.output = check_output_spec(self.output)
+        loss, output = check_loss_spec(self.loss), check_output_spec(self.output)
         stopping.check_stop_loss(self.match_loss, "match_loss")
         if self.nesterov and self.momentum <= 0:
             raise FlatnessError("Nesterov momentum needs momentum > 0; pass --momentum or --no-nesterov")
-        self.milestones = _milestones(self.milestones)
-        return self
+        return dataclasses.replace(
+            self, model=model, model_args=model_args, loss=loss, output=output, milestones=_milestones(self.milestones)
+        )
 
 
 def _choice(name, value, choices):
@@ -237,7 +246,7 @@ def build_config(explicit: dict[str, Any], recipe: str | None = None) -> TrainCo
     values.update({k: v for k, v in explicit.items() if k != "recipe"})
     if "model" not in explicit and not (recipe and "model" in recipe_values(recipe)):
         values["model"] = default_model_for(values["dataset"]) or values["model"]
-    return TrainConfig.from_dict(values).validate()
+    return TrainConfig.from_dict(values).checked()
 
 
 def default_out_dir(config: TrainConfig) -> str:

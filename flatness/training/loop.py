@@ -137,7 +137,7 @@ def train(
     Returns:
         ``out_dir``.
     """
-    config = TrainConfig.from_dict(config.to_dict()).validate()
+    config = TrainConfig.from_dict(config.to_dict()).checked()
     out_dir = out_dir or default_out_dir(config)
     check_paths({}, {"--out": out_dir}, folders=["--out"])
     if config.data_dir is not None:

@@ -66,7 +66,7 @@ def resume_config(out_dir: str, explicit: dict[str, Any]) -> TrainConfig:
                 "again to resume it (a run folder never makes flatness run the code it names)"
             )
     values.update({k: v for k, v in explicit.items() if k != "recipe" or v is not None})
-    return TrainConfig.from_dict(values).validate()
+    return TrainConfig.from_dict(values).checked()
 
 
 def prepare_folder(
@@ -132,7 +132,7 @@ def _resumed(out_dir: str, config: TrainConfig) -> tuple[dict[str, Any], TrainCo
         FlatnessError for any other change, and for fewer epochs than the run has done.
     """
     state = _own_checkpoint(out_dir, os.path.join(out_dir, ckpt.LAST))
-    stored = TrainConfig.from_dict(state["config"], strict=False).validate().to_dict()
+    stored = TrainConfig.from_dict(state["config"], strict=False).checked().to_dict()
     given = config.to_dict()
     changed = [k for k in stored if k not in RESUMABLE_CHANGES and k != "recipe" and stored[k] != given[k]]
     if changed:
@@ -142,7 +142,7 @@ def _resumed(out_dir: str, config: TrainConfig) -> tuple[dict[str, Any], TrainCo
             f"given {given[k]!r}); drop the option or start a new run with another --out"
         )
     stored.update({k: given[k] for k in RESUMABLE_CHANGES})
-    config = TrainConfig.from_dict(stored).validate()
+    config = TrainConfig.from_dict(stored).checked()
     finished = int(state["epoch"])
     if config.epochs < finished:  # fewer epochs than done: neither shrink the record nor its config
         raise FlatnessError(

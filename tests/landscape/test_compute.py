@@ -408,3 +408,27 @@ def test_cli_default_output_name_and_force(digits_mlp_checkpoint, tmp_path, cli)
     assert cli(args).exit_code != 0
     forced = cli(args + ["--force"])
     assert forced.exit_code == 0 and "9 points computed" in forced.output
+
+
+def test_surface_settings_checked_resolves_the_grid_and_samples():
+    """checked() returns a copy with numbers for the grid and a count (None: all) for samples; bad values
+    are one line naming the option; the settings themselves never change."""
+    import dataclasses
+
+    from flatness.landscape.compute import SurfaceSettings
+
+    given = SurfaceSettings(x="-1:1:3", y="-0.5:0.5:5", samples="all")
+    checked = given.checked()
+    assert (checked.x, checked.y, checked.samples) == ((-1.0, 1.0, 3), (-0.5, 0.5, 5), None)
+    assert given.samples == "all" and SurfaceSettings(samples="12").checked().samples == 12
+    assert checked.checked() == checked
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        given.seed = 1
+    for bad, words in (
+        ({"samples": 0}, "--samples must be >= 1"),
+        ({"norm": "l2"}, "unknown --norm"),
+        ({"resume": True, "force": True}, "choose one"),
+        ({"orthogonal": True}, "--orthogonal applies to 2D"),
+    ):
+        with pytest.raises(FlatnessError, match=words):
+            SurfaceSettings(**bad).checked()

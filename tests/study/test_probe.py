@@ -9,6 +9,7 @@ import torch
 
 from flatness.core.errors import FlatnessError
 from flatness.formats.probe_file import read_probe, read_probe_arrays, write_probe
+from flatness.sharpness.measure import SharpnessSettings
 from flatness.study.probe import ProbeSettings, run_probe
 
 FAST = ["--samples", 60, "--batch-size", 25, "--top-k", 2, "--tol", 1e-3, "--quiet"]
@@ -120,40 +121,27 @@ def test_sharpness_hook(monkeypatch, digits_mlp_checkpoint):
 
     calls = {}
 
-    def fake(model, data, metrics, rho, epsilon, loss_fn, settings, output_fn=None):
-        calls.update(metrics=metrics, rho=rho, epsilon=epsilon, settings=settings, n=data.n, training=model.training)
-        return [Result(m) for m in metrics]
+    def fake(model, data, loss_fn=None, settings=None, output_fn=None):
+        calls.update(settings=settings, n=data.n, training=model.training)
+        return [Result(m) for m in settings.metrics]
 
     monkeypatch.setattr(probe, "measure_sharpness", fake)
-    settings = ProbeSettings(
-        samples=40,
-        top_k=0,
-        sharpness="all",
-        seed=3,
-        progress=False,
-        sharpness_options={"rhos": [0.05], "ball": "global", "draws": None},
-    )
+    sharp = SharpnessSettings(metrics="all", rhos=[0.05], ball="global", draws=None)
+    settings = ProbeSettings(samples=40, top_k=0, seed=3, progress=False, sharpness=sharp)
     result = run_probe(digits_mlp_checkpoint, settings)
     assert result["sharpness"] == [{"metric": m, "value": 0.5} for m in METRIC_NAMES]
-    assert calls["metrics"] == METRIC_NAMES and calls["n"] == 40 and not calls["training"]
-    assert calls["rho"] == (0.05,) and calls["epsilon"] is None
-    assert (calls["settings"].ball, calls["settings"].draws, calls["settings"].seed) == ("global", None, 3)
+    given = calls["settings"]
+    assert given.metrics == METRIC_NAMES and calls["n"] == 40 and not calls["training"]
+    assert given.rhos == (0.05,) and given.epsilons == (1e-3, 5e-4)  # the defaults, resolved once
+    assert (given.ball, given.draws, given.seed) == ("global", None, 3)  # the probe's seed
     with pytest.raises(FlatnessError, match="unknown sharpness metric"):
-        run_probe(digits_mlp_checkpoint, ProbeSettings(samples=40, top_k=0, sharpness="bogus", progress=False))
+        run_probe(digits_mlp_checkpoint, ProbeSettings(sharpness=SharpnessSettings(metrics="bogus")))
     with pytest.raises(FlatnessError, match="rho"):
-        run_probe(
-            digits_mlp_checkpoint,
-            ProbeSettings(
-                samples=40, top_k=0, sharpness="worst_case", sharpness_options={"rhos": [-1.0]}, progress=False
-            ),
-        )
+        run_probe(digits_mlp_checkpoint, ProbeSettings(sharpness=SharpnessSettings(metrics="worst_case", rhos=[-1.0])))
     with pytest.raises(FlatnessError, match="unknown sharpness option"):
-        run_probe(
-            digits_mlp_checkpoint,
-            ProbeSettings(
-                samples=40, top_k=0, sharpness="worst_case", sharpness_options={"rho": [1.0]}, progress=False
-            ),
-        )
+        ProbeSettings.from_dict({"sharpness": "worst_case", "sharpness_options": {"rho": [1.0]}})
+    with pytest.raises(FlatnessError, match="unknown probe option"):
+        ProbeSettings.from_dict({"rhos": [1.0]})
 
 
 def test_cli_sharpness_options_validated(cli, digits_mlp_checkpoint, tmp_path):
@@ -274,3 +262,60 @@ def test_params_block_gives_that_blocks_spectrum(cli, digits_checkpoint, tmp_pat
     assert read_probe(str(out))["hessian_params"][0] == "classifier.1.weight"
     bad = cli(["probe", digits_checkpoint, *FAST, "--params", "layer9.*", "--out", tmp_path / "bad.json"])
     assert "matches no trainable parameter" in _one_line_error(bad) and not (tmp_path / "bad.json").exists()
+
+
+def test_probe_settings_are_frozen_and_checked_once():
+    """checked() resolves every default (samples N|all, metric names, radii typed as text, the sharpness
+    seed) and names the option of each bad value; the dict form round-trips."""
+    import dataclasses
+
+    from flatness.sharpness.oracle import METRIC_NAMES
+
+    sharp = SharpnessSettings(metrics="all", rhos="0.05, 0.1", draws=3)
+    settings = ProbeSettings(samples="all", seed=7, sharpness=sharp)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.top_k = 3
+    checked = settings.checked()
+    assert checked.samples is None and ProbeSettings(samples="200").checked().samples == 200
+    assert checked.sharpness.metrics == METRIC_NAMES and checked.sharpness.rhos == (0.05, 0.1)
+    assert (checked.sharpness.seed, checked.sharpness.draws, checked.sharpness.progress) == (7, 3, False)
+    assert checked.checked() == checked  # idempotent: the functions that measure check again
+    record = {"sharpness": ["all"], "sharpness_options": {"rhos": [0.05], "draws": 2}}  # experiment.json's form
+    assert ProbeSettings.from_dict(record).to_dict() == {**ProbeSettings().to_dict(), **record}
+    assert ProbeSettings.from_dict(record).sharpness == SharpnessSettings(metrics=["all"], rhos=[0.05], draws=2)
+    assert ProbeSettings().checked().sharpness.metrics is None  # no sharpness unless asked for
+    for bad, words in (
+        ({"samples": 0}, "--samples must be >= 1"),
+        ({"samples": "some"}, "--samples must be a whole number"),
+        ({"top_k": -1}, "--top-k must be >= 0"),
+        ({"tol": 0.0}, "--tol must be a finite number > 0"),
+        ({"density_steps": 0}, "--density-steps must be >= 1"),
+        ({"trace": True, "trace_method": "hutch++", "trace_samples": 4}, "--trace-samples must be >= 6"),
+        ({"sharpness": SharpnessSettings(metrics=None, rhos=" , ")}, "--rho needs at least one value"),
+        ({"sharpness": SharpnessSettings(metrics=None, epsilons="abc")}, "--epsilon takes numbers"),
+        ({"sharpness": SharpnessSettings(metrics=None, draws=0)}, "draws"),  # no metric asked for: checked too
+        ({"split": "val"}, "unknown split"),
+        ({"seed": -(2**70)}, "--seed"),
+    ):
+        with pytest.raises(FlatnessError, match=words):
+            ProbeSettings(**bad).checked()
+
+
+def test_probe_samples_all_is_the_whole_split(digits_mlp_checkpoint):
+    """--samples all (None) takes every example of the split: as many as a count beyond its size."""
+    kw = {"split": "test", "batch_size": 500, "top_k": 0, "progress": False}
+    every = run_probe(digits_mlp_checkpoint, ProbeSettings(samples="all", **kw))
+    capped = run_probe(digits_mlp_checkpoint, ProbeSettings(samples=10**6, **kw))
+    assert every["data"]["samples"] == capped["data"]["samples"] > 200
+    assert every["loss"] == capped["loss"]
+
+
+def test_cli_probe_refuses_an_existing_output_before_the_work(cli, digits_mlp_checkpoint, tmp_path, monkeypatch):
+    """Without --force an existing output is refused by the library before the checkpoint is measured."""
+    from flatness.study import probe
+
+    out = tmp_path / "p.json"
+    out.write_text("mine\n")
+    monkeypatch.setattr(probe, "run_probe", lambda *a, **k: pytest.fail("measured before the --force check"))
+    assert "pass --force" in _one_line_error(cli(["probe", digits_mlp_checkpoint, *FAST, "--out", out]))
+    assert out.read_text() == "mine\n"

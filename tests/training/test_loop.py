@@ -330,3 +330,19 @@ def test_fast_path_options_run_on_the_cpu_and_change_what_they_should(tmp_path, 
         training_module._forward_module(torch.nn.Linear(2, 2), small(), torch.device("cpu")).__class__
         is torch.nn.Linear
     )
+
+
+def test_config_is_frozen_and_checked_returns_the_canonical_copy():
+    """checked() canonicalises names and parses milestones in a copy; the dict form (config.json) keeps
+    its keys and values."""
+    import dataclasses
+
+    given = TrainConfig.from_dict({"model": "ConvNet", "milestones": "9,6"})
+    checked = given.checked()
+    assert (given.model, checked.model, checked.milestones) == ("ConvNet", "convnet", [6, 9])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        checked.epochs = 3
+    assert checked.to_dict() == TrainConfig().to_dict()  # what config.json stores
+    assert TrainConfig.from_dict(checked.to_dict()).checked() == checked
+    with pytest.raises(FlatnessError, match="epochs must be an integer >= 1"):
+        dataclasses.replace(checked, epochs=0).checked()

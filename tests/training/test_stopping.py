@@ -152,7 +152,7 @@ def test_bad_stop_loss_is_one_line_and_starts_nothing(tmp_path, cli, value):
     ]
     assert not out.exists()
     with pytest.raises(FlatnessError, match="stop_loss"):
-        TrainConfig(stop_loss=True).validate()
+        TrainConfig(stop_loss=True).checked()
 
 
 def test_training_cost_orders_runs_as_their_passes_and_steps_do():
