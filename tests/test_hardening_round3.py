@@ -142,6 +142,17 @@ def test_user_code_decides_the_exit_code_data_factory_and_builtin_callable(tmp_p
     one_line_error(result, "exit0 raised SystemExit: 0")
 
 
+def test_user_code_decides_the_exit_code_model_forward(tmp_path):
+    """A user's model whose forward raises (here only in training mode, so the data check passes) is user
+    code: one line naming the model, exit 2, not "Internal error" (exit 1) blaming flatness."""
+    (tmp_path / "f.py").write_text(FACTORIES)
+    model, data = f"{tmp_path / 'f.py'}:fails_in_training", f"{tmp_path / 'f.py'}:data"
+    result = invoke(
+        ["train", "--model", model, "--dataset", data, "--epochs", "1", "--no-progress", "--out", tmp_path / "r"]
+    )
+    one_line_error(result, "the model (FailsInTraining) raised ValueError: boom in training in its forward")
+
+
 def test_user_code_decides_the_exit_code_backstop_and_real_signals():
     """Code outside a factory (a model's forward, say) that raises SystemExit or KeyboardInterrupt is an
     error too; only a real signal is reported as "Interrupted"."""

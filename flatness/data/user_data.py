@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from flatness.core.errors import FlatnessError
+from flatness.core.errors import FlatnessError, ModelRaisedError
 from flatness.core.evaluation import eval_mode
 from flatness.core.fileio import sha256_file
 from flatness.data.batches import forward, map_tensors
@@ -356,14 +356,16 @@ def _fitting_output(model: nn.Module, batch: Any, output_fn: Any) -> torch.Tenso
     try:
         with torch.no_grad(), eval_mode(model):
             return forward(model, batch, output_fn)
+    except ModelRaisedError as err:  # shape errors surface as RuntimeError, ValueError, AssertionError...
+        raised = err.original
     except FlatnessError:
         raise  # an output with no tensor for the loss: its own one line
-    except Exception as err:  # shape errors surface as RuntimeError, ValueError, AssertionError...
-        raise FlatnessError(
-            f"the model does not fit the data: a batch of {'one example' if count == 1 else f'{count} examples'} "
-            f"has input shape "
-            f"{_shape_of(batch)} and the model raised {one_line(err)}"
-        ) from None
+    except Exception as err:  # noqa: BLE001 - a user's output_fn
+        raised = err
+    raise FlatnessError(
+        f"the model does not fit the data: a batch of {'one example' if count == 1 else f'{count} examples'} "
+        f"has input shape {_shape_of(batch)} and the model raised {one_line(raised)}"
+    ) from None
 
 
 def _count(batch: Any) -> int:
