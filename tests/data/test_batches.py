@@ -105,3 +105,33 @@ def test_integer_inputs_keep_their_dtype():
     ids = torch.randint(0, 5, (6, 4))
     model = Tokens().double()
     assert flatness.evaluate(model, (ids, torch.randint(0, 3, (6,))))[1] is not None
+
+
+def test_call_model_names_the_model_when_its_forward_raises():
+    """A user's forward raising is one FlatnessError naming the model; flatness's own errors and running
+    out of memory pass through unchanged (they have their own messages)."""
+    from flatness.core.errors import FlatnessError, ModelRaisedError
+    from flatness.data.batches import call_model
+
+    class Broken(torch.nn.Module):
+        def __init__(self, error):
+            super().__init__()
+            self.error = error
+
+        def forward(self, x, mask=None):
+            raise self.error
+
+    original = ValueError("bad\nshape")
+    for inputs in (torch.zeros(2), (torch.zeros(2), torch.ones(2)), {"x": torch.zeros(2)}):
+        with pytest.raises(ModelRaisedError) as caught:
+            call_model(Broken(original), inputs)
+        assert str(caught.value) == "the model (Broken) raised ValueError: bad shape in its forward"
+        assert caught.value.original is original and caught.value.__cause__ is original
+        assert isinstance(caught.value, FlatnessError) and caught.value.exit_code == 2
+    mine = FlatnessError("own message")
+    with pytest.raises(FlatnessError) as caught:
+        call_model(Broken(mine), torch.zeros(2))
+    assert caught.value is mine
+    oom = torch.cuda.OutOfMemoryError("CUDA out of memory")
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        call_model(Broken(oom), torch.zeros(2))
