@@ -27,8 +27,7 @@ equivalent="$root/scripts/mutation_equivalent.txt"
 holm_tests="tests/study/test_compare.py::test_comparison_adds_holm_adjusted_p_values_beside_the_raw_ones"
 holm_tests+=" tests/study/test_compare.py::test_holm_families_flatness_measures_test_accuracy_alone_and_the_rest"
 compare_tests="tests/study/test_compare.py::test_compare_rows_against_hand_means_and_welch_for_three_methods_and_another_baseline"
-grid_tests="tests/test_sweep.py::test_grid_expansion_applies_method_keys_to_their_method_only"
-grid_tests+=" tests/test_sweep.py::test_bad_grid_is_one_line_and_starts_nothing"
+grid_tests="tests/cli/test_sweep.py::test_bad_grid_is_one_line_and_starts_nothing"
 # (a few tests of other files, FILE::TEST; the rest of study/test_compare.py writes run folders and figures)
 # name | files to mutate (globs under flatness/) | the unit test files it runs (missing ones are skipped)
 modules=(

@@ -1,12 +1,17 @@
 """Shared test fixtures. Each test module keeps its own special fixtures; only what several share is here."""
 
+from __future__ import annotations
+
 import os
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
+from regression_helpers import MODELS
 from tinynet_file import MODEL_FILE
+from user_model_helpers import USER_FILE
 
 from flatness.data.datasets import dataset_info
 from flatness.data.probe_data import load_probe_data
@@ -70,3 +75,38 @@ def model_file(tmp_path):
     path = tmp_path / "tinynet.py"
     path.write_text(MODEL_FILE)
     return str(path)
+
+
+@pytest.fixture
+def user(tmp_path):
+    """The user's files: the model/data module and an npz (48 train, 24 test examples of 4 features)."""
+    (tmp_path / "usernet.py").write_text(USER_FILE)
+    gen = np.random.default_rng(0)
+    x = gen.normal(size=(72, 4)).astype(np.float32)
+    y = gen.integers(0, 3, size=72)
+    np.savez(tmp_path / "data.npz", x_train=x[:48], y_train=y[:48], x_test=x[48:], y_test=y[48:])
+    return {
+        "dir": tmp_path,
+        "file": str(tmp_path / "usernet.py"),
+        "model": f"{tmp_path / 'usernet.py'}:make",
+        "npz": str(tmp_path / "data.npz"),
+        "x": torch.from_numpy(x[:48]),
+        "y": torch.from_numpy(y[:48]),
+    }
+
+
+@pytest.fixture
+def reg(tmp_path):
+    """reg.py (models, losses) and reg.npz: 48 train and 16 test examples of 5 features, float targets."""
+    (tmp_path / "reg.py").write_text(MODELS)
+    gen = np.random.default_rng(0)
+    x = gen.normal(size=(64, 5)).astype(np.float32)
+    y = (x @ gen.normal(size=5) + 0.1 * gen.normal(size=64)).astype(np.float32)
+    np.savez(tmp_path / "reg.npz", x_train=x[:48], y_train=y[:48], x_test=x[48:], y_test=y[48:])
+    return {
+        "dir": tmp_path,
+        "file": str(tmp_path / "reg.py"),
+        "npz": str(tmp_path / "reg.npz"),
+        "x": torch.from_numpy(x[:48]),
+        "y": torch.from_numpy(y[:48]),
+    }

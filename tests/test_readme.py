@@ -143,3 +143,38 @@ def test_readme_transformers_command_line_example_runs(tmp_path):
     probe = json.loads((tmp_path / "runs" / "bert" / "last.probe-train.json").read_text())
     assert probe["hessian"]["converged"] and probe["accuracy"] is not None
     assert "nan" not in proc.stdout.lower(), proc.stdout
+
+
+README_HEADING = "## Your own model (command line)"
+
+
+def readme_bash_block(text: str, heading: str) -> str:
+    """The first fenced ```bash block after ``heading`` and before the next ``## `` heading."""
+    start = text.find(heading + "\n")
+    assert start >= 0, f"README.md has no section {heading!r}"
+    body = text[start + len(heading) + 1 :]
+    following = re.search(r"^## ", body, flags=re.MULTILINE)
+    body = body[: following.start()] if following else body
+    block = re.search(r"^```bash\n(.*?)^```\s*$", body, flags=re.MULTILINE | re.DOTALL)
+    assert block is not None, f"README.md's section {heading!r} has no ```bash block"
+    return block.group(1)
+
+
+def test_readme_command_line_example_runs(tmp_path):
+    readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+    script = readme_bash_block(open(readme, encoding="utf-8").read(), README_HEADING)
+    assert "--model mynet.py:make" in script and "mynet.pt2" in script
+    (tmp_path / "example.sh").write_text(script)
+    # As a user would run it: outside the checkout, `flatness` and `python` from the project's environment.
+    env = dict(os.environ, OMP_NUM_THREADS="1", PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    proc = subprocess.run(
+        ["bash", "-e", str(tmp_path / "example.sh")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, f"README example failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+    probes = sorted(p.name for p in tmp_path.rglob("*.probe-train.json"))
+    assert probes == ["last.probe-train.json", "mynet.probe-train.json", "weights.probe-train.json"], probes
+    same = [
+        json.loads((tmp_path / name).read_text())["hessian"]["eigenvalues"][0]
+        for name in ("weights.probe-train.json", "mynet.probe-train.json")
+    ]
+    assert same[0] == pytest.approx(same[1], rel=1e-4)  # the same weights, as a state_dict and as a .pt2

@@ -1,4 +1,7 @@
-"""flatness.core.fileio: a file is replaced whole or not at all, with the mode an ordinary write gives it."""
+"""flatness.core.fileio: a file is replaced whole or not at all, with the mode an ordinary write gives it
+(also through the commands: train and probe honour the umask)."""
+
+from __future__ import annotations
 
 import errno
 import hashlib
@@ -8,6 +11,7 @@ import stat
 
 import h5py
 import pytest
+from regression_helpers import REG_TRAIN, ref
 
 from flatness.core.errors import FlatnessError
 from flatness.core.fileio import (
@@ -100,3 +104,21 @@ def test_os_error_reasons_are_short_lines():
     assert os_error_reason(OSError("first line\nsecond line")) == "first line"
     assert os_error_reason(OSError()) == "OSError"
     assert len(os_error_reason(OSError("x" * 500))) == 200
+
+
+def test_outputs_honour_the_umask(cli, reg, tmp_path):
+    run = tmp_path / "run"
+    old = os.umask(0o022)
+    try:
+        args = ["train", "--model", ref(reg, "make"), "--dataset", reg["npz"], "--loss", "mse", *REG_TRAIN]
+        assert cli([*args, "--epochs", "1", "--out", run]).exit_code == 0
+        assert (run / "config.json").stat().st_mode & 0o777 == 0o644
+        assert (run / "last.pt").stat().st_mode & 0o777 == 0o644
+        out = tmp_path / "p.json"
+        out.write_text("{}")
+        out.chmod(0o640)  # an overwritten file keeps its own mode
+        result = cli(["probe", run, "--model", ref(reg, "make"), "--top-k", "1", "--out", out, "--force", "--quiet"])
+        assert result.exit_code == 0, result.output
+        assert out.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)

@@ -4,6 +4,7 @@ Round trips compare every tensor bit for bit; each refusal is a one-line Flatnes
 what is wrong with it. The files are made here with a tiny MLP, by ``torch.save`` where a damaged one is needed.
 """
 
+import contextlib
 import json
 import os
 import pickle
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import flatness
 from flatness.core.errors import FlatnessError
 from flatness.formats.checkpoint import (
     FORMAT,
@@ -383,3 +385,40 @@ def test_non_finite_weights_are_refused(tmp_path):
     save_checkpoint(str(path), model, model_spec=spec, config={"dataset": "digits"}, epoch=1)
     with pytest.raises(FlatnessError, match="not finite"):
         load_checkpoint(str(path))
+
+
+def test_crafted_payload_of_plain_data_with_wrong_types_is_refused(tmp_path):
+    """weights_only lets plain data through: a checkpoint whose fields have the wrong types is a one-line error."""
+    from flatness.formats.checkpoint import read_checkpoint
+
+    for bad in (
+        {"format_version": "1"},
+        {"model_spec": "mlp"},
+        {"model_state": [1, 2]},
+        {"epoch": "3"},
+        {"config": None},
+        {
+            "model_spec": {
+                "name": "mlp",
+                "in_channels": 1,
+                "image_size": 8,
+                "num_classes": 10,
+                "options": {"width": "wide"},
+            }
+        },
+    ):
+        payload = {
+            "format": "flatness-checkpoint",
+            "format_version": 1,
+            "model_spec": {"name": "mlp"},
+            "model_state": {},
+            "config": {},
+            "epoch": 1,
+        }
+        payload.update(bad)
+        path = str(tmp_path / "plain.pt")
+        torch.save(payload, path)
+        with pytest.raises(FlatnessError):
+            flatness.load_checkpoint(path)
+        with contextlib.suppress(FlatnessError):
+            read_checkpoint(path)

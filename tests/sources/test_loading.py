@@ -3,17 +3,23 @@
 Checkpoints are written here with ``save_checkpoint`` (a built-in MLP, or a user model from a file made
 here), so each test knows the weights and the record it loads. The security rules of the module
 docstring are checked one by one: recorded code is never run unless the command line names it again,
-another or a changed factory is refused unless ``allow_source_change``.
+another or a changed factory is refused unless ``allow_source_change``. Through the commands: recorded
+model, data and loss code must be named again.
 """
 
+from __future__ import annotations
+
 import math
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from regression_helpers import REG_TRAIN, ref
 from torch.utils.data import TensorDataset
+from user_model_helpers import TRAIN, one_line_error, probe, weights
 
 from flatness.core.errors import FlatnessError
 from flatness.core.fileio import sha256_file
@@ -151,8 +157,8 @@ def test_source_digests_are_those_of_the_files_behind_references(tmp_path):
     (tmp_path / "m.py").write_text("x = 1\n")
     assert source_file_sha256(str(tmp_path / "d.npz")) == sha256_file(str(tmp_path / "d.npz"))
     assert source_file_sha256(f"{tmp_path / 'm.py'}:build") == sha256_file(str(tmp_path / "m.py"))
-    for ref in (None, "", "digits", "pkg.mod:build", "torchvision:resnet18", f"{tmp_path / 'gone.py'}:f"):
-        assert source_file_sha256(ref) == ""
+    for reference in (None, "", "digits", "pkg.mod:build", "torchvision:resnet18", f"{tmp_path / 'gone.py'}:f"):
+        assert source_file_sha256(reference) == ""
 
 
 def test_named_source_names_user_code_and_data_only():
@@ -288,3 +294,67 @@ def test_init_distance_is_the_euclidean_distance_to_init_pt(tmp_path):
     assert init_distance(last, str(tmp_path / "elsewhere" / "last.pt")) is None
     (tmp_path / "init.pt").write_bytes(b"damaged")
     assert init_distance(last, str(tmp_path / "last.pt")) is None  # loses this one number, nothing else
+
+
+def test_recorded_code_must_be_named_again(cli, user, tmp_path):
+    run, model = tmp_path / "run", user["model"]
+    callable_data = f"{user['file']}:data"
+    assert (
+        cli(["train", "--model", model, "--dataset", callable_data, *TRAIN, "--epochs", "1", "--out", run]).exit_code
+        == 0
+    )
+    out = tmp_path / "p.json"
+    line = one_line_error(probe(cli, run, out))
+    assert f"--model {model}" in line and not out.exists()
+    line = one_line_error(probe(cli, run, out, "--model", model))
+    assert f"--dataset {callable_data}" in line and not out.exists()
+    named = ["--model", model, "--dataset", callable_data]
+    other = tmp_path / "other.py"
+    shutil.copy(user["file"], other)
+    # Another factory than recorded needs --allow-source-change; --force only overwrites outputs, so
+    # it gets the same refusal, which names the flag that does accept it.
+    for extra in ([], ["--force"]):
+        line = one_line_error(probe(cli, run, out, "--model", f"{other}:make", "--dataset", callable_data, *extra))
+        assert "pass --allow-source-change" in line and not out.exists()
+    allowed = ["--model", f"{other}:make", "--dataset", callable_data, "--allow-source-change"]
+    assert probe(cli, run, out, *allowed).exit_code == 0
+    assert "--force" in one_line_error(probe(cli, run, out, *allowed))  # an existing output still needs --force
+    # a factory file that changed since training is refused unless --allow-source-change
+    with open(user["file"], "a") as handle:
+        handle.write("\n# edited\n")
+    out.unlink()
+    for extra in ([], ["--force"]):
+        line = one_line_error(probe(cli, run, out, *named, *extra))
+        assert "changed" in line and "pass --allow-source-change" in line and not out.exists()
+    assert probe(cli, run, out, *named, "--allow-source-change").exit_code == 0
+    # surface: the same refusal under --force; --allow-source-change also goes with --resume
+    h5 = tmp_path / "s.h5"
+    surface = ["surface", run, *named, "--x=-1:1:3", "--out", h5, "--quiet"]
+    assert "pass --allow-source-change" in one_line_error(cli(surface + ["--force"]))
+    assert cli(surface + ["--allow-source-change"]).exit_code == 0
+    result = cli(surface + ["--allow-source-change", "--resume"])
+    assert result.exit_code == 0 and "0 points computed (resumed)" in result.output, result.output
+    # ...but never onto a surface made with other model code: its points would come from two models
+    before = open(h5, "rb").read()
+    with open(user["file"], "a") as handle:
+        handle.write("\n# edited again\n")
+    line = one_line_error(cli(surface + ["--allow-source-change", "--resume"]))
+    assert "model_code_sha256" in line and open(h5, "rb").read() == before
+    line = one_line_error(cli(["surface", run, *allowed, "--x=-1:1:3", "--out", h5, "--quiet", "--resume"]))
+    assert "another model" in line and open(h5, "rb").read() == before
+    # resuming the training with the changed file would mix two models: refused
+    line = one_line_error(cli(["train", *named, *TRAIN, "--epochs", "2", "--out", run, "--resume"]))
+    assert "changed" in line and weights(run / "last.pt")["epoch"] == 1
+
+
+def test_recorded_loss_code_must_be_named_again(cli, reg, tmp_path):
+    run = tmp_path / "run"
+    model = ref(reg, "make")
+    mse = ref(reg, "flat_mse")
+    result = cli(["train", "--model", model, "--dataset", reg["npz"], "--loss", mse, *REG_TRAIN, "--out", run])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "p.json"
+    line = one_line_error(cli(["probe", run, "--model", model, "--top-k", "1", "--out", out, "--quiet"]))
+    assert f"--loss {mse}" in line and not out.exists()
+    result = cli(["probe", run, "--model", model, "--loss", mse, "--top-k", "1", "--out", out, "--quiet"])
+    assert result.exit_code == 0, result.output

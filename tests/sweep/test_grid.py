@@ -108,3 +108,19 @@ def test_no_seeds_is_an_empty_grid():
     with pytest.raises(FlatnessError) as err:
         expand(parse_grid("lr=0.1"), [])
     assert str(err.value) == "the grid is empty: nothing to run"
+
+
+def test_grid_expansion_applies_method_keys_to_their_method_only():
+    grid = parse_grid("method=erm,amp,sam lr=0.1,0.2 epsilon=0.01,0.02 rho=0.05")
+    cells = expand(grid, [0, 1])
+    names = [c.name for c in cells]
+    erm = [c for c in cells if c.values["method"] == "erm"]
+    amp = [c for c in cells if c.values["method"] == "amp"]
+    sam = [c for c in cells if c.values["method"] == "sam"]
+    assert (len(erm), len(amp), len(sam)) == (2 * 2, 2 * 2 * 2, 2 * 2)  # no ERM cell per ε
+    assert all("epsilon" not in c.values and "rho" not in c.values for c in erm)
+    assert all("rho" not in c.values for c in amp) and all("epsilon" not in c.values for c in sam)
+    assert len(set(names)) == len(names) == 16
+    assert names[0] == "method-erm_lr-0.1_seed-0" and names[1] == "method-erm_lr-0.1_seed-1"
+    assert varied_keys(cells) == ["method", "lr", "epsilon"]  # rho has one value: not a column
+    assert parse_grid("batch_size=32,64 nesterov=false")["nesterov"] == [False]

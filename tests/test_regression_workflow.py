@@ -3,108 +3,21 @@
 A regression model that exists only in a test file, trained and measured with ``--loss mse`` on an npz of
 float targets: train, probe (λ1 against a dense float64 Hessian of the mean squared error), surface, plot,
 experiment, a --quick sweep and correlate, with no accuracy anywhere. Sweeps of a user's model train and
-probe every cell, end non-zero naming the cells that failed, and retry them when rerun. Bad losses,
-outputs, dtypes and train-mode programs are one-line errors that write nothing.
+probe every cell, end non-zero naming the cells that failed, and retry them when rerun. (Bad losses,
+outputs, dtypes and train-mode programs, one line each: cli/test_train.py, cli/test_probe.py.)
 """
 
 from __future__ import annotations
 
 import json
 import os
-import textwrap
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-MODELS = textwrap.dedent("""
-    import functools
-
-    import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
-
-
-    def make(features=5):
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Linear(features, 6), nn.Tanh(), nn.Linear(6, 1))
-
-
-    def classifier():
-        return nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3))
-
-
-    def wrong_width():
-        return nn.Sequential(nn.Linear(7, 3))
-
-
-    class Scores(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.layer = nn.Linear(5, 1)
-
-        def forward(self, x):
-            return {"scores": self.layer(x)}
-
-
-    def scores():
-        return Scores()
-
-
-    def embedding():
-        return nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(20, 1))
-
-
-    summed = functools.partial(F.mse_loss, reduction="sum")
-
-
-    class Unreduced(nn.MSELoss):
-        def __init__(self):
-            super().__init__(reduction="none")
-
-
-    class Exits(nn.MSELoss):
-        def __init__(self):
-            raise SystemExit(0)
-
-
-    def vector(outputs, targets):
-        return (outputs.reshape(-1) - targets) ** 2
-
-
-    def flat_mse(outputs, targets):
-        return F.mse_loss(outputs.reshape(-1), targets)
-""")
-
-
-def one_line_error(result) -> str:
-    assert result.exit_code != 0, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    return lines[0]
-
-
-@pytest.fixture
-def reg(tmp_path):
-    """reg.py (models, losses) and reg.npz: 48 train and 16 test examples of 5 features, float targets."""
-    (tmp_path / "reg.py").write_text(MODELS)
-    gen = np.random.default_rng(0)
-    x = gen.normal(size=(64, 5)).astype(np.float32)
-    y = (x @ gen.normal(size=5) + 0.1 * gen.normal(size=64)).astype(np.float32)
-    np.savez(tmp_path / "reg.npz", x_train=x[:48], y_train=y[:48], x_test=x[48:], y_test=y[48:])
-    return {
-        "dir": tmp_path,
-        "file": str(tmp_path / "reg.py"),
-        "npz": str(tmp_path / "reg.npz"),
-        "x": torch.from_numpy(x[:48]),
-        "y": torch.from_numpy(y[:48]),
-    }
-
-
-def ref(reg, name):
-    return f"{reg['file']}:{name}"
+from regression_helpers import REG_TRAIN, ref
 
 
 def dense_mse_top_eigenvalue(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -157,13 +70,10 @@ def no_accuracy_anywhere(folder) -> None:
                 assert "nan" not in text.lower().replace("nanmean", ""), path
 
 
-TRAIN = ["--epochs", "2", "--batch-size", "16", "--lr", "0.05", "--no-progress"]
-
-
 def test_regression_train_probe_surface_plot(cli, reg, tmp_path):
     run = tmp_path / "run"
     model = ref(reg, "make")
-    result = cli(["train", "--model", model, "--dataset", reg["npz"], "--loss", "mse", *TRAIN, "--out", run])
+    result = cli(["train", "--model", model, "--dataset", reg["npz"], "--loss", "mse", *REG_TRAIN, "--out", run])
     assert result.exit_code == 0, result.output
     config = json.loads((run / "config.json").read_text())
     assert config["loss"] == "mse" and config["output"] is None
@@ -295,123 +205,3 @@ def test_a_failed_cell_is_retried_and_finished_ones_kept(cli, reg, tmp_path, mon
     assert "1 of 2 cells already finished" in result.output
     assert (failed / "measures.json").is_file() and not (failed / "failed.json").exists()
     assert done.stat().st_mtime_ns == before
-
-
-# --------------------------------------------------------------------------- one-line errors
-
-
-@pytest.mark.parametrize(
-    "loss, words",
-    [
-        ("summed", "reduction='sum'"),
-        ("Unreduced", "reduction='none'"),
-        ("nosuch", "unknown loss"),
-        ("Exits", "raised SystemExit"),  # user code never decides the exit code (issue 20, class 4)
-    ],
-)
-def test_a_loss_that_is_not_a_mean_is_refused(cli, reg, tmp_path, loss, words):
-    spec = ref(reg, loss) if loss != "nosuch" else loss
-    run = tmp_path / "run"
-    line = one_line_error(
-        cli(["train", "--model", ref(reg, "make"), "--dataset", reg["npz"], "--loss", spec, *TRAIN, "--out", run])
-    )
-    assert words in line
-    assert not run.exists()
-
-
-def test_a_loss_returning_a_vector_is_refused(cli, reg, tmp_path):
-    run = tmp_path / "run"
-    model = ref(reg, "make")
-    assert (
-        cli(["train", "--model", model, "--dataset", reg["npz"], "--loss", "mse", *TRAIN, "--out", run]).exit_code == 0
-    )
-    out = tmp_path / "p.json"
-    line = one_line_error(
-        cli(["probe", run, "--model", model, "--loss", ref(reg, "vector"), "--top-k", "1", "--out", out, "--quiet"])
-    )
-    assert "scalar" in line and not out.exists()
-
-
-def test_recorded_loss_code_must_be_named_again(cli, reg, tmp_path):
-    run = tmp_path / "run"
-    model = ref(reg, "make")
-    mse = ref(reg, "flat_mse")
-    result = cli(["train", "--model", model, "--dataset", reg["npz"], "--loss", mse, *TRAIN, "--out", run])
-    assert result.exit_code == 0, result.output
-    out = tmp_path / "p.json"
-    line = one_line_error(cli(["probe", run, "--model", model, "--top-k", "1", "--out", out, "--quiet"]))
-    assert f"--loss {mse}" in line and not out.exists()
-    result = cli(["probe", run, "--model", model, "--loss", mse, "--top-k", "1", "--out", out, "--quiet"])
-    assert result.exit_code == 0, result.output
-
-
-@pytest.mark.parametrize(
-    "model, words",
-    [
-        ("scores", "no 'logits'"),  # an output with no tensor and no logits
-        ("embedding", "does not fit the data"),  # float features into an Embedding: a dtype no cast resolves
-    ],
-)
-def test_outputs_and_dtypes_that_do_not_fit_are_one_line(cli, reg, tmp_path, model, words):
-    run = tmp_path / "run"
-    line = one_line_error(
-        cli(["train", "--model", ref(reg, model), "--dataset", reg["npz"], "--loss", "mse", *TRAIN, "--out", run])
-    )
-    assert words in line
-    assert not run.exists() or not os.listdir(run)
-
-
-def test_float_targets_under_cross_entropy_are_one_line(cli, reg, tmp_path):
-    run = tmp_path / "run"
-    line = one_line_error(cli(["train", "--model", ref(reg, "make"), "--dataset", reg["npz"], *TRAIN, "--out", run]))
-    assert "Long" in line and "--loss mse" in line  # the dtype no cast can resolve, and the way out
-    assert not run.exists()
-
-
-def test_output_key_selects_what_the_loss_sees(cli, reg, tmp_path):
-    run = tmp_path / "run"
-    args = ["train", "--model", ref(reg, "scores"), "--dataset", reg["npz"], "--loss", "mse", "--output", "scores"]
-    result = cli([*args, *TRAIN, "--out", run])
-    assert result.exit_code == 0, result.output
-    assert json.loads((run / "config.json").read_text())["output"] == "scores"
-    out = tmp_path / "p.json"
-    result = cli(["probe", run, "--model", ref(reg, "scores"), "--top-k", "1", "--out", out, "--quiet"])
-    assert result.exit_code == 0, result.output  # the recorded key is reused
-    line = one_line_error(
-        cli(
-            ["probe", run, "--model", ref(reg, "scores"), "--output", "logits", "--top-k", "1", "--out", out, "--force"]
-        )
-    )
-    assert "--output logits" in line and "scores" in line
-
-
-def test_a_pt2_exported_in_train_mode_is_refused(cli, reg, tmp_path):
-    net = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Dropout(0.1), nn.Linear(4, 1))
-    x = torch.randn(8, 5)
-    train_mode, eval_mode = tmp_path / "train.pt2", tmp_path / "eval.pt2"
-    torch.export.save(torch.export.export(net.train(), (x,)), train_mode)
-    torch.export.save(torch.export.export(net.eval(), (x,)), eval_mode)
-    out = tmp_path / "p.json"
-    args = ["--dataset", reg["npz"], "--loss", "mse", "--top-k", "1", "--samples", "8", "--quiet", "--out", out]
-    line = one_line_error(cli(["probe", train_mode, *args]))
-    assert "train mode" in line and "model.eval()" in line and not out.exists()
-    result = cli(["probe", eval_mode, *args])
-    assert result.exit_code == 0, result.output
-
-
-def test_outputs_honour_the_umask(cli, reg, tmp_path):
-    run = tmp_path / "run"
-    old = os.umask(0o022)
-    try:
-        args = ["train", "--model", ref(reg, "make"), "--dataset", reg["npz"], "--loss", "mse", *TRAIN]
-        assert cli([*args, "--epochs", "1", "--out", run]).exit_code == 0
-        assert (run / "config.json").stat().st_mode & 0o777 == 0o644
-        assert (run / "last.pt").stat().st_mode & 0o777 == 0o644
-        out = tmp_path / "p.json"
-        out.write_text("{}")
-        out.chmod(0o640)  # an overwritten file keeps its own mode
-        result = cli(["probe", run, "--model", ref(reg, "make"), "--top-k", "1", "--out", out, "--force", "--quiet"])
-        assert result.exit_code == 0, result.output
-        assert out.stat().st_mode & 0o777 == 0o640
-    finally:
-        os.umask(old)

@@ -1,108 +1,26 @@
-"""``flatness sweep``: grid expansion, bad input, and the same cells.csv whichever way the cells ran
-(two local workers, one worker killed by SIGKILL and rerun, two shards into one folder, Ray)."""
+"""flatness.sweep.run: the same cells.csv whichever way the cells ran (one local worker killed by SIGKILL
+and rerun, finished cells never redone, Ray), a failed cell recorded, the plan checked before anything starts, the
+stop-loss defaults, and SweepSettings.checked."""
 
 import dataclasses
 import importlib.util
 import os
 import signal
 import subprocess
-import sys
 
 import pytest
-from click.testing import CliRunner
 from holds import hold_env, wait_for_hold
+from sweep_runs import run_cli, sweep_cmd, uninterrupted_cells
 
-from flatness.cli.main import main
 from flatness.core.errors import FlatnessError
 from flatness.sweep.cells import CELLS, MEASURES, read_table
-from flatness.sweep.grid import expand, parse_grid, varied_keys
 from flatness.sweep.run import DEFAULT_SEEDS, SweepSettings, plan, run_sweep
-
-# 4 tiny cells on digits: ERM and SAM at two learning rates, one seed, 2 epochs, the quick probe.
-TINY = ["--quick", "--dataset", "digits", "--grid", "method=erm,sam lr=0.02,0.1", "--seeds", "0"]
-
-
-def sweep_cmd(out, *extra):
-    entry = "from flatness.cli.main import main; main()"
-    return [sys.executable, "-c", entry, "sweep", "--out", str(out), "--no-progress", *TINY, *extra]
-
-
-def run_cli(out, *extra):
-    subprocess.run(sweep_cmd(out, *extra), check=True, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The uninterrupted sweep, on two local worker processes."""
-    out = tmp_path_factory.mktemp("sweep") / "reference"
-    run_cli(out, "--workers", "2")
-    return (out / "cells.csv").read_text()
-
-
-def test_grid_expansion_applies_method_keys_to_their_method_only():
-    grid = parse_grid("method=erm,amp,sam lr=0.1,0.2 epsilon=0.01,0.02 rho=0.05")
-    cells = expand(grid, [0, 1])
-    names = [c.name for c in cells]
-    erm = [c for c in cells if c.values["method"] == "erm"]
-    amp = [c for c in cells if c.values["method"] == "amp"]
-    sam = [c for c in cells if c.values["method"] == "sam"]
-    assert (len(erm), len(amp), len(sam)) == (2 * 2, 2 * 2 * 2, 2 * 2)  # no ERM cell per ε
-    assert all("epsilon" not in c.values and "rho" not in c.values for c in erm)
-    assert all("rho" not in c.values for c in amp) and all("epsilon" not in c.values for c in sam)
-    assert len(set(names)) == len(names) == 16
-    assert names[0] == "method-erm_lr-0.1_seed-0" and names[1] == "method-erm_lr-0.1_seed-1"
-    assert varied_keys(cells) == ["method", "lr", "epsilon"]  # rho has one value: not a column
-    assert parse_grid("batch_size=32,64 nesterov=false")["nesterov"] == [False]
-
-
-@pytest.mark.parametrize(
-    "grid, message",
-    [
-        ("colour=red", "unknown grid key 'colour'"),
-        ("lr=fast", "grid key lr takes numbers, got 'fast'"),
-        ("batch_size=3.5", "grid key batch_size takes integers"),
-        ("   ", "the grid is empty"),
-        ("lr=", "grid key lr has no values"),
-        ("rho=0.1", "applies only to sam cells"),
-        ("method=erm,newton", "unknown method 'newton'"),
-        ("lr=-1", "lr must be a positive number"),
-    ],
-)
-def test_bad_grid_is_one_line_and_starts_nothing(tmp_path, grid, message):
-    out = tmp_path / "sweep"
-    result = CliRunner().invoke(main, ["sweep", "--out", str(out), "--quick", "--dataset", "digits", "--grid", grid])
-    assert result.exit_code != 0
-    assert message in result.output and len(result.output.strip().splitlines()) == 1
-    assert not out.exists()
-
-
-@pytest.mark.parametrize(
-    "option, message",
-    [
-        (["--shard", "3/2"], "--shard I/N needs 0 <= I < N"),
-        (["--shard", "two"], "--shard takes I/N"),
-        (["--engine", "spark"], "unknown engine 'spark'"),
-        (["--seeds", "0,0"], "--seeds repeats a value"),
-        (["--workers", "0"], "--workers"),
-        (["--stop-loss", "0"], "stop_loss must be a finite number > 0"),
-        (["--stop-loss", "inf"], "stop_loss must be a finite number > 0"),
-    ],
-)
-def test_bad_options_are_one_line_and_start_nothing(tmp_path, option, message):
-    out = tmp_path / "sweep"
-    result = CliRunner().invoke(main, ["sweep", "--out", str(out), *TINY, *option])
-    assert result.exit_code != 0 and message in result.output
-    assert len(result.output.strip().splitlines()) == 1
-    assert not out.exists()
-
-
-def test_ray_engine_without_ray_says_how_to_install(tmp_path, monkeypatch):
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
-    out = tmp_path / "sweep"
-    result = CliRunner().invoke(main, ["sweep", "--out", str(out), *TINY, "--engine", "ray"])
-    assert result.exit_code != 0 and "pip install 'flatness[ray]'" in result.output
-    assert not out.exists()
+    return uninterrupted_cells(tmp_path_factory)
 
 
 def test_reference_table_has_the_issue_columns(reference, tmp_path):
@@ -143,23 +61,6 @@ def test_sigkill_then_rerun_equals_uninterrupted(reference, tmp_path):
             proc.wait()
     assert not (out / "cells.csv").exists() or (out / "cells.csv").read_text() != reference
     run_cli(out, "--workers", "1")
-    assert (out / "cells.csv").read_text() == reference
-
-
-def test_two_shards_into_one_folder_equal_one_run(reference, tmp_path):
-    out = tmp_path / "shared"
-    procs = [
-        subprocess.Popen(
-            sweep_cmd(out, "--workers", "1", "--shard", f"{i}/2"),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    for p in procs:
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err
     assert (out / "cells.csv").read_text() == reference
 
 
