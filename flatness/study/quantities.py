@@ -15,7 +15,7 @@ Each quantity says whether it is *invariant* to a function-preserving rescaling 
 weights and bias ×c, the next layer's weights ÷c): the accuracies and losses are (the function is the
 same), the adaptive (|θ|-scaled) sharpness metrics and the magnitude-aware PAC-Bayes bound are, while the
 Hessian eigenvalues and trace, plain worst/average-case sharpness, Keskar's box and plain PAC-Bayes are
-not (tests/test_study_primaries.py rescales a net and checks this table).
+not (tests/study/test_quantities.py rescales a net and checks this table).
 
 The *primary* measures are declared before any data (``primary_rule``): λmax, the trace, worst-case
 sharpness at the perturbation method's own radius and at a fifth of it, adaptive worst-case sharpness
