@@ -191,7 +191,9 @@ def test_correlate_refuses_fewer_than_three_finished_cells(tmp_path):
 
 
 def test_comparison_adds_holm_adjusted_p_values_beside_the_raw_ones():
-    from flatness.study.compare import RunRecord, compare, markdown_table
+    from flatness.study.compare import compare
+    from flatness.study.run_record import RunRecord
+    from flatness.study.tables import markdown_table
 
     erm = [{"trace": 10.0 + s, "lambda_1": 5.0 + 0.1 * s} for s in range(3)]
     amp = [{"trace": 4.0 + s, "lambda_1": 5.05 + 0.1 * s} for s in range(3)]
@@ -214,7 +216,9 @@ def test_comparison_adds_holm_adjusted_p_values_beside_the_raw_ones():
 
 
 def test_holm_families_flatness_measures_test_accuracy_alone_and_the_rest():
-    from flatness.study.compare import RunRecord, compare, holm_family
+    from flatness.study.compare import compare
+    from flatness.study.run_record import RunRecord
+    from flatness.study.significance import holm_family
 
     def values(s, shift):
         return {

@@ -16,8 +16,6 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from flatness.core.params import flatten, unflatten
-
 T = TypeVar("T")
 
 
@@ -83,17 +81,6 @@ def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
-
-
-def all_reduce_mean_(tensors: Sequence[torch.Tensor]) -> None:
-    """Average a list of tensors over ranks in place, flattened into one collective for speed."""
-    if not is_distributed() or not tensors:
-        return
-    flat = flatten(tensors)
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= dist.get_world_size()
-    for t, part in zip(tensors, unflatten(flat, tensors)):
-        t.copy_(part)
 
 
 def broadcast_object(obj, src: int = 0):

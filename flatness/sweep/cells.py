@@ -274,7 +274,8 @@ def _cpu():
 
 def _probe_measures(folder: str) -> dict[str, float]:
     """The probe's flatness measures under ``flatness compare``'s names (λ's, trace, sharpness)."""
-    from flatness.study.compare import load_run_dir, record_values
+    from flatness.study.quantities import record_values
+    from flatness.study.runs import load_run_dir
 
     values = record_values(load_run_dir(folder))
     return {k: v for k, v in values.items() if k.startswith(("lambda_", "sharp:")) or k == "trace"}

@@ -3,7 +3,7 @@
 This module owns the run itself: the folder lock, building a run's pieces in a fixed order, starting
 or restoring it, the epoch and step loop, and the checkpoints it writes. The config, the run folder
 checks, the data feeding and the model/optimizer construction live in ``config``, ``run_folder``,
-``feeding`` and ``construction`` (their public names are re-exported here).
+``feeding`` and ``construction``.
 
 Everything on disk goes through ``flatness.formats.checkpoint`` (the run folder layout is documented there):
 ``config.json`` and ``init.pt`` at the start, ``last.pt`` + ``metrics.jsonl`` at the end of every
@@ -54,59 +54,19 @@ from flatness.data.user_data import check_model_fits
 from flatness.formats import checkpoint as ckpt
 from flatness.sources.loading import is_user_dataset
 from flatness.training import stopping
-from flatness.training.config import (
-    DATA_ON_DEVICE,
-    GAMMA,
-    METHODS,
-    PRECISIONS,
-    RESUMABLE_CHANGES,
-    SCHEDULES,
-    TrainConfig,
-    build_config,
-    default_out_dir,
-    lr_at,
-)
+from flatness.training.config import TrainConfig, default_out_dir, lr_at
 from flatness.training.construction import build_optimizer, initial_model
 from flatness.training.cost import passes_per_step
 from flatness.training.feeding import (
-    SMALL_MODEL_PARAMS,
     DeviceFlags,
     EpochBatches,
     cpu_threads_for,
     device_flags,
     epoch_batches,
-    keep_data_on_device,
     to_device,
     training_splits,
 )
-from flatness.training.run_folder import prepare_folder, resume_config, stored_config, write_metrics
-
-# Re-exported: code and tests written before the split import these from here.
-__all__ = [
-    "DATA_ON_DEVICE",
-    "EVAL_BATCH_SIZE",
-    "GAMMA",
-    "METHODS",
-    "PRECISIONS",
-    "RESUMABLE_CHANGES",
-    "SCHEDULES",
-    "SMALL_MODEL_PARAMS",
-    "DeviceFlags",
-    "EpochBatches",
-    "TrainConfig",
-    "build_config",
-    "build_optimizer",
-    "cpu_threads_for",
-    "default_out_dir",
-    "device_flags",
-    "keep_data_on_device",
-    "lr_at",
-    "resume_config",
-    "stored_config",
-    "to_device",
-    "train",
-]
-
+from flatness.training.run_folder import prepare_folder, write_metrics
 
 EVAL_BATCH_SIZE = 500
 

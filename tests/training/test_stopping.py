@@ -11,7 +11,8 @@ from flatness.core.errors import FlatnessError
 from flatness.data.datasets import get_dataset
 from flatness.formats import checkpoint as ckpt
 from flatness.training import stopping
-from flatness.training.loop import TrainConfig, train
+from flatness.training.config import TrainConfig
+from flatness.training.loop import train
 
 SMALL = dict(width=8, batch_size=64, schedule="step", milestones=[3], seed=1)
 STOP_AT = 3  # the epoch the chosen stop loss must stop at (of a cap of CAP)
@@ -156,8 +157,8 @@ def test_bad_stop_loss_is_one_line_and_starts_nothing(tmp_path, cli, value):
 
 
 def test_training_cost_orders_runs_as_their_passes_and_steps_do():
+    from flatness.training.config import TrainConfig
     from flatness.training.cost import training_cost
-    from flatness.training.loop import TrainConfig
 
     fixed = [TrainConfig(method=m, epochs=10, batch_size=64, inner_iter=2) for m in ("erm", "sam", "amp")]
     assert [training_cost(c) for c in fixed] == [10 / 64, 20 / 64, 30 / 64]  # 1, 2, 1 + inner_iter passes
