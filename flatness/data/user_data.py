@@ -54,9 +54,12 @@ class NormalizedDataset(Dataset):
 
 
 def _tensor(array: np.ndarray, target: bool = False) -> torch.Tensor:
-    """One npz array as a tensor of its own kind: integers (token ids, labels) int64, floating values
-    float32 (the dtype of a model's weights; the values stay as given), boolean inputs (masks) as
-    they are and boolean targets as 0./1. (what a binary loss takes)."""
+    """One npz array as a tensor of its own kind.
+
+    Integers (token ids, labels) int64, floating values float32 (the dtype of a model's weights; the
+    values stay as given), boolean inputs (masks) as they are and boolean targets as 0./1. (what a
+    binary loss takes).
+    """
     tensor = torch.from_numpy(np.ascontiguousarray(array))
     if tensor.dtype == torch.bool:
         return tensor.to(torch.float32) if target else tensor
@@ -77,8 +80,10 @@ class DictInputDataset(Dataset):
 
 
 class LabelsDictDataset(Dataset):
-    """A dataset of Hugging Face style examples ``{"input_ids": ..., "labels": ...}`` as
-    ``(inputs, labels)`` pairs: the ``labels`` entry is the target, the other keys the model's inputs."""
+    """Hugging Face style examples ``{"input_ids": ..., "labels": ...}`` as ``(inputs, labels)`` pairs.
+
+    The ``labels`` entry is the target, the other keys the model's inputs.
+    """
 
     def __init__(self, base: Dataset):
         self.base = base
