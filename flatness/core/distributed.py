@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
+import tempfile
 from collections.abc import Sequence
 from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 
 T = TypeVar("T")
 
@@ -128,11 +131,6 @@ def spawn_local(fn, world: int, *args, threads: int = 1) -> list:
     For tests, benchmarks and notebooks; ``fn`` must be picklable (a module-level function) and its
     result ``torch.save``-able.
     """
-    import socket
-    import tempfile
-
-    import torch.multiprocessing as mp
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

@@ -15,11 +15,12 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
 from flatness.core.errors import FlatnessError
 from flatness.core.evaluation import eval_mode
 from flatness.core.fileio import sha256_file
+from flatness.core.losses import check_loss_value, resolve_loss
 from flatness.data.batches import forward, map_tensors
 from flatness.data.checks import check_folder_tree, check_label_range, check_splits, remember
 from flatness.models.references import call_user, is_reference, one_line, resolve_callable
@@ -182,8 +183,8 @@ def _as_pairs(dataset: Dataset, ref: str) -> Dataset:
 
 
 def _load_imagefolder(folder: str, image_size: int | None) -> tuple[Dataset, Dataset]:
-    from torchvision import datasets as D
-    from torchvision import transforms as T
+    from torchvision import datasets as D  # noqa: PLC0415 - torchvision is heavy; only an image folder needs it
+    from torchvision import transforms as T  # noqa: PLC0415 - torchvision is heavy; only an image folder needs it
 
     steps = ([T.Resize((image_size, image_size))] if image_size else []) + [T.ToTensor()]
     splits = []
@@ -307,9 +308,6 @@ def check_model_fits(model: nn.Module, dataset: Dataset, loss_fn: Any = None, ou
         )
     if torch.is_tensor(out) and out.dim() == 2:
         check_label_range(dataset, out.shape[1])  # every label, from the pass made when the data was loaded
-    from torch.utils.data import default_collate
-
-    from flatness.core.losses import resolve_loss
 
     # the loss the run uses (cross-entropy unless given), on two examples so that a per-example loss shows
     batch_x, batch_y = default_collate([dataset[i] for i in range(min(2, len(dataset)))])
@@ -340,8 +338,6 @@ def _count(batch: Any) -> int:
 
 def _check_loss_on(loss_fn: Any, out: torch.Tensor, targets: torch.Tensor) -> None:
     """FlatnessError (one line) when ``loss_fn`` fails on these outputs and targets or gives no scalar."""
-    from flatness.core.losses import check_loss_value
-
     try:
         with torch.no_grad():
             value = loss_fn(out, targets)

@@ -144,7 +144,7 @@ def _write_probe_locked(path, result, vectors, density_arrays, force) -> dict[st
 
 
 def _write_sidecar(path: str, vectors, density_arrays, payload) -> None:
-    import h5py  # late: only a probe with vectors or a density needs h5py (~0.2 s to import)
+    import h5py  # noqa: PLC0415 - h5py is heavy; only a probe with vectors or a density needs it
 
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as h5:
@@ -247,7 +247,7 @@ def read_probe_arrays(path: str) -> dict[str, np.ndarray]:
     ``eigenvectors`` (k×d), ``eigenvalues`` and ``density/...`` when present. FlatnessError when
     there is no readable sidecar.
     """
-    import h5py  # late: reading a probe's JSON needs no h5py (~0.2 s to import)
+    import h5py  # noqa: PLC0415 - h5py is heavy; reading a probe's JSON needs no h5py
 
     probe = read_probe(path)
     if not probe.get("sidecar"):

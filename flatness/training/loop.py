@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 
 from flatness.core import distributed, locking
 from flatness.core.devices import resolve_device
@@ -53,6 +54,7 @@ from flatness.data.probe_data import ProbeData
 from flatness.data.user_data import check_model_fits
 from flatness.formats import checkpoint as ckpt
 from flatness.sources.loading import is_user_dataset
+from flatness.sources.losses import config_losses
 from flatness.training import stopping
 from flatness.training.config import TrainConfig, default_out_dir, lr_at
 from flatness.training.construction import build_optimizer, initial_model
@@ -211,7 +213,6 @@ def _build_run(config: TrainConfig, out_dir: str, state: dict[str, Any] | None, 
         torch.backends.cudnn.benchmark = flags.cudnn_benchmark
 
     model, spec, model_record = initial_model(config, train_set, state)
-    from flatness.sources.losses import config_losses
 
     loss_fn, output_fn = config_losses(config)  # --loss / --output (None: cross-entropy on the output)
     if model_record or is_user_dataset(config.dataset):
@@ -319,8 +320,6 @@ def _forward_module(model: nn.Module, config: TrainConfig, device: torch.device)
     """
     net = model
     if distributed.is_distributed():
-        from torch.nn.parallel import DistributedDataParallel
-
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile:
         net = torch.compile(net)

@@ -191,8 +191,6 @@ class Augmented(torch.utils.data.Dataset):
 def test_whole_train_loss_is_measured_on_the_split_without_augmentation(monkeypatch):
     from types import SimpleNamespace
 
-    import flatness.data.datasets as datasets
-
     plain = torch.utils.data.TensorDataset(torch.arange(10.0).reshape(5, 2), torch.tensor([0, 1, 0, 1, 1]))
     asked = []
 
@@ -200,7 +198,7 @@ def test_whole_train_loss_is_measured_on_the_split_without_augmentation(monkeypa
         asked.append((name, split, root, augment))
         return plain
 
-    monkeypatch.setattr(datasets, "get_dataset", fake_get_dataset)
+    monkeypatch.setattr(stopping, "get_dataset", fake_get_dataset)  # where whole_train_data looks it up
     config = SimpleNamespace(stop_loss=0.01, augment=True, dataset="cifar10", data_dir="/somewhere")
     data = stopping.whole_train_data(config, Augmented(plain), torch.device("cpu"), batch_size=2)
     assert asked == [("cifar10", "train", "/somewhere", False)]
