@@ -27,7 +27,8 @@ from flatness.sweep.correlate import TARGETS, correlate
     "default: they are compared at another training loss; the report says how many).",
 )
 @click.option("--no-figures", is_flag=True, help="Skip the figures.")
-def command(folder, target, draws, min_train_acc, include_unreached, no_figures):
+@click.option("--force", is_flag=True, help="Replace the outputs of an earlier correlate in FOLDER.")
+def command(folder, target, draws, min_train_acc, include_unreached, no_figures, force):
     """Kendall's τ-b, bootstrap intervals, the granulated Ψ and Holm-adjusted p-values of every measure
     in FOLDER/cells.csv against the target; writes correlation.{json,csv,md}, figures and report.html."""
     check_count(draws, "--draws", minimum=10)
@@ -38,6 +39,7 @@ def command(folder, target, draws, min_train_acc, include_unreached, no_figures)
         figures=not no_figures,
         min_train_acc=min_train_acc,
         include_unreached=include_unreached,
+        force=force,
     )
     for sentence in result["verdict"]:
         click.echo(sentence.replace("**", ""))

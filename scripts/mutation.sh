@@ -24,23 +24,23 @@ workers="${MUTATION_WORKERS:-1}"
 scratch="$root/.mutation"
 equivalent="$root/scripts/mutation_equivalent.txt"
 
-holm_tests="tests/test_generalization.py::test_comparison_adds_holm_adjusted_p_values_beside_the_raw_ones"
-holm_tests+=" tests/test_generalization.py::test_holm_families_flatness_measures_test_accuracy_alone_and_the_rest"
+holm_tests="tests/study/test_compare.py::test_comparison_adds_holm_adjusted_p_values_beside_the_raw_ones"
+holm_tests+=" tests/study/test_compare.py::test_holm_families_flatness_measures_test_accuracy_alone_and_the_rest"
 compare_tests="tests/study/test_compare.py::test_compare_rows_against_hand_means_and_welch_for_three_methods_and_another_baseline"
 grid_tests="tests/test_sweep.py::test_grid_expansion_applies_method_keys_to_their_method_only"
 grid_tests+=" tests/test_sweep.py::test_bad_grid_is_one_line_and_starts_nothing"
 # (a few tests of other files, FILE::TEST; the rest of study/test_compare.py writes run folders and figures)
 # name | files to mutate (globs under flatness/) | the unit test files it runs (missing ones are skipped)
 modules=(
-    "correlation|flatness/generalization/correlation.py|tests/test_generalization.py tests/generalization/test_correlation.py"
+    "correlation|flatness/generalization/correlation.py|tests/generalization/test_correlation.py"
     "baselines|flatness/generalization/baselines.py|tests/generalization/test_baselines.py"
     "significance|flatness/study/significance.py|tests/study/test_significance.py $compare_tests $holm_tests"
     "quantities|flatness/study/quantities.py|tests/study/test_quantities.py $compare_tests"
     "stopping|flatness/training/stopping.py|tests/training/test_stopping.py"
     "grid|flatness/sweep/grid.py|tests/sweep/test_grid.py $grid_tests"
     "study|flatness/study/compare.py flatness/study/tables.py flatness/study/runs.py|tests/study/test_compare.py tests/study/test_quantities.py tests/study/test_significance.py"
-    "sharpness|flatness/sharpness/*.py|tests/test_sharpness.py"
-    "hessian|flatness/hessian/*.py|tests/test_hessian.py tests/hessian/test_reductions.py"
+    "sharpness|flatness/sharpness/*.py|tests/sharpness/test_*.py"
+    "hessian|flatness/hessian/*.py|tests/hessian/test_*.py"
 )
 
 "$python" -c "import mutmut" 2>/dev/null || {

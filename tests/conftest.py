@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
+from tinynet_file import MODEL_FILE
 
 from flatness.data.datasets import dataset_info
 from flatness.data.probe_data import load_probe_data
@@ -61,3 +62,11 @@ def cli():
         return runner.invoke(main, [str(a) for a in args], catch_exceptions=False, **kwargs)
 
     return invoke
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    """The path of a user's model file holding ``TinyNet`` (tests/tinynet_file.py)."""
+    path = tmp_path / "tinynet.py"
+    path.write_text(MODEL_FILE)
+    return str(path)

@@ -226,7 +226,7 @@ def test_sigterm_is_reported_like_ctrl_c(run2, tmp_path):
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=120)
     output = log.read_text()
-    lines = [ln for ln in output.splitlines() if ln.strip() and not ln.startswith("epoch ")]
+    lines = [ln for ln in output.splitlines() if ln.strip() and not ln.startswith(("epoch ", "Plan: "))]
     assert proc.returncode == 128 + signal.SIGTERM, output
     assert len(lines) == 1 and lines[0].startswith("Terminated (SIGTERM).") and "--resume" in lines[0], output
     assert "Traceback" not in output

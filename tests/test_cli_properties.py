@@ -538,3 +538,49 @@ def test_train_model_factory_outcomes(ws, outcome):
     assert (result.exit_code == 0) == (outcome == "model"), result.output
     if result.exit_code == 2:
         assert ref in result.output or "importing" in result.output, result.output
+
+
+NPZ_CHANGES = ["untouched", "saved-again", "one-value", "one-label", "rows-swapped"]
+
+
+@settings(max_examples=12, **FAST)
+@given(change=st.sampled_from(NPZ_CHANGES), index=st.integers(0, 15), named=st.booleans(), allow=st.booleans())
+def test_probe_of_a_run_whose_npz_changed(ws, change, index, named, allow):
+    """A run's npz after training: probed only while its bytes are the recorded ones (sha256), or when the
+    command line names it with --allow-source-change; else one Error line (issue 20, class 6)."""
+    import numpy as np
+
+    from flatness.core.fileio import sha256_file
+
+    EXAMPLES["probe (changed npz)"] += 1
+    before = stamp(ws["root"])
+    with scratch_dir(ws) as scratch, mock.patch("flatness.training.loop._loop", lambda run, start: None):
+        npz = os.path.join(scratch, "d.npz")
+        _write_npz(npz, "float32", None, "good")
+        with open(os.path.join(scratch, "m.py"), "w") as handle:
+            handle.write(USER_MODEL)
+        model = os.path.join(scratch, "m.py") + ":model"
+        run = f"{scratch}/r"
+        trained = invoke(
+            ["train", "--model", model, "--dataset", npz, "--batch-size", "8", "--no-progress", "--out", run]
+        )
+        assert trained.exit_code == 0, trained.output
+        recorded = sha256_file(npz)
+        if change != "untouched":
+            arrays = dict(np.load(npz))
+            if change == "one-value":
+                arrays["x_train"][index, 0] += 1.0
+            elif change == "one-label":
+                arrays["y_train"][index] = (arrays["y_train"][index] + 1) % 3
+            elif change == "rows-swapped":
+                arrays["x_train"][[index, (index + 1) % 16]] = arrays["x_train"][[(index + 1) % 16, index]]
+            np.savez(npz, **arrays)
+        same = sha256_file(npz) == recorded
+        args = ["probe", run, "--model", model, "--top-k", "0", "--out", f"{scratch}/p.json", "--quiet"]
+        if named:
+            args += ["--dataset", npz, *(["--allow-source-change"] if allow else [])]
+        result = invoke(args)
+    check_outcome(result, ws, before)
+    assert (result.exit_code == 0) == (same or (named and allow)), (change, named, allow, result.output)
+    if result.exit_code == 2:
+        assert "is not the data" in result.output, result.output

@@ -103,6 +103,63 @@ def _nan_probe(ws):
         handle.write(json.dumps(probe))  # json writes NaN as the bare word NaN, as Python reads it back
 
 
+def _train(ws, out, *extra, dataset=None):
+    args = ["train", "--model", f"{ws}/f.py:model", "--dataset", dataset or f"{ws}/f.py:data", "--epochs", "1"]
+    result = CliRunner().invoke(main, [*args, "--batch-size", "16", "--no-progress", "--out", out, *extra])
+    assert result.exit_code == 0, result.output
+
+
+def _flip_payload_byte(path):
+    """One bit flipped inside the first tensor's bytes; the zip's headers and recorded CRCs stay as written."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if "/data/" in i.filename and i.file_size > 8)
+    with open(path, "rb") as handle:
+        data = bytearray(handle.read())
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+    data[info.header_offset + 30 + name_len + extra_len + 5] ^= 0x10
+    with open(path, "wb") as handle:
+        handle.write(bytes(data))
+
+
+def _stale(ws, step, shared):
+    """Class 6's inputs: a swapped last.pt, a flipped byte, a replaced npz, a path outside, a damaged sweep.json."""
+    import shutil
+
+    from flatness.formats.checkpoint import save_checkpoint
+
+    if step == "stale:swapped-last":
+        _train(ws, f"{ws}/mine")
+        _train(ws, f"{ws}/other", "--lr", "0.1")
+        shutil.copy(f"{ws}/other/last.pt", f"{ws}/mine/last.pt")
+    elif step == "stale:flipped-byte":
+        shutil.copy(shared["ckpt"], f"{ws}/flipped.pt")
+        _flip_payload_byte(f"{ws}/flipped.pt")
+    elif step == "stale:replaced-npz":
+        _npz(ws, "good")
+        _train(ws, f"{ws}/run", dataset=f"{ws}/good.npz")
+        os.replace(f"{ws}/good.npz", f"{ws}/kept.npz")
+        _npz(ws, "nan-input")
+        os.replace(f"{ws}/nan-input.npz", f"{ws}/good.npz")  # other data under the recorded name
+    elif step == "stale:data-outside":
+        import torch
+
+        spec = {"name": f"{ws}/f.py:model", "reference": f"{ws}/f.py:model", "args": None}
+        config = {"dataset": "/etc/flatness-private.npz", "model": spec["name"], "method": "erm", "seed": 0}
+        save_checkpoint(f"{ws}/crafted.pt", torch.nn.Linear(4, 3), model_spec=spec, config=config, epoch=1)
+    elif step == "stale:damaged-sweep-state":
+        os.makedirs(f"{ws}/sweep/cells")
+        with open(f"{ws}/sweep/sweep.json", "w") as handle:
+            handle.write('{"format": "flatness-sweep", "fro')
+    elif step == "correlated":
+        result = CliRunner().invoke(main, ["correlate", f"{ws}/sweep", "--draws", "20", "--no-figures"])
+        assert result.exit_code == 0, result.output
+    else:
+        raise AssertionError(f"unknown setup step {step}")
+
+
 def build(ws, step, shared):
     if step == "secret":
         with open(os.path.join(ws, "secret.png"), "wb") as handle:
@@ -130,7 +187,7 @@ def build(ws, step, shared):
     elif step == "nan-probe":
         _nan_probe(ws)
     else:
-        raise AssertionError(f"unknown setup step {step}")
+        _stale(ws, step, shared)
 
 
 def stamp(root):
@@ -199,5 +256,5 @@ def test_hardening_corpus(tmp_path, shared, monkeypatch, case):
 
 
 def test_hardening_corpus_covers_each_class_of_the_issue():
-    assert {c["class"] for c in CORPUS} >= {1, 2, 3, 4, 5, 7, 9}
+    assert {c["class"] for c in CORPUS} >= {1, 2, 3, 4, 5, 6, 7, 8, 9}
     assert len({c["id"] for c in CORPUS}) == len(CORPUS)

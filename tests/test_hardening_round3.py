@@ -142,6 +142,17 @@ def test_user_code_decides_the_exit_code_data_factory_and_builtin_callable(tmp_p
     one_line_error(result, "exit0 raised SystemExit: 0")
 
 
+def test_user_code_decides_the_exit_code_model_forward(tmp_path):
+    """A user's model whose forward raises (here only in training mode, so the data check passes) is user
+    code: one line naming the model, exit 2, not "Internal error" (exit 1) blaming flatness."""
+    (tmp_path / "f.py").write_text(FACTORIES)
+    model, data = f"{tmp_path / 'f.py'}:fails_in_training", f"{tmp_path / 'f.py'}:data"
+    result = invoke(
+        ["train", "--model", model, "--dataset", data, "--epochs", "1", "--no-progress", "--out", tmp_path / "r"]
+    )
+    one_line_error(result, "the model (FailsInTraining) raised ValueError: boom in training in its forward")
+
+
 def test_user_code_decides_the_exit_code_backstop_and_real_signals():
     """Code outside a factory (a model's forward, say) that raises SystemExit or KeyboardInterrupt is an
     error too; only a real signal is reported as "Interrupted"."""
@@ -525,3 +536,225 @@ def test_leftovers_an_empty_out_is_refused_not_the_current_folder(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     one_line_error(invoke([*command, "--out", ""]), "--out is empty")
     assert os.listdir(tmp_path) == []
+
+
+def test_leftovers_a_run_that_failed_in_its_first_epoch_is_started_over_by_the_plain_rerun(tmp_path):
+    """A run that diverged in epoch 1 kept its epoch-0 files; the corrected rerun was refused as "not empty"."""
+    (tmp_path / "f.py").write_text(FACTORIES)
+    out = tmp_path / "run"
+    args = ["train", "--model", f"{tmp_path / 'f.py'}:model", "--dataset", f"{tmp_path / 'f.py'}:data"]
+    args += ["--epochs", "1", "--no-progress", "--out", out]
+    result = invoke([*args, "--lr", "1e30"])
+    assert result.exit_code == 3 and "training diverged" in result.output, result.output
+    assert (out / "last.pt").exists()
+    result = invoke(args)
+    assert result.exit_code == 0, result.output
+    from flatness.formats.checkpoint import read_checkpoint, read_run_config
+
+    assert read_checkpoint(str(out / "last.pt"))["epoch"] == 1 and read_run_config(str(out))["lr"] == 0.05
+    assert sorted(os.listdir(out)) == ["config.json", "init.pt", "last.pt", "metrics.jsonl"]
+
+
+def test_leftovers_a_surface_that_failed_before_its_first_point_is_replaced_by_the_plain_rerun(
+    tmp_path, digits_mlp_checkpoint, monkeypatch
+):
+    from flatness.core.errors import FlatnessError
+    from flatness.landscape import compute
+
+    h5 = tmp_path / "s.h5"
+    args = ["surface", digits_mlp_checkpoint, "--x=-1:1:3", "--samples", "64", "--out", h5, "--quiet"]
+
+    def fails(*a, **k):
+        raise FlatnessError("the first point failed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(compute, "_run_grid", fails)
+        one_line_error(invoke(args), "the first point failed")
+    assert h5.exists()  # made, no point in it
+    result = invoke(args)
+    assert result.exit_code == 0 and "3 points computed" in result.output, result.output
+    one_line_error(invoke(args), "already exists; use --resume")  # a file with points is a result: kept
+
+
+def test_leftovers_correlate_keeps_its_outputs_without_force(tmp_path):
+    write_sweep(tmp_path, ["lambda_1"])
+    assert invoke(["correlate", tmp_path, "--draws", "20"]).exit_code == 0
+    names = ["correlation.json", "correlation.csv", "correlation.md", "report.html"]
+    before = {n: ((tmp_path / n).read_bytes(), (tmp_path / n).stat().st_mtime_ns) for n in names}
+    again = invoke(["correlate", tmp_path, "--draws", "30"])
+    one_line_error(again, "correlation.json exists (and 5 more); pass --force")
+    assert before == {n: ((tmp_path / n).read_bytes(), (tmp_path / n).stat().st_mtime_ns) for n in names}
+    result = invoke(["correlate", tmp_path, "--draws", "30", "--force"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "correlation.json").stat().st_mtime_ns != before["correlation.json"][1]
+
+
+# --------------------------------------------------------------------------- class 6: stale or swapped inputs
+
+
+def _train_user_run(tmp_path, out, *extra, dataset=None):
+    (tmp_path / "f.py").write_text(FACTORIES)
+    args = ["train", "--model", f"{tmp_path / 'f.py'}:model", "--dataset", dataset or f"{tmp_path / 'f.py'}:data"]
+    result = invoke([*args, "--epochs", "1", "--batch-size", "16", "--no-progress", "--out", out, *extra])
+    assert result.exit_code == 0, result.output
+    return args
+
+
+def _stamps(folder):
+    return {
+        n: ((folder / n).read_bytes(), (folder / n).stat().st_mtime_ns)
+        for n in sorted(os.listdir(folder))
+        if (folder / n).is_file()
+    }
+
+
+def test_stale_or_swapped_inputs_a_last_pt_from_another_run_is_not_resumed(tmp_path):
+    import shutil
+
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    args = _train_user_run(tmp_path, mine)
+    _train_user_run(tmp_path, other, "--lr", "0.1")
+    shutil.copy(other / "last.pt", mine / "last.pt")
+    before = _stamps(mine)
+    result = invoke([*args, "--epochs", "2", "--no-progress", "--out", mine, "--resume"])
+    one_line_error(result, "last.pt is not this run's checkpoint: it was trained with lr=0.1")
+    assert _stamps(mine) == before  # config.json not rewritten
+
+
+def _flip_payload_byte(path):
+    """Flip one bit inside the first tensor's stored bytes (the zip's headers and CRCs stay as written)."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if "/data/" in i.filename and i.file_size > 8)
+    data = bytearray(open(path, "rb").read())
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+    data[info.header_offset + 30 + name_len + extra_len + 5] ^= 0x10
+    open(path, "wb").write(bytes(data))
+
+
+def test_stale_or_swapped_inputs_a_flipped_byte_is_refused(tmp_path, digits_mlp_checkpoint):
+    import shutil
+
+    import torch
+
+    ckpt = tmp_path / "flipped.pt"
+    shutil.copy(digits_mlp_checkpoint, ckpt)
+    _flip_payload_byte(ckpt)
+    torch.load(ckpt, weights_only=True)  # torch itself reads it without complaint: other numbers
+    one_line_error(invoke(["probe", ckpt, "--top-k", "1", "--out", tmp_path / "p.json"]), "fails its CRC check")
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+    program = tmp_path / "m.pt2"
+    torch.export.save(torch.export.export(model, (torch.randn(2, 1, 8, 8),)), str(program))
+    _flip_payload_byte(program)
+    args = ["probe", program, "--dataset", "digits", "--top-k", "1", "--out", tmp_path / "q.json"]
+    one_line_error(invoke(args), "m.pt2 is a damaged .pt2 program: member")
+    assert not (tmp_path / "p.json").exists() and not (tmp_path / "q.json").exists()
+
+
+def test_stale_or_swapped_inputs_a_replaced_npz_is_not_probed(tmp_path):
+    npz = _npz(tmp_path / "d.npz")
+    run = tmp_path / "run"
+    _train_user_run(tmp_path, run, dataset=npz)
+    model = f"{tmp_path / 'f.py'}:model"
+    probe = ["probe", run, "--model", model, "--top-k", "1", "--out", tmp_path / "p.json"]
+    assert invoke([*probe, "--quiet"]).exit_code == 0  # the recorded npz, unchanged: followed
+    _npz(tmp_path / "d.npz", x_train=(0, 9.0))  # other data under the same name
+    one_line_error(invoke([*probe, "--force"]), "d.npz is not the data")
+    one_line_error(invoke([*probe, "--force", "--dataset", npz]), "sha256 differs from the recorded one")
+    result = invoke([*probe, "--force", "--dataset", npz, "--allow-source-change", "--quiet"])
+    assert result.exit_code == 0, result.output
+
+
+def test_stale_or_swapped_inputs_a_recorded_data_path_outside_is_not_followed(tmp_path, digits_mlp_checkpoint):
+    """A checkpoint is data from anywhere: the dataset path it records is read only when it proves its content."""
+    import torch
+
+    from flatness.formats.checkpoint import read_checkpoint, save_checkpoint
+
+    secret = _npz(tmp_path.parent / f"{tmp_path.name}-private.npz")  # absolute, outside the checkpoint's folder
+    payload = read_checkpoint(digits_mlp_checkpoint)
+    model = torch.nn.Linear(4, 3)
+    (tmp_path / "f.py").write_text(FACTORIES)
+    spec = {"name": f"{tmp_path / 'f.py'}:model", "reference": f"{tmp_path / 'f.py'}:model", "args": None}
+    crafted = tmp_path / "crafted.pt"
+    config = {**payload["config"], "dataset": secret}
+    save_checkpoint(str(crafted), model, model_spec=spec, config=config, epoch=1, sources={"model": spec})
+    probe = ["probe", crafted, "--model", f"{tmp_path / 'f.py'}:model", "--top-k", "1", "--out", tmp_path / "p.json"]
+    one_line_error(invoke(probe), "records no digest of it, so flatness does not follow that path")
+    assert not (tmp_path / "p.json").exists()
+    assert invoke([*probe, "--dataset", secret, "--quiet"]).exit_code == 0  # named by the command line: read
+
+
+def test_stale_or_swapped_inputs_sweep_state_damaged_and_grid_key_order(tmp_path, monkeypatch):
+    from flatness.core import engines
+    from flatness.sweep.grid import expand, parse_grid
+
+    one = expand(parse_grid("method=erm,sam lr=0.1,0.2 weight_decay=0"), [0])
+    other = expand(parse_grid("weight_decay=0 lr=0.1,0.2 method=erm,sam"), [0])
+    assert [c.name for c in one] == [c.name for c in other]  # the same cells, whatever the typed order
+    ran = []
+    monkeypatch.setattr(engines, "run_local", lambda tasks, *a, **k: ran.extend(tasks))
+    out = tmp_path / "sweep"
+    grid = ["--grid", "method=erm,sam lr=0.1"]
+    assert invoke(["sweep", "--quick", *grid, "--seeds", "0", "--out", out, "--no-progress"]).exit_code == 0
+    assert [t.name for t in ran] == ["method-erm_lr-0.1_seed-0", "method-sam_lr-0.1_seed-0"]
+    for damage in ("{not json", json.dumps({"format": "flatness-sweep", "frozen": {"grid": {}}}), "[]"):
+        (out / "sweep.json").write_text(damage)
+        before = _stamps(out)
+        result = invoke(["sweep", "--quick", "--grid", "lr=0.5", "--seeds", "0", "--out", out, "--no-progress"])
+        one_line_error(result, "sweep.json is damaged")
+        assert _stamps(out) == before
+
+
+# --------------------------------------------------------------------------- class 2 (rest): planned sizes
+
+
+def test_unbounded_work_long_jobs_print_their_planned_size_first(tmp_path, digits_mlp_checkpoint, monkeypatch):
+    """train, probe, surface, experiment and sweep each say their size (epochs, HVPs, points, runs, cells)
+    in one ``Plan:`` line before their first step (flatness.core.progress.plan_line), with their progress
+    display (``--no-progress``/``--quiet`` leave it out, as they leave out the bars)."""
+    from flatness.core import engines
+    from flatness.core.errors import FlatnessError
+    from flatness.study import experiment
+
+    def first_line(args):
+        result = invoke(args)
+        assert result.exit_code in (0, 2), result.output
+        return [ln for ln in result.output.splitlines() if ln.strip()][0]
+
+    (tmp_path / "f.py").write_text(FACTORIES)
+    model, data = f"{tmp_path / 'f.py'}:model", f"{tmp_path / 'f.py'}:data"
+    train = ["train", "--model", model, "--dataset", data, "--epochs", "2", "--batch-size", "32"]
+    assert first_line([*train, "--out", tmp_path / "run"]) == (
+        "Plan: train: 2 epoch(s) (1-2), 5 steps of up to 32 examples each"
+    )
+    line = first_line(["probe", digits_mlp_checkpoint, "--top-k", "2", "--trace", "--out", tmp_path / "p.json"])
+    assert line.startswith("Plan: probe: top-2 Hessian eigenvalues (lanczos, at most ") and "trace from" in line
+    line = first_line(["surface", digits_mlp_checkpoint, "--x=-1:1:3", "--samples", "64", "--out", tmp_path / "s.h5"])
+    assert line == "Plan: surface: 3 of 3 points, each a pass over 64 train examples"
+
+    def stop(*args, **kwargs):
+        raise FlatnessError("stopped after the plan")
+
+    monkeypatch.setattr(experiment, "step_train", stop)
+    study = [
+        "experiment",
+        "--model",
+        model,
+        "--dataset",
+        data,
+        "--quick",
+        "--seeds",
+        "0",
+        "--epochs",
+        "1",
+        "--workers",
+        "1",
+    ]
+    line = first_line([*study, "--out", tmp_path / "study"])
+    assert line == "Plan: experiment: 3 run(s) of up to 1 epochs, each probed, 8 surfaces of 120 points in all"
+    monkeypatch.setattr(engines, "run_local", lambda tasks, *a, **k: None)
+    line = first_line(["sweep", "--quick", "--seeds", "0", "--out", tmp_path / "sweep", "--no-progress"])
+    assert line == "Plan: sweep: 8 cell(s) to run of 8 in the grid, up to 2 epochs each"

@@ -38,6 +38,17 @@ def model(**kwargs):
     return torch.nn.Linear(4, 3)
 
 
+class FailsInTraining(torch.nn.Linear):
+    def forward(self, x):
+        if self.training:
+            raise ValueError("boom in training")
+        return super().forward(x)
+
+
+def fails_in_training(**kwargs):
+    return FailsInTraining(4, 3)
+
+
 def data():
     x = torch.randn(170, 4)
     return TensorDataset(x[:130], torch.arange(130) % 3), TensorDataset(x[130:], torch.arange(40) % 3)

@@ -20,6 +20,20 @@ class DivergedError(FlatnessError):
     exit_code = 3
 
 
+class ModelRaisedError(FlatnessError):
+    """The model's own forward raised: user code, so one line naming the model, not an internal error.
+
+    ``original`` is the exception the forward raised (also the ``__cause__``), for code that words its
+    own message (the data check before training names the batch's shape).
+    """
+
+    def __init__(self, model_name: str, original: Exception):
+        text = " ".join(part.strip() for part in str(original).splitlines() if part.strip())
+        raised = f"{type(original).__name__}: {text}" if text else type(original).__name__
+        super().__init__(f"the model ({model_name}) raised {raised} in its forward")
+        self.original = original
+
+
 class Signalled(KeyboardInterrupt):
     """A signal delivered to the process (SIGINT, SIGTERM), raised where the process is.
 

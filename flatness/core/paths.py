@@ -209,3 +209,23 @@ def check_distinct(inputs: dict[str, Iterable[str]], outputs: dict[str, str | No
                 f"{seen[key]} and {label} are the same file ({shown(path)}); give each output its own path"
             )
         seen[key] = label
+
+
+def check_new(paths: Iterable[str], force: bool) -> None:
+    """Refuse outputs that exist already unless ``force`` (``--force``): one rule for every command's files.
+
+    Checked before the command's first step, so a refusal writes nothing.
+
+    Args:
+        paths: the files the command will write.
+        force: ``--force`` was given (replace them).
+
+    Returns:
+        None; raises FlatnessError naming the first existing file (and how many more).
+    """
+    if force:
+        return
+    existing = [p for p in paths if p is not None and os.path.lexists(p)]
+    if existing:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise FlatnessError(f"{shown(existing[0])} exists{more}; pass --force to replace it")

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from flatness.core.errors import FlatnessError
+from flatness.core.errors import FlatnessError, ModelRaisedError
 
 #: The key of a dict batch that holds the targets (the Hugging Face convention).
 LABELS_KEY = "labels"
@@ -67,12 +67,23 @@ def _describe_output(outputs: Any) -> str:
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:
-    """``model(inputs)``, ``model(*inputs)`` or ``model(**inputs)`` by the form of ``inputs`` (raw output)."""
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
+    """``model(inputs)``, ``model(*inputs)`` or ``model(**inputs)`` by the form of ``inputs`` (raw output).
+
+    Raises:
+        ModelRaisedError: the model's forward raised (a user's model is user code: its error is one line
+            naming the model, not a flatness bug). Running out of memory and flatness's own errors pass
+            through as they are.
+    """
+    try:
+        if isinstance(inputs, dict):
+            return model(**inputs)
+        if isinstance(inputs, (tuple, list)):
+            return model(*inputs)
+        return model(inputs)
+    except (FlatnessError, torch.cuda.OutOfMemoryError):
+        raise
+    except Exception as err:  # noqa: BLE001 - whatever a user's forward raises
+        raise ModelRaisedError(type(model).__name__, err) from err
 
 
 def forward(model: nn.Module, inputs: Any, output_fn: OutputFn | None = None) -> torch.Tensor:

@@ -9,6 +9,7 @@ per-channel statistics of the training split, returned in the record so that a r
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any, NamedTuple
 
@@ -17,7 +18,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
-from flatness.core.errors import FlatnessError
+from flatness.core.errors import FlatnessError, ModelRaisedError
 from flatness.core.evaluation import eval_mode
 from flatness.core.fileio import sha256_file
 from flatness.core.losses import check_loss_value, resolve_loss
@@ -202,6 +203,42 @@ def _load_imagefolder(folder: str, image_size: int | None) -> tuple[Dataset, Dat
     return splits[0], splits[1]
 
 
+def data_digest(ref: str) -> str | None:
+    """What identifies a data file or image folder's contents, as a run records it (None: not a data path).
+
+    An npz's sha256; for ``imagefolder:DIR``, the sha256 of its listing (every file's path under DIR and
+    size, in order), which changes when an image is added, removed, renamed or resized. A checkpoint's
+    recorded data path is followed only when this still matches (``flatness.sources.loading``).
+
+    Args:
+        ref: a dataset reference.
+
+    Returns:
+        The hex digest, or None for references that are not data paths (built-ins, code), or for a path
+        that is no regular file or folder (nothing is read from a device or a pipe).
+    """
+    if ref.endswith(".npz"):
+        return sha256_file(ref) if os.path.isfile(ref) else None
+    if not ref.startswith(IMAGEFOLDER_PREFIX):
+        return None
+    folder = ref[len(IMAGEFOLDER_PREFIX) :]
+    if not os.path.isdir(folder):
+        return None
+    listing = hashlib.sha256()
+    for split in ("train", "test"):
+        root = os.path.join(folder, split)
+        if not os.path.isdir(root):
+            continue
+        check_folder_tree(root)  # the walk below follows links as ImageFolder does: never into a loop
+        for here, dirs, files in os.walk(root, followlinks=True):
+            dirs.sort()
+            for name in sorted(files):
+                full = os.path.join(here, name)
+                size = os.path.getsize(full) if os.path.isfile(full) else -1
+                listing.update(f"{os.path.relpath(full, folder)}\0{size}\n".encode("utf-8", "surrogateescape"))
+    return listing.hexdigest()
+
+
 def channel_statistics(dataset: Dataset, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and standard deviation (dimension 0 of one example) over a whole dataset.
 
@@ -254,6 +291,7 @@ def load_user_dataset(ref: str, image_size: int | None = None, normalize: bool =
         folder = ref[len(IMAGEFOLDER_PREFIX) :]
         train, test = _load_imagefolder(folder, image_size)
         record["image_size"] = image_size
+        record["sha256"] = data_digest(ref)
     elif ref.endswith(".npz"):
         train, test = _load_npz(ref)
         record["sha256"] = sha256_file(ref)
@@ -320,14 +358,16 @@ def _fitting_output(model: nn.Module, batch: Any, output_fn: Any) -> torch.Tenso
     try:
         with torch.no_grad(), eval_mode(model):
             return forward(model, batch, output_fn)
+    except ModelRaisedError as err:  # shape errors surface as RuntimeError, ValueError, AssertionError...
+        raised = err.original
     except FlatnessError:
         raise  # an output with no tensor for the loss: its own one line
-    except Exception as err:  # shape errors surface as RuntimeError, ValueError, AssertionError...
-        raise FlatnessError(
-            f"the model does not fit the data: a batch of {'one example' if count == 1 else f'{count} examples'} "
-            f"has input shape "
-            f"{_shape_of(batch)} and the model raised {one_line(err)}"
-        ) from None
+    except Exception as err:  # noqa: BLE001 - a user's output_fn
+        raised = err
+    raise FlatnessError(
+        f"the model does not fit the data: a batch of {'one example' if count == 1 else f'{count} examples'} "
+        f"has input shape {_shape_of(batch)} and the model raised {one_line(raised)}"
+    ) from None
 
 
 def _count(batch: Any) -> int:

@@ -34,6 +34,7 @@ import torch.nn as nn
 
 from flatness.core.errors import FlatnessError
 from flatness.core.fileio import atomic_write
+from flatness.formats.integrity import check_zip_crc
 from flatness.models.registry import build_from_spec
 from flatness.version import __version__
 
@@ -180,6 +181,7 @@ def read_checkpoint(path: str, map_location: Any = "cpu") -> dict[str, Any]:
             raise FlatnessError(f"{path} is a folder without {LAST}; name a .pt file")
     if os.path.getsize(path) == 0:
         raise FlatnessError(f"{path} is empty, not a checkpoint")
+    check_zip_crc(path)  # torch reads members without their CRCs: a flipped byte would load as other weights
     try:
         with warnings.catch_warnings():  # torch warns (several lines) about foreign pickle protocols
             warnings.simplefilter("ignore")

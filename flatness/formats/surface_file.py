@@ -321,6 +321,19 @@ class SurfaceFile:
         self.close()
 
 
+def holds_no_point(path: str) -> bool:
+    """True for a flatness surface file in which no point was computed yet (its run failed before its first).
+
+    Such a file holds no result, so a plain rerun replaces it rather than asking for ``--resume``; any
+    file that cannot be read as a surface, or holds a point, is False.
+    """
+    try:
+        with SurfaceFile(path) as surface:
+            return not surface.computed.any()
+    except FlatnessError:
+        return False
+
+
 def check_matches(stored: dict[str, Any], wanted: dict[str, Any], path: str, keys: Sequence[str]) -> None:
     """Refuse to resume ``path`` when any of ``keys`` differs between the file and this request."""
     labels = {"checkpoint_sha256": "checkpoint", "direction_source_sha256": "direction source"}

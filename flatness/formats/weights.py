@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from flatness.core.errors import FlatnessError
+from flatness.formats.integrity import check_zip_crc
 
 # Keys under which common training scripts nest the state_dict in a saved dict.
 STATE_DICT_KEYS = ("state_dict", "model_state", "model_state_dict", "model")
@@ -46,6 +47,7 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
             return load_file(path, device="cpu")
         except Exception as err:  # the library raises its own error types for damaged files
             raise FlatnessError(f"cannot read {path} as safetensors: {_first_line(err)}") from None
+    check_zip_crc(path, "state_dict file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # UnpicklingError for pickled code, RuntimeError/EOFError for damage
@@ -203,6 +205,7 @@ def check_pt2_archive(path: str) -> None:
         raise FlatnessError(f".pt2 file not found: {path}")
     if not zipfile.is_zipfile(path):
         raise FlatnessError(f"{path} is not a torch.export .pt2 archive (not a zip file)")
+    check_zip_crc(path, ".pt2 program")
     with zipfile.ZipFile(path) as archive:
         root, names = _member_names(archive, path)
 

@@ -32,7 +32,7 @@ from flatness.core.errors import FlatnessError
 from flatness.core.fileio import sha256_file
 from flatness.core.losses import is_classification_loss
 from flatness.core.paths import check_paths, file_id, same_file
-from flatness.core.progress import progress_bar
+from flatness.core.progress import progress_bar, show_plan
 from flatness.core.validation import check_count, check_seed, parse_samples
 from flatness.data.probe_data import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
 from flatness.formats import surface_file as surface_io
@@ -288,7 +288,7 @@ def _prepare(checkpoint: str, out: str | None, s: SurfaceSettings, data: dict[st
     if os.path.isdir(out):
         raise FlatnessError(f"--out {out} is a folder; name a .h5 file")
     exists = os.path.exists(out)
-    if exists and not (s.resume or s.force):
+    if exists and not (s.resume or s.force) and not surface_io.holds_no_point(out):  # no point computed: no result
         raise FlatnessError(f"{out} already exists; use --resume to continue it or --force to overwrite it")
     if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
         raise FlatnessError(f"the folder for --out {out} does not exist")
@@ -457,6 +457,9 @@ def _open_surface_file(job: _Job):
             raise
         seconds_before = float(handle.attrs.get("seconds", 0.0))
     else:
+        if os.path.exists(out) and not job.settings.force and not surface_io.holds_no_point(out):
+            # checked again under the lock: another run may have computed points since _prepare looked
+            raise FlatnessError(f"{out} already exists; use --resume to continue it or --force to overwrite it")
         directions, extra_attrs, pca = _make_directions(job)
         attrs = dict(job.wanted)
         attrs.update(extra_attrs)
@@ -506,6 +509,8 @@ def _run_grid(
 
     bar = None
     if job.settings.progress and todo and rank == 0:
+        examples = " and ".join(f"{job.wanted.get(f'{sp}_samples')} {sp}" for sp in job.splits)
+        show_plan(True, "surface", f"{len(todo)} of {computed.size} points", f"each a pass over {examples} examples")
         bar = progress_bar(True, len(todo), "surface", unit="pt", leave=True)
     job.model.eval()
     start, cpu_start = time.perf_counter(), time.process_time()

@@ -30,7 +30,7 @@ from flatness.core.fileio import sha256_file
 from flatness.core.params import distance
 from flatness.data.datasets import DATASETS, get_dataset
 from flatness.data.probe_data import ProbeData
-from flatness.data.user_data import check_model_fits, load_user_dataset
+from flatness.data.user_data import check_model_fits, data_digest, load_user_dataset
 from flatness.formats.checkpoint import (
     INIT,
     ForeignCheckpointError,
@@ -267,6 +267,8 @@ def check_recorded(
         The reference to build from (``given``, or a recorded one that runs no code).
     """
     ref = (recorded or {}).get("reference")
+    if kind == "dataset" and is_data_path(ref) and given in (None, ref):
+        return _checked_data_path(ref, (recorded or {}).get("sha256"), given, allow_change, where)
     if given is None:
         if is_code_reference(ref):
             raise FlatnessError(
@@ -287,6 +289,33 @@ def check_recorded(
                 f"pass {ALLOW_SOURCE_CHANGE_FLAG} to use it anyway"
             )
     return given
+
+
+def is_data_path(ref: Any) -> bool:
+    """True for a dataset that is a path to data: an npz file or ``imagefolder:DIR``."""
+    return isinstance(ref, str) and (ref.endswith(".npz") or ref.startswith("imagefolder:"))
+
+
+def _checked_data_path(ref: str, recorded_sha: Any, given: str | None, allow_change: bool, where: str) -> str:
+    """A checkpoint's recorded data path, followed only while it holds the data the run recorded.
+
+    A checkpoint is data from anywhere: the path it names may lead to any file on this machine (an
+    absolute path outside its folder, ``..``). Unless the command line names the path itself, it is read
+    only when its digest (``flatness.data.user_data.data_digest``) equals the recorded one; a named path
+    whose data changed since training is refused unless ``allow_change``.
+    """
+    if given is None and not isinstance(recorded_sha, str):
+        raise FlatnessError(
+            f"{where} names its data as {ref} but records no digest of it, so flatness does not follow "
+            f"that path on its own: pass --dataset {ref} to read it"
+        )
+    if isinstance(recorded_sha, str) and not allow_change and data_digest(ref) != recorded_sha:
+        hint = f"--dataset {ref} {ALLOW_SOURCE_CHANGE_FLAG}" if given is None else ALLOW_SOURCE_CHANGE_FLAG
+        raise FlatnessError(
+            f"{ref} is not the data {where} was trained on (missing, or its sha256 differs from the "
+            f"recorded one); pass {hint} to use it anyway"
+        )
+    return ref
 
 
 def source_file_sha256(ref: str | None) -> str:

@@ -17,6 +17,7 @@ in one folder.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from flatness.core.errors import FlatnessError
 from flatness.core.fileio import atomic_write_json
 from flatness.core.locking import exclusive
 from flatness.core.paths import check_paths
+from flatness.core.progress import plan_line
 from flatness.study.compare import compare
 from flatness.study.experiment_config import FROZEN, ExperimentConfig
 from flatness.study.experiment_steps import (
@@ -179,6 +181,16 @@ def run_experiment(
         torch.set_num_threads(before)
 
 
+def _plan(cfg: ExperimentConfig) -> str:
+    """The study's planned size, printed before its first step: runs, epochs, surfaces and their points."""
+    runs = len(cfg.methods) * len(cfg.seeds)
+    epochs = max(train_config_for(cfg, m, cfg.seeds[0]).epochs for m in cfg.methods)
+    jobs = surface_jobs(cfg)
+    points = sum(math.prod(axis[2] for axis in (j.options.get("x"), j.options.get("y")) if axis) for j in jobs)
+    runs_text = f"{runs} run(s) of up to {epochs} epochs, each probed"
+    return plan_line("experiment", runs_text, f"{len(jobs)} surfaces of {points} points in all")
+
+
 def _run_locked(cfg: ExperimentConfig, started: float, progress: bool, echo) -> dict[str, Any]:
     _check_state(cfg)
     # check every training config before the first step, so a bad option fails at once
@@ -186,6 +198,8 @@ def _run_locked(cfg: ExperimentConfig, started: float, progress: bool, echo) -> 
         train_config_for(cfg, m, cfg.seeds[0])
     steps: list[dict[str, Any]] = _previous_steps(cfg)
     _write_state(cfg, steps, started)
+    if echo and progress:  # the planned size, shown with the progress display
+        echo(_plan(cfg))
 
     def record(entry):
         steps.append(dict(entry, at=time.time()))

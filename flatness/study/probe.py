@@ -32,6 +32,7 @@ from flatness.core.losses import LossFn, resolve_loss
 from flatness.core.measured import second_order_model
 from flatness.core.params import num_params, select_params, weight_norm
 from flatness.core.paths import check_input, check_name, check_paths
+from flatness.core.progress import show_plan
 from flatness.core.validation import check_count, check_number, check_seed, parse_samples
 from flatness.data.batches import OutputFn
 from flatness.data.probe_data import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
@@ -284,6 +285,15 @@ def measure(
     }
     if note is not None:
         result["precision_note"] = note
+    show_plan(
+        s.progress and distributed.is_main(),
+        "probe",
+        f"top-{s.top_k} Hessian eigenvalues ({s.eig_method}, at most {s.max_iter} iterations)" if s.top_k else "",
+        f"trace from {s.trace_samples} {s.trace_method} vectors" if s.trace else "",
+        f"density from {s.density_vectors} x {s.density_steps} Lanczos steps" if s.density else "",
+        f"sharpness ({', '.join(s.sharpness.metrics)})" if s.sharpness.metrics else "",
+        f"each Hessian-vector product a pass over {data.n} examples and {op.dim} parameters",
+    )
     result.update(_spectrum(op, s))
     if s.sharpness.metrics is not None:
         start = time.perf_counter()

@@ -27,6 +27,7 @@ from flatness.core.errors import FlatnessError
 from flatness.core.fileio import atomic_write_json, atomic_write_text
 from flatness.core.limits import check_limit
 from flatness.core.markup import csv_cell, figure_text, md_text, plain
+from flatness.core.paths import check_new
 from flatness.core.validation import check_count
 from flatness.generalization.baselines import BASELINES, EXPECTED_SIGN
 from flatness.generalization.correlation import CONFIDENCE, correlate_table, varied_axes
@@ -510,6 +511,7 @@ def correlate(
     figures: bool = True,
     min_train_acc: float | None = None,
     include_unreached: bool = False,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Compute and write every output of ``flatness correlate``.
 
@@ -520,10 +522,19 @@ def correlate(
         figures: draw the figures (and embed them in the report).
         min_train_acc: keep only cells with at least this train accuracy (%), as in ``compute``.
         include_unreached: also use cells that did not reach the sweep's stop loss, as in ``compute``.
+        force: replace outputs of an earlier run (else they are refused before any work).
 
     Returns:
         The summary, with ``files`` (output paths) and ``verdict`` (the sentences).
     """
+    files = {
+        "json": os.path.join(folder, "correlation.json"),
+        "csv": os.path.join(folder, "correlation.csv"),
+        "markdown": os.path.join(folder, "correlation.md"),
+        "html": os.path.join(folder, "report.html"),
+    }
+    figure_paths = [os.path.join(folder, FIGURES, f"correlation-{key}.png") for key in ("bars", "scatter")]
+    check_new([*files.values(), *(figure_paths if figures else [])], force)
     summary = compute(folder, target, draws, min_train_acc, include_unreached)
     figs: dict[str, str] = {}
     if figures:
@@ -536,13 +547,7 @@ def correlate(
             if written:
                 figs[key] = written
     md = markdown(summary, figs, folder)
-    files = {
-        "json": os.path.join(folder, "correlation.json"),
-        "csv": os.path.join(folder, "correlation.csv"),
-        "markdown": os.path.join(folder, "correlation.md"),
-        "html": os.path.join(folder, "report.html"),
-        **figs,
-    }
+    files.update(figs)
     atomic_write_json(files["json"], summary)
     atomic_write_text(files["csv"], csv_text(summary))
     atomic_write_text(files["markdown"], md)

@@ -3,8 +3,9 @@
 Keys are ``TrainConfig`` fields (``GRID_KEYS``). A key that only one method reads (``METHOD_KEYS``:
 AMP's epsilon, inner_lr, inner_iter, ball; SAM's rho, adaptive) multiplies that method's cells only,
 so ERM is not trained once per ε. The cells are the Cartesian product, per method, of the keys that
-apply to it, times the seeds; their order is fixed (methods as given, then keys in the grid's order,
-values as given, the seed last), so every process that expands one grid gets the same list.
+apply to it, times the seeds; their order is fixed (methods as given, then keys in ``GRID_KEYS``'s order
+however they were typed, values as given, the seed last), so every process that expands one grid gets
+the same list, and a grid typed with its keys in another order names the same cells.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def _parse_value(key: str, text: str) -> Any:
 
 
 def parse_grid(text: str | None) -> dict[str, list[Any]]:
-    """``"KEY=V1,V2 KEY=V1"`` as {key: [values]} in the order typed.
+    """``"KEY=V1,V2 KEY=V1"`` as {key: [values]}, keys in ``GRID_KEYS``'s order, values as typed.
 
     Args:
         text: the grid as typed; None or blank gives an empty grid.
@@ -136,7 +137,9 @@ def parse_grid(text: str | None) -> dict[str, list[Any]]:
         if len({repr(v) for v in parsed}) != len(parsed):
             raise FlatnessError(f"grid key {key} repeats a value")
         grid[key] = parsed
-    return grid
+    # One grid, one set of cell names: keys in GRID_KEYS's order whatever order they were typed in
+    # (a folder name lists them in this order; typed orders would name every cell anew on a rerun).
+    return {k: grid[k] for k in GRID_KEYS if k in grid}
 
 
 def parse_seeds(text: Any) -> list[int]:

@@ -23,7 +23,7 @@ from flatness.core import engines
 from flatness.core.errors import FlatnessError
 from flatness.core.fileio import atomic_write_json
 from flatness.core.paths import check_paths
-from flatness.core.progress import progress_bar
+from flatness.core.progress import plan_line, progress_bar
 from flatness.core.validation import check_count
 from flatness.data.datasets import dataset_info, dataset_names
 from flatness.study.probe import QUICK_SHARPNESS, ProbeSettings
@@ -262,13 +262,9 @@ def _check_state(out: str, frozen: dict[str, Any]) -> None:
     with cellmod.waiting_lock(path, "sweep state", timeout=600):
         now = json.loads(json.dumps(frozen))
         if os.path.isfile(path):
-            try:
-                with open(path, encoding="utf-8") as handle:
-                    stored = json.load(handle).get("frozen", {})
-            except (OSError, ValueError):
-                stored = {}
+            stored = _stored_state(path)
             for key in FROZEN:
-                if key in stored and stored[key] != now.get(key):
+                if stored[key] != now.get(key):
                     raise FlatnessError(
                         f"{out} holds a sweep made with other {key} settings ({stored[key]!r}, now "
                         f"{now.get(key)!r}); rerun with the same options to resume it, or choose "
@@ -276,6 +272,32 @@ def _check_state(out: str, frozen: dict[str, Any]) -> None:
                     )
             return
         atomic_write_json(path, {"format": "flatness-sweep", "frozen": now})
+
+
+def _stored_state(path: str) -> dict[str, Any]:
+    """The settings ``sweep.json`` froze; a damaged or foreign file is refused, never read as "no settings".
+
+    Reading it as empty would let any other grid (or model, or data) into the folder beside the cells
+    already there.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            state = json.load(handle)
+    except (OSError, ValueError) as err:
+        state = None
+        reason = f"unreadable ({type(err).__name__})"
+    else:
+        reason = "not a flatness sweep record"
+    frozen = state.get("frozen") if isinstance(state, dict) and state.get("format") == "flatness-sweep" else None
+    missing = [k for k in FROZEN if k not in frozen] if isinstance(frozen, dict) else list(FROZEN)
+    if missing:
+        if isinstance(frozen, dict):
+            reason = f"it lacks the {missing[0]} setting"
+        raise FlatnessError(
+            f"{path} is damaged ({reason}), so this folder's settings are unknown and other cells could be mixed "
+            "in; restore the file, or choose another --out"
+        )
+    return frozen
 
 
 def task_for(p: SweepPlan, cell: Cell) -> cellmod.CellTask:
@@ -324,7 +346,11 @@ def run_sweep(settings: SweepSettings, echo=print) -> dict[str, Any]:
     workers = p.settings.workers
     if echo and todo:  # the planned size, before the first cell starts
         epochs = max(int(cell_train_options(p.train, c).get("epochs") or 0) for c in todo)
-        echo(f"sweep: {len(todo)} cell(s) to run of {len(p.cells)} in the grid, up to {epochs} epochs each")
+        echo(
+            plan_line(
+                "sweep", f"{len(todo)} cell(s) to run of {len(p.cells)} in the grid", f"up to {epochs} epochs each"
+            )
+        )
     counts = {"done": 0, "failed": 0}
     bar = progress_bar(p.settings.progress, len(todo), "sweep", unit="cell", leave=True)
 

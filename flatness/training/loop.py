@@ -48,7 +48,7 @@ from flatness.core.evaluation import evaluate
 from flatness.core.fileio import atomic_write_json
 from flatness.core.losses import check_loss_value, default_loss
 from flatness.core.paths import check_name, check_paths
-from flatness.core.progress import progress_bar
+from flatness.core.progress import progress_bar, show_plan
 from flatness.data.batches import forward
 from flatness.data.probe_data import ProbeData
 from flatness.data.user_data import check_model_fits
@@ -139,6 +139,14 @@ def _train_locked(
     run.progress, run.verbose = progress and main_rank, verbose and main_rank
     run.on_epoch = on_epoch if main_rank else None
     start = _start_run(run) if state is None else _restore_run(run, state)
+    if start <= config.epochs:
+        show_plan(
+            run.verbose and run.progress,  # train's progress display; a study's runs are planned by the study
+            "train",
+            f"{config.epochs - start + 1} epoch(s) ({start}-{config.epochs})",
+            f"{len(run.batches)} steps of up to {config.batch_size} examples each",
+            f"stop at loss {config.stop_loss:g}" if config.stop_loss is not None else "",
+        )
     threads_before = torch.get_num_threads()
     threads = cpu_threads_for(run.model, run.device)
     if threads is not None:

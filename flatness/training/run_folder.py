@@ -16,6 +16,7 @@ from flatness.core.errors import FlatnessError
 from flatness.core.fileio import atomic_write_text
 from flatness.formats import checkpoint as ckpt
 from flatness.sources.loading import is_code_reference
+from flatness.training import stopping
 from flatness.training.config import RESUMABLE_CHANGES, TrainConfig
 
 _FIRST_FILES = (ckpt.CONFIG, ckpt.INIT, ckpt.snapshot_name(0), ckpt.METRICS)
@@ -39,7 +40,7 @@ def stored_config(out_dir: str) -> TrainConfig:
                 "run the same command without --resume to start it over"
             )
         return TrainConfig.from_dict(values, strict=False)
-    return TrainConfig.from_dict(ckpt.read_checkpoint(last)["config"], strict=False)
+    return TrainConfig.from_dict(_own_checkpoint(out_dir, last)["config"], strict=False)
 
 
 def resume_config(out_dir: str, explicit: dict[str, Any]) -> TrainConfig:
@@ -88,6 +89,8 @@ def prepare_folder(
         resume = False  # stopped before its first checkpoint: start it over
     if main_rank:
         _remove_own_temps(out_dir)
+        if not resume and _unstarted(out_dir):
+            _remove_first_files(out_dir)  # a run that never finished an epoch: started over from nothing
     if not resume:
         return None, config
     return _resumed(out_dir, config)
@@ -127,7 +130,7 @@ def _resumed(out_dir: str, config: TrainConfig) -> tuple[dict[str, Any], TrainCo
         (the last.pt payload, the stored config with the resumable changes applied); raises
         FlatnessError for any other change, and for fewer epochs than the run has done.
     """
-    state = ckpt.read_checkpoint(os.path.join(out_dir, ckpt.LAST))
+    state = _own_checkpoint(out_dir, os.path.join(out_dir, ckpt.LAST))
     stored = TrainConfig.from_dict(state["config"], strict=False).checked().to_dict()
     given = config.to_dict()
     changed = [k for k in stored if k not in RESUMABLE_CHANGES and k != "recipe" and stored[k] != given[k]]
@@ -149,6 +152,31 @@ def _resumed(out_dir: str, config: TrainConfig) -> tuple[dict[str, Any], TrainCo
     return state, config
 
 
+def _own_checkpoint(out_dir: str, last: str) -> dict[str, Any]:
+    """``last``'s payload, refused unless it is the checkpoint of the run that ``out_dir``'s config.json records.
+
+    A last.pt copied in from another run would otherwise be resumed as that run, and its config would
+    replace this folder's config.json. The two configs must agree on everything but what a resume may
+    change (``RESUMABLE_CHANGES``: config.json is rewritten with those before the next last.pt).
+    A folder without config.json has no record to compare with.
+    """
+    state = ckpt.read_checkpoint(last)
+    recorded = ckpt.read_run_config(out_dir)
+    if not recorded:
+        return state
+    mine = TrainConfig.from_dict(recorded, strict=False).to_dict()
+    theirs = TrainConfig.from_dict(state["config"], strict=False).to_dict()
+    differ = [k for k in mine if k not in RESUMABLE_CHANGES and k != "recipe" and mine[k] != theirs.get(k)]
+    if differ:
+        k = differ[0]
+        raise FlatnessError(
+            f"{last} is not this run's checkpoint: it was trained with {k}={theirs.get(k)!r}, and "
+            f"{os.path.join(out_dir, ckpt.CONFIG)} records {k}={mine[k]!r} (a file copied in from another "
+            "run?); put back the run's own last.pt, or choose another --out"
+        )
+    return state
+
+
 def _own_temp(name: str) -> bool:
     """A temporary file of flatness.core.fileio's atomic writes (``.NAME.XXXX.tmp``) left by a killed run."""
     return (
@@ -160,14 +188,33 @@ def _own_temp(name: str) -> bool:
 
 
 def _unstarted(out_dir: str) -> bool:
-    """Whether ``out_dir`` is a run whose first ``train`` was stopped before it wrote last.pt.
+    """Whether ``out_dir`` is a run whose first ``train`` stopped before it finished an epoch.
 
     Only the files train writes first (config.json, init.pt, epoch-000.pt, metrics.jsonl, their
-    temporaries) are there.
+    temporaries) are there, and last.pt, if there, is still at epoch 0 (a run that failed in its first
+    epoch: a plain rerun starts it over instead of being refused as "not empty").
     """
-    if not os.path.isdir(out_dir) or os.path.exists(os.path.join(out_dir, ckpt.LAST)):
+    if not os.path.isdir(out_dir):
         return False
-    return all(n in _FIRST_FILES or _own_temp(n) for n in os.listdir(out_dir))
+    if not all(n in _FIRST_FILES or n == ckpt.LAST or _own_temp(n) for n in os.listdir(out_dir)):
+        return False
+    last = os.path.join(out_dir, ckpt.LAST)
+    if not os.path.exists(last):
+        return True
+    if ckpt.finished_epochs(out_dir) > 0:
+        return False
+    try:
+        state = ckpt.read_checkpoint(last)
+    except FlatnessError:
+        return False  # a damaged last.pt is not ours to replace
+    return state["epoch"] == 0 and stopping.stored_record(state) is None  # a run ended at epoch 0 is done
+
+
+def _remove_first_files(out_dir: str) -> None:
+    """The first files of a run that never finished an epoch (``_unstarted``), before it starts over."""
+    for name in (*_FIRST_FILES, ckpt.LAST):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(out_dir, name))
 
 
 def _remove_own_temps(out_dir: str) -> None:

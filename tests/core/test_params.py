@@ -1,16 +1,20 @@
 """flatness.core.params: the flat parameter vector, checked entry by entry on a net whose values are known.
 
-(The round trip and ``perturbed`` on a convnet are in tests/test_core.py, to be moved here.) Here: the
-vector order is ``named_parameters`` order over trainable parameters only, ``select_params`` globs, the
-norms and distance against hand sums in float64, and the refusals.
+The vector order is ``named_parameters`` order over trainable parameters only, ``select_params`` globs,
+the norms and distance against hand sums in float64, and the refusals; the round trip and ``perturbed``
+on a convnet, restored bitwise.
 """
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from quadratic_toys import Params
+from tiny_mlp import tiny_mlp, tiny_xy
 
+import flatness
 from flatness.core.errors import FlatnessError
 from flatness.core.params import (
     distance,
@@ -25,6 +29,7 @@ from flatness.core.params import (
     unflatten,
     weight_norm,
 )
+from flatness.models.registry import build_model
 
 
 def _net():
@@ -101,3 +106,35 @@ def test_select_params_globs_in_vector_order_and_names_real_ones_on_a_typo():
         select_params(net, "0.*, layer4.*")
     with pytest.raises(FlatnessError, match="--params needs at least one parameter name or pattern"):
         select_params(net, " , ")
+
+
+def test_flat_vector_round_trip_and_perturbation_restores_bitwise():
+    model = build_model("convnet", 1, 8, 10)
+    theta = get_flat_params(model)
+    assert theta.numel() == sum(p.numel() for _, p in named_trainable(model))
+    delta = torch.randn_like(theta)
+    with perturbed(model, delta):
+        assert torch.allclose(get_flat_params(model), theta + delta)
+    assert torch.equal(get_flat_params(model), theta)
+    set_flat_params_(model, theta * 2)
+    assert torch.equal(get_flat_params(model), theta * 2)
+    parts = unflatten(theta, [p for _, p in named_trainable(model)])
+    assert [p.shape for p in parts] == [p.shape for _, p in named_trainable(model)]
+
+
+def test_weight_norm_and_distance_from_init():
+    a, b = Params(np.array([3.0, 0.0]), np.array([[4.0]])), Params(np.array([0.0, 0.0]), np.array([[1.0]]))
+    from flatness.core.params import distance, weight_norm
+
+    assert weight_norm(a) == pytest.approx(5.0)
+    assert distance(a, b) == pytest.approx(math.sqrt(9 + 9))
+    with pytest.raises(FlatnessError):
+        distance(a, Params(np.zeros(3)))
+
+
+def test_params_takes_globs_and_a_string_is_one_pattern():
+    model, (x, y) = tiny_mlp(), tiny_xy()
+    assert flatness.HessianOperator(model, (x, y), params="2.*").names == ["2.weight", "2.bias"]
+    assert flatness.HessianOperator(model, (x, y), params=["0.weight", "2.bias"]).names == ["0.weight", "2.bias"]
+    with pytest.raises(FlatnessError, match="matches no trainable parameter"):
+        flatness.HessianOperator(model, (x, y), params="layer4.*")

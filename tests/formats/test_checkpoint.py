@@ -6,6 +6,7 @@ what is wrong with it. The files are made here with a tiny MLP, by ``torch.save`
 
 import json
 import os
+import pickle
 import random
 
 import numpy as np
@@ -30,7 +31,7 @@ from flatness.formats.checkpoint import (
     save_checkpoint,
     snapshot_name,
 )
-from flatness.models.registry import build_from_spec, model_spec
+from flatness.models.registry import build_from_spec, build_model, model_spec
 from flatness.version import __version__
 
 SPEC = model_spec("mlp", 1, 4, 3, width=5, depth=1)
@@ -323,3 +324,62 @@ def test_run_config_is_read_as_a_json_object_or_refused(tmp_path):
     (tmp_path / "config.json").write_text("[1, 2]")
     with pytest.raises(FlatnessError, match=r"config.json is not a run configuration \(not a JSON object\)"):
         read_run_config(str(tmp_path))
+
+
+def test_checkpoint_round_trip_with_weights_only(digits_checkpoint):
+    payload = torch.load(digits_checkpoint, weights_only=True)
+    assert payload["format"] == "flatness-checkpoint"
+    model, info = load_checkpoint(digits_checkpoint)
+    assert not model.training and info["dataset"] == "digits" and info["model"] == "convnet"
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, payload["model_state"][k])
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch /tmp/flatness-pwned",))
+
+
+def test_checkpoint_with_code_is_refused_and_never_runs(tmp_path):
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as handle:
+        pickle.dump({"format": "flatness-checkpoint", "x": _Evil()}, handle)
+    with pytest.raises(FlatnessError, match="refusing|not a readable"):
+        read_checkpoint(str(path))
+    import os
+
+    assert not os.path.exists("/tmp/flatness-pwned")
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", None])
+def test_foreign_or_broken_files_are_one_line_errors(tmp_path, content, digits_checkpoint):
+    path = tmp_path / "bad.pt"
+    if content is None:  # truncated real checkpoint
+        data = open(digits_checkpoint, "rb").read()
+        content = data[: len(data) // 2]
+    path.write_bytes(content)
+    with pytest.raises(FlatnessError):
+        load_checkpoint(str(path))
+
+
+def test_unrelated_torch_file_is_refused(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save(torch.nn.Linear(2, 2).state_dict(), path)
+    with pytest.raises(FlatnessError, match="not a flatness checkpoint"):
+        load_checkpoint(str(path))
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    from flatness.formats.checkpoint import save_checkpoint
+    from flatness.models.registry import model_spec
+
+    spec = model_spec("mlp", 1, 8, 10, width=4, depth=1)
+    model = build_model("mlp", 1, 8, 10, width=4, depth=1)
+    with torch.no_grad():
+        next(model.parameters())[0, 0] = float("nan")
+    path = tmp_path / "nan.pt"
+    save_checkpoint(str(path), model, model_spec=spec, config={"dataset": "digits"}, epoch=1)
+    with pytest.raises(FlatnessError, match="not finite"):
+        load_checkpoint(str(path))

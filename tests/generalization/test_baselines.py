@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from tiny_mlp import tiny_mlp, tiny_xy
 
 from flatness.generalization.baselines import (
     BASELINES,
@@ -189,3 +190,17 @@ def test_baselines_of_a_model_with_tuple_inputs_have_no_path_norm():
     assert out["path_norm"] is None and out["distance_from_init"] is None
     sigma = np.linalg.svd(model.linear.weight.detach().double().numpy(), compute_uv=False)[0]
     assert out["log_spectral_product"] == pytest.approx(math.log(sigma))  # float64, as the measure computes it
+
+
+def test_the_margin_exists_only_where_accuracy_does():
+    from flatness.generalization.baselines import margin_percentile
+
+    model, (x, y) = tiny_mlp(), tiny_xy()
+    with torch.no_grad():
+        out = model(x)
+    true = out.gather(1, y[:, None]).squeeze(1)
+    others = out.scatter(1, y[:, None], float("-inf")).max(1).values
+    expected = torch.quantile((true - others).double(), 0.1).item()
+    assert margin_percentile(model, (x, y)) == pytest.approx(expected, rel=1e-6)
+    assert margin_percentile(model, (x, y), loss_fn="mse") is None
+    assert margin_percentile(tiny_mlp(out=1), (x, torch.randn(12, 1)), loss_fn=nn.MSELoss()) is None

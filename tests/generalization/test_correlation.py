@@ -1,6 +1,8 @@
 """The numbers ``flatness correlate`` prints (generalization/correlation.py) against hand-resampled references
 and hand-worked tables: the τ interval and its multiplicity-adjusted form, the Ψ interval, the edge cases
-(missing and non-finite values, one cell per group, constant measures, the 10-resample floor)."""
+(missing and non-finite values, one cell per group, constant measures, the 10-resample floor); τ-b against
+its pair-by-pair definition with ties, Ψ and Holm's adjustment worked by hand, the bootstrap against scipy's
+τ on each replayed resample."""
 
 import itertools
 import math
@@ -180,3 +182,119 @@ def test_one_tested_measure_has_the_unadjusted_interval():
     (row,) = correlate_table(cells, ["a"], ["m"], "gap", 300, 5)
     assert row["tau_ci_adjusted"] == pytest.approx(row["tau_ci"])
     assert row["p_holm"] == pytest.approx(row["p_value"])
+
+
+def tau_b_loop(x, y):
+    """τ-b by its definition, pair by pair (independent of scipy)."""
+    concordant = discordant = tied_x = tied_y = 0
+    for i, j in itertools.combinations(range(len(x)), 2):
+        dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+        if dx == 0 and dy == 0:
+            continue
+        if dx == 0:
+            tied_x += 1
+        elif dy == 0:
+            tied_y += 1
+        elif dx == dy:
+            concordant += 1
+        else:
+            discordant += 1
+    untied = concordant + discordant
+    return (concordant - discordant) / math.sqrt((untied + tied_x) * (untied + tied_y))
+
+
+def grid_cells(target_fn, seeds=(0, 1)):
+    """Cells over axes a (3 values) x b (2 values) x seeds, with the target from ``target_fn(a, b, seed)``."""
+    cells = []
+    for a, b, seed in itertools.product((1, 2, 3), ("x", "y"), seeds):
+        cells.append({"cell": f"a{a}-b{b}-s{seed}", "a": a, "b": b, "seed": seed, "gap": target_fn(a, b, seed)})
+    return cells
+
+
+def test_kendall_tau_matches_definition_with_ties():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 4, 30).astype(float)
+    y = x + rng.integers(0, 3, 30)
+    tau, p = kendall_tau(x.tolist(), y.tolist())
+    assert tau == pytest.approx(tau_b_loop(x, y), abs=1e-12)
+    assert p == pytest.approx(stats.kendalltau(x, y).pvalue)
+    assert kendall_tau([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) == (None, None)  # a constant measure: undefined
+
+
+def test_measure_equal_to_target_gives_one_and_its_negative_minus_one():
+    cells = grid_cells(lambda a, b, s: 3 * a + (b == "y") + 0.1 * s)
+    for c in cells:
+        c["same"], c["negative"] = c["gap"], -c["gap"]
+    rows = {r["measure"]: r for r in correlate_table(cells, ["a", "b"], ["same", "negative"], "gap", draws=200)}
+    assert rows["same"]["kendall_tau"] == pytest.approx(1.0)
+    assert rows["same"]["psi"] == pytest.approx(1.0)
+    assert rows["same"]["psi_by_axis"] == {"a": pytest.approx(1.0), "b": pytest.approx(1.0)}
+    assert rows["same"]["tau_ci"] == [pytest.approx(1.0), pytest.approx(1.0)]
+    assert rows["negative"]["kendall_tau"] == pytest.approx(-1.0)
+    assert rows["negative"]["psi"] == pytest.approx(-1.0)
+
+
+def test_axis_whose_cells_tie_is_skipped():
+    # the target ignores b, so within every group that varies only b the target ties: no τ there
+    cells = grid_cells(lambda a, b, s: float(a) + 0.01 * s)
+    for c in cells:
+        c["m"] = c["gap"] + (0.5 if c["b"] == "y" else 0.0)
+    psi, by_axis = granulated_psi(cells, ["a", "b"], "m", "gap")
+    assert by_axis["b"] is None
+    assert by_axis["a"] == pytest.approx(1.0)
+    assert psi == pytest.approx(1.0)  # the mean over the one usable axis only
+
+
+def test_psi_by_hand_on_a_two_axis_table():
+    # (a, b): target, measure. Axis a, b=1: pairs (1,2) C, (1,3) C, (2,3) D -> 1/3; b=2: all D -> -1;
+    # mean -1/3. Axis b: every a-group has one concordant pair -> 1. Psi = (-1/3 + 1) / 2 = 1/3.
+    table = {(1, 1): (1, 1), (2, 1): (2, 3), (3, 1): (3, 2), (1, 2): (4, 6), (2, 2): (5, 5), (3, 2): (6, 4)}
+    cells = [{"a": a, "b": b, "seed": 0, "gap": t, "m": m} for (a, b), (t, m) in table.items()]
+    psi, by_axis = granulated_psi(cells, ["a", "b"], "m", "gap")
+    assert by_axis["a"] == pytest.approx(-1 / 3)
+    assert by_axis["b"] == pytest.approx(1.0)
+    assert psi == pytest.approx(1 / 3)
+
+
+def test_seed_groups_are_kept_apart():
+    # within one seed the measure orders the cells along a perfectly; across seeds it would not
+    cells = grid_cells(lambda a, b, s: a + 10 * s, seeds=(0, 1))
+    for c in cells:
+        c["m"] = c["a"] - 10 * c["seed"]
+    psi, by_axis = granulated_psi(cells, ["a", "b"], "m", "gap")
+    assert by_axis["a"] == pytest.approx(1.0)
+    assert kendall_tau([c["m"] for c in cells], [c["gap"] for c in cells])[0] < 0
+
+
+def test_holm_against_a_hand_worked_example():
+    # sorted: 0.005*4 = 0.02; 0.01*3 = 0.03; 0.03*2 = 0.06; 0.04*1 = 0.04 -> max(0.06, 0.04) = 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, None, 0.9]) == [pytest.approx(1.0), None, pytest.approx(1.0)]
+    assert holm([]) == []
+
+
+def test_bootstrap_tau_equals_scipy_on_each_resample():
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 5, 12).astype(float)
+    y = x + rng.normal(0, 2, 12)
+    # the bootstrap replays these picks; its interval must equal the percentiles of scipy's τ on them
+    from flatness.generalization import correlation as corr
+
+    picks = np.random.default_rng(3).integers(0, 12, (40, 12))
+    taus = [stats.kendalltau(x[p], y[p]).statistic for p in picks]
+    lo, hi = np.percentile(taus, [2.5, 97.5])
+
+    class Fixed:  # a generator that replays the picks above
+        def __init__(self):
+            self.rows = iter(picks)
+
+        def integers(self, *args):
+            return next(self.rows)
+
+    real = corr.np.random.default_rng
+    corr.np.random.default_rng = lambda seed: Fixed()
+    try:
+        (ci,) = bootstrap_tau(x, y, draws=40)
+    finally:
+        corr.np.random.default_rng = real
+    assert ci == [pytest.approx(lo), pytest.approx(hi)]

@@ -1,4 +1,5 @@
-"""flatness compare: grouping, mean/std, Welch's t-test against scipy, single seed, outputs, bad input."""
+"""flatness compare: grouping, mean/std, Welch's t-test against scipy, Holm-adjusted p-values beside the raw
+ones in their families, single seed, outputs, bad input."""
 
 import csv
 import json
@@ -6,8 +7,8 @@ import os
 
 import numpy as np
 import pytest
+from plot_helpers import make_probe, make_surface
 from scipy import stats
-from test_plot import make_probe, make_surface
 
 from flatness.study.compare import compare
 from flatness.study.runs import collect_runs
@@ -253,3 +254,58 @@ def test_compare_rows_against_hand_means_and_welch_for_three_methods_and_another
     assert row(by_amp, "lambda_1")["versus"]["erm"]["direction"] == "sharper"
     none = compare(records, baseline="newton")
     assert none["baseline"] is None and none["others"] == [] and row(none, "lambda_1")["versus"] == {}
+
+
+def test_comparison_adds_holm_adjusted_p_values_beside_the_raw_ones():
+    from flatness.study.compare import compare
+    from flatness.study.run_record import RunRecord
+    from flatness.study.tables import markdown_table
+
+    erm = [{"trace": 10.0 + s, "lambda_1": 5.0 + 0.1 * s} for s in range(3)]
+    amp = [{"trace": 4.0 + s, "lambda_1": 5.05 + 0.1 * s} for s in range(3)]
+    records = [
+        RunRecord(source=f"{m}{s}", method=m, seed=s, values=v)
+        for m, vals in (("erm", erm), ("amp", amp))
+        for s, v in enumerate(vals)
+    ]
+    comp = compare(records)
+    raw = {r["key"]: r["versus"]["amp"]["p"] for r in comp["rows"]}
+    welch_trace = stats.ttest_ind([4, 5, 6], [10, 11, 12], equal_var=False).pvalue
+    welch_lambda = stats.ttest_ind([5.05, 5.15, 5.25], [5.0, 5.1, 5.2], equal_var=False).pvalue
+    assert raw == {"trace": pytest.approx(welch_trace), "lambda_1": pytest.approx(welch_lambda)}
+    small, large = sorted([welch_trace, welch_lambda])
+    expected = {welch_trace: min(1, 2 * small) if welch_trace == small else max(min(1, 2 * small), large)}
+    adjusted = {r["key"]: r["versus"]["amp"]["p_holm"] for r in comp["rows"]}
+    assert adjusted["trace"] == pytest.approx(expected[welch_trace])
+    assert adjusted["lambda_1"] == pytest.approx(max(2 * small, large))
+    assert "p (Holm)" in markdown_table(comp)
+
+
+def test_holm_families_flatness_measures_test_accuracy_alone_and_the_rest():
+    from flatness.study.compare import compare
+    from flatness.study.run_record import RunRecord
+    from flatness.study.significance import holm_family
+
+    def values(s, shift):
+        return {
+            "trace": 10.0 + s - shift,
+            "lambda_1": 5.0 + 0.1 * s,
+            "test_acc": 90.0 + s + shift,
+            "train_acc": 99.0 + 0.1 * s + 0.01 * shift,
+            "train_loss": 0.1 + 0.01 * s + 0.001 * shift,
+        }
+
+    records = [
+        RunRecord(source=f"{m}{s}", method=m, seed=s, values=values(s, 3.0 if m == "amp" else 0.0))
+        for m in ("erm", "amp")
+        for s in range(3)
+    ]
+    comp = compare(records)
+    by = {r["key"]: r for r in comp["rows"]}
+    assert {holm_family(by[k]) for k in ("trace", "lambda_1")} == {"flatness"}
+    assert holm_family(by["test_acc"]) == "generalisation"
+    # the one pre-specified generalisation test is a family of one: adjusted equals raw
+    assert by["test_acc"]["versus"]["amp"]["p_holm"] == pytest.approx(by["test_acc"]["versus"]["amp"]["p"])
+    # the flatness measures are adjusted among themselves only (two of them here)
+    flat = sorted(by[k]["versus"]["amp"]["p"] for k in ("trace", "lambda_1"))
+    assert min(by[k]["versus"]["amp"]["p_holm"] for k in ("trace", "lambda_1")) == pytest.approx(min(1, 2 * flat[0]))

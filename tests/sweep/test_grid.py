@@ -17,8 +17,9 @@ def test_sams_adaptive_and_rho_multiply_sam_cells_only():
         {"method": "sam", "rho": 0.1, "adaptive": False, "lr": 0.1},
     ]
     assert [c.seed for c in cells] == [3] * 5
-    assert cells[1].name == "method-sam_rho-0.05_adaptive-true_lr-0.1_seed-3"
-    assert cells[2].name == "method-sam_rho-0.05_adaptive-false_lr-0.1_seed-3"
+    # names list the keys in GRID_KEYS's order, whatever order they were typed in (issue 20, class 6)
+    assert cells[1].name == "method-sam_lr-0.1_rho-0.05_adaptive-true_seed-3"
+    assert cells[2].name == "method-sam_lr-0.1_rho-0.05_adaptive-false_seed-3"
     assert varied_keys(cells) == ["method", "rho", "adaptive"]  # lr has one value: no column
 
 
