@@ -308,8 +308,8 @@ def load_checkpoint(path: str, device: Any = "cpu", require_finite: bool = True)
 def read_metrics(run_dir: str) -> list[dict[str, Any]]:
     """A run folder's ``metrics.jsonl``: one record per finished epoch, in epoch order.
 
-    A line cut short by a crash is skipped, and an epoch logged twice (a resumed run) keeps its last
-    record. A folder without the file has no finished epoch.
+    A line cut short by a crash is skipped, as is a record without a whole-number ``epoch``, and an
+    epoch logged twice (a resumed run) keeps its last record. A folder without the file has no finished epoch.
 
     Args:
         run_dir: the run folder.
@@ -333,11 +333,14 @@ def read_metrics(run_dir: str) -> list[dict[str, Any]]:
                     continue  # a line cut by a crash
     except OSError as err:
         raise FlatnessError(f"cannot read {path}: {err.strerror or err}") from None
-    by_epoch: dict[Any, dict[str, Any]] = {}
+    by_epoch: dict[int, dict[str, Any]] = {}
     for row in rows:
-        if isinstance(row, dict):
-            by_epoch[row.get("epoch", len(by_epoch))] = row
-    return [by_epoch[k] for k in sorted(by_epoch, key=lambda e: (e is None, e))]
+        epoch = row.get("epoch") if isinstance(row, dict) else None
+        # a record without a whole-number epoch (hand-edited, foreign) is no finished epoch: skipped, so it
+        # can neither take a real epoch's place nor make the sort compare text with numbers
+        if isinstance(epoch, int) and not isinstance(epoch, bool):
+            by_epoch[epoch] = row
+    return [by_epoch[k] for k in sorted(by_epoch)]
 
 
 def metric_tag(key: str) -> str:
