@@ -77,4 +77,4 @@ def test_a_tiny_training_run_records_the_typed_values_and_the_defaults(cli, user
     assert (config["epochs"], config["batch_size"], config["lr"], config["nesterov"]) == (1, 16, 0.37, False)
     assert (config["momentum"], config["weight_decay"], config["schedule"]) == (D.momentum, D.weight_decay, D.schedule)
     line = one_line_error(cli(args + ["--out", tmp_path / "bad", "--epochs", "0"]))
-    assert "epochs" in line and not (tmp_path / "bad" / "last.pt").exists()
+    assert "epochs must be an integer >= 1, got 0" in line and not (tmp_path / "bad" / "last.pt").exists()
