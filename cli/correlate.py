@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from flatness.core.validation import check_count
 from flatness.sweep.correlate import TARGETS, correlate
 
 
@@ -30,8 +31,6 @@ from flatness.sweep.correlate import TARGETS, correlate
 def command(folder, target, draws, min_train_acc, include_unreached, no_figures, force):
     """Kendall's τ-b, bootstrap intervals, the granulated Ψ and Holm-adjusted p-values of every measure
     in FOLDER/cells.csv against the target; writes correlation.{json,csv,md}, figures and report.html."""
-    from flatness.core.validation import check_count
-
     check_count(draws, "--draws", minimum=10)
     result = correlate(
         folder,

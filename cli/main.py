@@ -85,54 +85,52 @@ class FlatnessGroup(click.Group):
             _show_warnings(caught)
             _leave_process_group(clean=True)
             return result
-        except click.UsageError as err:  # a bad option value or name: one line, like every other error
-            if _debug(ctx):
+        except (click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except click.ClickException as err:
+            if not isinstance(err, click.UsageError) or _debug(ctx):
                 raise
+            # a bad option value or name: one line, like every other error
             where = err.ctx.command_path if err.ctx is not None else ctx.command_path
             click.echo(f"Error: {err.format_message()} (see `{where} --help`)", err=True)
             ctx.exit(err.exit_code)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-            raise
-        except FlatnessError as err:
+        except (Exception, KeyboardInterrupt, SystemExit, GeneratorExit) as err:
             if _debug(ctx):
                 raise
-            click.echo(f"Error: {without_unsafe_advice(_one_line(str(err)))}", err=True)
-            ctx.exit(err.exit_code)
-        except Signalled as err:
-            if _debug(ctx):
-                raise
-            name = ctx.invoked_subcommand or ""
-            hint = RESUME_HINTS.get(name, "finished work is saved; rerun the same command with --resume to continue")
-            signum = err.signum if isinstance(err, Terminated) else signal.SIGINT
-            cause = "Terminated (SIGTERM)." if isinstance(err, Terminated) else "Interrupted."
-            click.echo(f"{cause} {hint[0].upper()}{hint[1:]}.", err=True)
-            ctx.exit(128 + int(signum))
-        except OSError as err:
-            if _debug(ctx):
-                raise
-            where = f" ({err.filename})" if getattr(err, "filename", None) else ""
-            reason = os_error_reason(err)
-            if err.errno == errno.ENOSPC or reason == os.strerror(errno.ENOSPC):
-                reason = f"disk full: {reason}"
-            click.echo(f"Error: {reason}{where}", err=True)
-            ctx.exit(2)
-        except (KeyboardInterrupt, SystemExit, GeneratorExit) as err:
-            # raised by code the command ran, not by a signal (those are Signalled): user code does not
-            # decide the exit code, and nothing here says "interrupted" when no one interrupted
-            if _debug(ctx):
-                raise
-            what = one_line(err)
-            click.echo(f"Error: the command stopped on {what} raised by code it ran, not by a signal", err=True)
-            ctx.exit(2)
-        except Exception as err:  # a bug: one line by default, the traceback with --debug
-            if _debug(ctx):
-                raise
-            click.echo(
-                f"Internal error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} "
-                "(rerun with `flatness --debug ...` for the traceback, and please report it)",
-                err=True,
-            )
-            ctx.exit(EXIT_INTERNAL)
+            ctx.exit(_report(ctx, err))
+
+
+def _report(ctx, err: BaseException) -> int:
+    """Say on stderr, in one line, why the command failed; the exit code."""
+    if isinstance(err, FlatnessError):
+        click.echo(f"Error: {without_unsafe_advice(_one_line(str(err)))}", err=True)
+        return err.exit_code
+    if isinstance(err, Signalled):
+        name = ctx.invoked_subcommand or ""
+        hint = RESUME_HINTS.get(name, "finished work is saved; rerun the same command with --resume to continue")
+        signum = err.signum if isinstance(err, Terminated) else signal.SIGINT
+        cause = "Terminated (SIGTERM)." if isinstance(err, Terminated) else "Interrupted."
+        click.echo(f"{cause} {hint[0].upper()}{hint[1:]}.", err=True)
+        return 128 + int(signum)
+    if isinstance(err, OSError):
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        reason = os_error_reason(err)
+        if err.errno == errno.ENOSPC or reason == os.strerror(errno.ENOSPC):
+            reason = f"disk full: {reason}"
+        click.echo(f"Error: {reason}{where}", err=True)
+        return 2
+    if isinstance(err, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+        # raised by code the command ran, not by a signal (those are Signalled): user code does not
+        # decide the exit code, and nothing here says "interrupted" when no one interrupted
+        click.echo(f"Error: the command stopped on {one_line(err)} raised by code it ran, not by a signal", err=True)
+        return 2
+    # a bug: one line by default, the traceback with --debug
+    click.echo(
+        f"Internal error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} "
+        "(rerun with `flatness --debug ...` for the traceback, and please report it)",
+        err=True,
+    )
+    return EXIT_INTERNAL
 
 
 @contextlib.contextmanager

@@ -23,7 +23,10 @@ from flatness.formats.checkpoint import load_checkpoint, save_checkpoint
 from flatness.formats.probe_file import read_probe, write_probe
 from flatness.formats.surface_file import read_surface
 from flatness.formats.weights import load_exported_program, load_weights_into
-from flatness.hessian import HessianOperator, estimate_trace, lanczos, power_iteration, slq
+from flatness.hessian.density import slq
+from flatness.hessian.eigen import lanczos, power_iteration
+from flatness.hessian.operator import HessianOperator
+from flatness.hessian.trace import estimate_trace
 from flatness.landscape.compute import SurfaceSettings, compute_surface
 from flatness.landscape.surface import loss_surface
 from flatness.models.references import resolve_model_reference

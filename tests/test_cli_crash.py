@@ -137,7 +137,8 @@ def train_args(out):
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     """The uninterrupted run every killed or interrupted one must equal, bit for bit."""
-    from flatness.training.loop import TrainConfig, train
+    from flatness.training.config import TrainConfig
+    from flatness.training.loop import train
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -264,7 +265,8 @@ def surface_env(after, marker):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from flatness.training.loop import TrainConfig, train
+    from flatness.training.config import TrainConfig
+    from flatness.training.loop import train
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)

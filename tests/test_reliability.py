@@ -105,7 +105,8 @@ def ws(tmp_path_factory):
     """The workspace every case runs against: a real run, good outputs of every kind, and broken or
     hostile versions of each file type."""
     from flatness.cli.main import main
-    from flatness.training.loop import TrainConfig, train
+    from flatness.training.config import TrainConfig
+    from flatness.training.loop import train
 
     root = tmp_path_factory.mktemp("ws")
     p = {

@@ -21,13 +21,12 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 @contextlib.contextmanager
 def exact_attention() -> Iterator[None]:
     """Inside the block, attention runs on the math SDPA backend and the fused encoder fast path is off."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
+import tempfile
 from collections.abc import Sequence
 from typing import TypeVar
 
 import torch
 import torch.distributed as dist
-
-from flatness.core.params import flatten, unflatten
+import torch.multiprocessing as mp
 
 T = TypeVar("T")
 
@@ -85,17 +86,6 @@ def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def all_reduce_mean_(tensors: Sequence[torch.Tensor]) -> None:
-    """Average a list of tensors over ranks in place, flattened into one collective for speed."""
-    if not is_distributed() or not tensors:
-        return
-    flat = flatten(tensors)
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= dist.get_world_size()
-    for t, part in zip(tensors, unflatten(flat, tensors)):
-        t.copy_(part)
-
-
 def broadcast_object(obj, src: int = 0):
     """Rank ``src``'s ``obj`` on every rank (for small plain data: configs, grid plans)."""
     if not is_distributed():
@@ -141,11 +131,6 @@ def spawn_local(fn, world: int, *args, threads: int = 1) -> list:
     For tests, benchmarks and notebooks; ``fn`` must be picklable (a module-level function) and its
     result ``torch.save``-able.
     """
-    import socket
-    import tempfile
-
-    import torch.multiprocessing as mp
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

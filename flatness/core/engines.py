@@ -29,8 +29,14 @@ Engines:
 
 from __future__ import annotations
 
+import ctypes
+import importlib.util
+import multiprocessing
 import os
+import signal
+import socket
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
 
 import torch
@@ -53,8 +59,6 @@ def check_engine(engine: str) -> None:
     if engine not in ENGINES:
         raise FlatnessError(f"unknown engine {engine!r}; use local or ray")
     if engine == "ray":
-        import importlib.util
-
         if importlib.util.find_spec("ray") is None:
             raise FlatnessError(RAY_MISSING)
 
@@ -146,11 +150,7 @@ def die_with_parent(parent_pid: int) -> None:
     Args:
         parent_pid: the pid of the process that started the pool.
     """
-    import signal
-
     try:
-        import ctypes
-
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -177,8 +177,6 @@ def run_local(tasks: Sequence[Any], workers: int, on_done: OnDone, fn: TaskFn, c
         while ready:
             ready.add(on_done(fn(ready.take())))
         return
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(
@@ -217,8 +215,6 @@ def check_ray_address(address: str | None, timeout: float = RAY_CONNECT_SECONDS)
         address: the ``--address`` given.
         timeout: seconds to wait for the connection.
     """
-    import socket
-
     if not address or address in ("auto", "local"):
         return
     hostport = address.split("://", 1)[-1].rstrip("/")
@@ -257,7 +253,7 @@ def run_ray(
         cost: the expected cost of a task (larger starts first; None: in the order given).
     """
     check_engine("ray")
-    import ray
+    import ray  # noqa: PLC0415 - Ray is optional (flatness[ray]); only --engine ray needs it
 
     started_here = not ray.is_initialized()
     if started_here:

@@ -109,7 +109,7 @@ def atomic_h5py(path: str):
     full disk: on one, its failed writes and closes (``RuntimeError``s, and even crashes when a
     half-flushed file is freed) become this module's one-line ``FlatnessError`` and no file at all.
     """
-    import h5py
+    import h5py  # noqa: PLC0415 - h5py is heavy; only surface and probe array files need it
 
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as handle:

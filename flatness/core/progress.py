@@ -5,11 +5,11 @@
 
 from __future__ import annotations
 
+from tqdm.auto import tqdm
+
 
 def progress_bar(enabled: bool, total: int, desc: str, unit: str = "it", leave: bool = False):
     """A tqdm bar over ``total`` steps (a no-op bar when not ``enabled``); use it as a context manager."""
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=leave, dynamic_ncols=True)
 
 
@@ -29,6 +29,4 @@ def plan_line(command: str, *parts: str) -> str:
 def show_plan(enabled: bool, command: str, *parts: str) -> None:
     """Print ``plan_line`` (when ``enabled``: a job that shows progress), above any progress bar."""
     if enabled:
-        from tqdm.auto import tqdm
-
         tqdm.write(plan_line(command, *parts))

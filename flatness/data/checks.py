@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, TensorDataset
 
 from flatness.core.errors import FlatnessError
@@ -176,8 +177,6 @@ def check_splits(train: Dataset, test: Dataset, name: str) -> DataSummary:
 
 def _check_each(dataset: Dataset, what: str) -> DataSummary:
     """One pass through ``dataset[i]`` for every index its ``__len__`` promises."""
-    from PIL import Image
-
     try:
         n = len(dataset)
     except Exception as err:  # noqa: BLE001 - the user's __len__

@@ -50,8 +50,8 @@ DIGITS_SPLIT_SEED = 0
 
 def _digits_split(split: str) -> TensorImageDataset:
     # late: scikit-learn is heavy and only the digits set needs it
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    from sklearn.datasets import load_digits  # noqa: PLC0415 - scikit-learn is heavy; only digits needs it
+    from sklearn.model_selection import train_test_split  # noqa: PLC0415 - scikit-learn is heavy; only digits needs it
 
     bunch = load_digits()
     images = bunch.images.astype(np.float32) / 16.0  # pixel values are 0..16
@@ -72,14 +72,14 @@ def _digits_split(split: str) -> TensorImageDataset:
 
 
 def _normalize(info: DatasetInfo):
-    from torchvision import transforms as T  # late: torchvision is heavy and only its datasets need it
+    from torchvision import transforms as T  # noqa: PLC0415 - torchvision is heavy; only its datasets need it
 
     return T.Normalize(info.mean, info.std)
 
 
 def _transform(name: str, augment: bool):
     """The standard preprocessing per dataset; `augment` adds the published training augmentation."""
-    from torchvision import transforms as T  # late: torchvision is heavy and only its datasets need it
+    from torchvision import transforms as T  # noqa: PLC0415 - torchvision is heavy; only its datasets need it
 
     info = DATASETS[name]
     steps = []
@@ -138,7 +138,7 @@ def _present_cifar(cls):
 
 
 def _present_svhn():
-    from torchvision import datasets as D  # late: torchvision is heavy and only its datasets need it
+    from torchvision import datasets as D  # noqa: PLC0415 - torchvision is heavy; only its datasets need it
 
     class SVHN(D.SVHN):
         def _check_integrity(self) -> bool:  # presence; the md5 is checked by download_url on download
@@ -148,7 +148,7 @@ def _present_svhn():
 
 
 def _torchvision(name: str, split: str, root: str, augment: bool, download: bool) -> Dataset:
-    from torchvision import datasets as D  # late: torchvision is heavy and only its datasets need it
+    from torchvision import datasets as D  # noqa: PLC0415 - torchvision is heavy; only its datasets need it
 
     transform = _transform(name, augment)
     train = split == "train"

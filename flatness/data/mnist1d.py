@@ -30,7 +30,7 @@ ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
 def generator_args() -> dict[str, Any]:
     """The ``mnist1d`` package's published default generator arguments (without its download URL)."""
     try:  # late: the generator package is needed only for MNIST-1D, and a missing one is a one-line error
-        from mnist1d.data import get_dataset_args
+        from mnist1d.data import get_dataset_args  # noqa: PLC0415 - only MNIST-1D needs its generator package (heavy)
     except ImportError:
         raise FlatnessError("the mnist1d dataset needs the mnist1d package: pip install mnist1d") from None
     args = get_dataset_args(as_dict=True)
@@ -47,8 +47,8 @@ def generate(args: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
     Returns:
         ``{"x_train", "y_train", "x_test", "y_test"}`` as the generator made them (float64 / int64).
     """
-    from mnist1d.data import make_dataset  # late: only MNIST-1D needs its generator package
-    from mnist1d.utils import ObjectView
+    from mnist1d.data import make_dataset  # noqa: PLC0415 - only MNIST-1D needs its generator package (heavy)
+    from mnist1d.utils import ObjectView  # noqa: PLC0415 - only MNIST-1D needs its generator package (heavy)
 
     args = dict(generator_args() if args is None else args)
     # make_dataset seeds numpy's and Python's global generators; a caller's runs must not feel that

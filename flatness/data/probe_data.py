@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from flatness.core.errors import FlatnessError
 from flatness.core.distributed import all_reduce_sum_
+from flatness.core.errors import FlatnessError
 from flatness.core.measured import HALF_DTYPES
 from flatness.core.validation import check_count
 from flatness.data.batches import map_tensors, move_to, split_batch
@@ -125,7 +125,9 @@ class ProbeData:
             map_tensors(tensors, lambda t: found.append(t.is_floating_point() and t.dtype != wanted) or t)
             return any(found)
 
-        return any(differs(x, dtype) or (target_dtype is not None and differs(y, target_dtype)) for x, y in self.batches)
+        return any(
+            differs(x, dtype) or (target_dtype is not None and differs(y, target_dtype)) for x, y in self.batches
+        )
 
     def map_inputs(self, fn) -> ProbeData:
         """The same batches with ``fn`` applied to every input tensor (targets unchanged)."""

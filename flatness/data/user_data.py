@@ -9,17 +9,19 @@ per-channel statistics of the training split, returned in the record so that a r
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
 from flatness.core.errors import FlatnessError, ModelRaisedError
 from flatness.core.evaluation import eval_mode
 from flatness.core.fileio import sha256_file
+from flatness.core.losses import check_loss_value, resolve_loss
 from flatness.data.batches import forward, map_tensors
 from flatness.data.checks import check_folder_tree, check_label_range, check_splits, remember
 from flatness.models.references import call_user, is_reference, one_line, resolve_callable
@@ -54,9 +56,12 @@ class NormalizedDataset(Dataset):
 
 
 def _tensor(array: np.ndarray, target: bool = False) -> torch.Tensor:
-    """One npz array as a tensor of its own kind: integers (token ids, labels) int64, floating values
-    float32 (the dtype of a model's weights; the values stay as given), boolean inputs (masks) as
-    they are and boolean targets as 0./1. (what a binary loss takes)."""
+    """One npz array as a tensor of its own kind.
+
+    Integers (token ids, labels) int64, floating values float32 (the dtype of a model's weights; the
+    values stay as given), boolean inputs (masks) as they are and boolean targets as 0./1. (what a
+    binary loss takes).
+    """
     tensor = torch.from_numpy(np.ascontiguousarray(array))
     if tensor.dtype == torch.bool:
         return tensor.to(torch.float32) if target else tensor
@@ -77,8 +82,10 @@ class DictInputDataset(Dataset):
 
 
 class LabelsDictDataset(Dataset):
-    """A dataset of Hugging Face style examples ``{"input_ids": ..., "labels": ...}`` as
-    ``(inputs, labels)`` pairs: the ``labels`` entry is the target, the other keys the model's inputs."""
+    """Hugging Face style examples ``{"input_ids": ..., "labels": ...}`` as ``(inputs, labels)`` pairs.
+
+    The ``labels`` entry is the target, the other keys the model's inputs.
+    """
 
     def __init__(self, base: Dataset):
         self.base = base
@@ -177,8 +184,8 @@ def _as_pairs(dataset: Dataset, ref: str) -> Dataset:
 
 
 def _load_imagefolder(folder: str, image_size: int | None) -> tuple[Dataset, Dataset]:
-    from torchvision import datasets as D
-    from torchvision import transforms as T
+    from torchvision import datasets as D  # noqa: PLC0415 - torchvision is heavy; only an image folder needs it
+    from torchvision import transforms as T  # noqa: PLC0415 - torchvision is heavy; only an image folder needs it
 
     steps = ([T.Resize((image_size, image_size))] if image_size else []) + [T.ToTensor()]
     splits = []
@@ -210,8 +217,6 @@ def data_digest(ref: str) -> str | None:
         The hex digest, or None for references that are not data paths (built-ins, code), or for a path
         that is no regular file or folder (nothing is read from a device or a pipe).
     """
-    import hashlib
-
     if ref.endswith(".npz"):
         return sha256_file(ref) if os.path.isfile(ref) else None
     if not ref.startswith(IMAGEFOLDER_PREFIX):
@@ -341,9 +346,6 @@ def check_model_fits(model: nn.Module, dataset: Dataset, loss_fn: Any = None, ou
         )
     if torch.is_tensor(out) and out.dim() == 2:
         check_label_range(dataset, out.shape[1])  # every label, from the pass made when the data was loaded
-    from torch.utils.data import default_collate
-
-    from flatness.core.losses import resolve_loss
 
     # the loss the run uses (cross-entropy unless given), on two examples so that a per-example loss shows
     batch_x, batch_y = default_collate([dataset[i] for i in range(min(2, len(dataset)))])
@@ -376,8 +378,6 @@ def _count(batch: Any) -> int:
 
 def _check_loss_on(loss_fn: Any, out: torch.Tensor, targets: torch.Tensor) -> None:
     """FlatnessError (one line) when ``loss_fn`` fails on these outputs and targets or gives no scalar."""
-    from flatness.core.losses import check_loss_value
-
     try:
         with torch.no_grad():
             value = loss_fn(out, targets)

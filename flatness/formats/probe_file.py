@@ -144,7 +144,7 @@ def _write_probe_locked(path, result, vectors, density_arrays, force) -> dict[st
 
 
 def _write_sidecar(path: str, vectors, density_arrays, payload) -> None:
-    import h5py  # late: only a probe with vectors or a density needs h5py (~0.2 s to import)
+    import h5py  # noqa: PLC0415 - h5py is heavy; only a probe with vectors or a density needs it
 
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as h5:
@@ -198,30 +198,41 @@ def read_probe(path: str) -> dict[str, Any]:
     for key in ("checkpoint", "data"):
         if not isinstance(data[key], dict):
             raise FlatnessError(f"{path} is not a valid probe file: '{key}' is not an object")
-    hess = data["hessian"]
-    if hess is not None:
-        if not isinstance(hess, dict) or not isinstance(hess.get("eigenvalues"), list):
-            raise FlatnessError(f"{path} is not a valid probe file: 'hessian.eigenvalues' is missing")
-        _numbers(path, "hessian.eigenvalues", hess["eigenvalues"])
-        for key in ("residuals",):
-            if hess.get(key) is not None:
-                _numbers(path, f"hessian.{key}", hess[key])
+    _check_hessian(path, data["hessian"])
     for key in ("loss", "accuracy", "weight_norm", "distance_from_init", "num_params"):
         _numbers(path, key, [data[key]])
     for key in ("trace", "density"):
         if data.get(key) is not None and not isinstance(data[key], dict):
             raise FlatnessError(f"{path} is not a valid probe file: '{key}' is not an object")
-    density = data.get("density") or {}
+    _check_density(path, data.get("density") or {})
+    if data.get("sharpness") is not None and not (
+        isinstance(data["sharpness"], list) and all(isinstance(r, dict) for r in data["sharpness"])
+    ):
+        raise FlatnessError(f"{path} is not a valid probe file: 'sharpness' is not a list of objects")
+    _check_sidecar(path, data["sidecar"])
+    return data
+
+
+def _check_hessian(path: str, hess) -> None:
+    if hess is None:
+        return
+    if not isinstance(hess, dict) or not isinstance(hess.get("eigenvalues"), list):
+        raise FlatnessError(f"{path} is not a valid probe file: 'hessian.eigenvalues' is missing")
+    _numbers(path, "hessian.eigenvalues", hess["eigenvalues"])
+    for key in ("residuals",):
+        if hess.get(key) is not None:
+            _numbers(path, f"hessian.{key}", hess[key])
+
+
+def _check_density(path: str, density: dict[str, Any]) -> None:
     for key in ("nodes", "weights", "grid", "values"):
         if density.get(key) is not None:
             if not isinstance(density[key], list):
                 raise FlatnessError(f"{path} is not a valid probe file: 'density.{key}' is not a list")
             _numbers(path, f"density.{key}", density[key])
-    if data.get("sharpness") is not None and not (
-        isinstance(data["sharpness"], list) and all(isinstance(r, dict) for r in data["sharpness"])
-    ):
-        raise FlatnessError(f"{path} is not a valid probe file: 'sharpness' is not a list of objects")
-    side = data["sidecar"]
+
+
+def _check_sidecar(path: str, side) -> None:
     # the sidecar is a file name beside the JSON: never a path that leads elsewhere
     if side is not None and (
         not isinstance(side, str)
@@ -232,7 +243,6 @@ def read_probe(path: str) -> dict[str, Any]:
         or "\\" in side
     ):
         raise FlatnessError(f"{path} is not a valid probe file: 'sidecar' must be a file name beside it")
-    return data
 
 
 def _numbers(path: str, key: str, values) -> None:
@@ -247,7 +257,7 @@ def read_probe_arrays(path: str) -> dict[str, np.ndarray]:
     ``eigenvectors`` (k×d), ``eigenvalues`` and ``density/...`` when present. FlatnessError when
     there is no readable sidecar.
     """
-    import h5py  # late: reading a probe's JSON needs no h5py (~0.2 s to import)
+    import h5py  # noqa: PLC0415 - h5py is heavy; reading a probe's JSON needs no h5py
 
     probe = read_probe(path)
     if not probe.get("sidecar"):

@@ -67,7 +67,7 @@ VALUE_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc")
 
 
 def _h5py():
-    import h5py  # late: h5py is heavy, and only the surface commands read or write these files
+    import h5py  # noqa: PLC0415 - h5py is heavy; only the surface commands read or write these files
 
     return h5py
 

@@ -37,7 +37,7 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
         raise FlatnessError(f"weights file not found: {path}")
     if path.endswith(".safetensors"):
         try:
-            from safetensors.torch import load_file
+            from safetensors.torch import load_file  # noqa: PLC0415 - optional; only .safetensors files need it
         except ImportError:
             raise FlatnessError(
                 "reading .safetensors needs the safetensors package: "

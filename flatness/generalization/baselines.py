@@ -21,6 +21,7 @@ import copy
 import math
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -89,7 +90,6 @@ def margin_percentile(
             true = out.gather(1, y[:, None]).squeeze(1)
             others = out.scatter(1, y[:, None], float("-inf")).max(1).values
             margins.append((true - others).cpu())
-    import numpy as np
 
     return float(np.percentile(torch.cat(margins).numpy(), percentile))
 

@@ -49,7 +49,7 @@ def kendall_tau(x: Sequence[float], y: Sequence[float]) -> tuple[float | None, f
     Returns:
         (τ, p); (None, None) when it is undefined (fewer than 2 cells, or x or y constant).
     """
-    from scipy import stats
+    from scipy import stats  # noqa: PLC0415 - SciPy is heavy; importing flatness (holm) needs no SciPy
 
     if len(x) < 2 or len(set(x)) < 2 or len(set(y)) < 2:
         return None, None

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.func import functional_call, grad, jvp
 
 from flatness.core.attention import exact_attention
 from flatness.core.evaluation import eval_mode, probe_for
@@ -157,8 +158,6 @@ class HessianOperator:
         return out
 
     def _hvp_forward_over_reverse(self, vs: list[torch.Tensor]) -> torch.Tensor:
-        from torch.func import functional_call, grad, jvp
-
         primals = {n: p.detach() for n, p in zip(self.names, self.params)}
         tangents = dict(zip(self.names, vs))
         out = torch.zeros(self.dim, dtype=self.dtype, device=self.device)

@@ -34,6 +34,10 @@ import torch.nn as nn
 
 from flatness.core.errors import FlatnessError
 from flatness.core.params import named_trainable, unflatten
+from flatness.formats.checkpoint import LAST, check_state_finite, list_snapshots, read_checkpoint
+from flatness.hessian.eigen import lanczos
+from flatness.hessian.operator import HessianOperator
+from flatness.models.registry import build_from_spec
 
 Direction = dict[str, torch.Tensor]
 
@@ -172,10 +176,6 @@ def eigen_directions(
     ``loss_fn`` and ``output_fn`` are those of ``flatness.hessian.HessianOperator`` (cross-entropy and
     the model's tensor / first element / ``logits`` by default).
     """
-    try:
-        from flatness.hessian import HessianOperator, lanczos  # written alongside; imported lazily
-    except ImportError as err:  # pragma: no cover - only while flatness.hessian is missing
-        raise FlatnessError(f"eigen directions need flatness.hessian, which is not available ({err})") from None
     op = HessianOperator(model, data, loss_fn, output_fn=output_fn)
     result = lanczos(op, k, which="largest", tol=tol, max_iter=max_iter, seed=seed)
     vectors = torch.as_tensor(result.eigenvectors)
@@ -255,8 +255,6 @@ def pca_directions(run_dir: str) -> PCADirections:
     *uncentred* differences projected on pc1, pc2, so the final weights sit at (0, 0), the centre
     of a surface computed around them.
     """
-    from flatness.formats.checkpoint import LAST, check_state_finite, list_snapshots, read_checkpoint
-
     if not os.path.isdir(run_dir):
         raise FlatnessError(f"pca directions need a run folder with epoch-NNN.pt snapshots; {run_dir} is not a folder")
     snapshots = list_snapshots(run_dir)
@@ -269,8 +267,6 @@ def pca_directions(run_dir: str) -> PCADirections:
     reference = last if os.path.isfile(last) else snapshots[-1][1]
     final = read_checkpoint(reference)
     spec = final["model_spec"]
-    from flatness.models.registry import build_from_spec
-
     model = build_from_spec(spec)
     names = [n for n, _ in named_trainable(model)]
     shapes = {n: tuple(p.shape) for n, p in named_trainable(model)}

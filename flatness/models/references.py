@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from flatness.core.errors import FlatnessError, Signalled
 from flatness.core.fileio import sha256_file
+from flatness.models.registry import build_model
 
 TORCHVISION_PREFIX = "torchvision:"
 
@@ -160,7 +161,7 @@ def _check_arguments(factory: Callable, args: dict[str, Any], ref: str) -> None:
 
 
 def _torchvision_model(name: str, args: dict[str, Any], download: bool) -> nn.Module:
-    from torchvision import models
+    from torchvision import models  # noqa: PLC0415 - torchvision is heavy; only torchvision: models need it
 
     if name not in models.list_models():
         raise FlatnessError(f"unknown torchvision model {name!r}; see torchvision.models.list_models()")
@@ -211,8 +212,6 @@ def resolve_model_reference(
         record["download"] = bool(download)
         return model, record
     if not is_reference(ref):
-        from flatness.models.registry import build_model
-
         args = dict(args)
         shape = {key: args.pop(key, None) for key in ("in_channels", "image_size", "num_classes")}
         if None in shape.values():

@@ -8,12 +8,13 @@ from typing import Any
 import numpy as np
 
 from flatness.core.errors import FlatnessError
+from flatness.formats.checkpoint import METRICS
+from flatness.formats.probe_file import read_probe
+from flatness.formats.surface_file import read_surface
 
 
 def file_type(path: str) -> str:
     """'surface', 'probe' or 'run' (a run folder) for an input the plotter understands; a one-line error otherwise."""
-    from flatness.formats.checkpoint import METRICS
-
     if not os.path.exists(path):
         raise FlatnessError(f"file not found: {path}")
     if os.path.isdir(path):
@@ -30,8 +31,6 @@ def file_type(path: str) -> str:
 
 def load_surface(path: str) -> dict[str, Any]:
     """A surface file as a dict, read by ``flatness.formats.surface_file`` (the format's owner)."""
-    from flatness.formats.surface_file import read_surface
-
     surf = dict(read_surface(path))
     if "xcoordinates" not in surf or surf.get("xcoordinates") is None:
         raise FlatnessError(f"{path} is not a surface file (no 'xcoordinates')")
@@ -47,8 +46,6 @@ def load_surface(path: str) -> dict[str, Any]:
 
 def load_probe(path: str) -> dict[str, Any]:
     """A probe JSON as a dict, read and validated by ``flatness.formats.probe_file`` (the format's owner)."""
-    from flatness.formats.probe_file import read_probe
-
     probe = dict(read_probe(path))
     probe["path"] = path
     return probe

@@ -90,7 +90,7 @@ def draw_2d(
     trajectory: bool = True,
 ):
     """Draw one 2D picture of ``surf`` into ``ax`` (contour, contourf or heatmap)."""
-    from matplotlib.colors import LogNorm, Normalize
+    from matplotlib.colors import LogNorm, Normalize  # noqa: PLC0415 - matplotlib is heavy; only drawing needs it
 
     X, Y, Z = surface_grid(surf, value)
     norm = LogNorm(vmin=lo, vmax=hi) if logscale else Normalize(vmin=lo, vmax=hi)
@@ -127,7 +127,7 @@ def draw_2d(
     ax.set_aspect("auto")
     ax.legend(fontsize=7, loc="upper right")
     if colorbar and fig is not None and mappable is not None:
-        from matplotlib.ticker import FormatStrFormatter
+        from matplotlib.ticker import FormatStrFormatter  # noqa: PLC0415 - matplotlib is heavy; only drawing needs it
 
         cb = fig.colorbar(mappable, ax=ax, ticks=levels[::3] if logscale else None, format=FormatStrFormatter("%.3g"))
         cb.minorticks_off()
@@ -165,8 +165,8 @@ def plot_2d(
     if extra and len(extra) >= 2:
         title += f"\nPCA explained variance: PC1 {100 * extra[0]:.1f}%, PC2 {100 * extra[1]:.1f}%"
     if kind == "3d":
-        from matplotlib.colors import Normalize
-        from mpl_toolkits.mplot3d import Axes3D  # noqa: F401  (registers the 3d projection)
+        from matplotlib.colors import Normalize  # noqa: PLC0415 - matplotlib is heavy; only drawing needs it
+        from mpl_toolkits.mplot3d import Axes3D  # noqa: F401, PLC0415 - registers the 3d projection (matplotlib)
 
         fig = new_figure((7.5, 6))
         ax = fig.add_subplot(projection="3d")

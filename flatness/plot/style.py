@@ -18,8 +18,8 @@ DPI = 130
 
 def new_figure(figsize=(6.4, 4.8)):
     """A matplotlib Figure on the Agg canvas (no display, no pyplot state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415 - heavy; only drawing needs it
+    from matplotlib.figure import Figure  # noqa: PLC0415 - matplotlib is heavy; only drawing needs it
 
     fig = Figure(figsize=figsize, dpi=DPI)
     FigureCanvasAgg(fig)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from flatness.core.errors import FlatnessError
-from flatness.formats.checkpoint import metric_scalars
+from flatness.formats.checkpoint import METRICS, metric_scalars, read_metrics
 from flatness.plot.style import new_figure, save_figure
 
 PANELS = ("loss", "accuracy", "lr")
@@ -28,8 +28,6 @@ def load_run(path: str) -> dict[str, Any]:
     Returns:
         ``{"path": path, "records": [...]}``.
     """
-    from flatness.formats.checkpoint import METRICS, read_metrics
-
     records = [r for r in read_metrics(path) if int(r.get("epoch", 0)) >= 1]
     if not records:
         raise FlatnessError(f"{path}: {METRICS} records no finished epoch yet")

@@ -92,7 +92,7 @@ def _maximise(oracle: LossOracle, base: float, g0: torch.Tensor, epsilon: float,
     inside half the box, since y = 0 would be a stationary point.
     """
     # late: scipy.optimize takes about a second to import and only this metric needs it
-    from scipy.optimize import minimize
+    from scipy.optimize import minimize  # noqa: PLC0415 - SciPy is heavy; only Keskar's sharpness needs its optimizer
 
     theta = oracle.theta.detach().double().cpu().numpy()
     bound = epsilon * (np.abs(theta) + 1.0)

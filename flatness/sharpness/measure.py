@@ -33,7 +33,8 @@ from typing import Any
 import torch.nn as nn
 
 from flatness.core.errors import FlatnessError
-from flatness.core.evaluation import LossFn, eval_mode
+from flatness.core.evaluation import eval_mode
+from flatness.core.losses import LossFn
 from flatness.data.batches import OutputFn
 from flatness.sharpness.average_case import AverageCaseResult, average_case_sharpness
 from flatness.sharpness.keskar import KeskarResult, keskar_sharpness

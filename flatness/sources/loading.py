@@ -27,10 +27,21 @@ from torch.utils.data import Dataset
 
 from flatness.core.errors import FlatnessError
 from flatness.core.fileio import sha256_file
+from flatness.core.params import distance
 from flatness.data.datasets import DATASETS, get_dataset
 from flatness.data.probe_data import ProbeData
+from flatness.data.user_data import check_model_fits, data_digest, load_user_dataset
+from flatness.formats.checkpoint import (
+    INIT,
+    ForeignCheckpointError,
+    check_finite,
+    read_checkpoint,
+    user_model_reference,
+)
 from flatness.formats.weights import load_exported_program, load_state_into, load_weights_into
 from flatness.models.references import TORCHVISION_PREFIX, is_reference, parse_model_args, resolve_model_reference
+from flatness.models.registry import build_from_spec, canonical_model_name
+from flatness.sources.losses import check_loss_spec, check_output_spec, loss_fn_for, output_fn_for
 
 PT2_SUFFIX = ".pt2"
 # The command-line flag that sets ModelSource.allow_source_change, named in every refusal it lifts.
@@ -102,8 +113,6 @@ class Target:
         """
         dataset = split_dataset(self.info["dataset"], split, root, download, self.image_size, self.normalize)
         if is_user_dataset(self.info["dataset"]) and not _static_program(self.model):
-            from flatness.data.user_data import check_model_fits
-
             check_model_fits(self.model, dataset, self.loss_fn, self.output_fn)
         return ProbeData.from_dataset(dataset, samples, batch_size, device)
 
@@ -154,7 +163,6 @@ def split_dataset(
     """One split of a built-in or user dataset, without augmentation unless asked (built-ins only)."""
     if not is_user_dataset(name):
         return get_dataset(name, split, root=root, augment=augment, download=download)
-    from flatness.data.user_data import load_user_dataset
 
     data = load_user_dataset(name, image_size=image_size, normalize=normalize)
     return data.train if split == "train" else data.test
@@ -186,7 +194,6 @@ def training_data(
         return train, test, {"reference": dataset}
     if augment:
         raise FlatnessError("--augment applies to the built-in datasets; your own data is used exactly as given")
-    from flatness.data.user_data import load_user_dataset
 
     data = load_user_dataset(dataset, image_size=image_size, normalize=normalize)
     return data.train, data.test, data.record
@@ -297,8 +304,6 @@ def _checked_data_path(ref: str, recorded_sha: Any, given: str | None, allow_cha
     only when its digest (``flatness.data.user_data.data_digest``) equals the recorded one; a named path
     whose data changed since training is refused unless ``allow_change``.
     """
-    from flatness.data.user_data import data_digest
-
     if given is None and not isinstance(recorded_sha, str):
         raise FlatnessError(
             f"{where} names its data as {ref} but records no digest of it, so flatness does not follow "
@@ -365,9 +370,6 @@ def _checked_model_reference(
     trained with, so ``--model-args`` cannot change them (a width would not fit the weights, and an
     option that fits would silently measure another model than the one trained).
     """
-    from flatness.formats.checkpoint import user_model_reference
-    from flatness.models.registry import canonical_model_name
-
     reference = user_model_reference(spec)
     if reference is not None:
         return check_recorded("model", model_record, source.model, source.allow_source_change, path)
@@ -390,9 +392,6 @@ def _checked_model_reference(
 
 
 def _load_flatness(payload: dict[str, Any], source: ModelSource, root: str | None) -> Target:
-    from flatness.formats.checkpoint import user_model_reference
-    from flatness.models.registry import build_from_spec
-
     path, spec, config = payload["path"], payload["model_spec"], payload["config"]
     records = payload.get("sources") or {}
     reference = user_model_reference(spec)
@@ -453,8 +452,6 @@ def load_target(
         FlatnessError: one line for anything that cannot be loaded, and for recorded code that the
             command line did not name (see the module docstring).
     """
-    from flatness.formats.checkpoint import ForeignCheckpointError, check_finite, read_checkpoint
-
     source = source or ModelSource()
     if checkpoint.endswith(PT2_SUFFIX) and not os.path.isdir(checkpoint):
         if source.model is not None or source.model_args is not None:
@@ -487,8 +484,6 @@ def load_target(
 
 def _resolve_losses(target: Target, source: ModelSource) -> None:
     """The target's ``loss_fn`` and ``output_fn``: as its run recorded them (already checked), or as named."""
-    from flatness.sources.losses import check_loss_spec, check_output_spec, loss_fn_for, output_fn_for
-
     info = target.info
     if "loss" not in info:  # a foreign file records none: the command line's, or the defaults
         info["loss"], info["output"] = check_loss_spec(source.loss), check_output_spec(source.output)
@@ -520,9 +515,6 @@ def init_distance(model: nn.Module, checkpoint_path: str) -> float | None:
     Returns:
         The distance, 0.0 for ``init.pt`` itself, None when there is no readable, fitting ``init.pt``.
     """
-    from flatness.core.params import distance
-    from flatness.formats.checkpoint import INIT, read_checkpoint
-
     init_path = os.path.join(os.path.dirname(os.path.abspath(checkpoint_path)), INIT)
     if not os.path.isfile(init_path):
         return None

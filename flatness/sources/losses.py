@@ -21,13 +21,12 @@ import torch
 import torch.nn as nn
 
 from flatness.core.errors import FlatnessError
+from flatness.core.losses import LOSS_NAMES, check_loss_fn, named_loss
 from flatness.models.references import call_user, is_reference, resolve_callable
 
 
 def check_loss_spec(spec: str | None) -> str | None:
     """``spec`` canonicalised (a name in lower case) when it is a loss name or a reference; else FlatnessError."""
-    from flatness.core.losses import LOSS_NAMES
-
     if spec is None:
         return None
     if not isinstance(spec, str) or not spec.strip():
@@ -70,8 +69,6 @@ def loss_fn_for(spec: str | None):
         FlatnessError: an unknown name, a reference that cannot be imported, a loss class that cannot
             be built without arguments, or a loss that declares a reduction other than the mean.
     """
-    from flatness.core.losses import check_loss_fn, named_loss
-
     spec = check_loss_spec(spec)
     if spec is None:
         return None

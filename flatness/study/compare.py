@@ -5,7 +5,7 @@ deviation (ddof = 1) over seeds, and each method is compared with the baseline (
 difference of means and Welch's unequal-variance t-test (``scipy.stats.ttest_ind(equal_var=False)``).
 
 This module builds the summary (``compare``) and drives the command (``compare_inputs``); the parts
-live in their own modules, and their public names are re-exported here:
+live in their own modules:
 
 * ``flatness.study.runs``: reading run folders and probe JSONs, the checks before pooling seeds;
 * ``flatness.study.quantities``: the table's rows and every number of one run (their definitions);
@@ -23,89 +23,20 @@ from typing import Any
 from flatness.core.errors import FlatnessError
 from flatness.core.fileio import atomic_write_json, atomic_write_text
 from flatness.core.paths import check_paths
-from flatness.study.comparison_figures import (
-    compare_figures,
-    figure_contours,
-    figure_slices,
-    figure_spectra,
-    figure_training,
-)
-from flatness.study.quantities import (
-    BASE_QUANTITIES,
-    Quantity,
-    quantities_for,
-    record_values,
-    sharpness_key,
-    sharpness_unit,
-)
+from flatness.study.comparison_figures import compare_figures
+from flatness.study.quantities import Quantity, quantities_for
 from flatness.study.run_record import RunRecord
-from flatness.study.runs import (
-    BASELINE,
-    POOLABLE_DIFFERENCES,
-    PROBE_NAMES,
-    check_poolable,
-    collect_runs,
-    in_method_order,
-    load_probe_file,
-    load_run_dir,
-    sorted_methods,
-)
+from flatness.study.runs import BASELINE, collect_runs, sorted_methods
 from flatness.study.significance import (
     HOLM_FAMILIES,
     PAIRED_FAMILIES,
     add_holm,
     add_paired_holm,
-    holm_family,
     mean_std,
     paired,
     versus_baseline,
-    welch,
 )
-from flatness.study.tables import (
-    csv_text,
-    format_mean_std,
-    format_number,
-    format_p,
-    format_p_holm,
-    markdown_table,
-    per_run_columns,
-)
-
-__all__ = [
-    "BASELINE",
-    "BASE_QUANTITIES",
-    "HOLM_FAMILIES",
-    "POOLABLE_DIFFERENCES",
-    "PROBE_NAMES",
-    "Quantity",
-    "RunRecord",
-    "check_poolable",
-    "collect_runs",
-    "compare",
-    "compare_figures",
-    "compare_inputs",
-    "csv_text",
-    "figure_contours",
-    "figure_slices",
-    "figure_spectra",
-    "figure_training",
-    "format_mean_std",
-    "format_number",
-    "format_p",
-    "format_p_holm",
-    "holm_family",
-    "in_method_order",
-    "load_probe_file",
-    "load_run_dir",
-    "markdown_table",
-    "mean_std",
-    "per_run_columns",
-    "quantities_for",
-    "record_values",
-    "sharpness_key",
-    "sharpness_unit",
-    "welch",
-]
+from flatness.study.tables import csv_text, markdown_table
 
 
 def compare(records: Sequence[RunRecord], baseline: str = BASELINE) -> dict[str, Any]:

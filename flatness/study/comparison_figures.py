@@ -55,7 +55,7 @@ def figure_training(records: Sequence[RunRecord], path: str, force: bool = False
     Returns:
         The path written, or None when no run has a training log.
     """
-    from matplotlib.ticker import MaxNLocator  # late: matplotlib is heavy, and only figures need it
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415 - matplotlib is heavy; only the figures need it
 
     methods = sorted_methods(r.method for r in records if r.epochs)
     if not methods:
@@ -163,7 +163,7 @@ def figure_contours(records: Sequence[RunRecord], path: str, force: bool = False
     Returns:
         The path written, or None when no run has such a surface.
     """
-    from matplotlib.ticker import FormatStrFormatter  # late: matplotlib is heavy, and only figures need it
+    from matplotlib.ticker import FormatStrFormatter  # noqa: PLC0415 - matplotlib is heavy; only the figures need it
 
     _, two_d = _surface_groups(records)
     if not two_d:

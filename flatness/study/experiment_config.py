@@ -162,17 +162,7 @@ class ExperimentConfig:
         Returns:
             The checked config; raises FlatnessError, one line naming the option, on the first invalid one.
         """
-        methods = tuple(_parse_list(self.methods, str, "methods"))
-        seeds = tuple(_parse_list(self.seeds, int, "seeds"))
-        for m in methods:
-            if m not in METHODS:
-                raise FlatnessError(f"unknown method {m!r} in --methods; use {', '.join(METHODS)}")
-        if "erm" not in methods:
-            raise FlatnessError("--methods must include erm: every method is compared with it")
-        if len(methods) < 2:
-            raise FlatnessError("--methods needs at least two methods to compare (e.g. erm,amp)")
-        for seed in seeds:
-            check_seed(seed, "--seeds")
+        methods, seeds = self._checked_methods_and_seeds()
         if self.data_dir is not None:
             check_name(self.data_dir, "--data-dir")
         # Given values are checked before defaults fill the gaps: 0 is an error, never "the default".
@@ -224,6 +214,21 @@ class ExperimentConfig:
             workers=workers,
             threads=threads,
         )
+
+    def _checked_methods_and_seeds(self) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        """``--methods`` and ``--seeds`` parsed and checked (erm and one more method; valid seeds)."""
+        methods = tuple(_parse_list(self.methods, str, "methods"))
+        seeds = tuple(_parse_list(self.seeds, int, "seeds"))
+        for m in methods:
+            if m not in METHODS:
+                raise FlatnessError(f"unknown method {m!r} in --methods; use {', '.join(METHODS)}")
+        if "erm" not in methods:
+            raise FlatnessError("--methods must include erm: every method is compared with it")
+        if len(methods) < 2:
+            raise FlatnessError("--methods needs at least two methods to compare (e.g. erm,amp)")
+        for seed in seeds:
+            check_seed(seed, "--seeds")
+        return methods, seeds
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as JSON-ready plain data (tuples as lists), as ``experiment.json`` stores them."""

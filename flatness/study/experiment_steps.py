@@ -207,7 +207,7 @@ def step_probe(
     def write(out: str, result) -> None:
         write_probe(out, result, force=True)  # no probe.json: a sidecar here is an orphan of a killed probe
 
-    return _checkpoint_step("probe", PROBE, cfg, method, seed, echo, matched, measure, write)
+    return _checkpoint_step(_Measurement("probe", PROBE, measure, write), cfg, method, seed, echo, matched)
 
 
 @_names_failures("profile")
@@ -235,18 +235,28 @@ def step_profile(
     def write(out: str, result) -> None:
         atomic_write_json(out, profile_document(result))
 
-    return _checkpoint_step("profile", PROFILE, cfg, method, seed, echo, matched, measure, write)
+    return _checkpoint_step(_Measurement("profile", PROFILE, measure, write), cfg, method, seed, echo, matched)
+
+
+@dataclass(frozen=True)
+class _Measurement:
+    """What one checkpoint step measures: ``measure(checkpoint)`` computes it, ``write(out, result)`` stores it."""
+
+    kind: str  # the step's name: probe, profile
+    filename: str  # the file it writes in the run folder (or its matched/ folder)
+    measure: Callable[[str], Any]
+    write: Callable[[str, Any], None]
 
 
 def _checkpoint_step(
-    kind: str, filename: str, cfg: ExperimentConfig, method: str, seed: int, echo, matched: bool, measure, write
+    what: _Measurement, cfg: ExperimentConfig, method: str, seed: int, echo, matched: bool
 ) -> dict[str, Any]:
-    """One measurement of a run's final (or matched-loss) checkpoint into ``filename``, skipped when done.
+    """One measurement of a run's final (or matched-loss) checkpoint into ``what.filename``, skipped when done.
 
-    ``measure(checkpoint)`` computes the result and ``write(out, result)`` stores it (its folder made only
-    then, so a failed measurement leaves nothing); a run that never reached the match loss has no matched
-    checkpoint and is skipped.
+    The output's folder is made only once the measurement is done, so a failed one leaves nothing; a run
+    that never reached the match loss has no matched checkpoint and is skipped.
     """
+    kind, filename, measure, write = what.kind, what.filename, what.measure, what.write
     folder = run_dir(cfg, method, seed)
     name = f"{kind} {'matched ' if matched else ''}{method} s{seed}"
     checkpoint, out = _protocol_paths(folder, matched, filename)

@@ -13,11 +13,13 @@ flatter/better; their p-values are Holm-adjusted within the families of ``PAIRED
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from flatness.generalization.correlation import holm
 from flatness.study.quantities import Quantity
 
 HOLM_FAMILIES = (
@@ -51,12 +53,11 @@ def welch(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
     b = [v for v in b if v is not None and math.isfinite(v)]
     if len(a) < 2 or len(b) < 2:
         return {"t": None, "p": None, "note": "needs ≥ 2 seeds per method"}
-    from scipy import stats
+    from scipy import stats  # noqa: PLC0415 - SciPy is heavy; importing flatness needs no SciPy
 
     scale = max(1.0, float(np.max(np.abs(a + b))))
     if np.ptp(a) <= 1e-12 * scale and np.ptp(b) <= 1e-12 * scale:  # equal up to rounding
         return {"t": None, "p": None, "note": "zero variance in both groups"}
-    import warnings
 
     with warnings.catch_warnings():  # nearly equal values: scipy warns, the p-value is still reported
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -118,8 +119,6 @@ def add_holm(rows: list[dict[str, Any]], others: Sequence[str]) -> None:
     Returns:
         None.
     """
-    from flatness.generalization.correlation import holm
-
     for family in ("flatness", "generalisation", "descriptive"):
         members = [row for row in rows if holm_family(row) == family]
         for m in others:
@@ -176,7 +175,7 @@ def paired_t(differences: Sequence[float]) -> dict[str, Any]:
         return {"t": None, "p": None, "note": "needs ≥ 2 paired seeds"}
     if _constant(d):
         return {"t": None, "p": None, "note": "the differences do not vary"}
-    from scipy import stats
+    from scipy import stats  # noqa: PLC0415 - SciPy is heavy; importing flatness needs no SciPy
 
     res = stats.ttest_rel(d, np.zeros_like(d))
     t, p = float(res.statistic), float(res.pvalue)
@@ -198,7 +197,7 @@ def wilcoxon(differences: Sequence[float]) -> dict[str, Any]:
     d = np.asarray(differences, float)
     if not np.any(d != 0):
         return {"w": None, "p": None, "note": "every difference is zero" if d.size else "no paired seeds"}
-    from scipy import stats
+    from scipy import stats  # noqa: PLC0415 - SciPy is heavy; importing flatness needs no SciPy
 
     res = stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided", method="auto")
     w, p = float(res.statistic), float(res.pvalue)
@@ -256,8 +255,6 @@ def add_paired_holm(rows: list[dict[str, Any]], others: Sequence[str]) -> None:
     Returns:
         None.
     """
-    from flatness.generalization.correlation import holm
-
     for family in ("primary", "exploratory", "generalisation", "descriptive"):
         members = [row for row in rows if paired_family(row) == family and row["versus"]]
         for m in others:

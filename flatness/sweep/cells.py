@@ -37,8 +37,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from flatness.core.errors import FlatnessError
+from flatness.core.evaluation import evaluate
 from flatness.core.fileio import atomic_write_json, atomic_write_text
+from flatness.core.locking import LockBusy, exclusive
+from flatness.data.probe_data import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
+from flatness.formats.checkpoint import INIT, LAST, read_checkpoint
+from flatness.formats.probe_file import write_probe
+from flatness.generalization.baselines import baseline_measures
+from flatness.sources.loading import config_source, load_target
+from flatness.study.probe import ProbeSettings, run_probe
+from flatness.study.quantities import record_values
+from flatness.study.runs import load_run_dir
+from flatness.training.config import build_config
+from flatness.training.cost import training_cost
+from flatness.training.loop import train
+from flatness.training.tensorboard_log import epoch_logger
 
 CELLS = "cells"
 TABLE = "cells.csv"
@@ -87,9 +103,6 @@ def cell_cost(task: CellTask) -> float:
     Returns:
         ``flatness.training.cost.training_cost`` of its training config.
     """
-    from flatness.training.config import build_config
-    from flatness.training.cost import training_cost
-
     return training_cost(build_config(task.train))
 
 
@@ -110,8 +123,6 @@ def waiting_lock(path: str, what: str, timeout: float | None = None):
     Returns:
         A context manager holding the lock.
     """
-    from flatness.core.locking import LockBusy, exclusive
-
     began = time.monotonic()
     while True:
         lock = exclusive(path, what)
@@ -157,8 +168,6 @@ def run_cell(task: CellTask) -> dict[str, Any]:
         Its record: ``cell``, ``params``, ``seed``, ``status`` ("done" or "failed"), and either
         ``train_acc``/``test_acc``/``gap``/``test_error``/``measures`` or ``error``.
     """
-    import torch
-
     os.makedirs(os.path.join(task.out, CELLS), exist_ok=True)
     with waiting_lock(cell_lock_path(task.out, task.name), "sweep cell"):
         done = read_outcome(task.folder)
@@ -194,14 +203,6 @@ def run_cell(task: CellTask) -> dict[str, Any]:
 
 
 def _measure_cell(task: CellTask) -> dict[str, Any]:
-    from flatness.formats.checkpoint import INIT, LAST
-    from flatness.formats.probe_file import write_probe
-    from flatness.sources.loading import config_source, load_target
-    from flatness.study.probe import ProbeSettings, run_probe
-    from flatness.training.config import build_config
-    from flatness.training.loop import train
-    from flatness.training.tensorboard_log import epoch_logger
-
     folder = task.folder
     config = build_config(task.train)
     # The sweep's own command line named the user's model, data and loss: its cells are measured with them.
@@ -232,8 +233,6 @@ def _measure_cell(task: CellTask) -> dict[str, Any]:
 
 
 def _stop_record(path: str) -> dict[str, Any]:
-    from flatness.formats.checkpoint import read_checkpoint
-
     return (read_checkpoint(path).get("extra") or {}).get("stop") or {}
 
 
@@ -243,9 +242,6 @@ def _accuracies(target, config) -> dict[str, float | None]:
     Without accuracy (a regression loss) the gap is the loss gap, test − train loss, and the test
     error is absent: ``flatness correlate`` says which gap it ranks against.
     """
-    from flatness.core.evaluation import evaluate
-    from flatness.data.probe_data import DEFAULT_BATCH_SIZE
-
     losses, accs = {}, {}
     for split in ("train", "test"):
         data = target.probe_data(split, None, DEFAULT_BATCH_SIZE, _cpu(), root=config.data_dir)
@@ -267,23 +263,16 @@ def _accuracies(target, config) -> dict[str, float | None]:
 
 def _cpu():
     """The CPU: a cell's evaluations run there, as its probe data is read."""
-    import torch
-
     return torch.device("cpu")
 
 
 def _probe_measures(folder: str) -> dict[str, float]:
     """The probe's flatness measures under ``flatness compare``'s names (λ's, trace, sharpness)."""
-    from flatness.study.compare import load_run_dir, record_values
-
     values = record_values(load_run_dir(folder))
     return {k: v for k, v in values.items() if k.startswith(("lambda_", "sharp:")) or k == "trace"}
 
 
 def _baselines(target, init_model, probe: dict[str, Any]) -> dict[str, float | None]:
-    from flatness.data.probe_data import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
-    from flatness.generalization.baselines import baseline_measures
-
     data = target.probe_data(
         "train",
         probe.get("samples", DEFAULT_SAMPLES),

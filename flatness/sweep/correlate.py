@@ -31,6 +31,9 @@ from flatness.core.paths import check_new
 from flatness.core.validation import check_count
 from flatness.generalization.baselines import BASELINES, EXPECTED_SIGN
 from flatness.generalization.correlation import CONFIDENCE, correlate_table, varied_axes
+from flatness.plot.style import new_figure, save_figure
+from flatness.study.report import markdown_to_html
+from flatness.sweep.cells import read_table
 
 TARGETS = ("gap", "test_error")
 TARGET_WORDS = {"gap": "generalisation gap (train − test accuracy, points)", "test_error": "test error (%)"}
@@ -134,8 +137,6 @@ def compute(
     Returns:
         The ``correlation.json`` dict, measures ranked by sign-adjusted τ (best first).
     """
-    from flatness.sweep.cells import read_table
-
     if target not in TARGETS:
         raise FlatnessError(f"unknown target {target!r}; use gap or test_error")
     check_count(draws, "--draws", minimum=10)
@@ -443,8 +444,6 @@ def csv_text(summary: dict[str, Any]) -> str:
 
 def figure_bars(summary: dict[str, Any], path: str) -> str | None:
     """Ranked horizontal bars of τ and Ψ with their intervals."""
-    from flatness.plot.style import new_figure, save_figure
-
     stats = [r for r in summary["measures"] if r["kendall_tau"] is not None]
     if not stats:
         return None
@@ -477,9 +476,6 @@ def figure_bars(summary: dict[str, Any], path: str) -> str | None:
 
 def figure_scatter(folder: str, summary: dict[str, Any], path: str) -> str | None:
     """One panel per measure: the measure against the target, coloured by method."""
-    from flatness.plot.style import new_figure, save_figure
-    from flatness.sweep.cells import read_table
-
     rows, _, _ = read_table(folder)
     target = summary["target"]
     # the cells the statistics used, no others
@@ -531,8 +527,6 @@ def correlate(
     Returns:
         The summary, with ``files`` (output paths) and ``verdict`` (the sentences).
     """
-    from flatness.study.report import markdown_to_html
-
     files = {
         "json": os.path.join(folder, "correlation.json"),
         "csv": os.path.join(folder, "correlation.csv"),

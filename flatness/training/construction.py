@@ -13,8 +13,11 @@ import torch.nn as nn
 
 from flatness.core.errors import FlatnessError
 from flatness.data.datasets import dataset_info
+from flatness.models.references import is_reference
 from flatness.models.registry import build_from_spec, canonical_model_name, model_spec
+from flatness.sources.loading import build_user_model, infer_shape, is_code_reference, is_user_dataset
 from flatness.training.config import TrainConfig
+from flatness.training.optim import AMP, SAM
 
 
 def initial_model(config: TrainConfig, train_set, stored: dict[str, Any] | None) -> tuple[nn.Module, dict, dict]:
@@ -28,9 +31,6 @@ def initial_model(config: TrainConfig, train_set, stored: dict[str, Any] | None)
     Returns:
         ``(model, model_spec, model record)``; the record is empty for a built-in model.
     """
-    from flatness.models.references import is_reference
-    from flatness.sources.loading import build_user_model, is_code_reference
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         if not is_reference(config.model):
@@ -48,8 +48,6 @@ def initial_model(config: TrainConfig, train_set, stored: dict[str, Any] | None)
 
 
 def _model_spec(config: TrainConfig, train_set) -> dict[str, Any]:
-    from flatness.sources.loading import infer_shape, is_user_dataset
-
     if is_user_dataset(config.dataset):
         shape = infer_shape(train_set)
     else:
@@ -74,8 +72,6 @@ def build_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
     Returns:
         The optimizer; AMP and SAM need ``step(closure)``.
     """
-    from flatness.training.optim import AMP, SAM
-
     base = dict(lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay)
     if config.method == "amp":
         return AMP(

@@ -17,7 +17,8 @@ import torch.nn as nn
 from flatness.core import distributed
 from flatness.data.batches import map_tensors
 from flatness.data.datasets import dataset_info, get_dataset
-from flatness.data.tensor_data import TensorImageDataset
+from flatness.data.tensor_data import AUGMENTATIONS, AugmentSpec, TensorImageDataset, augment_batch, materialize
+from flatness.sources.loading import is_user_dataset, training_data
 from flatness.training.config import TrainConfig
 
 SMALL_MODEL_PARAMS = 2_000_000
@@ -35,8 +36,6 @@ def training_splits(config: TrainConfig, main_rank: bool):
     Returns:
         ``(train_set, test_set, the dataset's record)``.
     """
-    from flatness.sources.loading import training_data
-
     args = (config.data_dir, config.augment)
     if main_rank:
         found = training_data(config.dataset, *args, config.download, config.image_size, config.normalize)
@@ -126,8 +125,6 @@ class EpochBatches:
         self.steps = full + (1 if rest > 1 else 0)
         self.augment, self.pad_value = augment, pad_value
         if on_device:
-            from flatness.data.tensor_data import materialize
-
             images, labels = materialize(dataset)
             self.images, self.labels, self.mode = images.to(device), labels.to(device), "device"
         elif isinstance(dataset, TensorImageDataset) and dataset.transform is None:
@@ -155,8 +152,6 @@ class EpochBatches:
         chunks = [perm[i * self.batch_size : (i + 1) * self.batch_size] for i in range(self.steps)]
         share = (lambda t: t.tensor_split(world)[rank]) if world > 1 else (lambda t: t)
         if self.mode == "device":
-            from flatness.data.tensor_data import AugmentSpec, augment_batch
-
             spec = self.augment or AugmentSpec()
             for idx in chunks:
                 # augment the whole global batch, then take this rank's share: every rank consumes the
@@ -198,7 +193,6 @@ def epoch_batches(config: TrainConfig, train_set, device: torch.device, flags: D
     """
     if not keep_data_on_device(config, device, train_set):
         return EpochBatches(train_set, config.batch_size, flags)
-    from flatness.data.tensor_data import AUGMENTATIONS, AugmentSpec
 
     info = dataset_info(config.dataset)
     plain = get_dataset(config.dataset, "train", root=config.data_dir, augment=False)
@@ -228,8 +222,6 @@ def keep_data_on_device(config: TrainConfig, device: torch.device, train_set) ->
     Returns:
         True to keep the data on the device.
     """
-    from flatness.sources.loading import is_user_dataset
-
     if config.data_on_device == "no" or device.type != "cuda" or is_user_dataset(config.dataset):
         return False
     if config.data_on_device == "yes":

@@ -3,7 +3,7 @@
 This module owns the run itself: the folder lock, building a run's pieces in a fixed order, starting
 or restoring it, the epoch and step loop, and the checkpoints it writes. The config, the run folder
 checks, the data feeding and the model/optimizer construction live in ``config``, ``run_folder``,
-``feeding`` and ``construction`` (their public names are re-exported here).
+``feeding`` and ``construction``.
 
 Everything on disk goes through ``flatness.formats.checkpoint`` (the run folder layout is documented there):
 ``config.json`` and ``init.pt`` at the start, ``last.pt`` + ``metrics.jsonl`` at the end of every
@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 
 from flatness.core import distributed, locking
 from flatness.core.devices import resolve_device
@@ -53,60 +54,21 @@ from flatness.data.probe_data import ProbeData
 from flatness.data.user_data import check_model_fits
 from flatness.formats import checkpoint as ckpt
 from flatness.sources.loading import is_user_dataset
+from flatness.sources.losses import config_losses
 from flatness.training import stopping
-from flatness.training.config import (
-    DATA_ON_DEVICE,
-    GAMMA,
-    METHODS,
-    PRECISIONS,
-    RESUMABLE_CHANGES,
-    SCHEDULES,
-    TrainConfig,
-    build_config,
-    default_out_dir,
-    lr_at,
-)
+from flatness.training.config import TrainConfig, default_out_dir, lr_at
 from flatness.training.construction import build_optimizer, initial_model
 from flatness.training.cost import passes_per_step
 from flatness.training.feeding import (
-    SMALL_MODEL_PARAMS,
     DeviceFlags,
     EpochBatches,
     cpu_threads_for,
     device_flags,
     epoch_batches,
-    keep_data_on_device,
     to_device,
     training_splits,
 )
-from flatness.training.run_folder import prepare_folder, resume_config, stored_config, write_metrics
-
-# Re-exported: code and tests written before the split import these from here.
-__all__ = [
-    "DATA_ON_DEVICE",
-    "EVAL_BATCH_SIZE",
-    "GAMMA",
-    "METHODS",
-    "PRECISIONS",
-    "RESUMABLE_CHANGES",
-    "SCHEDULES",
-    "SMALL_MODEL_PARAMS",
-    "DeviceFlags",
-    "EpochBatches",
-    "TrainConfig",
-    "build_config",
-    "build_optimizer",
-    "cpu_threads_for",
-    "default_out_dir",
-    "device_flags",
-    "keep_data_on_device",
-    "lr_at",
-    "resume_config",
-    "stored_config",
-    "to_device",
-    "train",
-]
-
+from flatness.training.run_folder import prepare_folder, write_metrics
 
 EVAL_BATCH_SIZE = 500
 
@@ -259,7 +221,6 @@ def _build_run(config: TrainConfig, out_dir: str, state: dict[str, Any] | None, 
         torch.backends.cudnn.benchmark = flags.cudnn_benchmark
 
     model, spec, model_record = initial_model(config, train_set, state)
-    from flatness.sources.losses import config_losses
 
     loss_fn, output_fn = config_losses(config)  # --loss / --output (None: cross-entropy on the output)
     if model_record or is_user_dataset(config.dataset):
@@ -367,8 +328,6 @@ def _forward_module(model: nn.Module, config: TrainConfig, device: torch.device)
     """
     net = model
     if distributed.is_distributed():
-        from torch.nn.parallel import DistributedDataParallel
-
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile:
         net = torch.compile(net)

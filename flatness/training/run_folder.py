@@ -15,6 +15,7 @@ from typing import Any
 from flatness.core.errors import FlatnessError
 from flatness.core.fileio import atomic_write_text
 from flatness.formats import checkpoint as ckpt
+from flatness.sources.loading import is_code_reference
 from flatness.training import stopping
 from flatness.training.config import RESUMABLE_CHANGES, TrainConfig
 
@@ -54,8 +55,6 @@ def resume_config(out_dir: str, explicit: dict[str, Any]) -> TrainConfig:
     Returns:
         The validated config.
     """
-    from flatness.sources.loading import is_code_reference
-
     values = stored_config(out_dir).to_dict()
     values["download"] = False  # a stored file never decides where to download (write) to: only the user
     # A run folder never makes flatness run the code it names: the command line must name it again.

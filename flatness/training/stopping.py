@@ -22,6 +22,7 @@ import torch
 from flatness.core import distributed
 from flatness.core.errors import FlatnessError
 from flatness.core.evaluation import evaluate
+from flatness.data.datasets import get_dataset
 from flatness.data.probe_data import ProbeData
 
 STOP_KEY = "stop"
@@ -56,8 +57,6 @@ def whole_train_data(config, train_set, device: torch.device, batch_size: int) -
     if config.stop_loss is None and getattr(config, "match_loss", None) is None:
         return None
     if config.augment:  # augmentation exists for the built-in datasets only (sources.loading refuses others)
-        from flatness.data.datasets import get_dataset
-
         train_set = get_dataset(config.dataset, "train", root=config.data_dir, augment=False)
     return ProbeData.from_dataset(train_set, None, batch_size, device)
 

@@ -39,7 +39,7 @@ def check_logger(name: str | None) -> str:
         raise FlatnessError(f"unknown logger {name!r}: use {' or '.join(LOGGERS)}")
     if name == "tensorboard":
         try:
-            from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (imports tensorboard)
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401, PLC0415 - optional; the check imports it
         except ImportError:
             raise FlatnessError(
                 "--log tensorboard needs the tensorboard package: pip install 'flatness[tensorboard]'"
@@ -63,7 +63,7 @@ def epoch_logger(logger: str | None, run_dir: str) -> Iterator[Callable[[dict[st
     if check_logger(logger) == "none":
         yield None
         return
-    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 - optional; only --log tensorboard
 
     writers: list[Any] = []
 

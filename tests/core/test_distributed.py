@@ -85,7 +85,8 @@ def test_distributed_surface_equals_single_process(digits_checkpoint, tmp_path):
 
 
 def _train(out_dir, method, epochs, resume, local_perturbation=False):
-    from flatness.training.loop import TrainConfig, train
+    from flatness.training.config import TrainConfig
+    from flatness.training.loop import train
 
     config = TrainConfig(
         model="mlp",

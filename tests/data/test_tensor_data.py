@@ -38,7 +38,7 @@ def test_batched_crop_and_flip_match_a_per_image_loop():
 
 def test_no_augmentation_is_identity_and_device_batches_are_reproducible():
     from flatness.data.tensor_data import TensorImageDataset
-    from flatness.training.loop import EpochBatches, device_flags
+    from flatness.training.feeding import EpochBatches, device_flags
 
     x, y = torch.randn(10, 1, 4, 4), torch.arange(10)
     assert augment_batch(x, AugmentSpec(), torch.Generator()) is x

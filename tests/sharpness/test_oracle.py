@@ -11,7 +11,7 @@ from flatness.formats.checkpoint import load_checkpoint
 
 
 def test_default_rhos_include_the_digits_amp_epsilon():
-    from flatness.training.loop import TrainConfig
+    from flatness.training.config import TrainConfig
 
     config = TrainConfig()
     assert config.epsilon in S.DEFAULTS["rhos"] and S.DEFAULTS["ball"] == config.ball

@@ -10,7 +10,10 @@ import pytest
 from plot_helpers import make_probe, make_surface
 from scipy import stats
 
-from flatness.study.compare import collect_runs, compare, markdown_table, mean_std, welch
+from flatness.study.compare import compare
+from flatness.study.runs import collect_runs
+from flatness.study.significance import mean_std, welch
+from flatness.study.tables import markdown_table
 
 ERM = {"lam": [10.0, 12.0, 14.5], "trace": [100.0, 130.0, 90.0], "wc": [0.30, 0.35, 0.28], "acc": [0.95, 0.96, 0.94]}
 AMP = {"lam": [6.0, 7.5, 6.2], "trace": [60.0, 80.0, 75.0], "wc": [0.10, 0.12, 0.09], "acc": [0.96, 0.965, 0.97]}
@@ -185,7 +188,6 @@ def test_bad_inputs(tmp_path, cli, setup, message):
 
 
 def test_direction_words_and_method_order_of_the_split_modules():
-    import flatness.study.compare as compare_module
     from flatness.study.quantities import Quantity
     from flatness.study.runs import sorted_methods
     from flatness.study.significance import direction
@@ -206,12 +208,10 @@ def test_direction_words_and_method_order_of_the_split_modules():
         "worse",
     ]
     assert sorted_methods(["zeta", "sam", "erm", "alpha", "amp", "erm"]) == ["erm", "amp", "sam", "alpha", "zeta"]
-    # every name compare.py re-exports from the modules it was split into still resolves
-    assert all(hasattr(compare_module, name) for name in compare_module.__all__)
 
 
 def test_compare_rows_against_hand_means_and_welch_for_three_methods_and_another_baseline():
-    from flatness.study.compare import RunRecord
+    from flatness.study.run_record import RunRecord
 
     lam = {"erm": [10.0, 14.0, 9.0], "amp": [4.0, 5.0, 9.0], "sam": [7.0]}
     acc = {"erm": [90.0, 91.0, 95.0], "amp": [93.0, 93.5, 92.0], "sam": [94.0, 96.0]}
@@ -257,7 +257,9 @@ def test_compare_rows_against_hand_means_and_welch_for_three_methods_and_another
 
 
 def test_comparison_adds_holm_adjusted_p_values_beside_the_raw_ones():
-    from flatness.study.compare import RunRecord, compare, markdown_table
+    from flatness.study.compare import compare
+    from flatness.study.run_record import RunRecord
+    from flatness.study.tables import markdown_table
 
     erm = [{"trace": 10.0 + s, "lambda_1": 5.0 + 0.1 * s} for s in range(3)]
     amp = [{"trace": 4.0 + s, "lambda_1": 5.05 + 0.1 * s} for s in range(3)]
@@ -280,7 +282,9 @@ def test_comparison_adds_holm_adjusted_p_values_beside_the_raw_ones():
 
 
 def test_holm_families_flatness_measures_test_accuracy_alone_and_the_rest():
-    from flatness.study.compare import RunRecord, compare, holm_family
+    from flatness.study.compare import compare
+    from flatness.study.run_record import RunRecord
+    from flatness.study.significance import holm_family
 
     def values(s, shift):
         return {

@@ -16,7 +16,9 @@ from flatness.core.errors import DivergedError, FlatnessError
 from flatness.data.datasets import get_dataset
 from flatness.data.tensor_data import TensorImageDataset
 from flatness.formats import checkpoint as ckpt
-from flatness.training.loop import EpochBatches, TrainConfig, build_config, device_flags, lr_at, to_device, train
+from flatness.training.config import TrainConfig, build_config, lr_at
+from flatness.training.feeding import EpochBatches, device_flags, to_device
+from flatness.training.loop import train
 
 SMALL = dict(width=8, batch_size=64, schedule="step", milestones=[3], seed=1)
 
@@ -287,7 +289,8 @@ def test_rank_shares_partition_each_global_batch():
 def test_cuda_fast_path_decisions_without_a_gpu(monkeypatch):
     """The choices the CUDA path makes, checked with torch.device('cuda') objects on a CPU machine."""
     from flatness.models.registry import build_model
-    from flatness.training.loop import TrainConfig, cpu_threads_for, device_flags, keep_data_on_device
+    from flatness.training.config import TrainConfig
+    from flatness.training.feeding import cpu_threads_for, device_flags, keep_data_on_device
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     flags = device_flags(cuda, cpu_count=8)

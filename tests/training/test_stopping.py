@@ -11,7 +11,8 @@ from flatness.core.errors import FlatnessError
 from flatness.data.datasets import get_dataset
 from flatness.formats import checkpoint as ckpt
 from flatness.training import stopping
-from flatness.training.loop import TrainConfig, train
+from flatness.training.config import TrainConfig
+from flatness.training.loop import train
 
 SMALL = dict(width=8, batch_size=64, schedule="step", milestones=[3], seed=1)
 STOP_AT = 3  # the epoch the chosen stop loss must stop at (of a cap of CAP)
@@ -156,8 +157,8 @@ def test_bad_stop_loss_is_one_line_and_starts_nothing(tmp_path, cli, value):
 
 
 def test_training_cost_orders_runs_as_their_passes_and_steps_do():
+    from flatness.training.config import TrainConfig
     from flatness.training.cost import training_cost
-    from flatness.training.loop import TrainConfig
 
     fixed = [TrainConfig(method=m, epochs=10, batch_size=64, inner_iter=2) for m in ("erm", "sam", "amp")]
     assert [training_cost(c) for c in fixed] == [10 / 64, 20 / 64, 30 / 64]  # 1, 2, 1 + inner_iter passes
@@ -190,8 +191,6 @@ class Augmented(torch.utils.data.Dataset):
 def test_whole_train_loss_is_measured_on_the_split_without_augmentation(monkeypatch):
     from types import SimpleNamespace
 
-    import flatness.data.datasets as datasets
-
     plain = torch.utils.data.TensorDataset(torch.arange(10.0).reshape(5, 2), torch.tensor([0, 1, 0, 1, 1]))
     asked = []
 
@@ -199,7 +198,7 @@ def test_whole_train_loss_is_measured_on_the_split_without_augmentation(monkeypa
         asked.append((name, split, root, augment))
         return plain
 
-    monkeypatch.setattr(datasets, "get_dataset", fake_get_dataset)
+    monkeypatch.setattr(stopping, "get_dataset", fake_get_dataset)  # where whole_train_data looks it up
     config = SimpleNamespace(stop_loss=0.01, augment=True, dataset="cifar10", data_dir="/somewhere")
     data = stopping.whole_train_data(config, Augmented(plain), torch.device("cpu"), batch_size=2)
     assert asked == [("cifar10", "train", "/somewhere", False)]
