@@ -84,3 +84,17 @@ def check_file(path, fmt):
     with open(path, "rb") as f:
         head = f.read(64)
     assert head.startswith(MAGIC[fmt]) or (fmt == "svg" and b"<svg" in head + f.read(2000)), path
+
+
+def keep_figures(monkeypatch, module):
+    """The figures ``module`` saves, kept in the returned list as well, so a test can check what was drawn."""
+    from flatness.plot import style
+
+    figures = []
+
+    def keep(fig, path, force=False):
+        figures.append(fig)
+        return style.save_figure(fig, path, force)
+
+    monkeypatch.setattr(module, "save_figure", keep)
+    return figures

@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from plot_helpers import check_file, make_surface
+from plot_helpers import check_file, keep_figures, make_surface
 
 from flatness.core.errors import FlatnessError
-from flatness.plot import curves, style
+from flatness.plot import curves
 from flatness.plot.loading import load_surface
 
 
 @pytest.fixture
 def drawn(monkeypatch):
     """The figures ``plot_1d`` saves, kept for inspection (they are still written by the real ``save_figure``)."""
-    figures = []
-
-    def keep(fig, path, force=False):
-        figures.append(fig)
-        return style.save_figure(fig, path, force)
-
-    monkeypatch.setattr(curves, "save_figure", keep)
-    return figures
+    return keep_figures(monkeypatch, curves)
 
 
 def _lines(ax):

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from plot_helpers import check_file, make_probe
+from plot_helpers import check_file, keep_figures, make_probe
 
-from flatness.plot import spectra, style
+from flatness.plot import spectra
 from flatness.plot.loading import load_probe
 
 
 @pytest.fixture
 def drawn(monkeypatch):
-    figures = []
-
-    def keep(fig, path, force=False):
-        figures.append(fig)
-        return style.save_figure(fig, path, force)
-
-    monkeypatch.setattr(spectra, "save_figure", keep)
-    return figures
+    return keep_figures(monkeypatch, spectra)
 
 
 def test_the_density_and_the_eigenvalues_are_drawn(tmp_path, drawn):

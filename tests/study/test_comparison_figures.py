@@ -6,9 +6,8 @@ import os
 
 import numpy as np
 import pytest
-from plot_helpers import check_file, make_probe, make_surface
+from plot_helpers import check_file, keep_figures, make_probe, make_surface
 
-from flatness.plot import style
 from flatness.plot.loading import load_probe
 from flatness.study import comparison_figures as cf
 from flatness.study.run_record import RunRecord
@@ -16,14 +15,7 @@ from flatness.study.run_record import RunRecord
 
 @pytest.fixture
 def drawn(monkeypatch):
-    figures = []
-
-    def keep(fig, path, force=False):
-        figures.append(fig)
-        return style.save_figure(fig, path, force)
-
-    monkeypatch.setattr(cf, "save_figure", keep)
-    return figures
+    return keep_figures(monkeypatch, cf)
 
 
 def _epochs(losses, accs):
