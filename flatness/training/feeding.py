@@ -100,7 +100,9 @@ class EpochBatches:
     Three ways to the data, one order: a dataset already on the compute device (the CUDA fast path:
     augmentation by ``flatness.data.tensor_data.augment_batch``, drawing from ``generator``); in-memory
     tensors without a transform, sliced directly; anything else through a DataLoader with a fixed
-    batch sampler. A final batch of a single example is dropped (BatchNorm cannot train on it).
+    batch sampler. A final batch of a single example is dropped (BatchNorm cannot train on it), and so
+    is a final global batch with fewer examples than ranks (a rank with an empty share would take the
+    mean loss of nothing); those examples sit that epoch out.
 
     Under torchrun every rank draws the same permutation and takes its contiguous share of each
     global batch; ``epoch`` yields ``(x, y, global_batch_size)`` so the loss can be scaled to make
@@ -120,9 +122,7 @@ class EpochBatches:
         self.dataset = dataset
         self.batch_size = batch_size
         self.flags = flags
-        n = len(dataset)
-        full, rest = divmod(n, batch_size)
-        self.steps = full + (1 if rest > 1 else 0)
+        self.steps = self.steps_for(1)
         self.augment, self.pad_value = augment, pad_value
         if on_device:
             images, labels = materialize(dataset)
@@ -134,6 +134,19 @@ class EpochBatches:
 
     def __len__(self) -> int:
         return self.steps
+
+    def steps_for(self, world: int) -> int:
+        """The steps of an epoch shared by ``world`` ranks.
+
+        Args:
+            world: the number of ranks sharing each global batch.
+
+        Returns:
+            Every full batch, and a final partial one only when it holds at least two examples and at
+            least one per rank.
+        """
+        full, rest = divmod(len(self.dataset), self.batch_size)
+        return full + (1 if rest >= max(2, world) else 0)
 
     def epoch(
         self, generator: torch.Generator, rank: int = 0, world: int = 1
@@ -149,7 +162,7 @@ class EpochBatches:
             An iterator of ``(x, y, global_batch_size)``: this rank's share of each global batch.
         """
         perm = torch.randperm(len(self.dataset), generator=generator)
-        chunks = [perm[i * self.batch_size : (i + 1) * self.batch_size] for i in range(self.steps)]
+        chunks = [perm[i * self.batch_size : (i + 1) * self.batch_size] for i in range(self.steps_for(world))]
         share = (lambda t: t.tensor_split(world)[rank]) if world > 1 else (lambda t: t)
         if self.mode == "device":
             spec = self.augment or AugmentSpec()
