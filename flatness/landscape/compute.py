@@ -36,7 +36,7 @@ from flatness.core.progress import progress_bar, show_plan
 from flatness.core.validation import check_count, check_seed, parse_samples
 from flatness.data.probe_data import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
 from flatness.formats import surface_file as surface_io
-from flatness.formats.checkpoint import check_state_finite, read_checkpoint
+from flatness.formats.checkpoint import ForeignCheckpointError, check_state_finite, read_checkpoint
 from flatness.landscape.directions import (
     IGNORES,
     NORMS,
@@ -394,7 +394,14 @@ def _provenance(
         wanted.update({"y_min": ys[0], "y_max": ys[1], "y_num": ys[2]})
     payload_b = None
     if kind == "interp":
-        payload_b = read_checkpoint(source)
+        try:
+            payload_b = read_checkpoint(source)
+        except ForeignCheckpointError:
+            # the checkpoint's own advice ("needs --model") does not apply: --model builds CHECKPOINT only
+            raise FlatnessError(
+                f"--dir interp:{source} is not a flatness checkpoint: the end point of an interpolation must be "
+                "one (written by flatness train), a plain state_dict or .pt2 file cannot be"
+            ) from None
         check_state_finite(payload_b["model_state"], payload_b["path"])
         wanted["direction_source"] = os.path.abspath(payload_b["path"])
         wanted["direction_source_sha256"] = sha256_file(payload_b["path"])

@@ -66,6 +66,8 @@ def test_an_interpolation_surface_is_the_loss_of_the_lerped_weights(cli, tmp_pat
         (["--samples", "0"], "--samples must be >= 1"),
         (["--batch-size", "0"], "--batch-size must be >= 1"),
         (["--y=-1:1:3", "--dir", "interp:{b}"], "an interpolation is one-dimensional: leave out --y"),
+        # B is a plain state_dict: the checkpoint's usual advice ("needs --model") would be wrong here
+        (["--dir", "interp:{b}"], "is not a flatness checkpoint: the end point of an interpolation must be one"),
     ],
 )
 def test_bad_options_are_one_line_and_write_nothing(cli, user, extra, says):
