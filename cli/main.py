@@ -18,7 +18,7 @@ import click
 from flatness.cli import compare, correlate, experiment, plot, probe, surface, sweep, train
 from flatness.core import distributed
 from flatness.core.devices import describe_runtime
-from flatness.core.errors import FlatnessError, Signalled, without_unsafe_advice
+from flatness.core.errors import FlatnessError, Signalled, single_line, without_unsafe_advice
 from flatness.core.fileio import os_error_reason
 from flatness.models.references import one_line
 from flatness.version import __version__
@@ -103,7 +103,7 @@ class FlatnessGroup(click.Group):
 def _report(ctx, err: BaseException) -> int:
     """Say on stderr, in one line, why the command failed; the exit code."""
     if isinstance(err, FlatnessError):
-        click.echo(f"Error: {without_unsafe_advice(_one_line(str(err)))}", err=True)
+        click.echo(f"Error: {without_unsafe_advice(single_line(str(err)))}", err=True)
         return err.exit_code
     if isinstance(err, Signalled):
         name = ctx.invoked_subcommand or ""
@@ -148,7 +148,7 @@ def held_warnings(enabled: bool = True):
 def _show_warnings(caught) -> None:
     seen = set()
     for item in caught:
-        line = f"Warning: {_one_line(str(item.message))}"
+        line = f"Warning: {single_line(str(item.message))}"
         if line not in seen:
             seen.add(line)
             click.echo(line, err=True)
@@ -160,11 +160,6 @@ def _leave_process_group(clean: bool) -> None:
     if distributed.is_distributed() and clean:
         distributed.barrier()
     distributed.shutdown()
-
-
-def _one_line(text: str) -> str:
-    """Error messages are one line, whatever a library put into them."""
-    return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 def _debug(ctx) -> bool:

@@ -20,6 +20,14 @@ class DivergedError(FlatnessError):
     exit_code = 3
 
 
+def single_line(text: str) -> str:
+    """``text`` as one line: its non-empty lines, stripped, joined by spaces.
+
+    An error message is one line, whatever a library put into it.
+    """
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
 class ModelRaisedError(FlatnessError):
     """The model's own forward raised: user code, so one line naming the model, not an internal error.
 
@@ -28,7 +36,7 @@ class ModelRaisedError(FlatnessError):
     """
 
     def __init__(self, model_name: str, original: Exception):
-        text = " ".join(part.strip() for part in str(original).splitlines() if part.strip())
+        text = single_line(str(original))
         raised = f"{type(original).__name__}: {text}" if text else type(original).__name__
         super().__init__(f"the model ({model_name}) raised {raised} in its forward")
         self.original = original

@@ -22,6 +22,7 @@ from flatness.models.registry import canonical_model_name
 from flatness.sources.loading import check_dataset_reference, default_model_for, folder_label
 from flatness.sources.losses import check_loss_spec, check_output_spec
 from flatness.training import stopping
+from flatness.training.optim import BALLS
 from flatness.training.recipes import DATASET_RECIPES, RECIPES, recipe_names
 
 # The training methods, in the canonical order of every table, figure and default study (ERM the baseline).
@@ -156,7 +157,7 @@ class TrainConfig:
             _integer("image_size", self.image_size, 1)
         _choice("method", self.method, METHODS)
         _choice("schedule", self.schedule, SCHEDULES)
-        _choice("ball", self.ball, ("tensor", "global"))
+        _choice("ball", self.ball, BALLS)
         _choice("precision", self.precision, PRECISIONS)
         _choice("data_on_device", self.data_on_device, DATA_ON_DEVICE)
         _integer("epochs", self.epochs, 1)

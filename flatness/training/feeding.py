@@ -122,7 +122,6 @@ class EpochBatches:
         self.dataset = dataset
         self.batch_size = batch_size
         self.flags = flags
-        self.steps = self.steps_for(1)
         self.augment, self.pad_value = augment, pad_value
         if on_device:
             images, labels = materialize(dataset)
@@ -133,7 +132,7 @@ class EpochBatches:
             self.mode = "loader"
 
     def __len__(self) -> int:
-        return self.steps
+        return self.steps_for(1)
 
     def steps_for(self, world: int) -> int:
         """The steps of an epoch shared by ``world`` ranks.
